@@ -1,0 +1,3 @@
+"""Operator family 'control' (being filled in): see eqsat/ops/__init__.py for the entry conventions."""
+
+from __future__ import annotations
