@@ -17,7 +17,8 @@ from eqsat.errors import (
     UnsupportedOperatorError,
 )
 from eqsat.ir import Graph, Node, Value
-from eqsat.lowering import Executable, compile_graph as compile
+from eqsat.lowering import Executable
+from eqsat.lowering import compile_graph as compile
 from eqsat.onnx_io import load, save, to_onnx
 
 __version__ = "0.1.0"

@@ -193,7 +193,9 @@ class Graph:
         full_attrs = opdef.complete_attrs(dict(attrs or {}), node_name)
         for v in inputs:
             if v is not None and self.lookup(v.name) is not v:
-                raise EqsatError(f"node {node_name!r} ({op}): input {v.name!r} is not in this graph")
+                raise EqsatError(
+                    f"node {node_name!r} ({op}): input {v.name!r} is not in this graph"
+                )
         opdef.check_arity(len(inputs), len(output_names), node_name)
         try:
             types = opdef.infer(list(inputs), full_attrs, len(output_names))
@@ -203,12 +205,16 @@ class Graph:
             raise ShapeError(f"node {node_name!r} ({op}): {type(exc).__name__}: {exc}") from None
         node = Node(op, list(inputs), [], full_attrs, node_name, domain)
         for i, (out_name, kind) in enumerate(zip(output_names, types, strict=False)):
-            if kind is None:
+            if kind is None or out_name == "":  # "" marks an omitted optional output (ONNX style)
                 node.outputs.append(None)
                 continue
             shape, dtype = kind
-            vname = out_name or self.fresh_name(f"{node_name}_out{i}" if len(types) > 1 else node_name)
-            node.outputs.append(self._register(Value(vname, tuple(shape), as_dtype(dtype), None, node)))
+            vname = out_name or self.fresh_name(
+                f"{node_name}_out{i}" if len(types) > 1 else node_name
+            )
+            node.outputs.append(
+                self._register(Value(vname, tuple(shape), as_dtype(dtype), None, node))
+            )
         self.nodes.append(node)
         if fold:
             self._try_fold(node, opdef)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import importlib
 
+from eqsat.lowering.executable import Executable
+
 from eqsat.errors import TargetError
 from eqsat.ir import Graph
-from eqsat.lowering.executable import Executable
 
 TARGETS = {"numpy": "eqsat.lowering.numpy"}
 

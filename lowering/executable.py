@@ -29,7 +29,9 @@ class Executable:
 
     def check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if not isinstance(feeds, Mapping):
-            raise InputError(f"feeds must be a dict of input name -> array, got {type(feeds).__name__}")
+            raise InputError(
+                f"feeds must be a dict of input name -> array, got {type(feeds).__name__}"
+            )
         expected = {v.name for v in self.input_specs}
         missing = [n for n in expected if n not in feeds]
         unknown = [n for n in feeds if n not in expected]
@@ -48,11 +50,17 @@ class Executable:
                 try:
                     array = np.asarray(array)
                 except Exception as exc:
-                    raise InputError(f"input {spec.name!r}: not convertible to an array: {exc}") from None
+                    raise InputError(
+                        f"input {spec.name!r}: not convertible to an array: {exc}"
+                    ) from None
                 if array.dtype != spec.dtype and np.can_cast(array.dtype, spec.dtype, "same_kind"):
-                    array = array.astype(spec.dtype)  # Python scalars and lists take the input's dtype
+                    array = array.astype(
+                        spec.dtype
+                    )  # Python scalars and lists take the input's dtype
             if array.dtype != spec.dtype:
-                raise InputError(f"input {spec.name!r}: expected dtype {spec.dtype}, got {array.dtype}")
+                raise InputError(
+                    f"input {spec.name!r}: expected dtype {spec.dtype}, got {array.dtype}"
+                )
             if tuple(array.shape) != spec.shape:
                 raise InputError(
                     f"input {spec.name!r}: expected shape {list(spec.shape)}, got {list(array.shape)}"

@@ -7,11 +7,11 @@ no fusion, no buffer reuse, float arithmetic exactly as the operator table defin
 from __future__ import annotations
 
 import numpy as np
+from eqsat.lowering.executable import Executable
 
 from eqsat import ops
 from eqsat.errors import EqsatError
 from eqsat.ir import Graph, Value
-from eqsat.lowering.executable import Executable
 
 
 def evaluate_graph(graph: Graph, env: dict[int, np.ndarray]) -> list[np.ndarray]:
@@ -23,7 +23,9 @@ def evaluate_graph(graph: Graph, env: dict[int, np.ndarray]) -> list[np.ndarray]
         try:
             return env[id(value)]
         except KeyError:
-            raise EqsatError(f"graph {graph.name!r}: value {value.name!r} has no producer") from None
+            raise EqsatError(
+                f"graph {graph.name!r}: value {value.name!r} has no producer"
+            ) from None
 
     with np.errstate(all="ignore"):  # inf/nan follow IEEE rules, as in onnxruntime
         for node in graph.nodes:
@@ -49,7 +51,7 @@ class NumpyExecutable(Executable):
         return {v.name: array for v, array in zip(self.graph.outputs, outputs, strict=True)}
 
 
-def compile(graph: Graph) -> NumpyExecutable:  # noqa: A001 - the target protocol's name
+def compile(graph: Graph) -> NumpyExecutable:
     for node in graph.nodes:
         ops.get(node.op, node.name)
     return NumpyExecutable(graph)
