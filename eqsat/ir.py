@@ -232,7 +232,7 @@ class Graph:
             return
         if sum(v.size for v in node.outputs if v is not None) > FOLD_LIMIT_ELEMENTS:
             return
-        results = opdef.evaluate(node, [v.const if v is not None else None for v in node.inputs])
+        results = opdef.evaluate(node, [_known_or_shape(v) for v in node.inputs])
         for value, result in zip(node.outputs, results, strict=False):
             if value is not None:
                 value.const = result
@@ -300,6 +300,16 @@ class Graph:
             ins = ", ".join(v.name if v else "-" for v in node.inputs)
             lines.append(f"  {outs} = {node.op}({ins})")
         return "\n".join(lines)
+
+
+def _known_or_shape(value: Value | None) -> np.ndarray | None:
+    """A constant's array; for an unknown value, a zero-memory stand-in carrying its shape and dtype
+    (enough for shape-only ops such as Shape and Size)."""
+    if value is None:
+        return None
+    if value.const is not None:
+        return value.const
+    return np.broadcast_to(np.zeros((), value.dtype), value.shape)
 
 
 def subgraphs(node: Node) -> list[Graph]:
