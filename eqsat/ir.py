@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from eqsat.errors import EqsatError, ShapeError
+from eqsat.errors import EqsatError, ShapeError, UnsupportedOperatorError, UnsupportedOperatorError
 
 Shape = tuple[int, ...]
 
@@ -90,6 +90,14 @@ def as_dtype(dtype: Any) -> np.dtype:
         raise ShapeError(f"not a dtype: {dtype!r}") from exc
 
 
+def tensor_dtype(dtype: Any, what: str) -> np.dtype:
+    """``dtype`` when a tensor of the IR may have it (bool, integer, float), else a ShapeError."""
+    result = as_dtype(dtype)
+    if result.kind not in "biuf":
+        raise ShapeError(f"{what}: dtype {result} is not supported (bool, integer or float only)")
+    return result
+
+
 class Graph:
     """A static-shape dataflow graph. ``nodes`` is kept in topological order."""
 
@@ -103,6 +111,9 @@ class Graph:
         self.outer = outer
         self.opset = 21
         self._names = itertools.count()
+        # Node names handed out so far; nodes may also be added to (or dropped from) ``nodes``
+        # directly, so fresh_node_name checks the list whenever the two disagree in size.
+        self._node_names: set[str] = set()
 
     # ----------------------------------------------------------------- names and lookup
     def fresh_name(self, hint: str) -> str:
@@ -142,15 +153,21 @@ class Graph:
 
     # ----------------------------------------------------------------- builder API
     def input(self, name: str, shape: Sequence[int], dtype: Any = np.float32) -> Value:
-        shape = tuple(int(d) for d in shape)
+        try:
+            shape = tuple(int(d) for d in shape)
+        except (TypeError, ValueError):
+            raise ShapeError(
+                f"input {name!r}: shape must be a sequence of ints, got {shape!r}"
+            ) from None
         if any(d < 0 for d in shape):
             raise ShapeError(f"input {name!r}: negative dimension in {shape}")
-        value = self._register(Value(name, shape, as_dtype(dtype)))
+        value = self._register(Value(name, shape, tensor_dtype(dtype, f"input {name!r}")))
         self.inputs.append(value)
         return value
 
     def constant(self, array: Any, name: str | None = None) -> Value:
         array = np.asarray(array)
+        tensor_dtype(array.dtype, f"constant {name or 'const'!r}")
         value = Value(self.fresh_name(name or "const"), tuple(array.shape), array.dtype, array)
         return self._register(value)
 
@@ -197,34 +214,57 @@ class Graph:
                     f"node {node_name!r} ({op}): input {v.name!r} is not in this graph"
                 )
         opdef.check_arity(len(inputs), len(output_names), node_name)
+        named = [n for n in output_names if n]
+        taken = [n for n in named if n in self.values]
+        if taken or len(set(named)) != len(named):
+            clash = taken or sorted({n for n in named if named.count(n) > 1})
+            raise EqsatError(
+                f"node {node_name!r} ({op}): output name(s) {clash} are already used in graph "
+                f"{self.name!r}"
+            )
         try:
-            types = opdef.infer(list(inputs), full_attrs, len(output_names))
+            types = list(opdef.infer(list(inputs), full_attrs, len(output_names)))
+            kinds = [_check_type(kind) for kind in types]
+        except UnsupportedOperatorError as exc:  # a variant the rule refuses: name the node
+            raise UnsupportedOperatorError(
+                [(o, node_name if n in ("?", "") else n, why) for o, n, why in exc.unsupported]
+            ) from None
+        except UnsupportedOperatorError as exc:
+            raise UnsupportedOperatorError(
+                [(o, node_name if n == "?" else n, why) for o, n, why in exc.unsupported]
+            ) from None
         except EqsatError as exc:
             raise type(exc)(f"node {node_name!r} ({op}): {exc}") from None
         except (ValueError, IndexError, TypeError, KeyError) as exc:
             raise ShapeError(f"node {node_name!r} ({op}): {type(exc).__name__}: {exc}") from None
+        if len(kinds) != len(output_names):
+            raise ShapeError(
+                f"node {node_name!r} ({op}): the shape rule gave {len(kinds)} output type(s) "
+                f"for {len(output_names)} output(s)"
+            )
         node = Node(op, list(inputs), [], full_attrs, node_name, domain)
-        for i, (out_name, kind) in enumerate(zip(output_names, types, strict=False)):
+        for i, (out_name, kind) in enumerate(zip(output_names, kinds, strict=True)):
             if kind is None or out_name == "":  # "" marks an omitted optional output (ONNX style)
                 node.outputs.append(None)
                 continue
             shape, dtype = kind
             vname = out_name or self.fresh_name(
-                f"{node_name}_out{i}" if len(types) > 1 else node_name
+                f"{node_name}_out{i}" if len(kinds) > 1 else node_name
             )
-            node.outputs.append(
-                self._register(Value(vname, tuple(shape), as_dtype(dtype), None, node))
-            )
+            node.outputs.append(self._register(Value(vname, shape, dtype, None, node)))
         self.nodes.append(node)
+        self._node_names.add(node_name)
         if fold:
             self._try_fold(node, opdef)
         return node
 
     def fresh_node_name(self, op: str) -> str:
-        taken = {n.name for n in self.nodes}
+        """A node name no node of this graph has, made from ``op``."""
+        if len(self._node_names) < len(self.nodes):  # nodes were added behind add_node's back
+            self._node_names.update(n.name for n in self.nodes)
         while True:
             candidate = f"{op}_{next(self._names)}"
-            if candidate not in taken:
+            if candidate not in self._node_names:
                 return candidate
 
     def _try_fold(self, node: Node, opdef: Any) -> None:
@@ -239,7 +279,7 @@ class Graph:
 
     # ----------------------------------------------------------------- graph passes
     def remove_dead(self) -> None:
-        """Drop nodes whose outputs nothing needs, and values nothing refers to."""
+        """Drop nodes whose outputs nothing needs, and values nothing refers to (in subgraphs too)."""
         live: set[int] = {id(v) for v in self.outputs}
         kept: list[Node] = []
         for node in reversed(self.nodes):
@@ -247,6 +287,7 @@ class Graph:
                 kept.append(node)
                 live.update(id(v) for v in node.inputs if v is not None)
                 for sub in subgraphs(node):
+                    sub.remove_dead()
                     live.update(id(v) for v in sub.free_values())
         self.nodes = kept[::-1]
         for name, value in list(self.values.items()):
@@ -254,9 +295,14 @@ class Graph:
                 del self.values[name]
 
     def fold_constants(self) -> None:
-        """Replace nodes whose outputs are all known by those constants (they become initializers)."""
+        """Replace nodes whose outputs are all known by those constants (they become initializers).
+
+        Subgraphs are folded too; a node that reads nothing and has no outputs is dropped.
+        """
         kept = []
         for node in self.nodes:
+            for sub in subgraphs(node):
+                sub.fold_constants()
             if all(v is None or v.const is not None for v in node.outputs):
                 for v in node.outputs:
                     if v is not None:
@@ -310,6 +356,17 @@ def _known_or_shape(value: Value | None) -> np.ndarray | None:
     if value.const is not None:
         return value.const
     return np.broadcast_to(np.zeros((), value.dtype), value.shape)
+
+
+def _check_type(kind: Any) -> tuple[Shape, np.dtype] | None:
+    """A shape rule's answer for one output, checked: static non-negative dims, a dtype."""
+    if kind is None:
+        return None
+    shape, dtype = kind
+    dims = tuple(int(d) for d in shape)
+    if any(d < 0 for d in dims):
+        raise ShapeError(f"inferred a negative dimension in shape {list(dims)}")
+    return dims, as_dtype(dtype)
 
 
 def subgraphs(node: Node) -> list[Graph]:
