@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from eqsat.errors import EqsatError, ShapeError, UnsupportedOperatorError, UnsupportedOperatorError
+from eqsat.errors import EqsatError, ShapeError, UnsupportedOperatorError
 
 Shape = tuple[int, ...]
 
@@ -228,10 +228,6 @@ class Graph:
         except UnsupportedOperatorError as exc:  # a variant the rule refuses: name the node
             raise UnsupportedOperatorError(
                 [(o, node_name if n in ("?", "") else n, why) for o, n, why in exc.unsupported]
-            ) from None
-        except UnsupportedOperatorError as exc:
-            raise UnsupportedOperatorError(
-                [(o, node_name if n == "?" else n, why) for o, n, why in exc.unsupported]
             ) from None
         except EqsatError as exc:
             raise type(exc)(f"node {node_name!r} ({op}): {exc}") from None
