@@ -55,7 +55,9 @@ class Cost:
 def default_cost(flops_per_output: float = 0.0) -> Callable[..., Cost]:
     """Cost of an op that reads its inputs once and does ``flops_per_output`` per output element."""
 
-    def cost(inputs: list[Value | None], outputs: list[Value | None], attrs: dict[str, Any]) -> Cost:
+    def cost(
+        inputs: list[Value | None], outputs: list[Value | None], attrs: dict[str, Any]
+    ) -> Cost:
         read = sum(v.nbytes for v in inputs if v is not None)
         written = sum(v.nbytes for v in outputs if v is not None)
         flops = flops_per_output * sum(v.size for v in outputs if v is not None)
@@ -94,7 +96,9 @@ class OpDef:
             if key in attrs:
                 full[key] = attrs[key]
             elif default is REQUIRED:
-                raise ShapeError(f"node {node!r} ({self.name}): required attribute {key!r} is missing")
+                raise ShapeError(
+                    f"node {node!r} ({self.name}): required attribute {key!r} is missing"
+                )
             else:
                 full[key] = default
         unknown = set(attrs) - set(self.attrs)
@@ -207,7 +211,7 @@ def same_dtype(inputs: Sequence[Value | None], what: str = "inputs") -> np.dtype
 
 def _load_families() -> None:
     # Imported for their registrations; order does not matter.
-    from eqsat.ops import control, elementwise, nn, reduce, tensor  # noqa: F401
+    from eqsat.ops import control, conv, elementwise, nn, reduce, resize, shape, tensor  # noqa: F401
 
 
 _load_families()

@@ -1,3 +1,418 @@
-"""Operator family 'nn' (being filled in): see eqsat/ops/__init__.py for the entry conventions."""
+"""Dense and normalization operators: MatMul, Gemm, Einsum, the inference-time normalizations
+(BatchNormalization, InstanceNormalization, LayerNormalization) and Softmax/LogSoftmax.
+
+The windowed spatial ops (Conv, pools) live in :mod:`eqsat.ops.conv` and Resize in
+:mod:`eqsat.ops.resize`. float16 inputs are computed in float32 and rounded once at the end, as
+onnxruntime's kernels accumulate; every cost counts a multiply-add as two FLOPs.
+"""
 
 from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import numpy as np
+
+from eqsat.errors import ShapeError, UnsupportedOperatorError
+from eqsat.ir import Value
+from eqsat.ops import Cost, OpDef, broadcast_shapes, normalize_axis, register, same_dtype
+
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+MATMUL_DTYPES = (
+    *FLOAT_DTYPES,
+    *(np.dtype(t) for t in (np.int32, np.int64, np.uint32, np.uint64)),
+)
+EINSUM_DTYPES = (*MATMUL_DTYPES, *(np.dtype(t) for t in (np.int8, np.int16, np.uint8, np.uint16)))
+# TensorProto element types that LayerNormalization's stash_type may name.
+STASH_TYPES = {1: np.dtype(np.float32), 10: np.dtype(np.float16), 11: np.dtype(np.float64)}
+
+
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
+
+
+def check_dtype(dtype: np.dtype, allowed: tuple[np.dtype, ...], what: str = "inputs") -> None:
+    if dtype not in allowed:
+        raise ShapeError(f"{what} must be one of {[str(d) for d in allowed]}, got {dtype}")
+
+
+def io_cost(flops: float, inputs: list[Value | None], outputs: list[Value | None]) -> Cost:
+    read = sum(v.nbytes for v in inputs if v is not None)
+    written = sum(v.nbytes for v in outputs if v is not None)
+    return Cost(float(flops), float(read), float(written))
+
+
+# ---------------------------------------------------------------------------------------- MatMul
+def matmul_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    """numpy.matmul's result shape, with its 1-D promotion rules."""
+    if not a or not b:
+        raise ShapeError(f"MatMul operands must have rank >= 1, got shapes {a} and {b}")
+    a2 = a if len(a) > 1 else (1, *a)
+    b2 = b if len(b) > 1 else (*b, 1)
+    if a2[-1] != b2[-2]:
+        raise ShapeError(f"inner dimensions differ: {a} @ {b} ({a2[-1]} != {b2[-2]})")
+    batch = broadcast_shapes(a2[:-2], b2[:-2])
+    return batch + a2[-2:-1] * (len(a) > 1) + b2[-1:] * (len(b) > 1)
+
+
+def _matmul_infer(inputs: list[Value | None], attrs: dict[str, Any], _: int) -> list[Any]:
+    dtype = same_dtype(inputs)
+    check_dtype(dtype, MATMUL_DTYPES)
+    return [(matmul_shape(inputs[0].shape, inputs[1].shape), dtype)]
+
+
+def _matmul_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
+    a, b = arrays
+    dt = compute_dtype(a.dtype)
+    y = np.matmul(a.astype(dt, copy=False), b.astype(dt, copy=False))
+    return [np.asarray(y).astype(outs[0].dtype, copy=False)]
+
+
+def _matmul_cost(inputs: list[Value | None], outputs: list[Value | None], attrs: dict) -> Cost:
+    k = inputs[0].shape[-1]
+    return io_cost(2 * outputs[0].size * k, inputs, outputs)
+
+
+register(
+    OpDef("MatMul", _matmul_infer, _matmul_reference, _matmul_cost, min_inputs=2, max_inputs=2)
+)
+
+
+# ------------------------------------------------------------------------------------------ Gemm
+def _gemm_infer(inputs: list[Value | None], attrs: dict[str, Any], _: int) -> list[Any]:
+    a, b = inputs[0], inputs[1]
+    c = inputs[2] if len(inputs) > 2 else None
+    dtype = same_dtype(inputs)
+    check_dtype(dtype, MATMUL_DTYPES)
+    if a.rank != 2 or b.rank != 2:
+        raise ShapeError(f"A and B must be matrices, got shapes {a.shape} and {b.shape}")
+    m, k = a.shape[::-1] if attrs["transA"] else a.shape
+    kb, n = b.shape[::-1] if attrs["transB"] else b.shape
+    if k != kb:
+        raise ShapeError(
+            f"inner dimensions differ: A {a.shape} (transA={attrs['transA']}) and B {b.shape} "
+            f"(transB={attrs['transB']}) give K={k} and K={kb}"
+        )
+    if c is not None and (c.rank > 2 or broadcast_shapes(c.shape, (m, n)) != (m, n)):
+        raise ShapeError(f"C {c.shape} does not broadcast to the ({m}, {n}) result")
+    return [((m, n), dtype)]
+
+
+def _gemm_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
+    a, b = arrays[0], arrays[1]
+    c = arrays[2] if len(arrays) > 2 else None
+    dt = compute_dtype(a.dtype)
+    a = a.astype(dt, copy=False)
+    b = b.astype(dt, copy=False)
+    a = a.T if attrs["transA"] else a
+    b = b.T if attrs["transB"] else b
+    y = a @ b
+    # Integer Gemm scales in float64 and truncates once at the end.
+    scalar = dt if dt.kind == "f" else np.dtype(np.float64)
+    alpha, beta = float(attrs["alpha"]), float(attrs["beta"])
+    if alpha != 1.0:
+        y = y * scalar.type(alpha)
+    # With beta == 0 onnxruntime does not read C, so its inf/nan never reach the result.
+    if c is not None and beta != 0.0:
+        c = c.astype(dt, copy=False)
+        y = y + (c if beta == 1.0 else c * scalar.type(beta))
+    return [np.asarray(y).astype(outs[0].dtype, copy=False)]
+
+
+def _gemm_cost(inputs: list[Value | None], outputs: list[Value | None], attrs: dict) -> Cost:
+    a, y = inputs[0], outputs[0]
+    k = a.shape[0] if attrs["transA"] else a.shape[1]
+    epilogue = 2 * y.size if len(inputs) > 2 and inputs[2] is not None else 0
+    return io_cost(2 * y.size * k + epilogue, inputs, outputs)
+
+
+register(
+    OpDef(
+        "Gemm",
+        _gemm_infer,
+        _gemm_reference,
+        _gemm_cost,
+        min_inputs=2,
+        max_inputs=3,
+        attrs={"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0},
+    )
+)
+
+
+# ---------------------------------------------------------------------------------------- Einsum
+def parse_einsum(equation: str, shapes: list[tuple[int, ...]]) -> tuple[str, tuple[int, ...], int]:
+    """For operands of ``shapes``: the explicit form of ``equation``, the result's shape and the
+    size of the iteration space (the product of every label's and broadcast '...' extent)."""
+    eq = equation.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(shapes):
+        raise ShapeError(f"equation {equation!r} has {len(terms)} operand(s), got {len(shapes)}")
+    token = re.compile(r"^(?:[a-zA-Z]|\.\.\.)*$")
+    sizes: dict[str, int] = {}
+    ellipsis: tuple[int, ...] = ()
+    counts: dict[str, int] = {}
+    for term, shape in zip(terms, shapes, strict=True):
+        if not token.match(term) or term.count("...") > 1:
+            raise ShapeError(f"equation {equation!r}: bad operand term {term!r}")
+        head, dots, tail = term.partition("...")
+        if len(head) + len(tail) > len(shape) or (not dots and len(head) != len(shape)):
+            raise ShapeError(f"equation {equation!r}: term {term!r} does not fit shape {shape}")
+        n_ell = len(shape) - len(head) - len(tail)
+        if dots:
+            ellipsis = broadcast_shapes(ellipsis, shape[len(head) : len(head) + n_ell])
+        labelled = shape[: len(head)] + shape[len(head) + n_ell :]
+        for label, size in zip(head + tail, labelled, strict=True):
+            counts[label] = counts.get(label, 0) + 1
+            seen = sizes.get(label, size)
+            if seen != size and 1 not in (seen, size):
+                raise ShapeError(
+                    f"equation {equation!r}: label {label!r} has sizes {seen} and {size}"
+                )
+            sizes[label] = max(seen, size)
+    if arrow:
+        if not token.match(rhs) or rhs.count("...") > 1:
+            raise ShapeError(f"equation {equation!r}: bad output term {rhs!r}")
+        labels = rhs.replace("...", "")
+        if len(set(labels)) != len(labels) or not set(labels) <= set(sizes):
+            raise ShapeError(f"equation {equation!r}: output labels must be unique input labels")
+        if "..." not in rhs and math.prod(ellipsis) != 1:
+            raise ShapeError(f"equation {equation!r}: output drops the '...' dimensions")
+        out = rhs
+    else:
+        # Implicit output: '...' first, then the labels used once, in ASCII order (as numpy).
+        out = "..." * ("..." in lhs) + "".join(sorted(k for k, c in counts.items() if c == 1))
+    head, dots, tail = out.partition("...")
+    shape = (
+        tuple(sizes[c] for c in head) + (ellipsis if dots else ()) + tuple(sizes[c] for c in tail)
+    )
+    return f"{lhs}->{out}", shape, math.prod(sizes.values()) * math.prod(ellipsis)
+
+
+def _einsum_infer(inputs: list[Value | None], attrs: dict[str, Any], _: int) -> list[Any]:
+    dtype = same_dtype(inputs)
+    check_dtype(dtype, EINSUM_DTYPES)
+    _, shape, _ = parse_einsum(str(attrs["equation"]), [v.shape for v in inputs])
+    return [(shape, dtype)]
+
+
+def _einsum_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
+    dt = compute_dtype(arrays[0].dtype)
+    operands = [a.astype(dt, copy=False) for a in arrays]
+    equation, _, _ = parse_einsum(str(attrs["equation"]), [a.shape for a in operands])
+    y = np.einsum(equation, *operands, optimize=len(operands) > 1)
+    return [np.asarray(y).astype(outs[0].dtype, copy=False)]
+
+
+def _einsum_cost(inputs: list[Value | None], outputs: list[Value | None], attrs: dict) -> Cost:
+    if len(inputs) == 1:
+        return io_cost(inputs[0].size, inputs, outputs)
+    # One multiply-add per extra operand for every point of the iteration space.
+    _, _, space = parse_einsum(str(attrs["equation"]), [v.shape for v in inputs])
+    return io_cost(2 * space * (len(inputs) - 1), inputs, outputs)
+
+
+register(
+    OpDef(
+        "Einsum",
+        _einsum_infer,
+        _einsum_reference,
+        _einsum_cost,
+        min_inputs=1,
+        max_inputs=1 << 16,
+        attrs={"equation": ""},
+    )
+)
+
+
+# ------------------------------------------------------------------------------ normalizations
+def _channel_params(x: Value, params: list[Value | None], names: str) -> None:
+    if x.rank < 2:
+        raise ShapeError(f"X must be N x C x ..., got shape {x.shape}")
+    check_dtype(x.dtype, FLOAT_DTYPES, "X")
+    for value, name in zip(params, names.split(), strict=True):
+        if value.shape != (x.shape[1],):
+            raise ShapeError(f"{name} must have shape ({x.shape[1]},), got {value.shape}")
+        check_dtype(value.dtype, FLOAT_DTYPES, name)
+
+
+def _channel_shape(arr: np.ndarray, rank: int, dt: np.dtype) -> np.ndarray:
+    return arr.astype(dt, copy=False).reshape((1, -1) + (1,) * (rank - 2))
+
+
+def _bn_infer(inputs: list[Value | None], attrs: dict[str, Any], n_out: int) -> list[Any]:
+    if attrs["training_mode"]:
+        raise UnsupportedOperatorError(
+            [("BatchNormalization", "?", "training_mode=1 (statistics of the batch)")]
+        )
+    if n_out > 1:
+        raise ShapeError("outputs running_mean and running_var exist only with training_mode=1")
+    x = inputs[0]
+    _channel_params(x, inputs[1:], "scale B input_mean input_var")
+    return [(x.shape, x.dtype)]
+
+
+def _bn_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
+    x, scale, bias, mean, var = arrays
+    dt = compute_dtype(x.dtype)
+    r = x.ndim
+    inv = _channel_shape(scale, r, dt) / np.sqrt(
+        _channel_shape(var, r, dt) + dt.type(attrs["epsilon"])
+    )
+    y = (x.astype(dt, copy=False) - _channel_shape(mean, r, dt)) * inv + _channel_shape(bias, r, dt)
+    return [y.astype(outs[0].dtype, copy=False)]
+
+
+def _norm_cost(flops_per_element: int) -> Any:
+    def cost(inputs: list[Value | None], outputs: list[Value | None], attrs: dict) -> Cost:
+        return io_cost(flops_per_element * inputs[0].size, inputs, outputs)
+
+    return cost
+
+
+register(
+    OpDef(
+        "BatchNormalization",
+        _bn_infer,
+        _bn_reference,
+        _norm_cost(2),
+        min_inputs=5,
+        max_inputs=5,
+        max_outputs=3,
+        attrs={"epsilon": 1e-5, "momentum": 0.9, "training_mode": 0},
+    )
+)
+
+
+def _in_infer(inputs: list[Value | None], attrs: dict[str, Any], _: int) -> list[Any]:
+    x = inputs[0]
+    if x.rank < 3:
+        raise ShapeError(f"X must be N x C x D1 x ... (rank >= 3), got shape {x.shape}")
+    _channel_params(x, inputs[1:], "scale B")
+    return [(x.shape, x.dtype)]
+
+
+def _in_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
+    x, scale, bias = arrays
+    dt = compute_dtype(x.dtype)
+    xs = x.astype(dt, copy=False)
+    axes = tuple(range(2, x.ndim))
+    mean = xs.mean(axis=axes, keepdims=True)
+    centered = xs - mean
+    var = np.mean(centered * centered, axis=axes, keepdims=True)
+    y = centered / np.sqrt(var + dt.type(attrs["epsilon"]))
+    y = y * _channel_shape(scale, x.ndim, dt) + _channel_shape(bias, x.ndim, dt)
+    return [y.astype(outs[0].dtype, copy=False)]
+
+
+register(
+    OpDef(
+        "InstanceNormalization",
+        _in_infer,
+        _in_reference,
+        _norm_cost(7),
+        min_inputs=3,
+        max_inputs=3,
+        attrs={"epsilon": 1e-5},
+    )
+)
+
+
+def _ln_infer(inputs: list[Value | None], attrs: dict[str, Any], n_out: int) -> list[Any]:
+    x = inputs[0]
+    check_dtype(x.dtype, FLOAT_DTYPES, "X")
+    if x.rank < 1:
+        raise ShapeError("X must have rank >= 1")
+    axis = normalize_axis(int(attrs["axis"]), x.rank)
+    for value, name in zip(inputs[1:], ("Scale", "B"), strict=False):
+        if value is None:
+            continue
+        if value.dtype != x.dtype:
+            raise ShapeError(f"{name} must have X's dtype {x.dtype}, got {value.dtype}")
+        normalized = x.shape[axis:]
+        fits = value.rank <= len(normalized) and all(
+            d in (1, n) for d, n in zip(value.shape[::-1], normalized[::-1], strict=False)
+        )
+        if not fits:
+            raise ShapeError(
+                f"{name} {value.shape} does not broadcast to the normalized shape {x.shape[axis:]}"
+            )
+    stash = STASH_TYPES.get(int(attrs["stash_type"]))
+    if stash is None:
+        raise ShapeError(f"stash_type {attrs['stash_type']} is not float16, float32 or float64")
+    stats = x.shape[:axis] + (1,) * (x.rank - axis)
+    return [(x.shape, x.dtype), (stats, stash), (stats, stash)][:n_out]
+
+
+def _ln_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
+    x, scale = arrays[0], arrays[1]
+    bias = arrays[2] if len(arrays) > 2 else None
+    axis = normalize_axis(int(attrs["axis"]), x.ndim)
+    stash = STASH_TYPES[int(attrs["stash_type"])]
+    # Statistics in the stash type, widened to float64 for float64 X as onnxruntime does.
+    dt = np.promote_types(compute_dtype(stash), compute_dtype(x.dtype))
+    axes = tuple(range(axis, x.ndim))
+    xs = x.astype(dt, copy=False)
+    mean = xs.mean(axis=axes, keepdims=True)
+    centered = xs - mean
+    inv_std = 1 / np.sqrt(np.mean(centered * centered, axis=axes, keepdims=True) + attrs["epsilon"])
+    inv_std = inv_std.astype(dt, copy=False)
+    # As in the ONNX function body: normalize in the stash type, then scale and shift in X's type.
+    normalized = (centered * inv_std).astype(x.dtype, copy=False)
+    cd = compute_dtype(x.dtype)
+    y = normalized.astype(cd, copy=False) * scale.astype(cd, copy=False)
+    if bias is not None:
+        y = y + bias.astype(cd, copy=False)
+    return [y.astype(x.dtype, copy=False), mean.astype(stash), inv_std.astype(stash)][: len(outs)]
+
+
+register(
+    OpDef(
+        "LayerNormalization",
+        _ln_infer,
+        _ln_reference,
+        _norm_cost(8),
+        min_inputs=2,
+        max_inputs=3,
+        max_outputs=3,
+        attrs={"axis": -1, "epsilon": 1e-5, "stash_type": 1},
+    )
+)
+
+
+# ------------------------------------------------------------------------------------- softmax
+def _softmax_infer(inputs: list[Value | None], attrs: dict[str, Any], _: int) -> list[Any]:
+    x = inputs[0]
+    check_dtype(x.dtype, FLOAT_DTYPES, "input")
+    if x.rank < 1:
+        raise ShapeError("input must have rank >= 1")
+    normalize_axis(int(attrs["axis"]), x.rank)
+    return [(x.shape, x.dtype)]
+
+
+def _softmax_parts(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """``x - max`` and the sum of its exponentials along ``axis``, in the compute dtype."""
+    xs = x.astype(compute_dtype(x.dtype), copy=False)
+    shifted = xs - xs.max(axis=axis, keepdims=True)
+    return shifted, np.exp(shifted).sum(axis=axis, keepdims=True)
+
+
+def _softmax_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
+    x = arrays[0]
+    axis = normalize_axis(int(attrs["axis"]), x.ndim)
+    shifted, total = _softmax_parts(x, axis)
+    return [(np.exp(shifted) / total).astype(x.dtype, copy=False)]
+
+
+def _log_softmax_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
+    x = arrays[0]
+    axis = normalize_axis(int(attrs["axis"]), x.ndim)
+    shifted, total = _softmax_parts(x, axis)
+    return [(shifted - np.log(total)).astype(x.dtype, copy=False)]
+
+
+register(OpDef("Softmax", _softmax_infer, _softmax_reference, _norm_cost(5), attrs={"axis": -1}))
+register(
+    OpDef("LogSoftmax", _softmax_infer, _log_softmax_reference, _norm_cost(5), attrs={"axis": -1})
+)
