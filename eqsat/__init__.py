@@ -19,7 +19,9 @@ from eqsat.errors import (
 from eqsat.ir import Graph, Node, Value
 from eqsat.lowering import Executable
 from eqsat.lowering import compile_graph as compile
+from eqsat.egraph import Limits
 from eqsat.onnx_io import load, save, to_onnx
+from eqsat.optimize import OptimizeReport, OptimizeResult, optimize
 
 __version__ = "0.1.0"
 
@@ -29,8 +31,11 @@ __all__ = [
     "Graph",
     "InputError",
     "LimitError",
+    "Limits",
     "ModelLoadError",
     "Node",
+    "OptimizeReport",
+    "OptimizeResult",
     "RuleError",
     "ShapeError",
     "TargetError",
@@ -38,6 +43,7 @@ __all__ = [
     "Value",
     "compile",
     "load",
+    "optimize",
     "save",
     "to_onnx",
 ]

@@ -1,1 +1,202 @@
-"""Rewrite-rule families for the e-graph optimizer, one module per family (arriving with the engine)."""
+"""Rewrite-rule families for the e-graph optimizer, one module per family, and how to load them.
+
+A family module makes a :class:`Family` and declares rules on it; a rule is a function whose
+parameters (typed :class:`~eqsat.egraph.T`, ``Vec[i64]``, ...) become pattern variables and which
+returns ``(lhs, rhs, *conditions)``::
+
+    from eqsat.egraph import E, T
+    from eqsat.rules import Family
+
+    family = Family("mine")
+
+    @family.rewrite("relu-relu", caveat="exact")
+    def _(x: T):
+        return E.Relu(E.Relu(x)), E.Relu(x)
+
+``@family.rule(name)`` takes a function returning any egglog rewrite or rule instead (for rules that
+compute new attribute values in their action). ``optimize(rules=...)`` and ``eqsat check-rules``
+accept family names (see :data:`FAMILIES`), paths of such modules or folders of them, egglog
+rulesets, rules and families.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from egglog import Ruleset, rewrite, var
+
+from eqsat.egraph import Rule
+from eqsat.errors import RuleError
+
+FAMILIES = {"algebraic": "eqsat.rules.algebraic"}
+DEFAULT_FAMILIES = ("algebraic",)
+
+
+class Family:
+    """A named group of rules, declared with :meth:`rewrite` or :meth:`rule`."""
+
+    def __init__(self, name: str, doc: str = ""):
+        self.name = name
+        self.doc = doc
+        self.rules: list[Rule] = []
+
+    def _vars(self, fn: Callable[..., Any]) -> list[Any]:
+        hints = get_type_hints(fn)
+        # Parameters with defaults are loop values bound at declaration, not pattern variables.
+        params = [p.name for p in inspect.signature(fn).parameters.values() if p.default is p.empty]
+        missing = [p for p in params if p not in hints]
+        if missing:
+            raise RuleError(f"rule {fn.__name__}: parameters {missing} need a type annotation")
+        return [var(p, hints[p]) for p in params]
+
+    def _add(self, rule: Rule) -> None:
+        if any(r.name == rule.name for r in self.rules):
+            raise RuleError(f"family {self.name!r} already has a rule named {rule.name!r}")
+        self.rules.append(rule)
+
+    def rewrite(
+        self, name: str, *, caveat: str = "", explosive: bool = False, bidirectional: bool = False
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Declare ``lhs -> rhs`` (when the conditions hold); the function returns all three."""
+
+        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+            try:
+                lhs, rhs, *conditions = fn(*self._vars(fn))
+                rw = rewrite(lhs).to(rhs, *conditions)
+            except RuleError:
+                raise
+            except Exception as exc:
+                raise RuleError(f"rule {name!r}: {type(exc).__name__}: {exc}") from exc
+            self._add(Rule(f"{self.name}/{name}", rw, self.name, caveat, explosive))
+            if bidirectional:
+                back = rewrite(rhs).to(lhs, *conditions)
+                self._add(Rule(f"{self.name}/{name}-rev", back, self.name, caveat, explosive))
+            return fn
+
+        return decorate
+
+    def rule(
+        self, name: str, *, caveat: str = "", explosive: bool = False
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Declare an egglog rewrite or rule built by the function (for computed right sides)."""
+
+        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+            try:
+                built = fn(*self._vars(fn))
+            except Exception as exc:
+                raise RuleError(f"rule {name!r}: {type(exc).__name__}: {exc}") from exc
+            self._add(Rule(f"{self.name}/{name}", built, self.name, caveat, explosive))
+            return fn
+
+        return decorate
+
+    def __repr__(self) -> str:
+        return f"<rule family {self.name!r}: {len(self.rules)} rules>"
+
+
+def family(name: str) -> list[Rule]:
+    """The rules of the built-in family ``name``."""
+    if name not in FAMILIES:
+        raise RuleError(f"no rule family {name!r}; known: {sorted(FAMILIES)}")
+    return collect(importlib.import_module(FAMILIES[name]))[0]
+
+
+def collect(module: Any) -> tuple[list[Rule], list[Ruleset]]:
+    """The rules a module declares: its Family objects, Rule objects and egglog rulesets."""
+    rules: list[Rule] = []
+    extra: list[Ruleset] = []
+    for value in vars(module).values():
+        if isinstance(value, Family):
+            rules.extend(value.rules)
+        elif isinstance(value, Rule):
+            rules.append(value)
+        elif isinstance(value, Ruleset):
+            extra.append(value)
+    return rules, extra
+
+
+def load_path(path: str | os.PathLike) -> tuple[list[Rule], list[Ruleset]]:
+    """Rules from a ``.py`` file, or from every ``.py`` file (not starting with ``_``) in a folder."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.py") if not p.name.startswith("_"))
+        if not files:
+            raise RuleError(f"{path}: no rule modules (*.py) in this folder")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise RuleError(f"{path}: no such rule file or folder")
+    rules: list[Rule] = []
+    extra: list[Ruleset] = []
+    for file in files:
+        digest = hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:10]
+        name = f"eqsat_user_rules_{file.stem}_{digest}"
+        module = sys.modules.get(name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(name, file)
+            if spec is None or spec.loader is None:
+                raise RuleError(f"{file}: cannot import")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+            except RuleError:
+                del sys.modules[name]
+                raise
+            except Exception as exc:
+                del sys.modules[name]
+                raise RuleError(f"{file}: {type(exc).__name__}: {exc}") from exc
+        found, more = collect(module)
+        if not found and not more:
+            raise RuleError(f"{file}: declares no rules (no Family, Rule or egglog Ruleset)")
+        rules.extend(found)
+        extra.extend(more)
+    return rules, extra
+
+
+def resolve(spec: Any) -> tuple[list[Rule], list[Ruleset]]:
+    """Rules and opaque egglog rulesets for ``optimize(rules=spec)``."""
+    if spec is None:
+        spec = DEFAULT_FAMILIES
+    if isinstance(spec, str | os.PathLike) or not isinstance(spec, Iterable):
+        spec = [spec]
+    rules: list[Rule] = []
+    extra: list[Ruleset] = []
+    for item in spec:
+        if isinstance(item, Rule):
+            rules.append(item)
+        elif isinstance(item, Family):
+            rules.extend(item.rules)
+        elif isinstance(item, Ruleset):
+            extra.append(item)
+        elif isinstance(item, str) and item in FAMILIES:
+            rules.extend(family(item))
+        elif isinstance(item, str | os.PathLike) and (
+            Path(item).exists() or str(item).endswith(".py") or os.sep in str(item)
+        ):
+            found, more = load_path(item)
+            rules.extend(found)
+            extra.extend(more)
+        else:
+            raise RuleError(
+                f"rules: {item!r} is not a family ({', '.join(sorted(FAMILIES))}), "
+                f"a rule file or folder, an egglog ruleset or a rule"
+            )
+    seen: set[str] = set()
+    unique = []
+    for r in rules:
+        if r.name not in seen:
+            seen.add(r.name)
+            unique.append(r)
+    return unique, extra
+
+
+__all__ = ["DEFAULT_FAMILIES", "FAMILIES", "Family", "collect", "family", "load_path", "resolve"]

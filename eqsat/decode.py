@@ -1,0 +1,453 @@
+"""Reading a saturated e-graph back: typed e-classes, the original graph's choices, and decoding.
+
+:class:`View` parses egglog's serialized JSON (the extraction-gym format) against an
+:class:`~eqsat.egraph.Encoding`: every tensor e-node is decoded into its op, attributes and input
+e-classes; every tensor e-class gets a type (shape, dtype) by running the op table's shape rules over
+the e-graph, which also rejects e-nodes whose inferred type disagrees with their e-class (a rule that
+is not shape-correct cannot be extracted). :meth:`View.decode` rebuilds a :class:`Graph` from one
+choice of e-node per e-class through the builder, so shapes are checked again and nodes whose inputs
+are all constants fold at compile time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from eqsat import ops
+from eqsat.egraph import Encoding, attr_key, spec
+from eqsat.errors import EqsatError
+from eqsat.ir import Graph, Value
+
+TensorType = tuple[tuple[int, ...], np.dtype]
+LEAF_KINDS = ("input", "const", "none")
+# Constant e-classes up to this many elements are evaluated so shape rules can read them.
+EVAL_LIMIT = 1 << 16
+
+
+@dataclass
+class ENode:
+    """A decoded tensor e-node."""
+
+    id: str
+    eclass: str
+    kind: str  # "input" | "const" | "none" | "out" | "op"
+    op: str = ""
+    name: str = ""  # input name or constant key
+    attrs: dict[str, Any] = field(default_factory=dict)
+    inputs: list[str | None] = field(default_factory=list)  # e-classes; None for omitted
+    mask: str = "1"
+    index: int = 0  # output index of an "out" projection
+
+
+class View:
+    """The tensor part of a serialized e-graph, typed and indexed."""
+
+    def __init__(self, serialized: dict[str, Any], enc: Encoding):
+        self.json = serialized
+        self.enc = enc
+        raw = serialized["nodes"]
+        self.raw = raw
+        self.nodes: dict[str, ENode] = {}
+        self.classes: dict[str, list[str]] = {}
+        for nid, node in raw.items():
+            decoded = self._decode_node(nid, node)
+            if decoded is not None:
+                self.nodes[nid] = decoded
+                self.classes.setdefault(decoded.eclass, []).append(nid)
+        self.types: dict[str, Any] = {}
+        self.invalid: set[str] = set()
+        self.const_classes: set[str] = set()
+        self._const_values: dict[str, np.ndarray | None] = {}
+        self._seed_types()
+        self.locate(enc.graph)
+        self._infer_types()
+        self._find_constants()
+
+    # ------------------------------------------------------------------ parsing
+    def _cls(self, nid: str) -> str:
+        return self.raw[nid]["eclass"]
+
+    def _literal(self, nid: str) -> str:
+        return self.raw[nid]["op"]
+
+    def _attr(self, nid: str) -> Any:
+        node = self.raw[nid]
+        op, kids = node["op"], node["children"]
+        if op == "Attr.none":
+            return None
+        if op == "Attr.int":
+            return int(self._literal(kids[0]))
+        if op == "Attr.float":
+            return float(self._literal(kids[0]))
+        if op == "Attr.str":
+            return json.loads(self._literal(kids[0]))
+        if op == "Attr.ints":
+            return [int(self._literal(k)) for k in self.raw[kids[0]]["children"]]
+        if op == "Attr.key":
+            return self.enc.attr_values[json.loads(self._literal(kids[0]))]
+        raise EqsatError(f"cannot decode attribute node {op}")
+
+    def _tlist(self, nid: str) -> list[str | None]:
+        out: list[str | None] = []
+        while self.raw[nid]["op"] == "TList.cons":
+            head, nid = self.raw[nid]["children"]
+            out.append(self._cls(head))
+        return out
+
+    def _decode_node(self, nid: str, node: dict[str, Any]) -> ENode | None:
+        op, kids, eclass = node["op"], node["children"], node["eclass"]
+        if op == "T.input":
+            return ENode(nid, eclass, "input", name=json.loads(self._literal(kids[0])))
+        if op == "T.const":
+            return ENode(nid, eclass, "const", name=json.loads(self._literal(kids[0])))
+        if op == "T.none":
+            return ENode(nid, eclass, "none")
+        if op.endswith(".out") and len(kids) == 2:
+            return ENode(
+                nid, eclass, "out", inputs=[self._cls(kids[0])], index=int(self._literal(kids[1]))
+            )
+        if not ops.is_supported(op) or not eclass.split("-")[0].endswith(".T"):
+            return None
+        s = spec(op)
+        pos = 0
+        if s.variadic:
+            inputs = self._tlist(kids[0])
+            pos = 1
+        else:
+            inputs = [self._cls(k) for k in kids[: s.num_inputs]]
+            pos = s.num_inputs
+        attrs = {name: self._attr(k) for name, k in zip(s.attrs, kids[pos:], strict=False)}
+        pos += len(s.attrs)
+        mask = json.loads(self._literal(kids[pos])) if s.multi_output else "1"
+        return ENode(nid, eclass, "op", op=op, attrs=attrs, inputs=inputs, mask=mask)
+
+    def is_none(self, eclass: str | None) -> bool:
+        return eclass is None or any(self.nodes[n].kind == "none" for n in self.classes[eclass])
+
+    def op_inputs(self, node: ENode) -> list[str | None]:
+        return [None if self.is_none(c) else c for c in node.inputs]
+
+    # ------------------------------------------------------------------ types
+    def _seed_types(self) -> None:
+        self.original: dict[int, str] = {}  # id(Value) -> e-class
+        self.original_node: dict[str, str] = {}  # e-class -> node id of its first IR value
+        self.value_node: dict[int, str] = {}  # id(Value) -> the e-node that encodes it
+        self.node_index: dict[tuple, str] = {}
+        for nid, node in self.nodes.items():
+            self.node_index[self._signature(node)] = nid
+
+    def _signature(self, node: ENode) -> tuple:
+        attrs = tuple(sorted((k, _hashable(v)) for k, v in node.attrs.items()))
+        inputs = [None if self.is_none(c) else c for c in node.inputs]
+        while inputs and inputs[-1] is None:
+            inputs.pop()
+        return (node.kind, node.op, node.name, attrs, tuple(inputs), node.mask, node.index)
+
+    def locate(self, graph: Graph) -> None:
+        """Find the e-class and original e-node of every value of ``graph`` (the encoded one)."""
+        for value in graph.inputs:
+            if value.const is None:
+                self._locate_leaf(value, "input", value.name)
+        for node in graph.nodes:
+            if all(v is None or v.const is not None for v in node.outputs):
+                continue
+            ins = [None if v is None else self._class_of(v) for v in self.enc.node_inputs[id(node)]]
+            mask = "".join("0" if v is None else "1" for v in node.outputs)
+            probe = ENode("", "", "op", op=node.op, attrs=node.attrs, inputs=ins, mask=mask)
+            nid = self.node_index.get(self._signature(probe))
+            if nid is None:
+                raise EqsatError(f"node {node.name!r} ({node.op}) not found in the e-graph")
+            if mask == "1":
+                self._assign(node.outputs[0], nid)
+                continue
+            tup = self._cls(nid)
+            self.original_node.setdefault(tup, nid)
+            for i, v in enumerate(node.outputs):
+                if v is not None:
+                    probe = ENode("", "", "out", inputs=[tup], index=i)
+                    self._assign(v, self.node_index[self._signature(probe)])
+        for value in graph.outputs:
+            self._class_of(value)
+
+    def _assign(self, value: Value, nid: str) -> None:
+        self.value_node[id(value)] = nid
+        eclass = self.nodes[nid].eclass
+        self.original[id(value)] = eclass
+        self.original_node.setdefault(eclass, nid)
+        self.types.setdefault(eclass, (value.shape, value.dtype))
+
+    def _locate_leaf(self, value: Value, kind: str, name: str) -> str:
+        probe = ENode("", "", kind, name=name)
+        nid = self.node_index[self._signature(probe)]
+        self._assign(value, nid)
+        return self.nodes[nid].eclass
+
+    def _class_of(self, value: Value) -> str:
+        found = self.original.get(id(value))
+        if found is not None:
+            return found
+        key = self.enc.const_keys.get(id(value))
+        if key is None:
+            raise EqsatError(f"value {value.name!r} is not in the e-graph")
+        return self._locate_leaf(value, "const", key)
+
+    def _infer_types(self) -> None:
+        for _nid, node in self.nodes.items():
+            if node.kind == "input":
+                v = self.enc.graph[node.name]
+                self.types.setdefault(node.eclass, (v.shape, v.dtype))
+            elif node.kind == "const":
+                a = self.enc.constants[node.name]
+                self.types.setdefault(node.eclass, (tuple(a.shape), a.dtype))
+        pending = [n for n in self.nodes.values() if n.kind in ("op", "out")]
+        changed = True
+        while changed:
+            changed = False
+            rest = []
+            for node in pending:
+                inferred = self._infer(node)
+                if inferred is _UNKNOWN:
+                    rest.append(node)
+                    continue
+                changed = True
+                if inferred is None:
+                    self.invalid.add(node.id)
+                    continue
+                known = self.types.get(node.eclass)
+                if known is None:
+                    self.types[node.eclass] = inferred
+                elif not _same_type(known, inferred):
+                    self.invalid.add(node.id)
+            pending = rest
+        self.invalid.update(n.id for n in pending)  # inputs of unknown type: cannot be priced
+
+    def _fake(self, eclass: str | None) -> Value | object | None:
+        if eclass is None:
+            return None
+        t = self.types.get(eclass)
+        if t is None or isinstance(t, list):
+            return _UNKNOWN
+        shape, dt = t
+        const = None
+        if int(np.prod(shape, dtype=np.int64)) <= EVAL_LIMIT:
+            const = self.const_value(eclass)
+        return Value(f"c{eclass}", tuple(shape), np.dtype(dt), const)
+
+    def _infer(self, node: ENode) -> Any:
+        if node.kind == "out":
+            t = self.types.get(node.inputs[0])
+            if t is None:
+                return _UNKNOWN
+            if not isinstance(t, list) or node.index >= len(t) or t[node.index] is None:
+                return None
+            return t[node.index]
+        fakes = [self._fake(c) for c in self.op_inputs(node)]
+        if any(f is _UNKNOWN for f in fakes):
+            return _UNKNOWN
+        opdef = ops.get(node.op)
+        try:
+            types = opdef.infer(fakes, dict(node.attrs), len(node.mask))  # type: ignore[arg-type]
+        except Exception:
+            return None
+        types = [None if m == "0" else t for m, t in zip(node.mask, types, strict=False)]
+        if node.mask == "1":
+            return (tuple(types[0][0]), np.dtype(types[0][1])) if types[0] else None
+        return [None if t is None else (tuple(t[0]), np.dtype(t[1])) for t in types]
+
+    # ------------------------------------------------------------------ constants
+    def _find_constants(self) -> None:
+        const = self.const_classes
+        changed = True
+        while changed:
+            changed = False
+            for node in self.nodes.values():
+                if (
+                    node.eclass in const
+                    or node.id in self.invalid
+                    or node.kind in ("input", "none")
+                ):
+                    continue
+                if node.kind == "op" and not ops.get(node.op).pure:
+                    continue
+                if node.kind == "const" or self.is_const_node(node):
+                    const.add(node.eclass)
+                    changed = True
+
+    def is_const_node(self, node: ENode) -> bool:
+        ins = self.op_inputs(node) if node.kind == "op" else node.inputs
+        return all(c is None or c in self.const_classes for c in ins)
+
+    def const_value(self, eclass: str) -> np.ndarray | None:
+        """The content of a constant e-class (small ones only), or None."""
+        if eclass in self._const_values:
+            return self._const_values[eclass]
+        self._const_values[eclass] = None  # guards against cycles while evaluating
+        result = None
+        for nid in self.classes.get(eclass, []):
+            node = self.nodes[nid]
+            if node.kind == "const":
+                result = self.enc.constants[node.name]
+                break
+        self._const_values[eclass] = result
+        return result
+
+    # ------------------------------------------------------------------ decoding
+    def roots(self) -> list[str]:
+        return [self.original[id(v)] for v in self.enc.graph.outputs]
+
+    def original_choices(self) -> dict[str, str]:
+        """One e-node per e-class that rebuilds the input graph (each class's earliest value)."""
+        choices: dict[str, str] = {}
+        for nid, raw in self.raw.items():
+            node = self.nodes.get(nid)
+            if (node is None and is_plain(raw)) or (node is not None and node.kind == "none"):
+                choices.setdefault(raw["eclass"], nid)
+        choices.update(self.original_node)
+        return choices
+
+    def children(self, node: ENode) -> list[str]:
+        """E-classes an e-node needs decoded first."""
+        if node.kind == "op":
+            return [c for c in self.op_inputs(node) if c is not None]
+        return list(node.inputs) if node.kind == "out" else []
+
+    def decode(self, choices: dict[str, str]) -> Graph:
+        """Rebuild a Graph from one chosen e-node per e-class (shapes re-inferred by the builder)."""
+        src = self.enc.graph
+        g = Graph(src.name)
+        g.opset = src.opset
+        names = self._preferred_names()
+        done: dict[str, Value] = {}
+        tuples: dict[str, list[Value | None]] = {}
+        for v in src.inputs:
+            nv = g.input(v.name, v.shape, v.dtype)
+            nv.const = v.const
+        for root in self.roots():
+            stack = [root]
+            entered: set[str] = set()
+            while stack:
+                c = stack[-1]
+                if c in done or c in tuples:
+                    stack.pop()
+                    continue
+                node = self._chosen(choices, c)
+                deps = [d for d in self.children(node) if d not in done and d not in tuples]
+                if deps:
+                    if c in entered:
+                        raise EqsatError(f"the chosen e-nodes form a cycle through e-class {c}")
+                    entered.add(c)
+                    stack.extend(deps)
+                    continue
+                stack.pop()
+                self._build(g, node, done, tuples, names)
+        for v in src.outputs:
+            value = done[self.original[id(v)]]
+            g.output(value, v.name)
+        g.fold_constants()
+        return g
+
+    def _chosen(self, choices: dict[str, str], eclass: str) -> ENode:
+        nid = choices.get(eclass)
+        if nid is None or nid not in self.nodes:
+            raise EqsatError(f"no tensor e-node chosen for e-class {eclass}")
+        if nid in self.invalid:
+            raise EqsatError(f"the chosen e-node {nid} is not shape-correct")
+        return self.nodes[nid]
+
+    def _build(self, g: Graph, node: ENode, done: dict, tuples: dict, names: dict) -> None:
+        c = node.eclass
+        if node.kind == "input":
+            done[c] = g[node.name]
+        elif node.kind == "const":
+            done[c] = g.constant(self.enc.constants[node.name], names.get(c, node.name))
+        elif node.kind == "out":
+            outs = tuples[node.inputs[0]]
+            value = outs[node.index] if node.index < len(outs) else None
+            if value is None:
+                raise EqsatError(f"e-class {c} projects an output its node does not produce")
+            done[c] = value
+        elif node.kind == "op":
+            ins = [None if i is None else done[i] for i in self.op_inputs(node)]
+            while ins and ins[-1] is None:  # trailing omitted optional inputs
+                ins.pop()
+            if node.mask == "1":
+                out_names: list[str | None] = [g.fresh_name(names[c]) if c in names else None]
+            else:
+                out_names = []
+                for i, m in enumerate(node.mask):
+                    proj = self.node_index.get(("out", "", "", (), (c,), "1", i))
+                    pc = self.nodes[proj].eclass if proj else None
+                    if m == "0":
+                        out_names.append("")
+                    else:
+                        out_names.append(g.fresh_name(names[pc]) if pc in names else None)
+            built = g.add_node(node.op, ins, out_names, dict(node.attrs))
+            if node.mask == "1":
+                done[c] = built.outputs[0]
+            else:
+                tuples[c] = built.outputs
+        else:
+            raise EqsatError(f"cannot decode e-node {node.id} ({node.kind})")
+
+    def _preferred_names(self) -> dict[str, str]:
+        src = self.enc.graph
+        names: dict[str, str] = {}
+        taken = {v.name for v in src.outputs} | {v.name for v in src.inputs}
+        for v in src.outputs:
+            names.setdefault(self.original[id(v)], v.name)
+        for v in src.values.values():
+            c = self.original.get(id(v))
+            if c is not None and c not in names and v.name not in taken:
+                names[c] = v.name
+                taken.add(v.name)
+        return names
+
+
+def is_plain(raw: dict[str, Any]) -> bool:
+    """Attribute values, primitives and input lists: the non-tensor e-nodes tensors refer to."""
+    op = raw["op"]
+    return not raw["children"] or op.startswith(("Attr.", "TList.")) or op == "Vec"
+
+
+# egglog functions of the encoding that are facts about tensors, not parts of them.
+ANALYSIS_FUNCTIONS = frozenset({"shape", "dtype", "splat", "is_const", "static_shape", "lossless"})
+
+
+def prune(serialized: dict[str, Any]) -> dict[str, Any]:
+    """The serialized e-graph without the analysis functions' entries (no tensor uses them)."""
+    nodes = {k: v for k, v in serialized["nodes"].items() if v["op"] not in ANALYSIS_FUNCTIONS}
+    used = {v["eclass"] for v in nodes.values()}
+    class_data = {k: v for k, v in serialized.get("class_data", {}).items() if k in used}
+    return {**serialized, "nodes": nodes, "class_data": class_data}
+
+
+class _Unknown:
+    pass
+
+
+_UNKNOWN = _Unknown()
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, np.ndarray | Graph):
+        return attr_key(value)
+    if isinstance(value, float) and value != value:
+        return "nan"
+    return value
+
+
+def _same_type(a: Any, b: Any) -> bool:
+    if isinstance(a, list) or isinstance(b, list):
+        return (
+            isinstance(a, list)
+            and isinstance(b, list)
+            and len(a) == len(b)
+            and all(x is None or y is None or _same_type(x, y) for x, y in zip(a, b, strict=True))
+        )
+    return tuple(a[0]) == tuple(b[0]) and np.dtype(a[1]) == np.dtype(b[1])

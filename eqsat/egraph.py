@@ -1,0 +1,537 @@
+"""Graph -> egglog terms, and the saturation runner with limits and a run report.
+
+Encoding (one e-class per IR value):
+
+* sort :class:`T` is a tensor. Graph inputs are ``T.input(name)``, constants ``T.const(key)`` (the
+  arrays stay on the Python side in :attr:`Encoding.constants`; equal constants share one key), an
+  omitted optional input is ``T.none()``.
+* every op of the operator table has a constructor of the same name, built from its
+  :class:`~eqsat.ops.OpDef` (principle 5): inputs first (``T`` each, padded with ``T.none()``; ops
+  with unbounded arity take one :class:`TList`), then one :class:`Attr` per declared attribute in
+  declaration order, then, for ops that can have several outputs, an output mask string such as
+  ``"101"``. A node used with one output *is* its value; otherwise it is a tuple whose outputs are
+  ``node.out(i)``. Build terms with :data:`E`: ``E.Transpose(x, perm=[1, 0])`` fills defaults in.
+* facts rules can test: ``shape(t)`` (``Vec[i64]``), ``dtype(t)`` (ONNX data type number) and, for
+  constants whose elements are all equal, ``splat(t)`` (that value as ``f64``). Terms made by
+  rules get a shape only where a rule or :data:`analysis` sets one, so a rule that requires a shape
+  simply does not fire on terms whose shape is unknown.
+
+Saturation runs the rules in stages so that explosive ones (associativity, commutativity) cannot
+swamp the e-graph: simplifying rules run to a fixpoint, then one back-off-scheduled round of the
+exploring rules, repeated until nothing changes or a limit (iterations, e-nodes, seconds) is hit.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from egglog import (
+    EGraph,
+    Expr,
+    Ruleset,
+    String,
+    StringLike,
+    Vec,
+    back_off,
+    eq,
+    f64,
+    f64Like,
+    function,
+    i64,
+    i64Like,
+    relation,
+    rule,
+    ruleset,
+    run,
+    set_,
+    var,
+    vars_,
+)
+from onnx import helper
+
+from eqsat import ops
+from eqsat.errors import EqsatError
+from eqsat.ir import Graph, Value
+
+# Ops with more inputs than this take their inputs as one TList (Concat, Max, Einsum, ...).
+MAX_POSITIONAL_INPUTS = 8
+
+
+class T(Expr):
+    """A tensor: one e-class per IR value."""
+
+    @classmethod
+    def input(cls, name: StringLike) -> T: ...
+
+    @classmethod
+    def const(cls, key: StringLike) -> T: ...
+
+    @classmethod
+    def none(cls) -> T: ...
+
+    def out(self, index: i64Like) -> T: ...
+
+
+class TList(Expr):
+    """The inputs of a variadic op, as a cons list."""
+
+    @classmethod
+    def nil(cls) -> TList: ...
+
+    @classmethod
+    def cons(cls, head: T, tail: TList) -> TList: ...
+
+
+class Attr(Expr):
+    """One attribute value; ``key`` names a value kept on the Python side (tensors, graphs)."""
+
+    @classmethod
+    def none(cls) -> Attr: ...
+
+    @classmethod
+    def int(cls, value: i64Like) -> Attr: ...
+
+    @classmethod
+    def float(cls, value: f64Like) -> Attr: ...
+
+    @classmethod
+    def str(cls, value: StringLike) -> Attr: ...
+
+    @classmethod
+    def ints(cls, value: Vec[i64]) -> Attr: ...
+
+    @classmethod
+    def key(cls, value: StringLike) -> Attr: ...
+
+
+@function(merge=lambda old, new: old)
+def shape(t: T) -> Vec[i64]: ...
+
+
+@function(merge=lambda old, new: old)
+def dtype(t: T) -> i64: ...
+
+
+@function(merge=lambda old, new: old)
+def splat(t: T) -> f64: ...
+
+
+# Holds for terms computed from constants only (they fold at compile time).
+is_const = relation("is_const", T)
+# A Reshape target shape with no 0 or -1 entries: the encoder rewrites every Reshape to one, so
+# Reshape(Reshape(x, s1), s2) -> Reshape(x, s2) is valid whenever s2 is static.
+static_shape = relation("static_shape", T)
+# lossless(a, b): every value of ONNX type a is exactly representable in type b (for Cast chains).
+lossless = relation("lossless", i64, i64)
+
+_FLOAT_BITS = {np.dtype(np.float16): 11, np.dtype(np.float32): 24, np.dtype(np.float64): 53}
+_CAST_TYPES = [np.dtype(t) for t in (
+    np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
+    np.float16, np.float32, np.float64,
+)]  # fmt: skip
+
+
+def is_lossless(a: np.dtype, b: np.dtype) -> bool:
+    """Whether every value of dtype ``a`` converts to dtype ``b`` and back exactly."""
+    if a == b or a.kind == "b":
+        return True
+    if b.kind == "b" or (a.kind == "f" and b.kind != "f"):
+        return False
+    if b.kind == "f":
+        if a.kind == "f":
+            return _FLOAT_BITS[a] <= _FLOAT_BITS[b]
+        return a.itemsize * 8 - (a.kind == "i") <= _FLOAT_BITS[b]
+    return bool(np.can_cast(a, b, "safe"))
+
+
+# ------------------------------------------------------------------ op constructors
+@dataclass(frozen=True)
+class OpSpec:
+    """How one op's constructor lays out its arguments."""
+
+    name: str
+    num_inputs: int  # positional T arguments; 0 with variadic=True
+    variadic: bool
+    attrs: tuple[str, ...]
+    multi_output: bool
+    fn: Any = field(repr=False, compare=False)
+
+
+_SPECS: dict[str, OpSpec] = {}
+
+
+def spec(op: str) -> OpSpec:
+    """The constructor of ``op`` (made from the op table on first use)."""
+    found = _SPECS.get(op)
+    if found is not None:
+        return found
+    opdef = ops.get(op)
+    variadic = opdef.max_inputs > MAX_POSITIONAL_INPUTS
+    n = 0 if variadic else opdef.max_inputs
+    attrs = tuple(opdef.attrs)
+    multi = opdef.max_outputs > 1
+    params = ["args: TList"] if variadic else [f"i{k}: T" for k in range(n)]
+    params += [f"a_{a}: Attr" for a in attrs]
+    if multi:
+        params.append("outs: StringLike")
+    namespace: dict[str, Any] = {"T": T, "TList": TList, "Attr": Attr, "StringLike": StringLike}
+    exec(f"def {op}({', '.join(params)}) -> T: ...", namespace)  # a typed stub for egglog
+    fn = function(egg_fn=f"op_{op}")(namespace[op])
+    found = OpSpec(op, n, variadic, attrs, multi, fn)
+    _SPECS[op] = found
+    return found
+
+
+def attr(value: Any, keys: dict[str, Any] | None = None) -> Attr:
+    """An attribute value as an :class:`Attr` term (egglog expressions pass through)."""
+    if value is None:
+        return Attr.none()
+    if isinstance(value, bool | int | np.integer):
+        return Attr.int(int(value))
+    if isinstance(value, float | np.floating):
+        return Attr.float(float(value))
+    if isinstance(value, str):
+        return Attr.str(value)
+    if isinstance(value, list | tuple) and all(
+        isinstance(v, int | np.integer) and not isinstance(v, bool) for v in value
+    ):
+        return Attr.ints(Vec[i64](*(i64(int(v)) for v in value)))
+    if not isinstance(value, np.ndarray | Graph | list | tuple):
+        if isinstance(value, Attr):
+            return value
+        if isinstance(value, Vec):
+            return Attr.ints(value)
+    key = attr_key(value)
+    if keys is not None:
+        keys[key] = value
+    return Attr.key(key)
+
+
+def attr_key(value: Any) -> str:
+    """A content key for an attribute egglog cannot hold (tensor, float list, subgraph)."""
+    if isinstance(value, np.ndarray):
+        digest = hashlib.sha1(value.tobytes()).hexdigest()[:16]
+        return f"array:{value.dtype}:{value.shape}:{digest}"
+    if isinstance(value, Graph):
+        return f"graph:{id(value)}"
+    return f"repr:{value!r}"
+
+
+def tlist(items: Sequence[T]) -> TList:
+    out = TList.nil()
+    for item in reversed(items):
+        out = TList.cons(item, out)
+    return out
+
+
+def make(op: str, *inputs: T | None, outs: str = "1", keys: dict | None = None, **attrs: Any) -> T:
+    """The term ``op(inputs; attrs)``; attributes not given take the op's defaults."""
+    s = spec(op)
+    opdef = ops.get(op)
+    unknown = set(attrs) - set(s.attrs)
+    if unknown:
+        raise EqsatError(f"{op} has no attribute(s) {sorted(unknown)}")
+    args: list[Any]
+    terms = [T.none() if v is None else v for v in inputs]
+    if s.variadic:
+        args = [tlist(terms)]
+    else:
+        if len(terms) > s.num_inputs:
+            raise EqsatError(f"{op} takes at most {s.num_inputs} inputs, got {len(terms)}")
+        args = terms + [T.none()] * (s.num_inputs - len(terms))
+    for name in s.attrs:
+        if name in attrs:
+            args.append(attr(attrs[name], keys))
+        elif opdef.attrs[name] is ops.REQUIRED:
+            raise EqsatError(f"{op}: attribute {name!r} is required")
+        else:
+            args.append(attr(opdef.attrs[name], keys))
+    if s.multi_output:
+        args.append(String(outs))
+    return s.fn(*args)
+
+
+class _Builders:
+    """``E.Add(x, y)``, ``E.Transpose(x, perm=p)``: term builders for every registered op."""
+
+    def __getattr__(self, op: str) -> Any:
+        if op.startswith("__") or not ops.is_supported(op):
+            raise AttributeError(op)
+        return lambda *inputs, **attrs: make(op, *inputs, **attrs)
+
+    def __dir__(self) -> list[str]:
+        return sorted(ops.OPS)
+
+
+E = _Builders()
+
+
+def onnx_type(dt: np.dtype) -> int:
+    return int(helper.np_dtype_to_tensor_dtype(np.dtype(dt)))
+
+
+@functools.cache
+def _lossless_facts() -> tuple[Any, ...]:
+    return tuple(
+        lossless(i64(onnx_type(a)), i64(onnx_type(b)))
+        for a in _CAST_TYPES
+        for b in _CAST_TYPES
+        if is_lossless(a, b)
+    )
+
+
+# ------------------------------------------------------------------ encoding
+@dataclass
+class Encoding:
+    """A graph loaded into an e-graph, and what decoding needs to rebuild one."""
+
+    graph: Graph
+    egraph: EGraph
+    constants: dict[str, np.ndarray]  # T.const key -> array
+    attr_values: dict[str, Any]  # Attr.key key -> Python value
+    terms: dict[int, T]  # id(Value) -> its term (a let-bound reference)
+    const_keys: dict[int, str] = field(default_factory=dict)  # id(constant Value) -> its key
+    # id(Node) -> the inputs it was encoded with (Reshape gets a static target shape).
+    node_inputs: dict[int, list[Value | None]] = field(default_factory=dict)
+
+
+def _splat_value(array: np.ndarray) -> float | None:
+    if array.size == 0 or array.dtype.kind not in "fiub":
+        return None
+    first = array.flat[0]
+    if not np.all(array == first):
+        return None
+    value = float(first)
+    return value if np.isfinite(value) else None
+
+
+def encode(graph: Graph) -> Encoding:
+    """Add ``graph`` to a fresh e-graph; each value becomes one let-bound term."""
+    egraph = EGraph()
+    enc = Encoding(graph, egraph, {}, {}, {})
+    by_content: dict[tuple, str] = {}
+    facts: list[Any] = []
+    counter = 0
+
+    def bind(value: Value, term: T) -> None:
+        nonlocal counter
+        ref = egraph.let(f"v{counter}", term)
+        counter += 1
+        enc.terms[id(value)] = ref
+        facts.append(set_(shape(ref)).to(Vec[i64](*(i64(d) for d in value.shape))))
+        facts.append(set_(dtype(ref)).to(i64(onnx_type(value.dtype))))
+
+    def term_of(value: Value) -> T:
+        known = enc.terms.get(id(value))
+        if known is not None:
+            return known
+        if value.const is None:  # a value of an enclosing graph, or a dangling reference
+            raise EqsatError(f"graph {graph.name!r}: value {value.name!r} has no producer")
+        array = value.const
+        content = (array.dtype.str, array.shape, hashlib.sha1(array.tobytes()).hexdigest())
+        key = by_content.get(content)
+        if key is None:
+            key = by_content[content] = value.name
+            enc.constants[key] = array
+        enc.const_keys[id(value)] = key
+        bind(value, T.const(key))
+        sv = _splat_value(array)
+        if sv is not None:
+            facts.append(set_(splat(enc.terms[id(value)])).to(f64(sv)))
+        return enc.terms[id(value)]
+
+    for value in graph.inputs:
+        if value.const is None:
+            bind(value, T.input(value.name))
+    for node in graph.nodes:
+        if all(v is None or v.const is not None for v in node.outputs):
+            continue  # folded: its outputs are constants
+        values = list(node.inputs)
+        out0 = node.outputs[0]
+        if node.op == "Reshape" and out0 is not None and all(d > 0 for d in out0.shape):
+            values[1] = Value(f"{out0.name}__shape", (out0.rank,), np.dtype(np.int64))
+            values[1].const = np.array(out0.shape, np.int64)
+        enc.node_inputs[id(node)] = values
+        inputs = [None if v is None else term_of(v) for v in values]
+        if node.op == "Reshape" and values[1] is not node.inputs[1]:
+            facts.append(static_shape(inputs[1]))
+        present = [v is not None for v in node.outputs]
+        mask = "".join("1" if p else "0" for p in present)
+        term = make(node.op, *inputs, outs=mask, keys=enc.attr_values, **node.attrs)
+        if mask == "1":
+            bind(node.outputs[0], term)
+            continue
+        ref = egraph.let(f"v{counter}", term)
+        counter += 1
+        for i, v in enumerate(node.outputs):
+            if v is not None:
+                bind(v, ref.out(i))
+    for value in graph.outputs:
+        term_of(value)
+    facts.extend(_lossless_facts())
+    egraph.register(*facts)
+    return enc
+
+
+# ------------------------------------------------------------------ rules and analysis
+@dataclass
+class Rule:
+    """One named rewrite: the egglog rule, its family and floating-point caveat."""
+
+    name: str
+    rewrite: Any  # egglog RewriteOrRule
+    family: str = ""
+    caveat: str = ""
+    explosive: bool = False  # associativity/commutativity: run under back-off, after simplifying
+
+
+analysis = ruleset(name="eqsat_analysis")
+
+
+def _register_analysis() -> None:
+    """Shape, dtype and constness of terms that rules create (elementwise ops keep their input's)."""
+    x, y, t = vars_("x y t", T)
+    s = var("s", Vec[i64])
+    d = var("d", i64)
+    k = var("k", String)
+    rules: list[Any] = [rule(eq(t).to(T.const(k))).then(is_const(t))]
+    for op in ("Add", "Sub", "Mul", "Div"):
+        rules.append(rule(eq(t).to(make(op, x, y)), is_const(x), is_const(y)).then(is_const(t)))
+    for op in ("Neg", "Relu", "Sigmoid", "Tanh", "Exp", "Abs", "Identity", "Erf", "Sqrt"):
+        if ops.is_supported(op):
+            rules.append(
+                rule(eq(t).to(make(op, x)), eq(shape(x)).to(s), eq(dtype(x)).to(d)).then(
+                    set_(shape(t)).to(s), set_(dtype(t)).to(d)
+                )
+            )
+    for op in ("Add", "Sub", "Mul", "Div"):
+        rules.append(
+            rule(
+                eq(t).to(make(op, x, y)),
+                eq(shape(x)).to(s),
+                eq(shape(y)).to(s),
+                eq(dtype(x)).to(d),
+            ).then(set_(shape(t)).to(s), set_(dtype(t)).to(d))
+        )
+    analysis.register(*rules)
+
+
+_register_analysis()
+
+
+# ------------------------------------------------------------------ saturation
+@dataclass
+class Limits:
+    """Saturation budget; whichever is reached first stops the run (not an error)."""
+
+    iterations: int = 12
+    nodes: int = 60_000
+    seconds: float = 10.0
+    match_limit: int = 2_000  # back-off scheduler: matches per rule before it is banned
+    ban_length: int = 4
+
+    @classmethod
+    def of(cls, limits: Limits | dict[str, Any] | None) -> Limits:
+        if limits is None:
+            return cls()
+        if isinstance(limits, Limits):
+            return limits
+        return cls(**limits)
+
+
+@dataclass
+class SaturationReport:
+    iterations: int = 0
+    stop_reason: str = ""
+    enodes: int = 0
+    eclasses: int = 0
+    matches: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def enode_count(egraph: EGraph) -> int:
+    return sum(size for _, size in egraph.all_function_sizes())
+
+
+_RULESETS: dict[tuple[int, ...], tuple[Ruleset, list[Rule]]] = {}
+
+
+def _ruleset_of(rules: Sequence[Rule], name: str) -> Ruleset | None:
+    """One egglog ruleset per distinct list of rules (declaring rules again is slow)."""
+    if not rules:
+        return None
+    key = tuple(id(r) for r in rules)
+    cached = _RULESETS.get(key)
+    if cached is None:
+        rs = ruleset(name=f"{name}_{len(_RULESETS)}")
+        rs.register(*(r.rewrite for r in rules))
+        cached = _RULESETS[key] = (rs, list(rules))  # the list keeps the ids valid
+    return cached[0]
+
+
+def saturate(
+    enc: Encoding,
+    rules: Sequence[Rule],
+    limits: Limits | None = None,
+    extra: Sequence[Ruleset] = (),
+) -> SaturationReport:
+    """Run ``rules`` (plus opaque egglog rulesets ``extra``) on the encoding's e-graph."""
+    limits = limits or Limits()
+    egraph = enc.egraph
+    report = SaturationReport()
+    start = time.perf_counter()
+    simple = [r for r in rules if not r.explosive]
+    explosive = [r for r in rules if r.explosive]
+    simple_rs = _ruleset_of(simple, "simplify")
+    explore_rs = _ruleset_of(explosive, "explore")
+    names: dict[Any, str] = {}
+    for r in rules:
+        names[r.rewrite.decl] = r.name
+    # Simplifying rules could still grow without end (a rule that builds ever larger constants),
+    # so even they run a bounded number of rounds per iteration.
+    step = run(analysis).saturate()
+    if simple_rs is not None:
+        step = step + run(simple_rs)
+    for rs in extra:
+        step = step + run(rs)
+    stage_a = step * 3
+    stage_b = None
+    if explore_rs is not None:
+        stage_b = run(explore_rs, scheduler=back_off(limits.match_limit, limits.ban_length))
+    report.stop_reason = "saturated"
+    for iteration in range(limits.iterations):
+        before = enode_count(egraph)
+        changed = False
+        for stage in (stage_a, stage_b):
+            if stage is None:
+                continue
+            if time.perf_counter() - start > limits.seconds:
+                break
+            result = egraph.run(stage)
+            changed |= result.updated
+            for decl, count in result.num_matches_per_rule.items():
+                name = names.get(decl)
+                if name is not None and count:
+                    report.matches[name] = report.matches.get(name, 0) + count
+        report.iterations = iteration + 1
+        after = enode_count(egraph)
+        if after > limits.nodes:
+            report.stop_reason = f"node limit ({after} > {limits.nodes} e-nodes)"
+            break
+        if time.perf_counter() - start > limits.seconds:
+            report.stop_reason = f"time limit ({limits.seconds:g} s)"
+            break
+        if not changed and after == before:
+            report.stop_reason = "saturated"
+            break
+    else:
+        report.stop_reason = f"iteration limit ({limits.iterations})"
+    report.enodes = enode_count(egraph)
+    report.seconds = time.perf_counter() - start
+    return report

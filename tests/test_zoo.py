@@ -1,0 +1,182 @@
+"""End-to-end checks on the model zoo: import, run on the numpy target, export, against onnxruntime.
+
+Every zoo entry is loaded with ``eqsat.load`` (specialized to the entry's input shapes), run with the
+numpy reference target and compared output by output with onnxruntime on the original model. The
+exported model (``eqsat.to_onnx``) must pass the ONNX checker and give the same outputs under
+onnxruntime. PP-OCR entries are skipped, with the reason, only when their download fails.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+import eqsat
+from bench import models as zoo
+
+ort = pytest.importorskip("onnxruntime")
+
+RTOL, ATOL = 1e-3, 1e-4
+# Entries whose numpy-target run takes more than a minute on a 2-core machine.
+SLOW: set[str] = set()
+
+
+def _params() -> list[Any]:
+    return [
+        pytest.param(name, marks=[pytest.mark.slow] if name in SLOW else [], id=name)
+        for name in zoo.ZOO
+    ]
+
+
+def _model(entry: zoo.ZooEntry) -> onnx.ModelProto | Path:
+    try:
+        return entry.model()
+    except zoo.ZooDownloadError as exc:
+        pytest.skip(f"{entry.name}: download failed: {exc}")
+
+
+def _session(model: onnx.ModelProto | Path) -> Any:
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    options = ort.SessionOptions()
+    # The oracle is the model as written, not onnxruntime's fused rewrite of it.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def _run_ort(model: onnx.ModelProto | Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    session = _session(model)
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds), strict=True))
+
+
+def _compare(name: str, got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    assert list(got) == list(want), f"{name}: outputs {list(got)}, onnxruntime has {list(want)}"
+    for key, expected in want.items():
+        actual = np.asarray(got[key])
+        assert actual.dtype == expected.dtype, f"{name}/{key}: dtype {actual.dtype}"
+        assert actual.shape == expected.shape, f"{name}/{key}: shape {actual.shape}"
+        np.testing.assert_allclose(
+            actual, expected, rtol=RTOL, atol=ATOL, err_msg=f"{name}: output {key!r}"
+        )
+
+
+class _Case:
+    """What both tests of one entry share: the model, its feeds, onnxruntime's outputs, the graph."""
+
+    def __init__(self, entry: zoo.ZooEntry):
+        self.entry = entry
+        self.model = _model(entry)
+        self.feeds = entry.feeds(0)
+        self.expected = _run_ort(self.model, self.feeds)
+        self.graph = eqsat.load(self.model, input_shapes=entry.input_shapes)
+
+
+@pytest.fixture(scope="module")
+def cases() -> dict[str, _Case]:
+    return {}
+
+
+def _case(cases: dict[str, _Case], name: str) -> _Case:
+    if name not in cases:
+        cases[name] = _Case(zoo.get(name))
+    return cases[name]
+
+
+# ------------------------------------------------------------------ the zoo itself
+@pytest.mark.parametrize("name", zoo.ZOO)
+def test_entry_is_a_valid_model(name: str) -> None:
+    entry = zoo.get(name)
+    model = _model(entry)
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    onnx.checker.check_model(proto, full_check=True)
+    session = _session(model)
+    feeds = entry.feeds(0)
+    assert {i.name for i in session.get_inputs()} == set(feeds) == set(entry.input_shapes)
+    for spec in session.get_inputs():
+        array = feeds[spec.name]
+        assert array.shape == entry.input_shapes[spec.name]
+        assert array.dtype == {"tensor(float)": np.float32, "tensor(int64)": np.int64}[spec.type]
+        # Deterministic, and different seeds give different data.
+        np.testing.assert_array_equal(array, entry.feeds(0)[spec.name])
+        assert not np.array_equal(array, entry.feeds(1)[spec.name])
+    for output in session.run(None, feeds):
+        assert np.isfinite(output).all()
+
+
+def test_synthetic_path_is_cached_and_stable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EQSAT_CACHE", str(tmp_path))
+    entry = zoo.get("mlp")
+    path = entry.path()
+    assert path == (tmp_path / "zoo" / "mlp.onnx").resolve()
+    mtime = path.stat().st_mtime_ns
+    assert entry.path() == path and path.stat().st_mtime_ns == mtime  # unchanged: not rewritten
+    assert onnx.load(str(path)).graph.name == "mlp"
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_failed_download_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EQSAT_CACHE", str(tmp_path))
+
+    def no_network(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version\n")
+
+    monkeypatch.setattr(zoo.subprocess, "run", no_network)
+    with pytest.raises(zoo.ZooDownloadError, match=r"rapidocr-onnxruntime==1\.4\.4.*exited with 1"):
+        zoo.fetch_ppocr()
+    assert not list((tmp_path / "zoo").iterdir())  # the temporary download folder is gone
+
+
+def test_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("EQSAT_CACHE", str(tmp_path))
+    assert zoo.main(["list"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in zoo.ZOO)
+    assert zoo.main(["path", "resnet_block"]) == 0
+    printed = Path(capsys.readouterr().out.strip())
+    assert printed.is_absolute() and printed.is_file()
+
+
+# ------------------------------------------------------------------ eqsat on the zoo
+@pytest.mark.parametrize("name", _params())
+def test_numpy_target_matches_onnxruntime(cases: dict[str, _Case], name: str) -> None:
+    case = _case(cases, name)
+    for value in case.graph.inputs:
+        if value.name in case.entry.input_shapes:
+            assert value.shape == case.entry.input_shapes[value.name]
+    got = eqsat.compile(case.graph, target="numpy").run(case.feeds)
+    _compare(name, got, case.expected)
+
+
+@pytest.mark.parametrize("name", _params())
+def test_export_round_trip(cases: dict[str, _Case], name: str) -> None:
+    case = _case(cases, name)
+    exported = eqsat.to_onnx(case.graph)
+    assert isinstance(exported, onnx.ModelProto)
+    onnx.checker.check_model(exported, full_check=True)
+    for spec in exported.graph.input:
+        dims = tuple(d.dim_value for d in spec.type.tensor_type.shape.dim)
+        assert dims == case.entry.input_shapes[spec.name], f"{name}: exported input {spec.name}"
+    session = _session(exported)
+    feeds = {i.name: case.feeds[i.name] for i in session.get_inputs()}
+    names = [o.name for o in session.get_outputs()]
+    got = dict(zip(names, session.run(names, feeds), strict=True))
+    _compare(f"{name} (exported)", got, case.expected)
+
+
+def test_symbolic_dims_fold_away(cases: dict[str, _Case]) -> None:
+    # Specializing the symbolic batch/sequence dims turns the traced Shape->Gather->Concat shape
+    # arithmetic into constants, leaving Reshapes with known target shapes.
+    graph = _case(cases, "transformer_dynamic").graph
+    counts = graph.op_counts()
+    assert not {"Shape", "Gather", "Concat"} & set(counts), counts
+    reshapes = [n for n in graph.nodes if n.op == "Reshape"]
+    assert len(reshapes) == 4 and all(n.inputs[1].is_const for n in reshapes)
