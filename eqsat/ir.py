@@ -91,10 +91,14 @@ def as_dtype(dtype: Any) -> np.dtype:
 
 
 def tensor_dtype(dtype: Any, what: str) -> np.dtype:
-    """``dtype`` when a tensor of the IR may have it (bool, integer, float), else a ShapeError."""
+    """``dtype`` when a tensor of the IR may have it, else a ShapeError.
+
+    Numbers and bools are; strings, objects, dates and plain void records are not. (Extension
+    float types such as ml_dtypes' bfloat16 pass here; the ops that cannot take them say so.)
+    """
     result = as_dtype(dtype)
-    if result.kind not in "biuf":
-        raise ShapeError(f"{what}: dtype {result} is not supported (bool, integer or float only)")
+    if result.kind in "OSUMm" or result.type is np.void:
+        raise ShapeError(f"{what}: dtype {result} is not supported (numbers and bools only)")
     return result
 
 
@@ -333,15 +337,22 @@ class Graph:
         )
 
     def summary(self) -> str:
-        """A readable listing: inputs, outputs, then one line per node."""
-        lines = [f"graph {self.name}"]
-        lines += [f"  input  {v.name}: {v.dtype}{list(v.shape)}" for v in self.inputs]
-        lines += [f"  output {v.name}: {v.dtype}{list(v.shape)}" for v in self.outputs]
+        """A readable listing: inputs, outputs, then one line per node (If branches indented)."""
+        return "\n".join(self._summary_lines(""))
+
+    def _summary_lines(self, pad: str) -> list[str]:
+        lines = [f"{pad}graph {self.name}"]
+        lines += [f"{pad}  input  {v.name}: {v.dtype}{list(v.shape)}" for v in self.inputs]
+        lines += [f"{pad}  output {v.name}: {v.dtype}{list(v.shape)}" for v in self.outputs]
         for node in self.nodes:
             outs = ", ".join(f"{v.name}: {v.dtype}{list(v.shape)}" for v in node.outputs if v)
             ins = ", ".join(v.name if v else "-" for v in node.inputs)
-            lines.append(f"  {outs} = {node.op}({ins})")
-        return "\n".join(lines)
+            lines.append(f"{pad}  {outs} = {node.op}({ins})")
+            for key, sub in node.attrs.items():
+                if isinstance(sub, Graph):
+                    lines.append(f"{pad}    {key}:")
+                    lines += sub._summary_lines(pad + "      ")
+        return lines
 
 
 def _known_or_shape(value: Value | None) -> np.ndarray | None:

@@ -2,97 +2,53 @@
 
 :func:`load` reads a model (path, bytes or ``onnx.ModelProto``) into a static-shape :class:`Graph`:
 symbolic input dimensions are specialized to ``input_shapes``, inputs named in ``constants`` become
-constants, older-opset nodes are rewritten into their opset-21 form, ``If`` nodes whose condition is
-known are inlined, and every node whose inputs are known at compile time (shape arithmetic above
-all: Shape, Gather, Concat, Range, ConstantOfShape, ...) is folded into a constant.
+constants, model-local functions are inlined, older-opset nodes are rewritten into their opset-21
+form, ``If`` nodes whose condition is known are inlined, and every node whose inputs are known at
+compile time (shape arithmetic above all: Shape, Gather, Concat, Range, ConstantOfShape, ...) is
+folded into a constant.
 
-:func:`to_onnx` writes a Graph back as an opset-21 model that ``onnx.checker`` accepts.
+:func:`to_onnx` and :func:`save` (from :mod:`eqsat.onnx_export`) write a Graph back as an opset-21
+model that ``onnx.checker`` accepts.
+
+Every failure is an :class:`~eqsat.errors.EqsatError` that names the file and, where there is one,
+the node, op or input; nothing from protobuf, onnx or numpy escapes as a bare traceback.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
+import onnx.inliner
 from onnx import helper, numpy_helper
 
 from eqsat import ops
-from eqsat.errors import (
-    EqsatError,
-    InputError,
-    ModelLoadError,
-    ShapeError,
-    UnsupportedOperatorError,
+from eqsat.errors import EqsatError, InputError, ModelLoadError, ShapeError
+from eqsat.errors import UnsupportedOperatorError as Unsupported
+from eqsat.ir import Graph, Value
+from eqsat.onnx_export import EXPORT_OPSET, save, to_onnx
+from eqsat.onnx_read import (
+    EQSAT_DOMAIN,
+    GRAPH,
+    ModelSource,
+    check_supported,
+    default_opset,
+    graph_problems,
+    np_dtype,
+    read_model,
+    schema_version,
+    topological_order,
 )
-from eqsat.ir import Graph, Value, subgraphs
-from eqsat.onnx_upgrade import upgrade
+from eqsat.onnx_upgrade import RENAMED, upgrade
 
-EXPORT_OPSET = 21
-EXPORT_IR_VERSION = 10
-MIN_OPSET = 7  # older models are upgraded node by node where we know how; earlier ones are refused
-DEFAULT_DOMAINS = ("", "ai.onnx")
-# Ops the importer consumes itself rather than putting into the graph.
-IMPORTER_OPS = {"Constant", "Upsample"}
+__all__ = ["load", "load_proto", "read_model", "save", "to_onnx"]
 
-ModelSource = str | os.PathLike | bytes | onnx.ModelProto
-
-
-# ---------------------------------------------------------------------------------- reading
-def read_model(source: ModelSource) -> onnx.ModelProto:
-    """Read and sanity-check a model; every failure is a ModelLoadError naming the source."""
-    if isinstance(source, onnx.ModelProto):
-        model, where = source, "the given ModelProto"
-    elif isinstance(source, bytes | bytearray):
-        model, where = _parse(bytes(source), "the given bytes"), "the given bytes"
-    elif isinstance(source, str | os.PathLike):
-        path = Path(source)
-        where = str(path)
-        if not path.exists():
-            raise ModelLoadError(f"{where}: no such file")
-        if path.is_dir():
-            raise ModelLoadError(f"{where}: is a directory, not an ONNX file")
-        model = _parse(path.read_bytes(), where)
-        if any(_uses_external_data(t) for t in model.graph.initializer):
-            try:
-                onnx.load_external_data_for_model(model, str(path.parent))
-            except Exception as exc:
-                raise ModelLoadError(f"{where}: cannot read external tensor data: {exc}") from None
-    else:
-        raise ModelLoadError(f"cannot load a model from a {type(source).__name__}")
-    if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
-        raise ModelLoadError(
-            f"{where}: not an ONNX model (no graph); is the file corrupt or truncated?"
-        )
-    if model.ir_version <= 0 or not model.opset_import:
-        raise ModelLoadError(f"{where}: not an ONNX model (no IR version or opset); corrupt file?")
-    return model
-
-
-def _parse(data: bytes, where: str) -> onnx.ModelProto:
-    if not data:
-        raise ModelLoadError(f"{where}: the file is empty")
-    model = onnx.ModelProto()
-    try:
-        model.ParseFromString(data)
-    except (DecodeError, RuntimeError, ValueError) as exc:
-        raise ModelLoadError(
-            f"{where}: not a valid ONNX model (corrupt, truncated or another format): {exc}"
-        ) from None
-    return model
-
-
-def _uses_external_data(tensor: onnx.TensorProto) -> bool:
-    return tensor.data_location == onnx.TensorProto.EXTERNAL
-
-
-def default_opset(model: onnx.ModelProto) -> int:
-    versions = [o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS]
-    return versions[0] if versions else 1
+MIN_OPSET = 7  # older models are refused; from 7 on, upgrade() knows every change that matters
+# Ops whose declared outputs all count (Split's equal parts, If's branch outputs, the training
+# mode of an old BatchNormalization), so unused ones are kept.
+COUNTED_OUTPUTS = {"Split", "If", "BatchNormalization"}
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -106,392 +62,421 @@ def load(
     ``input_shapes`` gives shapes for inputs with symbolic (or to be overridden) dimensions;
     ``constants`` binds inputs to fixed arrays, which then fold through the graph.
     """
-    model = read_model(source)
+    model, where = read_model(source)
+    return load_proto(model, where, input_shapes, constants)
+
+
+def load_proto(
+    model: onnx.ModelProto,
+    where: str,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    constants: Mapping[str, Any] | None = None,
+) -> Graph:
+    """:func:`load` for a model already read by :func:`read_model`; errors name ``where``."""
+    try:
+        return _load(model, dict(input_shapes or {}), dict(constants or {}))
+    except EqsatError as exc:
+        # Keep the type (and UnsupportedOperatorError.unsupported); say which model it is about.
+        if where != "the given ModelProto" and exc.args and isinstance(exc.args[0], str):
+            exc.args = (f"{where}: {exc.args[0]}", *exc.args[1:])
+        raise
+
+
+def _load(model: onnx.ModelProto, input_shapes: dict, constants: dict) -> Graph:
     opset = default_opset(model)
+    if opset is None:
+        domains = sorted(o.domain for o in model.opset_import)
+        raise ModelLoadError(f"the model imports no standard ONNX opset (only domains {domains})")
     if opset < MIN_OPSET:
-        raise ModelLoadError(f"opset {opset} is older than the oldest supported ({MIN_OPSET})")
-    _check_supported(model.graph, opset)
-    importer = _Importer(opset)
-    graph = importer.import_main(model.graph, dict(input_shapes or {}), dict(constants or {}))
+        raise ModelLoadError(
+            f"opset {opset} is older than the oldest supported ({MIN_OPSET}); upgrade the model "
+            "with onnx.version_converter first"
+        )
+    if model.functions:
+        try:
+            model = onnx.inliner.inline_local_functions(model)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot inline the model's local functions: {exc}") from None
+    check_supported(model.graph, opset)
+    graph = _Importer(opset, model.graph).import_main(input_shapes, constants)
     graph.opset = EXPORT_OPSET
     graph.fold_constants()
     return graph
 
 
-def _check_supported(graph_proto: onnx.GraphProto, opset: int) -> None:
-    """Report every unsupported operator of the model (subgraphs included) at once."""
-    problems: list[tuple[str, str, str]] = []
+class _Scope:
+    """ONNX names visible at one place: a graph's own values over those of enclosing scopes.
 
-    def visit(g: onnx.GraphProto) -> None:
-        for i, node in enumerate(g.node):
-            name = node.name or f"{node.op_type}_{i}"
-            if node.domain not in DEFAULT_DOMAINS:
-                problems.append((node.op_type, name, f"custom domain {node.domain!r}"))
-            elif node.op_type not in IMPORTER_OPS and not ops.is_supported(node.op_type):
-                problems.append((node.op_type, name, "operator not implemented"))
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    visit(attr.g)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    for sub in attr.graphs:
-                        visit(sub)
+    The IR value behind an ONNX name may be named differently (when an inlined If branch reuses a
+    name, or a name clashes with one an upgrade made), so lookups always go through a scope.
+    """
 
-    visit(graph_proto)
-    if problems:
-        raise UnsupportedOperatorError(problems)
+    def __init__(self, graph: Graph, parent: _Scope | None = None):
+        self.graph = graph
+        self.parent = parent
+        self.names: dict[str, Value] = {}
 
-
-def _np_dtype(elem_type: int, what: str) -> np.dtype:
-    try:
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
-    except (KeyError, TypeError, ValueError):
-        dtype = None
-    if dtype is None or dtype.kind not in "biuf":
-        name = onnx.TensorProto.DataType.Name(elem_type) if elem_type else "undefined"
-        raise UnsupportedOperatorError(
-            [("dtype", what, f"tensor element type {name} is not supported")]
-        )
-    return dtype
+    def find(self, name: str) -> Value | None:
+        scope: _Scope | None = self
+        while scope is not None:
+            if name in scope.names:
+                return scope.names[name]
+            scope = scope.parent
+        return None
 
 
 class _Importer:
-    def __init__(self, opset: int):
+    def __init__(self, opset: int, proto: onnx.GraphProto):
         self.opset = opset
+        self.proto = proto
+        self.reserved = _all_names(proto)  # names an upgrade's constants must not take
+        self.reads = _all_reads(proto)
+        self.node_names: set[str] = set()
 
-    def import_main(
-        self,
-        proto: onnx.GraphProto,
-        input_shapes: dict[str, Sequence[int]],
-        constants: dict[str, Any],
-    ) -> Graph:
+    def fresh(self, graph: Graph, hint: str) -> str:
+        name, k = hint, 0
+        while name in self.reserved or graph.lookup(name) is not None:
+            k += 1
+            name = f"{hint}_{k}"
+        self.reserved.add(name)
+        return name
+
+    def import_main(self, input_shapes: dict, constants: dict) -> Graph:
+        proto = self.proto
         graph = Graph(proto.name or "model")
+        scope = _Scope(graph)
         init_names = {t.name for t in proto.initializer}
         real_inputs = [vi for vi in proto.input if vi.name not in init_names]
-        known = {vi.name for vi in real_inputs}
-        for name in [*input_shapes, *constants]:
-            if name not in known:
-                raise InputError(f"{name!r} is not an input of the model; inputs: {sorted(known)}")
+        known = [vi.name for vi in real_inputs]
+        if len(set(known)) != len(known):
+            twice = sorted({n for n in known if known.count(n) > 1})
+            raise ModelLoadError(f"inputs {twice} are declared more than once")
+        if not proto.output:
+            raise ModelLoadError("the graph has no outputs")
+        for what, names in (("input_shapes", input_shapes), ("constants", constants)):
+            for name in names:
+                if name not in known:
+                    raise InputError(
+                        f"{what} names {name!r}, which is not an input of the model; "
+                        f"its inputs are {known}"
+                    )
+        both = sorted(set(input_shapes) & set(constants))
+        if both:
+            raise InputError(f"inputs {both} are named in both input_shapes and constants")
         for tensor in proto.initializer:
-            graph.constant(self._tensor(tensor, f"initializer {tensor.name!r}"), tensor.name)
+            self._constant(scope, self._tensor(tensor, f"initializer {tensor.name!r}"), tensor.name)
+        dims = _dim_bindings(real_inputs, input_shapes, constants)
         unresolved = []
         for vi in real_inputs:
-            dtype = _np_dtype(vi.type.tensor_type.elem_type, f"input {vi.name!r}")
+            dtype = np_dtype(vi.type.tensor_type.elem_type, f"input {vi.name}")
             if vi.name in constants:
-                array = np.asarray(constants[vi.name])
-                if array.dtype != dtype:
-                    array = array.astype(dtype)
-                graph.constant(array, vi.name)
+                array = _bound_constant(vi, constants[vi.name], dtype)
+                scope.names[vi.name] = graph.constant(array, vi.name)
                 continue
-            shape = self._input_shape(vi, input_shapes.get(vi.name))
+            shape = _input_shape(vi, input_shapes.get(vi.name), dims)
             if shape is None:
                 unresolved.append(vi)
                 continue
-            graph.input(vi.name, shape, dtype)
+            scope.names[vi.name] = graph.input(vi.name, shape, dtype)
         if unresolved:
             described = "; ".join(f"{vi.name!r} has shape {_declared(vi)}" for vi in unresolved)
             example = ", ".join(f"'{vi.name}': (...)" for vi in unresolved)
-            raise ShapeError(
+            error = ShapeError(
                 f"input shapes are not static: {described}. Pass input_shapes={{{example}}} "
                 "(CLI: --shape NAME=D1,D2,...)"
             )
-        self._import_nodes(proto, graph)
-        graph.outputs = [self._lookup(graph, vi.name, "graph output") for vi in proto.output]
+            # For callers that want to show the signature (eqsat info): name -> declared dims.
+            error.unresolved_inputs = {vi.name: _declared(vi) for vi in unresolved}  # type: ignore[attr-defined]
+            raise error
+        self._import_nodes(proto, scope)
+        graph.outputs = [self._output(scope, vi.name) for vi in proto.output]
         return graph
 
-    def _input_shape(
-        self, vi: onnx.ValueInfoProto, given: Sequence[int] | None
-    ) -> tuple[int, ...] | None:
-        declared = vi.type.tensor_type.shape.dim if vi.type.tensor_type.HasField("shape") else None
-        if given is not None:
-            shape = tuple(int(d) for d in given)
-            if declared is not None:
-                if len(declared) != len(shape):
-                    raise ShapeError(
-                        f"input {vi.name!r}: given shape {list(shape)} has rank {len(shape)}, the "
-                        f"model declares {_declared(vi)}"
-                    )
-                for i, (dim, size) in enumerate(zip(declared, shape, strict=True)):
-                    if dim.HasField("dim_value") and dim.dim_value not in (size, 0):
-                        raise ShapeError(
-                            f"input {vi.name!r}: dimension {i} is fixed to {dim.dim_value} by the "
-                            f"model, given {size}"
-                        )
-            return shape
-        if declared is None:
-            return None
-        if all(d.HasField("dim_value") and d.dim_value > 0 for d in declared):
-            return tuple(d.dim_value for d in declared)
-        return None
+    def _output(self, scope: _Scope, name: str) -> Value:
+        """A graph output keeps its ONNX name, even when the value inside was renamed."""
+        value = self._read(scope, name, "graph output")
+        graph = scope.graph
+        if value.name != name and graph.lookup(name) is None:
+            node = graph.add_node("Identity", [value], [name], name=self._node_name(graph, name))
+            value = node.outputs[0]
+        return value
+
+    def _constant(self, scope: _Scope, array: np.ndarray, name: str) -> Value:
+        value = scope.graph.constant(array, name)
+        scope.names[name] = value
+        return value
 
     def _tensor(self, tensor: onnx.TensorProto, what: str) -> np.ndarray:
-        _np_dtype(tensor.data_type, what)
+        np_dtype(tensor.data_type, what)
         try:
             return numpy_helper.to_array(tensor)
         except Exception as exc:
             raise ModelLoadError(f"{what}: unreadable tensor data: {exc}") from None
 
-    def _lookup(self, graph: Graph, name: str, what: str) -> Value:
-        value = graph.lookup(name)
+    def _read(self, scope: _Scope, name: str, what: str) -> Value:
+        value = scope.find(name)
         if value is None:
             raise ModelLoadError(
-                f"{what} {name!r} is not produced by any node, input or initializer"
+                f"{what} reads {name!r}, which no node, input or initializer produces"
             )
         return value
 
-    # ------------------------------------------------------------------------------- nodes
-    def _import_nodes(self, proto: onnx.GraphProto, graph: Graph) -> None:
-        for index in _topological_order(proto, graph):
-            node = proto.node[index]
-            name = node.name or f"{node.op_type}_{index}"
-            if graph.lookup(name) is not None or any(n.name == name for n in graph.nodes):
-                name = graph.fresh_node_name(node.op_type)
-            self._import_node(node, name, graph)
+    def _node_name(self, graph: Graph, hint: str) -> str:
+        name = hint
+        while name in self.node_names:
+            name = graph.fresh_node_name(hint)
+        self.node_names.add(name)
+        return name
 
-    def _import_node(self, node: onnx.NodeProto, name: str, graph: Graph) -> None:
-        inputs = [
-            self._lookup(graph, i, f"input of node {name!r} ({node.op_type})") if i else None
-            for i in node.input
-        ]
+    # ------------------------------------------------------------------------------- nodes
+    def _import_nodes(self, proto: onnx.GraphProto, scope: _Scope) -> None:
+        for index in topological_order(proto):
+            node = proto.node[index]
+            name = self._node_name(scope.graph, node.name or f"{node.op_type}_{index}")
+            try:
+                self._import_node(node, name, scope)
+            except EqsatError:
+                raise
+            except Exception as exc:  # a dependency failing on odd input: still say where
+                raise ModelLoadError(
+                    f"node {name!r} ({node.op_type}) cannot be imported: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+
+    def _import_node(self, node: onnx.NodeProto, name: str, scope: _Scope) -> None:
+        op, graph = node.op_type, scope.graph
+        what = f"node {name!r} ({op})"
+        inputs = [self._read(scope, i, what) if i else None for i in node.input]
         while inputs and inputs[-1] is None:
             inputs.pop()
         outputs = list(node.output)
-        while outputs and outputs[-1] == "":
-            outputs.pop()
-        attrs = {a.name: self._attribute(a, graph, name) for a in node.attribute}
-        if node.op_type == "Constant":
-            graph.constant(self._constant_value(attrs, name), outputs[0])
+        if op == "If" and inputs and inputs[0] is not None and inputs[0].const is not None:
+            self._inline_if(node, bool(np.asarray(inputs[0].const).reshape(-1)[0]), scope)
             return
-        if node.op_type == "If" and inputs[0] is not None and inputs[0].const is not None:
-            self._inline_if(node, bool(np.asarray(inputs[0].const).reshape(-1)[0]), outputs, graph)
+        branches = [a.g for a in node.attribute if a.type == GRAPH]
+        found = [p for b in branches for p in graph_problems(b, self.opset, main=False)[0]]
+        if found:  # both branches will be imported: report all of their problems together
+            nested = [p for b in branches for p in graph_problems(b, self.opset, main=False)[1]]
+            raise Unsupported(found + nested)
+        attrs = {a.name: self._attribute(a, scope, name) for a in node.attribute}
+        if op == "Constant":
+            if len(outputs) != 1 or not outputs[0]:
+                raise ModelLoadError(f"{what} must have exactly one output")
+            self._constant(scope, _constant_value(attrs, name), outputs[0])
             return
-        version = onnx.defs.get_schema(node.op_type, self.opset, "").since_version
-        up = upgrade(graph, node.op_type, version, inputs, attrs, name)
-        if up.reshape_to is not None:
-            _legacy_softmax(graph, up, outputs, name)
+        if op not in COUNTED_OUTPUTS:
+            while outputs and outputs[-1] == "":
+                outputs.pop()
+            # Outputs nobody reads go, e.g. the training-only statistics of an old BatchNormalization.
+            least = ops.get(RENAMED.get(op, op), name).min_outputs
+            while len(outputs) > least and outputs[-1] not in self.reads:
+                outputs.pop()
+        if node.domain == EQSAT_DOMAIN:  # eqsat's own op, exported by to_onnx: as it is
+            ir_names = [(graph.fresh_name(o) if o else "") for o in outputs]
+            graph.add_node(op, inputs, ir_names, attrs, name=name, domain=EQSAT_DOMAIN)
+            self._bind(scope, outputs, ir_names)
             return
-        graph.add_node(up.op, up.inputs, outputs, up.attrs, name=name)
+        version = schema_version(op, self.opset) or self.opset
+        up = upgrade(
+            graph,
+            op,
+            version,
+            inputs,
+            attrs,
+            name,
+            num_outputs=len(outputs),
+            namer=lambda hint: self.fresh(graph, hint),
+        )
+        ir_names = [(graph.fresh_name(o) if o else "") for o in outputs]
+        if up.expand is not None:
+            up.expand(ir_names)
+        else:
+            graph.add_node(up.op, up.inputs, ir_names, up.attrs, name=name)
+        self._bind(scope, outputs, ir_names)
 
-    def _attribute(self, attr: onnx.AttributeProto, graph: Graph, node: str) -> Any:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            return self._subgraph(attr.g, graph)
+    def _bind(self, scope: _Scope, outputs: list[str], ir_names: list[str]) -> None:
+        graph = scope.graph
+        for onnx_name, ir_name in zip(outputs, ir_names, strict=True):
+            if onnx_name and ir_name in graph.values:
+                scope.names[onnx_name] = graph.values[ir_name]
+
+    def _attribute(self, attr: onnx.AttributeProto, scope: _Scope, node: str) -> Any:
+        if attr.type == GRAPH:
+            return self._subgraph(attr.g, scope, node)
         if attr.type == onnx.AttributeProto.TENSOR:
             return self._tensor(attr.t, f"attribute {attr.name!r} of node {node!r}")
-        if attr.type in (onnx.AttributeProto.GRAPHS, onnx.AttributeProto.SPARSE_TENSOR):
-            raise UnsupportedOperatorError(
-                [("attribute", node, f"{attr.name!r} of unsupported kind")]
-            )
         value = helper.get_attribute_value(attr)
         if isinstance(value, bytes):
-            return value.decode()
+            return value.decode("utf-8", "replace")
         if isinstance(value, list) and value and isinstance(value[0], bytes):
-            return [v.decode() for v in value]
+            return [v.decode("utf-8", "replace") for v in value]
         return value
 
-    def _subgraph(self, proto: onnx.GraphProto, outer: Graph) -> Graph:
+    def _subgraph(self, proto: onnx.GraphProto, outer: _Scope, node: str) -> Graph:
         if proto.input:
-            raise UnsupportedOperatorError(
-                [
-                    (
-                        "subgraph",
-                        proto.name,
-                        "subgraphs with inputs (Loop/Scan bodies) are not supported",
-                    )
-                ]
-            )
-        sub = Graph(proto.name or "branch", outer=outer)
+            reason = "subgraphs with inputs (Loop/Scan bodies) are not supported"
+            raise Unsupported([("subgraph", node, reason)])
+        sub = Graph(proto.name or f"{node}_branch", outer=outer.graph)
+        scope = _Scope(sub, outer)
         for tensor in proto.initializer:
-            sub.constant(self._tensor(tensor, f"initializer {tensor.name!r}"), tensor.name)
-        self._import_nodes(proto, sub)
-        sub.outputs = [self._lookup(sub, vi.name, "subgraph output") for vi in proto.output]
+            array = self._tensor(tensor, f"initializer {tensor.name!r}")
+            self._constant(scope, array, tensor.name)
+        self._import_nodes(proto, scope)
+        sub.outputs = [self._read(scope, vi.name, f"output of {sub.name!r}") for vi in proto.output]
         return sub
 
-    def _inline_if(
-        self, node: onnx.NodeProto, cond: bool, outputs: list[str], graph: Graph
-    ) -> None:
-        branch = next(
-            a.g for a in node.attribute if a.name == ("then_branch" if cond else "else_branch")
-        )
+    def _inline_if(self, node: onnx.NodeProto, cond: bool, scope: _Scope) -> None:
+        """An If whose condition is known: import the branch that runs, in a scope of its own."""
+        key = "then_branch" if cond else "else_branch"
+        branch = next((a.g for a in node.attribute if a.name == key and a.type == GRAPH), None)
+        if branch is None:
+            raise ModelLoadError(f"If node {node.name!r} has no {key}")
+        check_supported(branch, self.opset, main=False)
+        graph = scope.graph
+        before = set(map(id, graph.values.values()))
+        inner = _Scope(graph, scope)
         for tensor in branch.initializer:
-            graph.constant(self._tensor(tensor, f"initializer {tensor.name!r}"), tensor.name)
-        self._import_nodes(branch, graph)
-        for out_name, vi in zip(outputs, branch.output, strict=False):
-            if out_name:
-                graph.add_node("Identity", [self._lookup(graph, vi.name, "If output")], [out_name])
-
-    def _constant_value(self, attrs: dict[str, Any], node: str) -> np.ndarray:
-        forms = {
-            "value": lambda v: v,
-            "value_float": lambda v: np.array(v, np.float32),
-            "value_floats": lambda v: np.array(v, np.float32),
-            "value_int": lambda v: np.array(v, np.int64),
-            "value_ints": lambda v: np.array(v, np.int64),
-        }
-        for key, make in forms.items():
-            if key in attrs:
-                return make(attrs[key])
-        raise UnsupportedOperatorError([("Constant", node, f"unsupported form {sorted(attrs)}")])
+            array = self._tensor(tensor, f"initializer {tensor.name!r}")
+            inner.names[tensor.name] = graph.constant(array, tensor.name)
+        self._import_nodes(branch, inner)
+        if len(branch.output) < len([o for o in node.output if o]):
+            raise ModelLoadError(f"If node {node.name!r}: {key} has too few outputs")
+        for out_name, vi in zip(node.output, branch.output, strict=False):
+            if not out_name:
+                continue
+            value = self._read(inner, vi.name, f"output of {key}")
+            if id(value) not in before and graph.lookup(out_name) is None:
+                # Made by the branch: it takes the If output's name, so no Identity is needed.
+                del graph.values[value.name]
+                value.name = out_name
+                graph.values[out_name] = value
+                before.add(id(value))
+            scope.names[out_name] = value
 
 
-def _legacy_softmax(graph: Graph, up: Any, outputs: list[str], name: str) -> None:
-    """Softmax before opset 13 normalizes over all axes from ``axis`` on, as one flattened axis."""
-    axis = up.attrs.get("axis", 1)
-    flat = graph.add_node("Flatten", [up.inputs[0]], [None], {"axis": axis}, name=f"{name}_flatten")
-    soft = graph.add_node(up.op, [flat.outputs[0]], [None], {"axis": -1}, name=name)
-    shape = graph.constant(np.asarray(up.reshape_to, np.int64), f"{name}_shape")
-    graph.add_node("Reshape", [soft.outputs[0], shape], outputs, {}, name=f"{name}_reshape")
+def _constant_value(attrs: dict[str, Any], node: str) -> np.ndarray:
+    forms = {
+        "value": lambda v: v,
+        "value_float": lambda v: np.array(v, np.float32),
+        "value_floats": lambda v: np.array(v, np.float32),
+        "value_int": lambda v: np.array(v, np.int64),
+        "value_ints": lambda v: np.array(v, np.int64),
+    }
+    for key, make in forms.items():
+        if key in attrs:
+            return make(attrs[key])
+    raise Unsupported([("Constant", node, f"unsupported form {sorted(attrs)}")])
 
 
-def _declared(vi: onnx.ValueInfoProto) -> str:
-    if not vi.type.tensor_type.HasField("shape"):
-        return "unknown"
-    dims = [
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-        for d in vi.type.tensor_type.shape.dim
-    ]
-    return "[" + ", ".join(map(str, dims)) + "]"
-
-
-def _topological_order(proto: onnx.GraphProto, graph: Graph) -> list[int]:
-    """Node indices in an order where producers come first (exporters do not always ensure it)."""
-    produced_by = {out: i for i, n in enumerate(proto.node) for out in n.output if out}
-    order: list[int] = []
-    state: dict[int, int] = {}  # 1 visiting, 2 done
-
-    def needs(i: int) -> list[str]:
-        names = [x for x in proto.node[i].input if x]
-        for attr in proto.node[i].attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                names += _outer_reads(attr.g)
-        return names
-
-    for start in range(len(proto.node)):
-        stack = [(start, iter(needs(start)))]
-        if state.get(start):
-            continue
-        state[start] = 1
-        while stack:
-            index, pending = stack[-1]
-            for name in pending:
-                producer = produced_by.get(name)
-                if producer is None or state.get(producer) == 2:
-                    continue
-                if state.get(producer) == 1:
-                    raise ModelLoadError(f"the graph has a cycle through value {name!r}")
-                state[producer] = 1
-                stack.append((producer, iter(needs(producer))))
-                break
-            else:
-                stack.pop()
-                state[index] = 2
-                order.append(index)
-    return order
-
-
-def _outer_reads(proto: onnx.GraphProto) -> list[str]:
-    own = {t.name for t in proto.initializer} | {o for n in proto.node for o in n.output}
-    reads = []
+def _all_names(proto: onnx.GraphProto) -> set[str]:
+    names = {t.name for t in proto.initializer} | {vi.name for vi in proto.input}
     for node in proto.node:
-        reads += [x for x in node.input if x and x not in own]
+        names.update(node.output)
         for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                reads += [x for x in _outer_reads(attr.g) if x not in own]
+            if attr.type == GRAPH:
+                names |= _all_names(attr.g)
+    return names
+
+
+def _all_reads(proto: onnx.GraphProto) -> set[str]:
+    """Names some node (in any subgraph) reads, or some graph returns."""
+    reads = {o.name for o in proto.output}
+    for node in proto.node:
+        reads.update(node.input)
+        for attr in node.attribute:
+            if attr.type == GRAPH:
+                reads |= _all_reads(attr.g)
+    reads.discard("")
     return reads
 
 
-# ---------------------------------------------------------------------------------- export
-def to_onnx(graph: Graph, *, opset: int = EXPORT_OPSET) -> onnx.ModelProto:
-    """The graph as an ONNX model (opset ``opset``) that onnx.checker and onnxruntime accept."""
-    proto = _export_graph(graph, top=True)
-    model = helper.make_model(
-        proto,
-        opset_imports=[helper.make_opsetid("", opset)],
-        ir_version=EXPORT_IR_VERSION,
-        producer_name="eqsat",
-    )
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        raise EqsatError(
-            f"exported model of graph {graph.name!r} does not validate: {exc}"
-        ) from None
-    return model
-
-
-def save(graph: Graph, path: str | os.PathLike) -> None:
-    """Write the graph as an ONNX file."""
-    onnx.save(to_onnx(graph), str(path))
-
-
-def _export_graph(graph: Graph, top: bool) -> onnx.GraphProto:
-    nodes: list[onnx.NodeProto] = []
-    initializers: list[onnx.TensorProto] = []
-    outputs_by_id = {id(v) for v in graph.outputs}
-    emitted: set[int] = set()
-
-    def emit_constant(value: Value) -> None:
-        if id(value) in emitted or value.const is None or value.producer is not None:
-            return
-        emitted.add(id(value))
-        tensor = numpy_helper.from_array(np.ascontiguousarray(value.const), value.name)
-        if id(value) in outputs_by_id or not top:
-            # A graph output (or a branch constant) must be produced by a node, not an initializer.
-            nodes.append(helper.make_node("Constant", [], [value.name], value=tensor))
-        else:
-            initializers.append(tensor)
-
-    for node in graph.nodes:
-        reads = [v for v in node.inputs if v is not None]
-        reads += [v for sub in subgraphs(node) for v in sub.free_values()]
-        for v in reads:
-            if v.const is not None and graph.values.get(v.name) is v:
-                emit_constant(v)
-        attrs = {k: _export_attr(v) for k, v in node.attrs.items() if _exportable(v)}
-        nodes.append(
-            helper.make_node(
-                node.op,
-                [v.name if v is not None else "" for v in node.inputs],
-                [v.name if v is not None else "" for v in node.outputs],
-                name=node.name,
-                domain=node.domain or None,
-                **attrs,
-            )
-        )
-    for v in graph.outputs:
-        emit_constant(v)
-    value_infos = [
-        _value_info(v)
-        for node in graph.nodes
-        for v in node.outputs
-        if v is not None and id(v) not in outputs_by_id
+# ---------------------------------------------------------------------------------- shapes
+def _dims(vi: onnx.ValueInfoProto) -> list[Any] | None:
+    """Declared dims: ints where fixed, dim_param strings (or None) where symbolic."""
+    tensor_type = vi.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    return [
+        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
+        for d in tensor_type.shape.dim
     ]
-    inputs = [_value_info(v) for v in graph.inputs if v.const is None] if top else []
-    return helper.make_graph(
-        nodes,
-        graph.name,
-        inputs,
-        [_value_info(v) for v in graph.outputs],
-        initializer=initializers,
-        value_info=value_infos,
-    )
 
 
-def _exportable(value: Any) -> bool:
-    return value is not None and not (isinstance(value, list | tuple) and len(value) == 0)
+def _declared(vi: onnx.ValueInfoProto) -> str:
+    dims = _dims(vi)
+    if dims is None:
+        return "unknown (no shape declared)"
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
-def _export_attr(value: Any) -> Any:
-    if isinstance(value, Graph):
-        return _export_graph(value, top=False)
-    if isinstance(value, np.ndarray):
-        return numpy_helper.from_array(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, tuple):
-        return list(value)
-    return value
+def _given_shape(vi: onnx.ValueInfoProto, given: Any) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(d) for d in given)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"input_shapes[{vi.name!r}]: expected a sequence of ints, got {given!r}"
+        ) from None
+    if any(d < 0 for d in shape):
+        raise ShapeError(f"input {vi.name!r}: negative dimension in given shape {list(shape)}")
+    declared = _dims(vi)
+    if declared is not None:
+        if len(declared) != len(shape):
+            raise ShapeError(
+                f"input {vi.name!r}: given shape {list(shape)} has rank {len(shape)}, but the "
+                f"model declares rank {len(declared)}: {_declared(vi)}"
+            )
+        for i, (dim, size) in enumerate(zip(declared, shape, strict=True)):
+            if isinstance(dim, int) and dim != size:
+                raise ShapeError(
+                    f"input {vi.name!r}: dimension {i} is fixed to {dim} by the model "
+                    f"({_declared(vi)}), given {size}"
+                )
+    return shape
 
 
-def _value_info(value: Value) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(
-        value.name, helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape)
-    )
+def _dim_bindings(inputs: list, input_shapes: dict, constants: dict) -> dict[str, int]:
+    """Symbolic dim names bound by the given shapes, to resolve the same names elsewhere."""
+    bound: dict[str, int] = {}
+    for vi in inputs:
+        given = input_shapes.get(vi.name)
+        if given is None and vi.name in constants:
+            given = np.shape(constants[vi.name])
+        declared = _dims(vi)
+        if given is None or declared is None:
+            continue
+        shape = _given_shape(vi, given)
+        for dim, size in zip(declared, shape, strict=True):
+            if isinstance(dim, str):
+                bound.setdefault(dim, size)
+    return bound
+
+
+def _input_shape(vi: onnx.ValueInfoProto, given: Any, bound: dict[str, int]) -> tuple | None:
+    if given is not None:
+        return _given_shape(vi, given)
+    declared = _dims(vi)
+    if declared is None:
+        return None
+    resolved = [bound.get(d) if isinstance(d, str) else d for d in declared]
+    if any(d is None for d in resolved):
+        return None
+    return tuple(resolved)
+
+
+def _bound_constant(vi: onnx.ValueInfoProto, given: Any, dtype: np.dtype) -> np.ndarray:
+    try:
+        array = np.asarray(given)
+    except Exception as exc:
+        raise InputError(f"constants[{vi.name!r}]: not convertible to an array: {exc}") from None
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"constants[{vi.name!r}]: dtype {array.dtype} is not numeric")
+    if array.dtype != dtype:
+        cast = array.astype(dtype)
+        if not np.can_cast(array.dtype, dtype, "same_kind") and not np.array_equal(cast, array):
+            raise InputError(
+                f"constants[{vi.name!r}]: the input has dtype {dtype}; the given {array.dtype} "
+                "values do not convert exactly"
+            )
+        array = cast
+    _given_shape(vi, array.shape)
+    return array

@@ -11,7 +11,7 @@ from eqsat.lowering.executable import Executable
 
 from eqsat import ops
 from eqsat.errors import EqsatError
-from eqsat.ir import Graph, Value
+from eqsat.ir import Graph, Value, subgraphs
 
 
 def evaluate_graph(graph: Graph, env: dict[int, np.ndarray]) -> list[np.ndarray]:
@@ -48,10 +48,24 @@ class NumpyExecutable(Executable):
     def _execute(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         env = {id(v): feeds[v.name] for v in self.input_specs}
         outputs = evaluate_graph(self.graph, env)
-        return {v.name: array for v, array in zip(self.graph.outputs, outputs, strict=True)}
+        fed = {id(a) for a in feeds.values()}
+        results = {}
+        for value, array in zip(self.graph.outputs, outputs, strict=True):
+            array = np.asarray(array)
+            # Never hand out the graph's constants, the caller's feeds or views of them.
+            if value.const is not None or id(array) in fed or not array.flags.owndata:
+                array = array.copy()
+            results[value.name] = array
+        return results
+
+
+def _check_ops(graph: Graph) -> None:
+    for node in graph.nodes:
+        ops.get(node.op, node.name)
+        for sub in subgraphs(node):
+            _check_ops(sub)
 
 
 def compile(graph: Graph) -> NumpyExecutable:
-    for node in graph.nodes:
-        ops.get(node.op, node.name)
+    _check_ops(graph)
     return NumpyExecutable(graph)
