@@ -12,6 +12,7 @@ are all constants fold at compile time.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from eqsat import ops
 from eqsat.egraph import Encoding, attr_key, spec
 from eqsat.errors import EqsatError
 from eqsat.ir import Graph, Value
+from eqsat.ops.fused import DOMAIN, FUSED_OPS
 
 TensorType = tuple[tuple[int, ...], np.dtype]
 LEAF_KINDS = ("input", "const", "none")
@@ -92,11 +94,32 @@ class View:
         raise EqsatError(f"cannot decode attribute node {op}")
 
     def _tlist(self, nid: str) -> list[str | None]:
-        out: list[str | None] = []
-        while self.raw[nid]["op"] == "TList.cons":
-            head, nid = self.raw[nid]["children"]
-            out.append(self._cls(head))
-        return out
+        return self._list_items(self._cls(nid), set())
+
+    def _list_items(self, eclass: str, seen: set[str]) -> list[str | None]:
+        # A list e-class may hold TList.append nodes (fusion rules) that saturation has not
+        # turned into a cons chain yet: read a cons/nil node if there is one, else concatenate.
+        if not hasattr(self, "_list_classes"):
+            self._list_classes: dict[str, list[str]] = {}
+            for k, v in self.raw.items():
+                if v["op"].startswith("TList.") or v["op"].endswith(".append"):
+                    self._list_classes.setdefault(v["eclass"], []).append(k)
+        if eclass in seen:
+            raise EqsatError(f"list e-class {eclass} contains itself")
+        seen = seen | {eclass}
+        nodes = [self.raw[n] for n in self._list_classes.get(eclass, [])]
+        for node in nodes:
+            if node["op"] == "TList.nil":
+                return []
+        for node in nodes:
+            if node["op"] == "TList.cons":
+                head, tail = node["children"]
+                return [self._cls(head), *self._list_items(self._cls(tail), seen)]
+        for node in nodes:
+            if node["op"].endswith(".append"):
+                first, second = (self._cls(k) for k in node["children"])
+                return self._list_items(first, seen) + self._list_items(second, seen)
+        raise EqsatError(f"list e-class {eclass} has no cons, nil or append node")
 
     def _decode_node(self, nid: str, node: dict[str, Any]) -> ENode | None:
         op, kids, eclass = node["op"], node["children"], node["eclass"]
@@ -126,7 +149,9 @@ class View:
         return ENode(nid, eclass, "op", op=op, attrs=attrs, inputs=inputs, mask=mask)
 
     def is_none(self, eclass: str | None) -> bool:
-        return eclass is None or any(self.nodes[n].kind == "none" for n in self.classes[eclass])
+        if not hasattr(self, "_none_classes"):
+            self._none_classes = {n.eclass for n in self.nodes.values() if n.kind == "none"}
+        return eclass is None or eclass in self._none_classes
 
     def op_inputs(self, node: ENode) -> list[str | None]:
         return [None if self.is_none(c) else c for c in node.inputs]
@@ -385,7 +410,8 @@ class View:
                         out_names.append("")
                     else:
                         out_names.append(g.fresh_name(names[pc]) if pc in names else None)
-            built = g.add_node(node.op, ins, out_names, dict(node.attrs))
+            op, ins, attrs, domain = canonical_fused(node.op, ins, dict(node.attrs))
+            built = g.add_node(op, ins, out_names, attrs, domain=domain)
             if node.mask == "1":
                 done[c] = built.outputs[0]
             else:
@@ -407,6 +433,42 @@ class View:
         return names
 
 
+def canonical_fused(
+    op: str, ins: list[Value | None], attrs: dict[str, Any]
+) -> tuple[str, list[Value | None], dict[str, Any], str]:
+    """A fused node as it is built: repeated inputs read once, one-op kernels as the plain op."""
+    if op not in FUSED_OPS:
+        return op, ins, attrs, ""
+    if op == "FusedElementwise":
+        unique: list[Value | None] = []
+        index: dict[int, int] = {}
+        mapping = {}
+        for k, v in enumerate(ins):
+            if id(v) not in index:
+                index[id(v)] = len(unique)
+                unique.append(v)
+            mapping[k] = index[id(v)]
+        body = re.sub(r"\{(\d+)\}", lambda m: f"{{{mapping[int(m.group(1))]}}}", attrs["body"])
+        plain = _PLAIN_BODIES.get((body, len(unique)))
+        if plain is not None:
+            return plain, unique, {}, ""
+        return op, unique, {**attrs, "body": body}, DOMAIN
+    return op, ins, attrs, DOMAIN
+
+
+def _plain_bodies() -> dict[tuple[str, int], str]:
+    """Bodies of one attribute-free elementwise op on distinct operands -> that op."""
+    from eqsat.ops.elementwise import scalar_expr
+
+    found: dict[tuple[str, int], str] = {}
+    for name, opdef in ops.OPS.items():
+        if not opdef.elementwise or opdef.attrs or name in ("Identity", "Dropout", "Clip"):
+            continue
+        n = opdef.min_inputs
+        found.setdefault((scalar_expr(name, [f"{{{k}}}" for k in range(n)], {}), n), name)
+    return found
+
+
 def is_plain(raw: dict[str, Any]) -> bool:
     """Attribute values, primitives and input lists: the non-tensor e-nodes tensors refer to."""
     op = raw["op"]
@@ -414,7 +476,9 @@ def is_plain(raw: dict[str, Any]) -> bool:
 
 
 # egglog functions of the encoding that are facts about tensors, not parts of them.
-ANALYSIS_FUNCTIONS = frozenset({"shape", "dtype", "splat", "is_const", "static_shape", "lossless"})
+ANALYSIS_FUNCTIONS = frozenset(
+    {"shape", "dtype", "splat", "is_const", "static_shape", "lossless", "arity", "dtype_name"}
+)
 
 
 def prune(serialized: dict[str, Any]) -> dict[str, Any]:
@@ -451,3 +515,6 @@ def _same_type(a: Any, b: Any) -> bool:
             and all(x is None or y is None or _same_type(x, y) for x, y in zip(a, b, strict=True))
         )
     return tuple(a[0]) == tuple(b[0]) and np.dtype(a[1]) == np.dtype(b[1])
+
+
+_PLAIN_BODIES = _plain_bodies()

@@ -46,6 +46,7 @@ from egglog import (
     i64,
     i64Like,
     relation,
+    rewrite,
     rule,
     ruleset,
     run,
@@ -58,9 +59,12 @@ from onnx import helper
 from eqsat import ops
 from eqsat.errors import EqsatError
 from eqsat.ir import Graph, Value
+from eqsat.ops import fused as _fused  # noqa: F401  (registers the fused ops)
 
 # Ops with more inputs than this take their inputs as one TList (Concat, Max, Einsum, ...).
 MAX_POSITIONAL_INPUTS = 8
+# Fused elementwise kernels take a TList too, so that fusion rules can append input lists.
+LIST_ENCODED = frozenset({"FusedElementwise"})
 
 
 class T(Expr):
@@ -86,6 +90,8 @@ class TList(Expr):
 
     @classmethod
     def cons(cls, head: T, tail: TList) -> TList: ...
+
+    def append(self, other: TList) -> TList: ...
 
 
 class Attr(Expr):
@@ -120,6 +126,15 @@ def dtype(t: T) -> i64: ...
 
 @function(merge=lambda old, new: old)
 def splat(t: T) -> f64: ...
+
+
+@function(merge=lambda old, new: old)
+def arity(items: TList) -> i64: ...
+
+
+# The numpy name of an ONNX data type number (fused ops carry their dtype by name).
+@function(merge=lambda old, new: old)
+def dtype_name(code: i64Like) -> String: ...
 
 
 # Holds for terms computed from constants only (they fold at compile time).
@@ -172,7 +187,7 @@ def spec(op: str) -> OpSpec:
     if found is not None:
         return found
     opdef = ops.get(op)
-    variadic = opdef.max_inputs > MAX_POSITIONAL_INPUTS
+    variadic = opdef.max_inputs > MAX_POSITIONAL_INPUTS or op in LIST_ENCODED
     n = 0 if variadic else opdef.max_inputs
     attrs = tuple(opdef.attrs)
     multi = opdef.max_outputs > 1
@@ -278,12 +293,28 @@ def onnx_type(dt: np.dtype) -> int:
 
 @functools.cache
 def _lossless_facts() -> tuple[Any, ...]:
-    return tuple(
+    names = tuple(set_(dtype_name(i64(onnx_type(a)))).to(String(a.name)) for a in _CAST_TYPES)
+    return names + tuple(
         lossless(i64(onnx_type(a)), i64(onnx_type(b)))
         for a in _CAST_TYPES
         for b in _CAST_TYPES
         if is_lossless(a, b)
     )
+
+
+# Constants that rules may introduce (axes for Unsqueeze, ...): key -> array. Every encoding
+# knows them, so T.const(key) built by a rule decodes like a constant of the graph.
+RULE_CONSTANTS: dict[str, np.ndarray] = {}
+
+
+def rule_const(key: str, array: Any) -> T:
+    """``T.const`` of a constant that rules build; registered once under ``key``."""
+    key = f"eqsat:{key}"
+    array = np.asarray(array)
+    known = RULE_CONSTANTS.setdefault(key, array)
+    if known.dtype != array.dtype or not np.array_equal(known, array):
+        raise EqsatError(f"rule constant {key!r} is registered with another value")
+    return T.const(key)
 
 
 # ------------------------------------------------------------------ encoding
@@ -374,6 +405,11 @@ def encode(graph: Graph) -> Encoding:
                 bind(v, ref.out(i))
     for value in graph.outputs:
         term_of(value)
+    for key, array in RULE_CONSTANTS.items():
+        enc.constants[key] = array
+        ref = T.const(key)
+        facts.append(set_(shape(ref)).to(Vec[i64](*(i64(d) for d in array.shape))))
+        facts.append(set_(dtype(ref)).to(i64(onnx_type(array.dtype))))
     facts.extend(_lossless_facts())
     egraph.register(*facts)
     return enc
@@ -401,6 +437,18 @@ def _register_analysis() -> None:
     d = var("d", i64)
     k = var("k", String)
     rules: list[Any] = [rule(eq(t).to(T.const(k))).then(is_const(t))]
+    # TList concatenation and length, for fusion rules that merge input lists.
+    h = var("h", T)
+    tail, other, lst = vars_("tail other lst", TList)
+    n = var("n", i64)
+    rules += [
+        rewrite(TList.nil().append(other)).to(other),
+        rewrite(TList.cons(h, tail).append(other)).to(TList.cons(h, tail.append(other))),
+        rule(eq(lst).to(TList.nil())).then(set_(arity(lst)).to(i64(0))),
+        rule(eq(lst).to(TList.cons(h, tail)), eq(arity(tail)).to(n)).then(
+            set_(arity(lst)).to(n + 1)
+        ),
+    ]
     for op in ("Add", "Sub", "Mul", "Div"):
         rules.append(rule(eq(t).to(make(op, x, y)), is_const(x), is_const(y)).then(is_const(t)))
     for op in ("Neg", "Relu", "Sigmoid", "Tanh", "Exp", "Abs", "Identity", "Erf", "Sqrt"):

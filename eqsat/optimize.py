@@ -49,6 +49,9 @@ class OptimizeReport:
     verified: bool | None = None  # None: not asked for
     max_error: float | None = None
     invalid_enodes: int = 0  # e-nodes rejected as not shape-correct
+    kernels_before: int = 0  # nodes that run at run time (not folded at compile time)
+    kernels_after: int = 0
+    fused: dict[str, int] = field(default_factory=dict)  # fused op -> how many were formed
 
     def __str__(self) -> str:
         lines = [
@@ -56,8 +59,13 @@ class OptimizeReport:
             f"e-graph: {self.eclasses} e-classes, {self.enodes} e-nodes, {self.iterations} "
             f"iterations, stopped: {self.stop_reason}",
             f"cost: {self.cost_before * 1e3:.4f} ms -> {self.cost_after * 1e3:.4f} ms; "
-            f"nodes: {self.nodes_before} -> {self.nodes_after}",
+            f"nodes: {self.nodes_before} -> {self.nodes_after}; "
+            f"kernels: {self.kernels_before} -> {self.kernels_after}",
         ]
+        if self.fused:
+            lines.append(
+                "fused ops formed: " + ", ".join(f"{k} {v}" for k, v in sorted(self.fused.items()))
+            )
         if self.kept_input:
             lines.append(f"kept the input graph: {self.kept_input}")
         if self.verified is not None:
@@ -149,6 +157,7 @@ def optimize(
     prof = target if target in costs.PROFILES else "cpu"
     report.cost_before = report.cost_after = costs.graph_cost(source, prof)
     report.nodes_before = report.nodes_after = len(source.nodes)
+    report.kernels_before = report.kernels_after = kernel_count(source)
     result = OptimizeResult(source, source, target, report)
     if any(subgraphs(n) for n in source.nodes):
         report.kept_input = "the graph has control flow (If with subgraphs), not optimized yet"
@@ -210,8 +219,32 @@ def optimize(
             return result
     report.cost_after = new_cost
     report.nodes_after = len(optimized.nodes)
+    report.kernels_after = kernel_count(optimized)
+    report.fused = fused_counts(optimized, source)
     result.graph = optimized
     return result
+
+
+def kernel_count(graph: Graph) -> int:
+    """Nodes that run at run time: one kernel each (constant ones fold at compile time)."""
+    return sum(
+        1 for n in graph.nodes if not all(v is None or v.const is not None for v in n.outputs)
+    )
+
+
+def fused_counts(graph: Graph, source: Graph | None = None) -> dict[str, int]:
+    """Fused ops of ``graph`` (and composite ops the source did not have), with their counts."""
+    from eqsat.ops.fused import FUSED_OPS
+
+    composite = {"LayerNormalization", "Softmax", "Gelu", "HardSwish"}
+    before = source.op_counts() if source is not None else {}
+    counts: dict[str, int] = {}
+    for op, n in graph.op_counts().items():
+        if op in FUSED_OPS:
+            counts[op] = n
+        elif op in composite and n > before.get(op, 0):
+            counts[op] = n - before.get(op, 0)
+    return counts
 
 
 def compare(a: Graph, b: Graph, seed: int = 0) -> tuple[bool, float]:

@@ -14,7 +14,7 @@ from eqsat.lowering.executable import Executable
 from eqsat.errors import TargetError
 from eqsat.ir import Graph
 
-TARGETS = {"numpy": "eqsat.lowering.numpy"}
+TARGETS = {"numpy": "eqsat.lowering.numpy", "cpu": "eqsat.lowering.cpu"}
 
 
 def compile_graph(graph: Graph, target: str = "numpy") -> Executable:

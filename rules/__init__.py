@@ -36,7 +36,15 @@ from egglog import Ruleset, rewrite, var
 from eqsat.egraph import Rule
 from eqsat.errors import RuleError
 
-FAMILIES = {"algebraic": "eqsat.rules.algebraic"}
+# Family name -> "module" (every Family in it) or "module:attribute" (one Family).
+FAMILIES = {
+    "algebraic": "eqsat.rules.algebraic",
+    "fusion": "eqsat.rules.fusion",
+    "fusion-elementwise": "eqsat.rules.fusion:elementwise",
+    "fusion-epilogue": "eqsat.rules.fusion:epilogue",
+    "fusion-bn": "eqsat.rules.fusion:bn",
+    "fusion-composite": "eqsat.rules.fusion:composite",
+}
 DEFAULT_FAMILIES = ("algebraic",)
 
 
@@ -106,7 +114,11 @@ def family(name: str) -> list[Rule]:
     """The rules of the built-in family ``name``."""
     if name not in FAMILIES:
         raise RuleError(f"no rule family {name!r}; known: {sorted(FAMILIES)}")
-    return collect(importlib.import_module(FAMILIES[name]))[0]
+    module_name, _, attribute = FAMILIES[name].partition(":")
+    module = importlib.import_module(module_name)
+    if attribute:
+        return list(getattr(module, attribute).rules)
+    return collect(module)[0]
 
 
 def collect(module: Any) -> tuple[list[Rule], list[Ruleset]]:

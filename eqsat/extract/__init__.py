@@ -9,7 +9,11 @@ format (the format extraction-gym reads), including cyclic ones::
 ``roots`` are e-class ids, ``cost`` maps node ids to costs (missing ones use the node's ``cost``;
 ``inf`` forbids a node). The answer covers every e-class reachable from the roots through the chosen
 nodes, and the chosen nodes never form a cycle. Strategies: ``tree`` (each use of a shared e-class
-pays for it again: egglog's own extraction) and ``greedy-dag`` (a shared e-class is paid once).
+pays for it again: egglog's own extraction), ``greedy-dag`` (a shared e-class is paid once),
+``greedy-ls`` (greedy-dag, then local search that re-chooses one e-class at a time, pricing the
+whole DAG) and ``ilp`` (exact: a 0-1 program solved by HiGHS, with acyclicity constraints and a time
+limit). A strategy may return an :class:`Extraction`, a dict with what the solver knows attached
+(lower bound, gap, whether the answer is proven optimal).
 """
 
 from __future__ import annotations
@@ -24,7 +28,12 @@ from eqsat.errors import EqsatError
 Choices = dict[str, str]
 Extractor = Callable[[dict[str, Any], list[str], "dict[str, float] | None"], Choices]
 
-STRATEGIES = {"tree": "eqsat.extract.tree", "greedy-dag": "eqsat.extract.greedy_dag"}
+STRATEGIES = {
+    "tree": "eqsat.extract.tree",
+    "greedy-dag": "eqsat.extract.greedy_dag",
+    "greedy-ls": "eqsat.extract.local_search",
+    "ilp": "eqsat.extract.ilp",
+}
 DEFAULT = "greedy-dag"
 
 
@@ -37,6 +46,29 @@ def get(name: str | Extractor | None) -> Extractor:
     if name not in STRATEGIES:
         raise EqsatError(f"unknown extractor {name!r}; available: {sorted(STRATEGIES)}")
     return importlib.import_module(STRATEGIES[name]).extract
+
+
+class Extraction(dict):
+    """Choices ``{eclass: node}`` plus what the strategy knows about them."""
+
+    def __init__(
+        self,
+        choices: Choices,
+        *,
+        cost: float,
+        lower_bound: float | None = None,
+        gap: float | None = None,
+        optimal: bool = False,
+        seconds: float = 0.0,
+        detail: str = "",
+    ):
+        super().__init__(choices)
+        self.cost = cost
+        self.lower_bound = lower_bound
+        self.gap = gap
+        self.optimal = optimal
+        self.seconds = seconds
+        self.detail = detail
 
 
 class Index:
@@ -121,6 +153,80 @@ def is_acyclic(egraph: dict[str, Any], roots: Iterable[str], choices: Choices) -
     return True
 
 
+def find_cycle(
+    idx: Index, roots: Iterable[str], choices: Choices, blocked: set[str] | None = None
+) -> list[str] | None:
+    """One cycle of e-classes through the chosen nodes reachable from ``roots`` (classes in
+    ``blocked`` are skipped), in edge order, or None."""
+    blocked = blocked or set()
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = finished
+    for root in roots:
+        if root in blocked or state.get(root) or root not in choices:
+            continue
+        path: list[str] = [root]
+        iters = [iter(idx.kids[choices[root]])]
+        state[root] = 1
+        while iters:
+            for k in iters[-1]:
+                if k in blocked or k not in choices:
+                    continue
+                if state.get(k) == 1:
+                    return path[path.index(k) :]
+                if k not in state:
+                    state[k] = 1
+                    path.append(k)
+                    iters.append(iter(idx.kids[choices[k]]))
+                    break
+            else:
+                iters.pop()
+                state[path.pop()] = 2
+    return None
+
+
+def sccs(graph: dict[str, Iterable[str]]) -> list[list[str]]:
+    """Strongly connected components of ``graph`` (Tarjan's algorithm, without recursion)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    out: list[list[str]] = []
+    for start in graph:
+        if start in index:
+            continue
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        work = [(start, iter(graph[start]))]
+        while work:
+            v, it = work[-1]
+            for w in it:
+                if w not in graph:
+                    continue
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on_stack.add(w)
+                    work.append((w, iter(graph[w])))
+                    break
+                if w in on_stack:
+                    low[v] = min(low[v], index[w])
+            else:
+                work.pop()
+                if work:
+                    u = work[-1][0]
+                    low[u] = min(low[u], low[v])
+                if low[v] == index[v]:
+                    comp = []
+                    while True:
+                        w = stack.pop()
+                        on_stack.discard(w)
+                        comp.append(w)
+                        if w == v:
+                            break
+                    out.append(comp)
+    return out
+
+
 def finite(x: float) -> bool:
     return not math.isinf(x) and not math.isnan(x)
 
@@ -129,9 +235,12 @@ __all__ = [
     "DEFAULT",
     "STRATEGIES",
     "Choices",
+    "Extraction",
     "Index",
     "dag_cost",
+    "find_cycle",
     "get",
     "is_acyclic",
     "reachable",
+    "sccs",
 ]

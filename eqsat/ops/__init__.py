@@ -19,6 +19,7 @@ Conventions every entry follows:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -210,8 +211,19 @@ def same_dtype(inputs: Sequence[Value | None], what: str = "inputs") -> np.dtype
 
 
 def _load_families() -> None:
-    # Imported for their registrations; order does not matter.
-    from eqsat.ops import control, conv, elementwise, nn, reduce, resize, shape, tensor  # noqa: F401
+    # Imported for their registrations; fused ops derive from the base ops, so they come last.
+    from eqsat.ops import (  # noqa: F401
+        control,
+        conv,
+        elementwise,
+        nn,
+        reduce,
+        resize,
+        shape,
+        tensor,
+    )
+
+    importlib.import_module("eqsat.ops.fused")
 
 
 _load_families()

@@ -1,0 +1,232 @@
+"""End-to-end benchmark: eqsat (target cpu) against onnxruntime on every zoo model, one process.
+
+For each model: ``eqsat.optimize(model, target="cpu")`` (or plain load + compile with
+``--no-optimize``), onnxruntime with all graph optimizations and with none, all at the same
+thread count; latency min and median over ``--runs`` runs after warm-up, eqsat's ratio to each,
+optimize time, compile time with a cold and a warm kernel cache (each measured in a fresh process,
+so imports and Numba's cache loading count), and the planned peak memory of eqsat's buffers.
+Also a kernel micro-benchmark: a fused SiLU+add kernel's bandwidth as a fraction of a numpy copy.
+
+    python bench/e2e.py [--models mlp resnet_block] [--runs 20] [--threads 2] [--csv out.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:
+    from bench import models as zoo
+except ImportError:  # run as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench import models as zoo
+
+COLUMNS = [
+    "model", "eqsat_min_ms", "eqsat_med_ms", "ort_all_min_ms", "ort_all_med_ms", "ort_none_min_ms",
+    "ort_none_med_ms", "ratio_all", "ratio_none", "optimize_s", "compile_cold_s",
+    "compile_warm_s", "peak_mb", "max_abs_err",
+]  # fmt: skip
+
+# Run in a fresh process: load (and optimize) one model, compile it for cpu, print the seconds.
+_COMPILE_SCRIPT = """
+import json, sys, time
+sys.path.insert(0, {root!r})
+import eqsat
+from bench import models as zoo
+entry = zoo.ZOO[{name!r}]
+start = time.perf_counter()
+graph = {make_graph}
+optimized = time.perf_counter()
+eqsat.compile(graph, target="cpu")
+print(json.dumps({{"compile_s": time.perf_counter() - optimized}}))
+"""
+
+
+def _graph_source(optimize: bool) -> str:
+    if optimize:
+        return "eqsat.optimize(entry.model(), target='cpu', input_shapes=entry.input_shapes).graph"
+    return "eqsat.load(entry.model(), input_shapes=entry.input_shapes)"
+
+
+def _timed(fn: Any, runs: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _ort_session(model: Any, level: Any, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def compile_time(name: str, optimize: bool, cache: str) -> float:
+    root = str(Path(__file__).resolve().parents[1])
+    script = _COMPILE_SCRIPT.format(root=root, name=name, make_graph=_graph_source(optimize))
+    env = {**os.environ, "EQSAT_KERNEL_CACHE": cache}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["compile_s"])
+
+
+def bench_model(
+    name: str, runs: int, threads: int, optimize: bool, compile_times: bool
+) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    import eqsat
+
+    entry = zoo.ZOO[name]
+    model = entry.model()
+    feeds = entry.feeds(0)
+    start = time.perf_counter()
+    if optimize:
+        graph = eqsat.optimize(model, target="cpu", input_shapes=entry.input_shapes).graph
+    else:
+        graph = eqsat.load(model, input_shapes=entry.input_shapes)
+    optimize_s = time.perf_counter() - start
+    from eqsat.lowering import cpu
+
+    executable = cpu.compile(graph, threads=threads)
+    row: dict[str, Any] = {"model": name, "optimize_s": optimize_s}
+    eq = _timed(lambda: executable.run(feeds), runs)
+    row["eqsat_min_ms"], row["eqsat_med_ms"] = min(eq) * 1e3, float(np.median(eq)) * 1e3
+    levels = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }
+    reference = None
+    for label, level in levels.items():
+        session = _ort_session(model, level, threads)
+        times = _timed(lambda s=session: s.run(None, feeds), runs)
+        row[f"ort_{label}_min_ms"] = min(times) * 1e3
+        row[f"ort_{label}_med_ms"] = float(np.median(times)) * 1e3
+        row[f"ratio_{label}"] = row["eqsat_min_ms"] / row[f"ort_{label}_min_ms"]
+        if label == "none":
+            reference = session.run(None, feeds)
+    got = list(executable.run(feeds).values())
+    row["max_abs_err"] = max(
+        float(np.max(np.abs(g - w))) for g, w in zip(got, reference or [], strict=False)
+    )
+    row["peak_mb"] = executable.report["peak_bytes"] / 1e6
+    if compile_times:
+        with tempfile.TemporaryDirectory(prefix="eqsat-kernels-") as cache:
+            row["compile_cold_s"] = compile_time(name, optimize, cache)
+            row["compile_warm_s"] = compile_time(name, optimize, cache)
+    return row
+
+
+def kernel_bandwidth(elements: int = 1 << 23, runs: int = 20) -> dict[str, float]:
+    """A generated SiLU(x) + y kernel against ``np.copyto`` of the same size, both into
+    preallocated memory (so page faults of fresh outputs do not count against either)."""
+    from eqsat.lowering import cpu
+
+    f32 = np.dtype(np.float32)
+    kernel = cpu.ElementwiseKernel(
+        cpu.Lowering(threads=os.cpu_count() or 1),
+        "(({0} / (1 + exp(-{0}))) + {1})",
+        [((elements,), f32, None), ((elements,), f32, None)],
+        (elements,),
+        f32,
+    )
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((2, elements), np.float32)
+    out = np.empty(elements, np.float32)
+    kernel_s = min(_timed(lambda: kernel(out, [x, y]), runs))
+    copy_s = min(_timed(lambda: np.copyto(out, x), runs))
+    kernel_gbs = 3 * 4 * elements / kernel_s / 1e9  # two reads and one write
+    copy_gbs = 2 * 4 * elements / copy_s / 1e9
+    return {"kernel_gbs": kernel_gbs, "copy_gbs": copy_gbs, "fraction": kernel_gbs / copy_gbs}
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    head = f"{'model':<22}{'eqsat ms':>18}{'ort-all ms':>18}{'ort-none ms':>18}"
+    head += f"{'x all':>8}{'x none':>8}{'opt s':>7}{'cold s':>8}{'warm s':>8}{'MB':>7}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+
+        def pair(key: str, row: dict[str, Any] = r) -> str:
+            return f"{row[key + '_min_ms']:.2f}/{row[key + '_med_ms']:.2f}"
+
+        lines.append(
+            f"{r['model']:<22}{pair('eqsat'):>18}{pair('ort_all'):>18}{pair('ort_none'):>18}"
+            f"{r['ratio_all']:>8.2f}{r['ratio_none']:>8.2f}{r['optimize_s']:>7.1f}"
+            f"{r.get('compile_cold_s', math.nan):>8.2f}{r.get('compile_warm_s', math.nan):>8.2f}"
+            f"{r['peak_mb']:>7.1f}"
+        )
+    ratios = [r["ratio_all"] for r in rows]
+    if ratios:
+        geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+        lines.append(f"geo-mean ratio to onnxruntime (all optimizations): {geo:.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/e2e.py", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", nargs="*", default=list(zoo.ZOO), choices=sorted(zoo.ZOO))
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--csv", default="e2e.csv", help="where to write the table as CSV")
+    parser.add_argument("--no-optimize", action="store_true", help="load + compile, no rewrites")
+    parser.add_argument("--no-compile-times", action="store_true", help="skip cold/warm runs")
+    parser.add_argument("--no-kernel-bench", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = []
+    for name in args.models:
+        try:
+            rows.append(
+                bench_model(
+                    name, args.runs, args.threads, not args.no_optimize, not args.no_compile_times
+                )
+            )
+        except zoo.ZooDownloadError as exc:
+            print(f"{name}: skipped, download failed: {exc}", file=sys.stderr)
+        print(format_table(rows[-1:]).splitlines()[-2], flush=True)
+    print()
+    print(f"threads {args.threads}; latency min/median over {args.runs} runs")
+    print(format_table(rows))
+    with open(args.csv, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {args.csv}")
+    if not args.no_kernel_bench:
+        bw = kernel_bandwidth()
+        print(
+            f"fused SiLU+add kernel: {bw['kernel_gbs']:.1f} GB/s, numpy copy {bw['copy_gbs']:.1f}"
+            f" GB/s: {bw['fraction']:.0%} of copy bandwidth"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,280 @@
+"""Numba source for elementwise kernels, generated from scalar expressions of the operator table.
+
+A kernel applies one scalar expression (an elementwise op's ``scalar_expr`` or a fused node's
+``body``/``epilogue``) to N broadcast inputs. :func:`plan_broadcast` collapses the output shape to
+the fewest loop levels that keep every input's broadcast pattern (so ``x + bias[C,1,1]`` over NCHW
+becomes a 3-level loop whose innermost level is contiguous for every operand, and ``a + b`` of equal
+shapes a single flat loop); :func:`kernel_source` writes the loops and the expression as a module
+for the kernel cache. The source depends on the expression, ranks, broadcast patterns, dtypes and
+whether the outer loop is parallel, never on the sizes, so one compiled kernel serves every node of
+the same form.
+
+Kernels are generated for float32/float64 arithmetic with bool conditions (comparisons, ``Where``,
+logic); anything else (integer arithmetic with C semantics, ``mod``, ``cast``) is reported as
+unsupported by :func:`translate` and left to the numpy reference. In float32 kernels every literal
+is a float32 constant and exp/tanh/erf use :mod:`eqsat.lowering.cpu_math`'s approximations.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import inspect
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from eqsat.lowering import cpu_math
+
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+BOOL = np.dtype(bool)
+# Functions of the scalar language a kernel can compute, per float dtype: name -> code template.
+_COMMON = {
+    "log": "np.log({0})",
+    "log1p": "np.log1p({0})",
+    "sqrt": "np.sqrt({0})",
+    "abs": "abs({0})",
+    "floor": "np.floor({0})",
+    "ceil": "np.ceil({0})",
+    "sin": "np.sin({0})",
+    "cos": "np.cos({0})",
+    "min": "fmin({0}, {1})",
+    "max": "fmax({0}, {1})",
+    "isnan": "({0} != {0})",
+    "rint": "np.rint({0})",
+    "sign": "fsign({0}, ONE, ZERO)",
+    "pow": "({0} ** {1})",
+}
+FUNCTIONS = {
+    np.dtype(np.float32): {
+        **_COMMON,
+        "exp": "exp_f32({0})",
+        "tanh": "tanh_f32({0})",
+        "erf": "erf_f32({0})",
+    },
+    np.dtype(np.float64): {
+        **_COMMON,
+        "exp": "np.exp({0})",
+        "tanh": "np.tanh({0})",
+        "erf": "math.erf({0})",
+    },
+}
+_OPERAND = re.compile(r"\{(\d+)\}")
+# Bump when the generated code's form changes, so that cached kernels of the old form are unused.
+CODEGEN_VERSION = "2"
+_HELPERS_HASH = hashlib.sha256(inspect.getsource(cpu_math).encode()).hexdigest()[:16]
+
+
+class Unsupported(Exception):
+    """The expression uses something the generated kernels do not compute."""
+
+
+class _Translate(ast.NodeTransformer):
+    def __init__(self, dtype: np.dtype):
+        self.functions = FUNCTIONS[dtype]
+        self.constants: dict[str, float] = {}
+
+    def _const(self, value: float) -> ast.Name:
+        name = f"C{len(self.constants)}"
+        for known, v in self.constants.items():
+            if v == value or (math.isnan(v) and math.isnan(value)):
+                return ast.Name(known, ast.Load())
+        self.constants[name] = value
+        return ast.Name(name, ast.Load())
+
+    def visit_Constant(self, node: ast.Constant) -> ast.AST:
+        if isinstance(node.value, bool) or not isinstance(node.value, int | float):
+            raise Unsupported(f"literal {node.value!r}")
+        return self._const(float(node.value))
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id == "inf":
+            return self._const(math.inf)
+        if node.id == "nan":
+            return self._const(math.nan)
+        if re.fullmatch(r"x\d+", node.id):
+            return node
+        raise Unsupported(f"name {node.id!r}")
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> ast.AST:
+        # Bitwise on bools: no short-circuit branch, so the loop stays vectorizable.
+        op: ast.operator = ast.BitAnd() if isinstance(node.op, ast.And) else ast.BitOr()
+        values = [self.visit(v) for v in node.values]
+        result = values[0]
+        for v in values[1:]:
+            result = ast.BinOp(result, op, v)
+        return result
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        if not isinstance(node.op, ast.Add | ast.Sub | ast.Mult | ast.Div):
+            raise Unsupported(f"operator {type(node.op).__name__}")
+        return self.generic_visit(node)
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        if not isinstance(node.func, ast.Name) or node.func.id not in self.functions:
+            raise Unsupported(f"function {ast.unparse(node.func)}")
+        name = node.func.id
+        if name == "pow" and isinstance(node.args[1], ast.Constant):
+            # Integer and half powers are the common ones (LayerNorm's x**2, RMS's sqrt).
+            exponent = node.args[1].value
+            base = self.visit(node.args[0])
+            if exponent == 1:
+                return base
+            if exponent == 2:
+                return ast.BinOp(base, ast.Mult(), base)
+            if exponent == 3:
+                return ast.BinOp(ast.BinOp(base, ast.Mult(), base), ast.Mult(), base)
+            if exponent == 0.5:
+                return ast.parse(f"np.sqrt({ast.unparse(base)})", mode="eval").body
+            node.args[0] = base
+            node.args[1] = self.visit(node.args[1])
+        else:
+            node.args = [self.visit(a) for a in node.args]
+        code = self.functions[name].format(*(ast.unparse(a) for a in node.args))
+        return ast.parse(code, mode="eval").body
+
+
+def translate(expr: str, dtype: np.dtype) -> tuple[str, dict[str, float]]:
+    """Numba code for scalar expression ``expr`` (operands ``x0``, ``x1``, ...) in float ``dtype``.
+
+    Returns the code and the literal constants it names (``C0``, ``C1``, ...).
+    """
+    if dtype not in FUNCTIONS:
+        raise Unsupported(f"dtype {dtype}")
+    text = _OPERAND.sub(lambda m: f"x{m.group(1)}", expr)
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError as exc:
+        raise Unsupported(f"not an expression: {expr!r}") from exc
+    for node in ast.walk(tree):
+        if not isinstance(node, _ALLOWED):
+            raise Unsupported(f"{type(node).__name__} in {expr!r}")
+    translator = _Translate(dtype)
+    body = translator.visit(tree.body)
+    return ast.unparse(body), translator.constants
+
+
+_ALLOWED = (
+    ast.Expression, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.IfExp, ast.Call,
+    ast.Name, ast.Constant, ast.Load, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.USub, ast.UAdd,
+    ast.Not, ast.And, ast.Or, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Eq, ast.NotEq,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """Loop nest of a kernel: collapsed output ``shape``; per input, which levels it spans."""
+
+    shape: tuple[int, ...]
+    spans: tuple[tuple[bool, ...], ...]
+
+    def input_shape(self, i: int) -> tuple[int, ...]:
+        return tuple(d if s else 1 for d, s in zip(self.shape, self.spans[i], strict=True))
+
+
+def plan_broadcast(out: tuple[int, ...], inputs: list[tuple[int, ...]]) -> Broadcast:
+    """Collapse ``out`` into the fewest loop levels that keep each input's broadcast pattern."""
+    dims = [i for i, d in enumerate(out) if d != 1]
+    rank = len(out)
+    patterns = []
+    for shape in inputs:
+        padded = (1,) * (rank - len(shape)) + tuple(shape)
+        patterns.append([padded[i] != 1 for i in dims])
+    shape: list[int] = []
+    spans: list[list[bool]] = [[] for _ in inputs]
+    for k, axis in enumerate(dims):
+        column = [p[k] for p in patterns]
+        if shape and all(s[-1] == c for s, c in zip(spans, column, strict=True)):
+            shape[-1] *= out[axis]
+            continue
+        shape.append(out[axis])
+        for s, c in zip(spans, column, strict=True):
+            s.append(c)
+    if not shape:  # a scalar result: one level of size 1
+        return Broadcast((1,), tuple((False,) for _ in inputs))
+    return Broadcast(tuple(shape), tuple(tuple(s) for s in spans))
+
+
+def _numba_type(dtype: np.dtype, rank: int, readonly: bool) -> str:
+    # Inputs are typed read-only: writable arrays convert to that, and constants are read-only.
+    name = "boolean" if dtype == BOOL else str(dtype)
+    flag = ", readonly=True" if readonly else ""
+    return f"types.Array(types.{name}, {rank}, 'C'{flag})"
+
+
+def kernel_source(
+    expr: str,
+    in_dtypes: list[np.dtype],
+    out_dtype: np.dtype,
+    spans: tuple[tuple[bool, ...], ...],
+    parallel: bool,
+) -> str:
+    """A module defining ``kernel(out, x0, x1, ...)`` that writes ``expr`` of the inputs into out.
+
+    Every array is C-contiguous with the collapsed rank; inputs have size 1 on levels they do not
+    span. Raises :class:`Unsupported` when the expression or dtypes are not generated here.
+    """
+    floats = {d for d in in_dtypes if d != BOOL} | ({out_dtype} - {BOOL})
+    if len(floats) > 1 or not floats <= set(FLOATS) or out_dtype not in (*FLOATS, BOOL):
+        raise Unsupported(f"dtypes {[str(d) for d in in_dtypes]} -> {out_dtype}")
+    dtype = floats.pop() if floats else np.dtype(np.float32)
+    code, constants = translate(expr, dtype)
+    rank = len(spans[0]) if spans else 1
+    idx = [f"i{k}" for k in range(rank)]
+    loads = []
+    for i, span in enumerate(spans):
+        index = ", ".join(ix if s else "0" for ix, s in zip(idx, span, strict=True))
+        loads.append(f"x{i}[{index}]")
+    sig_types = [_numba_type(out_dtype, rank, False)]
+    sig_types += [_numba_type(d, rank, True) for d in in_dtypes]
+    signature = f"types.void({', '.join(sig_types)})"
+    args = ", ".join(["out"] + [f"x{i}" for i in range(len(spans))])
+    ctype = f"np.{dtype}"
+    lines = [
+        f"# eqsat generated kernel; codegen {CODEGEN_VERSION}, helpers {_HELPERS_HASH}",
+        f"# expr: {expr}",
+        "import math",
+        "import numpy as np",
+        "from numba import njit, prange, types",
+        "from eqsat.lowering.cpu_math import exp_f32, tanh_f32, erf_f32, fmax, fmin, fsign",
+        "",
+        f"ONE = {ctype}(1.0)",
+        f"ZERO = {ctype}(0.0)",
+    ]
+    lines += [f"{name} = {ctype}({_float_literal(v)})" for name, v in constants.items()]
+    lines += [
+        "",
+        "",
+        f"@njit({signature}, cache=True, error_model='numpy', fastmath={{'contract'}}, "
+        f"nogil=True, parallel={parallel})",
+        f"def kernel({args}):",
+    ]
+    # Values read inside the loop body are bound to the operand names the expression uses.
+    body = [f"x{i}_ = {load}" for i, load in enumerate(loads)]
+    code = re.sub(r"\bx(\d+)\b", lambda m: f"x{m.group(1)}_", code)
+    body.append(f"out[{', '.join(idx)}] = {code}")
+    indent = "    "
+    if parallel and rank == 1:
+        # One flat level: split it into chunks so that prange has work to hand out.
+        lines += [
+            f"{indent}n = out.shape[0]",
+            f"{indent}chunks = (n + 16383) // 16384",
+            f"{indent}for c in prange(chunks):",
+            f"{indent * 2}for i0 in range(c * 16384, min(n, (c + 1) * 16384)):",
+        ]
+        lines += [f"{indent * 3}{b}" for b in body]
+    else:
+        for k in range(rank):
+            loop = "prange" if (parallel and k == 0) else "range"
+            lines.append(f"{indent * (k + 1)}for i{k} in {loop}(out.shape[{k}]):")
+        lines += [f"{indent * (rank + 1)}{b}" for b in body]
+    return "\n".join(lines) + "\n"
+
+
+def _float_literal(value: float) -> str:
+    if math.isnan(value):
+        return "np.nan"
+    if math.isinf(value):
+        return "np.inf" if value > 0 else "-np.inf"
+    return repr(value)

@@ -1,0 +1,324 @@
+"""The CPU target: generated Numba kernels, BLAS GEMMs and a memory-planned step list.
+
+``compile(graph)`` turns every node into one step:
+
+* elementwise ops and ``FusedElementwise`` become kernels generated from their scalar form
+  (:mod:`eqsat.lowering.codegen`), cached on disk (:mod:`eqsat.lowering.kernel_cache`);
+* MatMul/Gemm (and their fused forms) call numpy's matmul, which is BLAS, into a planned buffer,
+  then apply bias/alpha/beta and the fused epilogue in place with one generated kernel; Conv is
+  im2col + GEMM (1x1 stride-1 convs skip im2col), depthwise Conv a direct Numba kernel, both with
+  the epilogue fused the same way (:mod:`eqsat.lowering.cpu_ops`);
+* every other op (pooling, reductions, softmax, normalizations, resize, data movement, control
+  flow) runs its numpy reference; :attr:`CpuExecutable.report` lists which ones did.
+
+Constants are prepared once here (weights reshaped/transposed for BLAS, alpha folded into them).
+Planned outputs live in buffers assigned by :mod:`eqsat.lowering.memory`; the executable reuses them
+across runs, so it is not safe to run one executable from two threads at once. During a run BLAS is
+limited to ``threads`` threads with threadpoolctl, and Numba kernels run parallel only above
+:data:`PARALLEL_ELEMENTS`, so that the two thread pools are not busy at the same time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from eqsat.lowering import codegen, kernel_cache
+from eqsat.lowering.executable import Executable
+from eqsat.lowering.memory import MemoryPlan, Usage, plan_memory
+
+from eqsat import ops
+from eqsat.ir import Graph, Node, Value, subgraphs
+from eqsat.ops.elementwise import scalar_expr
+
+# Elementwise kernels below this many output elements run on one thread: below it, handing work
+# to Numba's pool costs more than it saves and its spinning threads slow the next BLAS call.
+PARALLEL_ELEMENTS = 1 << 20
+Env = list[Any]
+StepFn = Callable[[Env], None]
+
+
+@dataclass
+class Step:
+    run: StepFn
+    usage: Usage
+    kind: str  # "kernel" | "gemm" | "conv" | "depthwise" | "reference"
+    node: str = ""
+
+
+@dataclass
+class Lowering:
+    """What step builders need: slots of values, constants, thread settings."""
+
+    threads: int
+    slots: dict[int, int] = field(default_factory=dict)
+    specs: dict[int, tuple[tuple[int, ...], np.dtype]] = field(default_factory=dict)
+    kernels: int = 0
+    shared: dict[str, Any] = field(default_factory=dict)  # per-compile state of step builders
+
+    def slot(self, value: Value) -> int:
+        key = id(value)
+        if key not in self.slots:
+            self.slots[key] = len(self.slots)
+            self.specs[self.slots[key]] = (value.shape, value.dtype)
+        return self.slots[key]
+
+    def parallel(self, elements: int) -> bool:
+        return self.threads > 1 and elements >= PARALLEL_ELEMENTS
+
+
+class ElementwiseKernel:
+    """A generated kernel bound to one node's shapes: ``kernel(out, arrays)``.
+
+    ``inputs`` are (shape, dtype, constant or None); constants are reshaped once here and their
+    entries of ``arrays`` are ignored.
+    """
+
+    def __init__(
+        self,
+        lowering: Lowering,
+        expr: str,
+        inputs: list[tuple[tuple[int, ...], np.dtype, np.ndarray | None]],
+        out_shape: tuple[int, ...],
+        out_dtype: np.dtype,
+    ):
+        shapes = [() if int(np.prod(s)) == 1 else s for s, _, _ in inputs]
+        plan = codegen.plan_broadcast(out_shape, shapes)
+        size = int(np.prod(out_shape, dtype=np.int64))
+        source = codegen.kernel_source(
+            expr, [d for _, d, _ in inputs], out_dtype, plan.spans, lowering.parallel(size)
+        )
+        self.fn = kernel_cache.load(source).kernel
+        lowering.kernels += 1
+        self.out_shape = plan.shape
+        self.in_shapes = [plan.input_shape(i) for i in range(len(inputs))]
+        self.consts = [
+            None if c is None else np.ascontiguousarray(c, dtype=d).reshape(shape)
+            for (_, d, c), shape in zip(inputs, self.in_shapes, strict=True)
+        ]
+
+    def __call__(self, out: np.ndarray, arrays: list[Any]) -> None:
+        args = [
+            c if c is not None else np.ascontiguousarray(a).reshape(s)
+            for a, c, s in zip(arrays, self.consts, self.in_shapes, strict=True)
+        ]
+        self.fn(out.reshape(self.out_shape), *args)
+
+
+def node_expr(node: Node) -> str:
+    """The scalar expression of an elementwise or FusedElementwise node over its present inputs."""
+    if node.op == "FusedElementwise":
+        return str(node.attrs["body"])
+    present = iter(range(len(node.inputs)))
+    operands = [None if v is None else f"{{{next(present)}}}" for v in node.inputs]
+    return scalar_expr(node.op, operands, node.attrs)
+
+
+def _elementwise_step(lowering: Lowering, node: Node) -> Step | None:
+    opdef = ops.get(node.op, node.name)
+    if node.op != "FusedElementwise" and not opdef.elementwise:
+        return None
+    outs = [v for v in node.outputs if v is not None]
+    if len(outs) != 1 or node.outputs[0] is None:
+        return None  # Dropout's mask: not worth a kernel
+    out = node.outputs[0]
+    present = [v for v in node.inputs if v is not None]
+    try:
+        kernel = ElementwiseKernel(
+            lowering,
+            node_expr(node),
+            [(v.shape, v.dtype, v.const) for v in present],
+            out.shape,
+            out.dtype,
+        )
+    except codegen.Unsupported:
+        return None
+    reads = [lowering.slot(v) for v in present if v.const is None]
+    index = [lowering.slot(v) if v.const is None else None for v in present]
+    o = lowering.slot(out)
+
+    def run(env: Env) -> None:
+        kernel(env[o], [None if i is None else env[i] for i in index])
+
+    inplace = [
+        lowering.slot(v)
+        for v in present
+        if v.const is None and v.shape == out.shape and v.dtype.itemsize == out.dtype.itemsize
+    ]
+    return Step(run, Usage(reads, [o], True, inplace), "kernel", node.name)
+
+
+def _reference_step(lowering: Lowering, node: Node) -> Step:
+    opdef = ops.get(node.op, node.name)
+    ins = [None if v is None else (v.const, lowering.slot(v)) for v in node.inputs]
+    outs = [None if v is None else lowering.slot(v) for v in node.outputs]
+    reads = [s for item in ins if item is not None and item[0] is None for s in [item[1]]]
+    if node.op == "If":
+        from eqsat.lowering.numpy import evaluate_graph
+
+        outer = {
+            id(v): lowering.slot(v)
+            for sub in subgraphs(node)
+            for v in sub.free_values()
+            if v.const is None
+        }
+        reads += list(outer.values())
+
+        def run(env: Env) -> None:
+            cond = ins[0][0] if ins[0][0] is not None else env[ins[0][1]]
+            branch = node.attrs["then_branch" if bool(np.asarray(cond)) else "else_branch"]
+            scope = {key: env[s] for key, s in outer.items()}
+            with np.errstate(all="ignore"):
+                results = evaluate_graph(branch, scope)
+            for s, r in zip(outs, results, strict=False):
+                if s is not None:
+                    env[s] = r
+
+    else:
+
+        def run(env: Env) -> None:
+            arrays = [
+                None if item is None else (item[0] if item[0] is not None else env[item[1]])
+                for item in ins
+            ]
+            with np.errstate(all="ignore"):
+                results = opdef.evaluate(node, arrays)
+            for s, r in zip(outs, results, strict=False):
+                if s is not None:
+                    env[s] = r
+
+    writes = [s for s in outs if s is not None]
+    return Step(run, Usage(reads, writes, False), "reference", node.name)
+
+
+class CpuExecutable(Executable):
+    target = "cpu"
+
+    def __init__(
+        self,
+        graph: Graph,
+        steps: list[Step],
+        template: Env,
+        feed_slots: list[tuple[int, str]],
+        out_slots: list[int],
+        plan: MemoryPlan,
+        threads: int,
+        report: dict[str, Any],
+    ):
+        super().__init__(graph)
+        self._run_steps = [s.run for s in steps]
+        self.steps = steps
+        self._template = template
+        self._feed_slots = feed_slots
+        self._out_slots = out_slots
+        self._fresh = plan.fresh_specs
+        self._threads = threads
+        self._limiter = _blas_limiter(threads)
+        self.memory = plan
+        self.report = report
+
+    def _execute(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        env = self._template.copy()
+        for slot, name in self._feed_slots:
+            env[slot] = feeds[name]
+        for slot, shape, dtype in self._fresh:
+            env[slot] = np.empty(shape, dtype)
+        with self._limiter():
+            for run in self._run_steps:
+                run(env)
+        fed = {id(a) for a in feeds.values()}
+        consts = {id(v.const) for v in self.graph.outputs if v.const is not None}
+        results = {}
+        for value, slot in zip(self.graph.outputs, self._out_slots, strict=True):
+            array = np.asarray(env[slot])
+            # Never hand out the graph's constants, the caller's feeds or views of them.
+            if id(array) in consts or id(array) in fed or not array.flags.owndata:
+                array = array.copy()
+            results[value.name] = array
+        return results
+
+
+def _blas_limiter(threads: int) -> Callable[[], Any]:
+    """A context manager factory that pins BLAS to ``threads`` threads during a run."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # threadpoolctl is a dependency; without it BLAS keeps its own setting
+        import contextlib
+
+        return contextlib.nullcontext
+    controller = ThreadpoolController()
+    blas = controller.select(user_api="blas")
+    if all(lib["num_threads"] == threads for lib in blas.info()):
+        # Already so (the default): limiting per run would only add tens of microseconds.
+        import contextlib
+
+        return contextlib.nullcontext
+    return lambda: controller.limit(limits=threads, user_api="blas")
+
+
+def compile(graph: Graph, threads: int | None = None) -> CpuExecutable:
+    """Compile ``graph`` for the CPU; ``threads`` defaults to the machine's CPU count."""
+    from eqsat.lowering import cpu_ops
+
+    started = time.perf_counter()
+    threads = threads or os.cpu_count() or 1
+    _check_ops(graph)
+    lowering = Lowering(threads)
+    template_values: dict[int, Any] = {}
+    for v in graph.inputs:
+        slot = lowering.slot(v)
+        if v.const is not None:
+            template_values[slot] = v.const
+    steps: list[Step] = []
+    for node in graph.nodes:
+        step = cpu_ops.build_step(lowering, node) or _elementwise_step(lowering, node)
+        if step is None:
+            step = _reference_step(lowering, node)
+        steps.append(step)
+    out_slots = []
+    for v in graph.outputs:
+        slot = lowering.slot(v)
+        if v.const is not None:
+            template_values[slot] = v.const
+        out_slots.append(slot)
+    plan = plan_memory(
+        [s.usage for s in steps],
+        lowering.specs,
+        {s for s, v in zip(out_slots, graph.outputs, strict=True) if v.const is None},
+    )
+    template: Env = [None] * len(lowering.slots)
+    for slot, array in template_values.items():
+        template[slot] = array
+    for slot, array in plan.arrays.items():
+        template[slot] = array
+    kinds: dict[str, int] = {}
+    fallback: dict[str, int] = {}
+    for node, step in zip(graph.nodes, steps, strict=True):
+        kinds[step.kind] = kinds.get(step.kind, 0) + 1
+        if step.kind == "reference":
+            fallback[node.op] = fallback.get(node.op, 0) + 1
+    report = {
+        "steps": kinds,
+        "reference_ops": fallback,
+        "kernels": lowering.kernels,
+        "peak_bytes": plan.peak_bytes,
+        "unplanned_bytes": plan.naive_bytes,
+        "threads": threads,
+        "compile_s": time.perf_counter() - started,
+    }
+    feed_slots = [(lowering.slot(v), v.name) for v in graph.inputs if v.const is None]
+    return CpuExecutable(graph, steps, template, feed_slots, out_slots, plan, threads, report)
+
+
+def _check_ops(graph: Graph) -> None:
+    for node in graph.nodes:
+        ops.get(node.op, node.name)
+        for sub in subgraphs(node):
+            _check_ops(sub)
+
+
+__all__ = ["CpuExecutable", "ElementwiseKernel", "compile", "node_expr"]

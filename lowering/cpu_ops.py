@@ -1,0 +1,299 @@
+"""CPU steps for the compute-heavy ops: MatMul, Gemm and Conv (plain and fused) over BLAS.
+
+Each step writes the base op's result straight into its planned output buffer with numpy's
+``matmul`` (BLAS sgemm/dgemm), then applies everything elementwise that follows (Gemm's alpha and
+beta*C, a conv's bias, and a fused node's ``epilogue`` over its extra inputs) with one generated
+kernel, in place over the output while it is still in cache. Conv is im2col + GEMM per group
+(1x1 convs with stride 1 and no padding read the input as the GEMM operand directly); depthwise
+conv is a direct Numba kernel with the bias applied on the fly. Weights are reshaped and made
+contiguous once, at compile time.
+
+Cases outside these fast paths (non-float dtypes, non-2-D convs, weights that are not constants)
+return ``None`` and run on the numpy reference.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+from eqsat.lowering import codegen, cpu_kernels
+from eqsat.lowering.cpu import ElementwiseKernel, Env, Lowering, Step
+from eqsat.lowering.memory import Usage
+
+from eqsat.ir import Node, Value
+from eqsat.ops.conv import window_geometry
+
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+# Depthwise convs with at least this many multiply-adds spread their channels over threads.
+PARALLEL_MACS = 1 << 21
+
+
+def build_step(lowering: Lowering, node: Node) -> Step | None:
+    builder = _BUILDERS.get(node.op)
+    if builder is None or node.outputs[0] is None or node.outputs[0].dtype not in FLOATS:
+        return None
+    try:
+        return builder(lowering, node)
+    except codegen.Unsupported:
+        return None  # an epilogue the kernels do not compute: the op's reference runs it
+
+
+def _split(node: Node) -> tuple[list[Value | None], list[Value]]:
+    """The base op's inputs and a fused node's extra epilogue inputs."""
+    count = int(node.attrs.get("num_base_inputs", len(node.inputs)))
+    extras = node.inputs[count:]
+    if any(v is None for v in extras):
+        raise ValueError(f"node {node.name!r}: an epilogue input is missing")
+    return list(node.inputs[:count]), [v for v in extras if v is not None]
+
+
+class Epilogue:
+    """``out = f(out, extras..., tail...)`` in place, where ``tail`` are bias-like operands."""
+
+    def __init__(
+        self,
+        lowering: Lowering,
+        node: Node,
+        base: str,
+        extras: list[Value],
+        tail: list[tuple[Value | None, np.ndarray | None, tuple[int, ...]]],
+    ):
+        out = node.outputs[0]
+        epilogue = str(node.attrs.get("epilogue", "{0}"))
+        expr = re.sub(r"\{0\}", lambda _: base, epilogue)
+        self.kernel: ElementwiseKernel | None = None
+        self.slots: list[int | None] = []
+        if expr == "{0}":
+            return
+        inputs: list[tuple[tuple[int, ...], np.dtype, np.ndarray | None]] = [
+            (out.shape, out.dtype, None)
+        ]
+        for v in extras:
+            inputs.append((v.shape, v.dtype, v.const))
+            self.slots.append(None if v.const is not None else lowering.slot(v))
+        for value, const, shape in tail:
+            inputs.append((shape, out.dtype, const))
+            self.slots.append(None if value is None else lowering.slot(value))
+        self.kernel = ElementwiseKernel(lowering, expr, inputs, out.shape, out.dtype)
+
+    def reads(self) -> list[int]:
+        return [s for s in self.slots if s is not None]
+
+    def __call__(self, env: Env, out: np.ndarray) -> None:
+        if self.kernel is not None:
+            self.kernel(out, [out, *(None if s is None else env[s] for s in self.slots)])
+
+
+def _operand(lowering: Lowering, value: Value) -> tuple[np.ndarray | None, int | None]:
+    return (value.const, None) if value.const is not None else (None, lowering.slot(value))
+
+
+# ------------------------------------------------------------------------------ MatMul / Gemm
+def _matmul(lowering: Lowering, node: Node) -> Step | None:
+    (a, b), extras = _split(node)
+    out = node.outputs[0]
+    if a is None or b is None or a.dtype not in FLOATS:
+        return None
+    epi = Epilogue(lowering, node, "{0}", extras, [])
+    a_const, a_slot = _operand(lowering, a)
+    b_const, b_slot = _operand(lowering, b)
+    if b_const is not None:
+        b_const = np.ascontiguousarray(b_const)
+    o = lowering.slot(out)
+    # A stack of rows times one matrix is a single GEMM, not a loop of small ones.
+    flat = a.rank > 2 and b.rank == 2
+    k, n = b.shape[-2:] if b.rank >= 2 else (b.shape[0], 1)
+
+    def run(env: Env) -> None:
+        x = a_const if a_const is not None else env[a_slot]
+        y = b_const if b_const is not None else env[b_slot]
+        result = env[o]
+        if flat:
+            np.matmul(np.ascontiguousarray(x).reshape(-1, k), y, out=result.reshape(-1, n))
+        else:
+            np.matmul(x, y, out=result)
+        epi(env, result)
+
+    reads = [s for s in (a_slot, b_slot) if s is not None] + epi.reads()
+    return Step(run, Usage(reads, [o], True), "gemm", node.name)
+
+
+def _gemm(lowering: Lowering, node: Node) -> Step | None:
+    base, extras = _split(node)
+    a, b = base[0], base[1]
+    c = base[2] if len(base) > 2 else None
+    out = node.outputs[0]
+    if a is None or b is None or a.dtype not in FLOATS:
+        return None
+    attrs = node.attrs
+    alpha, beta = float(attrs["alpha"]), float(attrs["beta"])
+    dtype = out.dtype.type
+    a_const, a_slot = _operand(lowering, a)
+    b_const, b_slot = _operand(lowering, b)
+    trans_a, trans_b = bool(attrs["transA"]), bool(attrs["transB"])
+    expr = "{0}"
+    if b_const is not None:
+        b_const = np.ascontiguousarray((b_const.T if trans_b else b_const) * dtype(alpha))
+    elif alpha != 1.0:
+        expr = f"({{0}} * {alpha!r})"
+    if a_const is not None:
+        a_const = np.ascontiguousarray(a_const.T if trans_a else a_const)
+    tail: list[tuple[Value | None, np.ndarray | None, tuple[int, ...]]] = []
+    if c is not None and beta != 0.0:
+        index = len(extras) + 1
+        if c.const is not None:
+            tail.append((None, c.const * dtype(beta), c.shape))
+            expr = f"({expr} + {{{index}}})"
+        else:
+            tail.append((c, None, c.shape))
+            term = f"{{{index}}}" if beta == 1.0 else f"({{{index}}} * {beta!r})"
+            expr = f"({expr} + {term})"
+    epi = Epilogue(lowering, node, expr, extras, tail)
+    o = lowering.slot(out)
+
+    def run(env: Env) -> None:
+        x = a_const if a_const is not None else (env[a_slot].T if trans_a else env[a_slot])
+        y = b_const if b_const is not None else (env[b_slot].T if trans_b else env[b_slot])
+        result = env[o]
+        np.matmul(x, y, out=result)
+        epi(env, result)
+
+    reads = [s for s in (a_slot, b_slot) if s is not None] + epi.reads()
+    return Step(run, Usage(reads, [o], True), "gemm", node.name)
+
+
+# ------------------------------------------------------------------------------------- Conv
+class _Scratch:
+    """One im2col buffer per dtype, shared by every conv step (steps run one at a time)."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[np.dtype, np.ndarray] = {}
+
+    def get(self, dtype: np.dtype, size: int) -> np.ndarray:
+        have = self.arrays.get(dtype)
+        if have is None or have.size < size:
+            have = self.arrays[dtype] = np.empty(size, dtype)
+        return have[:size]
+
+
+def _scratch(lowering: Lowering) -> _Scratch:
+    return lowering.shared.setdefault("im2col", _Scratch())
+
+
+def _conv(lowering: Lowering, node: Node) -> Step | None:
+    base, extras = _split(node)
+    x, w = base[0], base[1]
+    b = base[2] if len(base) > 2 else None
+    out = node.outputs[0]
+    if x is None or w is None or x.rank != 4 or x.dtype not in FLOATS or w.const is None:
+        return None
+    if b is not None and b.const is None:
+        return None
+    window = window_geometry(x.shape[2:], tuple(w.shape[2:]), node.attrs)
+    group = int(node.attrs["group"])
+    n_, c_, h_, w_ = x.shape
+    m_ = w.shape[0]
+    kh, kw = window.kernel
+    sh, sw = window.strides
+    dh, dw = window.dilations
+    ph, pw = window.begin
+    oh, ow = window.out
+    x_const, x_slot = _operand(lowering, x)
+    o = lowering.slot(out)
+    dtype = out.dtype
+    bias = np.zeros(m_, dtype) if b is None else np.ascontiguousarray(b.const.reshape(-1), dtype)
+    if group == c_ and m_ == c_:
+        taps = np.ascontiguousarray(w.const.reshape(c_, kh, kw), dtype)
+        macs = out.size * kh * kw
+        kernel = (
+            cpu_kernels.depthwise_parallel
+            if lowering.threads > 1 and macs >= PARALLEL_MACS
+            else cpu_kernels.depthwise
+        )
+        epi = Epilogue(lowering, node, "{0}", extras, [])
+
+        def run_depthwise(env: Env) -> None:
+            data = np.ascontiguousarray(x_const if x_const is not None else env[x_slot])
+            result = env[o]
+            kernel(data, taps, bias, result, sh, sw, dh, dw, ph, pw)
+            epi(env, result)
+
+        reads = ([x_slot] if x_slot is not None else []) + epi.reads()
+        return Step(run_depthwise, Usage(reads, [o], True), "depthwise", node.name)
+
+    cg, mg, k, p = c_ // group, m_ // group, kh * kw, oh * ow
+    filters = np.ascontiguousarray(w.const.reshape(group, mg, cg * k), dtype)
+    pointwise = k == 1 and (sh, sw, ph, pw) == (1, 1, 0, 0) and (oh, ow) == (h_, w_)
+    tail = [] if b is None else [(None, bias, (1, m_, 1, 1))]
+    expr = "{0}" if b is None else f"({{0}} + {{{len(extras) + 1}}})"
+    epi = Epilogue(lowering, node, expr, extras, tail)
+    scratch = _scratch(lowering)
+    scratch.get(dtype, 0 if pointwise else c_ * k * p)
+
+    def run_gemm(env: Env) -> None:
+        data = np.ascontiguousarray(x_const if x_const is not None else env[x_slot])
+        result = env[o]
+        for i in range(n_):
+            if pointwise:
+                cols = data[i].reshape(group, cg, p)
+            else:
+                buf = scratch.get(dtype, c_ * k * p).reshape(c_ * k, p)
+                cpu_kernels.im2col(data[i], buf, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw)
+                cols = buf.reshape(group, cg * k, p)
+            if group == 1:
+                np.matmul(filters[0], cols[0], out=result[i].reshape(m_, p))
+            else:
+                np.matmul(filters, cols, out=result[i].reshape(group, mg, p))
+        epi(env, result)
+
+    reads = ([x_slot] if x_slot is not None else []) + epi.reads()
+    return Step(run_gemm, Usage(reads, [o], True), "conv", node.name)
+
+
+def _fused_reference_base(lowering: Lowering, node: Node) -> Step | None:
+    """A fused op whose base runs on the numpy reference, with its epilogue as a kernel."""
+    from eqsat import ops
+
+    base_op = node.op.removeprefix("Fused")
+    opdef = ops.get(base_op, node.name)
+    base, extras = _split(node)
+    base_attrs = {k: v for k, v in node.attrs.items() if k in opdef.attrs}
+    epi = Epilogue(lowering, node, "{0}", extras, [])
+    items = [None if v is None else _operand(lowering, v) for v in base]
+    o = lowering.slot(node.outputs[0])
+    base_node = Node(base_op, list(base), [node.outputs[0]], base_attrs, node.name)
+
+    def run(env: Env) -> None:
+        arrays: list[Any] = [
+            None if item is None else (item[0] if item[0] is not None else env[item[1]])
+            for item in items
+        ]
+        with np.errstate(all="ignore"):
+            (result,) = opdef.evaluate(base_node, arrays)
+        env[o][...] = result
+        epi(env, env[o])
+
+    reads = [it[1] for it in items if it is not None and it[1] is not None] + epi.reads()
+    return Step(run, Usage(reads, [o], True), "reference", node.name)
+
+
+def _conv_or_reference(lowering: Lowering, node: Node) -> Step | None:
+    step = _conv(lowering, node)
+    if step is None and node.op == "FusedConv":
+        return _fused_reference_base(lowering, node)
+    return step
+
+
+_BUILDERS: dict[str, Any] = {
+    "MatMul": _matmul,
+    "FusedMatMul": _matmul,
+    "Gemm": _gemm,
+    "FusedGemm": _gemm,
+    "Conv": _conv_or_reference,
+    "FusedConv": _conv_or_reference,
+    "FusedConvTranspose": _fused_reference_base,
+}
+
+__all__ = ["build_step"]

@@ -1,0 +1,94 @@
+"""On-disk cache of generated Numba kernels, keyed by source hash and Numba version.
+
+Numba's ``cache=True`` cannot cache functions made with ``exec``: it needs a source file. So each
+generated module is written to ``<cache>/k_<hash>.py``, where the hash covers the source, the Numba
+and Python versions, and imported from there; Numba then keeps its compiled objects next to it
+(``__pycache__``) and a later process loads them in milliseconds instead of compiling.
+
+Safe across processes: a module file is created under a unique temporary name and published with
+``os.link``, which fails when the file exists, so a published file is never rewritten (a rewrite
+would change its mtime and invalidate Numba's index). Numba itself writes its cache files
+atomically. The cache lives in ``$EQSAT_KERNEL_CACHE``, else ``$EQSAT_CACHE/kernels``, else
+``~/.cache/eqsat/kernels``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import numba
+
+_LOADED: dict[str, ModuleType] = {}
+_LOCK = threading.Lock()
+
+
+def cache_dir() -> Path:
+    explicit = os.environ.get("EQSAT_KERNEL_CACHE")
+    if explicit:
+        path = Path(explicit).expanduser()
+    else:
+        root = os.environ.get("EQSAT_CACHE")
+        path = (Path(root).expanduser() if root else Path.home() / ".cache" / "eqsat") / "kernels"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def source_key(source: str) -> str:
+    salt = f"numba {numba.__version__}; python {sys.version_info[:3]}\n"
+    return hashlib.sha256((salt + source).encode()).hexdigest()[:32]
+
+
+def _publish(path: Path, source: str) -> None:
+    if path.is_file():
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(source)
+        os.chmod(tmp, 0o644)
+        # FileExistsError: another process published the same source first.
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+
+
+def load(source: str) -> ModuleType:
+    """Import the module with ``source`` from the cache, writing it first if needed.
+
+    Importing compiles the module's eagerly-typed kernels or loads them from Numba's cache.
+    """
+    key = source_key(source)
+    with _LOCK:
+        module = _LOADED.get(key)
+        if module is not None:
+            return module
+        path = cache_dir() / f"k_{key}.py"
+        _publish(path, source)
+        # A top-level name in sys.modules before executing: Numba's cached objects refer to
+        # their module by name and import it when loaded.
+        name = f"eqsat_kernel_{key}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        _LOADED[key] = module
+        return module
+
+
+def loaded_count() -> int:
+    """How many distinct kernel modules this process has loaded (for reports and tests)."""
+    return len(_LOADED)

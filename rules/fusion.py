@@ -1,0 +1,430 @@
+"""Fusion rules: each one adds a fused kernel next to the ops it replaces; extraction decides.
+
+Families (each switchable by name, see :data:`FAMILY_NAMES`):
+
+* ``fusion-elementwise``: generic elementwise fusion with no per-pattern code. Every elementwise
+  op gets a one-op ``FusedElementwise`` (its body is the op's scalar template), and an elementwise
+  op whose operands are fused kernels becomes one kernel whose body composes theirs and whose input
+  list is their lists appended (operand numbers shifted). Broadcasting composes, so this is valid
+  across broadcasts. At most :data:`~eqsat.ops.fused.MAX_FUSED_INPUTS` inputs per kernel: the bound
+  keeps the number of alternatives per e-class finite and the generated kernels small.
+* ``fusion-epilogue``: a fused elementwise kernel whose first input is a Conv, ConvTranspose,
+  MatMul or Gemm becomes that op with an epilogue (bias, activation, residual add, ...).
+* ``fusion-bn``: BatchNormalization after a Conv (or a Gemm) with constant parameters folds into
+  the weights and bias (computed once at compile time).
+* ``fusion-composite``: decomposed exporter patterns as single ops: SiLU, HardSwish, GELU (erf
+  and tanh forms), LayerNorm, Softmax, attention.
+
+Floating point: fused kernels compute the same expressions in one pass (exact, except that
+float16 intermediates are no longer rounded); BN folding and the composite ops round differently
+(a few ulp); Sub(c, c) = 0 in BN folding assumes finite constants.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+from egglog import String, Vec, eq, f64, i64, rule, union, var
+from eqsat.rules import Family
+
+from eqsat import ops
+from eqsat.egraph import (
+    Attr,
+    E,
+    T,
+    TList,
+    arity,
+    dtype,
+    dtype_name,
+    is_const,
+    make,
+    rule_const,
+    shape,
+    spec,
+    splat,
+)
+from eqsat.ops.elementwise import SCALAR_VARIANTS, VARIADIC
+from eqsat.ops.fused import EPILOGUE_BASES, MAX_FUSED_INPUTS
+
+EXACT = "exact (float16 intermediates are not rounded)"
+ROUNDING = "changes rounding (a few ulp)"
+
+elementwise = Family("fusion-elementwise", "generic elementwise fusion")
+epilogue = Family("fusion-epilogue", "Conv/ConvTranspose/MatMul/Gemm with elementwise epilogues")
+bn = Family("fusion-bn", "BatchNormalization folded into Conv/Gemm weights")
+composite = Family("fusion-composite", "exporter patterns as single ops")
+FAMILY_NAMES = {f.name: f for f in (elementwise, epilogue, bn, composite)}
+
+# Elementwise ops fusion leaves alone: no-ops that algebraic rules remove, multi-output Dropout.
+SKIP = {"Identity", "Dropout"}
+MAX_SHIFT = MAX_FUSED_INPUTS
+
+
+def fe(items: Any, body: Any, dt: Any) -> T:
+    """The term ``FusedElementwise(items; body, dtype)`` from a TList and String terms."""
+    return spec("FusedElementwise").fn(items, Attr.str(body), Attr.str(dt))
+
+
+def shifted(body: Any, offset: Any) -> Any:
+    """``body`` with operand ``{k}`` renamed ``{k + offset}`` (highest first: no collisions)."""
+    for k in reversed(range(MAX_SHIFT)):
+        body = body.replace(String(f"{{{k}}}"), String("{") + (offset + k).to_string() + "}")
+    return body
+
+
+def _pieces(template: str, n: int, attr_names: list[str]) -> list[tuple[str, Any]]:
+    """Split a template into ("lit", text), ("op", index) and ("attr", name) pieces."""
+    marks = {f"\x00o{i}\x00": ("op", i) for i in range(n)}
+    marks |= {f"\x00a{a}\x00": ("attr", a) for a in attr_names}
+    text = template.format(
+        *[f"\x00o{i}\x00" for i in range(n)], **{a: f"\x00a{a}\x00" for a in attr_names}
+    )
+    out: list[tuple[str, Any]] = []
+    for part in text.split("\x00"):
+        key = f"\x00{part}\x00"
+        if key in marks:
+            out.append(marks[key])
+        elif part:
+            out.append(("lit", part))
+    return out
+
+
+def _literal_of(kind: str, v: Any) -> Any:
+    return String("(") + v.to_string() + ")" if kind != "str" else v
+
+
+def _elementwise_rules(op: str) -> None:
+    opdef = ops.OPS[op]
+    template = opdef.scalar
+    n = 2 if op in VARIADIC else opdef.max_inputs
+    attr_kinds: dict[str, str] = {}
+    fixed: dict[str, Any] = {}
+    for name, default in opdef.attrs.items():
+        if isinstance(default, float):
+            attr_kinds[name] = "float"
+        elif isinstance(default, int) or default is ops.REQUIRED:
+            attr_kinds[name] = "int"
+        else:
+            attr_kinds[name] = "skip"
+    cases: list[
+        tuple[str, str, dict[str, Any], tuple[int, ...]]
+    ] = []  # (suffix, template, fixed, omitted)
+    variants = SCALAR_VARIANTS.get(op, {})
+    if op == "Clip":
+        cases = [("", template, {}, ()), ("-min", variants[("omitted", (2,))], {}, (2,))]
+        cases.append(("-max", variants[("omitted", (1,))], {}, (1,)))
+    elif op == "Gelu":
+        cases = [("", template, {"approximate": "none"}, ())]
+        cases.append(("-tanh", variants[("approximate", "tanh")], {"approximate": "tanh"}, ()))
+    elif op == "Mod":
+        cases = [("", template, {"fmod": 0}, ()), ("-fmod", variants[("fmod", 1)], {"fmod": 1}, ())]
+    else:
+        cases = [("", template, {}, ())]
+    for suffix, tmpl, fixed, omitted in cases:
+        present = [i for i in range(n) if i not in omitted]
+        free_attrs = [a for a in opdef.attrs if a not in fixed and attr_kinds[a] != "skip"]
+        pieces = _pieces(tmpl, n, free_attrs)
+        for fused_mask in itertools.product((False, True), repeat=len(present)):
+            _one_rule(op, suffix, n, present, fused_mask, pieces, fixed, attr_kinds)
+
+
+def _one_rule(
+    op: str,
+    suffix: str,
+    n: int,
+    present: list[int],
+    fused_mask: tuple[bool, ...],
+    pieces: list[tuple[str, Any]],
+    fixed: dict[str, Any],
+    attr_kinds: dict[str, str],
+) -> None:
+    tag = "".join("f" if f else "t" for f in fused_mask)
+    name = f"{op}{suffix}-{tag}"
+
+    @elementwise.rule(name, caveat=EXACT)
+    def _(y: T, d: i64, dn: String) -> Any:
+        operands: list[Any] = [T.none()] * n
+        conditions: list[Any] = [eq(dtype(y)).to(d), eq(dtype_name(d)).to(dn)]
+        lists: list[Any] = []
+        bodies: dict[int, Any] = {}
+        offset: Any = i64(0)
+        for k, (i, is_fused) in enumerate(zip(present, fused_mask, strict=True)):
+            if is_fused:
+                items, body, other = var(f"l{k}", TList), var(f"b{k}", String), var(f"d{k}", String)
+                count = var(f"n{k}", i64)
+                operands[i] = fe(items, body, other)
+                conditions.append(eq(arity(items)).to(count))
+                bodies[i] = body if k == 0 else shifted(body, offset)
+                lists.append(items)
+                offset = offset + count
+            else:
+                x = var(f"x{k}", T)
+                operands[i] = x
+                bodies[i] = String("{") + offset.to_string() + "}"
+                lists.append(TList.cons(x, TList.nil()))
+                offset = offset + 1
+        attrs: dict[str, Any] = dict(fixed)
+        attr_vals: dict[str, Any] = {}
+        for a, kind in attr_kinds.items():
+            if a in fixed:
+                continue
+            if kind == "skip":
+                attrs[a] = var(f"attr_{a}", Attr)
+                continue
+            v = var(f"v_{a}", f64 if kind == "float" else i64)
+            attrs[a] = Attr.float(v) if kind == "float" else Attr.int(v)
+            attr_vals[a] = _literal_of(kind, v)
+        lhs = make(op, *operands[:2]) if op in VARIADIC else make(op, *operands, **attrs)
+        body: Any = String("")
+        for kind, val in pieces:
+            part = String(val) if kind == "lit" else bodies[val] if kind == "op" else attr_vals[val]
+            body = body + part
+        items = lists[0]
+        for extra in lists[1:]:
+            items = items.append(extra)
+        if any(fused_mask):
+            conditions.append(offset <= i64(MAX_FUSED_INPUTS))
+        return rule(eq(y).to(lhs), *conditions).then(union(y).with_(fe(items, body, dn)))
+
+
+for _op, _def in sorted(ops.OPS.items()):
+    if _def.elementwise and _def.scalar is not None and _op not in SKIP:
+        _elementwise_rules(_op)
+
+
+# ------------------------------------------------------------------ epilogues
+def _epilogue_rule(fused: str, base: str) -> None:
+    bdef = ops.OPS[base]
+
+    @epilogue.rule(f"{base}-epilogue", caveat=EXACT)
+    def _(y: T, c: T, rest: TList, body: String, dn: String, count: i64) -> Any:
+        ins = [var(f"i{k}", T) for k in range(bdef.max_inputs)]
+        attrs = {a: var(f"a_{a}", Attr) for a in bdef.attrs}
+        items = rest
+        for x in reversed(ins):
+            items = TList.cons(x, items)
+        fattrs = [*attrs.values(), Attr.int(bdef.max_inputs), Attr.str(body)]
+        return rule(
+            eq(y).to(fe(TList.cons(c, rest), body, dn)),
+            eq(c).to(make(base, *ins, **attrs)),
+            eq(arity(rest)).to(count),
+            count <= i64(MAX_FUSED_INPUTS),
+        ).then(union(y).with_(spec(fused).fn(items, *fattrs)))
+
+
+for _fused, _base in EPILOGUE_BASES.items():
+    _epilogue_rule(_fused, _base)
+
+
+# ------------------------------------------------------------------ BatchNormalization folding
+AXES0 = rule_const("axes0", [0])
+
+
+def _bn_of(x: Any, s: T, b: T, m: T, v: T, eps: Attr, mom: Attr) -> T:
+    return make("BatchNormalization", x, s, b, m, v, epsilon=eps, momentum=mom, training_mode=0)
+
+
+def _bias_fold(b: Any, s: T, bb: T, m: T, v: T, eps: Attr, mom: Attr) -> T:
+    # BN of a [1, C] tensor: (b - mean) / sqrt(var + eps) * scale + bias, the folded bias.
+    return E.Squeeze(_bn_of(E.Unsqueeze(b, AXES0), s, bb, m, v, eps, mom), AXES0)
+
+
+def _params_const(*ts: T) -> list[Any]:
+    return [is_const(t) for t in ts]
+
+
+for _rank in (3, 4, 5):
+    _swap = [1, 0, *range(2, _rank)]
+
+    for _has_bias in (False, True):
+
+        @bn.rule(f"conv{_rank - 2}d{'-bias' if _has_bias else ''}", caveat=ROUNDING)
+        def _(
+            y: T, x: T, w: T, s: T, bb: T, m: T, v: T, eps: Attr, mom: Attr, ap: Attr, dl: Attr,
+            gr: Attr, ks: Attr, pd: Attr, st: Attr, cb: T, sw: Vec[i64],
+            _rank: int = _rank, _swap: list[int] = _swap, _has_bias: bool = _has_bias,
+        ) -> Any:  # fmt: skip
+            conv_attrs = dict(
+                auto_pad=ap, dilations=dl, group=gr, kernel_shape=ks, pads=pd, strides=st
+            )
+            b = cb if _has_bias else T.none()
+            conv = E.Conv(x, w, b, **conv_attrs)
+            # Scaling output channel o of W by s[o]: BN over axis 1 of W with axes 0, 1 swapped.
+            zero_b, zero_m = E.Sub(bb, bb), E.Sub(m, m)
+            w2 = E.Transpose(
+                _bn_of(E.Transpose(w, perm=_swap), s, zero_b, zero_m, v, eps, mom), perm=_swap
+            )
+            b2 = _bias_fold(b if _has_bias else E.Sub(m, m), s, bb, m, v, eps, mom)
+            extra = [is_const(cb), eq(shape(cb)).to(Vec[i64](sw[0]))] if _has_bias else []
+            return rule(
+                eq(y).to(_bn_of(conv, s, bb, m, v, eps, mom)),
+                *_params_const(w, s, bb, m, v),
+                eq(shape(w)).to(sw),
+                eq(sw.length()).to(i64(_rank)),
+                eq(shape(s)).to(Vec[i64](sw[0])),
+                eq(shape(bb)).to(Vec[i64](sw[0])),
+                eq(shape(m)).to(Vec[i64](sw[0])),
+                eq(shape(v)).to(Vec[i64](sw[0])),
+                *extra,
+            ).then(union(y).with_(E.Conv(x, w2, b2, **conv_attrs)))
+
+
+@bn.rule("gemm", caveat=ROUNDING)
+def _(
+    y: T, a: T, w: T, c: T, s: T, bb: T, m: T, v: T, eps: Attr, mom: Attr, ta: Attr, sw: Vec[i64]
+) -> Any:
+    # Gemm(a, w) with w [K, N] (transB=0); the bias c must be [N].
+    g = E.Gemm(a, w, c, alpha=1.0, beta=1.0, transA=ta, transB=0)
+    zero_b, zero_m = E.Sub(bb, bb), E.Sub(m, m)
+    w2 = _bn_of(w, s, zero_b, zero_m, v, eps, mom)
+    c2 = _bias_fold(c, s, bb, m, v, eps, mom)
+    n = Vec[i64](sw[1])
+    return rule(
+        eq(y).to(_bn_of(g, s, bb, m, v, eps, mom)),
+        *_params_const(w, c, s, bb, m, v),
+        eq(shape(w)).to(sw),
+        eq(sw.length()).to(i64(2)),
+        eq(shape(c)).to(n),
+        eq(shape(s)).to(n),
+        eq(shape(bb)).to(n),
+        eq(shape(m)).to(n),
+        eq(shape(v)).to(n),
+    ).then(union(y).with_(E.Gemm(a, w2, c2, alpha=1.0, beta=1.0, transA=ta, transB=0)))
+
+
+# ------------------------------------------------------------------ composite patterns
+def near(t: T, value: float, tol: float = 1e-5) -> list[Any]:
+    """Conditions: ``t`` is a constant of one repeated value within ``tol`` of ``value``."""
+    f = splat(t)
+    if tol == 0:
+        return [eq(f).to(f64(value))]
+    return [
+        f > f64(value - tol * max(1.0, abs(value))),
+        f < f64(value + tol * max(1.0, abs(value))),
+    ]
+
+
+SILU = "({0} / (1 + exp(-{0})))"
+
+
+@composite.rule("silu", caveat=ROUNDING)
+def _(y: T, x: T, d: i64, dn: String) -> Any:
+    return rule(
+        eq(y).to(E.Mul(x, E.Sigmoid(x))), eq(dtype(y)).to(d), eq(dtype_name(d)).to(dn)
+    ).then(union(y).with_(fe(TList.cons(x, TList.nil()), String(SILU), dn)))
+
+
+@composite.rule("silu-swapped", caveat=ROUNDING)
+def _(y: T, x: T, d: i64, dn: String) -> Any:
+    return rule(
+        eq(y).to(E.Mul(E.Sigmoid(x), x)), eq(dtype(y)).to(d), eq(dtype_name(d)).to(dn)
+    ).then(union(y).with_(fe(TList.cons(x, TList.nil()), String(SILU), dn)))
+
+
+@composite.rewrite("hardswish-hardsigmoid", caveat=ROUNDING)
+def _(x: T, a: f64, b: f64) -> tuple:
+    hs = E.HardSigmoid(x, alpha=Attr.float(a), beta=Attr.float(b))
+    return E.Mul(x, hs), E.HardSwish(x), a > f64(0.16666), a < f64(0.16667), eq(b).to(f64(0.5))
+
+
+@composite.rewrite("hardswish-relu6", caveat=ROUNDING)
+def _(x: T, c3: T, lo: T, hi: T, c6: T) -> tuple:
+    # x * clip(x + 3, 0, 6) / 6, as torch exports it.
+    lhs = E.Div(E.Mul(x, E.Clip(E.Add(x, c3), lo, hi)), c6)
+    return (lhs, E.HardSwish(x), *near(c3, 3.0), *near(lo, 0.0, 0), *near(hi, 6.0), *near(c6, 6.0),
+            eq(shape(lhs)).to(shape(x)))  # fmt: skip
+
+
+@composite.rewrite("gelu-erf", caveat=ROUNDING)
+def _(x: T, c1: T, c2: T, c3: T) -> tuple:
+    # x * (erf(x / sqrt(2)) + 1) * 0.5, as torch exports nn.GELU().
+    lhs = E.Mul(E.Mul(x, E.Add(E.Erf(E.Div(x, c1)), c2)), c3)
+    return (lhs, E.Gelu(x), *near(c1, math.sqrt(2.0)), *near(c2, 1.0), *near(c3, 0.5),
+            eq(shape(lhs)).to(shape(x)))  # fmt: skip
+
+
+@composite.rewrite("gelu-erf-half-first", caveat=ROUNDING)
+def _(x: T, c1: T, c2: T, c3: T) -> tuple:
+    lhs = E.Mul(E.Mul(x, c3), E.Add(E.Erf(E.Div(x, c1)), c2))
+    return (lhs, E.Gelu(x), *near(c1, math.sqrt(2.0)), *near(c2, 1.0), *near(c3, 0.5),
+            eq(shape(lhs)).to(shape(x)))  # fmt: skip
+
+
+@composite.rewrite("gelu-tanh", caveat=ROUNDING)
+def _(x: T, c05: T, c1: T, k: T, c3: T, a: T) -> tuple:
+    # 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))
+    inner = E.Mul(k, E.Add(x, E.Mul(a, E.Pow(x, c3))))
+    lhs = E.Mul(E.Mul(c05, x), E.Add(c1, E.Tanh(inner)))
+    return (lhs, E.Gelu(x, approximate="tanh"), *near(c05, 0.5), *near(c1, 1.0),
+            *near(k, math.sqrt(2 / math.pi)), *near(c3, 3.0), *near(a, 0.044715),
+            eq(shape(lhs)).to(shape(x)))  # fmt: skip
+
+
+@composite.rule("layernorm", caveat=ROUNDING)
+def _(y: T, x: T, ax1: T, ax2: T, two: T, epsc: T, g: T, b: T, sx: Vec[i64], eps: f64) -> Any:
+    mean = E.ReduceMean(x, ax1, keepdims=1)
+    diff = E.Sub(x, mean)
+    var_ = E.ReduceMean(E.Pow(diff, two), ax2, keepdims=1)
+    normed = E.Div(diff, E.Sqrt(E.Add(var_, epsc)))
+    last = Vec[i64](sx[sx.length() - 1])
+    return rule(
+        eq(y).to(E.Add(E.Mul(normed, g), b)),
+        eq(splat(ax1)).to(f64(-1.0)),
+        eq(splat(ax2)).to(f64(-1.0)),
+        *near(two, 2.0, 0),
+        eq(splat(epsc)).to(eps),
+        eq(shape(x)).to(sx),
+        eq(shape(g)).to(last),
+        eq(shape(b)).to(last),
+        eq(shape(y)).to(sx),
+    ).then(union(y).with_(E.LayerNormalization(x, g, b, axis=-1, epsilon=Attr.float(eps))))
+
+
+@composite.rule("softmax", caveat=ROUNDING)
+def _(y: T, x: T, ax1: T, ax2: T) -> Any:
+    e = E.Exp(E.Sub(x, E.ReduceMax(x, ax1, keepdims=1)))
+    return rule(
+        eq(y).to(E.Div(e, E.ReduceSum(e, ax2, keepdims=1))),
+        eq(splat(ax1)).to(f64(-1.0)),
+        eq(splat(ax2)).to(f64(-1.0)),
+    ).then(union(y).with_(E.Softmax(x, axis=-1)))
+
+
+_KT = [0, 1, 3, 2]
+
+
+@composite.rule("attention-div", caveat=ROUNDING)
+def _(y: T, q: T, kt: T, v: T, c: T, mask: T, s: f64, sq: Vec[i64]) -> Any:
+    scores = E.Add(E.Div(E.MatMul(q, kt), c), mask)
+    return rule(
+        eq(y).to(E.MatMul(E.Softmax(scores, axis=-1), v)),
+        eq(splat(c)).to(s),
+        eq(shape(q)).to(sq),
+        eq(sq.length()).to(i64(4)),
+        eq(shape(kt).length()).to(i64(4)),
+        eq(shape(v).length()).to(i64(4)),
+        eq(shape(scores)).to(shape(E.MatMul(q, kt))),
+    ).then(
+        union(y).with_(
+            E.Attention(q, E.Transpose(kt, perm=_KT), v, mask, scale=Attr.float(f64(1.0) / s))
+        )
+    )
+
+
+@composite.rule("attention-mul", caveat=ROUNDING)
+def _(y: T, q: T, kt: T, v: T, c: T, mask: T, s: f64, sq: Vec[i64]) -> Any:
+    scores = E.Add(E.Mul(E.MatMul(q, kt), c), mask)
+    return rule(
+        eq(y).to(E.MatMul(E.Softmax(scores, axis=-1), v)),
+        eq(splat(c)).to(s),
+        eq(shape(q)).to(sq),
+        eq(sq.length()).to(i64(4)),
+        eq(shape(kt).length()).to(i64(4)),
+        eq(shape(v).length()).to(i64(4)),
+        eq(shape(scores)).to(shape(E.MatMul(q, kt))),
+    ).then(union(y).with_(E.Attention(q, E.Transpose(kt, perm=_KT), v, mask, scale=Attr.float(s))))
+
+
+del _op, _def, _fused, _base, _rank, _swap, _has_bias

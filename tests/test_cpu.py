@@ -1,0 +1,244 @@
+"""The CPU target: fast math error bounds, kernel generation, BLAS/conv steps, memory plan, cache.
+
+Every compiled graph is checked against the numpy reference target on random inputs. Shapes are
+tiny so that Numba compilation (cached on disk after the first run) dominates the time.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from eqsat.lowering import codegen, cpu_math, kernel_cache
+from numba import njit
+from scipy import special
+
+import eqsat
+
+F32 = np.float32
+
+
+def _check(graph: eqsat.Graph, rng: np.random.Generator, rtol: float = 1e-5) -> eqsat.Executable:
+    feeds = {v.name: rng.standard_normal(v.shape).astype(v.dtype) for v in graph.inputs}
+    want = eqsat.compile(graph, target="numpy").run(feeds)
+    exe = eqsat.compile(graph, target="cpu")
+    got = exe.run(feeds)
+    for name, expected in want.items():
+        assert got[name].dtype == expected.dtype
+        np.testing.assert_allclose(got[name], expected, rtol=rtol, atol=1e-5)
+    return exe
+
+
+# ------------------------------------------------------------------------- fast float32 math
+@njit(error_model="numpy", cache=True)
+def _apply(x, which):  # type: ignore[no-untyped-def]
+    out = np.empty_like(x)
+    for i in range(x.size):
+        if which == 0:
+            out[i] = cpu_math.exp_f32(x[i])
+        elif which == 1:
+            out[i] = cpu_math.tanh_f32(x[i])
+        else:
+            out[i] = cpu_math.erf_f32(x[i])
+    return out
+
+
+def test_exp_error_bound() -> None:
+    x = np.linspace(-87, 88.7, 200_001, dtype=F32)
+    want = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(_apply(x, 0) - want) / want) <= 4e-7
+    special_values = np.array([np.nan, np.inf, -np.inf, 100, -100, 0], F32)
+    np.testing.assert_array_equal(_apply(special_values, 0), [np.nan, np.inf, 0, np.inf, 0, 1])
+
+
+def test_tanh_and_erf_error_bounds() -> None:
+    x = np.linspace(-12, 12, 200_001, dtype=F32)
+    tanh = np.tanh(x.astype(np.float64))
+    got = _apply(x, 1)
+    assert np.max(np.abs(got - tanh)) <= 3e-7
+    assert np.max(np.abs(got - tanh) / np.maximum(np.abs(tanh), 1e-30)) <= 5e-7
+    assert np.max(np.abs(_apply(x, 2) - special.erf(x.astype(np.float64)))) <= 1e-6
+    nan = np.array([np.nan], F32)
+    assert np.isnan(_apply(nan, 1)[0]) and np.isnan(_apply(nan, 2)[0])
+
+
+# ------------------------------------------------------------------------- kernel generation
+def test_broadcast_plan_collapses_levels() -> None:
+    plan = codegen.plan_broadcast((2, 8, 5, 5), [(2, 8, 5, 5), (8, 1, 1)])
+    assert plan.shape == (2, 8, 25)
+    assert plan.spans == ((True, True, True), (False, True, False))
+    flat = codegen.plan_broadcast((4, 6), [(4, 6), ()])
+    assert flat.shape == (24,) and flat.spans == ((True,), (False,))
+    assert codegen.plan_broadcast((), [()]).shape == (1,)
+
+
+def test_translate_uses_float32_literals_and_fast_math() -> None:
+    code, constants = codegen.translate("(1 / (1 + exp(-{0})))", np.dtype(F32))
+    assert "exp_f32" in code and set(constants.values()) == {1.0}
+    assert codegen.translate("pow({0}, 2)", np.dtype(F32))[0] == "x0 * x0"
+    with pytest.raises(codegen.Unsupported):
+        codegen.translate("mod({0}, {1})", np.dtype(F32))
+    with pytest.raises(codegen.Unsupported):
+        codegen.kernel_source(
+            "({0} + {1})", [np.dtype(np.int32)] * 2, np.dtype(np.int32), (), False
+        )
+
+
+def test_elementwise_chain_with_broadcasting(rng: np.random.Generator) -> None:
+    g = eqsat.Graph("chain")
+    x = g.input("x", (2, 3, 4, 5))
+    b = g.input("b", (3, 1, 1))
+    bias = g.constant(rng.standard_normal((1, 5)).astype(F32), "bias")
+    y = g.op("Sigmoid", g.op("Add", x, b))
+    z = g.op("Where", g.op("Greater", y, g.constant(np.array(0.5, F32))), g.op("Tanh", x), bias)
+    g.output(g.op("Clip", g.op("Mul", z, y), None, g.constant(np.array(0.3, F32))), "out")
+    g.output(g.op("Erf", g.op("Div", x, b)), "erf")
+    exe = _check(g, rng)
+    assert set(exe.report["steps"]) == {"kernel"}
+    assert exe.report["reference_ops"] == {}
+
+
+def test_fused_elementwise_body(rng: np.random.Generator) -> None:
+    pytest.importorskip("eqsat.ops.fused")
+    g = eqsat.Graph("silu")
+    x = g.input("x", (3, 16))
+    r = g.input("r", (16,))
+    body = "(({0} / (1 + exp(-{0}))) + max({1}, 0))"
+    g.output(g.op("FusedElementwise", x, r, body=body, dtype="float32"), "y")
+    _check(g, rng)
+
+
+def test_unsupported_elementwise_falls_back(rng: np.random.Generator) -> None:
+    g = eqsat.Graph("ints")
+    x = g.input("x", (4,), np.int32)
+    g.output(g.op("Mod", x, g.constant(np.array([3], np.int32))), "y")
+    exe = eqsat.compile(g, target="cpu")
+    assert exe.report["reference_ops"]["Mod"] == 1
+    feeds = {"x": np.array([-7, 5, 9, 2], np.int32)}
+    np.testing.assert_array_equal(exe.run(feeds)["y"], np.mod(feeds["x"], 3))
+
+
+# ------------------------------------------------------------------------- GEMM and conv
+def test_gemm_and_matmul(rng: np.random.Generator) -> None:
+    g = eqsat.Graph("gemm")
+    a = g.input("a", (5, 7))
+    w = g.constant(rng.standard_normal((6, 7)).astype(F32), "w")
+    c = g.constant(rng.standard_normal((6,)).astype(F32), "c")
+    y = g.op("Gemm", a, w, c, transB=1, alpha=0.5, beta=2.0)
+    h = g.input("h", (2, 3, 6))
+    m = g.op("MatMul", h, g.constant(rng.standard_normal((6, 4)).astype(F32)))
+    g.output(g.op("Relu", y), "y")
+    g.output(m, "m")
+    g.output(g.op("Gemm", y, g.input("b", (6, 2)), g.input("c2", (1, 2)), beta=0.5), "z")
+    exe = _check(g, rng)
+    assert exe.report["steps"]["gemm"] == 3
+
+
+@pytest.mark.parametrize(
+    ("kernel", "attrs", "group", "channels"),
+    [
+        ((3, 3), {"pads": [1, 1, 1, 1]}, 1, 4),
+        ((3, 3), {"strides": [2, 2], "pads": [0, 1, 2, 0], "dilations": [1, 2]}, 1, 4),
+        ((1, 1), {}, 1, 4),
+        ((3, 3), {"pads": [1, 1, 1, 1]}, 2, 4),
+        ((3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, 6, 6),
+        ((5, 5), {"auto_pad": "SAME_UPPER"}, 6, 6),
+    ],
+    ids=["3x3", "strided-dilated", "1x1", "grouped", "depthwise-s2", "depthwise-5x5"],
+)
+def test_conv(
+    rng: np.random.Generator, kernel: tuple, attrs: dict, group: int, channels: int
+) -> None:
+    g = eqsat.Graph("conv")
+    x = g.input("x", (2, channels, 9, 8))
+    m = channels if group == channels else 6
+    w = g.constant(rng.standard_normal((m, channels // group, *kernel)).astype(F32), "w")
+    b = g.constant(rng.standard_normal((m,)).astype(F32), "b")
+    y = g.op("Conv", x, w, b, group=group, **attrs)
+    g.output(g.op("Relu", y), "y")
+    exe = _check(g, rng, rtol=1e-4)
+    assert exe.report["reference_ops"] == {}
+
+
+def test_fused_conv_and_gemm_epilogues(rng: np.random.Generator) -> None:
+    pytest.importorskip("eqsat.ops.fused")
+    g = eqsat.Graph("fused")
+    x = g.input("x", (1, 4, 6, 6))
+    res = g.input("res", (1, 6, 6, 6))
+    w = g.constant(rng.standard_normal((6, 4, 3, 3)).astype(F32), "w")
+    b = g.constant(rng.standard_normal((6,)).astype(F32), "b")
+    y = g.op(
+        "FusedConv", x, w, b, res, pads=[1, 1, 1, 1], num_base_inputs=3,
+        epilogue="max(({0} + {1}), 0)",
+    )  # fmt: skip
+    a = g.input("a", (3, 5))
+    wm = g.constant(rng.standard_normal((5, 4)).astype(F32), "wm")
+    z = g.op("FusedMatMul", a, wm, num_base_inputs=2, epilogue="({0} / (1 + exp(-{0})))")
+    g.output(y, "y")
+    g.output(z, "z")
+    exe = _check(g, rng, rtol=1e-4)
+    assert exe.report["reference_ops"] == {}
+
+
+# ------------------------------------------------------------------------- runtime
+def test_memory_plan_reuses_buffers_and_keeps_outputs(rng: np.random.Generator) -> None:
+    g = eqsat.Graph("chain")
+    x = g.input("x", (64, 64))
+    y = x
+    for _ in range(6):
+        y = g.op("Tanh", g.op("Add", y, x))
+    g.output(y, "y")
+    exe = _check(g, rng)
+    memory = exe.memory
+    # Each kernel overwrites its dying input: one buffer for the whole chain, one fresh output.
+    assert memory.pool_bytes == 64 * 64 * 4
+    assert memory.fresh_bytes == 64 * 64 * 4
+    assert memory.naive_bytes >= 12 * 64 * 64 * 4
+    feeds = {"x": rng.standard_normal((64, 64)).astype(F32)}
+    first = exe.run(feeds)["y"]
+    kept = first.copy()
+    exe.run({"x": feeds["x"] * 2})
+    np.testing.assert_array_equal(first, kept)  # a later run never writes into a returned output
+
+
+def test_outputs_never_alias_feeds_or_constants() -> None:
+    g = eqsat.Graph("ids")
+    x = g.input("x", (3,))
+    g.output(g.op("Identity", x), "y")
+    g.output(g.constant(np.ones(2, F32), "k"), "k")
+    exe = eqsat.compile(g, target="cpu")
+    feed = np.zeros(3, F32)
+    out = exe.run({"x": feed})
+    out["y"][0] = 5
+    out["k"][0] = 5
+    assert feed[0] == 0 and exe.run({"x": feed})["k"][0] == 1
+
+
+def test_kernel_cache_is_keyed_by_source(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("EQSAT_KERNEL_CACHE", str(tmp_path))
+    source = "X = 1\n"
+    module = kernel_cache.load(source)
+    assert module.X == 1 and kernel_cache.load(source) is module
+    files = list(tmp_path.glob("k_*.py"))
+    assert [f.name for f in files] == [f"k_{kernel_cache.source_key(source)}.py"]
+    assert kernel_cache.source_key("X = 2\n") != kernel_cache.source_key(source)
+
+
+@pytest.mark.slow
+def test_kernel_cache_survives_processes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    script = (
+        "import time, numpy as np, eqsat\n"
+        "g = eqsat.Graph('g'); x = g.input('x', (8,))\n"
+        "g.output(g.op('Sigmoid', g.op('Mul', x, x)), 'y')\n"
+        "t = time.perf_counter(); eqsat.compile(g, target='cpu'); print(time.perf_counter() - t)\n"
+    )
+    env = {**os.environ, "EQSAT_KERNEL_CACHE": str(tmp_path)}
+    runs = [
+        float(subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                             text=True, check=True).stdout)
+        for _ in range(2)
+    ]  # fmt: skip
+    assert runs[1] < runs[0] and runs[1] < 2.0
