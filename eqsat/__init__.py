@@ -6,6 +6,7 @@ target, and ``run`` it on numpy arrays. Every error eqsat raises on purpose is a
 
 from __future__ import annotations
 
+from eqsat.egraph import Limits
 from eqsat.errors import (
     EqsatError,
     InputError,
@@ -19,7 +20,6 @@ from eqsat.errors import (
 from eqsat.ir import Graph, Node, Value
 from eqsat.lowering import Executable
 from eqsat.lowering import compile_graph as compile
-from eqsat.egraph import Limits
 from eqsat.onnx_io import load, save, to_onnx
 from eqsat.optimize import OptimizeReport, OptimizeResult, optimize
 
