@@ -1,5 +1,6 @@
-"""The ``eqsat`` command line: ``eqsat run``, ``eqsat info`` (and, from :mod:`eqsat.cli_optimize`,
-``eqsat optimize`` and ``eqsat check-rules``).
+"""The ``eqsat`` command line: ``eqsat run``, ``eqsat info``; from :mod:`eqsat.cli_optimize`
+``eqsat optimize`` and ``eqsat check-rules``; from :mod:`eqsat.cli_bench` ``eqsat extract``,
+``eqsat calibrate`` and ``eqsat bench``.
 
 Every :class:`~eqsat.errors.EqsatError` (and every usage mistake, and a file that cannot be written)
 is printed as one line, ``eqsat: error: ...``, on stderr with exit status 2; tracebacks are kept for
@@ -115,6 +116,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     given = load_feeds(args.input or [])
     graph = _load(args, given)
     loaded = time.perf_counter()
+    report = None
+    if args.optimize:
+        result = eqsat.optimize(graph, target=args.target, verify=args.verify)
+        graph, report = result.graph, result.report
+    optimized = time.perf_counter()
     executable = eqsat.compile(graph, target=args.target)
     compiled = time.perf_counter()
     feeds = random_feeds(graph, seed=args.seed)
@@ -130,8 +136,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"input    {value.name}: {value.dtype}{list(value.shape)}  ({source})")
     for name, array in outputs.items():
         print(f"output   {name}: {array.dtype}{list(array.shape)}{_stats(array)}")
+    if report is not None:
+        fused = ", ".join(f"{op} {n}" for op, n in report.fused.items()) or "none"
+        print(
+            f"optimize kernels {report.kernels_before} -> {report.kernels_after}  "
+            f"(fused: {fused}); cost {report.cost_before * 1e3:.3f} -> "
+            f"{report.cost_after * 1e3:.3f} ms estimated; stopped by {report.stop_reason}"
+            + (f"; verified, max error {report.max_error:.2g}" if report.verified else "")
+        )
     print(
-        f"time     load {loaded - start:.3f}s  compile {compiled - loaded:.3f}s  "
+        f"time     load {loaded - start:.3f}s  optimize {optimized - loaded:.3f}s  "
+        f"compile {compiled - optimized:.3f}s  "
         f"run min {min(times) * 1e3:.2f} ms  median {float(np.median(times)) * 1e3:.2f} ms"
         f"  ({len(times)} runs)"
     )
@@ -225,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="an input from a .npy file, or all inputs from one .npz file (repeatable); "
         "its array also fixes the input's shape",
     )
+    run.add_argument(
+        "--optimize", action="store_true", help="optimize with the e-graph rules before compiling"
+    )
+    run.add_argument("--verify", action="store_true", help="with --optimize: check the result")
     run.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     run.add_argument("--repeat", type=int, default=1, help="how many timed runs")
     run.add_argument("--out", metavar="FILE.npz", help="save the outputs")
@@ -235,9 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--nodes", action="store_true", help="list every node")
     info.set_defaults(func=cmd_info)
 
-    from eqsat import cli_optimize  # the e-graph engine's verbs: optimize, check-rules
+    from eqsat import cli_bench, cli_optimize  # optimize, check-rules; extract, calibrate, bench
 
     cli_optimize.register(verbs)
+    cli_bench.register(verbs)
     return parser
 
 
