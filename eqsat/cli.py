@@ -218,7 +218,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="eqsat", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="eqsat", description="Tensor-graph optimizer and compiler built on e-graphs."
+    )
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     def model_args(p: argparse.ArgumentParser) -> None:
