@@ -2,12 +2,16 @@
 
 For each model: ``eqsat.optimize(model, target="cpu")`` (or plain load + compile with
 ``--no-optimize``), onnxruntime with all graph optimizations and with none, all at the same
-thread count; latency min and median over ``--runs`` runs after warm-up, eqsat's ratio to each,
+thread count; latency min and median over ``--runs`` runs after warm-up (the three are run in
+turn, one run each per round, so that load from other processes hits them alike), eqsat's ratio
+to each,
 optimize time, compile time with a cold and a warm kernel cache (each measured in a fresh process,
 so imports and Numba's cache loading count), and the planned peak memory of eqsat's buffers.
 Also a kernel micro-benchmark: a fused SiLU+add kernel's bandwidth as a fraction of a numpy copy.
+Writes the table as CSV and a PNG bar chart of the ratios (``--png``; needs matplotlib).
 
     python bench/e2e.py [--models mlp resnet_block] [--runs 20] [--threads 2] [--csv out.csv]
+                        [--png out.png] [--rules algebraic fusion]
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import eqsat
 from bench import models as zoo
 entry = zoo.ZOO[{name!r}]
 start = time.perf_counter()
+rules = {rules!r}
 graph = {make_graph}
 optimized = time.perf_counter()
 eqsat.compile(graph, target="cpu")
@@ -55,18 +60,29 @@ print(json.dumps({{"compile_s": time.perf_counter() - optimized}}))
 
 def _graph_source(optimize: bool) -> str:
     if optimize:
-        return "eqsat.optimize(entry.model(), target='cpu', input_shapes=entry.input_shapes).graph"
+        return (
+            "eqsat.optimize(entry.model(), rules, target='cpu', "
+            "input_shapes=entry.input_shapes).graph"
+        )
     return "eqsat.load(entry.model(), input_shapes=entry.input_shapes)"
 
 
 def _timed(fn: Any, runs: int, warmup: int = 3) -> list[float]:
+    return _interleaved([fn], runs, warmup)[0]
+
+
+def _interleaved(fns: list[Any], runs: int, warmup: int = 3) -> list[list[float]]:
+    """Seconds per run of each of ``fns``, run in turn so that they see the same machine load."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    clock = time.perf_counter
     for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+        for fn, out in zip(fns, times, strict=True):
+            start = clock()
+            fn()
+            out.append(clock() - start)
     return times
 
 
@@ -81,9 +97,11 @@ def _ort_session(model: Any, level: Any, threads: int) -> Any:
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def compile_time(name: str, optimize: bool, cache: str) -> float:
+def compile_time(name: str, optimize: bool, cache: str, rules: list[str] | None = None) -> float:
     root = str(Path(__file__).resolve().parents[1])
-    script = _COMPILE_SCRIPT.format(root=root, name=name, make_graph=_graph_source(optimize))
+    script = _COMPILE_SCRIPT.format(
+        root=root, name=name, rules=rules, make_graph=_graph_source(optimize)
+    )
     env = {**os.environ, "EQSAT_KERNEL_CACHE": cache}
     proc = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
@@ -92,7 +110,12 @@ def compile_time(name: str, optimize: bool, cache: str) -> float:
 
 
 def bench_model(
-    name: str, runs: int, threads: int, optimize: bool, compile_times: bool
+    name: str,
+    runs: int,
+    threads: int,
+    optimize: bool,
+    compile_times: bool,
+    rules: list[str] | None = None,
 ) -> dict[str, Any]:
     import onnxruntime as ort
 
@@ -103,7 +126,7 @@ def bench_model(
     feeds = entry.feeds(0)
     start = time.perf_counter()
     if optimize:
-        graph = eqsat.optimize(model, target="cpu", input_shapes=entry.input_shapes).graph
+        graph = eqsat.optimize(model, rules, target="cpu", input_shapes=entry.input_shapes).graph
     else:
         graph = eqsat.load(model, input_shapes=entry.input_shapes)
     optimize_s = time.perf_counter() - start
@@ -111,21 +134,19 @@ def bench_model(
 
     executable = cpu.compile(graph, threads=threads)
     row: dict[str, Any] = {"model": name, "optimize_s": optimize_s}
-    eq = _timed(lambda: executable.run(feeds), runs)
-    row["eqsat_min_ms"], row["eqsat_med_ms"] = min(eq) * 1e3, float(np.median(eq)) * 1e3
-    levels = {
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    sessions = {
+        "all": _ort_session(model, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, threads),
+        "none": _ort_session(model, ort.GraphOptimizationLevel.ORT_DISABLE_ALL, threads),
     }
-    reference = None
-    for label, level in levels.items():
-        session = _ort_session(model, level, threads)
-        times = _timed(lambda s=session: s.run(None, feeds), runs)
-        row[f"ort_{label}_min_ms"] = min(times) * 1e3
-        row[f"ort_{label}_med_ms"] = float(np.median(times)) * 1e3
+    fns = [lambda: executable.run(feeds)]
+    fns += [lambda s=s: s.run(None, feeds) for s in sessions.values()]
+    timings = _interleaved(fns, runs)
+    for label, times in zip(["eqsat", "ort_all", "ort_none"], timings, strict=True):
+        row[f"{label}_min_ms"] = min(times) * 1e3
+        row[f"{label}_med_ms"] = float(np.median(times)) * 1e3
+    for label in sessions:
         row[f"ratio_{label}"] = row["eqsat_min_ms"] / row[f"ort_{label}_min_ms"]
-        if label == "none":
-            reference = session.run(None, feeds)
+    reference = sessions["none"].run(None, feeds)
     got = list(executable.run(feeds).values())
     row["max_abs_err"] = max(
         float(np.max(np.abs(g - w))) for g, w in zip(got, reference or [], strict=False)
@@ -133,8 +154,8 @@ def bench_model(
     row["peak_mb"] = executable.report["peak_bytes"] / 1e6
     if compile_times:
         with tempfile.TemporaryDirectory(prefix="eqsat-kernels-") as cache:
-            row["compile_cold_s"] = compile_time(name, optimize, cache)
-            row["compile_warm_s"] = compile_time(name, optimize, cache)
+            row["compile_cold_s"] = compile_time(name, optimize, cache, rules)
+            row["compile_warm_s"] = compile_time(name, optimize, cache, rules)
     return row
 
 
@@ -154,8 +175,10 @@ def kernel_bandwidth(elements: int = 1 << 23, runs: int = 20) -> dict[str, float
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((2, elements), np.float32)
     out = np.empty(elements, np.float32)
-    kernel_s = min(_timed(lambda: kernel(out, [x, y]), runs))
-    copy_s = min(_timed(lambda: np.copyto(out, x), runs))
+    kernel_times, copy_times = _interleaved(
+        [lambda: kernel(out, [x, y]), lambda: np.copyto(out, x)], runs
+    )
+    kernel_s, copy_s = min(kernel_times), min(copy_times)
     kernel_gbs = 3 * 4 * elements / kernel_s / 1e9  # two reads and one write
     copy_gbs = 2 * 4 * elements / copy_s / 1e9
     return {"kernel_gbs": kernel_gbs, "copy_gbs": copy_gbs, "fraction": kernel_gbs / copy_gbs}
@@ -183,6 +206,31 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict[str, Any]], path: str, title: str) -> bool:
+    """A bar chart of eqsat's latency ratio to onnxruntime per model; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    names = [r["model"] for r in rows]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(names) + 2), 4.5))
+    ax.bar(x - 0.2, [r["ratio_all"] for r in rows], 0.4, label="vs onnxruntime (all opts)")
+    ax.bar(x + 0.2, [r["ratio_none"] for r in rows], 0.4, label="vs onnxruntime (no opts)")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_ylabel("eqsat latency / onnxruntime latency (min)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/e2e.py", description=__doc__.split("\n")[0])
     add_arguments(parser)
@@ -194,6 +242,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--csv", default="e2e.csv", help="where to write the table as CSV")
+    parser.add_argument("--png", default="e2e.png", help="where to plot the ratios ('' for none)")
+    # Until fusion is one of optimize()'s default families the benchmark names it.
+    parser.add_argument("--rules", nargs="*", default=["algebraic", "fusion"])
     parser.add_argument("--no-optimize", action="store_true", help="load + compile, no rewrites")
     parser.add_argument("--no-compile-times", action="store_true", help="skip cold/warm runs")
     parser.add_argument("--no-kernel-bench", action="store_true")
@@ -205,7 +256,12 @@ def run(args: argparse.Namespace) -> int:
         try:
             rows.append(
                 bench_model(
-                    name, args.runs, args.threads, not args.no_optimize, not args.no_compile_times
+                    name,
+                    args.runs,
+                    args.threads,
+                    not args.no_optimize,
+                    not args.no_compile_times,
+                    args.rules or None,
                 )
             )
         except zoo.ZooDownloadError as exc:
@@ -219,6 +275,9 @@ def run(args: argparse.Namespace) -> int:
         writer.writeheader()
         writer.writerows(rows)
     print(f"wrote {args.csv}")
+    title = f"eqsat cpu vs onnxruntime, {args.threads} thread(s)"
+    if args.png and rows and plot(rows, args.png, title):
+        print(f"wrote {args.png}")
     if not args.no_kernel_bench:
         bw = kernel_bandwidth()
         print(

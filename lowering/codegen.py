@@ -209,11 +209,15 @@ def kernel_source(
     out_dtype: np.dtype,
     spans: tuple[tuple[bool, ...], ...],
     parallel: bool,
+    alias: int | None = None,
 ) -> str:
     """A module defining ``kernel(out, x0, x1, ...)`` that writes ``expr`` of the inputs into out.
 
     Every array is C-contiguous with the collapsed rank; inputs have size 1 on levels they do not
-    span. Raises :class:`Unsupported` when the expression or dtypes are not generated here.
+    span. ``alias``: the input that is ``out`` itself (an in-place update); the kernel reads it
+    through ``out``, because LLVM cannot prove that two distinct arguments do not overlap and
+    runs the scalar loop when they do. Raises :class:`Unsupported` when the expression or dtypes
+    are not generated here.
     """
     floats = {d for d in in_dtypes if d != BOOL} | ({out_dtype} - {BOOL})
     if len(floats) > 1 or not floats <= set(FLOATS) or out_dtype not in (*FLOATS, BOOL):
@@ -225,7 +229,8 @@ def kernel_source(
     loads = []
     for i, span in enumerate(spans):
         index = ", ".join(ix if s else "0" for ix, s in zip(idx, span, strict=True))
-        loads.append(f"x{i}[{index}]")
+        source = "out" if i == alias else f"x{i}"
+        loads.append(f"{source}[{index}]")
     sig_types = [_numba_type(out_dtype, rank, False)]
     sig_types += [_numba_type(d, rank, True) for d in in_dtypes]
     signature = f"types.void({', '.join(sig_types)})"

@@ -8,8 +8,10 @@
   then apply bias/alpha/beta and the fused epilogue in place with one generated kernel; Conv is
   im2col + GEMM (1x1 stride-1 convs skip im2col), depthwise Conv a direct Numba kernel, both with
   the epilogue fused the same way (:mod:`eqsat.lowering.cpu_ops`);
-* every other op (pooling, reductions, softmax, normalizations, resize, data movement, control
-  flow) runs its numpy reference; :attr:`CpuExecutable.report` lists which ones did.
+* global average pooling, softmax, layer and batch normalization, nearest resize and
+  non-overlapping ConvTranspose have kernels of their own (:mod:`eqsat.lowering.cpu_misc`);
+* every other op (other pooling and reductions, data movement, control flow) runs its numpy
+  reference; :attr:`CpuExecutable.report` lists which ones did.
 
 Constants are prepared once here (weights reshaped/transposed for BLAS, alpha folded into them).
 Planned outputs live in buffers assigned by :mod:`eqsat.lowering.memory`; the executable reuses them
@@ -48,6 +50,9 @@ class Step:
     usage: Usage
     kind: str  # "kernel" | "gemm" | "conv" | "depthwise" | "reference"
     node: str = ""
+    # Called once the memory plan is made, with its slot -> buffer map (kernels that depend on
+    # which operands share a buffer are chosen there).
+    bind: Callable[[dict[int, np.ndarray]], None] | None = None
 
 
 @dataclass
@@ -85,21 +90,32 @@ class ElementwiseKernel:
         inputs: list[tuple[tuple[int, ...], np.dtype, np.ndarray | None]],
         out_shape: tuple[int, ...],
         out_dtype: np.dtype,
+        alias: int | None = None,
+        defer: bool = False,
     ):
         shapes = [() if int(np.prod(s)) == 1 else s for s, _, _ in inputs]
         plan = codegen.plan_broadcast(out_shape, shapes)
         size = int(np.prod(out_shape, dtype=np.int64))
-        source = codegen.kernel_source(
-            expr, [d for _, d, _ in inputs], out_dtype, plan.spans, lowering.parallel(size)
-        )
-        self.fn = kernel_cache.load(source).kernel
-        lowering.kernels += 1
+        self._form = (expr, [d for _, d, _ in inputs], out_dtype, plan.spans)
+        self._parallel = lowering.parallel(size)
+        self._lowering = lowering
+        # Generating the source checks that the expression is supported (cheap, no compile).
+        codegen.kernel_source(*self._form, self._parallel)
+        self.fn: Callable[..., None] | None = None
+        if not defer:
+            self.load(alias)
         self.out_shape = plan.shape
         self.in_shapes = [plan.input_shape(i) for i in range(len(inputs))]
         self.consts = [
             None if c is None else np.ascontiguousarray(c, dtype=d).reshape(shape)
             for (_, d, c), shape in zip(inputs, self.in_shapes, strict=True)
         ]
+
+    def load(self, alias: int | None = None) -> None:
+        """Compile (or load from the cache) the kernel; ``alias``: the input that is ``out``."""
+        source = codegen.kernel_source(*self._form, self._parallel, alias)
+        self.fn = kernel_cache.load(source).kernel
+        self._lowering.kernels += 1
 
     def __call__(self, out: np.ndarray, arrays: list[Any]) -> None:
         args = [
@@ -134,6 +150,7 @@ def _elementwise_step(lowering: Lowering, node: Node) -> Step | None:
             [(v.shape, v.dtype, v.const) for v in present],
             out.shape,
             out.dtype,
+            defer=True,
         )
     except codegen.Unsupported:
         return None
@@ -149,7 +166,17 @@ def _elementwise_step(lowering: Lowering, node: Node) -> Step | None:
         for v in present
         if v.const is None and v.shape == out.shape and v.dtype.itemsize == out.dtype.itemsize
     ]
-    return Step(run, Usage(reads, [o], True, inplace), "kernel", node.name)
+
+    def bind(arrays: dict[int, np.ndarray]) -> None:
+        alias = None
+        if o in arrays:
+            start = arrays[o].ctypes.data
+            for k, slot in enumerate(index):
+                if slot in inplace and slot in arrays and arrays[slot].ctypes.data == start:
+                    alias = k
+        kernel.load(alias)
+
+    return Step(run, Usage(reads, [o], True, inplace), "kernel", node.name, bind)
 
 
 def _reference_step(lowering: Lowering, node: Node) -> Step:
@@ -288,7 +315,7 @@ def _blas_limiter(threads: int) -> Callable[[], Any]:
 
 def compile(graph: Graph, threads: int | None = None) -> CpuExecutable:
     """Compile ``graph`` for the CPU; ``threads`` defaults to the machine's CPU count."""
-    from eqsat.lowering import cpu_ops
+    from eqsat.lowering import cpu_misc, cpu_ops
 
     started = time.perf_counter()
     threads = threads or os.cpu_count() or 1
@@ -301,7 +328,11 @@ def compile(graph: Graph, threads: int | None = None) -> CpuExecutable:
             template_values[slot] = v.const
     steps: list[Step] = []
     for node in graph.nodes:
-        step = cpu_ops.build_step(lowering, node) or _elementwise_step(lowering, node)
+        step = (
+            cpu_ops.build_step(lowering, node)
+            or cpu_misc.build_step(lowering, node)
+            or _elementwise_step(lowering, node)
+        )
         if step is None:
             step = _reference_step(lowering, node)
         steps.append(step)
@@ -316,6 +347,9 @@ def compile(graph: Graph, threads: int | None = None) -> CpuExecutable:
         lowering.specs,
         {s for s, v in zip(out_slots, graph.outputs, strict=True) if v.const is None},
     )
+    for step in steps:
+        if step.bind is not None:
+            step.bind(plan.arrays)
     template: Env = [None] * len(lowering.slots)
     for slot, array in template_values.items():
         template[slot] = array

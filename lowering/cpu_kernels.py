@@ -1,13 +1,18 @@
-"""Hand-written Numba kernels of the CPU target: im2col for GEMM convolutions, direct depthwise conv.
+"""Hand-written Numba kernels of the CPU target: im2col, depthwise conv, row-wise reductions.
 
-Both work on 2-D convolutions in NCHW with float32 or float64 data. They are ordinary modules with
+im2col (whole or by blocks of output rows) feeds GEMM convolutions (depthwise convs are generated
+by :mod:`eqsat.lowering.cpu_depthwise`); row kernels
+(mean, softmax, layer norm) and a flat gather serve :mod:`eqsat.lowering.cpu_misc`. Convs work
+on 2-D NCHW float32 or float64 data. They are ordinary modules with
 ``cache=True``, so Numba compiles each signature once per machine. Padding is handled by computing
 each tap's valid output range up front, so the innermost loops have no bounds checks and vectorize.
 """
 
 from __future__ import annotations
 
-from numba import njit, prange
+import numpy as np
+from eqsat.lowering.cpu_math import exp_f32
+from numba import njit
 
 JIT = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
 
@@ -46,35 +51,100 @@ def im2col(x, cols, oh_, ow_, kh_, kw_, sh, sw, dh, dw, ph, pw):  # type: ignore
 
 
 @njit(**JIT)
-def _depthwise_plane(x, w, b, out, n, c, sh, sw, dh, dw, ph, pw):  # type: ignore[no-untyped-def]
-    h_, w_ = x.shape[2], x.shape[3]
-    oh_, ow_ = out.shape[2], out.shape[3]
-    kh_, kw_ = w.shape[1], w.shape[2]
-    bias = b[c]
-    for oh in range(oh_):
-        for ow in range(ow_):
-            out[n, c, oh, ow] = bias
+def im2col_rows(x, cols, oh0, oh1, ow_, kh_, kw_, sh, sw, dh, dw, ph, pw):  # type: ignore[no-untyped-def]
+    """:func:`im2col` of output rows ``oh0 <= oh < oh1`` only: cols is (C*KH*KW, rows*OW).
+
+    A block of rows keeps the column buffer in cache between this copy and the GEMM reading it;
+    stride 1 (the common case) gets a loop the compiler can vectorize.
+    """
+    c_, h_, w_ = x.shape
+    for c in range(c_):
         for kh in range(kh_):
-            ih = oh * sh - ph + kh * dh
-            if ih < 0 or ih >= h_:
-                continue
             for kw in range(kw_):
-                wv = w[c, kh, kw]
+                dst = cols[(c * kh_ + kh) * kw_ + kw]
                 off = kw * dw - pw
                 lo, hi = _valid(off, sw, w_, ow_)
-                for ow in range(lo, hi):
-                    out[n, c, oh, ow] += wv * x[n, c, ih, ow * sw + off]
+                for oh in range(oh0, oh1):
+                    ih = oh * sh - ph + kh * dh
+                    base = (oh - oh0) * ow_
+                    if ih < 0 or ih >= h_:
+                        dst[base : base + ow_] = 0
+                        continue
+                    src = x[c, ih]
+                    dst[base : base + lo] = 0
+                    if sw == 1:
+                        for ow in range(lo, hi):
+                            dst[base + ow] = src[ow + off]
+                    else:
+                        for ow in range(lo, hi):
+                            dst[base + ow] = src[ow * sw + off]
+                    dst[base + hi : base + ow_] = 0
 
 
 @njit(**JIT)
-def depthwise(x, w, b, out, sh, sw, dh, dw, ph, pw):  # type: ignore[no-untyped-def]
-    """out[n, c] = b[c] + sum over taps of w[c, kh, kw] * x[n, c, shifted]; w is (C, KH, KW)."""
-    for nc in range(x.shape[0] * x.shape[1]):
-        _depthwise_plane(x, w, b, out, nc // x.shape[1], nc % x.shape[1], sh, sw, dh, dw, ph, pw)
+def row_mean(x, out):  # type: ignore[no-untyped-def]
+    """out[r, 0] = mean of row r of x (accumulated in float64)."""
+    for r in range(x.shape[0]):
+        total = 0.0
+        for i in range(x.shape[1]):
+            total += x[r, i]
+        out[r, 0] = total / x.shape[1]
 
 
-@njit(parallel=True, **JIT)
-def depthwise_parallel(x, w, b, out, sh, sw, dh, dw, ph, pw):  # type: ignore[no-untyped-def]
-    """:func:`depthwise` with the (n, c) planes spread over Numba's threads."""
-    for nc in prange(x.shape[0] * x.shape[1]):
-        _depthwise_plane(x, w, b, out, nc // x.shape[1], nc % x.shape[1], sh, sw, dh, dw, ph, pw)
+@njit(**JIT)
+def softmax_rows(x, out):  # type: ignore[no-untyped-def]
+    """Softmax of each row of x (max, then exponentials and their sum, then one scaling)."""
+    for r in range(x.shape[0]):
+        top = x[r, 0]
+        for i in range(1, x.shape[1]):
+            top = max(top, x[r, i])
+        total = 0.0
+        for i in range(x.shape[1]):
+            e = np.exp(x[r, i] - top)
+            out[r, i] = e
+            total += e
+        inv = 1.0 / total
+        for i in range(x.shape[1]):
+            out[r, i] = out[r, i] * inv
+
+
+@njit(**JIT)
+def softmax_rows_f32(x, out):  # type: ignore[no-untyped-def]
+    """:func:`softmax_rows` for float32 with :func:`cpu_math.exp_f32`, which vectorizes."""
+    for r in range(x.shape[0]):
+        top = x[r, 0]
+        for i in range(1, x.shape[1]):
+            top = max(top, x[r, i])
+        total = 0.0
+        for i in range(x.shape[1]):
+            e = exp_f32(x[r, i] - top)
+            out[r, i] = e
+            total += e
+        inv = np.float32(1.0 / total)
+        for i in range(x.shape[1]):
+            out[r, i] = out[r, i] * inv
+
+
+@njit(**JIT)
+def layer_norm_rows(x, out, scale, bias, eps):  # type: ignore[no-untyped-def]
+    """(x - mean) / sqrt(var + eps) * scale + bias per row; statistics in float64."""
+    n = x.shape[1]
+    for r in range(x.shape[0]):
+        total = 0.0
+        for i in range(n):
+            total += x[r, i]
+        mean = total / n
+        square = 0.0
+        for i in range(n):
+            d = x[r, i] - mean
+            square += d * d
+        inv = 1.0 / np.sqrt(square / n + eps)
+        for i in range(n):
+            out[r, i] = (x[r, i] - mean) * inv * scale[i] + bias[i]
+
+
+@njit(**JIT)
+def gather(x, index, out):  # type: ignore[no-untyped-def]
+    """out[i] = x[index[i]] over flat arrays."""
+    for i in range(index.shape[0]):
+        out[i] = x[index[i]]

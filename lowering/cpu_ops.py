@@ -4,8 +4,9 @@ Each step writes the base op's result straight into its planned output buffer wi
 ``matmul`` (BLAS sgemm/dgemm), then applies everything elementwise that follows (Gemm's alpha and
 beta*C, a conv's bias, and a fused node's ``epilogue`` over its extra inputs) with one generated
 kernel, in place over the output while it is still in cache. Conv is im2col + GEMM per group
-(1x1 convs with stride 1 and no padding read the input as the GEMM operand directly); depthwise
-conv is a direct Numba kernel with the bias applied on the fly. Weights are reshaped and made
+(1x1 convs with stride 1 and no padding read the input as the GEMM operand directly; others fill
+an im2col buffer, vectorized for stride 1, and call one GEMM per image and group); depthwise conv is a generated kernel
+(:mod:`eqsat.lowering.cpu_depthwise`) with the bias and scalar epilogues applied on the fly. Weights are reshaped and made
 contiguous once, at compile time.
 
 Cases outside these fast paths (non-float dtypes, non-2-D convs, weights that are not constants)
@@ -26,6 +27,9 @@ from eqsat.ir import Node, Value
 from eqsat.ops.conv import window_geometry
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+# im2col by blocks of output rows of about this many elements (so that they stay in L2 until the
+# GEMM reads them) measured no faster here than one whole buffer and one GEMM; kept selectable.
+_COLUMN_BLOCK = 1 << 62
 # Depthwise convs with at least this many multiply-adds spread their channels over threads.
 PARALLEL_MACS = 1 << 21
 
@@ -76,7 +80,8 @@ class Epilogue:
         for value, const, shape in tail:
             inputs.append((shape, out.dtype, const))
             self.slots.append(None if value is None else lowering.slot(value))
-        self.kernel = ElementwiseKernel(lowering, expr, inputs, out.shape, out.dtype)
+        # Operand 0 is the output itself: the update is in place.
+        self.kernel = ElementwiseKernel(lowering, expr, inputs, out.shape, out.dtype, alias=0)
 
     def reads(self) -> list[int]:
         return [s for s in self.slots if s is not None]
@@ -205,23 +210,7 @@ def _conv(lowering: Lowering, node: Node) -> Step | None:
     dtype = out.dtype
     bias = np.zeros(m_, dtype) if b is None else np.ascontiguousarray(b.const.reshape(-1), dtype)
     if group == c_ and m_ == c_:
-        taps = np.ascontiguousarray(w.const.reshape(c_, kh, kw), dtype)
-        macs = out.size * kh * kw
-        kernel = (
-            cpu_kernels.depthwise_parallel
-            if lowering.threads > 1 and macs >= PARALLEL_MACS
-            else cpu_kernels.depthwise
-        )
-        epi = Epilogue(lowering, node, "{0}", extras, [])
-
-        def run_depthwise(env: Env) -> None:
-            data = np.ascontiguousarray(x_const if x_const is not None else env[x_slot])
-            result = env[o]
-            kernel(data, taps, bias, result, sh, sw, dh, dw, ph, pw)
-            epi(env, result)
-
-        reads = ([x_slot] if x_slot is not None else []) + epi.reads()
-        return Step(run_depthwise, Usage(reads, [o], True), "depthwise", node.name)
+        return _depthwise(lowering, node, x, extras, bias, window)
 
     cg, mg, k, p = c_ // group, m_ // group, kh * kw, oh * ow
     filters = np.ascontiguousarray(w.const.reshape(group, mg, cg * k), dtype)
@@ -232,12 +221,26 @@ def _conv(lowering: Lowering, node: Node) -> Step | None:
     scratch = _scratch(lowering)
     scratch.get(dtype, 0 if pointwise else c_ * k * p)
 
+    # Ungrouped convs copy and multiply blocks of output rows whose columns fit in cache.
+    rows = oh if group > 1 else max(1, min(oh, _COLUMN_BLOCK // max(1, c_ * k * ow)))
+    blocks = [(r, min(oh, r + rows)) for r in range(0, oh, rows)]
+
     def run_gemm(env: Env) -> None:
         data = np.ascontiguousarray(x_const if x_const is not None else env[x_slot])
         result = env[o]
         for i in range(n_):
             if pointwise:
                 cols = data[i].reshape(group, cg, p)
+            elif group == 1:
+                target = result[i].reshape(m_, p)
+                for r0, r1 in blocks:
+                    span = (r1 - r0) * ow
+                    buf = scratch.get(dtype, c_ * k * span).reshape(c_ * k, span)
+                    cpu_kernels.im2col_rows(
+                        data[i], buf, r0, r1, ow, kh, kw, sh, sw, dh, dw, ph, pw
+                    )
+                    np.matmul(filters[0], buf, out=target[:, r0 * ow : r1 * ow])
+                continue
             else:
                 buf = scratch.get(dtype, c_ * k * p).reshape(c_ * k, p)
                 cpu_kernels.im2col(data[i], buf, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw)
@@ -250,6 +253,49 @@ def _conv(lowering: Lowering, node: Node) -> Step | None:
 
     reads = ([x_slot] if x_slot is not None else []) + epi.reads()
     return Step(run_gemm, Usage(reads, [o], True), "conv", node.name)
+
+
+def _depthwise(
+    lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: np.ndarray, window: Any
+) -> Step:
+    """Depthwise conv as a generated kernel; scalar-constant epilogues are fused into it."""
+    from eqsat.lowering import cpu_depthwise
+
+    out = node.outputs[0]
+    c_ = x.shape[1]
+    kh, kw = window.kernel
+    w = node.inputs[1]
+    assert w is not None and w.const is not None
+    taps = np.ascontiguousarray(w.const.reshape(c_, kh * kw), out.dtype)
+    epilogue = str(node.attrs.get("epilogue", "{0}"))
+    scalars = {
+        i + 1: float(v.const.reshape(-1)[0])
+        for i, v in enumerate(extras)
+        if v.const is not None and v.const.size == 1
+    }
+    fused = cpu_depthwise.inline_scalars(epilogue, scalars)
+    geometry = (window.kernel, window.strides, window.dilations, window.begin)
+    parallel = lowering.threads > 1 and out.size * kh * kw >= PARALLEL_MACS
+    try:
+        kernel = cpu_depthwise.load(out.dtype, *geometry, fused, parallel)
+        epi: Epilogue | None = None
+    except codegen.Unsupported:  # tensor operands in the epilogue: a pass of its own
+        kernel = cpu_depthwise.load(out.dtype, *geometry, "{0}", parallel)
+        epi = Epilogue(lowering, node, "{0}", extras, [])
+    lowering.kernels += 1
+    scratch = np.zeros(cpu_depthwise.scratch_shape(x.shape[2:], window.out, *geometry), out.dtype)
+    x_const, x_slot = _operand(lowering, x)
+    o = lowering.slot(out)
+
+    def run(env: Env) -> None:
+        data = np.ascontiguousarray(x_const if x_const is not None else env[x_slot])
+        result = env[o]
+        kernel(data, taps, bias, result, scratch)
+        if epi is not None:
+            epi(env, result)
+
+    reads = ([x_slot] if x_slot is not None else []) + (epi.reads() if epi else [])
+    return Step(run, Usage(reads, [o], True), "depthwise", node.name)
 
 
 def _fused_reference_base(lowering: Lowering, node: Node) -> Step | None:

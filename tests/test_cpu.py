@@ -242,3 +242,57 @@ def test_kernel_cache_survives_processes(tmp_path) -> None:  # type: ignore[no-u
         for _ in range(2)
     ]  # fmt: skip
     assert runs[1] < runs[0] and runs[1] < 2.0
+
+
+@pytest.mark.parametrize(
+    ("epilogue", "residual"),
+    [("min(max({0}, {1}), {2})", False), ("max(({0} + {3}), 0)", True)],
+    ids=["relu6-inlined", "residual"],
+)
+def test_fused_depthwise_epilogue(rng: np.random.Generator, epilogue: str, residual: bool) -> None:
+    pytest.importorskip("eqsat.ops.fused")
+    g = eqsat.Graph("dw")
+    x = g.input("x", (1, 5, 7, 9))
+    w = g.constant(rng.standard_normal((5, 1, 3, 3)).astype(F32), "w")
+    b = g.constant(rng.standard_normal((5,)).astype(F32), "b")
+    lo, hi = g.constant(np.array(0.0, F32)), g.constant(np.array([0.5], F32))
+    extras = [lo, hi] + ([g.input("r", (1, 5, 4, 5))] if residual else [])
+    y = g.op(
+        "FusedConv", x, w, b, *extras, pads=[1, 1, 1, 1], strides=[2, 2], group=5,
+        num_base_inputs=3, epilogue=epilogue,
+    )  # fmt: skip
+    g.output(y, "y")
+    exe = _check(g, rng, rtol=1e-4)
+    assert exe.report["steps"]["depthwise"] == 1 and exe.report["reference_ops"] == {}
+
+
+def test_row_kernels_and_batch_norm(rng: np.random.Generator) -> None:
+    g = eqsat.Graph("rows")
+    x = g.input("x", (2, 3, 5, 4))
+    g.output(g.op("GlobalAveragePool", x), "gap")
+    g.output(g.op("Softmax", x, axis=-1), "softmax")
+    g.output(g.op("Softmax", x, axis=1), "softmax1")  # not innermost: the reference runs it
+    scale = g.constant(rng.standard_normal((5, 4)).astype(F32))
+    g.output(g.op("LayerNormalization", x, scale, axis=2), "ln")
+    scale1, bias1 = (g.constant(rng.standard_normal(4).astype(F32)) for _ in range(2))
+    g.output(g.op("LayerNormalization", x, scale1, bias1), "ln1")
+    params = [rng.standard_normal(3).astype(F32) for _ in range(3)]
+    params.append(rng.uniform(0.5, 2, 3).astype(F32))
+    g.output(g.op("BatchNormalization", x, *(g.constant(p) for p in params)), "bn")
+    exe = _check(g, rng)
+    assert exe.report["reference_ops"] == {"Softmax": 1}
+
+
+def test_resize_nearest_and_conv_transpose(rng: np.random.Generator) -> None:
+    g = eqsat.Graph("up")
+    x = g.input("x", (1, 3, 5, 4))
+    scales = g.constant(np.array([1, 1, 2, 3], F32))
+    mode = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric"}
+    g.output(g.op("Resize", x, None, scales, nearest_mode="floor", **mode), "floor")
+    sizes = g.constant(np.array([1, 3, 7, 9], np.int64))
+    g.output(g.op("Resize", x, None, None, sizes, **mode), "sizes")
+    w = g.constant(rng.standard_normal((3, 2, 2, 2)).astype(F32))
+    b = g.constant(rng.standard_normal(2).astype(F32))
+    g.output(g.op("ConvTranspose", x, w, b, strides=[2, 2]), "up")
+    exe = _check(g, rng)
+    assert exe.report["reference_ops"] == {}

@@ -224,6 +224,7 @@ def _load_families() -> None:
     )
 
     importlib.import_module("eqsat.ops.fused")
+    importlib.import_module("eqsat.ops.layout")
 
 
 _load_families()

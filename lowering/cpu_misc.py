@@ -1,0 +1,230 @@
+"""CPU steps for the memory-bound ops that profiling showed worth a kernel of their own.
+
+* GlobalAveragePool, Softmax and LayerNormalization over the innermost axis: one Numba kernel
+  each, one pass over each row while it is in cache (:mod:`eqsat.lowering.cpu_kernels`);
+* BatchNormalization (inference): a generated elementwise kernel ``x * scale + shift`` with the
+  per-channel constants folded at compile time;
+* Resize in nearest mode: a gather whose source indices come from running the op's reference once,
+  at compile time, on an array of element indices, so they match the reference exactly;
+* ConvTranspose whose stride equals its kernel (no overlap: upsampling heads) as one GEMM and a
+  strided copy, with the fused epilogue applied in place.
+
+Anything else returns ``None`` and runs on the numpy reference.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from eqsat.lowering import cpu_kernels
+from eqsat.lowering.cpu import ElementwiseKernel, Env, Lowering, Step
+from eqsat.lowering.memory import Usage
+
+from eqsat import ops
+from eqsat.ir import Node, Value
+
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def build_step(lowering: Lowering, node: Node) -> Step | None:
+    builder = _BUILDERS.get(node.op)
+    out = node.outputs[0]
+    if builder is None or out is None or out.dtype not in FLOATS:
+        return None
+    if any(v is not None for v in node.outputs[1:]):
+        return None  # optional statistics outputs: the reference computes them
+    x = node.inputs[0]
+    if x is None or x.const is not None:
+        return None
+    return builder(lowering, node)
+
+
+def _rows(lowering: Lowering, node: Node, kernel: Any, *extra: Any) -> Step:
+    """A step running ``kernel(x2d, out2d, *extra)`` over rows of the innermost axes."""
+    x, out = node.inputs[0], node.outputs[0]
+    assert x is not None and out is not None
+    xs, o = lowering.slot(x), lowering.slot(out)
+    rows = int(np.prod(out.shape[:-1], dtype=np.int64)) if out.rank else 1
+    in_shape = (rows, x.size // max(rows, 1))
+    out_shape = (rows, out.size // max(rows, 1))
+
+    def run(env: Env) -> None:
+        data = np.ascontiguousarray(env[xs]).reshape(in_shape)
+        kernel(data, env[o].reshape(out_shape), *extra)
+
+    return Step(run, Usage([xs], [o], True), "kernel", node.name)
+
+
+def _global_average(lowering: Lowering, node: Node) -> Step | None:
+    x = node.inputs[0]
+    assert x is not None
+    if x.rank < 3:
+        return None
+    return _rows(lowering, node, cpu_kernels.row_mean)
+
+
+def _inner_axis(node: Node, x: Value) -> bool:
+    """The op's axis (and every axis after it) forms contiguous rows."""
+    axis = int(node.attrs["axis"]) % x.rank
+    return all(d == 1 for d in x.shape[axis + 1 :]) if node.op == "Softmax" else True
+
+
+def _softmax(lowering: Lowering, node: Node) -> Step | None:
+    x = node.inputs[0]
+    assert x is not None
+    if x.rank == 0 or not _inner_axis(node, x):
+        return None
+    axis = int(node.attrs["axis"]) % x.rank
+    out = node.outputs[0]
+    assert out is not None
+    xs, o = lowering.slot(x), lowering.slot(out)
+    length = x.shape[axis]
+    shape = (x.size // max(length, 1), length)
+    f32 = out.dtype == np.float32
+    kernel = cpu_kernels.softmax_rows_f32 if f32 else cpu_kernels.softmax_rows
+
+    def run(env: Env) -> None:
+        data = np.ascontiguousarray(env[xs]).reshape(shape)
+        kernel(data, env[o].reshape(shape))
+
+    return Step(run, Usage([xs], [o], True), "kernel", node.name)
+
+
+def _layer_norm(lowering: Lowering, node: Node) -> Step | None:
+    x = node.inputs[0]
+    out = node.outputs[0]
+    assert x is not None and out is not None
+    if x.rank == 0:
+        return None
+    axis = int(node.attrs["axis"]) % x.rank
+    length = int(np.prod(x.shape[axis:], dtype=np.int64))
+    params = []
+    for v in node.inputs[1:3]:
+        if v is not None and v.const is None:
+            return None
+        const = np.zeros(1, out.dtype) if v is None else v.const
+        params.append(np.ascontiguousarray(np.broadcast_to(const, x.shape[axis:]), out.dtype))
+    if len(params) < 2:
+        params.append(np.zeros(x.shape[axis:], out.dtype))
+    scale, bias = (p.reshape(length) for p in params)
+    eps = float(node.attrs["epsilon"])
+    xs, o = lowering.slot(x), lowering.slot(out)
+    shape = (x.size // max(length, 1), length)
+
+    def run(env: Env) -> None:
+        data = np.ascontiguousarray(env[xs]).reshape(shape)
+        cpu_kernels.layer_norm_rows(data, env[o].reshape(shape), scale, bias, eps)
+
+    return Step(run, Usage([xs], [o], True), "kernel", node.name)
+
+
+def _batch_norm(lowering: Lowering, node: Node) -> Step | None:
+    if int(node.attrs["training_mode"]):
+        return None
+    x, *params = node.inputs
+    out = node.outputs[0]
+    assert x is not None and out is not None
+    if x.rank < 2 or any(p is None or p.const is None for p in params):
+        return None
+    scale, bias, mean, var = (np.asarray(p.const, np.float64) for p in params)  # type: ignore[union-attr]
+    mul = scale / np.sqrt(var + float(node.attrs["epsilon"]))
+    add = bias - mean * mul
+    channel = (x.shape[1],) + (1,) * (x.rank - 2)
+    kernel = ElementwiseKernel(
+        lowering,
+        "(({0} * {1}) + {2})",
+        [
+            (x.shape, x.dtype, None),
+            (channel, out.dtype, mul.astype(out.dtype).reshape(channel)),
+            (channel, out.dtype, add.astype(out.dtype).reshape(channel)),
+        ],
+        out.shape,
+        out.dtype,
+    )
+    xs, o = lowering.slot(x), lowering.slot(out)
+
+    def run(env: Env) -> None:
+        kernel(env[o], [env[xs], None, None])
+
+    return Step(run, Usage([xs], [o], True), "kernel", node.name)
+
+
+def _resize(lowering: Lowering, node: Node) -> Step | None:
+    x = node.inputs[0]
+    out = node.outputs[0]
+    assert x is not None and out is not None
+    if node.attrs["mode"] != "nearest" or x.size >= 1 << 31:
+        return None
+    if any(v is not None and v.const is None for v in node.inputs[1:]):
+        return None
+    opdef = ops.get("Resize", node.name)
+    ids = np.arange(x.size, dtype=np.float64).reshape(x.shape)
+    consts = [None if v is None else v.const for v in node.inputs[1:]]
+    (source,) = opdef.evaluate(node, [ids, *consts])[:1]
+    index = np.ascontiguousarray(np.asarray(source).reshape(-1), np.int32)
+    xs, o = lowering.slot(x), lowering.slot(out)
+
+    def run(env: Env) -> None:
+        data = np.ascontiguousarray(env[xs]).reshape(-1)
+        cpu_kernels.gather(data, index, env[o].reshape(-1))
+
+    return Step(run, Usage([xs], [o], True), "kernel", node.name)
+
+
+def _conv_transpose(lowering: Lowering, node: Node) -> Step | None:
+    from eqsat.lowering.cpu_ops import Epilogue, _split
+
+    base, extras = _split(node)
+    x, w = base[0], base[1]
+    b = base[2] if len(base) > 2 else None
+    out = node.outputs[0]
+    assert x is not None and out is not None
+    attrs = node.attrs
+    if w is None or w.const is None or x.rank != 4 or (b is not None and b.const is None):
+        return None
+    ci, co, kh, kw = w.shape
+    n_, _, h_, w_ = x.shape
+    plain = (
+        int(attrs["group"]) == 1
+        and list(attrs["strides"]) == [kh, kw]
+        and not any(attrs["pads"])
+        and all(d == 1 for d in attrs["dilations"] or [1])
+        and not any(attrs["output_padding"] or [])
+        and attrs["auto_pad"] in ("NOTSET", "VALID")
+        and out.shape == (n_, co, h_ * kh, w_ * kw)
+    )
+    if not plain:
+        return None
+    weights = np.ascontiguousarray(
+        w.const.transpose(1, 2, 3, 0).reshape(co * kh * kw, ci), out.dtype
+    )
+    tail = [] if b is None else [(None, b.const.astype(out.dtype), (1, co, 1, 1))]
+    expr = "{0}" if b is None else f"({{0}} + {{{len(extras) + 1}}})"
+    epi = Epilogue(lowering, node, expr, extras, tail)
+    tmp = np.empty((co * kh * kw, h_ * w_), out.dtype)
+    xs, o = lowering.slot(x), lowering.slot(out)
+
+    def run(env: Env) -> None:
+        data = np.ascontiguousarray(env[xs])
+        result = env[o]
+        for i in range(n_):
+            np.matmul(weights, data[i].reshape(ci, h_ * w_), out=tmp)
+            spread = tmp.reshape(co, kh, kw, h_, w_).transpose(0, 3, 1, 4, 2)
+            np.copyto(result[i].reshape(co, h_, kh, w_, kw), spread)
+        epi(env, result)
+
+    return Step(run, Usage([xs, *epi.reads()], [o], True), "conv", node.name)
+
+
+_BUILDERS: dict[str, Any] = {
+    "GlobalAveragePool": _global_average,
+    "Softmax": _softmax,
+    "LayerNormalization": _layer_norm,
+    "BatchNormalization": _batch_norm,
+    "Resize": _resize,
+    "ConvTranspose": _conv_transpose,
+    "FusedConvTranspose": _conv_transpose,
+}
+
+__all__ = ["build_step"]
