@@ -12,6 +12,7 @@ are all constants fold at compile time.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,8 @@ class View:
         self.enc = enc
         raw = serialized["nodes"]
         self.raw = raw
+        self._list_memo: dict[str, list[str | None]] = {}
+        self._children: dict[str, list[str]] = {}
         self.nodes: dict[str, ENode] = {}
         self.classes: dict[str, list[str]] = {}
         for nid, node in raw.items():
@@ -76,6 +79,10 @@ class View:
     def _literal(self, nid: str) -> str:
         return self.raw[nid]["op"]
 
+    def _string(self, nid: str) -> str:
+        text = self.raw[nid]["op"]
+        return text[1:-1] if "\\" not in text else json.loads(text)
+
     def _attr(self, nid: str) -> Any:
         node = self.raw[nid]
         op, kids = node["op"], node["children"]
@@ -86,11 +93,11 @@ class View:
         if op == "Attr.float":
             return float(self._literal(kids[0]))
         if op == "Attr.str":
-            return json.loads(self._literal(kids[0]))
+            return self._string(kids[0])
         if op == "Attr.ints":
             return [int(self._literal(k)) for k in self.raw[kids[0]]["children"]]
         if op == "Attr.key":
-            return self.enc.attr_values[json.loads(self._literal(kids[0]))]
+            return self.enc.attr_values[self._string(kids[0])]
         raise EqsatError(f"cannot decode attribute node {op}")
 
     def _tlist(self, nid: str) -> list[str | None]:
@@ -104,36 +111,42 @@ class View:
             for k, v in self.raw.items():
                 if v["op"].startswith("TList.") or v["op"].endswith(".append"):
                     self._list_classes.setdefault(v["eclass"], []).append(k)
+        known = self._list_memo.get(eclass)
+        if known is not None:
+            return known
         if eclass in seen:
             raise EqsatError(f"list e-class {eclass} contains itself")
         seen = seen | {eclass}
         nodes = [self.raw[n] for n in self._list_classes.get(eclass, [])]
+        found: list[str | None] | None = None
+        if any(node["op"] == "TList.nil" for node in nodes):
+            found = []
         for node in nodes:
-            if node["op"] == "TList.nil":
-                return []
-        for node in nodes:
-            if node["op"] == "TList.cons":
+            if found is None and node["op"] == "TList.cons":
                 head, tail = node["children"]
-                return [self._cls(head), *self._list_items(self._cls(tail), seen)]
+                found = [self._cls(head), *self._list_items(self._cls(tail), seen)]
         for node in nodes:
-            if node["op"].endswith(".append"):
+            if found is None and node["op"].endswith(".append"):
                 first, second = (self._cls(k) for k in node["children"])
-                return self._list_items(first, seen) + self._list_items(second, seen)
-        raise EqsatError(f"list e-class {eclass} has no cons, nil or append node")
+                found = self._list_items(first, seen) + self._list_items(second, seen)
+        if found is None:
+            raise EqsatError(f"list e-class {eclass} has no cons, nil or append node")
+        self._list_memo[eclass] = found
+        return found
 
     def _decode_node(self, nid: str, node: dict[str, Any]) -> ENode | None:
         op, kids, eclass = node["op"], node["children"], node["eclass"]
         if op == "T.input":
-            return ENode(nid, eclass, "input", name=json.loads(self._literal(kids[0])))
+            return ENode(nid, eclass, "input", name=self._string(kids[0]))
         if op == "T.const":
-            return ENode(nid, eclass, "const", name=json.loads(self._literal(kids[0])))
+            return ENode(nid, eclass, "const", name=self._string(kids[0]))
         if op == "T.none":
             return ENode(nid, eclass, "none")
         if op.endswith(".out") and len(kids) == 2:
             return ENode(
                 nid, eclass, "out", inputs=[self._cls(kids[0])], index=int(self._literal(kids[1]))
             )
-        if not ops.is_supported(op) or not eclass.split("-")[0].endswith(".T"):
+        if not eclass.split("-", 1)[0].endswith(".T") or not ops.is_supported(op):
             return None
         s = spec(op)
         pos = 0
@@ -145,7 +158,7 @@ class View:
             pos = s.num_inputs
         attrs = {name: self._attr(k) for name, k in zip(s.attrs, kids[pos:], strict=False)}
         pos += len(s.attrs)
-        mask = json.loads(self._literal(kids[pos])) if s.multi_output else "1"
+        mask = self._string(kids[pos]) if s.multi_output else "1"
         return ENode(nid, eclass, "op", op=op, attrs=attrs, inputs=inputs, mask=mask)
 
     def is_none(self, eclass: str | None) -> bool:
@@ -221,6 +234,7 @@ class View:
         return self._locate_leaf(value, "const", key)
 
     def _infer_types(self) -> None:
+        self._const_like = {n.eclass for n in self.nodes.values() if n.kind == "const"}
         for _nid, node in self.nodes.items():
             if node.kind == "input":
                 v = self.enc.graph[node.name]
@@ -228,27 +242,58 @@ class View:
             elif node.kind == "const":
                 a = self.enc.constants[node.name]
                 self.types.setdefault(node.eclass, (tuple(a.shape), a.dtype))
-        pending = [n for n in self.nodes.values() if n.kind in ("op", "out")]
-        changed = True
-        while changed:
-            changed = False
-            rest = []
-            for node in pending:
-                inferred = self._infer(node)
-                if inferred is _UNKNOWN:
-                    rest.append(node)
-                    continue
-                changed = True
-                if inferred is None:
-                    self.invalid.add(node.id)
-                    continue
-                known = self.types.get(node.eclass)
-                if known is None:
-                    self.types[node.eclass] = inferred
-                elif not _same_type(known, inferred):
-                    self.invalid.add(node.id)
-            pending = rest
-        self.invalid.update(n.id for n in pending)  # inputs of unknown type: cannot be priced
+        # Worklist in dependency order: a node is inferred once all its inputs have a type.
+        waiting: dict[str, list[ENode]] = {}
+        missing: dict[str, int] = {}
+        ready: list[ENode] = []
+        for node in self.nodes.values():
+            if node.kind not in ("op", "out"):
+                continue
+            deps = {c for c in self.children(node) if c not in self.types}
+            missing[node.id] = len(deps)
+            for c in deps:
+                waiting.setdefault(c, []).append(node)
+            if not deps:
+                ready.append(node)
+        memo: dict[tuple, Any] = {}
+        while ready:
+            node = ready.pop()
+            inferred = self._infer_memo(node, memo)
+            if inferred is None or inferred is _UNKNOWN:
+                self.invalid.add(node.id)
+                continue
+            known = self.types.get(node.eclass)
+            if known is None:
+                self.types[node.eclass] = inferred
+                for other in waiting.pop(node.eclass, ()):
+                    missing[other.id] -= 1
+                    if missing[other.id] == 0:
+                        ready.append(other)
+            elif not _same_type(known, inferred):
+                self.invalid.add(node.id)
+        # inputs of unknown type (never inferred): cannot be priced
+        self.invalid.update(nid for nid, count in missing.items() if count)
+
+    def _infer_memo(self, node: ENode, memo: dict[tuple, Any]) -> Any:
+        """:meth:`_infer`, once per op, attributes and input types (and constant inputs)."""
+        if node.kind != "op":
+            return self._infer(node)
+        key_ins = []
+        for c in self.op_inputs(node):
+            t = None if c is None else self.types.get(c)
+            if c is not None and (t is None or isinstance(t, list) or c in self._const_like):
+                key_ins.append(c)  # a constant's value may matter (shapes, axes)
+            else:
+                key_ins.append(None if t is None else (t[0], t[1].str))
+        try:
+            key = (node.op, tuple(sorted((k, _hashable(v)) for k, v in node.attrs.items())),
+                   tuple(key_ins), node.mask)  # fmt: skip
+            hash(key)
+        except TypeError:
+            return self._infer(node)
+        if key not in memo:
+            memo[key] = self._infer(node)
+        return memo[key]
 
     def _fake(self, eclass: str | None) -> Value | object | None:
         if eclass is None:
@@ -258,7 +303,7 @@ class View:
             return _UNKNOWN
         shape, dt = t
         const = None
-        if int(np.prod(shape, dtype=np.int64)) <= EVAL_LIMIT:
+        if math.prod(shape) <= EVAL_LIMIT:
             const = self.const_value(eclass)
         return Value(f"c{eclass}", tuple(shape), np.dtype(dt), const)
 
@@ -285,22 +330,25 @@ class View:
 
     # ------------------------------------------------------------------ constants
     def _find_constants(self) -> None:
+        """E-classes computable at compile time: a constant, or a pure op on such classes."""
         const = self.const_classes
-        changed = True
-        while changed:
-            changed = False
-            for node in self.nodes.values():
-                if (
-                    node.eclass in const
-                    or node.id in self.invalid
-                    or node.kind in ("input", "none")
-                ):
-                    continue
-                if node.kind == "op" and not ops.get(node.op).pure:
-                    continue
-                if node.kind == "const" or self.is_const_node(node):
+        users: dict[str, list[ENode]] = {}
+        stack: list[str] = []
+        for node in self.nodes.values():
+            if node.id in self.invalid or node.kind in ("input", "none"):
+                continue
+            if node.kind == "op" and not ops.get(node.op).pure:
+                continue
+            for c in self.children(node):
+                users.setdefault(c, []).append(node)
+            if (node.kind == "const" or self.is_const_node(node)) and node.eclass not in const:
+                const.add(node.eclass)
+                stack.append(node.eclass)
+        while stack:
+            for node in users.get(stack.pop(), ()):
+                if node.eclass not in const and self.is_const_node(node):
                     const.add(node.eclass)
-                    changed = True
+                    stack.append(node.eclass)
 
     def is_const_node(self, node: ENode) -> bool:
         ins = self.op_inputs(node) if node.kind == "op" else node.inputs
@@ -320,6 +368,72 @@ class View:
         self._const_values[eclass] = result
         return result
 
+    # ------------------------------------------------------------------ extraction input
+    def tensor_egraph(
+        self, cost: dict[str, float], keep: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """The tensor e-nodes reachable from the roots as a serialized e-graph of their own.
+
+        Each node's children are its input e-classes (one node of each stands for it, as the
+        format names children by node), with attribute values, primitives and input lists left
+        out: they cost nothing and decoding reads them from this view. Nodes of infinite cost are
+        dropped (and nodes that need a class left with no node), except the nodes of ``keep``
+        (e-class -> node, e.g. the original graph's choices) so that those can still be priced.
+        Extractors then work on a few thousand nodes instead of every egglog table entry.
+        """
+        keep_ids = set(keep.values()) if keep else set()
+        candidates: dict[str, list[str]] = {}
+        for c in self._reachable_classes():
+            ids = [
+                nid
+                for nid in self.classes.get(c, ())
+                if nid in keep_ids or (nid not in self.invalid and cost.get(nid, 0.0) < math.inf)
+            ]
+            if ids:
+                candidates[c] = ids
+        changed = True
+        while changed:  # drop nodes whose inputs lost every node, then their classes
+            changed = False
+            for c in list(candidates):
+                ids = [
+                    nid
+                    for nid in candidates[c]
+                    if nid in keep_ids
+                    or all(k in candidates for k in self.children(self.nodes[nid]))
+                ]
+                if len(ids) != len(candidates[c]):
+                    changed = True
+                    if ids:
+                        candidates[c] = ids
+                    else:
+                        del candidates[c]
+        rep = {c: ids[0] for c, ids in candidates.items()}
+        nodes: dict[str, Any] = {}
+        for c, ids in candidates.items():
+            for nid in ids:
+                node = self.nodes[nid]
+                kids = [rep[k] for k in self.children(node) if k in rep]
+                label = node.op or node.kind
+                nodes[nid] = {
+                    "op": label,
+                    "children": kids,
+                    "eclass": c,
+                    "cost": cost.get(nid, 0.0),
+                }
+        return {"nodes": nodes, "root_eclasses": self.roots(), "class_data": {}}
+
+    def _reachable_classes(self) -> list[str]:
+        seen: dict[str, None] = {}
+        stack = list(self.roots())
+        while stack:
+            c = stack.pop()
+            if c in seen:
+                continue
+            seen[c] = None
+            for nid in self.classes.get(c, ()):
+                stack.extend(k for k in self.children(self.nodes[nid]) if k not in seen)
+        return list(seen)
+
     # ------------------------------------------------------------------ decoding
     def roots(self) -> list[str]:
         return [self.original[id(v)] for v in self.enc.graph.outputs]
@@ -336,9 +450,15 @@ class View:
 
     def children(self, node: ENode) -> list[str]:
         """E-classes an e-node needs decoded first."""
-        if node.kind == "op":
-            return [c for c in self.op_inputs(node) if c is not None]
-        return list(node.inputs) if node.kind == "out" else []
+        known = self._children.get(node.id)
+        if known is None:
+            if node.kind == "op":
+                known = [c for c in self.op_inputs(node) if c is not None]
+            else:
+                known = list(node.inputs) if node.kind == "out" else []
+            if node.id:
+                self._children[node.id] = known
+        return known
 
     def decode(self, choices: dict[str, str]) -> Graph:
         """Rebuild a Graph from one chosen e-node per e-class (shapes re-inferred by the builder)."""

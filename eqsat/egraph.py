@@ -16,9 +16,14 @@ Encoding (one e-class per IR value):
   rules get a shape only where a rule or :data:`analysis` sets one, so a rule that requires a shape
   simply does not fire on terms whose shape is unknown.
 
-Saturation runs the rules in stages so that explosive ones (associativity, commutativity) cannot
-swamp the e-graph: simplifying rules run to a fixpoint, then one back-off-scheduled round of the
-exploring rules, repeated until nothing changes or a limit (iterations, e-nodes, seconds) is hit.
+The graph is encoded in one egglog program built directly as egglog's syntax tree (the typed
+Python API costs about a millisecond per term). Values computed at run time are ``dynamic(t)``;
+fusion rules only build kernels for those.
+
+Saturation runs the rules in stages (see :func:`saturate`): simplifying rules, then fusing rules,
+then exploring rules (associativity, commutativity) under back-off, each until nothing changes or
+a limit (rounds, e-nodes, seconds) is hit, so that neither the explorers nor the fusers swamp the
+e-graph.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from egglog import (
     StringLike,
     Vec,
     back_off,
+    bindings,
     eq,
     f64,
     f64Like,
@@ -51,6 +57,7 @@ from egglog import (
     ruleset,
     run,
     set_,
+    union,
     var,
     vars_,
 )
@@ -142,6 +149,37 @@ is_const = relation("is_const", T)
 # A Reshape target shape with no 0 or -1 entries: the encoder rewrites every Reshape to one, so
 # Reshape(Reshape(x, s1), s2) -> Reshape(x, s2) is valid whenever s2 is static.
 static_shape = relation("static_shape", T)
+# Holds for the values of the encoded graph that are computed at run time (not constants): fusion
+# rules only build kernels for these, not for the constant arithmetic other rules introduce.
+dynamic = relation("dynamic", T)
+# Constants of one element (shape () or (1,)) of a floating-point type whose value is finite:
+# fusion writes them into kernel bodies as literals instead of passing them as inputs.
+scalar_const = relation("scalar_const", T)
+
+
+# Fused elementwise kernels, as fusion rules record them: fbody(t, items) is the body of the kernel
+# computing t from the input list items; analysis builds the kernel, so a tensor gets at most one
+# kernel per input list however many ways the same computation can be written (the first body
+# recorded is kept). fsize(t) is the number of ops the largest kernel of t fuses and flist(t, n)
+# the inputs of that kernel: a consumer absorbs only this largest kernel of each operand, so a
+# tensor gets a few kernels (one per operand cut or absorbed), not one per way to cut the whole
+# elementwise region below it into kernels.
+@function(merge=lambda old, new: old)
+def fbody(t: T, items: TList) -> String: ...
+
+
+@function(merge=lambda old, new: old.max(new))
+def fsize(t: T) -> i64: ...
+
+
+# fsize of a kernel: this much per op fused, plus one per scalar constant written as a literal.
+FSIZE_PER_OP = 64
+
+
+@function(merge=lambda old, new: old)
+def flist(t: T, size: i64Like) -> TList: ...
+
+
 # lossless(a, b): every value of ONNX type a is exactly representable in type b (for Cast chains).
 lossless = relation("lossless", i64, i64)
 
@@ -291,17 +329,6 @@ def onnx_type(dt: np.dtype) -> int:
     return int(helper.np_dtype_to_tensor_dtype(np.dtype(dt)))
 
 
-@functools.cache
-def _lossless_facts() -> tuple[Any, ...]:
-    names = tuple(set_(dtype_name(i64(onnx_type(a)))).to(String(a.name)) for a in _CAST_TYPES)
-    return names + tuple(
-        lossless(i64(onnx_type(a)), i64(onnx_type(b)))
-        for a in _CAST_TYPES
-        for b in _CAST_TYPES
-        if is_lossless(a, b)
-    )
-
-
 # Constants that rules may introduce (axes for Unsqueeze, ...): key -> array. Every encoding
 # knows them, so T.const(key) built by a rule decodes like a constant of the graph.
 RULE_CONSTANTS: dict[str, np.ndarray] = {}
@@ -342,24 +369,116 @@ def _splat_value(array: np.ndarray) -> float | None:
     return value if np.isfinite(value) else None
 
 
+class _Program:
+    """egglog commands built directly as egglog's syntax tree, to run as one program.
+
+    Going through the typed Python API costs about a millisecond per term and a round trip per
+    ``let``; a graph of a few hundred values is encoded in one call this way instead.
+    """
+
+    def __init__(self, egraph: EGraph):
+        self.egraph = egraph
+        self.span = bindings.RustSpan(__file__, 0, 0)
+        self.commands: list[Any] = []
+        self._names: dict[Any, str] = {}
+
+    def fn(self, callable_: Any) -> str:
+        """The egglog name of a constructor or function (declaring it in the e-graph)."""
+        name = self._names.get(callable_)
+        if name is None:
+            name = self._names[callable_] = self.egraph._callable_to_egg(callable_)[1]
+        return name
+
+    def call(self, callable_: Any, *args: Any) -> Any:
+        return bindings.Call(self.span, self.fn(callable_), list(args))
+
+    def lit(self, value: bool | int | float | str) -> Any:
+        if isinstance(value, str):
+            return bindings.Lit(self.span, bindings.String(value))
+        if isinstance(value, float):
+            return bindings.Lit(self.span, bindings.Float(value))
+        return bindings.Lit(self.span, bindings.Int(int(value)))
+
+    def vec(self, items: Sequence[int]) -> Any:
+        return bindings.Call(self.span, "vec-of", [self.lit(int(i)) for i in items])
+
+    def let(self, name: str, expr: Any) -> Any:
+        self.commands.append(bindings.ActionCommand(bindings.Let(self.span, f"${name}", expr)))
+        return bindings.Var(self.span, f"${name}")
+
+    def set(self, function_: Any, args: list[Any], value: Any) -> None:
+        action = bindings.Set(self.span, self.fn(function_), args, value)
+        self.commands.append(bindings.ActionCommand(action))
+
+    def fact(self, expr: Any) -> None:
+        self.commands.append(bindings.ActionCommand(bindings.Expr_(self.span, expr)))
+
+    def attr(self, value: Any, keys: dict[str, Any]) -> Any:
+        if value is None:
+            return self.call(Attr.none)
+        if isinstance(value, bool | int | np.integer):
+            return self.call(Attr.int, self.lit(int(value)))
+        if isinstance(value, float | np.floating):
+            return self.call(Attr.float, self.lit(float(value)))
+        if isinstance(value, str):
+            return self.call(Attr.str, self.lit(value))
+        if isinstance(value, list | tuple) and all(
+            isinstance(v, int | np.integer) and not isinstance(v, bool) for v in value
+        ):
+            return self.call(Attr.ints, self.vec(value))
+        key = attr_key(value)
+        keys[key] = value
+        return self.call(Attr.key, self.lit(key))
+
+    def run(self) -> None:
+        self.egraph._run_program(*self.commands)
+        self.commands = []
+
+
+@functools.cache
+def _let_type() -> tuple[Any, Any]:
+    from egglog.declarations import LetRefDecl, TypedExprDecl  # noqa: F401
+
+    none = T.none()
+    return none.__egg_decls__, none.__egg_typed_expr__.tp
+
+
+def _let_ref(name: str) -> T:
+    """A typed reference to the let-bound tensor ``name`` (as ``EGraph.let`` returns)."""
+    from egglog.declarations import LetRefDecl, TypedExprDecl
+    from egglog.runtime import RuntimeExpr
+
+    decls, tp = _let_type()
+    return RuntimeExpr.__from_values__(decls, TypedExprDecl(tp, LetRefDecl(name)))  # type: ignore[return-value]
+
+
 def encode(graph: Graph) -> Encoding:
     """Add ``graph`` to a fresh e-graph; each value becomes one let-bound term."""
     egraph = EGraph()
     enc = Encoding(graph, egraph, {}, {}, {})
+    prog = _Program(egraph)
     by_content: dict[tuple, str] = {}
-    facts: list[Any] = []
+    refs: dict[int, Any] = {}  # id(Value) -> its let variable
     counter = 0
 
-    def bind(value: Value, term: T) -> None:
+    def let(expr: Any) -> tuple[str, Any]:
         nonlocal counter
-        ref = egraph.let(f"v{counter}", term)
+        name = f"v{counter}"
         counter += 1
-        enc.terms[id(value)] = ref
-        facts.append(set_(shape(ref)).to(Vec[i64](*(i64(d) for d in value.shape))))
-        facts.append(set_(dtype(ref)).to(i64(onnx_type(value.dtype))))
+        return name, prog.let(name, expr)
 
-    def term_of(value: Value) -> T:
-        known = enc.terms.get(id(value))
+    def bind(value: Value, expr: Any) -> Any:
+        name, ref = let(expr)
+        refs[id(value)] = ref
+        enc.terms[id(value)] = _let_ref(name)
+        prog.set(shape, [ref], prog.vec(value.shape))
+        prog.set(dtype, [ref], prog.lit(onnx_type(value.dtype)))
+        if value.const is None:
+            prog.fact(prog.call(dynamic, ref))
+        return ref
+
+    def term_of(value: Value) -> Any:
+        known = refs.get(id(value))
         if known is not None:
             return known
         if value.const is None:  # a value of an enclosing graph, or a dangling reference
@@ -371,15 +490,18 @@ def encode(graph: Graph) -> Encoding:
             key = by_content[content] = value.name
             enc.constants[key] = array
         enc.const_keys[id(value)] = key
-        bind(value, T.const(key))
+        ref = bind(value, prog.call(T.const, prog.lit(key)))
         sv = _splat_value(array)
         if sv is not None:
-            facts.append(set_(splat(enc.terms[id(value)])).to(f64(sv)))
-        return enc.terms[id(value)]
+            prog.set(splat, [ref], prog.lit(sv))
+            if array.size == 1 and array.ndim <= 1 and array.dtype.kind == "f":
+                prog.fact(prog.call(scalar_const, ref))
+        return ref
 
+    none = prog.call(T.none)
     for value in graph.inputs:
         if value.const is None:
-            bind(value, T.input(value.name))
+            bind(value, prog.call(T.input, prog.lit(value.name)))
     for node in graph.nodes:
         if all(v is None or v.const is not None for v in node.outputs):
             continue  # folded: its outputs are constants
@@ -389,42 +511,86 @@ def encode(graph: Graph) -> Encoding:
             values[1] = Value(f"{out0.name}__shape", (out0.rank,), np.dtype(np.int64))
             values[1].const = np.array(out0.shape, np.int64)
         enc.node_inputs[id(node)] = values
-        inputs = [None if v is None else term_of(v) for v in values]
+        inputs = [none if v is None else term_of(v) for v in values]
         if node.op == "Reshape" and values[1] is not node.inputs[1]:
-            facts.append(static_shape(inputs[1]))
-        present = [v is not None for v in node.outputs]
-        mask = "".join("1" if p else "0" for p in present)
-        term = make(node.op, *inputs, outs=mask, keys=enc.attr_values, **node.attrs)
+            prog.fact(prog.call(static_shape, inputs[1]))
+        mask = "".join("0" if v is None else "1" for v in node.outputs)
+        term = _node_expr(prog, node.op, inputs, node.attrs, mask, none, enc.attr_values)
         if mask == "1":
             bind(node.outputs[0], term)
             continue
-        ref = egraph.let(f"v{counter}", term)
-        counter += 1
+        _, ref = let(term)
         for i, v in enumerate(node.outputs):
             if v is not None:
-                bind(v, ref.out(i))
+                bind(v, prog.call(T.out, ref, prog.lit(i)))
     for value in graph.outputs:
         term_of(value)
     for key, array in RULE_CONSTANTS.items():
         enc.constants[key] = array
-        ref = T.const(key)
-        facts.append(set_(shape(ref)).to(Vec[i64](*(i64(d) for d in array.shape))))
-        facts.append(set_(dtype(ref)).to(i64(onnx_type(array.dtype))))
-    facts.extend(_lossless_facts())
-    egraph.register(*facts)
+        ref = prog.call(T.const, prog.lit(key))
+        prog.set(shape, [ref], prog.vec(array.shape))
+        prog.set(dtype, [ref], prog.lit(onnx_type(array.dtype)))
+    for a in _CAST_TYPES:
+        prog.set(dtype_name, [prog.lit(onnx_type(a))], prog.lit(a.name))
+        for b in _CAST_TYPES:
+            if is_lossless(a, b):
+                prog.fact(prog.call(lossless, prog.lit(onnx_type(a)), prog.lit(onnx_type(b))))
+    prog.run()
     return enc
 
 
+def _node_expr(
+    prog: _Program, op: str, inputs: list[Any], attrs: dict, mask: str, none: Any, keys: dict
+) -> Any:
+    """The egglog expression of one IR node (as :func:`make` builds it)."""
+    s = spec(op)
+    opdef = ops.get(op)
+    unknown = set(attrs) - set(s.attrs)
+    if unknown:
+        raise EqsatError(f"{op} has no attribute(s) {sorted(unknown)}")
+    args: list[Any]
+    if s.variadic:
+        items = prog.call(TList.nil)
+        for item in reversed(inputs):
+            items = prog.call(TList.cons, item, items)
+        args = [items]
+    else:
+        if len(inputs) > s.num_inputs:
+            raise EqsatError(f"{op} takes at most {s.num_inputs} inputs, got {len(inputs)}")
+        args = inputs + [none] * (s.num_inputs - len(inputs))
+    for name in s.attrs:
+        if name in attrs:
+            args.append(prog.attr(attrs[name], keys))
+        elif opdef.attrs[name] is ops.REQUIRED:
+            raise EqsatError(f"{op}: attribute {name!r} is required")
+        else:
+            args.append(prog.attr(opdef.attrs[name], keys))
+    if s.multi_output:
+        args.append(prog.lit(mask))
+    return prog.call(s.fn, *args)
+
+
 # ------------------------------------------------------------------ rules and analysis
+SIMPLIFY, FUSE, EXPLORE = "simplify", "fuse", "explore"
+STAGES = (SIMPLIFY, FUSE, EXPLORE)
+
+
 @dataclass
 class Rule:
-    """One named rewrite: the egglog rule, its family and floating-point caveat."""
+    """One named rewrite: the egglog rule, its family, floating-point caveat and stage."""
 
     name: str
     rewrite: Any  # egglog RewriteOrRule
     family: str = ""
     caveat: str = ""
     explosive: bool = False  # associativity/commutativity: run under back-off, after simplifying
+    stage: str = ""  # SIMPLIFY, FUSE or EXPLORE; "" means EXPLORE if explosive else SIMPLIFY
+
+    @property
+    def phase(self) -> str:
+        if self.stage and self.stage not in STAGES:
+            raise EqsatError(f"rule {self.name}: unknown stage {self.stage!r}; known: {STAGES}")
+        return self.stage or (EXPLORE if self.explosive else SIMPLIFY)
 
 
 analysis = ruleset(name="eqsat_analysis")
@@ -437,6 +603,23 @@ def _register_analysis() -> None:
     d = var("d", i64)
     k = var("k", String)
     rules: list[Any] = [rule(eq(t).to(T.const(k))).then(is_const(t))]
+    # Fused kernels from the bodies fusion rules record (one per tensor and input list).
+    items = var("items", TList)
+    body, dn = var("body", String), var("dn", String)
+    kernel = spec("FusedElementwise").fn
+    rules.append(
+        rule(eq(body).to(fbody(t, items)), eq(dtype(t)).to(d), eq(dtype_name(d)).to(dn)).then(
+            union(t).with_(kernel(items, Attr.str(body), Attr.str(dn)))
+        )
+    )
+    # A kernel made some other way (in the input graph, by a composite rule) can be absorbed too.
+    rules.append(
+        rule(eq(t).to(kernel(items, Attr.str(body), Attr.str(dn)))).then(
+            set_(fbody(t, items)).to(body),
+            set_(fsize(t)).to(i64(FSIZE_PER_OP)),
+            set_(flist(t, i64(FSIZE_PER_OP))).to(items),
+        )
+    )
     # TList concatenation and length, for fusion rules that merge input lists.
     h = var("h", T)
     tail, other, lst = vars_("tail other lst", TList)
@@ -478,7 +661,7 @@ _register_analysis()
 class Limits:
     """Saturation budget; whichever is reached first stops the run (not an error)."""
 
-    iterations: int = 12
+    iterations: int = 12  # rounds per stage (simplify, fuse, explore)
     nodes: int = 60_000
     seconds: float = 10.0
     match_limit: int = 2_000  # back-off scheduler: matches per rule before it is banned
@@ -529,57 +712,72 @@ def saturate(
     limits: Limits | None = None,
     extra: Sequence[Ruleset] = (),
 ) -> SaturationReport:
-    """Run ``rules`` (plus opaque egglog rulesets ``extra``) on the encoding's e-graph."""
+    """Run ``rules`` (plus opaque egglog rulesets ``extra``) on the encoding's e-graph.
+
+    Three stages, each until nothing changes or ``limits.iterations`` rounds: the simplifying
+    rules (and ``extra``); then the fusing rules with them; then the exploring rules under the
+    back-off scheduler, interleaved with the simplifying ones. Fusion comes before exploration so
+    that the orderings commutativity and associativity add do not multiply the fused
+    alternatives (each ordering of an elementwise tree would get its own kernels, the same
+    kernels up to the order of their operands). An iteration limit ends one stage; the e-node and
+    time limits end the run.
+    """
     limits = limits or Limits()
     egraph = enc.egraph
     report = SaturationReport()
     start = time.perf_counter()
-    simple = [r for r in rules if not r.explosive]
-    explosive = [r for r in rules if r.explosive]
-    simple_rs = _ruleset_of(simple, "simplify")
-    explore_rs = _ruleset_of(explosive, "explore")
-    names: dict[Any, str] = {}
+    by_phase: dict[str, list[Rule]] = {stage: [] for stage in STAGES}
     for r in rules:
-        names[r.rewrite.decl] = r.name
+        by_phase[r.phase].append(r)
+    simple_rs = _ruleset_of(by_phase[SIMPLIFY], "simplify")
+    fuse_rs = _ruleset_of(by_phase[FUSE], "fuse")
+    explore_rs = _ruleset_of(by_phase[EXPLORE], "explore")
+    names: dict[Any, str] = {r.rewrite.decl: r.name for r in rules}
     # Simplifying rules could still grow without end (a rule that builds ever larger constants),
-    # so even they run a bounded number of rounds per iteration.
+    # so even they run a bounded number of rounds.
     step = run(analysis).saturate()
     if simple_rs is not None:
         step = step + run(simple_rs)
     for rs in extra:
         step = step + run(rs)
-    stage_a = step * 3
-    stage_b = None
+    stages: list[tuple[str, list[Any]]] = [(SIMPLIFY, [step * 3])]
+    if fuse_rs is not None:
+        stages.append((FUSE, [(step + run(fuse_rs)) * 3]))
     if explore_rs is not None:
-        stage_b = run(explore_rs, scheduler=back_off(limits.match_limit, limits.ban_length))
-    report.stop_reason = "saturated"
-    for iteration in range(limits.iterations):
-        before = enode_count(egraph)
-        changed = False
-        for stage in (stage_a, stage_b):
-            if stage is None:
-                continue
-            if time.perf_counter() - start > limits.seconds:
+        explore = run(explore_rs, scheduler=back_off(limits.match_limit, limits.ban_length))
+        stages.append((EXPLORE, [step * 3, explore]))
+    limit_hit = ""
+    stopped = False
+    for _stage, schedules in stages:
+        for round_ in range(limits.iterations):
+            before = enode_count(egraph)
+            changed = False
+            for schedule in schedules:
+                if time.perf_counter() - start > limits.seconds:
+                    break
+                result = egraph.run(schedule)
+                changed |= result.updated
+                for decl, count in result.num_matches_per_rule.items():
+                    name = names.get(decl)
+                    if name is not None and count:
+                        report.matches[name] = report.matches.get(name, 0) + count
+            report.iterations += 1
+            after = enode_count(egraph)
+            if after > limits.nodes:
+                limit_hit = f"node limit ({after} > {limits.nodes} e-nodes)"
+                stopped = True
                 break
-            result = egraph.run(stage)
-            changed |= result.updated
-            for decl, count in result.num_matches_per_rule.items():
-                name = names.get(decl)
-                if name is not None and count:
-                    report.matches[name] = report.matches.get(name, 0) + count
-        report.iterations = iteration + 1
-        after = enode_count(egraph)
-        if after > limits.nodes:
-            report.stop_reason = f"node limit ({after} > {limits.nodes} e-nodes)"
+            if time.perf_counter() - start > limits.seconds:
+                limit_hit = f"time limit ({limits.seconds:g} s)"
+                stopped = True
+                break
+            if not changed and after == before:
+                break
+            if round_ == limits.iterations - 1:
+                limit_hit = limit_hit or f"iteration limit ({limits.iterations})"
+        if stopped:
             break
-        if time.perf_counter() - start > limits.seconds:
-            report.stop_reason = f"time limit ({limits.seconds:g} s)"
-            break
-        if not changed and after == before:
-            report.stop_reason = "saturated"
-            break
-    else:
-        report.stop_reason = f"iteration limit ({limits.iterations})"
+    report.stop_reason = limit_hit or "saturated"
     report.enodes = enode_count(egraph)
     report.seconds = time.perf_counter() - start
     return report

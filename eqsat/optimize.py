@@ -19,7 +19,7 @@ import numpy as np
 
 from eqsat import cost as costs
 from eqsat import extract as extractors
-from eqsat.decode import View, prune
+from eqsat.decode import View, _hashable, prune
 from eqsat.egraph import Limits, encode, saturate
 from eqsat.errors import EqsatError
 from eqsat.feeds import random_feeds
@@ -177,17 +177,21 @@ def optimize(
     report.eclasses = len(view.classes)
     report.enodes = len(view.nodes)
     report.invalid_enodes = len(view.invalid)
-    node_cost = costs.node_costs(view, prof)
+    node_cost = price(view, prof)
     lap("analyze")
     roots = view.roots()
     original = view.original_choices()
+    # Extractors see the tensor e-nodes only: attribute values, primitives and input lists
+    # cost nothing and decoding reads them from the view.
+    tensors = view.tensor_egraph(node_cost, keep=original)
+    original = {c: n for c, n in original.items() if n in tensors["nodes"]}
     extract = extractors.get(extractor)
     try:
-        choices = extract(serialized, roots, node_cost)
-        if not extractors.is_acyclic(serialized, roots, choices):
+        choices = extract(tensors, roots, node_cost)
+        if not extractors.is_acyclic(tensors, roots, choices):
             raise EqsatError("the extractor returned a cyclic choice")
-        before = extractors.dag_cost(serialized, roots, original, node_cost)
-        after = extractors.dag_cost(serialized, roots, choices, node_cost)
+        before = extractors.dag_cost(tensors, roots, original, node_cost)
+        after = extractors.dag_cost(tensors, roots, choices, node_cost)
     except EqsatError as exc:
         report.kept_input = f"extraction failed: {exc}"
         lap("extract")
@@ -223,6 +227,64 @@ def optimize(
     report.fused = fused_counts(optimized, source)
     result.graph = optimized
     return result
+
+
+class _Subset:
+    """A view whose serialized nodes are narrowed to ``ids`` (what :func:`price` prices)."""
+
+    def __init__(self, view: View, ids: list[str]):
+        self._view = view
+        self.raw = {nid: view.raw[nid] for nid in ids}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._view, name)
+
+
+def price(view: View, prof: Any) -> dict[str, float]:
+    """The cost of every tensor e-node (what extraction needs), each distinct e-node priced once.
+
+    E-nodes with the same op, attributes and input and output types cost the same, and a
+    saturated e-graph repeats them a lot (every block of a network, every way of writing one
+    kernel): only one of each is priced with :func:`eqsat.cost.node_costs`.
+    """
+    groups: dict[tuple, list[str]] = {}
+    singles: list[str] = []
+    for nid, node in view.nodes.items():
+        if node.kind != "op" or nid in view.invalid:
+            singles.append(nid)
+            continue
+        folded = node.eclass in view.const_classes and view.is_const_node(node)
+        try:
+            key = (
+                node.op,
+                tuple(sorted((k, _hashable(v)) for k, v in node.attrs.items())),
+                tuple(
+                    None if c is None else _type_key(view.types.get(c))
+                    for c in view.op_inputs(node)
+                ),
+                _type_key(view.types.get(node.eclass)),
+                node.mask,
+                folded,
+            )
+            hash(key)
+        except TypeError:
+            singles.append(nid)
+            continue
+        groups.setdefault(key, []).append(nid)
+    reps = [ids[0] for ids in groups.values()]
+    priced = costs.node_costs(_Subset(view, singles + reps), prof)  # type: ignore[arg-type]
+    for ids in groups.values():
+        for nid in ids[1:]:
+            priced[nid] = priced[ids[0]]
+    return priced
+
+
+def _type_key(t: Any) -> Any:
+    if t is None:
+        return None
+    if isinstance(t, list):
+        return tuple(_type_key(x) for x in t)
+    return (tuple(t[0]), np.dtype(t[1]).str)
 
 
 def kernel_count(graph: Graph) -> int:

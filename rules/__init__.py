@@ -45,15 +45,20 @@ FAMILIES = {
     "fusion-bn": "eqsat.rules.fusion:bn",
     "fusion-composite": "eqsat.rules.fusion:composite",
 }
-DEFAULT_FAMILIES = ("algebraic",)
+# Fusion is on by default: its rules run in their own stage (see eqsat.egraph.saturate) and add
+# kernels next to the ops they replace, so extraction keeps the unfused graph where it is cheaper.
+DEFAULT_FAMILIES = ("algebraic", "fusion")
 
 
 class Family:
     """A named group of rules, declared with :meth:`rewrite` or :meth:`rule`."""
 
-    def __init__(self, name: str, doc: str = ""):
+    def __init__(self, name: str, doc: str = "", *, stage: str = ""):
         self.name = name
         self.doc = doc
+        self.stage = (
+            stage  # for all its rules: "" (by ``explosive``), "simplify", "fuse", "explore"
+        )
         self.rules: list[Rule] = []
 
     def _vars(self, fn: Callable[..., Any]) -> list[Any]:
@@ -83,10 +88,12 @@ class Family:
                 raise
             except Exception as exc:
                 raise RuleError(f"rule {name!r}: {type(exc).__name__}: {exc}") from exc
-            self._add(Rule(f"{self.name}/{name}", rw, self.name, caveat, explosive))
+            self._add(Rule(f"{self.name}/{name}", rw, self.name, caveat, explosive, self.stage))
             if bidirectional:
                 back = rewrite(rhs).to(lhs, *conditions)
-                self._add(Rule(f"{self.name}/{name}-rev", back, self.name, caveat, explosive))
+                self._add(
+                    Rule(f"{self.name}/{name}-rev", back, self.name, caveat, explosive, self.stage)
+                )
             return fn
 
         return decorate
@@ -101,7 +108,7 @@ class Family:
                 built = fn(*self._vars(fn))
             except Exception as exc:
                 raise RuleError(f"rule {name!r}: {type(exc).__name__}: {exc}") from exc
-            self._add(Rule(f"{self.name}/{name}", built, self.name, caveat, explosive))
+            self._add(Rule(f"{self.name}/{name}", built, self.name, caveat, explosive, self.stage))
             return fn
 
         return decorate

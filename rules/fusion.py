@@ -26,11 +26,13 @@ import itertools
 import math
 from typing import Any
 
-from egglog import String, Vec, eq, f64, i64, rule, union, var
+from egglog import String, Vec, eq, f64, i64, rule, set_, union, var
 from eqsat.rules import Family
 
 from eqsat import ops
 from eqsat.egraph import (
+    FSIZE_PER_OP,
+    FUSE,
     Attr,
     E,
     T,
@@ -38,9 +40,14 @@ from eqsat.egraph import (
     arity,
     dtype,
     dtype_name,
+    dynamic,
+    fbody,
+    flist,
+    fsize,
     is_const,
     make,
     rule_const,
+    scalar_const,
     shape,
     spec,
     splat,
@@ -51,12 +58,20 @@ from eqsat.ops.fused import EPILOGUE_BASES, MAX_FUSED_INPUTS
 EXACT = "exact (float16 intermediates are not rounded)"
 ROUNDING = "changes rounding (a few ulp)"
 
-elementwise = Family("fusion-elementwise", "generic elementwise fusion")
-epilogue = Family("fusion-epilogue", "Conv/ConvTranspose/MatMul/Gemm with elementwise epilogues")
+elementwise = Family("fusion-elementwise", "generic elementwise fusion", stage=FUSE)
+epilogue = Family(
+    "fusion-epilogue", "Conv/ConvTranspose/MatMul/Gemm with elementwise epilogues", stage=FUSE
+)
 bn = Family("fusion-bn", "BatchNormalization folded into Conv/Gemm weights")
 composite = Family("fusion-composite", "exporter patterns as single ops")
 FAMILY_NAMES = {f.name: f for f in (elementwise, epilogue, bn, composite)}
 
+# Ops whose operands are never floating-point scalars (see _kinds).
+NO_LITERALS = {"And", "Or", "Xor", "Not", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor"}
+NO_LITERALS |= {"BitwiseNot", "IsNaN", "IsInf"}
+# Positions of the base op in a fused kernel's inputs that epilogue rules try (a residual add of
+# two convolutions has either first).
+EPILOGUE_POSITIONS = 4
 # Elementwise ops fusion leaves alone: no-ops that algebraic rules remove, multi-output Dropout.
 SKIP = {"Identity", "Dropout"}
 MAX_SHIFT = MAX_FUSED_INPUTS
@@ -126,8 +141,23 @@ def _elementwise_rules(op: str) -> None:
         present = [i for i in range(n) if i not in omitted]
         free_attrs = [a for a in opdef.attrs if a not in fixed and attr_kinds[a] != "skip"]
         pieces = _pieces(tmpl, n, free_attrs)
-        for fused_mask in itertools.product((False, True), repeat=len(present)):
-            _one_rule(op, suffix, n, present, fused_mask, pieces, fixed, attr_kinds)
+        for kinds in itertools.product(*(_kinds(op, i) for i in present)):
+            if set(kinds) != {"c"}:  # all scalars: a constant, not a kernel
+                _one_rule(op, suffix, n, present, "".join(kinds), pieces, fixed, attr_kinds)
+
+
+def _kinds(op: str, position: int) -> str:
+    """What operand ``position`` of ``op`` may be: ``t`` input, ``f`` fused kernel, ``c`` literal.
+
+    Literals are floating-point scalars, so operands that are bool or integer (logical and
+    bitwise ops, Where's condition) are never ``c``; Clip's bounds are inputs or literals (a
+    kernel computing a bound is not worth a rule).
+    """
+    if op in NO_LITERALS or (op == "Where" and position == 0):
+        return "tf"
+    if op == "Clip" and position > 0:
+        return "tc"
+    return "tfc"
 
 
 def _one_rule(
@@ -135,30 +165,47 @@ def _one_rule(
     suffix: str,
     n: int,
     present: list[int],
-    fused_mask: tuple[bool, ...],
+    kinds: str,
     pieces: list[tuple[str, Any]],
     fixed: dict[str, Any],
     attr_kinds: dict[str, str],
 ) -> None:
-    tag = "".join("f" if f else "t" for f in fused_mask)
-    name = f"{op}{suffix}-{tag}"
+    """One operand pattern of one op: each operand is a tensor input (``t``), a fused kernel
+    whose body and inputs are spliced in (``f``), or a scalar constant written into the body as
+    a literal (``c``: it takes no input slot, and kernels that differ only in how they write
+    constants read the same inputs)."""
+    name = f"{op}{suffix}-{kinds}"
 
     @elementwise.rule(name, caveat=EXACT)
     def _(y: T, d: i64, dn: String) -> Any:
         operands: list[Any] = [T.none()] * n
-        conditions: list[Any] = [eq(dtype(y)).to(d), eq(dtype_name(d)).to(dn)]
+        conditions: list[Any] = [dynamic(y), eq(dtype(y)).to(d), eq(dtype_name(d)).to(dn)]
         lists: list[Any] = []
         bodies: dict[int, Any] = {}
         offset: Any = i64(0)
-        for k, (i, is_fused) in enumerate(zip(present, fused_mask, strict=True)):
-            if is_fused:
-                items, body, other = var(f"l{k}", TList), var(f"b{k}", String), var(f"d{k}", String)
-                count = var(f"n{k}", i64)
-                operands[i] = fe(items, body, other)
-                conditions.append(eq(arity(items)).to(count))
-                bodies[i] = body if k == 0 else shifted(body, offset)
+        # Which kernel consumers absorb: the one fusing most ops, then inlining most scalars.
+        size: Any = i64(FSIZE_PER_OP)
+        for k, (i, kind) in enumerate(zip(present, kinds, strict=True)):
+            if kind == "f":
+                x, items, body = var(f"x{k}", T), var(f"l{k}", TList), var(f"b{k}", String)
+                count, ops_in = var(f"n{k}", i64), var(f"m{k}", i64)
+                operands[i] = x
+                conditions += [
+                    eq(fsize(x)).to(ops_in),
+                    eq(flist(x, ops_in)).to(items),
+                    eq(fbody(x, items)).to(body),
+                    eq(arity(items)).to(count),
+                ]
+                bodies[i] = body if not lists else shifted(body, offset)
                 lists.append(items)
                 offset = offset + count
+                size = size + ops_in
+            elif kind == "c":
+                x, value = var(f"x{k}", T), var(f"s{k}", f64)
+                operands[i] = x
+                conditions += [scalar_const(x), eq(splat(x)).to(value)]
+                bodies[i] = _literal_of("float", value)
+                size = size + 1
             else:
                 x = var(f"x{k}", T)
                 operands[i] = x
@@ -184,9 +231,12 @@ def _one_rule(
         items = lists[0]
         for extra in lists[1:]:
             items = items.append(extra)
-        if any(fused_mask):
+        if "f" in kinds:
             conditions.append(offset <= i64(MAX_FUSED_INPUTS))
-        return rule(eq(y).to(lhs), *conditions).then(union(y).with_(fe(items, body, dn)))
+        # One kernel per (tensor, input list); the largest is what consumers absorb (see fbody).
+        return rule(eq(y).to(lhs), *conditions).then(
+            set_(fbody(y, items)).to(body), set_(fsize(y)).to(size), set_(flist(y, size)).to(items)
+        )
 
 
 for _op, _def in sorted(ops.OPS.items()):
@@ -195,27 +245,42 @@ for _op, _def in sorted(ops.OPS.items()):
 
 
 # ------------------------------------------------------------------ epilogues
-def _epilogue_rule(fused: str, base: str) -> None:
+def _epilogue_rule(fused: str, base: str, k: int) -> None:
+    """The base op as input ``k`` of a fused kernel: it becomes the fused op, the other inputs
+    its epilogue tensors (in order), so either operand of ``conv_a + conv_b`` can be the base."""
     bdef = ops.OPS[base]
+    name = f"{base}-epilogue" if k == 0 else f"{base}-epilogue-{k}"
 
-    @epilogue.rule(f"{base}-epilogue", caveat=EXACT)
+    @epilogue.rule(name, caveat=EXACT)
     def _(y: T, c: T, rest: TList, body: String, dn: String, count: i64) -> Any:
-        ins = [var(f"i{k}", T) for k in range(bdef.max_inputs)]
+        ins = [var(f"i{j}", T) for j in range(bdef.max_inputs)]
+        before = [var(f"x{j}", T) for j in range(k)]
         attrs = {a: var(f"a_{a}", Attr) for a in bdef.attrs}
+        kernel_items = TList.cons(c, rest)
+        for x in reversed(before):
+            kernel_items = TList.cons(x, kernel_items)
         items = rest
-        for x in reversed(ins):
+        for x in reversed([*ins, *before]):
             items = TList.cons(x, items)
-        fattrs = [*attrs.values(), Attr.int(bdef.max_inputs), Attr.str(body)]
+        # {k} becomes the base result {0}; inputs before it move up by one.
+        epi: Any = body
+        if k:
+            epi = epi.replace(String(f"{{{k}}}"), String("{@}"))
+            for j in reversed(range(k)):
+                epi = epi.replace(String(f"{{{j}}}"), String(f"{{{j + 1}}}"))
+            epi = epi.replace(String("{@}"), String("{0}"))
+        fattrs = [*attrs.values(), Attr.int(bdef.max_inputs), Attr.str(epi)]
         return rule(
-            eq(y).to(fe(TList.cons(c, rest), body, dn)),
+            eq(y).to(fe(kernel_items, body, dn)),
             eq(c).to(make(base, *ins, **attrs)),
             eq(arity(rest)).to(count),
-            count <= i64(MAX_FUSED_INPUTS),
+            count + k <= i64(MAX_FUSED_INPUTS),
         ).then(union(y).with_(spec(fused).fn(items, *fattrs)))
 
 
 for _fused, _base in EPILOGUE_BASES.items():
-    _epilogue_rule(_fused, _base)
+    for _k in range(EPILOGUE_POSITIONS):
+        _epilogue_rule(_fused, _base, _k)
 
 
 # ------------------------------------------------------------------ BatchNormalization folding
@@ -427,4 +492,4 @@ def _(y: T, q: T, kt: T, v: T, c: T, mask: T, s: f64, sq: Vec[i64]) -> Any:
     ).then(union(y).with_(E.Attention(q, E.Transpose(kt, perm=_KT), v, mask, scale=Attr.float(s))))
 
 
-del _op, _def, _fused, _base, _rank, _swap, _has_bias
+del _op, _def, _fused, _base, _k, _rank, _swap, _has_bias

@@ -92,20 +92,30 @@ def _random_egraph(seed: int, classes: int = 9, per_class: int = 3) -> dict:
     return g
 
 
-def _brute_force(g: dict, roots: list[str]) -> float:
-    """Cheapest valid extraction by enumerating one node per class."""
+def _brute_force(g: dict, roots: list[str], allowed: set[str] | None = None) -> float:
+    """Cheapest valid extraction by enumerating one node per class (of ``allowed`` nodes)."""
     import itertools
 
     by_class: dict[str, list[str]] = {}
     for k, n in g["nodes"].items():
-        by_class.setdefault(n["eclass"], []).append(k)
+        if allowed is None or k in allowed:
+            by_class.setdefault(n["eclass"], []).append(k)
     names = sorted(by_class)
     best = math.inf
     for pick in itertools.product(*(by_class[c] for c in names)):
         choices = dict(zip(names, pick, strict=True))
-        if extract.is_acyclic(g, roots, choices):
+        if _valid(g, roots, choices):
             best = min(best, extract.dag_cost(g, roots, choices, None))
     return best
+
+
+def _valid(g: dict, roots: list[str], choices: dict) -> bool:
+    """Roots chosen, every needed e-class chosen (closed), no cycle."""
+    try:
+        extract.reachable(g, roots, choices)
+    except Exception:
+        return False
+    return all(r in choices for r in roots) and extract.is_acyclic(g, roots, choices)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -114,13 +124,91 @@ def test_ilp_is_optimal_and_valid_on_random_cyclic_egraphs(seed: int) -> None:
     roots = ["c6"]
     best = _brute_force(g, roots)
     result = extract.get("ilp")(g, roots)
-    assert extract.is_acyclic(g, roots, result)
+    assert _valid(g, roots, result)
     assert extract.dag_cost(g, roots, result, None) == pytest.approx(best)
     assert result.optimal and result.gap == pytest.approx(0.0, abs=1e-9)
     for name in ("greedy-dag", "greedy-ls", "tree"):
         other = extract.get(name)(g, roots)
         assert extract.is_acyclic(g, roots, other)
         assert extract.dag_cost(g, roots, other, None) >= best - 1e-9
+
+
+def _merge_egraph(seed: int, classes: int = 8) -> dict:
+    """Random e-graphs with Tensat-like merges: c = split_i(s), s = split(m), m = concat(c, d)
+    or computed whole; zero-cost splits make the cycle-blind optimum cheat."""
+    import random
+
+    rng = random.Random(seed)
+    nodes: dict[str, tuple[str, list[str], str, float]] = {"x": ("x", [], "c0", 0.0)}
+    for c in range(1, classes):
+        nodes[f"op{c}"] = ("conv", [f"c{rng.randrange(c)}"], f"c{c}", float(rng.randint(3, 9)))
+    for j in range(classes // 2):
+        a, b = rng.sample(range(1, classes), 2)
+        nodes[f"cat{j}"] = ("concat", [f"c{a}", f"c{b}"], f"m{j}", 0.5)
+        nodes[f"big{j}"] = ("conv", [f"c{rng.randrange(min(a, b))}"], f"m{j}", 9.0)
+        nodes[f"sp{j}"] = ("split", [f"cat{j}"], f"s{j}", 0.0)
+        nodes[f"a{j}"] = ("split0", [f"sp{j}"], f"c{a}", 0.0)
+        nodes[f"b{j}"] = ("split1", [f"sp{j}"], f"c{b}", 0.0)
+    nodes["root"] = ("add", [f"c{classes - 1}", f"c{classes - 2}", "m0"], "R", 1.0)
+    first: dict[str, str] = {}
+    for k, (_, _, c, _) in nodes.items():
+        first.setdefault(c, k)
+    g = _egraph({k: (op, [], c, cost) for k, (op, _, c, cost) in nodes.items()})
+    for k, (_, kids, _, _) in nodes.items():
+        g["nodes"][k]["children"] = [first.get(kc, kc) for kc in kids]
+    return g
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_ilp_is_exact_on_merge_cycles_and_others_valid(seed: int) -> None:
+    g = _merge_egraph(seed)
+    roots = ["R"]
+    best = _brute_force(g, roots)
+    for mode in ("lazy", "order"):
+        result = extract.get("ilp")(g, roots, acyclic=mode)
+        assert _valid(g, roots, result), mode
+        assert extract.dag_cost(g, roots, result, None) == pytest.approx(best), mode
+        assert result.optimal
+    for name in ("greedy-dag", "greedy-ls", "tree"):
+        other = extract.get(name)(g, roots)
+        assert _valid(g, roots, other), name
+        assert extract.dag_cost(g, roots, other, None) >= best - 1e-9
+
+
+def test_prune_drops_nodes_whose_children_always_need_their_own_class() -> None:
+    from eqsat.extract import Index
+    from eqsat.extract.prune import prune
+
+    # A = split0(split(concat(A, B))) needs A itself; concat's class has no other node.
+    g = _egraph(
+        {
+            "x": ("x", [], "X", 0.0),
+            "a": ("conv", ["x"], "A", 5.0),
+            "a2": ("split0", ["s"], "A", 0.0),
+            "b": ("conv", ["x"], "B", 5.0),
+            "s": ("split", ["m"], "S", 0.0),
+            "m": ("concat", ["a", "b"], "M", 1.0),
+            "r": ("add", ["a", "b"], "R", 1.0),
+        }
+    )
+    pruned = prune(Index(g), ["R"])
+    assert pruned.classes["A"] == ["a"]
+    assert pruned.removed["needs itself"] == 1
+    assert pruned.required == {"R", "A", "B", "X"}
+    # With an upper bound of 11 (the optimum) nothing cheaper than it can use the concat.
+    assert "M" not in prune(Index(g), ["R"], ub=11.0).classes
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_prune_keeps_the_optimum(seed: int) -> None:
+    from eqsat.extract import Index
+    from eqsat.extract.prune import prune
+
+    g = _random_egraph(seed, classes=7, per_class=2)
+    best = _brute_force(g, ["c6"])
+    pruned = prune(Index(g), ["c6"], ub=best)
+    kept = {n for ms in pruned.classes.values() for n in ms}
+    assert _brute_force(g, ["c6"], kept) == pytest.approx(best)
 
 
 def test_ilp_without_cycle_constraints_would_cheat() -> None:
@@ -209,3 +297,16 @@ def test_ilp_on_tensat_acyclic_reference_point() -> None:
     result = extract.get("ilp")(g, roots)
     assert result.optimal
     assert extract.dag_cost(g, roots, result, None) == pytest.approx(4.4160, abs=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (TENSAT / "resnet50.json").is_file(), reason="no ../shared e-graphs")
+def test_ilp_proves_tensat_cyclic_resnet50() -> None:
+    import json
+
+    g = json.loads((TENSAT / "resnet50.json").read_text())
+    roots = g["root_eclasses"]
+    result = extract.get("ilp")(g, roots, time_limit=60.0)
+    assert _valid(g, roots, result)
+    assert result.optimal and result.seconds < 60.0
+    assert extract.dag_cost(g, roots, result, None) <= 4.3865

@@ -37,8 +37,12 @@ def test_rules_fire_and_result_matches() -> None:
     assert report.verified is True and not report.kept_input
     for rule in ("mul-one", "add-zero", "identity", "transpose-transpose-2", "matmul-add-as-gemm"):
         assert report.matches.get(f"algebraic/{rule}", 0) > 0, rule
+    # Fusion is a default family: the Gemm and the scaling are one kernel.
+    assert result.graph.op_counts() == {"FusedGemm": 1}
+    assert report.matches.get("fusion-epilogue/Gemm-epilogue", 0) > 0
     # x / 4 and x * 0.25 cost the same under the first cost model; either may be kept.
-    assert result.graph.op_counts() in ({"Gemm": 1, "Mul": 1}, {"Gemm": 1, "Div": 1})
+    plain = optimize(g, rules="algebraic", target="numpy", verify=True).graph.op_counts()
+    assert plain in ({"Gemm": 1, "Mul": 1}, {"Gemm": 1, "Div": 1})
     assert report.cost_after < report.cost_before
     assert report.eclasses > 0 and report.enodes >= report.eclasses and report.iterations > 0
     assert {"encode", "saturate", "extract", "decode"} <= set(report.times)

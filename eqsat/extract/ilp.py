@@ -2,25 +2,29 @@
 
 One binary ``x[n]`` per usable e-node: minimize ``sum cost[n] * x[n]`` subject to
 
-* each root e-class picks one e-node, and no e-class picks more than one;
+* each root e-class (and each e-class that every extraction contains) picks one e-node, and no
+  e-class picks more than one;
 * a picked e-node's child e-classes pick one each (``x[n] <= sum(x[m] for m in child class)``);
+* inside a cyclic strongly connected component of the e-class graph, a picked e-class is needed by
+  a picked parent (any answer can drop the e-classes it does not reach, so this loses nothing);
 * the picked nodes form no cycle.
 
-Acyclicity is only at stake inside strongly connected components of the e-class graph, and is
-enforced there in one of two ways. ``lazy`` (the default) solves without it, looks for cycles in the
-answer and adds, for each cycle's (and each cyclic component's) set S of e-classes, the
-subtour-elimination row "at most |S| - 1 classes of S pick a node with a child in S", then solves
-again. ``order`` adds a topological level per e-class in a cyclic component (``level[c] >=
-level[k] + 1`` when a node of ``c`` with child ``k`` is picked, the big-M form Tensat uses). Acyclic
-e-graphs need neither and solve in one round. On cyclic e-graphs whose relaxation can cheat through
-many distinct cycles (Tensat's VGG, ResNet-50, BERT: split/concat merges) both forms converge slowly;
-when the time limit hits, the best valid answer found so far is returned (the greedy-ls answer
-is the first incumbent, so there always is one) with the solver's lower bound, and :class:`Extraction`
-carries the optimality gap.
+First the e-graph is pruned soundly (:mod:`eqsat.extract.prune`): nodes no acyclic extraction can
+use (self-loops, nodes whose children always need their own e-class, unbuildable ones), dominated
+nodes, and nodes that cannot be part of an answer cheaper than the greedy-ls incumbent.
 
-Before solving, e-nodes that can never be part of a valid answer are dropped (infinite cost, a child
-that is their own class, a child class with no buildable node) and so are dominated ones (same class,
-no cheaper, and children a superset of another node's), which keeps the programs small.
+Acyclicity (``acyclic="lazy"``, the default) is enforced by cycle cuts (:mod:`eqsat.extract.cuts`),
+only inside cyclic components: a cutting-plane loop on the linear relaxation adds the rows its
+fractional solutions violate (all the short cycles the relaxation cheats through, at once), then
+the integer program is solved; if its answer has a cycle, that cycle's rows are added and it is
+solved again. Every row is valid for every acyclic answer, so the solver's bound is a lower bound
+of the true optimum, and the first acyclic answer of a solve that HiGHS proves optimal is optimal.
+The incumbent's cost is passed as an objective cutoff, so "no better solution" (infeasible) proves
+the incumbent optimal. ``acyclic="order"`` instead adds a topological level per e-class of a cyclic
+component (``level[c] >= level[k] + 1`` when a node of ``c`` with child ``k`` is picked, the big-M
+form Tensat uses); it is exact but its relaxation is weak. When the time limit hits, the best valid
+answer found so far is returned with the solver's lower bound, and :class:`Extraction` carries the
+optimality gap.
 """
 
 from __future__ import annotations
@@ -33,9 +37,12 @@ from typing import Any
 import numpy as np
 
 from eqsat.errors import EqsatError
-from eqsat.extract import Choices, Extraction, Index, dag_cost, find_cycle, sccs
+from eqsat.extract import Choices, Extraction, Index, dag_cost, sccs
+from eqsat.extract.cuts import Cut, Separator
+from eqsat.extract.prune import Pruned, prune
 
 DEFAULT_TIME_LIMIT = 60.0
+ROOT_LP_SHARE = 0.5  # at most this share of the time limit goes to the root cutting-plane loop
 
 
 def extract(
@@ -55,9 +62,10 @@ def extract(
         raise EqsatError("the ilp extractor needs highspy (pip install highspy)") from None
     if acyclic not in ("lazy", "order"):
         raise EqsatError(f"ilp: acyclic must be 'lazy' or 'order', not {acyclic!r}")
+    say = progress or (lambda msg: None)
     start = time.perf_counter()
+    roots = list(dict.fromkeys(roots))
     idx = Index(egraph, cost)
-    model = _Model(idx, roots)
     if initial is None:
         from eqsat.extract import local_search
 
@@ -69,156 +77,226 @@ def extract(
         best = dict(initial)
     except EqsatError:
         pass
+    solve = _Solve(start, time_limit, best, best_cost)
+    try:
+        pruned = prune(idx, roots, best_cost)
+    except ValueError:
+        if best is None:
+            raise EqsatError("ilp: the e-graph has no acyclic extraction from its roots") from None
+        return solve.result(egraph, roots, cost, "optimal", "pruning left no cheaper answer")
+    model = _Model(idx, roots, pruned)
+    say(f"ilp: {model.ncols} columns after pruning ({_removed(pruned)}), "
+        f"cyclic components {sorted(len(c) for c in model.components)[-4:]}")  # fmt: skip
 
     h = highspy.Highs()
     h.silent()
     h.setOptionValue("mip_rel_gap", 1e-9)
     h.setOptionValue("mip_abs_gap", 1e-12)
     h.setOptionValue("random_seed", 0)
+    h.setOptionValue("threads", 1)  # deterministic
     model.build(h, order=acyclic == "order")
-    lower = -math.inf
-    rounds = 0
-    status = "optimal"
-    while True:
-        left = time_limit - (time.perf_counter() - start)
-        if left <= 0:
-            status = "time limit"
-            break
-        h.setOptionValue("time_limit", max(left, 1e-3))
-        # No setSolution warm start: with one, HiGHS 1.16 returned the start vector as the
-        # solution of a run that reported a cheaper optimum. The incumbent is kept here instead.
+    sep = Separator(idx, model.classes, model.col, model.components)
+    if acyclic == "lazy" and model.components:
+        _root_loop(h, model, sep, solve, say)
+    model.integral(h)
+    status = _mip_loop(h, model, sep, solve, egraph, roots, cost, say)
+    return solve.result(egraph, roots, cost, status, model.detail())
+
+
+class _Solve:
+    """The clock, the incumbent and the lower bound."""
+
+    def __init__(self, start: float, limit: float, best: Choices | None, best_cost: float):
+        self.start = start
+        self.limit = limit
+        self.best = best
+        self.best_cost = best_cost
+        self.lower = -math.inf
+        self.rounds = 0
+
+    def left(self) -> float:
+        return self.limit - (time.perf_counter() - self.start)
+
+    def offer(self, choices: Choices, cost: float) -> None:
+        if cost < self.best_cost:
+            self.best, self.best_cost = choices, cost
+
+    def result(
+        self,
+        egraph: dict[str, Any],
+        roots: list[str],
+        cost: dict[str, float] | None,
+        status: str,
+        detail: str,
+    ) -> Extraction:
+        if self.best is None:
+            raise EqsatError(f"ilp: no valid extraction found within {self.limit:g} s")
+        best_cost = self.best_cost
+        lower = best_cost if status == "optimal" else min(self.lower, best_cost)
+        gap = 0.0 if best_cost <= 0 else max(0.0, (best_cost - lower) / abs(best_cost))
+        return Extraction(
+            self.best,
+            cost=best_cost,
+            lower_bound=lower,
+            gap=gap,
+            optimal=status == "optimal" or gap <= 1e-7,
+            seconds=time.perf_counter() - self.start,
+            detail=f"{self.rounds} solver rounds, {detail}",
+        )
+
+
+def _root_loop(h: Any, model: _Model, sep: Separator, solve: _Solve, say: Callable) -> None:
+    """Cutting planes on the linear relaxation until it violates no cycle row (or stalls)."""
+    budget = solve.start + ROOT_LP_SHARE * solve.limit
+    history: list[float] = []
+    while time.perf_counter() < budget:
+        h.setOptionValue("time_limit", max(budget - time.perf_counter(), 1e-3))
         h.run()
-        rounds += 1
+        if "optimal" not in h.modelStatusToString(h.getModelStatus()).lower():
+            return
+        value = float(h.getInfo().objective_function_value)
+        solve.lower = max(solve.lower, value)
+        history.append(value)
+        x = np.asarray(h.getSolution().col_value)
+        cuts = sep.separate(x)
+        say(f"ilp: relaxation {value:.6g}, {len(cuts)} cycle rows added")
+        if not cuts:
+            return
+        model.add_cuts(h, cuts)
+        if len(history) > 8 and history[-1] - history[-9] <= 1e-7 * max(1.0, abs(value)):
+            return  # stalled: the integer solver's branching does the rest
+
+
+def _mip_loop(
+    h: Any,
+    model: _Model,
+    sep: Separator,
+    solve: _Solve,
+    egraph: dict[str, Any],
+    roots: list[str],
+    cost: dict[str, float] | None,
+    say: Callable,
+) -> str:
+    while True:
+        left = solve.left()
+        if left <= 0:
+            return "time limit"
+        h.setOptionValue("time_limit", max(left, 1e-3))
+        if math.isfinite(solve.best_cost):
+            # Only strictly cheaper answers are of interest: the incumbent has the rest.
+            h.setOptionValue("objective_bound", solve.best_cost)
+        h.run()
+        solve.rounds += 1
         ms = h.modelStatusToString(h.getModelStatus()).lower()
         info = h.getInfo()
+        if "infeasible" in ms:
+            if solve.best is None:
+                raise EqsatError("ilp: the e-graph has no acyclic extraction from its roots")
+            return "optimal"  # nothing cheaper than the incumbent satisfies valid rows
         bound = float(info.mip_dual_bound)
         if math.isfinite(bound):
-            lower = max(lower, bound)
-        if "infeasible" in ms:
-            if best is None:
-                raise EqsatError("ilp: the e-graph has no acyclic extraction from its roots")
-            status = "optimal"  # the incumbent came from outside; nothing better exists
-            lower = best_cost
-            break
-        values = np.asarray(h.getSolution().col_value)
-        if values.size == 0:  # no solution within the limit
-            status = "time limit"
-            break
-        found = model.choices(values)
-        cycles = model.cycles(found)
-        if not cycles and all(r in found for r in model.roots):
-            found_cost = dag_cost(egraph, roots, found, cost)
-            if found_cost < best_cost:
-                best, best_cost = found, found_cost
-            if "optimal" not in ms:
-                status = "time limit"
-            else:
-                lower = max(lower, min(best_cost, float(h.getInfo().objective_function_value)))
-            break
-        if not cycles:  # an incomplete answer: the solver stopped early
-            status = "time limit"
-            break
-        model.cut(h, cycles)
-        if progress is not None:
-            progress(f"ilp round {rounds}: {len(cycles)} cycles cut, bound {lower:.6g}")
-        if "optimal" not in ms:
-            status = "time limit"
-            break
-    if best is None:
-        raise EqsatError(f"ilp: no valid extraction found within {time_limit:g} s")
-    lower = min(lower, best_cost)
-    gap = 0.0 if best_cost <= 0 else max(0.0, (best_cost - lower) / abs(best_cost))
-    optimal = status == "optimal" or gap <= 1e-7
-    return Extraction(
-        best,
-        cost=best_cost,
-        lower_bound=lower,
-        gap=gap,
-        optimal=optimal,
-        seconds=time.perf_counter() - start,
-        detail=f"{rounds} solver rounds, {model.cuts} cycle cuts, {model.ncols} columns",
-    )
+            solve.lower = max(solve.lower, bound)
+        x = np.asarray(h.getSolution().col_value)
+        if x.size == 0 or int(info.primal_solution_status) == 0:
+            return "time limit"
+        cuts = sep.separate(np.round(x), tol=0.5)
+        found = model.choices(x)
+        if not cuts and all(r in found for r in model.roots):
+            solve.offer(found, dag_cost(egraph, roots, found, cost))
+            if "optimal" in ms:
+                solve.lower = max(solve.lower, min(bound, solve.best_cost))
+                return "optimal"
+            return "time limit"
+        if not cuts:
+            return "time limit"  # an incomplete answer: the solver stopped early
+        model.add_cuts(h, cuts)
+        say(f"ilp round {solve.rounds}: {len(cuts)} cycle rows cut, bound {solve.lower:.6g}")
 
 
 class _Model:
     """The pruned e-graph and its program's columns and rows."""
 
-    def __init__(self, idx: Index, roots: list[str]):
+    def __init__(self, idx: Index, roots: list[str], pruned: Pruned):
         self.idx = idx
-        self.roots = list(dict.fromkeys(roots))
-        usable = _usable(idx)
-        # Only e-classes reachable from the roots through usable nodes matter.
-        classes: dict[str, list[str]] = {}
-        stack = list(self.roots)
-        while stack:
-            c = stack.pop()
-            if c in classes:
-                continue
-            members = _undominated([n for n in idx.classes.get(c, ()) if n in usable], idx)
-            if not members:
-                raise EqsatError(f"ilp: e-class {c} has no usable e-node")
-            classes[c] = members
-            stack.extend(k for n in members for k in idx.kids[n] if k not in classes)
-        self.classes = classes
-        classes = self.classes
-        self.col_nodes = [n for members in classes.values() for n in members]
+        self.roots = roots
+        self.pruned = pruned
+        self.classes = pruned.classes
+        self.col_nodes = [n for members in self.classes.values() for n in members]
         self.col = {n: i for i, n in enumerate(self.col_nodes)}
         self.ncols = len(self.col_nodes)
-        self.comp = {}  # e-class -> id of its cyclic strongly connected component
         graph = {c: {k for n in ms for k in idx.kids[n]} for c, ms in self.classes.items()}
-        for i, comp in enumerate(sccs(graph)):
-            if len(comp) > 1:
-                for c in comp:
-                    self.comp[c] = i
+        self.components = [comp for comp in sccs(graph) if len(comp) > 1]
+        self.comp = {c: i for i, comp in enumerate(self.components) for c in comp}
         self.cuts = 0
-        self._cut_sets: set[frozenset[str]] = set()
+        self.conflicts = 0
 
     def build(self, h: Any, order: bool) -> None:
-        import highspy
-
         idx, n = self.idx, self.ncols
         costs = np.array([idx.cost[x] for x in self.col_nodes], dtype=np.float64)
         h.addCols(n, costs, np.zeros(n), np.ones(n), 0, [], [], [])
-        h.changeColsIntegrality(
-            n, np.arange(n, dtype=np.int32), np.full(n, highspy.HighsVarType.kInteger, np.uint8)
-        )
         rows = _Rows()
+        required = self.pruned.required | set(self.roots)
         for c, members in self.classes.items():
             cols = [self.col[m] for m in members]
-            lo = 1.0 if c in self.roots else 0.0
-            rows.add(cols, [1.0] * len(cols), lo, 1.0)
+            rows.add(cols, [1.0] * len(cols), 1.0 if c in required else 0.0, 1.0)
+        parents: dict[str, list[int]] = {}
         for members in self.classes.values():
             for m in members:
                 for k in idx.kids[m]:
+                    parents.setdefault(k, []).append(self.col[m])
+                    if k in required:
+                        continue  # picked anyway
                     cols = [self.col[x] for x in self.classes[k]]
-                    rows.add([*cols, self.col[m]], [1.0] * len(cols) + [-1.0], 0.0, math.inf)
+                    rows.add([*cols, self.col[m]], [1.0] * len(cols) + [-1.0], 0.0)
+        for c in self.comp:
+            if c not in required:
+                # A picked e-class of a cyclic component has a picked parent that needs it.
+                cols = [self.col[m] for m in self.classes[c]]
+                ps = parents.get(c, [])
+                rows.add([*ps, *cols], [1.0] * len(ps) + [-1.0] * len(cols), 0.0)
+        for comp in self.components:
+            for n, _k, ok in self.pruned.conflicts(comp):
+                # n needs k, and k's other nodes need n's e-class: picking n picks one of ok.
+                cols = [self.col[m] for m in ok]
+                rows.add([self.col[n], *cols], [1.0] + [-1.0] * len(cols), -math.inf, 0.0)
+                self.conflicts += 1
         if order:
             self._order_rows(h, rows)
         rows.flush(h)
 
+    def integral(self, h: Any) -> None:
+        import highspy
+
+        n = self.ncols
+        h.changeColsIntegrality(
+            n, np.arange(n, dtype=np.int32), np.full(n, highspy.HighsVarType.kInteger, np.uint8)
+        )
+
     def _order_rows(self, h: Any, rows: _Rows) -> None:
-        size: dict[int, int] = {}
-        for comp in self.comp.values():
-            size[comp] = size.get(comp, 0) + 1
         level: dict[str, int] = {}
         for c in self.comp:
             level[c] = self.ncols + len(level)
         if not level:
             return
         k = len(level)
-        h.addCols(
-            k, np.zeros(k), np.zeros(k), np.array([size[self.comp[c]] - 1.0 for c in level]),
-            0, [], [], [],
-        )  # fmt: skip
+        size = [len(self.components[self.comp[c]]) for c in level]
+        h.addCols(k, np.zeros(k), np.zeros(k), np.array(size, dtype=np.float64) - 1, 0, [], [], [])
         for c, members in self.classes.items():
             if c not in self.comp:
                 continue
-            big = float(size[self.comp[c]])
+            big = float(len(self.components[self.comp[c]]))
             for m in members:
                 for kid in self.idx.kids[m]:
                     if self.comp.get(kid) == self.comp[c]:
                         # level[c] - level[kid] - big * x[m] >= 1 - big
                         rows.add([level[c], level[kid], self.col[m]], [1.0, -1.0, -big], 1 - big)
+
+    def add_cuts(self, h: Any, cuts: list[Cut]) -> None:
+        rows = _Rows()
+        for cols, vals in cuts:
+            rows.add(cols, vals, -math.inf, 0.0)
+        rows.flush(h)
+        self.cuts += len(cuts)
 
     def choices(self, values: np.ndarray) -> Choices:
         out: Choices = {}
@@ -228,41 +306,13 @@ class _Model:
                 out[c] = best
         return out
 
-    def cycles(self, choices: Choices) -> list[list[str]]:
-        """Disjoint cycles of e-classes in ``choices``, as many as one pass finds."""
-        found = []
-        chosen = {c: self.idx.kids[n] for c, n in choices.items()}
-        found.extend(comp for comp in sccs(chosen) if len(comp) > 1)
-        blocked: set[str] = set()
-        while True:
-            cyc = find_cycle(self.idx, self.roots, choices, blocked)
-            if cyc is None:
-                return found
-            found.append(cyc)
-            blocked.update(cyc)
+    def detail(self) -> str:
+        return f"{self.cuts} cycle rows, {self.conflicts} conflict rows, {self.ncols} columns ({_removed(self.pruned)})"
 
-    def cut(self, h: Any, cycles: list[list[str]]) -> None:
-        """For each set S of classes: at most |S| - 1 of them pick a node with a child in S.
 
-        In an acyclic answer the lowest picked class of S has no child in S, so this holds; it
-        is the subtour-elimination form, stronger than forbidding one cycle's edges.
-        """
-        rows = _Rows()
-        seen = self._cut_sets
-        for cyc in cycles:
-            key = frozenset(cyc)
-            if key in seen:
-                continue
-            seen.add(key)
-            cols = [
-                self.col[m]
-                for c in cyc
-                for m in self.classes[c]
-                if any(k in key for k in self.idx.kids[m])
-            ]
-            rows.add(cols, [1.0] * len(cols), -math.inf, len(key) - 1.0)
-            self.cuts += 1
-        rows.flush(h)
+def _removed(pruned: Pruned) -> str:
+    parts = [f"{v} {k}" for k, v in pruned.removed.items() if v]
+    return "pruned " + (", ".join(parts) if parts else "nothing")
 
 
 class _Rows:
@@ -292,40 +342,3 @@ class _Rows:
             len(self.lo), lo, hi, len(self.index), np.array(self.starts, dtype=np.int32),
             np.array(self.index, dtype=np.int32), np.array(self.value, dtype=np.float64),
         )  # fmt: skip
-
-
-def _usable(idx: Index) -> set[str]:
-    """E-nodes that could appear in some acyclic extraction, by a bottom-up worklist."""
-    missing = {
-        n: len(kids)
-        for n, kids in idx.kids.items()
-        if math.isfinite(idx.cost[n]) and idx.nodes[n]["eclass"] not in kids
-    }
-    built: set[str] = set()
-    usable: set[str] = set()
-    ready = [n for n, count in missing.items() if count == 0]
-    while ready:
-        n = ready.pop()
-        usable.add(n)
-        c = idx.nodes[n]["eclass"]
-        if c in built:
-            continue
-        built.add(c)
-        for parent in idx.parents.get(c, ()):
-            if parent in missing:
-                missing[parent] -= 1
-                if missing[parent] == 0:
-                    ready.append(parent)
-    return usable
-
-
-def _undominated(members: list[str], idx: Index) -> list[str]:
-    """Drop nodes another node of the class beats: no dearer, with a subset of the children."""
-    order = sorted(members, key=lambda n: (idx.cost[n], len(idx.kids[n]), n))
-    kept: list[tuple[str, set[str]]] = []
-    for n in order:
-        kids = set(idx.kids[n])
-        if any(k <= kids for _, k in kept):
-            continue
-        kept.append((n, kids))
-    return [n for n, _ in kept]
