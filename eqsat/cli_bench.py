@@ -1,4 +1,4 @@
-"""Extraction and cost-model verbs: ``eqsat extract``, ``eqsat calibrate``, ``eqsat bench extraction``.
+"""Extraction, cost-model and benchmark verbs: ``eqsat extract``, ``eqsat calibrate``, ``eqsat bench``.
 
 ``register(subparsers)`` adds them to the ``eqsat`` parser (see :mod:`eqsat.cli`).
 """
@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -76,14 +78,30 @@ def _describe(p: Any) -> str:
     )
 
 
+# `eqsat bench KIND` runs the repository's bench/KIND.py: (module, help, entry point taking args).
+BENCHMARKS = {
+    "extraction": ("bench.extraction", "compare extraction strategies", "main_args"),
+    "e2e": ("bench.e2e", "eqsat cpu against onnxruntime on the zoo, end to end", "run"),
+}
+
+
+def _bench_module(kind: str) -> Any:
+    """bench/ is not installed: find it in the checkout eqsat runs from, or the current folder."""
+    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
+        if (root / "bench" / f"{kind}.py").exists():
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+            return importlib.import_module(BENCHMARKS[kind][0])
+    return None
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    try:
-        from bench import extraction
-    except ImportError:
+    module = _bench_module(args.bench)
+    if module is None:
         raise InputError(
             "eqsat bench needs the repository's bench/ folder (run it from a checkout)"
-        ) from None
-    return extraction.main_args(args)
+        )
+    return getattr(module, BENCHMARKS[args.bench][2])(args)
 
 
 def register(subparsers: Any) -> None:
@@ -107,11 +125,9 @@ def register(subparsers: Any) -> None:
 
     bench = subparsers.add_parser("bench", help="benchmarks")
     kinds = bench.add_subparsers(dest="bench", required=True)
-    exb = kinds.add_parser("extraction", help="compare extraction strategies (bench/extraction)")
-    try:
-        from bench import extraction
-    except ImportError:
-        exb.set_defaults(func=cmd_bench)
-        return
-    extraction.add_arguments(exb)
-    exb.set_defaults(func=cmd_bench)
+    for kind, (_, help_text, _) in BENCHMARKS.items():
+        parser = kinds.add_parser(kind, help=f"{help_text} (bench/{kind}.py)")
+        module = _bench_module(kind)
+        if module is not None:
+            module.add_arguments(parser)
+        parser.set_defaults(func=cmd_bench)
