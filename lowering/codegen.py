@@ -10,8 +10,9 @@ whether the outer loop is parallel, never on the sizes, so one compiled kernel s
 the same form.
 
 Kernels are generated for float32/float64 arithmetic with bool conditions (comparisons, ``Where``,
-logic); anything else (integer arithmetic with C semantics, ``mod``, ``cast``) is reported as
-unsupported by :func:`translate` and left to the numpy reference. In float32 kernels every literal
+logic) and integer or bool operands cast to the kernel's float (an attention mask's
+``(1 - cast(mask)) * -10000``); anything else (integer arithmetic with C semantics, ``mod``, casts
+to other types) is reported as unsupported by :func:`translate` and left to the numpy reference. In float32 kernels every literal
 is a float32 constant and exp/tanh/erf use :mod:`eqsat.lowering.cpu_math`'s approximations.
 """
 
@@ -70,10 +71,18 @@ class Unsupported(Exception):
     """The expression uses something the generated kernels do not compute."""
 
 
+# ONNX data type numbers of the float dtypes a kernel computes in (Cast's ``to``).
+_ONNX_FLOATS = {1: np.dtype(np.float32), 11: np.dtype(np.float64)}
+
+
 class _Translate(ast.NodeTransformer):
-    def __init__(self, dtype: np.dtype):
+    def __init__(self, dtype: np.dtype, cast_only: frozenset[str] = frozenset()):
+        self.dtype = dtype
         self.functions = FUNCTIONS[dtype]
         self.constants: dict[str, float] = {}
+        # Integer operands: C arithmetic on them is not generated, only their cast to the float.
+        self.cast_only = cast_only
+        self._casting = False
 
     def _const(self, value: float) -> ast.Name:
         name = f"C{len(self.constants)}"
@@ -94,6 +103,8 @@ class _Translate(ast.NodeTransformer):
         if node.id == "nan":
             return self._const(math.nan)
         if re.fullmatch(r"x\d+", node.id):
+            if node.id in self.cast_only and not self._casting:
+                raise Unsupported(f"integer operand {node.id} outside a cast")
             return node
         raise Unsupported(f"name {node.id!r}")
 
@@ -112,6 +123,8 @@ class _Translate(ast.NodeTransformer):
         return self.generic_visit(node)
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
+        if isinstance(node.func, ast.Name) and node.func.id == "cast":
+            return self._cast(node)
         if not isinstance(node.func, ast.Name) or node.func.id not in self.functions:
             raise Unsupported(f"function {ast.unparse(node.func)}")
         name = node.func.id
@@ -134,11 +147,26 @@ class _Translate(ast.NodeTransformer):
         code = self.functions[name].format(*(ast.unparse(a) for a in node.args))
         return ast.parse(code, mode="eval").body
 
+    def _cast(self, node: ast.Call) -> ast.AST:
+        """``cast(x, to)`` to the kernel's own float dtype (integers and bools round to nearest)."""
+        to = node.args[1] if len(node.args) == 2 else None
+        if not isinstance(to, ast.Constant) or _ONNX_FLOATS.get(to.value) != self.dtype:
+            raise Unsupported(f"cast other than to {self.dtype}: {ast.unparse(node)}")
+        self._casting = True
+        try:
+            inner = self.visit(node.args[0])
+        finally:
+            self._casting = False
+        return ast.parse(f"np.{self.dtype}({ast.unparse(inner)})", mode="eval").body
 
-def translate(expr: str, dtype: np.dtype) -> tuple[str, dict[str, float]]:
+
+def translate(
+    expr: str, dtype: np.dtype, cast_only: frozenset[int] = frozenset()
+) -> tuple[str, dict[str, float]]:
     """Numba code for scalar expression ``expr`` (operands ``x0``, ``x1``, ...) in float ``dtype``.
 
-    Returns the code and the literal constants it names (``C0``, ``C1``, ...).
+    Returns the code and the literal constants it names (``C0``, ``C1``, ...). Operands in
+    ``cast_only`` (integers) may only appear inside a ``cast`` to ``dtype``.
     """
     if dtype not in FUNCTIONS:
         raise Unsupported(f"dtype {dtype}")
@@ -150,7 +178,7 @@ def translate(expr: str, dtype: np.dtype) -> tuple[str, dict[str, float]]:
     for node in ast.walk(tree):
         if not isinstance(node, _ALLOWED):
             raise Unsupported(f"{type(node).__name__} in {expr!r}")
-    translator = _Translate(dtype)
+    translator = _Translate(dtype, frozenset(f"x{i}" for i in cast_only))
     body = translator.visit(tree.body)
     return ast.unparse(body), translator.constants
 
@@ -219,11 +247,12 @@ def kernel_source(
     runs the scalar loop when they do. Raises :class:`Unsupported` when the expression or dtypes
     are not generated here.
     """
-    floats = {d for d in in_dtypes if d != BOOL} | ({out_dtype} - {BOOL})
+    ints = frozenset(i for i, d in enumerate(in_dtypes) if d.kind in "iu")
+    floats = {d for d in in_dtypes if d != BOOL and d.kind not in "iu"} | ({out_dtype} - {BOOL})
     if len(floats) > 1 or not floats <= set(FLOATS) or out_dtype not in (*FLOATS, BOOL):
         raise Unsupported(f"dtypes {[str(d) for d in in_dtypes]} -> {out_dtype}")
     dtype = floats.pop() if floats else np.dtype(np.float32)
-    code, constants = translate(expr, dtype)
+    code, constants = translate(expr, dtype, ints)
     rank = len(spans[0]) if spans else 1
     idx = [f"i{k}" for k in range(rank)]
     loads = []

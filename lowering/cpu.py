@@ -9,15 +9,19 @@
   im2col + GEMM (1x1 stride-1 convs skip im2col), depthwise Conv a direct Numba kernel, both with
   the epilogue fused the same way (:mod:`eqsat.lowering.cpu_ops`);
 * global average pooling, softmax, layer and batch normalization, nearest resize and
-  non-overlapping ConvTranspose have kernels of their own (:mod:`eqsat.lowering.cpu_misc`);
+  non-overlapping ConvTranspose have kernels of their own (:mod:`eqsat.lowering.cpu_misc`), so do
+  attention, MaxPool/AveragePool and data movement (reshapes as views, transposes and concats
+  into planned buffers: :mod:`eqsat.lowering.cpu_data`);
 * every other op (other pooling and reductions, data movement, control flow) runs its numpy
   reference; :attr:`CpuExecutable.report` lists which ones did.
 
 Constants are prepared once here (weights reshaped/transposed for BLAS, alpha folded into them).
 Planned outputs live in buffers assigned by :mod:`eqsat.lowering.memory`; the executable reuses them
-across runs, so it is not safe to run one executable from two threads at once. During a run BLAS is
-limited to ``threads`` threads with threadpoolctl, and Numba kernels run parallel only above
-:data:`PARALLEL_ELEMENTS`, so that the two thread pools are not busy at the same time.
+across runs, so it is not safe to run one executable from two threads at once. Once the plan is
+made, each step binds the buffers it uses, so a run is a flat loop over prebound closures with no
+per-step lookups. During a run BLAS is limited to ``threads`` threads (:class:`BlasPin`), and
+Numba kernels run parallel only above :data:`PARALLEL_ELEMENTS`, so that the two thread pools are
+not busy at the same time.
 """
 
 from __future__ import annotations
@@ -48,11 +52,12 @@ StepFn = Callable[[Env], None]
 class Step:
     run: StepFn
     usage: Usage
-    kind: str  # "kernel" | "gemm" | "conv" | "depthwise" | "reference"
+    kind: str  # "kernel" | "gemm" | "conv" | "depthwise" | "attention" | "copy" | "view" | "reference"
     node: str = ""
     # Called once the memory plan is made, with its slot -> buffer map (kernels that depend on
-    # which operands share a buffer are chosen there).
-    bind: Callable[[dict[int, np.ndarray]], None] | None = None
+    # which operands share a buffer are chosen there). It may return a faster ``run`` with the
+    # planned buffers, which stay the same across runs, bound in: no lookups or reshapes per run.
+    bind: Callable[[dict[int, np.ndarray]], StepFn | None] | None = None
 
 
 @dataclass
@@ -117,6 +122,43 @@ class ElementwiseKernel:
         self.fn = kernel_cache.load(source).kernel
         self._lowering.kernels += 1
 
+    def bound(self, o: int, slots: list[int | None], arrays: dict[int, np.ndarray]) -> StepFn:
+        """``run(env)`` computing into slot ``o`` from ``slots`` (None: a constant operand).
+
+        Operands in planned buffers (``arrays``) are reshaped once here; only feeds, fresh outputs
+        and the results of reference steps are looked up per run.
+        """
+        fn = self.fn
+        assert fn is not None, "load() the kernel first"
+        args: list[Any] = [arrays[o].reshape(self.out_shape) if o in arrays else None]
+        dynamic: list[tuple[int, int, tuple[int, ...]]] = []
+        for k, (slot, const, shape) in enumerate(
+            zip(slots, self.consts, self.in_shapes, strict=True)
+        ):
+            if const is not None:
+                args.append(const)
+            elif slot is not None and slot in arrays:
+                args.append(arrays[slot].reshape(shape))
+            else:
+                assert slot is not None
+                args.append(None)
+                dynamic.append((k + 1, slot, shape))
+        if args[0] is not None and not dynamic:
+            fixed = tuple(args)
+            return lambda env: fn(*fixed)
+        out_shape = self.out_shape
+        out_fixed = args[0]
+
+        def run(env: Env) -> None:
+            call = args.copy()
+            if out_fixed is None:
+                call[0] = env[o].reshape(out_shape)
+            for k, slot, shape in dynamic:
+                call[k] = np.ascontiguousarray(env[slot]).reshape(shape)
+            fn(*call)
+
+        return run
+
     def __call__(self, out: np.ndarray, arrays: list[Any]) -> None:
         args = [
             c if c is not None else np.ascontiguousarray(a).reshape(s)
@@ -167,7 +209,7 @@ def _elementwise_step(lowering: Lowering, node: Node) -> Step | None:
         if v.const is None and v.shape == out.shape and v.dtype.itemsize == out.dtype.itemsize
     ]
 
-    def bind(arrays: dict[int, np.ndarray]) -> None:
+    def bind(arrays: dict[int, np.ndarray]) -> StepFn:
         alias = None
         if o in arrays:
             start = arrays[o].ctypes.data
@@ -175,6 +217,7 @@ def _elementwise_step(lowering: Lowering, node: Node) -> Step | None:
                 if slot in inplace and slot in arrays and arrays[slot].ctypes.data == start:
                     alias = k
         kernel.load(alias)
+        return kernel.bound(o, index, arrays)
 
     return Step(run, Usage(reads, [o], True, inplace), "kernel", node.name, bind)
 
@@ -237,16 +280,25 @@ class CpuExecutable(Executable):
         report: dict[str, Any],
     ):
         super().__init__(graph)
-        self._run_steps = [s.run for s in steps]
+        self._run_steps = tuple(s.run for s in steps)
         self.steps = steps
         self._template = template
-        self._feed_slots = feed_slots
-        self._out_slots = out_slots
-        self._fresh = plan.fresh_specs
+        self._feed_slots = tuple(feed_slots)
+        self._fresh = tuple(
+            (slot, shape, np.dtype(dtype)) for slot, shape, dtype in plan.fresh_specs
+        )
         self._threads = threads
-        self._limiter = _blas_limiter(threads)
+        self._blas = BlasPin(threads)
         self.memory = plan
         self.report = report
+        # Outputs that are always a fresh planned buffer of this run are handed out as they are;
+        # others (constants, views of feeds, reference results) are checked per run.
+        fresh = {slot for slot, _, _ in self._fresh}
+        self._outputs = tuple(
+            (value.name, slot, slot in fresh)
+            for value, slot in zip(graph.outputs, out_slots, strict=True)
+        )
+        self._const_ids = frozenset(id(v.const) for v in graph.outputs if v.const is not None)
 
     def profile(self, feeds: dict[str, Any], runs: int = 5) -> list[dict[str, Any]]:
         """Per-step timing: for each node, its op, step kind and best seconds over ``runs`` runs."""
@@ -255,11 +307,14 @@ class CpuExecutable(Executable):
         clock = time.perf_counter
         for _ in range(runs):
             env = self._env(checked)
-            with self._limiter():
+            self._blas.enter()
+            try:
                 for i, run in enumerate(self._run_steps):
                     start = clock()
                     run(env)
                     best[i] = min(best[i], clock() - start)
+            finally:
+                self._blas.exit()
         ops_by_name = {n.name: n.op for n in self.graph.nodes}
         return [
             {"node": s.node, "op": ops_by_name.get(s.node, ""), "kind": s.kind, "seconds": t}
@@ -275,47 +330,84 @@ class CpuExecutable(Executable):
         return env
 
     def _execute(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        env = self._template.copy()
-        for slot, name in self._feed_slots:
-            env[slot] = feeds[name]
-        for slot, shape, dtype in self._fresh:
-            env[slot] = np.empty(shape, dtype)
-        with self._limiter():
+        env = self._env(feeds)
+        blas = self._blas
+        blas.enter()
+        try:
             for run in self._run_steps:
                 run(env)
-        fed = {id(a) for a in feeds.values()}
-        consts = {id(v.const) for v in self.graph.outputs if v.const is not None}
+        finally:
+            blas.exit()
         results = {}
-        for value, slot in zip(self.graph.outputs, self._out_slots, strict=True):
-            array = np.asarray(env[slot])
-            # Never hand out the graph's constants, the caller's feeds or views of them.
-            if id(array) in consts or id(array) in fed or not array.flags.owndata:
-                array = array.copy()
-            results[value.name] = array
+        fed: set[int] | None = None
+        for name, slot, fresh in self._outputs:
+            array = env[slot]
+            if not fresh:
+                array = np.asarray(array)
+                if fed is None:
+                    fed = {id(a) for a in feeds.values()}
+                # Never hand out the graph's constants, the caller's feeds or views of them.
+                if id(array) in self._const_ids or id(array) in fed or not array.flags.owndata:
+                    array = array.copy()
+            results[name] = array
         return results
 
 
-def _blas_limiter(threads: int) -> Callable[[], Any]:
-    """A context manager factory that pins BLAS to ``threads`` threads during a run."""
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # threadpoolctl is a dependency; without it BLAS keeps its own setting
-        import contextlib
+class BlasPin:
+    """Pins BLAS to ``threads`` threads during a run and restores its setting afterwards.
 
-        return contextlib.nullcontext
-    controller = ThreadpoolController()
-    blas = controller.select(user_api="blas")
-    if all(lib["num_threads"] == threads for lib in blas.info()):
-        # Already so (the default): limiting per run would only add tens of microseconds.
-        import contextlib
+    threadpoolctl's ``limit()`` context costs ~20 us per run (it re-reads every library's state);
+    here the libraries' ``openblas_get/set_num_threads`` are looked up once and called directly
+    (well under a microsecond each). Libraries of another kind (MKL, BLIS, OpenMP builds of
+    OpenBLAS) go through threadpoolctl's controllers, which is slower but correct.
+    """
 
-        return contextlib.nullcontext
-    return lambda: controller.limit(limits=threads, user_api="blas")
+    def __init__(self, threads: int):
+        self.threads = threads
+        self._calls: list[tuple[Callable[[], int], Callable[[int], Any]]] = []
+        self._saved: list[int] = []
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # threadpoolctl is a dependency; without it BLAS keeps its setting
+            return
+        for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
+            self._calls.append(_thread_calls(lib))
+
+    def enter(self) -> None:
+        saved = self._saved
+        saved.clear()
+        threads = self.threads
+        for get, set_ in self._calls:
+            now = get()
+            saved.append(now)
+            if now != threads:
+                set_(threads)
+
+    def exit(self) -> None:
+        threads = self.threads
+        for (_, set_), before in zip(self._calls, self._saved, strict=False):
+            if before != threads:
+                set_(before)
+
+
+def _thread_calls(lib: Any) -> tuple[Callable[[], int], Callable[[int], Any]]:
+    """Fast get/set of one BLAS library's thread count."""
+    find = getattr(lib, "_find_affixes", None)
+    dynlib = getattr(lib, "dynlib", None)
+    if lib.internal_api == "openblas" and find is not None and dynlib is not None:
+        affixes = find()
+        if affixes is not None and getattr(lib, "threading_layer", "") != "openmp":
+            prefix, suffix = affixes
+            get = getattr(dynlib, f"{prefix}openblas_get_num_threads{suffix}", None)
+            set_ = getattr(dynlib, f"{prefix}openblas_set_num_threads{suffix}", None)
+            if get is not None and set_ is not None:
+                return get, set_
+    return lib.get_num_threads, lib.set_num_threads
 
 
 def compile(graph: Graph, threads: int | None = None) -> CpuExecutable:
     """Compile ``graph`` for the CPU; ``threads`` defaults to the machine's CPU count."""
-    from eqsat.lowering import cpu_misc, cpu_ops
+    from eqsat.lowering import cpu_data, cpu_misc, cpu_ops
 
     started = time.perf_counter()
     threads = threads or os.cpu_count() or 1
@@ -331,6 +423,7 @@ def compile(graph: Graph, threads: int | None = None) -> CpuExecutable:
         step = (
             cpu_ops.build_step(lowering, node)
             or cpu_misc.build_step(lowering, node)
+            or cpu_data.build_step(lowering, node)
             or _elementwise_step(lowering, node)
         )
         if step is None:
@@ -349,7 +442,9 @@ def compile(graph: Graph, threads: int | None = None) -> CpuExecutable:
     )
     for step in steps:
         if step.bind is not None:
-            step.bind(plan.arrays)
+            run = step.bind(plan.arrays)
+            if run is not None:
+                step.run = run
     template: Env = [None] * len(lowering.slots)
     for slot, array in template_values.items():
         template[slot] = array
@@ -381,4 +476,4 @@ def _check_ops(graph: Graph) -> None:
             _check_ops(sub)
 
 
-__all__ = ["CpuExecutable", "ElementwiseKernel", "compile", "node_expr"]
+__all__ = ["BlasPin", "CpuExecutable", "ElementwiseKernel", "compile", "node_expr"]

@@ -1,8 +1,9 @@
-"""Hand-written Numba kernels of the CPU target: im2col, depthwise conv, row-wise reductions.
+"""Hand-written Numba kernels of the CPU target: im2col, row-wise reductions, attention, pooling.
 
 im2col (whole or by blocks of output rows) feeds GEMM convolutions (depthwise convs are generated
 by :mod:`eqsat.lowering.cpu_depthwise`); row kernels
-(mean, softmax, layer norm) and a flat gather serve :mod:`eqsat.lowering.cpu_misc`. Convs work
+(mean, softmax, layer norm) and a flat gather serve :mod:`eqsat.lowering.cpu_misc`; the masked
+softmax and 2-D pools serve :mod:`eqsat.lowering.cpu_data`. Convs work
 on 2-D NCHW float32 or float64 data. They are ordinary modules with
 ``cache=True``, so Numba compiles each signature once per machine. Padding is handled by computing
 each tap's valid output range up front, so the innermost loops have no bounds checks and vectorize.
@@ -148,3 +149,107 @@ def gather(x, index, out):  # type: ignore[no-untyped-def]
     """out[i] = x[index[i]] over flat arrays."""
     for i in range(index.shape[0]):
         out[i] = x[index[i]]
+
+
+@njit(**JIT)
+def masked_softmax_rows(s, mask, index, scale):  # type: ignore[no-untyped-def]
+    """In place: each row of s (B, S, L) becomes softmax(row * scale + mask row).
+
+    mask is (G, S or 1, L or 1); batch b uses mask group index[b].
+    """
+    ms, ml = mask.shape[1] > 1, mask.shape[2] > 1
+    for b in range(s.shape[0]):
+        m = mask[index[b]]
+        for r in range(s.shape[1]):
+            row = s[b, r]
+            mrow = m[r if ms else 0]
+            top = -np.inf
+            for i in range(row.shape[0]):
+                v = row[i] * scale + mrow[i if ml else 0]
+                row[i] = v
+                top = max(top, v)
+            total = 0.0
+            for i in range(row.shape[0]):
+                e = np.exp(row[i] - top)
+                row[i] = e
+                total += e
+            inv = 1.0 / total
+            for i in range(row.shape[0]):
+                row[i] = row[i] * inv
+
+
+@njit(**JIT)
+def masked_softmax_rows_f32(s, mask, index, scale):  # type: ignore[no-untyped-def]
+    """:func:`masked_softmax_rows` for float32 with :func:`cpu_math.exp_f32`."""
+    ms, ml = mask.shape[1] > 1, mask.shape[2] > 1
+    k = np.float32(scale)
+    for b in range(s.shape[0]):
+        m = mask[index[b]]
+        for r in range(s.shape[1]):
+            row = s[b, r]
+            mrow = m[r if ms else 0]
+            top = np.float32(-np.inf)
+            if ml:
+                for i in range(row.shape[0]):
+                    v = row[i] * k + mrow[i]
+                    row[i] = v
+                    top = max(top, v)
+            else:
+                for i in range(row.shape[0]):
+                    v = row[i] * k + mrow[0]
+                    row[i] = v
+                    top = max(top, v)
+            total = 0.0
+            for i in range(row.shape[0]):
+                e = exp_f32(row[i] - top)
+                row[i] = e
+                total += e
+            inv = np.float32(1.0 / total)
+            for i in range(row.shape[0]):
+                row[i] = row[i] * inv
+
+
+@njit(**JIT)
+def max_pool2d(x, out, kh_, kw_, sh, sw, dh, dw, ph, pw):  # type: ignore[no-untyped-def]
+    """MaxPool over NCHW x into out; taps outside the input are skipped (padding is -inf)."""
+    h_, w_ = x.shape[2], x.shape[3]
+    oh_, ow_ = out.shape[2], out.shape[3]
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            plane = x[n, c]
+            for oh in range(oh_):
+                for ow in range(ow_):
+                    best = -np.inf
+                    for a in range(kh_):
+                        ih = oh * sh - ph + a * dh
+                        if ih < 0 or ih >= h_:
+                            continue
+                        for b in range(kw_):
+                            iw = ow * sw - pw + b * dw
+                            if iw >= 0 and iw < w_:
+                                v = plane[ih, iw]
+                                # NaN propagates, as with np.maximum in the reference.
+                                best = v if (v > best or v != v) else best
+                    out[n, c, oh, ow] = best
+
+
+@njit(**JIT)
+def average_pool2d(x, out, inverse, kh_, kw_, sh, sw, dh, dw, ph, pw):  # type: ignore[no-untyped-def]
+    """AveragePool over NCHW x: the sum of in-range taps times ``inverse[oh, ow]``."""
+    h_, w_ = x.shape[2], x.shape[3]
+    oh_, ow_ = out.shape[2], out.shape[3]
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            plane = x[n, c]
+            for oh in range(oh_):
+                for ow in range(ow_):
+                    total = 0.0
+                    for a in range(kh_):
+                        ih = oh * sh - ph + a * dh
+                        if ih < 0 or ih >= h_:
+                            continue
+                        for b in range(kw_):
+                            iw = ow * sw - pw + b * dw
+                            if iw >= 0 and iw < w_:
+                                total += plane[ih, iw]
+                    out[n, c, oh, ow] = total * inverse[oh, ow]

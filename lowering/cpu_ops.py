@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 from eqsat.lowering import codegen, cpu_kernels
-from eqsat.lowering.cpu import ElementwiseKernel, Env, Lowering, Step
+from eqsat.lowering.cpu import ElementwiseKernel, Env, Lowering, Step, StepFn
 from eqsat.lowering.memory import Usage
 
 from eqsat.ir import Node, Value
@@ -51,6 +51,10 @@ def _split(node: Node) -> tuple[list[Value | None], list[Value]]:
     if any(v is None for v in extras):
         raise ValueError(f"node {node.name!r}: an epilogue input is missing")
     return list(node.inputs[:count]), [v for v in extras if v is not None]
+
+
+def _nothing(env: Env) -> None:
+    pass
 
 
 class Epilogue:
@@ -85,6 +89,12 @@ class Epilogue:
 
     def reads(self) -> list[int]:
         return [s for s in self.slots if s is not None]
+
+    def bound(self, o: int, arrays: dict[int, np.ndarray]) -> StepFn:
+        """The epilogue over slot ``o`` as ``run(env)`` with planned buffers bound in."""
+        if self.kernel is None:
+            return _nothing
+        return self.kernel.bound(o, [o, *self.slots], arrays)
 
     def __call__(self, env: Env, out: np.ndarray) -> None:
         if self.kernel is not None:
@@ -121,8 +131,37 @@ def _matmul(lowering: Lowering, node: Node) -> Step | None:
             np.matmul(x, y, out=result)
         epi(env, result)
 
+    def bind(arrays: dict[int, np.ndarray]) -> StepFn:
+        epilogue = epi.bound(o, arrays)
+        matmul = np.matmul
+        fixed_out = arrays.get(o)
+        if flat and fixed_out is not None:
+            fixed_out = fixed_out.reshape(-1, n)
+        if b_const is not None and fixed_out is not None:
+
+            def run_fixed(env: Env) -> None:
+                x = a_const if a_const is not None else env[a_slot]
+                if flat:
+                    x = np.ascontiguousarray(x).reshape(-1, k)
+                matmul(x, b_const, out=fixed_out)
+                epilogue(env)
+
+            return run_fixed
+
+        def run_bound(env: Env) -> None:
+            x = a_const if a_const is not None else env[a_slot]
+            y = b_const if b_const is not None else env[b_slot]
+            result = env[o]
+            if flat:
+                matmul(np.ascontiguousarray(x).reshape(-1, k), y, out=result.reshape(-1, n))
+            else:
+                matmul(x, y, out=result)
+            epilogue(env)
+
+        return run_bound
+
     reads = [s for s in (a_slot, b_slot) if s is not None] + epi.reads()
-    return Step(run, Usage(reads, [o], True), "gemm", node.name)
+    return Step(run, Usage(reads, [o], True), "gemm", node.name, bind)
 
 
 def _gemm(lowering: Lowering, node: Node) -> Step | None:
@@ -165,8 +204,20 @@ def _gemm(lowering: Lowering, node: Node) -> Step | None:
         np.matmul(x, y, out=result)
         epi(env, result)
 
+    def bind(arrays: dict[int, np.ndarray]) -> StepFn:
+        epilogue = epi.bound(o, arrays)
+        matmul = np.matmul
+
+        def run_bound(env: Env) -> None:
+            x = a_const if a_const is not None else (env[a_slot].T if trans_a else env[a_slot])
+            y = b_const if b_const is not None else (env[b_slot].T if trans_b else env[b_slot])
+            matmul(x, y, out=env[o])
+            epilogue(env)
+
+        return run_bound
+
     reads = [s for s in (a_slot, b_slot) if s is not None] + epi.reads()
-    return Step(run, Usage(reads, [o], True), "gemm", node.name)
+    return Step(run, Usage(reads, [o], True), "gemm", node.name, bind)
 
 
 # ------------------------------------------------------------------------------------- Conv

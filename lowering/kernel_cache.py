@@ -92,3 +92,21 @@ def load(source: str) -> ModuleType:
 def loaded_count() -> int:
     """How many distinct kernel modules this process has loaded (for reports and tests)."""
     return len(_LOADED)
+
+
+def compile_stats() -> dict[str, int]:
+    """Over the kernels this process loaded: signatures Numba compiled and ones it loaded from disk.
+
+    A second process that compiles the same graphs with a warm cache reports ``compiled == 0``.
+    """
+    from numba.core.dispatcher import Dispatcher
+
+    compiled = hits = 0
+    with _LOCK:
+        modules = list(_LOADED.values())
+    for module in modules:
+        for item in vars(module).values():
+            if isinstance(item, Dispatcher) and item.__module__ == module.__name__:
+                compiled += sum(item.stats.cache_misses.values())
+                hits += sum(item.stats.cache_hits.values())
+    return {"modules": len(modules), "compiled": compiled, "cache_hits": hits}

@@ -6,6 +6,7 @@ tiny so that Numba compilation (cached on disk after the first run) dominates th
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -97,7 +98,7 @@ def test_elementwise_chain_with_broadcasting(rng: np.random.Generator) -> None:
     g.output(g.op("Clip", g.op("Mul", z, y), None, g.constant(np.array(0.3, F32))), "out")
     g.output(g.op("Erf", g.op("Div", x, b)), "erf")
     exe = _check(g, rng)
-    assert set(exe.report["steps"]) == {"kernel"}
+    assert set(exe.report["steps"]) <= {"kernel", "view"}
     assert exe.report["reference_ops"] == {}
 
 
@@ -229,19 +230,22 @@ def test_kernel_cache_is_keyed_by_source(tmp_path, monkeypatch) -> None:  # type
 
 @pytest.mark.slow
 def test_kernel_cache_survives_processes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # What the second process does is counted, not timed (bench/e2e.py reports the seconds).
     script = (
-        "import time, numpy as np, eqsat\n"
+        "import json, eqsat\n"
+        "from eqsat.lowering import kernel_cache\n"
         "g = eqsat.Graph('g'); x = g.input('x', (8,))\n"
         "g.output(g.op('Sigmoid', g.op('Mul', x, x)), 'y')\n"
-        "t = time.perf_counter(); eqsat.compile(g, target='cpu'); print(time.perf_counter() - t)\n"
+        "eqsat.compile(g, target='cpu'); print(json.dumps(kernel_cache.compile_stats()))\n"
     )
     env = {**os.environ, "EQSAT_KERNEL_CACHE": str(tmp_path)}
-    runs = [
-        float(subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                             text=True, check=True).stdout)
+    cold, warm = (
+        json.loads(subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                                  text=True, check=True).stdout.strip().splitlines()[-1])
         for _ in range(2)
-    ]  # fmt: skip
-    assert runs[1] < runs[0] and runs[1] < 2.0
+    )  # fmt: skip
+    assert cold["compiled"] >= 1 and cold["modules"] >= 1
+    assert warm["compiled"] == 0 and warm["cache_hits"] >= cold["compiled"]
 
 
 @pytest.mark.parametrize(
@@ -296,3 +300,50 @@ def test_resize_nearest_and_conv_transpose(rng: np.random.Generator) -> None:
     g.output(g.op("ConvTranspose", x, w, b, strides=[2, 2]), "up")
     exe = _check(g, rng)
     assert exe.report["reference_ops"] == {}
+
+
+def test_data_movement_attention_and_pools(rng: np.random.Generator) -> None:
+    pytest.importorskip("eqsat.ops.fused")
+    g = eqsat.Graph("moves")
+    x = g.input("x", (2, 6, 4, 8))
+    t = g.op("Transpose", x, perm=[0, 2, 1, 3])
+    r = g.op("Reshape", t, g.constant(np.array([2, 4, 48], np.int64)))
+    g.output(g.op("Concat", r, g.op("Relu", r), axis=1), "cat")
+    q, k, v = (
+        g.op("Transpose", g.op("Sigmoid", x) if i else x, perm=[0, 1, 3, 2]) for i in range(3)
+    )
+    mask = g.input("mask", (2, 1, 1, 8), np.int64)
+    bias = g.op(
+        "FusedElementwise", mask, body="(((1.0) - cast({0}, (1))) * (-10000.0))", dtype="float32"
+    )
+    g.output(g.op("Attention", q, k, v, bias, scale=0.3), "attn")
+    g.output(g.op("Attention", q, k, v, scale=0.5), "attn_nomask")
+    pool = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 0, 1, 1]}
+    g.output(g.op("MaxPool", x, ceil_mode=1, **pool), "max")
+    g.output(g.op("AveragePool", x, **pool), "avg")
+    g.output(g.op("AveragePool", x, count_include_pad=1, **pool), "avg_pad")
+    feeds = {"x": rng.standard_normal((2, 6, 4, 8)).astype(F32)}
+    feeds["mask"] = (rng.uniform(size=(2, 1, 1, 8)) > 0.3).astype(np.int64)
+    want = eqsat.compile(g, target="numpy").run(feeds)
+    exe = eqsat.compile(g, target="cpu")
+    got = exe.run(feeds)
+    for name, expected in want.items():
+        np.testing.assert_allclose(got[name], expected, rtol=1e-5, atol=1e-5, err_msg=name)
+    assert exe.report["reference_ops"] == {}
+    assert exe.report["steps"]["attention"] == 2 and exe.report["steps"]["view"] >= 1
+
+
+def test_blas_pin_restores_thread_count() -> None:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from eqsat.lowering.cpu import BlasPin
+
+    before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+              if lib["user_api"] == "blas"]  # fmt: skip
+    pin = BlasPin(1)
+    pin.enter()
+    inside = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+              if lib["user_api"] == "blas"]  # fmt: skip
+    pin.exit()
+    after = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+             if lib["user_api"] == "blas"]  # fmt: skip
+    assert set(inside) <= {1} and after == before

@@ -1,0 +1,208 @@
+"""CPU steps for data movement and attention, which profiles showed costing more than they compute.
+
+Run on the numpy reference, a Reshape of a few kilobytes cost ~8 us (argument checks, attribute
+parsing, a fresh array) and fused attention ~90 us; here:
+
+* Reshape, Flatten, Squeeze, Unsqueeze and Identity keep the element order, and their output shape
+  is static: the step is ``x.reshape(shape)``, a view whenever the input is contiguous (the memory
+  plan tracks that the result aliases its input's buffer);
+* Transpose copies into its planned buffer; Concat concatenates into its planned buffer;
+* ``Attention(Q, K, V[, mask])`` is two batched GEMMs into preallocated scratch with one Numba pass
+  in between that scales, adds the mask and takes the softmax of each row
+  (:func:`eqsat.lowering.cpu_kernels.masked_softmax_rows`);
+* MaxPool and AveragePool over 2-D NCHW windows: one Numba kernel each
+  (:func:`eqsat.lowering.cpu_kernels.max_pool2d` and ``average_pool2d``).
+
+Anything else returns ``None`` and runs on the numpy reference.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from eqsat.lowering import cpu_kernels
+from eqsat.lowering.cpu import Env, Lowering, Step, StepFn
+from eqsat.lowering.memory import Usage
+
+from eqsat.ir import Node
+from eqsat.ops.conv import window_geometry
+
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def build_step(lowering: Lowering, node: Node) -> Step | None:
+    builder = _BUILDERS.get(node.op)
+    if builder is None or not node.outputs or node.outputs[0] is None:
+        return None
+    x = node.inputs[0] if node.inputs else None
+    if x is None or x.const is not None:
+        return None
+    return builder(lowering, node)
+
+
+def _view(lowering: Lowering, node: Node) -> Step | None:
+    x, out = node.inputs[0], node.outputs[0]
+    assert x is not None and out is not None
+    if any(v is not None for v in node.outputs[1:]) or x.size != out.size:
+        return None
+    xs, o = lowering.slot(x), lowering.slot(out)
+    shape = out.shape
+
+    def run(env: Env) -> None:
+        env[o] = env[xs].reshape(shape)
+
+    return Step(run, Usage([xs], [o], False), "view", node.name)
+
+
+def _transpose(lowering: Lowering, node: Node) -> Step | None:
+    x, out = node.inputs[0], node.outputs[0]
+    assert x is not None and out is not None
+    perm = node.attrs.get("perm")
+    perm = tuple(range(x.rank)[::-1]) if perm is None else tuple(int(p) % x.rank for p in perm)
+    xs, o = lowering.slot(x), lowering.slot(out)
+    copyto = np.copyto
+
+    def run(env: Env) -> None:
+        copyto(env[o], env[xs].transpose(perm))
+
+    def bind(arrays: dict[int, np.ndarray]) -> StepFn | None:
+        fixed = arrays.get(o)
+        source = arrays.get(xs)
+        if fixed is None:
+            return None
+        if source is not None:
+            view = source.transpose(perm)  # a planned buffer: the same view every run
+            return lambda env: copyto(fixed, view)
+        return lambda env: copyto(fixed, env[xs].transpose(perm))
+
+    return Step(run, Usage([xs], [o], True), "copy", node.name, bind)
+
+
+def _concat(lowering: Lowering, node: Node) -> Step | None:
+    out = node.outputs[0]
+    assert out is not None
+    if any(v is None for v in node.inputs) or out.rank == 0:
+        return None
+    axis = int(node.attrs["axis"]) % out.rank
+    items = [
+        (v.const, None) if v.const is not None else (None, lowering.slot(v))
+        for v in node.inputs
+        if v is not None
+    ]
+    o = lowering.slot(out)
+
+    def run(env: Env) -> None:
+        parts = [c if c is not None else env[s] for c, s in items]
+        np.concatenate(parts, axis=axis, out=env[o])
+
+    reads = [s for _, s in items if s is not None]
+    return Step(run, Usage(reads, [o], True), "copy", node.name)
+
+
+def _attention(lowering: Lowering, node: Node) -> Step | None:
+    q, k, v = node.inputs[:3]
+    mask = node.inputs[3] if len(node.inputs) > 3 else None
+    out = node.outputs[0]
+    assert q is not None and k is not None and v is not None and out is not None
+    if out.dtype not in FLOATS or not q.shape[:-2] == k.shape[:-2] == v.shape[:-2]:
+        return None
+    if mask is not None and mask.dtype != out.dtype:
+        return None
+    lead = q.shape[:-2]
+    batch = int(np.prod(lead, dtype=np.int64))
+    s_, d_ = q.shape[-2:]
+    l_, dv = v.shape[-2:]
+    scores = np.empty((batch, s_, l_), out.dtype)
+    scale = float(node.attrs["scale"])
+    rank = out.rank
+    if mask is None:
+        mask_rows = np.zeros((1, 1, 1), out.dtype)
+        mask_index = np.zeros(batch, np.int64)
+        mask_const = mask_rows
+        m_slot = None
+        mask_shape = (1, 1, 1)
+    else:
+        padded = (1,) * (rank - mask.rank) + mask.shape
+        mask_lead = padded[:-2]
+        groups = int(np.prod(mask_lead, dtype=np.int64))
+        ids = np.arange(groups, dtype=np.int64).reshape(mask_lead)
+        mask_index = np.ascontiguousarray(np.broadcast_to(ids, lead).reshape(-1))
+        mask_shape = (groups, padded[-2], padded[-1])
+        mask_const = None if mask.const is None else mask.const.reshape(mask_shape)
+        m_slot = None if mask.const is not None else lowering.slot(mask)
+    slots = [None if x.const is not None else lowering.slot(x) for x in (q, k, v)]
+    consts = [x.const for x in (q, k, v)]
+    o = lowering.slot(out)
+    kernel = (
+        cpu_kernels.masked_softmax_rows_f32
+        if out.dtype == np.float32
+        else cpu_kernels.masked_softmax_rows
+    )
+    matmul = np.matmul
+
+    def operand(env: Env, i: int, shape: tuple[int, ...]) -> np.ndarray:
+        data = consts[i] if consts[i] is not None else env[slots[i]]  # type: ignore[index]
+        return np.ascontiguousarray(data).reshape(shape)
+
+    def run(env: Env) -> None:
+        qs = operand(env, 0, (batch, s_, d_))
+        ks = operand(env, 1, (batch, l_, d_))
+        vs = operand(env, 2, (batch, l_, dv))
+        matmul(qs, ks.transpose(0, 2, 1), out=scores)
+        m = mask_const if m_slot is None else np.ascontiguousarray(env[m_slot]).reshape(mask_shape)
+        kernel(scores, m, mask_index, scale)
+        matmul(scores, vs, out=env[o].reshape(batch, s_, dv))
+
+    reads = [s for s in (*slots, m_slot) if s is not None]
+    return Step(run, Usage(reads, [o], True), "attention", node.name)
+
+
+def _pool(lowering: Lowering, node: Node) -> Step | None:
+    x, out = node.inputs[0], node.outputs[0]
+    assert x is not None and out is not None
+    if x.rank != 4 or out.dtype not in FLOATS or any(v is not None for v in node.outputs[1:]):
+        return None
+    attrs = node.attrs
+    kernel = tuple(int(k) for k in attrs["kernel_shape"])
+    window = window_geometry(x.shape[2:], kernel, attrs, ceil_mode=bool(attrs["ceil_mode"]))
+    if tuple(window.out) != out.shape[2:]:
+        return None
+    geometry = (*window.kernel, *window.strides, *window.dilations, *window.begin)
+    xs, o = lowering.slot(x), lowering.slot(out)
+    if node.op == "MaxPool":
+
+        def run(env: Env) -> None:
+            cpu_kernels.max_pool2d(np.ascontiguousarray(env[xs]), env[o], *geometry)
+
+        return Step(run, Usage([xs], [o], True), "kernel", node.name)
+    # The divisor per output position, as the reference counts it (separable per axis).
+    include = bool(attrs["count_include_pad"])
+    count = np.ones((), np.float64)
+    for a, size in enumerate(x.shape[2:]):
+        lo, hi = (-window.begin[a], size + window.end[a]) if include else (0, size)
+        starts = np.arange(window.out[a]) * window.strides[a] - window.begin[a]
+        pos = starts[:, None] + np.arange(window.kernel[a]) * window.dilations[a]
+        count = np.multiply.outer(count, ((pos >= lo) & (pos < hi)).sum(axis=1))
+    inverse = np.ascontiguousarray(1.0 / count, out.dtype)
+
+    def run_average(env: Env) -> None:
+        cpu_kernels.average_pool2d(np.ascontiguousarray(env[xs]), env[o], inverse, *geometry)
+
+    return Step(run_average, Usage([xs], [o], True), "kernel", node.name)
+
+
+_BUILDERS: dict[str, Any] = {
+    "Reshape": _view,
+    "Flatten": _view,
+    "Squeeze": _view,
+    "Unsqueeze": _view,
+    "Identity": _view,
+    "Transpose": _transpose,
+    "Concat": _concat,
+    "Attention": _attention,
+    "MaxPool": _pool,
+    "AveragePool": _pool,
+}
+
+__all__ = ["build_step"]
