@@ -134,6 +134,14 @@ def upgrade(
         )
     elif op == "GroupNormalization" and version < 21:
         _group_norm_18(graph, up, node, fresh)
+    elif op == "DFT" and version < 20:
+        # The axis moved from an attribute (default 1) to a third input at opset 20.
+        axis = np.asarray(up.attrs.pop("axis", 1), np.int64)
+        length = up.inputs[1] if len(up.inputs) > 1 else None
+        up.inputs = [up.inputs[0], length, graph.constant(axis, fresh(f"{node}_axis"))]
+    elif op == "GridSample" and version < 20:
+        modes = {"bilinear": "linear", "bicubic": "cubic"}
+        up.attrs["mode"] = modes.get(up.attrs.get("mode", "bilinear"), up.attrs.get("mode"))
     return up
 
 

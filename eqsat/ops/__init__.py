@@ -217,9 +217,12 @@ def _load_families() -> None:
         conv,
         elementwise,
         nn,
+        norm,
+        quant,
         reduce,
         resize,
         shape,
+        signal,
         tensor,
     )
 

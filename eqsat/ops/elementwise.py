@@ -19,7 +19,8 @@ float16 operands are computed in float32 and rounded once at the end, as the ref
 Use :func:`scalar_expr` to turn a node into an expression rather than formatting ``OpDef.scalar``
 directly: it also picks the variant a node's attributes or omitted inputs call for
 (:data:`SCALAR_VARIANTS`: Gelu's tanh form, Mod's fmod form, Clip without bounds) and folds the
-binary template of a variadic op (Max, Min) over all its operands. Dropout's template describes its
+binary template of a variadic op (Max, Min, Sum) over all its operands (Mean then divides by
+their count, :data:`VARIADIC_FINISH`). Dropout's template describes its
 first output; its optional mask output is all true.
 """
 
@@ -111,6 +112,10 @@ SCALAR_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "erf": special.erf, "abs": np.abs, "floor": np.floor, "ceil": np.ceil, "sin": np.sin,
     "cos": np.cos, "min": np.minimum, "max": np.maximum, "pow": _pow, "isnan": np.isnan,
     "rint": np.rint, "sign": np.sign, "fmod": np.fmod, "mod": np.mod, "cast": _cast,
+    "tan": np.tan, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan, "sinh": np.sinh,
+    "cosh": np.cosh, "asinh": np.arcsinh, "acosh": np.arccosh, "atanh": np.arctanh,
+    "isinf": np.isinf, "bitand": np.bitwise_and, "bitor": np.bitwise_or,
+    "bitxor": np.bitwise_xor, "bitnot": np.invert,
 }  # fmt: skip
 
 # Templates that replace OpDef.scalar when an attribute has a value, or ("omitted", indices) when
@@ -118,6 +123,9 @@ SCALAR_FUNCTIONS: dict[str, Callable[..., Any]] = {
 SCALAR_VARIANTS: dict[str, dict[tuple[str, Any], str]] = {}
 # Ops taking 1..N operands, whose binary template folds left over them.
 VARIADIC: set[str] = set()
+# Variadic ops that are not a plain fold: (fold template, finish template over the fold and the
+# operand count {n}); their OpDef.scalar is the two-operand result (Mean's ((a + b) / 2)).
+VARIADIC_FINISH: dict[str, tuple[str, str]] = {}
 
 
 # ------------------------------------------------------------------ the table builder
@@ -258,6 +266,10 @@ def scalar_expr(op: str, operands: Sequence[str | None], attrs: Mapping[str, Any
             break
     literals = {k: _literal(v) for k, v in attrs.items() if isinstance(v, int | float | np.number)}
     args = [o if o is not None else "" for o in operands]
+    if op in VARIADIC_FINISH:
+        fold, finish = VARIADIC_FINISH[op]
+        total = functools.reduce(lambda acc, x: fold.format(acc, x), args)
+        return total if len(args) == 1 else finish.format(total, n=len(args))
     if op in VARIADIC:
         return functools.reduce(lambda acc, x: template.format(acc, x, **literals), args)
     return template.format(*args, **literals)
@@ -475,4 +487,130 @@ elementwise(
     other_inputs={1: FLOAT, 2: BOOL},
     scalar_inputs=(1, 2),
     check=_check_inference,
+)
+
+# --- more arithmetic and activations ----------------------------------------------------------
+INTEGER = SIGNED | UNSIGNED
+
+
+def _check_prelu(inputs: list[Value | None], _: dict[str, Any]) -> None:
+    x, slope = inputs
+    if broadcast_shapes(x.shape, slope.shape) != x.shape:  # unidirectional: slope -> X
+        raise ShapeError(f"PRelu: slope {slope.shape} does not broadcast to X's shape {x.shape}")
+
+
+def _isinf(x: np.ndarray, detect_positive: int, detect_negative: int) -> Any:
+    return (np.isposinf(x) & bool(detect_positive)) | (np.isneginf(x) & bool(detect_negative))
+
+
+def _shrink(x: np.ndarray, bias: float, lambd: float) -> Any:
+    # Integer inputs are shifted by the float bias and truncated back, as ONNX and onnxruntime
+    # do; the scalar form's literals take X's dtype instead (only a fractional bias differs).
+    return np.where(x < -lambd, x + bias, np.where(x > lambd, x - bias, 0))
+
+
+elementwise(
+    "PRelu",
+    lambda x, slope: np.where(x < 0, slope * x, x),
+    "({1} * {0} if {0} < 0 else {0})",
+    arity=2,
+    flops=2,
+    dtypes=SIGNED | UNSIGNED | FLOAT,
+    check=_check_prelu,
+)
+elementwise("Sum", lambda *xs: functools.reduce(np.add, xs), "({0} + {1})", dtypes=FLOAT,
+            variadic=True)  # fmt: skip
+elementwise(
+    "Mean",
+    lambda *xs: functools.reduce(np.add, xs) / np.asarray(len(xs), xs[0].dtype),
+    "(({0} + {1}) / 2)",
+    dtypes=FLOAT,
+    variadic=True,
+)
+VARIADIC_FINISH["Mean"] = ("({0} + {1})", "({0} / {n})")
+elementwise(
+    "Selu",
+    lambda x, alpha, gamma: gamma * np.where(x > 0, x, alpha * (np.exp(x) - 1)),
+    "({gamma} * ({0} if {0} > 0 else {alpha} * (exp({0}) - 1)))",
+    flops=13,
+    dtypes=FLOAT,
+    attrs={"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875},
+)
+elementwise(
+    "Celu",
+    lambda x, alpha: np.maximum(x, 0) + np.minimum(0, alpha * (np.exp(x / alpha) - 1)),
+    "(max({0}, 0) + min(0, {alpha} * (exp({0} / {alpha}) - 1)))",
+    flops=15,
+    dtypes=FLOAT,
+    attrs={"alpha": 1.0},
+)
+elementwise(
+    "ThresholdedRelu",
+    lambda x, alpha: np.where(x > alpha, x, 0),
+    "({0} if {0} > {alpha} else 0)",
+    dtypes=FLOAT,
+    attrs={"alpha": 1.0},
+)
+_float_unary("Softsign", lambda x: x / (1 + np.abs(x)), "({0} / (1 + abs({0})))", 3)
+_float_unary(
+    "Mish",
+    lambda x: x * np.tanh(np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))),
+    "({0} * tanh(max({0}, 0) + log1p(exp(-abs({0})))))",
+    40,
+)
+elementwise(
+    "Shrink",
+    _shrink,
+    "({0} + {bias} if {0} < -{lambd} else ({0} - {bias} if {0} > {lambd} else 0))",
+    flops=3,
+    attrs={"bias": 0.0, "lambd": 0.5},
+)
+for _name, _fn in (("Tan", "tan"), ("Asin", "asin"), ("Acos", "acos"), ("Atan", "atan"),
+                   ("Sinh", "sinh"), ("Cosh", "cosh"), ("Asinh", "asinh"), ("Acosh", "acosh"),
+                   ("Atanh", "atanh")):  # fmt: skip
+    _float_unary(_name, SCALAR_FUNCTIONS[_fn], f"{_fn}({{0}})", 20)
+
+# --- more logic and bit operations ------------------------------------------------------------
+elementwise(
+    "IsInf",
+    _isinf,
+    "((({0} == inf) and not ({detect_positive} == 0)) or "
+    "(({0} == (-inf)) and not ({detect_negative} == 0)))",
+    flops=2,
+    dtypes=FLOAT,
+    attrs={"detect_positive": 1, "detect_negative": 1},
+    result="bool",
+)
+elementwise("Xor", np.logical_xor, "(({0} or {1}) and not ({0} and {1}))", arity=2, dtypes=BOOL)
+elementwise("BitwiseAnd", np.bitwise_and, "bitand({0}, {1})", arity=2, dtypes=INTEGER)
+elementwise("BitwiseOr", np.bitwise_or, "bitor({0}, {1})", arity=2, dtypes=INTEGER)
+elementwise("BitwiseXor", np.bitwise_xor, "bitxor({0}, {1})", arity=2, dtypes=INTEGER)
+elementwise("BitwiseNot", np.invert, "bitnot({0})", dtypes=INTEGER)
+
+
+# --- CastLike: Cast to another tensor's dtype -------------------------------------------------
+# Not elementwise in the table's sense: the result's dtype comes from an input, which a scalar
+# template cannot name; the target's shape does not broadcast into the result.
+def _castlike_infer(inputs: list[Value | None], attrs: dict[str, Any], _: int) -> list[Any]:
+    x, like = inputs
+    for v, what in ((x, "input"), (like, "target_type")):
+        if v.dtype not in ANY:
+            raise ShapeError(f"CastLike: {what} has unsupported dtype {v.dtype}")
+    return [(x.shape, like.dtype)]
+
+
+def _castlike_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
+    return [np.asarray(arrays[0]).astype(outs[0].dtype)]
+
+
+register(
+    OpDef(
+        "CastLike",
+        _castlike_infer,
+        _castlike_reference,
+        default_cost(1),
+        min_inputs=2,
+        max_inputs=2,
+        attrs={"saturate": None},
+    )
 )

@@ -1,5 +1,6 @@
 """Dense and normalization operators: MatMul, Gemm, Einsum, the inference-time normalizations
-(BatchNormalization, InstanceNormalization, LayerNormalization) and Softmax/LogSoftmax.
+(BatchNormalization, InstanceNormalization, LayerNormalization), Softmax/LogSoftmax, the matrix
+builders Trilu and EyeLike, and GridSample (sampling an image at the points of a flow field).
 
 The windowed spatial ops (Conv, pools) live in :mod:`eqsat.ops.conv` and Resize in
 :mod:`eqsat.ops.resize`. float16 inputs are computed in float32 and rounded once at the end, as
@@ -415,4 +416,182 @@ def _log_softmax_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[
 register(OpDef("Softmax", _softmax_infer, _softmax_reference, _norm_cost(5), attrs={"axis": -1}))
 register(
     OpDef("LogSoftmax", _softmax_infer, _log_softmax_reference, _norm_cost(5), attrs={"axis": -1})
+)
+
+
+# ------------------------------------------------------------------------------ Trilu, EyeLike
+def _trilu_infer(inputs: list[Value | None], attrs: dict[str, Any], _: int) -> list[Any]:
+    x, k = inputs[0], inputs[1] if len(inputs) > 1 else None
+    if x.rank < 2:
+        raise ShapeError(f"input must have rank >= 2, got shape {x.shape}")
+    if k is not None and (k.size != 1 or k.dtype != np.int64):
+        raise ShapeError(f"k must be an int64 scalar, got {k.dtype} of shape {k.shape}")
+    return [(x.shape, x.dtype)]
+
+
+def _trilu_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
+    x = arrays[0]
+    k = int(np.asarray(arrays[1]).reshape(())) if len(arrays) > 1 and arrays[1] is not None else 0
+    return [np.triu(x, k) if attrs["upper"] else np.tril(x, k)]
+
+
+def _copy_cost(inputs: list[Value | None], outputs: list[Value | None], attrs: dict) -> Cost:
+    return io_cost(0, inputs, outputs)
+
+
+register(
+    OpDef(
+        "Trilu",
+        _trilu_infer,
+        _trilu_reference,
+        _copy_cost,
+        min_inputs=1,
+        max_inputs=2,
+        attrs={"upper": 1},
+    )
+)
+
+
+def _eyelike_dtype(x: Value, attrs: dict[str, Any]) -> np.dtype:
+    from eqsat.ops.elementwise import onnx_dtype  # a family module; imported when first needed
+
+    return x.dtype if attrs["dtype"] is None else onnx_dtype(attrs["dtype"])
+
+
+def _eyelike_infer(inputs: list[Value | None], attrs: dict[str, Any], _: int) -> list[Any]:
+    x = inputs[0]
+    if x.rank != 2:
+        raise ShapeError(f"input must be a matrix, got shape {x.shape}")
+    return [(x.shape, _eyelike_dtype(x, attrs))]
+
+
+def _eyelike_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
+    rows, cols = arrays[0].shape
+    return [np.eye(rows, cols, int(attrs["k"]), dtype=outs[0].dtype)]
+
+
+register(
+    OpDef(
+        "EyeLike",
+        _eyelike_infer,
+        _eyelike_reference,
+        _copy_cost,
+        attrs={"dtype": None, "k": 0},
+        shape_only=True,  # depends only on the input's shape: folds to a constant
+    )
+)
+
+
+# ------------------------------------------------------------------------------------ GridSample
+GRID_MODES = {"linear": "linear", "bilinear": "linear", "nearest": "nearest"}
+GRID_MODES |= {"cubic": "cubic", "bicubic": "cubic"}  # opset 16 spelled them bilinear/bicubic
+TAPS = {"nearest": 1, "linear": 2, "cubic": 4}
+
+
+def _gridsample_infer(inputs: list[Value | None], attrs: dict[str, Any], _: int) -> list[Any]:
+    x, grid = inputs
+    check_dtype(x.dtype, FLOAT_DTYPES, "X")
+    check_dtype(grid.dtype, FLOAT_DTYPES, "grid")
+    r = x.rank - 2
+    if r < 1 or grid.rank != x.rank or grid.shape[0] != x.shape[0] or grid.shape[-1] != r:
+        raise ShapeError(
+            f"X (N, C, D1..Dr) {x.shape} needs grid (N, O1..Or, r) with r = {r}, got {grid.shape}"
+        )
+    if attrs["mode"] not in GRID_MODES:
+        raise ShapeError(f"mode must be linear, nearest or cubic, got {attrs['mode']!r}")
+    if attrs["padding_mode"] not in ("zeros", "border", "reflection"):
+        raise ShapeError(f"padding_mode {attrs['padding_mode']!r} is not zeros/border/reflection")
+    return [(x.shape[:2] + grid.shape[1:-1], x.dtype)]
+
+
+def _reflect(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Fold ``x`` back into [lo, hi] by mirroring at the nearer border, repeatedly."""
+    span = hi - lo
+    if span <= 0:
+        return np.full_like(x, lo)
+    below, above = x < lo, x > hi
+    dist = np.where(below, lo - x, x - hi)
+    turns = np.trunc(dist / span)
+    rest = dist - turns * span
+    even = turns % 2 == 0
+    from_below = np.where(even, lo + rest, hi - rest)
+    from_above = np.where(even, hi - rest, lo + rest)
+    return np.where(below, from_below, np.where(above, from_above, x))
+
+
+def _cubic_weights(t: np.ndarray) -> list[np.ndarray]:
+    a = -0.75  # Keys' cubic convolution, as PyTorch and ONNX
+
+    def near(d: np.ndarray) -> np.ndarray:
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+
+    def far(d: np.ndarray) -> np.ndarray:
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+    return [far(t + 1), near(t), near(1 - t), far(2 - t)]
+
+
+def _gridsample_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
+    import itertools
+
+    x, grid = arrays
+    dt = compute_dtype(x.dtype)
+    mode, padding = GRID_MODES[attrs["mode"]], attrs["padding_mode"]
+    align = bool(attrs["align_corners"])
+    dims = x.shape[2:]
+    taps_per_dim: list[list[tuple[np.ndarray, np.ndarray]]] = []
+    for i, size in enumerate(dims):
+        # The grid's last axis lists coordinates innermost dimension first (x, y, ...).
+        n = grid[..., len(dims) - 1 - i].astype(dt)
+        c = (n + 1) / 2 * (size - 1) if align else ((n + 1) * size - 1) / 2
+        lo, hi = (0.0, size - 1.0) if align else (-0.5, size - 0.5)
+        if mode == "nearest":
+            c = np.rint(c)  # half to even, as PyTorch
+        # Padding applies to each tap's index, not to the coordinate, as in PyTorch and
+        # onnxruntime. (The ONNX reference clamps the coordinate first; for nearest and linear
+        # that is the same, for cubic with border padding it differs near the edges.)
+        base = np.floor(c)
+        t = c - base
+        if mode == "nearest":
+            points = [(c, np.ones_like(c))]
+        elif mode == "linear":
+            points = [(base, 1 - t), (base + 1, t)]
+        else:
+            points = list(zip([base - 1, base, base + 1, base + 2], _cubic_weights(t), strict=True))
+        taps = []
+        for index, weight in points:
+            index = index.astype(np.int64)
+            if padding == "zeros":
+                weight = np.where((index >= 0) & (index < size), weight, 0)
+            elif padding == "reflection":
+                index = _reflect(index.astype(dt), lo, hi).astype(np.int64)
+            taps.append((np.clip(index, 0, size - 1), weight))
+        taps_per_dim.append(taps)
+    xt = np.moveaxis(x.astype(dt, copy=False), 1, -1)  # (N, D1..Dr, C)
+    batch = np.arange(x.shape[0]).reshape((-1,) + (1,) * (grid.ndim - 2))
+    y = np.zeros((*grid.shape[:-1], x.shape[1]), dt)
+    for combo in itertools.product(*taps_per_dim):
+        weight = np.prod([w for _, w in combo], axis=0)
+        y += xt[(batch, *(i for i, _ in combo))] * weight[..., None]
+    return [np.moveaxis(y, -1, 1).astype(x.dtype, copy=False)]
+
+
+def _gridsample_cost(inputs: list[Value | None], outputs: list[Value | None], attrs: dict) -> Cost:
+    r = inputs[0].rank - 2
+    taps = TAPS[GRID_MODES[attrs["mode"]]] ** r
+    # A multiply-add per tap per output, plus the coordinate and weight arithmetic per point.
+    points = outputs[0].size // max(outputs[0].shape[1], 1)
+    return io_cost(2 * taps * outputs[0].size + 10 * r * taps * points, inputs, outputs)
+
+
+register(
+    OpDef(
+        "GridSample",
+        _gridsample_infer,
+        _gridsample_reference,
+        _gridsample_cost,
+        min_inputs=2,
+        max_inputs=2,
+        attrs={"mode": "linear", "padding_mode": "zeros", "align_corners": 0},
+    )
 )

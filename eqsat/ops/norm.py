@@ -1,0 +1,201 @@
+"""More normalizations: GroupNormalization, LpNormalization, MeanVarianceNormalization, LRN, and
+Hardmax (Softmax's arg-max sibling).
+
+BatchNormalization, InstanceNormalization, LayerNormalization and Softmax live in
+:mod:`eqsat.ops.nn`. GroupNormalization speaks the opset-21 form (scale and bias per channel); the
+importer (:mod:`eqsat.onnx_upgrade`) widens opset-18 per-group parameters. float16 inputs are
+computed in float32 and rounded once at the end, as onnxruntime does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from eqsat.errors import ShapeError
+from eqsat.ir import Value
+from eqsat.ops import REQUIRED, OpDef, normalize_axis, register
+from eqsat.ops.nn import FLOAT_DTYPES, STASH_TYPES, check_dtype, compute_dtype, io_cost
+
+
+def _cost(flops_per_element: float) -> Any:
+    def cost(inputs: list[Value | None], outputs: list[Value | None], attrs: dict) -> Any:
+        return io_cost(flops_per_element * inputs[0].size, inputs, outputs)
+
+    return cost
+
+
+# ---------------------------------------------------------------------------- GroupNormalization
+def _gn_infer(inputs: list[Value | None], attrs: dict[str, Any], _: int) -> list[Any]:
+    x, scale, bias = inputs
+    check_dtype(x.dtype, FLOAT_DTYPES, "X")
+    if x.rank < 2:
+        raise ShapeError(f"X must be N x C x ..., got shape {x.shape}")
+    groups, channels = int(attrs["num_groups"]), x.shape[1]
+    if groups <= 0 or channels % groups:
+        raise ShapeError(f"num_groups {groups} does not divide the {channels} channels")
+    for v, name in ((scale, "scale"), (bias, "bias")):
+        if v.shape != (channels,):
+            raise ShapeError(
+                f"{name} must have shape ({channels},) (one per channel), got {v.shape}"
+            )
+        if v.dtype != x.dtype:
+            raise ShapeError(f"{name} must have X's dtype {x.dtype}, got {v.dtype}")
+    if int(attrs["stash_type"]) not in STASH_TYPES:
+        raise ShapeError(f"stash_type {attrs['stash_type']} is not float16, float32 or float64")
+    return [(x.shape, x.dtype)]
+
+
+def _gn_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
+    x, scale, bias = arrays
+    n, c = x.shape[:2]
+    groups = int(attrs["num_groups"])
+    stash = STASH_TYPES[int(attrs["stash_type"])]
+    dt = np.promote_types(compute_dtype(stash), compute_dtype(x.dtype))
+    xs = x.astype(dt, copy=False).reshape(n, groups, -1)
+    mean = xs.mean(axis=-1, keepdims=True)
+    centered = xs - mean
+    var = np.mean(centered * centered, axis=-1, keepdims=True)
+    # As the ONNX function body: normalize in the stash type, scale and shift in X's type.
+    normalized = (centered / np.sqrt(var + dt.type(attrs["epsilon"]))).astype(x.dtype)
+    cd = compute_dtype(x.dtype)
+    per_channel = (1, c) + (1,) * (x.ndim - 2)
+    y = normalized.reshape(x.shape).astype(cd) * scale.astype(cd).reshape(per_channel)
+    y = y + bias.astype(cd).reshape(per_channel)
+    return [y.astype(x.dtype, copy=False)]
+
+
+register(
+    OpDef(
+        "GroupNormalization",
+        _gn_infer,
+        _gn_reference,
+        _cost(8),
+        min_inputs=3,
+        max_inputs=3,
+        attrs={"num_groups": REQUIRED, "epsilon": 1e-5, "stash_type": 1},
+    )
+)
+
+
+# ------------------------------------------------------------------------------- LpNormalization
+def _same_infer(inputs: list[Value | None], attrs: dict[str, Any], _: int) -> list[Any]:
+    x = inputs[0]
+    check_dtype(x.dtype, FLOAT_DTYPES, "input")
+    if "axis" in attrs:
+        if x.rank < 1:
+            raise ShapeError("input must have rank >= 1")
+        normalize_axis(int(attrs["axis"]), x.rank)
+    if "p" in attrs and int(attrs["p"]) not in (1, 2):
+        raise ShapeError(f"LpNormalization: p must be 1 or 2, got {attrs['p']}")
+    return [(x.shape, x.dtype)]
+
+
+def _lp_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
+    x = arrays[0]
+    xs = x.astype(compute_dtype(x.dtype), copy=False)
+    axis = normalize_axis(int(attrs["axis"]), x.ndim)
+    if int(attrs["p"]) == 1:
+        norm = np.abs(xs).sum(axis=axis, keepdims=True)
+    else:
+        norm = np.sqrt((xs * xs).sum(axis=axis, keepdims=True))
+    # A zero vector stays zero (0 / 0 would be NaN), as in ONNX's reference and onnxruntime.
+    safe = np.where(norm == 0, 1, norm)
+    return [np.where(norm == 0, 0, xs / safe).astype(x.dtype, copy=False)]
+
+
+register(OpDef("LpNormalization", _same_infer, _lp_reference, _cost(3), attrs={"axis": -1, "p": 2}))
+
+
+# ---------------------------------------------------------------------- MeanVarianceNormalization
+def _mvn_axes(attrs: dict[str, Any], rank: int) -> tuple[int, ...]:
+    axes = tuple(normalize_axis(int(a), rank, "axes entry") for a in attrs["axes"])
+    if len(set(axes)) != len(axes):
+        raise ShapeError(f"axes {list(attrs['axes'])} repeat an axis")
+    return axes
+
+
+def _mvn_infer(inputs: list[Value | None], attrs: dict[str, Any], _: int) -> list[Any]:
+    x = inputs[0]
+    check_dtype(x.dtype, FLOAT_DTYPES, "X")
+    _mvn_axes(attrs, x.rank)
+    return [(x.shape, x.dtype)]
+
+
+def _mvn_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
+    x = arrays[0]
+    xs = x.astype(compute_dtype(x.dtype), copy=False)
+    axes = _mvn_axes(attrs, x.ndim)
+    centered = xs - xs.mean(axis=axes, keepdims=True)
+    # The ONNX function computes sqrt(E[x^2] - E[x]^2); the centered form is the same number
+    # without the cancellation (which can turn a constant input's zero variance into NaN).
+    std = np.sqrt(np.mean(centered * centered, axis=axes, keepdims=True))
+    return [(centered / (std + xs.dtype.type(1e-9))).astype(x.dtype, copy=False)]
+
+
+register(
+    OpDef(
+        "MeanVarianceNormalization",
+        _mvn_infer,
+        _mvn_reference,
+        _cost(7),
+        attrs={"axes": [0, 2, 3]},
+    )
+)
+
+
+# ------------------------------------------------------------------------------------------- LRN
+def _lrn_infer(inputs: list[Value | None], attrs: dict[str, Any], _: int) -> list[Any]:
+    x = inputs[0]
+    check_dtype(x.dtype, FLOAT_DTYPES, "X")
+    if x.rank < 2:
+        raise ShapeError(f"X must be N x C x ..., got shape {x.shape}")
+    if int(attrs["size"]) < 1:
+        raise ShapeError(f"size must be >= 1, got {attrs['size']}")
+    return [(x.shape, x.dtype)]
+
+
+def _lrn_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
+    x = arrays[0]
+    xs = x.astype(compute_dtype(x.dtype), copy=False)
+    size, channels = int(attrs["size"]), x.shape[1]
+    before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
+    squares = xs * xs
+    total = np.zeros_like(xs)
+    # Channel c sums the squares of channels c - floor((size-1)/2) .. c + ceil((size-1)/2).
+    for shift in range(-before, after + 1):
+        lo, hi = max(0, -shift), min(channels, channels - shift)
+        if lo < hi:
+            total[:, lo:hi] += squares[:, lo + shift : hi + shift]
+    dt = xs.dtype.type
+    scale = dt(attrs["bias"]) + dt(attrs["alpha"]) / dt(size) * total
+    return [(xs / scale ** dt(attrs["beta"])).astype(x.dtype, copy=False)]
+
+
+def _lrn_cost(inputs: list[Value | None], outputs: list[Value | None], attrs: dict) -> Any:
+    # A square-sum over the window, then bias + alpha * s and a power (about 20 FLOPs).
+    return io_cost((2 * int(attrs["size"]) + 24) * inputs[0].size, inputs, outputs)
+
+
+register(
+    OpDef(
+        "LRN",
+        _lrn_infer,
+        _lrn_reference,
+        _lrn_cost,
+        attrs={"size": REQUIRED, "alpha": 1e-4, "beta": 0.75, "bias": 1.0},
+    )
+)
+
+
+# --------------------------------------------------------------------------------------- Hardmax
+def _hardmax_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
+    x = arrays[0]
+    axis = normalize_axis(int(attrs["axis"]), x.ndim)
+    first = np.expand_dims(np.argmax(x, axis=axis), axis)  # the first of equal maxima wins
+    hot = np.arange(x.shape[axis]).reshape((-1,) + (1,) * (x.ndim - 1 - axis)) == first
+    return [hot.astype(x.dtype)]
+
+
+register(OpDef("Hardmax", _same_infer, _hardmax_reference, _cost(2), attrs={"axis": -1}))
