@@ -144,6 +144,9 @@ SUPPORTED_OPS = set(
         "BlackmanWindow",
         "QuantizeLinear",
         "DequantizeLinear",
+        "LSTM",
+        "GRU",
+        "RNN",
     ]
 )
 

@@ -1,14 +1,17 @@
 """End-to-end checks on the model zoo: import, run on the numpy target, export, against onnxruntime.
 
-Every zoo entry is loaded with ``eqsat.load`` (specialized to the entry's input shapes), run with the
-numpy reference target and compared output by output with onnxruntime on the original model. The
-exported model (``eqsat.to_onnx``) must pass the ONNX checker and give the same outputs under
-onnxruntime. PP-OCR entries are skipped, with the reason, only when their download fails.
+Every zoo entry is loaded with ``eqsat.load`` (specialized to the entry's input shapes, with its bound
+constants), run with the numpy reference target and compared output by output with onnxruntime on
+the original model. The exported model (``eqsat.to_onnx``) must pass the ONNX checker and give the
+same outputs under onnxruntime. The real models from wheels (NudeNet, Silero VAD) also run on the
+cpu target and through ``eqsat.optimize``. Downloaded entries are skipped, with the reason, only when
+their download fails.
 """
 
 from __future__ import annotations
 
 import subprocess
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,10 @@ ort = pytest.importorskip("onnxruntime")
 RTOL, ATOL = 1e-3, 1e-4
 # Entries whose numpy-target run takes more than a minute on a 2-core machine.
 SLOW: set[str] = set()
+# Real models whose cpu-target and optimize() runs are checked here (the others are covered by
+# test_cpu_conformance and test_optimize); those taking more than 20 s are slow-marked.
+REAL_SOURCES = {"nudenet", "silero"}
+REAL_SLOW: set[str] = set()
 
 
 def _params() -> list[Any]:
@@ -73,7 +80,7 @@ class _Case:
         self.model = _model(entry)
         self.feeds = entry.feeds(0)
         self.expected = _run_ort(self.model, self.feeds)
-        self.graph = eqsat.load(self.model, input_shapes=entry.input_shapes)
+        self.graph = eqsat.load(self.model, **entry.load_args())
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +103,21 @@ def test_entry_is_a_valid_model(name: str) -> None:
     onnx.checker.check_model(proto, full_check=True)
     session = _session(model)
     feeds = entry.feeds(0)
-    assert {i.name for i in session.get_inputs()} == set(feeds) == set(entry.input_shapes)
+    names = set(entry.input_shapes) | set(entry.constants)
+    assert not set(entry.input_shapes) & set(entry.constants)
+    assert {i.name for i in session.get_inputs()} == set(feeds) == names
+    assert set(entry.input_feeds(0)) == set(entry.input_shapes)
     for spec in session.get_inputs():
         array = feeds[spec.name]
-        assert array.shape == entry.input_shapes[spec.name]
         assert array.dtype == {"tensor(float)": np.float32, "tensor(int64)": np.int64}[spec.type]
-        # Deterministic, and different seeds give different data.
-        np.testing.assert_array_equal(array, entry.feeds(0)[spec.name])
-        assert not np.array_equal(array, entry.feeds(1)[spec.name])
+        np.testing.assert_array_equal(array, entry.feeds(0)[spec.name])  # deterministic
+        if spec.name in entry.constants:
+            np.testing.assert_array_equal(array, entry.constants[spec.name])
+            continue
+        assert array.shape == entry.input_shapes[spec.name]
+        # Different seeds give different data; a recurrent state starts at zero whatever the seed.
+        if array.any():
+            assert not np.array_equal(array, entry.feeds(1)[spec.name])
     for output in session.run(None, feeds):
         assert np.isfinite(output).all()
 
@@ -133,6 +147,44 @@ def test_failed_download_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
     assert not list((tmp_path / "zoo").iterdir())  # the temporary download folder is gone
 
 
+def test_corrupt_download_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EQSAT_CACHE", str(tmp_path))
+
+    def fake_wheel(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        folder = Path(cmd[cmd.index("-d") + 1])
+        with zipfile.ZipFile(folder / "nudenet-3.4.2-py3-none-any.whl", "w") as wheel:
+            wheel.writestr(zoo.NUDENET_MEMBER_DIR + "320n.onnx", b"not the model")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(zoo.subprocess, "run", fake_wheel)
+    with pytest.raises(zoo.ZooIntegrityError, match=r"320n\.onnx .* has sha256 .*expected c15d82"):
+        zoo.fetch_nudenet()
+    assert not list((tmp_path / "zoo" / "nudenet").iterdir())  # nothing half-written is left
+
+
+def test_bound_constants_reach_the_loader() -> None:
+    entry = zoo.get("silero_vad")
+    assert entry.load_args() == {
+        "input_shapes": entry.input_shapes,
+        "constants": {"sr": entry.constants["sr"]},
+    }
+    assert int(entry.constants["sr"]) == 16000 and entry.constants["sr"].dtype == np.int64
+    assert "sr" in entry.feeds(0) and "sr" not in entry.input_feeds(0)
+
+
+def test_realistic_feeds() -> None:
+    image = zoo.scene_image_feeds("images", (1, 3, 64, 64), 0)["images"]
+    assert image.min() >= 0 and image.max() <= 1 and image.std() > 0.1
+    audio = zoo.speech_like(16000, 0)
+    assert np.abs(audio).max() < 0.4
+    spectrum = np.abs(np.fft.rfft(audio))
+    assert spectrum[80:4000].sum() > 0.9 * spectrum.sum()  # the energy is in the voice band
+    seq = zoo.vad_feeds(0, state="hc", sr=False, chunks=3)
+    # Consecutive windows overlap by the 64-sample context, as silero-vad's wrapper feeds them.
+    np.testing.assert_array_equal(seq["input"][1, :64], seq["input"][0, -64:])
+    assert set(seq) == {"input", "h", "c"}
+
+
 def test_cli(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -152,8 +204,32 @@ def test_numpy_target_matches_onnxruntime(cases: dict[str, _Case], name: str) ->
     for value in case.graph.inputs:
         if value.name in case.entry.input_shapes:
             assert value.shape == case.entry.input_shapes[value.name]
-    got = eqsat.compile(case.graph, target="numpy").run(case.feeds)
+    got = eqsat.compile(case.graph, target="numpy").run(case.entry.input_feeds(0))
     _compare(name, got, case.expected)
+
+
+def _real_params() -> list[Any]:
+    return [
+        pytest.param(name, marks=[pytest.mark.slow] if name in REAL_SLOW else [], id=name)
+        for name, entry in zoo.ZOO.items()
+        if entry.source in REAL_SOURCES
+    ]
+
+
+@pytest.mark.parametrize("name", _real_params())
+def test_cpu_target_matches_onnxruntime(cases: dict[str, _Case], name: str) -> None:
+    case = _case(cases, name)
+    got = eqsat.compile(case.graph, target="cpu").run(case.entry.input_feeds(0))
+    _compare(f"{name} (cpu)", got, case.expected)
+
+
+@pytest.mark.parametrize("name", _real_params())
+def test_optimize_matches_onnxruntime(cases: dict[str, _Case], name: str) -> None:
+    case = _case(cases, name)
+    result = eqsat.optimize(case.model, target="cpu", **case.entry.load_args())
+    assert result.report.cost_after <= result.report.cost_before
+    got = eqsat.compile(result.graph, target="cpu").run(case.entry.input_feeds(0))
+    _compare(f"{name} (optimized)", got, case.expected)
 
 
 @pytest.mark.parametrize("name", _params())

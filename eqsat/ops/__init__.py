@@ -219,6 +219,7 @@ def _load_families() -> None:
         nn,
         norm,
         quant,
+        recurrent,
         reduce,
         resize,
         shape,
