@@ -5,9 +5,10 @@
 * elementwise ops and ``FusedElementwise`` become kernels generated from their scalar form
   (:mod:`eqsat.lowering.codegen`), cached on disk (:mod:`eqsat.lowering.kernel_cache`);
 * MatMul/Gemm (and their fused forms) call numpy's matmul, which is BLAS, into a planned buffer,
-  then apply bias/alpha/beta and the fused epilogue in place with one generated kernel; Conv is
-  im2col + GEMM (1x1 stride-1 convs skip im2col), depthwise Conv a direct Numba kernel, both with
-  the epilogue fused the same way (:mod:`eqsat.lowering.cpu_ops`);
+  then apply bias/alpha/beta and the fused epilogue in place with one generated kernel; 3x3
+  stride-1 Conv is Winograd F(4x4, 3x3) with the epilogue applied as outputs are stored
+  (:mod:`eqsat.lowering.cpu_winograd`), other Conv im2col + GEMM (1x1 stride-1 convs skip
+  im2col), depthwise Conv a direct Numba kernel (:mod:`eqsat.lowering.cpu_ops`);
 * global average pooling, softmax, layer and batch normalization, nearest resize and
   non-overlapping ConvTranspose have kernels of their own (:mod:`eqsat.lowering.cpu_misc`), so do
   attention, MaxPool/AveragePool and data movement (reshapes as views, transposes and concats

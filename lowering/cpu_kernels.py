@@ -83,6 +83,23 @@ def im2col_rows(x, cols, oh0, oh1, ow_, kh_, kw_, sh, sw, dh, dw, ph, pw):  # ty
 
 
 @njit(**JIT)
+def spread_blocks(blocks, out):  # type: ignore[no-untyped-def]
+    """blocks (C, KH, KW, H, W) -> out (C, H*KH, W*KW): out[c, h*KH+a, w*KW+b] = blocks[c, a, b, h, w].
+
+    The copy of a non-overlapping ConvTranspose; numpy's strided copy of the same ran ~5x slower.
+    """
+    c_, kh_, kw_, h_, w_ = blocks.shape
+    for c in range(c_):
+        for h in range(h_):
+            for a in range(kh_):
+                row = out[c, h * kh_ + a]
+                for b in range(kw_):
+                    src = blocks[c, a, b, h]
+                    for w in range(w_):
+                        row[w * kw_ + b] = src[w]
+
+
+@njit(**JIT)
 def row_mean(x, out):  # type: ignore[no-untyped-def]
     """out[r, 0] = mean of row r of x (accumulated in float64)."""
     for r in range(x.shape[0]):

@@ -7,7 +7,8 @@
 * Resize in nearest mode: a gather whose source indices come from running the op's reference once,
   at compile time, on an array of element indices, so they match the reference exactly;
 * ConvTranspose whose stride equals its kernel (no overlap: upsampling heads) as one GEMM and a
-  strided copy, with the fused epilogue applied in place.
+  strided copy (depthwise ones as one broadcast multiply), with the fused epilogue applied in
+  place.
 
 Anything else returns ``None`` and runs on the numpy reference.
 """
@@ -185,8 +186,12 @@ def _conv_transpose(lowering: Lowering, node: Node) -> Step | None:
         return None
     ci, co, kh, kw = w.shape
     n_, _, h_, w_ = x.shape
+    group = int(attrs["group"])
+    depthwise = group == ci and co == 1
+    if depthwise:
+        co = ci
     plain = (
-        int(attrs["group"]) == 1
+        (group == 1 or depthwise)
         and list(attrs["strides"]) == [kh, kw]
         and not any(attrs["pads"])
         and all(d == 1 for d in attrs["dilations"] or [1])
@@ -196,6 +201,8 @@ def _conv_transpose(lowering: Lowering, node: Node) -> Step | None:
     )
     if not plain:
         return None
+    if depthwise:
+        return _depthwise_transpose(lowering, node, x, w.const, b, extras)
     weights = np.ascontiguousarray(
         w.const.transpose(1, 2, 3, 0).reshape(co * kh * kw, ci), out.dtype
     )
@@ -203,6 +210,7 @@ def _conv_transpose(lowering: Lowering, node: Node) -> Step | None:
     expr = "{0}" if b is None else f"({{0}} + {{{len(extras) + 1}}})"
     epi = Epilogue(lowering, node, expr, extras, tail)
     tmp = np.empty((co * kh * kw, h_ * w_), out.dtype)
+    blocks = tmp.reshape(co, kh, kw, h_, w_)
     xs, o = lowering.slot(x), lowering.slot(out)
 
     def run(env: Env) -> None:
@@ -210,8 +218,34 @@ def _conv_transpose(lowering: Lowering, node: Node) -> Step | None:
         result = env[o]
         for i in range(n_):
             np.matmul(weights, data[i].reshape(ci, h_ * w_), out=tmp)
-            spread = tmp.reshape(co, kh, kw, h_, w_).transpose(0, 3, 1, 4, 2)
-            np.copyto(result[i].reshape(co, h_, kh, w_, kw), spread)
+            cpu_kernels.spread_blocks(blocks, result[i])
+        epi(env, result)
+
+    return Step(run, Usage([xs, *epi.reads()], [o], True), "conv", node.name)
+
+
+def _depthwise_transpose(
+    lowering: Lowering, node: Node, x: Value, w: np.ndarray, b: Value | None, extras: list[Value]
+) -> Step:
+    """Depthwise ConvTranspose with stride = kernel: each input pixel times its channel's
+    (KH, KW) kernel is one output block, one broadcast multiply; bias and epilogue in place."""
+    from eqsat.lowering.cpu_ops import Epilogue
+
+    out = node.outputs[0]
+    assert out is not None and (b is None or b.const is not None)
+    n_, c_, h_, w_ = x.shape
+    kh, kw = w.shape[2:]
+    taps = np.ascontiguousarray(w.reshape(1, c_, 1, kh, 1, kw), out.dtype)
+    tail = [] if b is None else [(None, b.const.astype(out.dtype), (1, c_, 1, 1))]
+    expr = "{0}" if b is None else f"({{0}} + {{{len(extras) + 1}}})"
+    epi = Epilogue(lowering, node, expr, extras, tail)
+    xs, o = lowering.slot(x), lowering.slot(out)
+    blocks = (n_, c_, h_, kh, w_, kw)
+
+    def run(env: Env) -> None:
+        data = env[xs].reshape(n_, c_, h_, 1, w_, 1)
+        result = env[o]
+        np.multiply(data, taps, out=result.reshape(blocks))
         epi(env, result)
 
     return Step(run, Usage([xs, *epi.reads()], [o], True), "conv", node.name)

@@ -298,8 +298,92 @@ def test_resize_nearest_and_conv_transpose(rng: np.random.Generator) -> None:
     w = g.constant(rng.standard_normal((3, 2, 2, 2)).astype(F32))
     b = g.constant(rng.standard_normal(2).astype(F32))
     g.output(g.op("ConvTranspose", x, w, b, strides=[2, 2]), "up")
+    wd = g.constant(rng.standard_normal((3, 1, 2, 3)).astype(F32))
+    g.output(g.op("ConvTranspose", x, wd, group=3, strides=[2, 3]), "dw")
     exe = _check(g, rng)
     assert exe.report["reference_ops"] == {}
+
+
+def test_fused_conv_transpose_runs_kernels(rng: np.random.Generator) -> None:
+    pytest.importorskip("eqsat.ops.fused")
+    g = eqsat.Graph("up")
+    x = g.input("x", (1, 4, 5, 4))
+    skip = g.input("skip", (1, 4, 10, 8))
+    for name, shape, group in [("dense", (4, 4, 2, 2), 1), ("dw", (4, 1, 2, 2), 4)]:
+        w = g.constant(rng.standard_normal(shape).astype(F32))
+        b = g.constant(rng.standard_normal(4).astype(F32))
+        y = g.op(
+            "FusedConvTranspose", x, w, b, skip, strides=[2, 2], group=group,
+            num_base_inputs=3, epilogue="(1 / (1 + exp(-({0} + {1}))))",
+        )  # fmt: skip
+        g.output(y, name)
+    exe = _check(g, rng, rtol=1e-4)
+    assert exe.report["reference_ops"] == {}
+    assert exe.report["steps"]["conv"] == 2
+
+
+@pytest.mark.parametrize(
+    ("shape", "pads", "dtype"),
+    [
+        ((2, 8, 9, 13), [1, 1, 1, 1], F32),
+        ((1, 16, 12, 8), [0, 2, 1, 0], F32),
+        ((1, 8, 7, 6), [1, 1, 1, 1], np.float64),
+    ],
+    ids=["batch-odd-sizes", "asymmetric-pads", "float64"],
+)
+def test_winograd_conv(rng: np.random.Generator, shape: tuple, pads: list, dtype: type) -> None:
+    from eqsat.lowering import cpu_winograd
+
+    assert cpu_winograd.applies((3, 3), (1, 1), (1, 1), 1, shape[1], 12)
+    g = eqsat.Graph("wino")
+    x = g.input("x", shape, dtype)
+    # Weights at the usual 1/sqrt(fan-in) scale: outputs of order 1, like a trained model's.
+    scale = 1 / np.sqrt(9 * shape[1])
+    w = g.constant((rng.standard_normal((12, shape[1], 3, 3)) * scale).astype(dtype), "w")
+    b = g.constant(rng.standard_normal(12).astype(dtype), "b")
+    y = g.op("Conv", x, w, b, pads=pads)
+    g.output(g.op("Relu", y), "y")
+    exe = _check(g, rng, rtol=1e-4)
+    assert exe.report["reference_ops"] == {}
+
+
+def test_winograd_chunks_and_fused_residual(rng: np.random.Generator) -> None:
+    """Chunks of tile rows (tiny budget: one row each) give the same result as one chunk."""
+    pytest.importorskip("eqsat.ops.fused")
+    from eqsat.lowering import cpu_winograd
+
+    weights = (rng.standard_normal((8, 8, 3, 3)) / np.sqrt(72)).astype(F32)
+    bias = rng.standard_normal(8).astype(F32)
+    x = rng.standard_normal((8, 10, 11)).astype(F32)
+    outs = []
+    for budget in (0, 1 << 30):
+        plan = cpu_winograd.Winograd(
+            weights, bias, (10, 11), (10, 11), (1, 1), np.dtype(F32), budget
+        )
+        conv = plan.bind(np.empty(plan.scratch_size(), F32))
+        outs.append(np.empty((8, 10, 11), F32))
+        conv(x, outs[-1])
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    g = eqsat.Graph("fused")
+    xin = g.input("x", (1, 8, 10, 11))
+    res = g.input("res", (8, 10, 11))
+    scale = g.constant(rng.standard_normal((8, 1, 1)).astype(F32))
+    y = g.op(
+        "FusedConv", xin, g.constant(weights), g.constant(bias), res, scale,
+        g.constant(np.array(0.25, F32)), pads=[1, 1, 1, 1], num_base_inputs=3,
+        epilogue="max((({0} * {2}) + {1}), {3})",
+    )  # fmt: skip
+    g.output(y, "y")
+    _check(g, rng, rtol=1e-4)
+    # The whole epilogue is applied by the output transform: operands renumbered, scalar inlined.
+    from eqsat.lowering.cpu_ops import _winograd_epilogue
+
+    node = next(n for n in g.nodes if n.op == "FusedConv")
+    fused = _winograd_epilogue(node, [v for v in node.inputs[3:] if v is not None], F32)
+    assert fused is not None
+    expr, operands = fused
+    assert expr == "max((({0} * {2}) + {1}), (0.25))"
+    assert [kind for _, _, kind in operands] == ["full", "channel"]
 
 
 def test_data_movement_attention_and_pools(rng: np.random.Generator) -> None:

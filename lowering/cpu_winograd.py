@@ -1,0 +1,330 @@
+"""Winograd F(4x4, 3x3) convolution for 3x3 stride-1 convs: about 4x fewer multiply-adds than GEMM.
+
+im2col + GEMM spends as long copying (9x the input, beyond the caches) as multiplying. Winograd
+F(4x4, 3x3) computes each 4x4 block of outputs ("tile") from a 6x6 block of the padded input:
+
+    Y = A^T [ sum_c (G g_mc G^T) * (B^T d_c B) ] A
+
+with ``*`` elementwise over the 36 positions of a transformed tile. Summing over input channels
+for each of the 36 positions is a matrix product, so a conv becomes
+
+1. the input transform ``V[36, C, tiles]`` (a Numba kernel, each half of ``B^T d B`` done as a
+   loop over contiguous rows so that it vectorizes);
+2. 36 GEMMs ``M[k] = U[k] @ V[k]`` through BLAS, with ``U[36, M, C]`` the filters transformed
+   once, at compile time (weights are constants);
+3. the output transform ``A^T m A`` with the bias added, into the conv's output; a fused
+   node's epilogue is generated into it (:func:`fused_source`), so it costs no extra pass.
+
+Multiply-adds per output drop from 9*C to 36/16*C = 2.25*C; the transforms cost O(C + M) per
+tile. The input goes through a zero-bordered copy (borders written once, at compile time), so no
+tap needs a bounds check. F(4x4, 3x3)'s error grows with the transform constants (up to 8 in
+``A``); in float32 it measured ~1e-5 relative to the largest output on random data and the zoo
+models, well within the rtol 1e-3 / atol 1e-4 the targets are held to. Planes of ``V`` and ``M``
+are laid out with a stride of an odd number of cache lines: with a power-of-two-ish stride the
+36 streams written at once map to a few cache sets and ran 1.5-2x slower.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+JIT = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
+F2 = np.float32(2.0)
+F4 = np.float32(4.0)
+F5 = np.float32(5.0)
+F8 = np.float32(8.0)
+# Bytes of a chunk's transformed input and GEMM output together: about half of L2.
+CHUNK_BYTES = 256 << 10
+MIN_CHUNK_TILES = 64
+# Part of generated modules' source, so that they are regenerated when the kernels they call change.
+_VERSION = "winograd 1"
+
+# F(4x4, 3x3) of Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (2016).
+_G = np.array(
+    [
+        [1 / 4, 0, 0],
+        [-1 / 6, -1 / 6, -1 / 6],
+        [-1 / 6, 1 / 6, -1 / 6],
+        [1 / 24, 1 / 12, 1 / 6],
+        [1 / 24, -1 / 12, 1 / 6],
+        [0, 0, 1],
+    ]
+)
+
+
+def applies(kernel: tuple[int, int], strides: tuple[int, int], dilations: tuple[int, int],
+            group: int, channels: int, filters: int) -> bool:  # fmt: skip
+    """Whether a conv takes the Winograd path: 3x3, stride 1, undilated, ungrouped.
+
+    With very few channels on either side the transforms (O(C + M) per tile) cost more than the
+    GEMM they save (O(C * M)), so both must be at least 8.
+    """
+    return (
+        kernel == (3, 3)
+        and strides == (1, 1)
+        and dilations == (1, 1)
+        and group == 1
+        and channels >= 8
+        and filters >= 8
+    )
+
+
+def filter_transform(w: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """(M, C, 3, 3) weights -> U (36, M, C), computed in float64 then rounded once."""
+    u = np.einsum("ai,mcij,bj->abmc", _G, w.astype(np.float64), _G)
+    return np.ascontiguousarray(u.reshape(36, w.shape[0], w.shape[1]), dtype)
+
+
+def planes(count: int, rows: int, cols: int, flat: np.ndarray) -> np.ndarray:
+    """A (count, rows, cols) view of ``flat`` whose planes are an odd number of lines apart."""
+    return (
+        flat[: count * plane_stride(rows, cols)]
+        .reshape(count, -1)[:, : rows * cols]
+        .reshape(count, rows, cols)
+    )
+
+
+def plane_stride(rows: int, cols: int) -> int:
+    stride = -(-rows * cols // 16) * 16
+    return stride + 16 if (stride // 16) % 2 == 0 else stride
+
+
+@njit(**JIT)
+def input_transform(xp, v, th0, th1, tw_, tq):  # type: ignore[no-untyped-def]
+    """xp (C, 4*TH+2, 4*TW+4) zero-padded input -> v (36, C, (th1-th0)*TW), the tiles of tile
+    rows th0 <= th < th1; tq: (6, 4, TW+1) scratch.
+
+    First ``B^T d`` down each column, stored split by column mod 4 (``tq[k, j, t]`` is column
+    4t+j), so that the row half ``(B^T d) B`` reads contiguous arrays; both loops vectorize.
+    """
+    for c in range(xp.shape[0]):
+        for th in range(th0, th1):
+            r0 = xp[c, 4 * th]
+            r1 = xp[c, 4 * th + 1]
+            r2 = xp[c, 4 * th + 2]
+            r3 = xp[c, 4 * th + 3]
+            r4 = xp[c, 4 * th + 4]
+            r5 = xp[c, 4 * th + 5]
+            for t in range(tw_ + 1):
+                for j in range(4):
+                    w = 4 * t + j
+                    a0, a1, a2, a3, a4, a5 = r0[w], r1[w], r2[w], r3[w], r4[w], r5[w]
+                    tq[0, j, t] = F4 * a0 - F5 * a2 + a4
+                    tq[1, j, t] = a3 + a4 - F4 * (a1 + a2)
+                    tq[2, j, t] = a4 - a3 + F4 * (a1 - a2)
+                    tq[3, j, t] = a4 - a2 + F2 * (a3 - a1)
+                    tq[4, j, t] = a4 - a2 + F2 * (a1 - a3)
+                    tq[5, j, t] = F4 * a1 - F5 * a3 + a5
+            base = (th - th0) * tw_
+            for k in range(6):
+                q0, q1, q2, q3 = tq[k, 0], tq[k, 1], tq[k, 2], tq[k, 3]
+                v0 = v[6 * k, c]
+                v1 = v[6 * k + 1, c]
+                v2 = v[6 * k + 2, c]
+                v3 = v[6 * k + 3, c]
+                v4 = v[6 * k + 4, c]
+                v5 = v[6 * k + 5, c]
+                for t in range(tw_):
+                    a0, a1, a2, a3, a4, a5 = q0[t], q1[t], q2[t], q3[t], q0[t + 1], q1[t + 1]
+                    v0[base + t] = F4 * a0 - F5 * a2 + a4
+                    v1[base + t] = a3 + a4 - F4 * (a1 + a2)
+                    v2[base + t] = a4 - a3 + F4 * (a1 - a2)
+                    v3[base + t] = a4 - a2 + F2 * (a3 - a1)
+                    v4[base + t] = a4 - a2 + F2 * (a1 - a3)
+                    v5[base + t] = F4 * a1 - F5 * a3 + a5
+
+
+@njit(**JIT)
+def columns(m, co, base, tw_, s):  # type: ignore[no-untyped-def]
+    """s[k, j, t] = (m A)[k, j] of tile base+t of output channel co: the row half of A^T m A."""
+    for k in range(6):
+        m0 = m[6 * k, co]
+        m1 = m[6 * k + 1, co]
+        m2 = m[6 * k + 2, co]
+        m3 = m[6 * k + 3, co]
+        m4 = m[6 * k + 4, co]
+        m5 = m[6 * k + 5, co]
+        for t in range(tw_):
+            p = base + t
+            a0, a1, a2, a3, a4, a5 = m0[p], m1[p], m2[p], m3[p], m4[p], m5[p]
+            s[k, 0, t] = a0 + a1 + a2 + a3 + a4
+            s[k, 1, t] = a1 - a2 + F2 * (a3 - a4)
+            s[k, 2, t] = a1 + a2 + F4 * (a3 + a4)
+            s[k, 3, t] = a1 - a2 + F8 * (a3 - a4) + a5
+
+
+@njit(**JIT)
+def out_value(s, i, j, t):  # type: ignore[no-untyped-def]
+    """Output (i, j) of tile t from :func:`columns`' s: row i of A^T s."""
+    if i == 0:
+        return s[0, j, t] + s[1, j, t] + s[2, j, t] + s[3, j, t] + s[4, j, t]
+    if i == 1:
+        return s[1, j, t] - s[2, j, t] + F2 * (s[3, j, t] - s[4, j, t])
+    if i == 2:
+        return s[1, j, t] + s[2, j, t] + F4 * (s[3, j, t] + s[4, j, t])
+    return s[1, j, t] - s[2, j, t] + F8 * (s[3, j, t] - s[4, j, t]) + s[5, j, t]
+
+
+@njit(**JIT)
+def output_transform(m, bias, out, th0, th1, tw_, s):  # type: ignore[no-untyped-def]
+    """m (36, M, (th1-th0)*TW) -> tile rows th0 <= th < th1 of out (M, OH, OW) = A^T m A + bias;
+    s: (6, 4, TW) scratch."""
+    m_, oh_, ow_ = out.shape
+    full = min(tw_, ow_ // 4)
+    for co in range(m_):
+        b = bias[co]
+        for th in range(th0, th1):
+            columns(m, co, (th - th0) * tw_, tw_, s)
+            for i in range(min(4, oh_ - 4 * th)):
+                row = out[co, 4 * th + i]
+                # i is fixed in each loop, so the branch in out_value is hoisted out of it.
+                for t in range(full):
+                    for j in range(4):
+                        row[4 * t + j] = out_value(s, i, j, t) + b
+                for w in range(4 * full, ow_):
+                    row[w] = out_value(s, i, w % 4, w // 4) + b
+
+
+def fused_source(dtype: np.dtype, epilogue: str, kinds: list[str]) -> str:
+    """A module whose ``output_transform(m, bias, out, th0, th1, tw_, s, t1, t2, ...)`` is
+    :func:`output_transform` with ``epilogue`` applied to each output as it is stored.
+
+    ``{0}`` is the conv's output (bias included); operand ``{i}`` (i >= 1) is ``t<i>``, an
+    array of the output's (M, OH, OW) shape where ``kinds[i-1]`` is "full", one value per output
+    channel (M,) where it is "channel". Scalar constants must already be inlined.
+    """
+    from eqsat.lowering import codegen
+
+    code, constants = codegen.translate(epilogue, dtype)
+    ctype = f"np.{dtype}"
+    args = "".join(f", t{i + 1}" for i in range(len(kinds)))
+    loads = [f"x{i + 1} = r{i + 1}[w]" for i, k in enumerate(kinds) if k == "full"]
+    per_channel = [f"x{i + 1} = t{i + 1}[co]" for i, k in enumerate(kinds) if k == "channel"]
+    rows = [f"r{i + 1} = t{i + 1}[co, oh]" for i, k in enumerate(kinds) if k == "full"]
+    lines = [
+        f"# eqsat winograd output transform; codegen {codegen.CODEGEN_VERSION}; {_VERSION}",
+        f"# epilogue: {epilogue}; operands {kinds}",
+        "import math",
+        "import numpy as np",
+        "from numba import njit",
+        "from eqsat.lowering.cpu_math import exp_f32, tanh_f32, erf_f32, fmax, fmin, fsign",
+        "from eqsat.lowering.cpu_winograd import columns, out_value",
+        "",
+        f"ONE = {ctype}(1.0)",
+        f"ZERO = {ctype}(0.0)",
+        *(f"{name} = {ctype}({codegen._float_literal(v)})" for name, v in constants.items()),
+        "",
+        "",
+        "@njit(cache=True, error_model='numpy', fastmath={'contract'}, nogil=True)",
+        f"def output_transform(m, bias, out, th0, th1, tw_, s{args}):",
+        "    m_, oh_, ow_ = out.shape",
+        "    full = min(tw_, ow_ // 4)",
+        "    for co in range(m_):",
+        "        b = bias[co]",
+        *(f"        {line}" for line in per_channel),
+        "        for th in range(th0, th1):",
+        "            columns(m, co, (th - th0) * tw_, tw_, s)",
+        "            for i in range(min(4, oh_ - 4 * th)):",
+        "                oh = 4 * th + i",
+        "                row = out[co, oh]",
+        *(f"                {line}" for line in rows),
+        "                for t in range(full):",
+        "                    for j in range(4):",
+        "                        w = 4 * t + j",
+        "                        x0 = out_value(s, i, j, t) + b",
+        *(f"                        {line}" for line in loads),
+        f"                        row[w] = {code}",
+        "                for w in range(4 * full, ow_):",
+        "                    x0 = out_value(s, i, w % 4, w // 4) + b",
+        *(f"                    {line}" for line in loads),
+        f"                    row[w] = {code}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def load_fused(dtype: np.dtype, epilogue: str, kinds: list[str]) -> Any:
+    """The compiled fused output transform of :func:`fused_source` (cached on disk)."""
+    from eqsat.lowering import kernel_cache
+
+    return kernel_cache.load(fused_source(dtype, epilogue, kinds)).output_transform
+
+
+class Winograd:
+    """A conv's Winograd geometry, transformed filters and padded input buffer.
+
+    Tiles go through the three stages by chunks of whole tile rows, so that the chunk's ``V``
+    and ``M`` stay in L2 between the transform that writes them and the GEMM that reads them
+    (through L3 the input transform ran 2-3x slower); chunks keep at least
+    :data:`MIN_CHUNK_TILES` tiles, below which the GEMMs lose efficiency.
+    """
+
+    def __init__(
+        self,
+        weights: np.ndarray,
+        bias: np.ndarray,
+        in_hw: tuple[int, int],
+        out_hw: tuple[int, int],
+        pads: tuple[int, int],
+        dtype: np.dtype,
+        chunk_bytes: int | None = None,
+        output: Any = None,
+    ):
+        self.filters, self.channels = weights.shape[:2]
+        self.u = filter_transform(weights, dtype)
+        self.bias = bias
+        self.output = output_transform if output is None else output
+        self.in_hw, self.out_hw, self.pads = in_hw, out_hw, pads
+        oh, ow = out_hw
+        self.th, self.tw = -(-oh // 4), -(-ow // 4)
+        budget = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+        per_tile = 36 * (self.channels + self.filters) * np.dtype(dtype).itemsize
+        tiles = max(MIN_CHUNK_TILES, budget // per_tile)
+        self.chunk_rows = max(1, min(self.th, tiles // self.tw))
+        # Borders stay zero: runs only write the interior.
+        self.padded = np.zeros((self.channels, 4 * self.th + 2, 4 * self.tw + 4), dtype)
+        (ph, pw), (h, w) = pads, in_hw
+        self.interior = self.padded[:, ph : ph + h, pw : pw + w]
+        self.tq = np.empty((6, 4, self.tw + 1), dtype)
+        self.s = np.empty((6, 4, self.tw), dtype)
+
+    @property
+    def chunk_tiles(self) -> int:
+        return self.chunk_rows * self.tw
+
+    def scratch_size(self) -> int:
+        """Elements of one chunk's V and M planes together."""
+        t = self.chunk_tiles
+        return 36 * (plane_stride(self.channels, t) + plane_stride(self.filters, t))
+
+    def bind(self, scratch: np.ndarray) -> Any:
+        """``conv(x, out, *operands)`` for one image (C, H, W) -> (M, OH, OW), using ``scratch``;
+        ``operands`` are the fused output transform's ``t1, t2, ...``."""
+        t = self.chunk_tiles
+        v = planes(36, self.channels, t, scratch)
+        m = planes(36, self.filters, t, scratch[36 * plane_stride(self.channels, t) :])
+        u, bias, padded, interior = self.u, self.bias, self.padded, self.interior
+        tw, tq, s = self.tw, self.tq, self.s
+        chunks = []
+        for th0 in range(0, self.th, self.chunk_rows):
+            th1 = min(self.th, th0 + self.chunk_rows)
+            n = (th1 - th0) * tw
+            chunks.append((th0, th1, v[:, :, :n], m[:, :, :n]))
+        copyto, matmul, output = np.copyto, np.matmul, self.output
+
+        def conv(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+            copyto(interior, x)
+            for th0, th1, vc, mc in chunks:
+                input_transform(padded, vc, th0, th1, tw, tq)
+                matmul(u, vc, out=mc)
+                output(mc, bias, out, th0, th1, tw, s, *operands)
+
+        return conv
+
+
+__all__ = [
+    "Winograd", "applies", "filter_transform", "fused_source", "input_transform", "load_fused",
+    "output_transform",
+]  # fmt: skip
