@@ -45,6 +45,11 @@ from eqsat.ops.elementwise import scalar_expr
 # Elementwise kernels below this many output elements run on one thread: below it, handing work
 # to Numba's pool costs more than it saves and its spinning threads slow the next BLAS call.
 PARALLEL_ELEMENTS = 1 << 20
+# BLAS work below this many FLOPs (about 0.3 ms on one core) runs on one thread: splitting it gains
+# little, and OpenBLAS's threads stall badly when another process holds a core (an 8x784x256 GEMM
+# took 24 ms on two threads of a loaded 2-core machine, 0.07 ms on one).
+SMALL_BLAS_FLOPS = float(1 << 24)
+BLAS_KINDS = frozenset({"gemm", "conv", "attention"})
 Env = list[Any]
 StepFn = Callable[[Env], None]
 
@@ -59,6 +64,7 @@ class Step:
     # which operands share a buffer are chosen there). It may return a faster ``run`` with the
     # planned buffers, which stay the same across runs, bound in: no lookups or reshapes per run.
     bind: Callable[[dict[int, np.ndarray]], StepFn | None] | None = None
+    flops: float = 0.0  # of the node, from the operator table: small BLAS steps run on one thread
 
 
 @dataclass
@@ -281,7 +287,13 @@ class CpuExecutable(Executable):
         report: dict[str, Any],
     ):
         super().__init__(graph)
-        self._run_steps = tuple(s.run for s in steps)
+        self._blas = BlasPin(threads)
+        self._run_steps = tuple(
+            self._blas.single_threaded(s.run)
+            if threads > 1 and s.kind in BLAS_KINDS and s.flops < SMALL_BLAS_FLOPS
+            else s.run
+            for s in steps
+        )
         self.steps = steps
         self._template = template
         self._feed_slots = tuple(feed_slots)
@@ -289,7 +301,6 @@ class CpuExecutable(Executable):
             (slot, shape, np.dtype(dtype)) for slot, shape, dtype in plan.fresh_specs
         )
         self._threads = threads
-        self._blas = BlasPin(threads)
         self.memory = plan
         self.report = report
         # Outputs that are always a fresh planned buffer of this run are handed out as they are;
@@ -390,6 +401,24 @@ class BlasPin:
             if before != threads:
                 set_(before)
 
+    def single_threaded(self, run: StepFn) -> StepFn:
+        """``run`` with BLAS on one thread (inside a run, where it is pinned to ``threads``)."""
+        setters = tuple(set_ for _, set_ in self._calls)
+        if not setters:
+            return run
+        threads = self.threads
+
+        def one_thread(env: Env) -> None:
+            for set_ in setters:
+                set_(1)
+            try:
+                run(env)
+            finally:
+                for set_ in setters:
+                    set_(threads)
+
+        return one_thread
+
 
 def _thread_calls(lib: Any) -> tuple[Callable[[], int], Callable[[int], Any]]:
     """Fast get/set of one BLAS library's thread count."""
@@ -406,12 +435,17 @@ def _thread_calls(lib: Any) -> tuple[Callable[[], int], Callable[[int], Any]]:
     return lib.get_num_threads, lib.set_num_threads
 
 
+def _flops(node: Node) -> float:
+    opdef = ops.get(node.op, node.name)
+    return float(opdef.cost(node.inputs, node.outputs, node.attrs).flops)
+
+
 def compile(graph: Graph, threads: int | None = None) -> CpuExecutable:
-    """Compile ``graph`` for the CPU; ``threads`` defaults to the machine's CPU count."""
+    """Compile ``graph`` for the CPU; ``threads`` defaults to $EQSAT_THREADS, else the CPU count."""
     from eqsat.lowering import cpu_data, cpu_misc, cpu_ops
 
     started = time.perf_counter()
-    threads = threads or os.cpu_count() or 1
+    threads = threads or int(os.environ.get("EQSAT_THREADS") or 0) or os.cpu_count() or 1
     _check_ops(graph)
     lowering = Lowering(threads)
     template_values: dict[int, Any] = {}
@@ -429,6 +463,7 @@ def compile(graph: Graph, threads: int | None = None) -> CpuExecutable:
         )
         if step is None:
             step = _reference_step(lowering, node)
+        step.flops = _flops(node)
         steps.append(step)
     out_slots = []
     for v in graph.outputs:

@@ -76,8 +76,8 @@ def test_zoo_matches_onnxruntime(name: str) -> None:
     entry = test_zoo.zoo.ZOO[name]
     model = test_zoo._model(entry)
     feeds = entry.feeds(0)
-    graph = eqsat.load(model, input_shapes=entry.input_shapes)
-    got = eqsat.compile(graph, target="cpu").run(feeds)
+    graph = eqsat.load(model, **entry.load_args())
+    got = eqsat.compile(graph, target="cpu").run(entry.input_feeds(0))
     want = test_zoo._run_ort(model, feeds)
     assert list(got) == list(want)
     for key, expected in want.items():
