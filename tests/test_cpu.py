@@ -431,3 +431,43 @@ def test_blas_pin_restores_thread_count() -> None:
     after = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
              if lib["user_api"] == "blas"]  # fmt: skip
     assert set(inside) <= {1} and after == before
+
+
+def test_small_blas_steps_run_on_one_thread(rng: np.random.Generator) -> None:
+    """With threads=2 a GEMM below SMALL_BLAS_FLOPS runs with one BLAS thread, a large one with two."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from eqsat.lowering import cpu
+
+    def blas_threads() -> set[int]:
+        return {lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+                if lib["user_api"] == "blas"}  # fmt: skip
+
+    if not blas_threads():
+        pytest.skip("no BLAS library visible to threadpoolctl")
+    pin = cpu.BlasPin(2)
+    seen: list[set[int]] = []
+    pin.enter()
+    try:
+        pin.single_threaded(lambda env: seen.append(blas_threads()))([])
+        seen.append(blas_threads())
+    finally:
+        pin.exit()
+    assert seen == [{1}, {2}]
+
+    g = eqsat.Graph("gemms")
+    w_small = rng.standard_normal((64, 64)).astype(np.float32)
+    w_large = rng.standard_normal((512, 512)).astype(np.float32)
+    g.output(g.op("MatMul", g.input("x", (8, 64)), g.constant(w_small)), "small")
+    g.output(g.op("MatMul", g.input("big", (512, 512)), g.constant(w_large)), "large")
+    executable = cpu.compile(g, threads=2)
+    wrapped = {
+        s.node: run is not s.run
+        for s, run in zip(executable.steps, executable._run_steps, strict=True)
+        if s.kind == "gemm"
+    }
+    assert sorted(wrapped.values()) == [False, True]  # exactly the small one runs on one thread
+    feeds = {"x": rng.standard_normal((8, 64)).astype(np.float32),
+             "big": rng.standard_normal((512, 512)).astype(np.float32)}  # fmt: skip
+    out = executable.run(feeds)
+    np.testing.assert_allclose(out["small"], feeds["x"] @ w_small, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out["large"], feeds["big"] @ w_large, rtol=1e-4, atol=1e-3)
