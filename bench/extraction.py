@@ -1,6 +1,7 @@
 """Extraction-strategy benchmark: cost, time and gap to the ILP optimum on real e-graphs.
 
-For every zoo model (saturated with the default rules and priced with the target's cost model) and
+For every zoo model (saturated with the default rules, priced with the target's cost model, and cut
+to the tensor e-nodes reachable from its outputs, as :func:`eqsat.optimize.optimize` does) and
 every JSON e-graph file given (egglog's serialized format, e.g. Tensat's in
 ``../shared/egraphs/tensat/``), each strategy extracts; the table shows the e-graph's size, the
 extraction time, the DAG cost, whether the answer is valid (roots chosen, closed, acyclic), the gap
@@ -72,24 +73,27 @@ def zoo_case(name: str, target: str, measure: bool) -> Case:
     from bench import models
     from eqsat import cost as costs
     from eqsat.decode import View, prune
-    from eqsat.egraph import Limits, encode, saturate
-    from eqsat.optimize import as_graph
+    from eqsat.egraph import Limits, saturate
+    from eqsat.encode import encode
+    from eqsat.optimize import as_graph, price
 
     entry = models.get(name)
-    graph = as_graph(entry.model(), entry.input_shapes)
+    graph = as_graph(entry.model(), **entry.load_args())
     rules, extra = resolve(None)
     enc = encode(graph)
     saturate(enc, rules, Limits.of(None), extra)
     serialized = prune(json.loads(enc.egraph._serialize().to_json()))
     view = View(serialized, enc)
     prof = target if target in costs.PROFILES else "cpu"
-    node_cost = costs.node_costs(view, prof)
+    node_cost = price(view, prof)
+    # As optimize() does: extractors see the tensor e-nodes reachable from the roots only.
+    tensors = view.tensor_egraph(node_cost, keep=view.original_choices())
     run = None
     if measure:
-        feeds = entry.feeds(0)
+        feeds = entry.input_feeds(0)  # without the inputs bound as constants at load
 
         def run(choices: dict[str, str]) -> float:
-            from lowering import compile_graph
+            from eqsat.lowering import compile_graph
 
             exe = compile_graph(view.decode(choices), target)
             exe.run(feeds)
@@ -100,7 +104,7 @@ def zoo_case(name: str, target: str, measure: bool) -> Case:
                 best = min(best, time.perf_counter() - t0)
             return best
 
-    return Case(name, serialized, view.roots(), node_cost, run)
+    return Case(name, tensors, view.roots(), node_cost, run)
 
 
 def bench_case(

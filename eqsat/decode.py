@@ -1,7 +1,7 @@
 """Reading a saturated e-graph back: typed e-classes, the original graph's choices, and decoding.
 
 :class:`View` parses egglog's serialized JSON (the extraction-gym format) against an
-:class:`~eqsat.egraph.Encoding`: every tensor e-node is decoded into its op, attributes and input
+:class:`~eqsat.encode.Encoding`: every tensor e-node is decoded into its op, attributes and input
 e-classes; every tensor e-class gets a type (shape, dtype) by running the op table's shape rules over
 the e-graph, which also rejects e-nodes whose inferred type disagrees with their e-class (a rule that
 is not shape-correct cannot be extracted). :meth:`View.decode` rebuilds a :class:`Graph` from one
@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from eqsat import ops
-from eqsat.egraph import Encoding, attr_key, spec
+from eqsat.egraph import attr_key, spec
+from eqsat.encode import Encoding
 from eqsat.errors import EqsatError
 from eqsat.ir import Graph, Value
-from eqsat.ops.fused import DOMAIN, FUSED_OPS
+from eqsat.ops.fused import DOMAIN, FUSED_OPS, canonical_elementwise
+from eqsat.ops.layout import LAYOUT_OPS
 
 TensorType = tuple[tuple[int, ...], np.dtype]
 LEAF_KINDS = ("input", "const", "none")
@@ -465,7 +466,7 @@ class View:
         src = self.enc.graph
         g = Graph(src.name)
         g.opset = src.opset
-        names = self._preferred_names()
+        namer = _Namer(g, self._preferred_names(), {v.name for v in src.outputs})
         done: dict[str, Value] = {}
         tuples: dict[str, list[Value | None]] = {}
         for v in src.inputs:
@@ -488,7 +489,7 @@ class View:
                     stack.extend(deps)
                     continue
                 stack.pop()
-                self._build(g, node, done, tuples, names)
+                self._build(g, node, done, tuples, choices, namer)
         for v in src.outputs:
             value = done[self.original[id(v)]]
             g.output(value, v.name)
@@ -503,12 +504,14 @@ class View:
             raise EqsatError(f"the chosen e-node {nid} is not shape-correct")
         return self.nodes[nid]
 
-    def _build(self, g: Graph, node: ENode, done: dict, tuples: dict, names: dict) -> None:
+    def _build(
+        self, g: Graph, node: ENode, done: dict, tuples: dict, choices: dict, namer: _Namer
+    ) -> None:
         c = node.eclass
         if node.kind == "input":
             done[c] = g[node.name]
         elif node.kind == "const":
-            done[c] = g.constant(self.enc.constants[node.name], names.get(c, node.name))
+            done[c] = g.constant(self.enc.constants[node.name], namer.name(c, node.name))
         elif node.kind == "out":
             outs = tuples[node.inputs[0]]
             value = outs[node.index] if node.index < len(outs) else None
@@ -519,8 +522,10 @@ class View:
             ins = [None if i is None else done[i] for i in self.op_inputs(node)]
             while ins and ins[-1] is None:  # trailing omitted optional inputs
                 ins.pop()
+            op, ins, attrs, domain = canonical_fused(node.op, ins, dict(node.attrs))
+            node_name = g.fresh_node_name(op)
             if node.mask == "1":
-                out_names: list[str | None] = [g.fresh_name(names[c]) if c in names else None]
+                out_names: list[str | None] = [namer.name(c, node_name)]
             else:
                 out_names = []
                 for i, m in enumerate(node.mask):
@@ -528,10 +533,11 @@ class View:
                     pc = self.nodes[proj].eclass if proj else None
                     if m == "0":
                         out_names.append("")
-                    else:
-                        out_names.append(g.fresh_name(names[pc]) if pc in names else None)
-            op, ins, attrs, domain = canonical_fused(node.op, ins, dict(node.attrs))
-            built = g.add_node(op, ins, out_names, attrs, domain=domain)
+                    elif pc is not None and choices.get(pc) == proj:
+                        out_names.append(namer.name(pc, f"{node_name}_out{i}"))
+                    else:  # that output's e-class is built from another node: no name of its own
+                        out_names.append(namer.name(None, f"{node_name}_out{i}"))
+            built = g.add_node(op, ins, out_names, attrs, name=node_name, domain=domain)
             if node.mask == "1":
                 done[c] = built.outputs[0]
             else:
@@ -553,40 +559,46 @@ class View:
         return names
 
 
+class _Namer:
+    """Value names for a decoded graph: each e-class's preferred name (the source graph's name of
+    one of its values) where it is free, else a fresh one; the source's output names are reserved
+    for the e-classes of those outputs, so that :meth:`Graph.output` can always give them."""
+
+    def __init__(self, g: Graph, preferred: dict[str, str], reserved: set[str]):
+        self.g = g
+        self.preferred = preferred
+        self.reserved = reserved
+        self._next: dict[str, int] = {}
+
+    def name(self, eclass: str | None, hint: str) -> str:
+        wanted = self.preferred.get(eclass, hint) if eclass is not None else hint
+        # Only an output's own e-class gets that output's name (it is preferred by no other).
+        own = eclass is not None and self.preferred.get(eclass) == wanted
+        if self.g.lookup(wanted) is None and (own or wanted not in self.reserved):
+            return wanted
+        k = self._next.get(wanted, 0)
+        while True:
+            k += 1
+            candidate = f"{wanted}_{k}"
+            if candidate not in self.reserved and self.g.lookup(candidate) is None:
+                self._next[wanted] = k
+                return candidate
+
+
 def canonical_fused(
     op: str, ins: list[Value | None], attrs: dict[str, Any]
 ) -> tuple[str, list[Value | None], dict[str, Any], str]:
-    """A fused node as it is built: repeated inputs read once, one-op kernels as the plain op."""
+    """A node as it is built, with its domain: eqsat's own ops (fused, channels-last) are in
+    :data:`~eqsat.ops.fused.DOMAIN`; a fused elementwise kernel reads repeated inputs once, and
+    one of a single op on distinct operands is that plain op."""
+    if op in LAYOUT_OPS:
+        return op, ins, attrs, DOMAIN
     if op not in FUSED_OPS:
         return op, ins, attrs, ""
     if op == "FusedElementwise":
-        unique: list[Value | None] = []
-        index: dict[int, int] = {}
-        mapping = {}
-        for k, v in enumerate(ins):
-            if id(v) not in index:
-                index[id(v)] = len(unique)
-                unique.append(v)
-            mapping[k] = index[id(v)]
-        body = re.sub(r"\{(\d+)\}", lambda m: f"{{{mapping[int(m.group(1))]}}}", attrs["body"])
-        plain = _PLAIN_BODIES.get((body, len(unique)))
-        if plain is not None:
-            return plain, unique, {}, ""
-        return op, unique, {**attrs, "body": body}, DOMAIN
+        op, ins, attrs = canonical_elementwise(ins, attrs)
+        return op, ins, attrs, DOMAIN if op == "FusedElementwise" else ""
     return op, ins, attrs, DOMAIN
-
-
-def _plain_bodies() -> dict[tuple[str, int], str]:
-    """Bodies of one attribute-free elementwise op on distinct operands -> that op."""
-    from eqsat.ops.elementwise import scalar_expr
-
-    found: dict[tuple[str, int], str] = {}
-    for name, opdef in ops.OPS.items():
-        if not opdef.elementwise or opdef.attrs or name in ("Identity", "Dropout", "Clip"):
-            continue
-        n = opdef.min_inputs
-        found.setdefault((scalar_expr(name, [f"{{{k}}}" for k in range(n)], {}), n), name)
-    return found
 
 
 def is_plain(raw: dict[str, Any]) -> bool:
@@ -635,6 +647,3 @@ def _same_type(a: Any, b: Any) -> bool:
             and all(x is None or y is None or _same_type(x, y) for x, y in zip(a, b, strict=True))
         )
     return tuple(a[0]) == tuple(b[0]) and np.dtype(a[1]) == np.dtype(b[1])
-
-
-_PLAIN_BODIES = _plain_bodies()

@@ -20,7 +20,8 @@ import numpy as np
 from eqsat import cost as costs
 from eqsat import extract as extractors
 from eqsat.decode import View, _hashable, prune
-from eqsat.egraph import Limits, encode, saturate
+from eqsat.egraph import Limits, saturate
+from eqsat.encode import encode
 from eqsat.errors import EqsatError
 from eqsat.feeds import random_feeds
 from eqsat.ir import Graph, subgraphs
@@ -295,14 +296,17 @@ def kernel_count(graph: Graph) -> int:
 
 
 def fused_counts(graph: Graph, source: Graph | None = None) -> dict[str, int]:
-    """Fused ops of ``graph`` (and composite ops the source did not have), with their counts."""
+    """Fused and channels-last ops of ``graph`` (and composite ops the source did not have), with
+    their counts."""
     from eqsat.ops.fused import FUSED_OPS
 
+    # Channels-last convs are kernels a rule formed too (the NHWC pools are plain layout variants).
+    own = FUSED_OPS | {"ConvNHWC", "FusedConvNHWC"}
     composite = {"LayerNormalization", "Softmax", "Gelu", "HardSwish"}
     before = source.op_counts() if source is not None else {}
     counts: dict[str, int] = {}
     for op, n in graph.op_counts().items():
-        if op in FUSED_OPS:
+        if op in own:
             counts[op] = n
         elif op in composite and n > before.get(op, 0):
             counts[op] = n - before.get(op, 0)

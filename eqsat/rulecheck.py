@@ -12,6 +12,7 @@ shape or dtype, or is not shape-correct; it is "not exercised" if no sample made
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,8 @@ from egglog.declarations import (
 
 from eqsat import ops
 from eqsat.decode import View, prune
-from eqsat.egraph import Limits, Rule, encode, saturate, spec
+from eqsat.egraph import Limits, Rule, saturate, spec
+from eqsat.encode import encode
 from eqsat.errors import EqsatError
 from eqsat.extract import tree
 from eqsat.ir import Graph, Value
@@ -279,10 +281,10 @@ def _check_instance(rule: Rule, g: Graph, result: RuleCheck) -> str:
     root = view.roots()[0]
     original = view.original_choices()
     lhs_node = view.value_node[id(g.outputs[0])]
-    unit = {nid: (1.0 if nid in view.nodes else 0.0) for nid in serialized["nodes"]}
-    for nid in view.invalid:
-        unit[nid] = float("inf")
-    base = tree.extract(serialized, [root], unit)  # covers every class it can price
+    unit = {nid: (math.inf if nid in view.invalid else 1.0) for nid in view.nodes}
+    # As optimize() does: the extractor sees the tensor e-nodes reachable from the root only.
+    tensors = view.tensor_egraph(unit, keep=original)
+    base = tree.extract(tensors, [root], unit)  # covers every class it can price
     for nid in view.classes[root]:
         if nid == lhs_node or view.nodes[nid].kind == "none":
             continue

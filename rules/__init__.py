@@ -44,6 +44,10 @@ FAMILIES = {
     "fusion-epilogue": "eqsat.rules.fusion:epilogue",
     "fusion-bn": "eqsat.rules.fusion:bn",
     "fusion-composite": "eqsat.rules.fusion:composite",
+    "layout": "eqsat.rules.layout",
+    "layout-nhwc": "eqsat.rules.layout:nhwc",
+    "layout-transpose": "eqsat.rules.layout:transpose",
+    "horizontal": "eqsat.rules.horizontal",
 }
 # Fusion is on by default: its rules run in their own stage (see eqsat.egraph.saturate) and add
 # kernels next to the ops they replace, so extraction keeps the unfused graph where it is cheaper.

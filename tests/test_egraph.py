@@ -6,12 +6,14 @@ import json
 
 import numpy as np
 import pytest
+from egglog import union
 from eqsat.lowering import compile_graph
-from eqsat.rules import resolve
+from eqsat.rules import Family, resolve
 
 from eqsat.decode import View, prune
 from eqsat.egraph import RULE_CONSTANTS, E, Limits, T, encode, enode_count, saturate
 from eqsat.ir import Graph
+from eqsat.rulecheck import RuleCheck, _check_instance
 
 
 def _roundtrip(g: Graph) -> Graph:
@@ -80,3 +82,41 @@ def test_saturation_limits_stop_the_run_without_error() -> None:
     report = saturate(enc, rules, Limits(nodes=enode_count(enc.egraph) + 20))
     assert report.stop_reason.startswith("node limit")
     assert report.matches.get("algebraic/add-comm", 0) > 0
+
+
+def test_decoded_nodes_never_take_an_output_name() -> None:
+    # New nodes are named from a fresh counter ("Neg_0", "Neg_1"): the second would take the
+    # output's name, and naming the output would then fail. The rule checker counts an
+    # alternative as compared only when it decodes.
+    family = Family("t")
+
+    @family.rewrite("relu-negneg")
+    def _(x: T):  # type: ignore[no-untyped-def]
+        return E.Relu(x), E.Relu(E.Neg(E.Neg(x)))
+
+    g = Graph("names")
+    g.output(g.op("Relu", g.input("x", (2, 3)), outputs=["Neg_1"]))
+    check = RuleCheck("t/relu-negneg", "")
+    assert _check_instance(family.rules[0], g, check) == ""
+    assert check.fired == 1 and check.compared >= 1
+
+
+def test_multi_output_node_names_only_the_outputs_it_provides() -> None:
+    # b's e-class also holds Identity(a) (x repeats y): when that is chosen, the Split's second
+    # output must not take b's name.
+    g = Graph("split")
+    y = g.input("y", (2,))
+    x = g.op("Concat", y, y, axis=0)
+    a, b = g.op("Split", x, g.constant(np.array([2, 2], np.int64)), outputs=["a", "b"])
+    g.output(a)
+    g.output(b)
+    enc = encode(g)
+    enc.egraph.register(union(enc.terms[id(b)]).with_(E.Identity(enc.terms[id(a)])))
+    view = View(prune(json.loads(enc.egraph._serialize().to_json())), enc)
+    choices = view.original_choices()
+    b_class = view.original[id(b)]
+    choices[b_class] = next(n for n in view.classes[b_class] if view.nodes[n].op == "Identity")
+    back = view.decode(choices)
+    assert [v.name for v in back.outputs] == ["a", "b"]
+    assert back["b"].producer.op == "Identity"  # type: ignore[union-attr]
+    _same_outputs(g, back, {"y": np.array([1.5, -2.0], np.float32)})

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -60,8 +61,6 @@ _NAMES = {"inf": np.inf, "nan": np.nan}
 @functools.lru_cache(maxsize=4096)
 def parse_body(body: str) -> tuple[ast.expr, int]:
     """The parsed body and the number of operands it needs (1 + its largest ``{k}``)."""
-    import re
-
     used = [int(k) for k in re.findall(r"\{(\d+)\}", body)]
     text = re.sub(r"\{(\d+)\}", r"_op\1", body)
     try:
@@ -152,10 +151,46 @@ def _typed(a: Any, b: Any) -> tuple[Any, Any]:
 def _check_body(body: Any, operands: int, what: str) -> str:
     if not isinstance(body, str):
         raise ShapeError(f"{what} must be a string, got {body!r}")
+    # parse_body is cached per body, so checking a body again costs a dictionary lookup.
     _, needed = parse_body(body)
     if needed > operands:
         raise ShapeError(f"{what} {body!r} uses operand {{{needed - 1}}}, only {operands} given")
     return body
+
+
+def canonical_elementwise(
+    ins: list[Any], attrs: dict[str, Any]
+) -> tuple[str, list[Any], dict[str, Any]]:
+    """A FusedElementwise node as it is built: each distinct input (by identity) read once, and a
+    kernel of one attribute-free elementwise op on distinct operands as that plain op."""
+    unique: list[Any] = []
+    index: dict[int, int] = {}
+    mapping = {}
+    for k, v in enumerate(ins):
+        if id(v) not in index:
+            index[id(v)] = len(unique)
+            unique.append(v)
+        mapping[k] = index[id(v)]
+    body = re.sub(r"\{(\d+)\}", lambda m: f"{{{mapping[int(m.group(1))]}}}", attrs["body"])
+    plain = _plain_bodies().get((body, len(unique)))
+    if plain is not None:
+        return plain, unique, {}
+    return "FusedElementwise", unique, {**attrs, "body": body}
+
+
+@functools.cache
+def _plain_bodies() -> dict[tuple[str, int], str]:
+    """Bodies of one attribute-free elementwise op on distinct operands -> that op (built on first
+    use, once every op is registered)."""
+    from eqsat.ops.elementwise import scalar_expr
+
+    found: dict[tuple[str, int], str] = {}
+    for name, opdef in OPS.items():
+        if not opdef.elementwise or opdef.attrs or name in ("Identity", "Dropout", "Clip"):
+            continue
+        n = opdef.min_inputs
+        found.setdefault((scalar_expr(name, [f"{{{k}}}" for k in range(n)], {}), n), name)
+    return found
 
 
 def _dtype(name: Any) -> np.dtype:
