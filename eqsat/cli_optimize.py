@@ -88,7 +88,10 @@ def register(subparsers: Any) -> None:
         "check-rules", help="check rewrite rules numerically on random instances"
     )
     chk.add_argument(
-        "paths", nargs="*", metavar="PATH", help="rule files/folders or family names (default: all)"
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="rule files/folders or family names (default: the default families)",
     )
     chk.add_argument("--samples", type=int, default=200, help="random instances tried per rule")
     chk.add_argument("--seed", type=int, default=0, help="random seed")
