@@ -60,9 +60,7 @@ print(json.dumps({{"compile_s": time.perf_counter() - optimized}}))
 
 def _graph_source(optimize: bool) -> str:
     if optimize:
-        return (
-            "eqsat.optimize(entry.model(), rules, target='cpu', **entry.load_args()).graph"
-        )
+        return "eqsat.optimize(entry.model(), rules, target='cpu', **entry.load_args()).graph"
     return "eqsat.load(entry.model(), **entry.load_args())"
 
 

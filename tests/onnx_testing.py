@@ -7,6 +7,7 @@ the checker with full shape inference and compares onnxruntime on the export too
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -81,3 +82,27 @@ def check(
 
 def randn(rng: np.random.Generator, *shape: int) -> np.ndarray:
     return rng.standard_normal(shape).astype(F)
+
+
+def one_node_graph(
+    op: str, arrays: Sequence[np.ndarray | None], const: Collection[int], n: int, **attrs: Any
+) -> tuple[eqsat.Graph, tuple[eqsat.Value, ...], dict[str, np.ndarray]]:
+    """A one-node eqsat graph: inputs at positions ``const`` are constants, the rest are fed.
+
+    Returns the graph, the node's outputs and the feeds.
+    """
+    g = eqsat.Graph(op)
+    values, feeds = [], {}
+    for i, a in enumerate(arrays):
+        if a is None:
+            values.append(None)
+        elif i in const:
+            values.append(g.constant(a, f"c{i}"))
+        else:
+            values.append(g.input(f"in{i}", a.shape, a.dtype))
+            feeds[f"in{i}"] = a
+    result = g.op(op, *values, outputs=n, **attrs)
+    results = result if isinstance(result, tuple) else (result,)
+    for k, value in enumerate(results):
+        g.output(value, f"out{k}")
+    return g, results, feeds

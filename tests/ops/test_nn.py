@@ -27,6 +27,7 @@ import eqsat.ops.conv
 import eqsat.ops.resize
 from eqsat import ops
 from eqsat.errors import ShapeError, UnsupportedOperatorError
+from tests.onnx_testing import one_node_graph
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -68,20 +69,7 @@ def run_ort(
 
 
 def run_eqsat(op: str, inputs: list, attrs: dict, n_out: int, consts: set[int]) -> list:
-    g = eqsat.Graph(op)
-    values, feeds = [], {}
-    for i, a in enumerate(inputs):
-        if a is None:
-            values.append(None)
-        elif i in consts:
-            values.append(g.constant(a, f"in{i}"))
-        else:
-            values.append(g.input(f"in{i}", a.shape, a.dtype))
-            feeds[f"in{i}"] = a
-    result = g.op(op, *values, outputs=n_out, **attrs)
-    results = result if isinstance(result, tuple) else (result,)
-    for j, v in enumerate(results):
-        g.output(v, f"out{j}")
+    g, _, feeds = one_node_graph(op, inputs, consts, n_out, **attrs)
     out = eqsat.compile(g).run(feeds)
     return [out[f"out{j}"] for j in range(n_out)]
 

@@ -18,6 +18,7 @@ from onnx import helper, numpy_helper
 
 import eqsat
 from eqsat import ops
+from tests.onnx_testing import one_node_graph
 
 I64 = np.int64
 
@@ -51,23 +52,7 @@ def run_ort(op: str, arrays: Sequence[np.ndarray | None], dtypes: list, **attrs:
     return session.run(None, {n: a for n, a in zip(names, arrays, strict=True) if a is not None})
 
 
-def build(op: str, arrays: Sequence[np.ndarray | None], const: Sequence[int], n: int, **attrs):
-    """A one-node eqsat graph: inputs at positions ``const`` are constants, the rest are fed."""
-    g = eqsat.Graph(op)
-    values, feeds = [], {}
-    for i, a in enumerate(arrays):
-        if a is None:
-            values.append(None)
-        elif i in const:
-            values.append(g.constant(a, f"c{i}"))
-        else:
-            values.append(g.input(f"in{i}", a.shape, a.dtype))
-            feeds[f"in{i}"] = a
-    result = g.op(op, *values, outputs=n, **attrs)
-    results = result if isinstance(result, tuple) else (result,)
-    for k, value in enumerate(results):
-        g.output(value, f"out{k}")
-    return g, results, feeds
+build = one_node_graph
 
 
 def check(op: str, *arrays: np.ndarray | None, const: Sequence[int] = (), n: int = 1, **attrs):
