@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -96,6 +97,44 @@ class Index:
 
     def leaves(self) -> Iterable[str]:
         return (nid for nid, kids in self.kids.items() if not kids)
+
+
+def bottom_up(
+    idx: Index,
+    price: Callable[[str, str, dict[str, Any]], tuple[float, Any] | None],
+    slack: float = 0.0,
+) -> Choices:
+    """The worklist fixpoint the bottom-up extractors share.
+
+    An e-node is priced once every child e-class has a value: ``price(node, eclass, values)``
+    returns ``(total, value)`` or ``None`` to skip the node. A strictly cheaper total (by more than
+    ``slack`` relative) becomes the e-class's choice and re-queues its parents, so cycles are fine:
+    a cycle can never undercut the path that first reached it.
+    """
+    best: dict[str, float] = {}
+    values: dict[str, Any] = {}
+    choice: Choices = {}
+    queue = deque(idx.leaves())
+    queued = set(queue)
+    while queue:
+        nid = queue.popleft()
+        queued.discard(nid)
+        if math.isinf(idx.cost[nid]) or any(k not in values for k in idx.kids[nid]):
+            continue
+        eclass = idx.nodes[nid]["eclass"]
+        priced = price(nid, eclass, values)
+        if priced is None:
+            continue
+        total, value = priced
+        if total < best.get(eclass, math.inf) - slack * abs(total):
+            best[eclass] = total
+            values[eclass] = value
+            choice[eclass] = nid
+            for parent in idx.parents.get(eclass, ()):
+                if parent not in queued:
+                    queue.append(parent)
+                    queued.add(parent)
+    return choice
 
 
 def reachable(egraph: dict[str, Any], roots: Iterable[str], choices: Choices) -> list[str]:
