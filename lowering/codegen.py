@@ -76,6 +76,27 @@ CODEGEN_VERSION = "2"
 _HELPERS_HASH = hashlib.sha256(inspect.getsource(cpu_math).encode()).hexdigest()[:16]
 
 
+def module_header(comments: list[str], ctype: str, constants: dict[str, float]) -> list[str]:
+    """The opening lines of every generated kernel module: imports and typed constants.
+
+    The version and the helpers' hash are part of the source, so kernels cached on disk are
+    recompiled when either changes.
+    """
+    lines = [f"# eqsat generated kernel; codegen {CODEGEN_VERSION}, helpers {_HELPERS_HASH}"]
+    lines += [f"# {comment}" for comment in comments]
+    lines += [
+        "import math",
+        "import numpy as np",
+        "from numba import njit, prange, types",
+        "from eqsat.lowering.cpu_math import exp_f32, tanh_f32, erf_f32, fmax, fmin, fsign",
+        "",
+        f"ONE = {ctype}(1.0)",
+        f"ZERO = {ctype}(0.0)",
+    ]
+    lines += [f"{name} = {ctype}({_float_literal(v)})" for name, v in constants.items()]
+    return lines
+
+
 class Unsupported(Exception):
     """The expression uses something the generated kernels do not compute."""
 
@@ -274,18 +295,7 @@ def kernel_source(
     signature = f"types.void({', '.join(sig_types)})"
     args = ", ".join(["out"] + [f"x{i}" for i in range(len(spans))])
     ctype = f"np.{dtype}"
-    lines = [
-        f"# eqsat generated kernel; codegen {CODEGEN_VERSION}, helpers {_HELPERS_HASH}",
-        f"# expr: {expr}",
-        "import math",
-        "import numpy as np",
-        "from numba import njit, prange, types",
-        "from eqsat.lowering.cpu_math import exp_f32, tanh_f32, erf_f32, fmax, fmin, fsign",
-        "",
-        f"ONE = {ctype}(1.0)",
-        f"ZERO = {ctype}(0.0)",
-    ]
-    lines += [f"{name} = {ctype}({_float_literal(v)})" for name, v in constants.items()]
+    lines = module_header([f"expr: {expr}"], ctype, constants)
     lines += [
         "",
         "",

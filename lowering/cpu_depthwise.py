@@ -70,19 +70,11 @@ def source(
         f"w{t} * r{i}[q + {j * dw}]" if j else f"w{t} * r{i}[q]" for t, (i, j) in enumerate(taps)
     )
     acc_code = re.sub(r"\bx0\b", "acc", code)
-    lines = [
-        f"# eqsat depthwise kernel; codegen {codegen.CODEGEN_VERSION}",
-        f"# kernel {kernel} strides {strides} dilations {dilations} pads {pads}",
-        f"# epilogue: {epilogue}",
-        "import math",
-        "import numpy as np",
-        "from numba import njit, prange, types",
-        "from eqsat.lowering.cpu_math import exp_f32, tanh_f32, erf_f32, fmax, fmin, fsign",
-        "",
-        f"ONE = {ctype}(1.0)",
-        f"ZERO = {ctype}(0.0)",
+    comments = [
+        f"depthwise kernel {kernel} strides {strides} dilations {dilations} pads {pads}",
+        f"epilogue: {epilogue}",
     ]
-    lines += [f"{name} = {ctype}({codegen._float_literal(v)})" for name, v in constants.items()]
+    lines = codegen.module_header(comments, ctype, constants)
     lines += [
         "",
         "",
