@@ -234,9 +234,12 @@ def test_ilp_without_cycle_constraints_would_cheat() -> None:
     assert extract.dag_cost(g, ["R"], order, None) == 13.0
 
 
-def test_greedy_ls_finds_shared_merges_greedy_misses() -> None:
-    # Two convs A, B (6 each) or one merged conv M (10) split into both; greedy prices each split
-    # with the whole M (10.5 > 6) and misses that M is shared: 10 + 2 * 0.5 < 12.
+def test_refinement_finds_shared_merges_bottom_up_greedy_misses() -> None:
+    # Two convs A, B (6 each) or one merged conv M (10) split into both; bottom-up greedy prices
+    # each split with the whole M (10.5 > 6) and misses that M is shared: 10 + 2 * 0.5 < 12.
+    # The re-picking sweeps switch A and B together.
+    from eqsat.extract import greedy_dag
+
     g = _egraph(
         {
             "x": ("x", [], "X", 0.0),
@@ -248,12 +251,12 @@ def test_greedy_ls_finds_shared_merges_greedy_misses() -> None:
             "r": ("add", ["a", "b"], "R", 0.0),
         }
     )
-    greedy = extract.get("greedy-dag")(g, ["R"])
-    ls = extract.get("greedy-ls")(g, ["R"])
-    ilp = extract.get("ilp")(g, ["R"])
-    assert extract.dag_cost(g, ["R"], greedy, None) == 12.0
-    assert extract.dag_cost(g, ["R"], ls, None) == 11.0
-    assert extract.dag_cost(g, ["R"], ilp, None) == 11.0
+    plain = greedy_dag.extract(g, ["R"], sweeps=0)
+    assert extract.dag_cost(g, ["R"], plain, None) == 12.0 == plain.cost
+    for name in ("greedy-dag", "greedy-ls", "ilp"):
+        result = extract.get(name)(g, ["R"])
+        assert extract.dag_cost(g, ["R"], result, None) == 11.0, name
+        assert result["A"] == "a2" and result["B"] == "b2", name
 
 
 def test_ilp_time_limit_returns_valid_incumbent_with_gap() -> None:

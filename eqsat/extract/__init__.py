@@ -7,12 +7,13 @@ format (the format extraction-gym reads), including cyclic ones::
 
 ``egraph`` is the parsed JSON (``{"nodes": {id: {"op", "children", "eclass", "cost"}}, ...}``),
 ``roots`` are e-class ids, ``cost`` maps node ids to costs (missing ones use the node's ``cost``;
-``inf`` forbids a node). The answer covers every e-class reachable from the roots through the chosen
-nodes, and the chosen nodes never form a cycle. Strategies: ``tree`` (each use of a shared e-class
-pays for it again: egglog's own extraction), ``greedy-dag`` (a shared e-class is paid once),
-``greedy-ls`` (greedy-dag, then local search that re-chooses one e-class at a time, pricing the
-whole DAG) and ``ilp`` (exact: a 0-1 program solved by HiGHS, with acyclicity constraints and a time
-limit). A strategy may return an :class:`Extraction`, a dict with what the solver knows attached
+``inf`` forbids a node). The answer covers every e-class reachable from the roots through the
+chosen nodes, and the chosen nodes never form a cycle. Strategies: ``tree`` (each use of a shared
+e-class pays for it again: egglog's own extraction), ``greedy-dag`` (bottom-up, a shared e-class
+paid once, then a few sweeps that re-pick e-classes given what the DAG already shares; see
+:mod:`eqsat.extract.refine`), ``greedy-ls`` (those sweeps to a local optimum, with wider moves) and
+``ilp`` (exact: a 0-1 program solved by HiGHS, with acyclicity constraints and a time limit). A
+strategy may return an :class:`Extraction`, a dict with what the solver knows attached
 (lower bound, gap, whether the answer is proven optimal).
 """
 
@@ -78,20 +79,29 @@ class Index:
     def __init__(self, egraph: dict[str, Any], cost: dict[str, float] | None = None):
         nodes = egraph["nodes"]
         self.nodes = nodes
+        eclass = {nid: node["eclass"] for nid, node in nodes.items()}
         self.classes: dict[str, list[str]] = {}
-        self.kids: dict[str, list[str]] = {}  # distinct child e-classes
-        self.uses: dict[str, list[str]] = {}  # child e-classes, once per use
-        self.cost: dict[str, float] = {}
+        for nid, c in eclass.items():
+            self.classes.setdefault(c, []).append(nid)
+        self.cost: dict[str, float] = {
+            nid: float(node.get("cost", 1.0)) for nid, node in nodes.items()
+        }
+        if cost:
+            for nid in nodes:
+                given = cost.get(nid)
+                if given is not None:
+                    self.cost[nid] = float(given)
+        # child e-classes, once per use
+        self.uses: dict[str, list[str]] = {
+            nid: [eclass[k] for k in node["children"]] for nid, node in nodes.items()
+        }
+        # distinct child e-classes
+        self.kids: dict[str, list[str]] = {
+            nid: list(dict.fromkeys(uses)) if len(uses) > 1 else uses.copy()
+            for nid, uses in self.uses.items()
+        }
         self.parents: dict[str, list[str]] = {}
-        for nid, node in nodes.items():
-            self.classes.setdefault(node["eclass"], []).append(nid)
-            c = cost.get(nid) if cost is not None else None
-            self.cost[nid] = float(node.get("cost", 1.0) if c is None else c)
-        for nid, node in nodes.items():
-            uses = [nodes[k]["eclass"] for k in node["children"]]
-            self.uses[nid] = uses
-            kids = list(dict.fromkeys(uses))
-            self.kids[nid] = kids
+        for nid, kids in self.kids.items():
             for k in kids:
                 self.parents.setdefault(k, []).append(nid)
 
@@ -104,7 +114,8 @@ def bottom_up(
     price: Callable[[str, str, dict[str, Any]], tuple[float, Any] | None],
     slack: float = 0.0,
 ) -> Choices:
-    """The worklist fixpoint the bottom-up extractors share.
+    """A worklist fixpoint for bottom-up extractors (tree's; greedy-dag settles e-classes
+    cheapest first on integer-numbered arrays instead, :mod:`eqsat.extract.greedy_dag`).
 
     An e-node is priced once every child e-class has a value: ``price(node, eclass, values)``
     returns ``(total, value)`` or ``None`` to skip the node. A strictly cheaper total (by more than
