@@ -19,10 +19,11 @@
 Constants are prepared once here (weights reshaped/transposed for BLAS, alpha folded into them).
 Planned outputs live in buffers assigned by :mod:`eqsat.lowering.memory`; the executable reuses them
 across runs, so it is not safe to run one executable from two threads at once. Once the plan is
-made, each step binds the buffers it uses, so a run is a flat loop over prebound closures with no
-per-step lookups. During a run BLAS is limited to ``threads`` threads (:class:`BlasPin`), and
-Numba kernels run parallel only above :data:`PARALLEL_ELEMENTS`, so that the two thread pools are
-not busy at the same time.
+made, each step binds the buffers it uses; the executable (:mod:`eqsat.lowering.cpu_runtime`)
+then generates one straight-line function for the graph that checks the feeds and calls the
+prebound steps in order. During a run BLAS is limited to ``threads`` threads (:class:`BlasPin`),
+and Numba kernels run parallel only above :data:`PARALLEL_ELEMENTS`, so that the two thread pools
+are not busy at the same time.
 """
 
 from __future__ import annotations
@@ -35,8 +36,15 @@ from typing import Any
 
 import numpy as np
 from eqsat.lowering import codegen, kernel_cache
-from eqsat.lowering.executable import Executable
-from eqsat.lowering.memory import MemoryPlan, Usage, plan_memory
+from eqsat.lowering.cpu_runtime import (
+    BLAS_KINDS,
+    SMALL_BLAS_FLOPS,
+    BlasPin,
+    CpuExecutable,
+    Env,
+    StepFn,
+)
+from eqsat.lowering.memory import Usage, plan_memory
 
 from eqsat import ops
 from eqsat.ir import Graph, Node, Value, subgraphs
@@ -45,26 +53,25 @@ from eqsat.ops.elementwise import scalar_expr
 # Elementwise kernels below this many output elements run on one thread: below it, handing work
 # to Numba's pool costs more than it saves and its spinning threads slow the next BLAS call.
 PARALLEL_ELEMENTS = 1 << 20
-# BLAS work below this many FLOPs (about 0.3 ms on one core) runs on one thread: splitting it gains
-# little, and OpenBLAS's threads stall badly when another process holds a core (an 8x784x256 GEMM
-# took 24 ms on two threads of a loaded 2-core machine, 0.07 ms on one).
-SMALL_BLAS_FLOPS = float(1 << 24)
-BLAS_KINDS = frozenset({"gemm", "conv", "attention"})
-Env = list[Any]
-StepFn = Callable[[Env], None]
 
 
 @dataclass
 class Step:
     run: StepFn
     usage: Usage
-    kind: str  # "kernel" | "gemm" | "conv" | "depthwise" | "attention" | "copy" | "view" | "reference"
+    # "kernel" | "gemm" | "conv" | "depthwise" | "attention" | "copy" | "view" | "reference", ...
+    # depthwise, copy and view steps must not call BLAS (the executable pins BLAS's threads
+    # only around runs that may: see ``blas``); a view step's one write is its one read, or a
+    # reshaped view or copy of it; reference steps run with numpy's floating-point errors ignored.
+    kind: str
     node: str = ""
     # Called once the memory plan is made, with its slot -> buffer map (kernels that depend on
     # which operands share a buffer are chosen there). It may return a faster ``run`` with the
     # planned buffers, which stay the same across runs, bound in: no lookups or reshapes per run.
     bind: Callable[[dict[int, np.ndarray]], StepFn | None] | None = None
     flops: float = 0.0  # of the node, from the operator table: small BLAS steps run on one thread
+    # Whether the step may call BLAS; None: any kind but depthwise, copy and view may.
+    blas: bool | None = None
 
 
 @dataclass
@@ -152,16 +159,26 @@ class ElementwiseKernel:
                 dynamic.append((k + 1, slot, shape))
         if args[0] is not None and not dynamic:
             fixed = tuple(args)
-            return lambda env: fn(*fixed)
+            call = _entry_point(fn, fixed)
+
+            def run_fixed(env: Env) -> None:
+                call(*fixed)
+
+            run_fixed.direct = (call, fixed)  # type: ignore[attr-defined]
+            return run_fixed
         out_shape = self.out_shape
         out_fixed = args[0]
+        contiguous = np.ascontiguousarray
 
+        # Reshapes only where the kernel's collapsed shape differs (~0.2 us each otherwise).
         def run(env: Env) -> None:
             call = args.copy()
             if out_fixed is None:
-                call[0] = env[o].reshape(out_shape)
+                out = env[o]
+                call[0] = out if out.shape == out_shape else out.reshape(out_shape)
             for k, slot, shape in dynamic:
-                call[k] = np.ascontiguousarray(env[slot]).reshape(shape)
+                array = contiguous(env[slot])
+                call[k] = array if array.shape == shape else array.reshape(shape)
             fn(*call)
 
         return run
@@ -172,6 +189,25 @@ class ElementwiseKernel:
             for a, c, s in zip(arrays, self.consts, self.in_shapes, strict=True)
         ]
         self.fn(out.reshape(self.out_shape), *args)
+
+
+def _entry_point(fn: Any, args: tuple[Any, ...]) -> Callable[..., None]:
+    """The compiled function Numba's dispatcher would pick for ``args``, to call directly.
+
+    The dispatcher types every argument on every call (~0.35 us of a 0.7 us call on 4-element
+    arrays); a step whose arguments are fixed buffers and constants has the same types on every
+    run, so the choice is made once here. Anything but a Numba dispatcher is returned as is.
+    """
+    compile_for = getattr(fn, "compile", None)
+    if compile_for is None:
+        return fn
+    try:
+        from numba import typeof
+
+        entry = compile_for(tuple(typeof(a) for a in args))
+    except Exception:  # an argument Numba cannot type: keep its own dispatch
+        return fn
+    return entry if callable(entry) else fn
 
 
 def node_expr(node: Node) -> str:
@@ -226,10 +262,13 @@ def _elementwise_step(lowering: Lowering, node: Node) -> Step | None:
         kernel.load(alias)
         return kernel.bound(o, index, arrays)
 
-    return Step(run, Usage(reads, [o], True, inplace), "kernel", node.name, bind)
+    step = Step(run, Usage(reads, [o], True, inplace), "kernel", node.name, bind)
+    step.blas = False  # a generated elementwise kernel
+    return step
 
 
 def _reference_step(lowering: Lowering, node: Node) -> Step:
+    """The node's numpy reference; the executable runs it with floating-point errors ignored."""
     opdef = ops.get(node.op, node.name)
     ins = [None if v is None else (v.const, lowering.slot(v)) for v in node.inputs]
     outs = [None if v is None else lowering.slot(v) for v in node.outputs]
@@ -249,8 +288,7 @@ def _reference_step(lowering: Lowering, node: Node) -> Step:
             cond = ins[0][0] if ins[0][0] is not None else env[ins[0][1]]
             branch = node.attrs["then_branch" if bool(np.asarray(cond)) else "else_branch"]
             scope = {key: env[s] for key, s in outer.items()}
-            with np.errstate(all="ignore"):
-                results = evaluate_graph(branch, scope)
+            results = evaluate_graph(branch, scope)
             for s, r in zip(outs, results, strict=False):
                 if s is not None:
                     env[s] = r
@@ -262,177 +300,13 @@ def _reference_step(lowering: Lowering, node: Node) -> Step:
                 None if item is None else (item[0] if item[0] is not None else env[item[1]])
                 for item in ins
             ]
-            with np.errstate(all="ignore"):
-                results = opdef.evaluate(node, arrays)
+            results = opdef.evaluate(node, arrays)
             for s, r in zip(outs, results, strict=False):
                 if s is not None:
                     env[s] = r
 
     writes = [s for s in outs if s is not None]
     return Step(run, Usage(reads, writes, False), "reference", node.name)
-
-
-class CpuExecutable(Executable):
-    target = "cpu"
-
-    def __init__(
-        self,
-        graph: Graph,
-        steps: list[Step],
-        template: Env,
-        feed_slots: list[tuple[int, str]],
-        out_slots: list[int],
-        plan: MemoryPlan,
-        threads: int,
-        report: dict[str, Any],
-    ):
-        super().__init__(graph)
-        self._blas = BlasPin(threads)
-        self._run_steps = tuple(
-            self._blas.single_threaded(s.run)
-            if threads > 1 and s.kind in BLAS_KINDS and s.flops < SMALL_BLAS_FLOPS
-            else s.run
-            for s in steps
-        )
-        self.steps = steps
-        self._template = template
-        self._feed_slots = tuple(feed_slots)
-        self._fresh = tuple(
-            (slot, shape, np.dtype(dtype)) for slot, shape, dtype in plan.fresh_specs
-        )
-        self._threads = threads
-        self.memory = plan
-        self.report = report
-        # Outputs that are always a fresh planned buffer of this run are handed out as they are;
-        # others (constants, views of feeds, reference results) are checked per run.
-        fresh = {slot for slot, _, _ in self._fresh}
-        self._outputs = tuple(
-            (value.name, slot, slot in fresh)
-            for value, slot in zip(graph.outputs, out_slots, strict=True)
-        )
-        self._const_ids = frozenset(id(v.const) for v in graph.outputs if v.const is not None)
-
-    def profile(self, feeds: dict[str, Any], runs: int = 5) -> list[dict[str, Any]]:
-        """Per-step timing: for each node, its op, step kind and best seconds over ``runs`` runs."""
-        checked = self.check_feeds(feeds)
-        best = [float("inf")] * len(self.steps)
-        clock = time.perf_counter
-        for _ in range(runs):
-            env = self._env(checked)
-            self._blas.enter()
-            try:
-                for i, run in enumerate(self._run_steps):
-                    start = clock()
-                    run(env)
-                    best[i] = min(best[i], clock() - start)
-            finally:
-                self._blas.exit()
-        ops_by_name = {n.name: n.op for n in self.graph.nodes}
-        return [
-            {"node": s.node, "op": ops_by_name.get(s.node, ""), "kind": s.kind, "seconds": t}
-            for s, t in zip(self.steps, best, strict=True)
-        ]
-
-    def _env(self, feeds: dict[str, np.ndarray]) -> Env:
-        env = self._template.copy()
-        for slot, name in self._feed_slots:
-            env[slot] = feeds[name]
-        for slot, shape, dtype in self._fresh:
-            env[slot] = np.empty(shape, dtype)
-        return env
-
-    def _execute(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        env = self._env(feeds)
-        blas = self._blas
-        blas.enter()
-        try:
-            for run in self._run_steps:
-                run(env)
-        finally:
-            blas.exit()
-        results = {}
-        fed: set[int] | None = None
-        for name, slot, fresh in self._outputs:
-            array = env[slot]
-            if not fresh:
-                array = np.asarray(array)
-                if fed is None:
-                    fed = {id(a) for a in feeds.values()}
-                # Never hand out the graph's constants, the caller's feeds or views of them.
-                if id(array) in self._const_ids or id(array) in fed or not array.flags.owndata:
-                    array = array.copy()
-            results[name] = array
-        return results
-
-
-class BlasPin:
-    """Pins BLAS to ``threads`` threads during a run and restores its setting afterwards.
-
-    threadpoolctl's ``limit()`` context costs ~20 us per run (it re-reads every library's state);
-    here the libraries' ``openblas_get/set_num_threads`` are looked up once and called directly
-    (well under a microsecond each). Libraries of another kind (MKL, BLIS, OpenMP builds of
-    OpenBLAS) go through threadpoolctl's controllers, which is slower but correct.
-    """
-
-    def __init__(self, threads: int):
-        self.threads = threads
-        self._calls: list[tuple[Callable[[], int], Callable[[int], Any]]] = []
-        self._saved: list[int] = []
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # threadpoolctl is a dependency; without it BLAS keeps its setting
-            return
-        for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
-            self._calls.append(_thread_calls(lib))
-
-    def enter(self) -> None:
-        saved = self._saved
-        saved.clear()
-        threads = self.threads
-        for get, set_ in self._calls:
-            now = get()
-            saved.append(now)
-            if now != threads:
-                set_(threads)
-
-    def exit(self) -> None:
-        threads = self.threads
-        for (_, set_), before in zip(self._calls, self._saved, strict=False):
-            if before != threads:
-                set_(before)
-
-    def single_threaded(self, run: StepFn) -> StepFn:
-        """``run`` with BLAS on one thread (inside a run, where it is pinned to ``threads``)."""
-        setters = tuple(set_ for _, set_ in self._calls)
-        if not setters:
-            return run
-        threads = self.threads
-
-        def one_thread(env: Env) -> None:
-            for set_ in setters:
-                set_(1)
-            try:
-                run(env)
-            finally:
-                for set_ in setters:
-                    set_(threads)
-
-        return one_thread
-
-
-def _thread_calls(lib: Any) -> tuple[Callable[[], int], Callable[[int], Any]]:
-    """Fast get/set of one BLAS library's thread count."""
-    find = getattr(lib, "_find_affixes", None)
-    dynlib = getattr(lib, "dynlib", None)
-    if lib.internal_api == "openblas" and find is not None and dynlib is not None:
-        affixes = find()
-        if affixes is not None and getattr(lib, "threading_layer", "") != "openmp":
-            prefix, suffix = affixes
-            get = getattr(dynlib, f"{prefix}openblas_get_num_threads{suffix}", None)
-            set_ = getattr(dynlib, f"{prefix}openblas_set_num_threads{suffix}", None)
-            if get is not None and set_ is not None:
-                return get, set_
-    return lib.get_num_threads, lib.set_num_threads
 
 
 def _flops(node: Node) -> float:
@@ -512,4 +386,12 @@ def _check_ops(graph: Graph) -> None:
             _check_ops(sub)
 
 
-__all__ = ["BlasPin", "CpuExecutable", "ElementwiseKernel", "compile", "node_expr"]
+__all__ = [
+    "BLAS_KINDS",
+    "SMALL_BLAS_FLOPS",
+    "BlasPin",
+    "CpuExecutable",
+    "ElementwiseKernel",
+    "compile",
+    "node_expr",
+]

@@ -35,6 +35,8 @@ class MemoryPlan:
     fresh_bytes: int  # bytes allocated per run for outputs
     naive_bytes: int  # what planned values would take without reuse
     fresh_specs: list[tuple[int, tuple[int, ...], np.dtype]] = field(default_factory=list)
+    # slot -> the planned buffers (by slot) the value may alias; absent: feeds and constants
+    roots: dict[int, frozenset[int]] = field(default_factory=dict)
 
     @property
     def peak_bytes(self) -> int:
@@ -104,4 +106,4 @@ def plan_memory(
     fresh_specs = [(s, *specs[s]) for s in sorted(fresh) if s in specs]
     fresh_bytes = sum(nbytes(s) for s, _, _ in fresh_specs)
     pool = sum(b.nbytes for b in blocks)
-    return MemoryPlan(arrays, fresh, pool, fresh_bytes, naive, fresh_specs)
+    return MemoryPlan(arrays, fresh, pool, fresh_bytes, naive, fresh_specs, roots)

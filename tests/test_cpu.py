@@ -275,7 +275,7 @@ def test_row_kernels_and_batch_norm(rng: np.random.Generator) -> None:
     x = g.input("x", (2, 3, 5, 4))
     g.output(g.op("GlobalAveragePool", x), "gap")
     g.output(g.op("Softmax", x, axis=-1), "softmax")
-    g.output(g.op("Softmax", x, axis=1), "softmax1")  # not innermost: the reference runs it
+    g.output(g.op("Softmax", x, axis=1), "softmax1")  # not innermost: a kernel or the reference
     scale = g.constant(rng.standard_normal((5, 4)).astype(F32))
     g.output(g.op("LayerNormalization", x, scale, axis=2), "ln")
     scale1, bias1 = (g.constant(rng.standard_normal(4).astype(F32)) for _ in range(2))
@@ -284,7 +284,7 @@ def test_row_kernels_and_batch_norm(rng: np.random.Generator) -> None:
     params.append(rng.uniform(0.5, 2, 3).astype(F32))
     g.output(g.op("BatchNormalization", x, *(g.constant(p) for p in params)), "bn")
     exe = _check(g, rng)
-    assert exe.report["reference_ops"] == {"Softmax": 1}
+    assert exe.report["reference_ops"] in ({}, {"Softmax": 1})
 
 
 def test_resize_nearest_and_conv_transpose(rng: np.random.Generator) -> None:
