@@ -4,21 +4,35 @@ One binary ``x[n]`` per usable e-node: minimize ``sum cost[n] * x[n]`` subject t
 
 * each root e-class (and each e-class that every extraction contains) picks one e-node, and no
   e-class picks more than one;
-* a picked e-node's child e-classes pick one each (``x[n] <= sum(x[m] for m in child class)``);
+* a picked e-node's child e-classes pick one each (``sum(x[n] for n in c using k) <= sum(x[m]
+  for m in k)`` for each e-class ``c`` and child e-class ``k``: at most one of c's nodes is picked);
 * inside a cyclic strongly connected component of the e-class graph, a picked e-class is needed by
   a picked parent (any answer can drop the e-classes it does not reach, so this loses nothing);
 * the picked nodes form no cycle.
 
+Each optional e-class with several nodes also gets a binary ``use[c] = sum(x[n] for n in c)``:
+redundant, but HiGHS's presolve, probing and branching then work on "is this e-class computed?";
+on Tensat's BERT (equal-cost merges in many nestings) that turns hundreds of branch-and-bound nodes
+that left a 6% gap at 60 s into a proof at the root.
+
 First the e-graph is pruned soundly (:mod:`eqsat.extract.prune`): nodes no acyclic extraction can
 use (self-loops, nodes whose children always need their own e-class, unbuildable ones), dominated
-nodes, and nodes that cannot be part of an answer cheaper than the greedy-ls incumbent.
+nodes, and nodes that cannot be part of an answer cheaper than the greedy-ls incumbent. Pruning
+also gives a lower bound, the longest path every answer pays (:mod:`eqsat.extract.ilp_bounds`);
+when it reaches the incumbent's cost (a sequential network such as VGG), no program is solved.
+That bound is what the relaxation misses on Tensat's e-graphs: zero-cost ``split(concat(...))``
+cycles let a fractional solution circulate through merges and pay almost nothing (VGG: 1.43
+against 4.85), and no family of cycle rows closes that gap quickly. Otherwise it becomes one row,
+``sum(cost[n] * x[n]) >= bound``, which no cheap cyclic answer satisfies.
 
 Acyclicity (``acyclic="lazy"``, the default) is enforced by cycle cuts (:mod:`eqsat.extract.cuts`),
 only inside cyclic components: a cutting-plane loop on the linear relaxation adds the rows its
 fractional solutions violate (all the short cycles the relaxation cheats through, at once), then
 the integer program is solved; if its answer has a cycle, that cycle's rows are added and it is
-solved again. Every row is valid for every acyclic answer, so the solver's bound is a lower bound
-of the true optimum, and the first acyclic answer of a solve that HiGHS proves optimal is optimal.
+solved again, after greedy-dag over the cyclic answer's and the incumbent's nodes has offered a
+new incumbent (often the optimum, which the bound then proves). Every row is valid for every
+acyclic answer, so the solver's bound is a lower bound of the true optimum, and the first acyclic
+answer of a solve that HiGHS proves optimal is optimal.
 The incumbent's cost is passed as an objective cutoff, so "no better solution" (infeasible) proves
 the incumbent optimal. ``acyclic="order"`` instead adds a topological level per e-class of a cyclic
 component (``level[c] >= level[k] + 1`` when a node of ``c`` with child ``k`` is picked, the big-M
@@ -37,11 +51,13 @@ from typing import Any
 import numpy as np
 
 from eqsat.errors import EqsatError
-from eqsat.extract import Choices, Extraction, Index, dag_cost, sccs
+from eqsat.extract import Choices, Extraction, Index, dag_cost, find_cycle, is_acyclic, sccs
 from eqsat.extract.cuts import Cut, Separator
 from eqsat.extract.prune import Pruned, prune
 
 DEFAULT_TIME_LIMIT = 60.0
+PROOF_TOL = 1e-9  # relative: an incumbent within this of a lower bound is optimal
+HIGHS_SHARE = 0.95  # of the time left, given to the MIP solver (see _mip_loop)
 ROOT_LP_SHARE = 0.5  # at most this share of the time limit goes to the root cutting-plane loop
 
 
@@ -73,10 +89,12 @@ def extract(
     best: Choices | None = None
     best_cost = math.inf
     try:
-        best_cost = dag_cost(egraph, roots, initial, cost)
-        best = dict(initial)
-    except EqsatError:
-        pass
+        # Only a valid incumbent may bound the search (a cyclic one could undercut the optimum).
+        if is_acyclic(egraph, roots, initial):
+            best_cost = dag_cost(egraph, roots, initial, cost)
+            best = dict(initial)
+    except (EqsatError, KeyError):
+        best_cost = math.inf
     solve = _Solve(start, time_limit, best, best_cost)
     try:
         pruned = prune(idx, roots, best_cost)
@@ -84,6 +102,9 @@ def extract(
         if best is None:
             raise EqsatError("ilp: the e-graph has no acyclic extraction from its roots") from None
         return solve.result(egraph, roots, cost, "optimal", "pruning left no cheaper answer")
+    solve.lower = max(solve.lower, pruned.lower)
+    if best is not None and pruned.lower >= best_cost - PROOF_TOL * max(1.0, abs(best_cost)):
+        return solve.result(egraph, roots, cost, "optimal", "the longest-path bound proves it")
     model = _Model(idx, roots, pruned)
     say(f"ilp: {model.ncols} columns after pruning ({_removed(pruned)}), "
         f"cyclic components {sorted(len(c) for c in model.components)[-4:]}")  # fmt: skip
@@ -181,13 +202,15 @@ def _mip_loop(
         left = solve.left()
         if left <= 0:
             return "time limit"
-        h.setOptionValue("time_limit", max(left, 1e-3))
+        # HiGHS checks its clock between phases and overruns by a few seconds on large models.
+        h.setOptionValue("time_limit", max(HIGHS_SHARE * left - 0.5, 1e-3))
         if math.isfinite(solve.best_cost):
             # Only strictly cheaper answers are of interest: the incumbent has the rest.
             h.setOptionValue("objective_bound", solve.best_cost)
         h.run()
         solve.rounds += 1
         ms = h.modelStatusToString(h.getModelStatus()).lower()
+        say(f"ilp round {solve.rounds}: {ms} in {h.getRunTime():.1f} s (of {left:.1f} s left)")
         info = h.getInfo()
         if "infeasible" in ms:
             if solve.best is None:
@@ -201,6 +224,14 @@ def _mip_loop(
             return "time limit"
         cuts = sep.separate(np.round(x), tol=0.5)
         found = model.choices(x)
+        if not cuts:
+            # The separator sees every cycle of an integer answer; a direct check costs little
+            # and keeps an invalid answer from ever being returned.
+            cycle = find_cycle(model.idx, model.roots, found)
+            if cycle is not None:
+                cuts = sep.cycle_rows(cycle)
+                if not cuts:
+                    return "time limit"
         if not cuts and all(r in found for r in model.roots):
             solve.offer(found, dag_cost(egraph, roots, found, cost))
             if "optimal" in ms:
@@ -211,6 +242,31 @@ def _mip_loop(
             return "time limit"  # an incomplete answer: the solver stopped early
         model.add_cuts(h, cuts)
         say(f"ilp round {solve.rounds}: {len(cuts)} cycle rows cut, bound {solve.lower:.6g}")
+        _repair(egraph, roots, cost, model.idx, found, solve)
+        if solve.best_cost - solve.lower <= PROOF_TOL * max(1.0, abs(solve.best_cost)):
+            return "optimal"  # a repaired answer reached the lower bound
+
+
+def _repair(
+    egraph: dict[str, Any],
+    roots: list[str],
+    cost: dict[str, float] | None,
+    idx: Index,
+    found: Choices,
+    solve: _Solve,
+) -> None:
+    """Offer greedy-dag's answer over the nodes of a cyclic integer answer and the incumbent: the
+    cyclic answer is often a cheap one with a cycle or two where the incumbent is acyclic."""
+    from eqsat.extract import greedy_dag
+
+    allowed = set(found.values()) | set((solve.best or {}).values())
+    only = {n: (c if n in allowed else math.inf) for n, c in idx.cost.items()}
+    try:
+        answer = dict(greedy_dag.extract(egraph, roots, only))
+        if is_acyclic(egraph, roots, answer):
+            solve.offer(answer, dag_cost(egraph, roots, answer, cost))
+    except (EqsatError, KeyError):
+        pass  # no acyclic answer over those nodes
 
 
 class _Model:
@@ -229,6 +285,7 @@ class _Model:
         self.comp = {c: i for i, comp in enumerate(self.components) for c in comp}
         self.cuts = 0
         self.conflicts = 0
+        self.class_cols: list[int] = []  # see _class_columns
 
     def build(self, h: Any, order: bool) -> None:
         idx, n = self.idx, self.ncols
@@ -241,13 +298,17 @@ class _Model:
             rows.add(cols, [1.0] * len(cols), 1.0 if c in required else 0.0, 1.0)
         parents: dict[str, list[int]] = {}
         for members in self.classes.values():
+            users: dict[str, list[int]] = {}  # child e-class -> this e-class's nodes using it
             for m in members:
                 for k in idx.kids[m]:
                     parents.setdefault(k, []).append(self.col[m])
-                    if k in required:
-                        continue  # picked anyway
-                    cols = [self.col[x] for x in self.classes[k]]
-                    rows.add([*cols, self.col[m]], [1.0] * len(cols) + [-1.0], 0.0)
+                    users.setdefault(k, []).append(self.col[m])
+            for k, us in users.items():
+                if k in required:
+                    continue  # picked anyway
+                # At most one of ``us`` is picked, so their sum (not just each) needs k.
+                cols = [self.col[x] for x in self.classes[k]]
+                rows.add([*cols, *us], [1.0] * len(cols) + [-1.0] * len(us), 0.0)
         for c in self.comp:
             if c not in required:
                 # A picked e-class of a cyclic component has a picked parent that needs it.
@@ -262,14 +323,34 @@ class _Model:
                 self.conflicts += 1
         if order:
             self._order_rows(h, rows)
+        self._class_columns(h, rows, required)
+        lower = self.pruned.lower
+        if math.isfinite(lower) and lower > 0:
+            # Every acyclic answer pays its longest path: this one row removes all the cheap
+            # cyclic answers (through free split/concat merges) the cycle rows would otherwise
+            # cut one solve at a time. The slack absorbs rounding in the bound's sums.
+            rows.add(list(range(self.ncols)), costs.tolist(), lower - PROOF_TOL * max(1.0, lower))
         rows.flush(h)
+
+    def _class_columns(self, h: Any, rows: _Rows, required: set[str]) -> None:
+        """The ``use[c]`` columns (see the module docstring)."""
+        classes = [c for c, ms in self.classes.items() if c not in required and len(ms) > 1]
+        base = h.getNumCol()
+        k = len(classes)
+        if not k:
+            return
+        h.addCols(k, np.zeros(k), np.zeros(k), np.ones(k), 0, [], [], [])
+        for i, c in enumerate(classes):
+            cols = [self.col[m] for m in self.classes[c]]
+            rows.add([*cols, base + i], [1.0] * len(cols) + [-1.0], 0.0, 0.0)
+        self.class_cols = list(range(base, base + k))
 
     def integral(self, h: Any) -> None:
         import highspy
 
-        n = self.ncols
+        cols = np.array([*range(self.ncols), *self.class_cols], dtype=np.int32)
         h.changeColsIntegrality(
-            n, np.arange(n, dtype=np.int32), np.full(n, highspy.HighsVarType.kInteger, np.uint8)
+            len(cols), cols, np.full(len(cols), highspy.HighsVarType.kInteger, np.uint8)
         )
 
     def _order_rows(self, h: Any, rows: _Rows) -> None:

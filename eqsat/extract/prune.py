@@ -13,8 +13,11 @@ cheaper than a known one can use, so the optimum over what is left is the optimu
   ``split(concat(a, b))`` nodes in the e-class of ``a``, which self-loop removal does not;
 * **dominated**: another node of the same e-class costs no more and needs a subset of its child
   e-classes;
-* **too dear** (given an upper bound ``ub``): a node whose needed e-classes, together with the
-  roots' needed e-classes, cost more than ``ub`` even at their cheapest nodes.
+* **too dear** (given an upper bound ``ub``, and no negative cost): a node whose needed e-classes,
+  together with the roots' needed e-classes, cost more than ``ub`` even at their cheapest nodes, or
+  whose longest path (:mod:`eqsat.extract.ilp_bounds`: the cheapest path from a root down to it and
+  on down to a leaf) costs more than ``ub``. Removals raise both bounds, so this repeats a few
+  times. The longest-path bound of the roots is kept as a lower bound of every answer.
 
 ``need`` of the roots also tells which e-classes every extraction contains; the ILP fixes those.
 Sets of e-classes are Python ints used as bit sets.
@@ -27,7 +30,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from eqsat.extract import Index
+from eqsat.extract import Index, ilp_bounds
+
+MAX_ROUNDS = 12  # of too-dear pruning: each round's removals raise the next round's bounds
+MIN_SHARE = 0.01  # another round only if this one removed at least this share of the nodes
 
 
 @dataclass
@@ -40,6 +46,8 @@ class Pruned:
     bit: dict[str, int] = field(default_factory=dict)  # e-class -> its bit in the sets below
     need: dict[str, int] = field(default_factory=dict)  # e-class -> e-classes it always needs
     node_need: dict[str, int] = field(default_factory=dict)  # node -> e-classes it always needs
+    bound: dict[str, float] = field(default_factory=dict)  # node -> path bound of answers using it
+    lower: float = -math.inf  # no answer (in what is left) costs less
 
     def needs(self, node: str, eclass: str) -> bool:
         """Whether every acyclic extraction of ``node`` contains ``eclass``."""
@@ -83,17 +91,34 @@ def prune(idx: Index, roots: list[str], ub: float = math.inf) -> Pruned:
     root_need = 0
     for r in roots:
         root_need |= need.sets[r]
-    if math.isfinite(ub):
-        dear = _too_dear(idx, usable, need, node_need, root_need, ub)
-        if dear:
-            removed["too dear"] = len(dear)
-            usable = _buildable(idx, usable - dear)
-            need, node_need = _need(idx, usable)
-            root_need = 0
-            for r in roots:
-                if r not in need.sets:
-                    raise ValueError(f"e-class {r} has no extraction cheaper than {ub}")
-                root_need |= need.sets[r]
+    bound: dict[str, float] = {}
+    lower = -math.inf
+    # Both too-dear bounds add up costs of e-classes an answer contains, leaving the others out:
+    # a lower bound only if no cost is negative.
+    nonneg = ilp_bounds.applies(idx, usable)
+    slack = 1e-9 * max(1.0, abs(ub)) if math.isfinite(ub) else 0.0
+    for _ in range(MAX_ROUNDS if nonneg else 0):
+        required = [c for c, i in need.bit_index.items() if root_need >> i & 1]
+        bound, lower = ilp_bounds.node_bounds(idx, usable, roots, required)
+        if lower > ub + slack:
+            raise ValueError(f"no extraction is cheaper than {ub}: its longest path costs more")
+        dear = {n for n, b in bound.items() if b > ub + slack}
+        if math.isfinite(ub):
+            dear |= _too_dear(idx, usable, need, node_need, root_need, ub, skip=dear)
+        if not dear:
+            break
+        removed["too dear"] = removed.get("too dear", 0) + len(dear)
+        before = len(usable)
+        usable = _buildable(idx, usable - dear)
+        removed["unbuildable"] += before - len(dear) - len(usable)
+        need, node_need = _need(idx, usable)
+        root_need = 0
+        for r in roots:
+            if r not in need.sets:
+                raise ValueError(f"e-class {r} has no extraction cheaper than {ub}")
+            root_need |= need.sets[r]
+        if len(dear) < MIN_SHARE * before:
+            break  # little left to gain; ``bound`` (from more nodes) is still a valid bound
     classes: dict[str, list[str]] = {}
     stack = list(dict.fromkeys(roots))
     members: dict[str, list[str]] = {}
@@ -106,7 +131,7 @@ def prune(idx: Index, roots: list[str], ub: float = math.inf) -> Pruned:
         classes[c] = sorted(members[c])
         stack.extend(k for n in classes[c] for k in idx.kids[n] if k not in classes)
     required = {c for c in classes if root_need >> need.bit_index[c] & 1}
-    return Pruned(classes, required, removed, need.bit_index, need.sets, node_need)
+    return Pruned(classes, required, removed, need.bit_index, need.sets, node_need, bound, lower)
 
 
 def _buildable(idx: Index, allowed: set[str]) -> set[str]:
@@ -226,8 +251,10 @@ def _too_dear(
     node_need: dict[str, int],
     root_need: int,
     ub: float,
+    skip: set[str] | frozenset[str] = frozenset(),
 ) -> set[str]:
-    """Nodes whose cheapest possible extraction (with the roots') costs more than ``ub``."""
+    """Nodes (not in ``skip``) whose cheapest possible extraction (with the roots') costs more
+    than ``ub``."""
     cheapest = np.zeros(len(need.classes))
     for c, i in need.bit_index.items():
         cheapest[i] = min(idx.cost[n] for n in idx.classes[c] if n in usable)
@@ -243,6 +270,8 @@ def _too_dear(
     out: set[str] = set()
     cache: dict[int, float] = {}
     for n in usable:
+        if n in skip:
+            continue
         c = idx.nodes[n]["eclass"]
         bits = node_need[n] | root_need
         value = cache.get(bits)
