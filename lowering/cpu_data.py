@@ -6,12 +6,15 @@ parsing, a fresh array) and fused attention ~90 us; here:
 * Reshape, Flatten, Squeeze, Unsqueeze and Identity keep the element order, and their output shape
   is static: the step is ``x.reshape(shape)``, a view whenever the input is contiguous (the memory
   plan tracks that the result aliases its input's buffer);
-* Transpose copies into its planned buffer; Concat concatenates into its planned buffer;
+* Transpose copies into its planned buffer; Concat concatenates into its planned buffer (part by
+  part into fixed slices of it once the memory plan is made);
 * ``Attention(Q, K, V[, mask])`` is two batched GEMMs into preallocated scratch with one Numba pass
   in between that scales, adds the mask and takes the softmax of each row
   (:func:`eqsat.lowering.cpu_kernels.masked_softmax_rows`);
 * MaxPool and AveragePool over 2-D NCHW windows: one Numba kernel each
-  (:func:`eqsat.lowering.cpu_kernels.max_pool2d` and ``average_pool2d``).
+  (:func:`eqsat.lowering.cpu_kernels.max_pool2d` and ``average_pool2d``);
+* Slice, Split, Gather, Pad and ReduceSum/Mean/Max/Min: views or one kernel each
+  (:mod:`eqsat.lowering.cpu_small`).
 
 Anything else returns ``None`` and runs on the numpy reference.
 """
@@ -21,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import cpu_kernels
+from eqsat.lowering import cpu_kernels, cpu_small
 from eqsat.lowering.cpu import Env, Lowering, Step, StepFn
 from eqsat.lowering.memory import Usage
 
@@ -33,7 +36,9 @@ FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 def build_step(lowering: Lowering, node: Node) -> Step | None:
     builder = _BUILDERS.get(node.op)
-    if builder is None or not node.outputs or node.outputs[0] is None:
+    if builder is None:
+        return cpu_small.build_step(lowering, node)
+    if not node.outputs or node.outputs[0] is None:
         return None
     x = node.inputs[0] if node.inputs else None
     if x is None or x.const is not None:
@@ -96,8 +101,36 @@ def _concat(lowering: Lowering, node: Node) -> Step | None:
         parts = [c if c is not None else env[s] for c, s in items]
         np.concatenate(parts, axis=axis, out=env[o])
 
+    def bind(arrays: dict[int, np.ndarray]) -> StepFn | None:
+        # A planned output: one copy per part into its fixed slice (np.concatenate costs ~3 us
+        # even for two rows of 128 floats); parts in planned buffers are fixed too.
+        fixed = arrays.get(o)
+        if fixed is None:
+            return None
+        bounds = np.cumsum([0] + [v.shape[axis] for v in node.inputs if v is not None])
+        lead = (slice(None),) * axis
+        copyto = np.copyto
+        static, dynamic = [], []
+        for (const, slot), lo, hi in zip(items, bounds[:-1], bounds[1:], strict=True):
+            dst = fixed[(*lead, slice(int(lo), int(hi)))]
+            if const is not None:
+                static.append((dst, const))
+            elif slot in arrays:
+                static.append((dst, arrays[slot]))
+            else:
+                dynamic.append((dst, slot))
+        static_t, dynamic_t = tuple(static), tuple(dynamic)
+
+        def run_bound(env: Env) -> None:
+            for dst, src in static_t:
+                copyto(dst, src)
+            for dst, slot in dynamic_t:
+                copyto(dst, env[slot])
+
+        return run_bound
+
     reads = [s for _, s in items if s is not None]
-    return Step(run, Usage(reads, [o], True), "copy", node.name)
+    return Step(run, Usage(reads, [o], True), "copy", node.name, bind)
 
 
 def _attention(lowering: Lowering, node: Node) -> Step | None:

@@ -1,12 +1,10 @@
-"""Hand-written Numba kernels of the CPU target: im2col, row-wise reductions, attention, pooling.
+"""Hand-written Numba kernels of the CPU target: row-wise reductions, attention, pooling, scatter.
 
-im2col (whole or by blocks of output rows) feeds GEMM convolutions (depthwise convs are generated
-by :mod:`eqsat.lowering.cpu_depthwise`); row kernels
-(mean, softmax, layer norm) and a flat gather serve :mod:`eqsat.lowering.cpu_misc`; the masked
-softmax and 2-D pools serve :mod:`eqsat.lowering.cpu_data`. Convs work
-on 2-D NCHW float32 or float64 data. They are ordinary modules with
-``cache=True``, so Numba compiles each signature once per machine. Padding is handled by computing
-each tap's valid output range up front, so the innermost loops have no bounds checks and vectorize.
+Row kernels (mean, softmax, layer norm), a flat gather and the non-overlapping ConvTranspose's
+scatter serve :mod:`eqsat.lowering.cpu_misc`; the masked softmax and 2-D pools serve
+:mod:`eqsat.lowering.cpu_data` (convolutions' kernels live in :mod:`eqsat.lowering.cpu_conv`,
+:mod:`eqsat.lowering.cpu_winograd` and :mod:`eqsat.lowering.cpu_depthwise`). They are ordinary
+modules with ``cache=True``, so Numba compiles each signature once per machine.
 """
 
 from __future__ import annotations
@@ -16,70 +14,6 @@ from eqsat.lowering.cpu_math import exp_f32
 from numba import njit
 
 JIT = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
-
-
-@njit(**JIT)
-def _valid(off, stride, size, count):  # type: ignore[no-untyped-def]
-    """The range of output positions o with 0 <= o*stride + off < size (off may be negative)."""
-    lo = max(0, (-off + stride - 1) // stride)
-    hi = min(count, (size - off + stride - 1) // stride)
-    return lo, max(lo, hi)
-
-
-@njit(**JIT)
-def im2col(x, cols, oh_, ow_, kh_, kw_, sh, sw, dh, dw, ph, pw):  # type: ignore[no-untyped-def]
-    """x (C, H, W) -> cols (C*KH*KW, OH*OW): column p of row (c, kh, kw) is the tap's input."""
-    c_, h_, w_ = x.shape
-    for c in range(c_):
-        for kh in range(kh_):
-            for kw in range(kw_):
-                row = (c * kh_ + kh) * kw_ + kw
-                off = kw * dw - pw
-                lo, hi = _valid(off, sw, w_, ow_)
-                for oh in range(oh_):
-                    ih = oh * sh - ph + kh * dh
-                    base = oh * ow_
-                    if ih < 0 or ih >= h_:
-                        for ow in range(ow_):
-                            cols[row, base + ow] = 0
-                        continue
-                    for ow in range(lo):
-                        cols[row, base + ow] = 0
-                    for ow in range(lo, hi):
-                        cols[row, base + ow] = x[c, ih, ow * sw + off]
-                    for ow in range(hi, ow_):
-                        cols[row, base + ow] = 0
-
-
-@njit(**JIT)
-def im2col_rows(x, cols, oh0, oh1, ow_, kh_, kw_, sh, sw, dh, dw, ph, pw):  # type: ignore[no-untyped-def]
-    """:func:`im2col` of output rows ``oh0 <= oh < oh1`` only: cols is (C*KH*KW, rows*OW).
-
-    A block of rows keeps the column buffer in cache between this copy and the GEMM reading it;
-    stride 1 (the common case) gets a loop the compiler can vectorize.
-    """
-    c_, h_, w_ = x.shape
-    for c in range(c_):
-        for kh in range(kh_):
-            for kw in range(kw_):
-                dst = cols[(c * kh_ + kh) * kw_ + kw]
-                off = kw * dw - pw
-                lo, hi = _valid(off, sw, w_, ow_)
-                for oh in range(oh0, oh1):
-                    ih = oh * sh - ph + kh * dh
-                    base = (oh - oh0) * ow_
-                    if ih < 0 or ih >= h_:
-                        dst[base : base + ow_] = 0
-                        continue
-                    src = x[c, ih]
-                    dst[base : base + lo] = 0
-                    if sw == 1:
-                        for ow in range(lo, hi):
-                            dst[base + ow] = src[ow + off]
-                    else:
-                        for ow in range(lo, hi):
-                            dst[base + ow] = src[ow * sw + off]
-                    dst[base + hi : base + ow_] = 0
 
 
 @njit(**JIT)

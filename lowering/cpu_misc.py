@@ -8,7 +8,9 @@
   at compile time, on an array of element indices, so they match the reference exactly;
 * ConvTranspose whose stride equals its kernel (no overlap: upsampling heads) as one GEMM and a
   strided copy (depthwise ones as one broadcast multiply), with the fused epilogue applied in
-  place.
+  place;
+* Softmax over another axis: :func:`eqsat.lowering.cpu_small.softmax_axis`;
+* LSTM, GRU and RNN: one generated kernel per layer (:mod:`eqsat.lowering.cpu_recurrent`).
 
 Anything else returns ``None`` and runs on the numpy reference.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import cpu_kernels
+from eqsat.lowering import cpu_kernels, cpu_recurrent, cpu_small
 from eqsat.lowering.cpu import ElementwiseKernel, Env, Lowering, Step
 from eqsat.lowering.memory import Usage
 
@@ -29,6 +31,8 @@ FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def build_step(lowering: Lowering, node: Node) -> Step | None:
+    if node.op in cpu_recurrent.OPS:
+        return cpu_recurrent.build_step(lowering, node)
     builder = _BUILDERS.get(node.op)
     out = node.outputs[0]
     if builder is None or out is None or out.dtype not in FLOATS:
@@ -74,8 +78,10 @@ def _inner_axis(node: Node, x: Value) -> bool:
 def _softmax(lowering: Lowering, node: Node) -> Step | None:
     x = node.inputs[0]
     assert x is not None
-    if x.rank == 0 or not _inner_axis(node, x):
+    if x.rank == 0:
         return None
+    if not _inner_axis(node, x):
+        return cpu_small.softmax_axis(lowering, node)
     axis = int(node.attrs["axis"]) % x.rank
     out = node.outputs[0]
     assert out is not None

@@ -1,18 +1,19 @@
 """CPU steps for the compute-heavy ops: MatMul, Gemm and Conv (plain and fused) over BLAS.
 
-Each step writes the base op's result straight into its planned output buffer with numpy's
-``matmul`` (BLAS sgemm/dgemm), then applies everything elementwise that follows (Gemm's alpha and
-beta*C, a conv's bias, and a fused node's ``epilogue`` over its extra inputs) with one generated
-kernel, in place over the output while it is still in cache. 3x3 stride-1 convs go through
-Winograd F(4x4, 3x3) (:mod:`eqsat.lowering.cpu_winograd`, ~4x fewer multiply-adds, the epilogue
-applied as the output is stored); other convs are im2col + GEMM per group (1x1 convs with stride 1
-and no padding read the input as the GEMM operand directly; others fill an im2col buffer,
-vectorized for stride 1, and call one GEMM per image and group); depthwise conv is a generated
-kernel (:mod:`eqsat.lowering.cpu_depthwise`) with the bias and scalar epilogues applied on the fly.
-Weights are reshaped (or Winograd-transformed) and made contiguous once, at compile time.
+Each MatMul/Gemm step writes the base op's result straight into its planned output buffer with
+numpy's ``matmul`` (BLAS sgemm/dgemm), then applies everything elementwise that follows (Gemm's
+alpha and beta*C, and a fused node's ``epilogue`` over its extra inputs) with one generated
+kernel, in place over the output while it is still in cache. Convs (1-D and 2-D) take one of
+three paths: depthwise 2-D convs a generated kernel (:mod:`eqsat.lowering.cpu_depthwise`) with
+the bias and scalar epilogues applied on the fly; 3x3 stride-1 convs with enough tiles Winograd
+F(4x4, 3x3) (:mod:`eqsat.lowering.cpu_winograd`, ~4x fewer multiply-adds, the epilogue applied
+as the output is stored); every other conv im2col + GEMM by blocks of output rows with the bias
+and epilogue applied per block, or a BLAS-free kernel for a few output positions
+(:mod:`eqsat.lowering.cpu_conv`). Weights are reshaped (or Winograd-transformed) and made
+contiguous once, at compile time.
 
-Cases outside these fast paths (non-float dtypes, non-2-D convs, weights that are not constants)
-return ``None`` and run on the numpy reference.
+Cases outside these paths (non-float dtypes, 3-D convs, weights that are not constants) return
+``None`` and run on the numpy reference (a fused node's epilogue then still runs as a kernel).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import re
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import codegen, cpu_kernels, cpu_winograd
+from eqsat.lowering import codegen, cpu_conv, cpu_winograd
 from eqsat.lowering.cpu import ElementwiseKernel, Env, Lowering, Step, StepFn
 from eqsat.lowering.memory import Usage
 
@@ -29,9 +30,6 @@ from eqsat.ir import Node, Value
 from eqsat.ops.conv import window_geometry
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-# im2col by blocks of output rows of about this many elements (so that they stay in L2 until the
-# GEMM reads them) measured no faster here than one whole buffer and one GEMM; kept selectable.
-_COLUMN_BLOCK = 1 << 62
 # Depthwise convs with at least this many multiply-adds spread their channels over threads.
 PARALLEL_MACS = 1 << 21
 
@@ -245,69 +243,31 @@ def _conv(lowering: Lowering, node: Node) -> Step | None:
     x, w = base[0], base[1]
     b = base[2] if len(base) > 2 else None
     out = node.outputs[0]
-    if x is None or w is None or x.rank != 4 or x.dtype not in FLOATS or w.const is None:
+    if x is None or w is None or x.rank not in (3, 4) or x.dtype not in FLOATS or w.const is None:
         return None
     if b is not None and b.const is None:
         return None
     window = window_geometry(x.shape[2:], tuple(w.shape[2:]), node.attrs)
     group = int(node.attrs["group"])
-    n_, c_, h_, w_ = x.shape
-    m_ = w.shape[0]
-    kh, kw = window.kernel
-    sh, sw = window.strides
-    dh, dw = window.dilations
-    ph, pw = window.begin
-    oh, ow = window.out
-    x_const, x_slot = _operand(lowering, x)
-    o = lowering.slot(out)
+    c_, m_ = x.shape[1], w.shape[0]
     dtype = out.dtype
     bias = np.zeros(m_, dtype) if b is None else np.ascontiguousarray(b.const.reshape(-1), dtype)
-    if group == c_ and m_ == c_:
+    if x.rank == 4 and group == c_ and m_ == c_:
         return _depthwise(lowering, node, x, extras, bias, window)
-    if cpu_winograd.applies(window.kernel, window.strides, window.dilations, group, c_, m_):
+    if x.rank == 4 and cpu_winograd.applies(
+        window.kernel, window.strides, window.dilations, group, c_, m_, window.out
+    ):
         return _winograd(lowering, node, x, extras, bias, window)
-
-    cg, mg, k, p = c_ // group, m_ // group, kh * kw, oh * ow
-    filters = np.ascontiguousarray(w.const.reshape(group, mg, cg * k), dtype)
-    pointwise = k == 1 and (sh, sw, ph, pw) == (1, 1, 0, 0) and (oh, ow) == (h_, w_)
-    tail = [] if b is None else [(None, bias, (1, m_, 1, 1))]
-    expr = "{0}" if b is None else f"({{0}} + {{{len(extras) + 1}}})"
-    epi = Epilogue(lowering, node, expr, extras, tail)
-    scratch = _scratch(lowering)
-    scratch.get(dtype, 0 if pointwise else c_ * k * p)
-
-    # Ungrouped convs copy and multiply blocks of output rows whose columns fit in cache.
-    rows = oh if group > 1 else max(1, min(oh, _COLUMN_BLOCK // max(1, c_ * k * ow)))
-    blocks = [(r, min(oh, r + rows)) for r in range(0, oh, rows)]
-
-    def run_gemm(env: Env) -> None:
-        data = np.ascontiguousarray(x_const if x_const is not None else env[x_slot])
-        result = env[o]
-        for i in range(n_):
-            if pointwise:
-                cols = data[i].reshape(group, cg, p)
-            elif group == 1:
-                target = result[i].reshape(m_, p)
-                for r0, r1 in blocks:
-                    span = (r1 - r0) * ow
-                    buf = scratch.get(dtype, c_ * k * span).reshape(c_ * k, span)
-                    cpu_kernels.im2col_rows(
-                        data[i], buf, r0, r1, ow, kh, kw, sh, sw, dh, dw, ph, pw
-                    )
-                    np.matmul(filters[0], buf, out=target[:, r0 * ow : r1 * ow])
-                continue
-            else:
-                buf = scratch.get(dtype, c_ * k * p).reshape(c_ * k, p)
-                cpu_kernels.im2col(data[i], buf, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw)
-                cols = buf.reshape(group, cg * k, p)
-            if group == 1:
-                np.matmul(filters[0], cols[0], out=result[i].reshape(m_, p))
-            else:
-                np.matmul(filters, cols, out=result[i].reshape(group, mg, p))
-        epi(env, result)
-
-    reads = ([x_slot] if x_slot is not None else []) + epi.reads()
-    return Step(run_gemm, Usage(reads, [o], True), "conv", node.name)
+    return cpu_conv.build(
+        lowering,
+        node,
+        x,
+        extras,
+        bias,
+        window,
+        lambda purpose: _scratch(lowering, purpose),
+        lambda: Epilogue(lowering, node, "{0}", extras, []),
+    )
 
 
 def _winograd_epilogue(

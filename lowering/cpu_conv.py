@@ -1,0 +1,463 @@
+"""im2col + GEMM convolution (1-D and 2-D, any stride, dilation, padding and grouping) by blocks.
+
+The output is computed in blocks of whole output rows. For each block the patches are copied
+into a column buffer small enough to stay in L2, one GEMM per group writes the block's output,
+and a generated kernel (:func:`epilogue_source`) adds the bias and applies the fused epilogue to
+it while it is still in cache: no pass over the whole output, and no column buffer the size of
+the input times the kernel.
+
+Most convs (strides up to 4, more than one tap, at most 25% wasted columns) compute on the
+"wide" layout: the input is copied once into zero-bordered phase planes (``x`` padded, split by
+row and column modulo the strides; for stride 1 just the padded input), where every tap of every
+output reads one plane at a fixed offset. A tap's row of the column buffer is then a single
+contiguous copy (:func:`im2col_wide`) and the GEMM computes each output row on the planes' width,
+the epilogue dropping the extra columns; copying output rows one by one cost as much as the GEMM
+with 10-wide outputs. Other convs copy patches row by row (:func:`im2col_block`), from a phase
+split of the input for small strides, by a strided gather for large ones (Silero's STFT conv has
+stride 128). 1x1 stride-1 unpadded convs multiply slices of the input directly. Convs with a
+handful of output positions (Silero's 1-D convs) skip BLAS, whose packing costs more than the
+multiply there: :func:`small_conv` gathers the patches and computes dot products. 1-D convs are
+2-D convs with one output row. Everything a run needs (views of planned buffers, block slices)
+is prepared when the step is bound, so tiny convs pay a few calls only. The Numba kernels named
+here live in :mod:`eqsat.lowering.cpu_conv_kernels`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+from eqsat.lowering import codegen, kernel_cache
+from eqsat.lowering.cpu import Env, Lowering, Step, StepFn
+from eqsat.lowering.cpu_conv_kernels import (
+    fill_phases,
+    im2col_block,
+    im2col_wide,
+    phase_split,
+    small_conv,
+)
+from eqsat.lowering.memory import Usage
+
+from eqsat.ir import Node, Value
+
+# Bytes of one block's column buffer: it is written by im2col and read by the GEMM, so it should
+# stay in L2 (512 KiB per core here) between the two.
+BLOCK_BYTES = 160 << 10
+# Below this many output columns per block a GEMM loses efficiency; blocks keep at least these.
+MIN_BLOCK_COLUMNS = 256
+# 1x1 convs: blocks of about this many bytes of output, so that the epilogue finds them in L2
+# (one GEMM for the whole output and one epilogue pass after it ran 15-30% slower on MobileNet's
+# and YOLOv8's 1x1 convs), and at least this many columns.
+OUTPUT_BLOCK_BYTES = 256 << 10
+MIN_POINTWISE_COLUMNS = 512
+# Convs with at most this many output positions (per image) skip BLAS: :func:`small_conv`.
+SMALL_POSITIONS = 16
+MAX_SPLIT_STRIDE = 4
+_VERSION = "conv 1"
+
+
+def epilogue_source(dtype: np.dtype, epilogue: str, kinds: list[str]) -> str:
+    """A module with ``epilogue(out, c0, c1, bias, t1, t2, ...)``: columns c0 <= p < c1 of
+    out (M, P) become ``epilogue(out + bias[m])``, and ``epilogue_wide(out, wide, oh0, oh1, OW, WP,
+    bias, t1, ...)``: output rows oh0 <= oh < oh1 of out (M, OH*OW) become the epilogue of the
+    first OW of each WP columns of wide (M, (oh1-oh0)*WP). Operand ``t<i>`` is (M, P) where
+    ``kinds[i-1]`` is "full", (M,) where it is "channel"; scalar constants must already be
+    inlined. Loops run over slices from 0: indexed from c0 the loop did not vectorize (10x slower
+    with exp in the epilogue)."""
+    code, constants = codegen.translate(epilogue, dtype)
+    args = "".join(f", t{i + 1}" for i in range(len(kinds)))
+    rows = [f"r{i + 1} = t{i + 1}[m, c0:c1]" for i, k in enumerate(kinds) if k == "full"]
+    per_channel = [f"x{i + 1} = t{i + 1}[m]" for i, k in enumerate(kinds) if k == "channel"]
+    loads = [f"x{i + 1} = r{i + 1}[p]" for i, k in enumerate(kinds) if k == "full"]
+    lines = codegen.module_header(
+        [f"{_VERSION} block epilogue: {epilogue}; operands {kinds}"], f"np.{dtype}", constants
+    )
+    lines += [
+        "",
+        "",
+        "@njit(cache=True, error_model='numpy', fastmath={'contract'}, nogil=True)",
+        f"def epilogue(out, c0, c1, bias{args}):",
+        "    for m in range(out.shape[0]):",
+        "        b = bias[m]",
+        "        row = out[m, c0:c1]",
+        *(f"        {line}" for line in rows + per_channel),
+        "        for p in range(row.shape[0]):",
+        "            x0 = row[p] + b",
+        *(f"            {line}" for line in loads),
+        f"            row[p] = {code}",
+        "",
+        "",
+        "@njit(cache=True, error_model='numpy', fastmath={'contract'}, nogil=True)",
+        f"def epilogue_wide(out, wide, oh0, oh1, ow_, wp, bias{args}):",
+        "    for m in range(out.shape[0]):",
+        "        b = bias[m]",
+        *(f"        {line}" for line in per_channel),
+        "        for oh in range(oh0, oh1):",
+        "            c0 = oh * ow_",
+        "            c1 = c0 + ow_",
+        "            row = out[m, c0:c1]",
+        "            src = wide[m, (oh - oh0) * wp : (oh - oh0) * wp + ow_]",
+        *(f"            {line}" for line in rows),
+        "            for p in range(ow_):",
+        "                x0 = src[p] + b",
+        *(f"                {line}" for line in loads),
+        f"                row[p] = {code}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def load_epilogue(dtype: np.dtype, epilogue: str, kinds: list[str]) -> Any:
+    """The module of :func:`epilogue_source` (compiled, or loaded from the cache, on first use)."""
+    return kernel_cache.load(epilogue_source(dtype, epilogue, kinds))
+
+
+_OPERAND = re.compile(r"\{(\d+)\}")
+
+
+def classify_operands(
+    out_shape: tuple[int, ...], epilogue: str, extras: list[Any], dtype: np.dtype
+) -> tuple[str, list[tuple[Any, str]]] | None:
+    """The epilogue with scalar constants inlined and the other operands renumbered 1, 2, ...,
+    each with its kind: "full" (shaped like the output, batch 1 or N) or "channel" (one value
+    per output channel). None when an operand is neither (it then needs a pass of its own)."""
+    from eqsat.lowering.cpu_depthwise import inline_scalars
+
+    rank = len(out_shape)
+    n_, m_ = out_shape[:2]
+    scalars: dict[int, float] = {}
+    numbers: dict[int, int] = {}
+    operands: list[tuple[Any, str]] = []
+    for i, v in enumerate(extras, 1):
+        if v.const is not None and v.const.size == 1:
+            scalars[i] = float(v.const.reshape(-1)[0])
+            continue
+        if v.rank > rank or v.dtype != dtype:
+            return None
+        shape = (1,) * (rank - v.rank) + tuple(v.shape)
+        if shape[1:] == tuple(out_shape[1:]) and shape[0] in (1, n_):
+            kind = "full"
+        elif shape[1] == m_ and all(d == 1 for i2, d in enumerate(shape) if i2 != 1):
+            kind = "channel"
+        else:
+            return None
+        numbers[i] = len(operands) + 1
+        operands.append((v, kind))
+    expr = inline_scalars(epilogue, scalars)
+    expr = _OPERAND.sub(lambda mt: f"{{{numbers.get(int(mt.group(1)), 0)}}}", expr)
+    return expr, operands
+
+
+class Geometry:
+    """A conv's shapes as 2-D (a 1-D conv has H = KH = 1), its blocks and buffers' sizes."""
+
+    def __init__(self, x_shape: tuple[int, ...], w_shape: tuple[int, ...], window: Any,
+                 group: int, itemsize: int, threads: int = 1):  # fmt: skip
+        lift = len(x_shape) == 3
+        pad = (lambda t, v: (v, *t)) if lift else (lambda t, v: tuple(t))
+        self.n, self.c = x_shape[:2]
+        self.h, self.w = pad(x_shape[2:], 1)
+        self.m = w_shape[0]
+        self.kh, self.kw = pad(window.kernel, 1)
+        self.sh, self.sw = pad(window.strides, 1)
+        self.dh, self.dw = pad(window.dilations, 1)
+        self.ph, self.pw = pad(window.begin, 0)
+        self.oh, self.ow = pad(window.out, 1)
+        self.group = group
+        self.k = (self.c // group) * self.kh * self.kw  # GEMM depth per group
+        self.p = self.oh * self.ow
+        self.pointwise = (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw) == (
+            1, 1, 1, 1, 0, 0,
+        ) and (self.oh, self.ow) == (self.h, self.w)  # fmt: skip
+        self.wq = -(-self.w // self.sw)
+        self.small = self.p <= SMALL_POSITIONS and group == 1
+        # Patches on the phase planes' width WQ (see :func:`im2col_wide`) when the extra
+        # columns cost little: each tap's patch row is then one copy (with outputs 10 wide,
+        # copying rows of 10 took as long as the GEMM; stride 2 needed a split and short rows).
+        self.wp = max(
+            -(-(self.w + self.pw) // self.sw), self.ow + (self.kw - 1) * self.dw // self.sw
+        )
+        self.rp = (
+            max(-(-(self.h + self.ph) // self.sh), self.oh + (self.kh - 1) * self.dh // self.sh) + 1
+        )
+        self.wide = (
+            max(self.sh, self.sw) <= MAX_SPLIT_STRIDE
+            and self.kh * self.kw > 1
+            and not self.small
+            and self.wp * 4 <= self.ow * 5
+        )
+        # Strides above MAX_SPLIT_STRIDE gather directly: few outputs read little of each row
+        # (Silero's STFT conv has stride 128).
+        # With one column of taps (KW = 1) each input element is read once: no split either.
+        self.split = 1 < self.sw <= MAX_SPLIT_STRIDE and self.kw > 1 and not self.wide
+        # With several BLAS threads, one GEMM per image: OpenBLAS wakes and joins its threads
+        # per call, and a loaded machine stalls each join (YOLOv8n on two threads ran 2.5x
+        # slower by blocks than in one GEMM per layer).
+        scale = 1 << 40 if threads > 1 else 1
+        if self.pointwise:  # no column buffer: blocks keep the GEMM's output in cache
+            per_row = max(1, self.m * self.ow * itemsize)
+            rows = max(OUTPUT_BLOCK_BYTES * scale // per_row, -(-MIN_POINTWISE_COLUMNS // self.ow))
+        else:
+            width = self.wp if self.wide else self.ow
+            per_row = max(1, self.c * self.kh * self.kw * width * itemsize)
+            rows = max(BLOCK_BYTES * scale // per_row, -(-MIN_BLOCK_COLUMNS // self.ow))
+        rows = max(1, min(self.oh, rows))
+        # Even blocks: a short last block would make a slow small GEMM.
+        count = -(-self.oh // rows)
+        rows = -(-self.oh // count)
+        self.blocks = [(r, min(self.oh, r + rows)) for r in range(0, self.oh, rows)]
+        self.rows = rows
+
+    def params(self) -> tuple[int, ...]:
+        return (self.ow, self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, self.ph, self.pw,
+                self.w)  # fmt: skip
+
+    def cols_size(self) -> int:
+        if self.small:
+            return self.p * self.k
+        width = self.wp if self.wide else self.ow
+        return 0 if self.pointwise else self.c * self.kh * self.kw * self.rows * width
+
+    def wide_size(self) -> int:
+        """Elements of the GEMM's output block on the padded width (:attr:`wide` only)."""
+        return self.m * self.rows * self.wp if self.wide else 0
+
+    def split_size(self) -> int:
+        return self.c * self.h * self.sw * self.wq if self.split and not self.small else 0
+
+
+def make_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels: Any,
+              cols: np.ndarray, split: np.ndarray, wide: np.ndarray,
+              plain: bool = False) -> Any:  # fmt: skip
+    """``conv(x, out, *operands)`` for one image: x (C, H*W) contiguous, out (M, P) with its
+    per-image epilogue operands (t1, ...) as :func:`epilogue_source` takes them.
+
+    ``filters`` is (G, M/G, K); ``kernels`` the module of :func:`load_epilogue`; ``cols``,
+    ``split`` and ``wide`` are scratch of :meth:`Geometry.cols_size`, :meth:`~Geometry.split_size`
+    and :meth:`~Geometry.wide_size` elements; ``plain``: the epilogue only adds the bias.
+    """
+    g, mg, cg = geo.group, geo.m // geo.group, geo.c // geo.group
+    epilogue = kernels.epilogue
+    params = geo.params()
+    matmul = np.matmul
+    single = g == 1
+    w0 = filters[0]
+    steps = []
+    for r0, r1 in geo.blocks:
+        c0, c1 = r0 * geo.ow, r1 * geo.ow
+        span = c1 - c0
+        buf = None if geo.pointwise else cols[: geo.c * geo.kh * geo.kw * span]
+        steps.append((r0, r1, c0, c1, buf))
+    if geo.small:
+        ct = cols[: geo.p * geo.k].reshape(geo.p, geo.k)
+        shape = (geo.c, geo.h, geo.w)
+        zero = np.zeros_like(bias)
+        if plain:
+            return lambda x, out: small_conv(x.reshape(shape), w0, bias, ct, out, params)
+
+        def conv_small(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+            small_conv(x.reshape(shape), w0, bias, ct, out, params)
+            epilogue(out, 0, geo.p, zero, *operands)
+
+        return conv_small
+    if geo.wide:
+        return _wide_conv(geo, filters, bias, kernels.epilogue_wide, cols, wide)
+    if geo.pointwise:
+
+        def conv(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+            xg = x.reshape(g, cg, geo.p)
+            og = out.reshape(g, mg, geo.p)
+            for _, _, c0, c1, _ in steps:
+                if single:
+                    matmul(w0, x[:, c0:c1], out=out[:, c0:c1])
+                else:
+                    matmul(filters, xg[:, :, c0:c1], out=og[:, :, c0:c1])
+                epilogue(out, c0, c1, bias, *operands)
+
+        return conv
+    strided = geo.split
+    shape3 = (geo.c, geo.h, geo.w)
+    xs = split[: geo.split_size()].reshape(geo.c, geo.h, geo.sw, geo.wq) if strided else None
+    k_all = geo.c * geo.kh * geo.kw
+
+    def conv_cols(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+        if strided:
+            phase_split(x.reshape(shape3), xs)
+            source = xs
+        else:
+            source = x.reshape(geo.c, geo.h, 1, geo.w)
+        og = out.reshape(g, mg, geo.p)
+        for r0, r1, c0, c1, buf in steps:
+            block = buf.reshape(k_all, c1 - c0)
+            im2col_block(source, block, r0, r1, params)
+            if single:
+                matmul(w0, block, out=out[:, c0:c1])
+            else:
+                matmul(filters, block.reshape(g, geo.k, c1 - c0), out=og[:, :, c0:c1])
+            epilogue(out, c0, c1, bias, *operands)
+
+    return conv_cols
+
+
+def _wide_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, epilogue_wide: Any,
+               cols: np.ndarray, wide: np.ndarray) -> Any:  # fmt: skip
+    """The conv of :func:`make_conv` through :func:`im2col_wide`."""
+    g, mg = geo.group, geo.m // geo.group
+    # Borders stay zero: runs only write the input's positions.
+    phases = np.zeros((geo.c, geo.sh, geo.sw, geo.rp, geo.wp), cols.dtype)
+    interior = phases[:, 0, 0, geo.ph : geo.ph + geo.h, geo.pw : geo.pw + geo.w]
+    shape = (geo.c, geo.h, geo.w)
+    strided = (geo.sh, geo.sw) != (1, 1)
+    k_all = geo.c * geo.kh * geo.kw
+    steps = []
+    for r0, r1 in geo.blocks:
+        n = (r1 - r0) * geo.wp
+        block = cols[: k_all * n].reshape(k_all, n)
+        out_block = wide[: geo.m * n].reshape(geo.m, n)
+        steps.append(
+            (r0, r1, block, out_block, block.reshape(g, geo.k, n), out_block.reshape(g, mg, n))
+        )
+    kh, kw, dh, dw, ph, pw, ow, wp = geo.kh, geo.kw, geo.dh, geo.dw, geo.ph, geo.pw, geo.ow, geo.wp
+    w0, single, copyto, matmul = filters[0], g == 1, np.copyto, np.matmul
+
+    def conv(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+        if strided:
+            fill_phases(x.reshape(shape), phases, ph, pw)
+        else:
+            copyto(interior, x.reshape(shape))
+        for r0, r1, block, out_block, grouped, grouped_out in steps:
+            im2col_wide(phases, block, r0, r1, kh, kw, dh, dw)
+            if single:
+                matmul(w0, block, out=out_block)
+            else:
+                matmul(filters, grouped, out=grouped_out)
+            epilogue_wide(out, out_block, r0, r1, ow, wp, bias, *operands)
+
+    return conv
+
+
+def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: np.ndarray,
+          window: Any, scratch: Any, plain_epilogue: Any) -> Step:  # fmt: skip
+    """The step of an im2col + GEMM conv (x rank 3 or 4, constant weights).
+
+    ``scratch(purpose)`` gives the compile's shared scratch buffers (``.get(dtype, size)``);
+    ``plain_epilogue()`` the separate in-place epilogue pass (``cpu_ops.Epilogue``), used when an
+    operand of the fused epilogue is neither output-shaped, per-channel nor a scalar constant.
+    """
+    out = node.outputs[0]
+    w = node.inputs[1]
+    assert out is not None and w is not None and w.const is not None
+    dtype = out.dtype
+    group = int(node.attrs["group"])
+    geo = Geometry(x.shape, w.shape, window, group, dtype.itemsize, lowering.threads)
+    filters = np.ascontiguousarray(w.const.reshape(group, geo.m // group, geo.k), dtype)
+    fused = classify_operands(out.shape, str(node.attrs.get("epilogue", "{0}")), extras, dtype)
+    kernel = None
+    if fused is not None:
+        try:
+            kernel = load_epilogue(dtype, fused[0], [kind for _, kind in fused[1]])
+        except codegen.Unsupported:
+            fused = None
+    epi = None
+    if fused is None:
+        kernel = load_epilogue(dtype, "{0}", [])
+        epi = plain_epilogue()
+    plain = fused is None or fused[0] == "{0}"
+    lowering.kernels += 1
+    cols_scratch, split_scratch, wide_scratch = scratch("im2col"), scratch("phase"), scratch("wide")
+    cols_scratch.get(dtype, geo.cols_size())
+    split_scratch.get(dtype, geo.split_size())
+    wide_scratch.get(dtype, geo.wide_size())
+    x_slot = None if x.const is not None else lowering.slot(x)
+    o = lowering.slot(out)
+    n_, m_, p_ = geo.n, geo.m, geo.p
+    hw = geo.h * geo.w
+    x_const = None if x.const is None else np.ascontiguousarray(x.const, dtype).reshape(n_, -1, hw)
+    # (constant or None, slot, kind)
+    items = [
+        (
+            None if v.const is None else _operand_array(v.const, kind, out.shape, dtype),
+            None if v.const is not None else lowering.slot(v),
+            kind,
+        )
+        for v, kind in (fused[1] if fused is not None else [])
+    ]
+
+    def bind(arrays: dict[int, np.ndarray]) -> StepFn:
+        conv = make_conv(
+            geo,
+            filters,
+            bias,
+            kernel,
+            cols_scratch.get(dtype, geo.cols_size()),
+            split_scratch.get(dtype, geo.split_size()),
+            wide_scratch.get(dtype, geo.wide_size()),
+            plain,
+        )
+        after = None if epi is None else epi.bound(o, arrays)
+        fixed_out = arrays[o].reshape(n_, m_, p_) if o in arrays else None
+        fixed_x = x_const
+        if fixed_x is None and x_slot in arrays:
+            fixed_x = arrays[x_slot].reshape(n_, -1, hw)
+        fixed_ops: list[np.ndarray | None] = []
+        for const, slot, kind in items:
+            if const is None and slot in arrays:
+                const = _operand_array(arrays[slot], kind, out.shape, dtype)
+            fixed_ops.append(const)
+        if fixed_out is not None and fixed_x is not None and all(a is not None for a in fixed_ops):
+            calls = [
+                (fixed_x[i], fixed_out[i], *(_image(a, i) for a in fixed_ops)) for i in range(n_)
+            ]
+            if len(calls) == 1 and after is None:
+                args = calls[0]
+                return lambda env: conv(*args)
+
+            def run_fixed(env: Env) -> None:
+                for args in calls:
+                    conv(*args)
+                if after is not None:
+                    after(env)
+
+            return run_fixed
+
+        def run(env: Env) -> None:
+            data = fixed_x
+            if data is None:
+                data = np.ascontiguousarray(env[x_slot]).reshape(n_, -1, hw)
+            result = fixed_out if fixed_out is not None else env[o].reshape(n_, m_, p_)
+            operands = [
+                a if a is not None else _operand_array(env[slot], kind, out.shape, dtype)
+                for a, (_, slot, kind) in zip(fixed_ops, items, strict=True)
+            ]
+            for i in range(n_):
+                conv(data[i], result[i], *(_image(a, i) for a in operands))
+            if after is not None:
+                after(env)
+
+        return run
+
+    def unbound(env: Env) -> None:
+        bind({})(env)
+
+    reads = ([x_slot] if x_slot is not None else []) + ([] if epi is None else epi.reads())
+    reads += [slot for const, slot, _ in items if slot is not None]
+    return Step(unbound, Usage(reads, [o], True), "conv", node.name, bind)
+
+
+def _operand_array(a: np.ndarray, kind: str, out_shape: tuple[int, ...], dtype: np.dtype) -> Any:
+    """An epilogue operand as the kernel indexes it: (N or 1, M, P) when "full", (M,) else."""
+    a = np.ascontiguousarray(a, dtype)
+    if kind == "channel":
+        return a.reshape(-1)
+    rank = len(out_shape)
+    shape = (1,) * (rank - a.ndim) + a.shape
+    return a.reshape(shape[0], out_shape[1], -1)
+
+
+def _image(a: np.ndarray, i: int) -> np.ndarray:
+    return a if a.ndim == 1 else a[i if a.shape[0] > 1 else 0]
+
+
+__all__ = [
+    "Geometry", "build", "classify_operands", "epilogue_source", "load_epilogue", "make_conv",
+]  # fmt: skip

@@ -1,0 +1,191 @@
+"""Numba kernels of the im2col + GEMM convolutions of :mod:`eqsat.lowering.cpu_conv`.
+
+Patch copies into column buffers (row by row from the input or its phase split, or one run per
+tap from zero-bordered phase planes) and the BLAS-free conv for a handful of output positions.
+They are ordinary modules with ``cache=True``, so Numba compiles each signature once per machine.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+JIT = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
+
+
+@njit(**JIT)
+def _valid(off, stride, size, count):  # type: ignore[no-untyped-def]
+    """The range of output positions o with 0 <= o*stride + off < size (off may be negative)."""
+    lo = max(0, (-off + stride - 1) // stride)
+    hi = min(count, (size - off + stride - 1) // stride)
+    return lo, max(lo, hi)
+
+
+@njit(**JIT)
+def phase_split(x, xs):  # type: ignore[no-untyped-def]
+    """x (C, H, W) -> xs (C, H, S, WQ): xs[c, h, p, j] = x[c, h, j*S + p] (S = the stride)."""
+    c_, h_, w_ = x.shape
+    s_ = xs.shape[2]
+    for c in range(c_):
+        for h in range(h_):
+            src = x[c, h]
+            for p in range(s_):
+                dst = xs[c, h, p]
+                for j in range((w_ - p + s_ - 1) // s_):
+                    dst[j] = src[j * s_ + p]
+
+
+@njit(**JIT)
+def im2col_block(xs, cols, oh0, oh1, geometry):  # type: ignore[no-untyped-def]
+    """Output rows oh0 <= oh < oh1 of the patches of xs (C, H, SW, WQ) (the phase split input;
+    (C, H, 1, W), the input itself, when not split) into cols (C*KH*KW, (oh1-oh0)*OW).
+    geometry: (OW, KH, KW, SH, SW, DH, DW, PH, PW, W).
+
+    Each row is copied between slices by an index from 0: indexed from a computed offset, the
+    loop kept Numba's negative-index wraparound and did not vectorize (2x slower).
+    """
+    ow_, kh_, kw_, sh, sw, dh, dw, ph, pw, w_ = geometry
+    c_, h_ = xs.shape[0], xs.shape[1]
+    split = xs.shape[2] == sw
+    for c in range(c_):
+        for kh in range(kh_):
+            for kw in range(kw_):
+                dst = cols[(c * kh_ + kh) * kw_ + kw]
+                off = kw * dw - pw
+                lo, hi = _valid(off, sw, w_, ow_)
+                # Tap position ow*sw + off is element ow + q of phase p.
+                p = off % sw
+                q = (off - p) // sw
+                for oh in range(oh0, oh1):
+                    ih = oh * sh - ph + kh * dh
+                    base = (oh - oh0) * ow_
+                    if ih < 0 or ih >= h_:
+                        dst[base : base + ow_] = 0
+                        continue
+                    dst[base : base + lo] = 0
+                    d = dst[base + lo : base + hi]
+                    if split:
+                        s = xs[c, ih, p, lo + q : hi + q]
+                        for i in range(hi - lo):
+                            d[i] = s[i]
+                    else:  # not split (a large stride or one column of taps): a gather
+                        s = xs[c, ih, 0, lo * sw + off :]
+                        for i in range(hi - lo):
+                            d[i] = s[i * sw]
+                    dst[base + hi : base + ow_] = 0
+
+
+@njit(**JIT)
+def fill_phases(x, phases, ph, pw):  # type: ignore[no-untyped-def]
+    """x (C, H, W) into the zero-bordered phase planes (C, SH, SW, RQ, WQ): element (h, w) of
+    the input padded by (ph, pw) goes to phase (h % SH, w % SW), position (h // SH, w // SW)."""
+    c_, h_, w_ = x.shape
+    sh, sw = phases.shape[1], phases.shape[2]
+    for c in range(c_):
+        for h in range(h_):
+            a, i = (h + ph) % sh, (h + ph) // sh
+            src = x[c, h]
+            if sw == 2:
+                # Both phases in one loop: LLVM then loads pairs and deinterleaves them in
+                # registers (a loop per phase ran ~2x slower). Columns first + 2t are phase 0,
+                # first + 2t + 1 phase 1, both at position j0 + t.
+                first = (-pw) % 2
+                j0 = (first + pw) // 2
+                if first == 1:
+                    phases[c, a, 1, i, pw // 2] = src[0]
+                d0 = phases[c, a, 0, i, j0:]
+                d1 = phases[c, a, 1, i, j0:]
+                pairs = (w_ - first) // 2
+                for t in range(pairs):
+                    d0[t] = src[first + 2 * t]
+                    d1[t] = src[first + 2 * t + 1]
+                if (w_ - first) % 2 == 1:
+                    d0[pairs] = src[w_ - 1]
+                continue
+            for b in range(sw):
+                first = (b - pw) % sw  # the first input column of phase b
+                j0 = (first + pw) // sw
+                dst = phases[c, a, b, i, j0:]
+                for t in range((w_ - first + sw - 1) // sw):
+                    dst[t] = src[first + t * sw]
+
+
+@njit(**JIT)
+def im2col_wide(phases, cols, r0, r1, kh_, kw_, dh, dw):  # type: ignore[no-untyped-def]
+    """Patches of output rows r0 <= oh < r1 computed on the phase planes' width WQ: tap
+    (kh, kw) of every output reads phase ((kh*dh) % SH, (kw*dw) % SW) at a fixed offset, so
+    row (c, kh, kw) of cols (C*KH*KW, (r1-r0)*WQ) is one contiguous run of that plane,
+    flattened. The columns past OW in each output row are garbage that the GEMM computes and
+    the epilogue skips (with stride 1, the planes are just the padded input)."""
+    c_, sh, sw, rq, wq = phases.shape
+    n = (r1 - r0) * wq
+    for c in range(c_):
+        for kh in range(kh_):
+            a, i = (kh * dh) % sh, (kh * dh) // sh
+            for kw in range(kw_):
+                b, j = (kw * dw) % sw, (kw * dw) // sw
+                plane = phases[c, a, b].reshape(rq * wq)
+                start = (r0 + i) * wq + j
+                src = plane[start : start + n]
+                dst = cols[(c * kh_ + kh) * kw_ + kw]
+                for t in range(n):
+                    dst[t] = src[t]
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract", "reassoc"}, nogil=True)
+def small_conv(x, w, bias, ct, out, geometry):  # type: ignore[no-untyped-def]
+    """out (M, P) = w (M, K) @ patches + bias for convs with few output positions (P <= 16).
+
+    BLAS spends more on packing the weights than on the multiply at these sizes (a 128x387x4
+    GEMM ran at 25 GFLOP/s). Here the patches are gathered transposed into ct (P, K), and each
+    output is a dot product over contiguous K, four positions at a time so that each weight
+    loaded serves four of them; reassociation lets the dot products vectorize.
+    """
+    ow_, kh_, kw_, sh, sw, dh, dw, ph, pw, w_ = geometry
+    c_, h_ = x.shape[0], x.shape[1]
+    p_ = out.shape[1]
+    k_ = w.shape[1]
+    taps = kh_ * kw_
+    for p in range(p_):
+        oh = p // ow_
+        ow = p - oh * ow_
+        row = ct[p]
+        for kh in range(kh_):
+            ih = oh * sh - ph + kh * dh
+            for kw in range(kw_):
+                iw = ow * sw - pw + kw * dw
+                t = kh * kw_ + kw
+                if ih < 0 or ih >= h_ or iw < 0 or iw >= w_:
+                    for c in range(c_):
+                        row[c * taps + t] = 0
+                else:
+                    for c in range(c_):
+                        row[c * taps + t] = x[c, ih, iw]
+    full = p_ - p_ % 4
+    for p0 in range(0, full, 4):
+        c0, c1, c2, c3 = ct[p0], ct[p0 + 1], ct[p0 + 2], ct[p0 + 3]
+        for m in range(w.shape[0]):
+            wr = w[m]
+            # Starting from the bias keeps the sums in the array's dtype (0 would be an int,
+            # and float32 + int64 is float64 in Numba).
+            s0 = s1 = s2 = s3 = bias[m]
+            for k in range(k_):
+                a = wr[k]
+                s0 += a * c0[k]
+                s1 += a * c1[k]
+                s2 += a * c2[k]
+                s3 += a * c3[k]
+            out[m, p0] = s0
+            out[m, p0 + 1] = s1
+            out[m, p0 + 2] = s2
+            out[m, p0 + 3] = s3
+    for p in range(full, p_):
+        cp = ct[p]
+        for m in range(w.shape[0]):
+            wr = w[m]
+            s = bias[m]
+            for k in range(k_):
+                s += wr[k] * cp[k]
+            out[m, p] = s
+
+
+__all__ = ["fill_phases", "im2col_block", "im2col_wide", "phase_split", "small_conv"]

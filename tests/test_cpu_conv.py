@@ -1,0 +1,220 @@
+"""The CPU target's im2col + GEMM and small-output convolutions (:mod:`eqsat.lowering.cpu_conv`,
+:mod:`eqsat.lowering.cpu_conv_kernels`).
+
+Every case compiles a tiny graph for the cpu target and compares it with the numpy reference
+target: 1-D and 2-D convs, strides (phase split and direct gather), pads, dilations, groups, 1x1
+convs, stride-1 convs on the padded width, convs by several row blocks, the BLAS-free path for
+few output positions, and fused epilogues with output-shaped, per-channel and scalar operands
+(and one that needs its own pass).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from eqsat.lowering import cpu_conv, cpu_conv_kernels
+
+import eqsat
+from eqsat.ops.conv import window_geometry
+
+F32 = np.float32
+
+
+def _check(graph: eqsat.Graph, rng: np.random.Generator, rtol: float = 1e-4) -> Any:
+    feeds = {v.name: rng.standard_normal(v.shape).astype(v.dtype) for v in graph.inputs}
+    want = eqsat.compile(graph, target="numpy").run(feeds)
+    exe = eqsat.compile(graph, target="cpu")
+    got = exe.run(feeds)
+    for name, expected in want.items():
+        assert got[name].dtype == expected.dtype
+        np.testing.assert_allclose(got[name], expected, rtol=rtol, atol=1e-4)
+    # Twice: bound runs reuse their buffers and scratch.
+    again = exe.run(feeds)
+    for name, expected in want.items():
+        np.testing.assert_allclose(again[name], expected, rtol=rtol, atol=1e-4)
+    assert exe.report["reference_ops"] == {}
+    return exe
+
+
+def _conv_graph(
+    rng: np.random.Generator,
+    x_shape: tuple[int, ...],
+    m: int,
+    kernel: tuple[int, ...],
+    attrs: dict[str, Any],
+    dtype: type = F32,
+    bias: bool = True,
+) -> tuple[eqsat.Graph, Any]:
+    g = eqsat.Graph("conv")
+    x = g.input("x", x_shape, dtype)
+    group = int(attrs.get("group", 1))
+    w = g.constant(rng.standard_normal((m, x_shape[1] // group, *kernel)).astype(dtype), "w")
+    inputs = [x, w]
+    if bias:
+        inputs.append(g.constant(rng.standard_normal((m,)).astype(dtype), "b"))
+    return g, g.op("Conv", *inputs, **attrs)
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "m", "kernel", "attrs"),
+    [
+        ((2, 3, 11, 10), 5, (3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+        ((1, 4, 13, 12), 6, (3, 2), {"strides": [3, 2], "pads": [0, 1, 2, 0], "dilations": [1, 2]}),
+        ((1, 4, 9, 9), 6, (3, 3), {"strides": [1, 5], "pads": [2, 2, 2, 2]}),
+        ((1, 6, 8, 7), 4, (3, 3), {"group": 2, "pads": [1, 0, 1, 2], "dilations": [2, 1]}),
+        ((1, 4, 7, 7), 6, (3, 3), {"group": 2, "strides": [2, 2]}),
+        ((2, 5, 6, 7), 3, (1, 1), {}),
+        ((1, 6, 6, 7), 4, (1, 1), {"group": 2}),
+        ((1, 5, 9, 8), 3, (1, 1), {"strides": [2, 2]}),
+        ((1, 3, 20, 20), 4, (5, 5), {"auto_pad": "SAME_UPPER"}),
+    ],
+    ids=[
+        "s2-first-layer", "s3x2-dilated", "s1x5-gather", "grouped-dilated", "grouped-s2",
+        "1x1-batch", "1x1-grouped", "1x1-strided", "5x5-same",
+    ],
+)  # fmt: skip
+def test_conv_2d(rng: np.random.Generator, x_shape: tuple, m: int, kernel: tuple, attrs: dict):
+    g, y = _conv_graph(rng, x_shape, m, kernel, attrs)
+    g.output(g.op("Relu", y), "y")
+    exe = _check(g, rng)
+    assert exe.report["steps"]["conv"] == 1
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "m", "kernel", "attrs"),
+    [
+        ((1, 9, 4), 8, (3,), {"pads": [1, 1]}),  # few positions: no BLAS
+        ((1, 8, 4), 6, (3,), {"strides": [2], "pads": [1, 1]}),
+        ((1, 1, 640), 10, (256,), {"strides": [128]}),  # Silero's STFT conv, direct gather
+        ((2, 6, 40), 6, (5,), {"strides": [3], "pads": [2, 1], "dilations": [2], "group": 3}),
+        ((1, 4, 50), 6, (3,), {"pads": [1, 1]}),
+        ((1, 6, 30), 6, (1,), {"group": 6}),
+    ],
+    ids=["small", "small-s2", "stft", "grouped-dilated-s3", "blas", "depthwise-1x1"],
+)
+def test_conv_1d(rng: np.random.Generator, x_shape: tuple, m: int, kernel: tuple, attrs: dict):
+    g, y = _conv_graph(rng, x_shape, m, kernel, attrs)
+    g.output(g.op("Sigmoid", y), "y")
+    _check(g, rng)
+
+
+def test_small_output_2d_float64_without_bias(rng: np.random.Generator) -> None:
+    g, y = _conv_graph(rng, (2, 7, 4, 4), 9, (3, 3), {"pads": [1, 1, 1, 1]}, np.float64, False)
+    g.output(y, "y")
+    _check(g, rng, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "attrs", "wide"),
+    [
+        ((1, 3, 9, 5), {"strides": [2, 2], "pads": [1, 1, 1, 1]}, False),
+        ((1, 3, 9, 11), {"strides": [1, 5], "pads": [1, 1, 1, 1]}, False),
+        ((1, 3, 9, 11), {"strides": [2, 1], "pads": [1, 1, 1, 1]}, True),
+        ((1, 3, 15, 30), {"strides": [3, 2], "pads": [2, 0, 1, 2], "dilations": [1, 2]}, True),
+        ((2, 4, 9, 16), {"pads": [1, 2, 1, 0], "dilations": [2, 1]}, True),
+        ((1, 4, 9, 16), {"pads": [1, 1, 1, 1], "group": 2}, True),
+    ],
+    ids=["split", "gather", "wide-s2x1", "wide-s3x2-dilated", "wide-dilated", "wide-grouped"],
+)
+def test_row_blocks(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, x_shape: tuple, attrs: dict,
+    wide: bool,
+) -> None:  # fmt: skip
+    # A tiny block budget: each block is one row.
+    monkeypatch.setattr(cpu_conv, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(cpu_conv, "MIN_BLOCK_COLUMNS", 1)
+    g, y = _conv_graph(rng, x_shape, 4, (3, 3), attrs)
+    g.output(y, "y")
+    _check(g, rng)
+    node = next(n for n in g.nodes if n.op == "Conv")
+    window = window_geometry(x_shape[2:], (3, 3), node.attrs)
+    geo = cpu_conv.Geometry(x_shape, (4, x_shape[1] // node.attrs["group"], 3, 3), window,
+                            node.attrs["group"], 4)  # fmt: skip
+    assert geo.wide == wide and len(geo.blocks) == geo.oh
+
+
+def _fused(
+    rng: np.random.Generator, x_shape: tuple, m: int, kernel: tuple, attrs: dict,
+    epilogue: str, extras: list[tuple[str, tuple[int, ...]] | float],
+) -> eqsat.Graph:  # fmt: skip
+    g = eqsat.Graph("fused")
+    x = g.input("x", x_shape)
+    w = g.constant(rng.standard_normal((m, x_shape[1], *kernel)).astype(F32), "w")
+    b = g.constant(rng.standard_normal((m,)).astype(F32), "b")
+    operands = []
+    for i, extra in enumerate(extras):
+        if isinstance(extra, float):
+            operands.append(g.constant(np.array(extra, F32), f"k{i}"))
+        elif extra[0] == "input":
+            operands.append(g.input(f"e{i}", extra[1]))
+        else:
+            operands.append(g.constant(rng.standard_normal(extra[1]).astype(F32), f"e{i}"))
+    y = g.op("FusedConv", x, w, b, *operands, num_base_inputs=3, epilogue=epilogue, **attrs)
+    g.output(y, "y")
+    return g
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "kernel", "attrs"),
+    [
+        ((2, 4, 9, 10), (3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+        ((1, 4, 3, 3), (3, 3), {"pads": [1, 1, 1, 1]}),
+        ((1, 4, 6, 6), (1, 1), {}),
+        ((1, 4, 10, 10), (3, 3), {"pads": [1, 1, 1, 1]}),
+    ],
+    ids=["im2col", "small", "1x1", "wide"],
+)
+def test_fused_epilogues(rng: np.random.Generator, x_shape: tuple, kernel: tuple, attrs: dict):
+    m = 6
+    n, _, *spatial = _fused(rng, x_shape, m, kernel, attrs, "{0}", []).outputs[0].shape
+    cases = [
+        ("({0} / (1 + exp(-{0})))", []),
+        ("({1} + ({0} / (1 + exp(-{0}))))", [("input", (n, m, *spatial))]),
+        ("({1} + max({0}, 0))", [("input", (1, m, *spatial))]),  # one residual for the batch
+        ("min(max(({0} * {1}), {2}), {3})", [("const", (m, 1, 1)), 0.0, 6.0]),
+        ("({0} + {1})", [("input", (1, 1, 1, spatial[1]))]),  # a pass of its own
+    ]
+    for epilogue, extras in cases:
+        _check(_fused(rng, x_shape, m, kernel, attrs, epilogue, extras), rng)
+
+
+def test_fused_1d_residual(rng: np.random.Generator) -> None:
+    g = eqsat.Graph("fused1d")
+    x = g.input("x", (1, 5, 24))
+    w = g.constant(rng.standard_normal((7, 5, 3)).astype(F32), "w")
+    res = g.input("res", (1, 7, 12))
+    y = g.op(
+        "FusedConv", x, w, None, res, strides=[2], pads=[1, 1], num_base_inputs=3,
+        epilogue="max(({0} + {1}), 0)",
+    )  # fmt: skip
+    g.output(y, "y")
+    _check(g, rng)
+
+
+def test_phase_split_and_gather_match_numpy(rng: np.random.Generator) -> None:
+    x = rng.standard_normal((2, 3, 11)).astype(F32)
+    xs = np.zeros((2, 3, 3, 4), F32)
+    cpu_conv_kernels.phase_split(x, xs)
+    for p in range(3):
+        np.testing.assert_array_equal(xs[:, :, p, : len(range(p, 11, 3))], x[:, :, p::3])
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "sh", "sw", "ph", "pw"),
+    [(5, 7, 2, 2, 1, 1), (6, 8, 2, 2, 0, 0), (5, 9, 2, 2, 2, 3), (7, 10, 3, 3, 1, 2),
+     (4, 6, 1, 2, 0, 1), (4, 5, 2, 1, 1, 0)],
+)  # fmt: skip
+def test_fill_phases_matches_numpy(
+    rng: np.random.Generator, h: int, w: int, sh: int, sw: int, ph: int, pw: int
+) -> None:
+    x = rng.standard_normal((2, h, w)).astype(F32)
+    rq, wq = -(-(h + ph) // sh) + 1, -(-(w + pw) // sw) + 1
+    padded = np.zeros((2, rq * sh, wq * sw), F32)
+    padded[:, ph : ph + h, pw : pw + w] = x
+    got = np.zeros((2, sh, sw, rq, wq), F32)
+    cpu_conv_kernels.fill_phases(x, got, ph, pw)
+    for a in range(sh):
+        for b in range(sw):
+            np.testing.assert_array_equal(got[:, a, b], padded[:, a::sh, b::sw])

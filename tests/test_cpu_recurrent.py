@@ -1,0 +1,216 @@
+"""LSTM, GRU and RNN on the cpu target (eqsat.lowering.cpu_recurrent) against the numpy reference.
+
+Every case compiles a one-node graph, checks that no reference step is left and compares every
+output with the numpy target (and a few with onnxruntime). Weights are constants, as in exported
+models, unless a case feeds them; sizes are tiny except where a case crosses the kernel's switch
+from its own small products to BLAS.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from eqsat.lowering import cpu_recurrent
+
+import eqsat
+from eqsat.errors import InputError
+from tests.ops.test_recurrent import ACTIVATION_CASES, GATES
+
+F32 = np.float32
+F64 = np.dtype(np.float64)
+
+
+def layer(
+    op: str,
+    attrs: dict[str, Any] | None = None,
+    *,
+    seq: int = 5,
+    batch: int = 3,
+    size: int = 4,
+    hidden: int = 6,
+    dtype: Any = F32,
+    bias: bool = True,
+    initial: bool = True,
+    peepholes: bool = False,
+    lengths: list[int] | None = None,
+    fed_weights: bool = False,
+    outputs: list[str] | None = None,
+    seed: int = 0,
+) -> tuple[eqsat.Graph, dict[str, np.ndarray]]:
+    """A one-node graph of ``op`` and its feeds."""
+    attrs = dict(attrs or {})
+    rng = np.random.default_rng(seed)
+    num_dir = 2 if attrs.get("direction") == "bidirectional" else 1
+    layout = attrs.get("layout", 0)
+    gates = GATES[op] * hidden
+
+    def rand(*shape: int, scale: float = 1.0) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(dtype)
+
+    state = (num_dir, batch, hidden) if layout == 0 else (batch, num_dir, hidden)
+    arrays: dict[str, np.ndarray | None] = {
+        "X": rand(seq, batch, size) if layout == 0 else rand(batch, seq, size),
+        "W": rand(num_dir, gates, size, scale=0.5),
+        "R": rand(num_dir, gates, hidden, scale=0.4),
+        "B": rand(num_dir, 2 * gates, scale=0.3) if bias else None,
+        "sequence_lens": None if lengths is None else np.array(lengths, np.int32),
+        "initial_h": rand(*state, scale=0.5) if initial else None,
+    }
+    if op == "LSTM":
+        arrays["initial_c"] = rand(*state, scale=0.5) if initial else None
+        arrays["P"] = rand(num_dir, 3 * hidden, scale=0.3) if peepholes else None
+    g = eqsat.Graph(op)
+    feeds = {}
+    values = []
+    for name, array in arrays.items():
+        if array is None:
+            values.append(None)
+        elif name in ("W", "R", "B", "P") and not fed_weights:
+            values.append(g.constant(array, name))
+        else:
+            values.append(g.input(name, array.shape, array.dtype))
+            feeds[name] = array
+    outs = outputs or (["Y", "Y_h", "Y_c"] if op == "LSTM" else ["Y", "Y_h"])
+    result = g.op(op, *values, outputs=outs, hidden_size=hidden, **attrs)
+    results = result if isinstance(result, tuple) else (result,)
+    present = [v for v in results if v is not None]
+    for name, value in zip([o for o in outs if o], present, strict=True):
+        g.output(value, name)
+    return g, feeds
+
+
+def check(graph: eqsat.Graph, feeds: dict[str, np.ndarray], rtol: float = 1e-5) -> Any:
+    want = eqsat.compile(graph, target="numpy").run(feeds)
+    exe = eqsat.compile(graph, target="cpu")
+    assert exe.report["reference_ops"] == {}
+    for _ in range(2):  # the second run reuses the planned buffers
+        got = exe.run(feeds)
+        assert list(got) == list(want)
+        for name, expected in want.items():
+            assert got[name].dtype == expected.dtype and got[name].shape == expected.shape
+            np.testing.assert_allclose(got[name], expected, rtol=rtol, atol=1e-5, err_msg=name)
+    return exe
+
+
+@pytest.mark.parametrize("op", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("layout", [0, 1])
+def test_directions_and_layouts(op: str, direction: str, layout: int) -> None:
+    check(*layer(op, {"direction": direction, "layout": layout}))
+
+
+@pytest.mark.parametrize("op", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("layout", [0, 1])
+def test_sequence_lens(op: str, layout: int) -> None:
+    attrs = {"direction": "bidirectional", "layout": layout}
+    check(*layer(op, attrs, lengths=[5, 2, 0]))
+    check(*layer(op, {"direction": "reverse", "layout": layout}, lengths=[1, 5, 3]))
+
+
+@pytest.mark.parametrize("op", ["RNN", "GRU", "LSTM"])
+def test_defaults_clip_and_fed_weights(op: str) -> None:
+    check(*layer(op, bias=False, initial=False))
+    check(*layer(op, {"clip": 0.4, "direction": "bidirectional"}))
+    check(*layer(op, {"direction": "bidirectional"}, fed_weights=True, lengths=[4, 5, 1]))
+
+
+@pytest.mark.parametrize(
+    ("op", "outputs"),
+    [("RNN", ["", "Y_h"]), ("GRU", ["Y"]), ("LSTM", ["", "", "Y_c"]), ("LSTM", ["Y", "", "Y_c"])],
+)
+def test_omitted_outputs(op: str, outputs: list[str]) -> None:
+    check(*layer(op, {"direction": "bidirectional"}, outputs=outputs))
+
+
+def test_lstm_peepholes_and_input_forget() -> None:
+    check(*layer("LSTM", {"direction": "bidirectional"}, peepholes=True, lengths=[5, 3, 4]))
+    check(*layer("LSTM", {"input_forget": 1, "clip": 0.7}, peepholes=True))
+
+
+@pytest.mark.parametrize("linear", [0, 1])
+def test_gru_linear_before_reset(linear: int) -> None:
+    check(*layer("GRU", {"linear_before_reset": linear, "direction": "bidirectional"}))
+
+
+# Each activation form is a kernel of its own (several seconds to compile on a cold cache): two
+# run by default, the rest under -m slow.
+FAST_ACTIVATIONS = {5, 8}
+
+
+@pytest.mark.parametrize(
+    ("op", "activations", "attrs"),
+    [
+        pytest.param(*case, marks=[] if k in FAST_ACTIVATIONS else [pytest.mark.slow])
+        for k, case in enumerate(ACTIVATION_CASES)
+    ],
+)
+def test_activations(op: str, activations: list[str], attrs: dict[str, Any]) -> None:
+    check(*layer(op, {"activations": activations, **attrs}))
+
+
+def test_directions_with_different_activations() -> None:
+    attrs = {"direction": "bidirectional", "activations": ["Tanh", "Relu"]}
+    check(*layer("RNN", attrs, lengths=[5, 1, 3]))
+
+
+@pytest.mark.parametrize("op", ["GRU", "LSTM"])
+def test_blas_paths(op: str) -> None:
+    # Batches and projections above SMALL_ROWS rows take BLAS instead of the kernel's loop.
+    batch = cpu_recurrent.SMALL_ROWS + 3
+    check(*layer(op, {"direction": "bidirectional"}, batch=batch, hidden=9, size=7), rtol=1e-4)
+    check(*layer(op, seq=1, batch=1, hidden=33, size=130), rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_float64_and_float16(dtype: Any) -> None:
+    rtol = 1e-5 if dtype == np.float64 else 2e-3
+    check(*layer("LSTM", {"direction": "bidirectional"}, dtype=dtype, lengths=[5, 2, 3]), rtol)
+    check(*layer("GRU", {"linear_before_reset": 1}, dtype=dtype), rtol)
+
+
+def test_bad_sequence_lens_is_an_input_error() -> None:
+    graph, feeds = layer("LSTM", lengths=[5, 2, 3])
+    exe = eqsat.compile(graph, target="cpu")
+    with pytest.raises(InputError, match="sequence_lens"):
+        exe.run({**feeds, "sequence_lens": np.array([5, 6, 1], np.int32)})
+
+
+def test_matches_onnxruntime() -> None:
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    from tests.onnx_testing import init, model, ort_run, vi
+
+    rng = np.random.default_rng(3)
+    hidden, size = 16, 8
+    w = (rng.standard_normal((2, 4 * hidden, size)) * 0.3).astype(F32)
+    r = (rng.standard_normal((2, 4 * hidden, hidden)) * 0.3).astype(F32)
+    b = (rng.standard_normal((2, 8 * hidden)) * 0.1).astype(F32)
+    node = h.make_node(
+        "LSTM", ["X", "W", "R", "B"], ["Y", "Y_h", "Y_c"], hidden_size=hidden,
+        direction="bidirectional",
+    )  # fmt: skip
+    proto = model(
+        [node],
+        [vi("X", [7, 2, size])],
+        [vi(n, None, T.FLOAT) for n in ("Y", "Y_h", "Y_c")],
+        [init("W", w), init("R", r), init("B", b)],
+    )
+    feeds = {"X": rng.standard_normal((7, 2, size)).astype(F32)}
+    exe = eqsat.compile(eqsat.load(proto), target="cpu")
+    assert exe.report["reference_ops"] == {}
+    got = exe.run(feeds)
+    for name, want in zip(("Y", "Y_h", "Y_c"), ort_run(proto, feeds), strict=True):
+        np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_kernel_source_inlines_the_form() -> None:
+    acts = [("hardsigmoid", 0.2, 0.5), ("tanh", 0.0, 0.0), ("relu", 0.0, 0.0)]
+    source = cpu_recurrent.kernel_source("LSTM", acts, np.dtype(F32))
+    assert "def kernel(" in source and "tanh_f32" in source and "fmax" in source
+    assert "A0_0 = np.float32(0.2)" in source and "return fmax(x0, A2_0)" in source
+    plain = cpu_recurrent.kernel_source("RNN", [("tanh", 0.0, 0.0)], F64)
+    assert "return np.tanh(x0)" in plain and "np.dot" not in plain
+    assert "np.dot" in cpu_recurrent.kernel_source("RNN", [("tanh", 0.0, 0.0)], F64, blas=True)
