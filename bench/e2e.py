@@ -36,6 +36,8 @@ except ImportError:  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from bench import models as zoo
 
+OUT = Path(__file__).resolve().parent / "out"  # gitignored
+
 COLUMNS = [
     "model", "eqsat_min_ms", "eqsat_med_ms", "ort_all_min_ms", "ort_all_med_ms", "ort_none_min_ms",
     "ort_none_med_ms", "ratio_all", "ratio_none", "optimize_s", "compile_cold_s",
@@ -224,6 +226,7 @@ def plot(rows: list[dict[str, Any]], path: str, title: str) -> bool:
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
@@ -239,8 +242,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="*", default=list(zoo.ZOO), choices=sorted(zoo.ZOO))
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--csv", default="e2e.csv", help="where to write the table as CSV")
-    parser.add_argument("--png", default="e2e.png", help="where to plot the ratios ('' for none)")
+    parser.add_argument("--csv", default=str(OUT / "e2e.csv"), help="where to write the table")
+    parser.add_argument(
+        "--png", default=str(OUT / "e2e.png"), help="where to plot the ratios ('' for none)"
+    )
     # Until fusion is one of optimize()'s default families the benchmark names it.
     parser.add_argument("--rules", nargs="*", default=["algebraic", "fusion"])
     parser.add_argument("--no-optimize", action="store_true", help="load + compile, no rewrites")
@@ -264,10 +269,12 @@ def run(args: argparse.Namespace) -> int:
             )
         except zoo.ZooDownloadError as exc:
             print(f"{name}: skipped, download failed: {exc}", file=sys.stderr)
+            continue
         print(format_table(rows[-1:]).splitlines()[-2], flush=True)
     print()
     print(f"threads {args.threads}; latency min/median over {args.runs} runs")
     print(format_table(rows))
+    Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
     with open(args.csv, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
