@@ -21,9 +21,10 @@ Planned outputs live in buffers assigned by :mod:`eqsat.lowering.memory`; the ex
 across runs, so it is not safe to run one executable from two threads at once. Once the plan is
 made, each step binds the buffers it uses; the executable (:mod:`eqsat.lowering.cpu_runtime`)
 then generates one straight-line function for the graph that checks the feeds and calls the
-prebound steps in order. During a run BLAS is limited to ``threads`` threads (:class:`BlasPin`),
-and Numba kernels run parallel only above :data:`PARALLEL_ELEMENTS`, so that the two thread pools
-are not busy at the same time.
+prebound steps in order. During a run BLAS is pinned to one thread (:class:`BlasPin`) and no
+Numba kernel runs ``prange`` loops: with ``threads > 1`` big steps split their work into chunks
+that eqsat's own pool (:mod:`eqsat.lowering.cpu_threads`) schedules dynamically, so only one
+thread pool is ever busy and a descheduled thread delays one chunk, not the whole step.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import codegen, kernel_cache
+from eqsat.lowering import codegen, cpu_threads, kernel_cache
 from eqsat.lowering.cpu_runtime import (
     BLAS_KINDS,
     SMALL_BLAS_FLOPS,
@@ -50,9 +51,17 @@ from eqsat import ops
 from eqsat.ir import Graph, Node, Value, subgraphs
 from eqsat.ops.elementwise import scalar_expr
 
-# Elementwise kernels below this many output elements run on one thread: below it, handing work
-# to Numba's pool costs more than it saves and its spinning threads slow the next BLAS call.
-PARALLEL_ELEMENTS = 1 << 20
+# With threads > 1, steps split into chunks for the pool (cpu_threads) from these sizes on, in
+# chunks of at least the grain: a map costs ~10-30 us (waking a worker), a chunk ~2 us of Python.
+# Elementwise kernels: output elements (about 1 element/ns on one core).
+PARALLEL_ELEMENTS = 1 << 16
+GRAIN_ELEMENTS = 1 << 14
+# GEMMs, convs, attention: FLOPs (about 50-100 GFLOP/s on one core).
+PARALLEL_FLOPS = float(1 << 23)
+GRAIN_FLOPS = float(1 << 21)
+# GEMMs cut into at most this many chunks per thread: each chunk packs the whole of the operand
+# it does not cut again (a 128x256x1024 GEMM in 8 row chunks took 1.5x as long on one thread).
+GEMM_CHUNKS_PER_THREAD = 2
 
 
 @dataclass
@@ -83,6 +92,11 @@ class Lowering:
     specs: dict[int, tuple[tuple[int, ...], np.dtype]] = field(default_factory=dict)
     kernels: int = 0
     shared: dict[str, Any] = field(default_factory=dict)  # per-compile state of step builders
+    pool: cpu_threads.Pool | None = None  # set when threads > 1
+
+    def __post_init__(self) -> None:
+        if self.threads > 1 and self.pool is None:
+            self.pool = cpu_threads.Pool(self.threads)
 
     def slot(self, value: Value) -> int:
         key = id(value)
@@ -92,7 +106,19 @@ class Lowering:
         return self.slots[key]
 
     def parallel(self, elements: int) -> bool:
-        return self.threads > 1 and elements >= PARALLEL_ELEMENTS
+        """Whether a generated kernel uses Numba's ``prange``: never (one pool: eqsat's own)."""
+        return False
+
+    def split(self, work: float, threshold: float | None = None,
+              grain: float | None = None, most: int = 4) -> int:  # fmt: skip
+        """How many chunks a step of ``work`` FLOPs (or elements, with their threshold and
+        grain) runs as on the pool, at most ``most`` per thread; 1: on the calling thread.
+        The defaults are :data:`PARALLEL_FLOPS` and :data:`GRAIN_FLOPS`, read at each call."""
+        threshold = PARALLEL_FLOPS if threshold is None else threshold
+        if self.pool is None or work < threshold:
+            return 1
+        grain = GRAIN_FLOPS if grain is None else grain
+        return cpu_threads.chunk_count(work, grain, self.threads, most)
 
 
 class ElementwiseKernel:
@@ -157,9 +183,27 @@ class ElementwiseKernel:
                 assert slot is not None
                 args.append(None)
                 dynamic.append((k + 1, slot, shape))
+        pool = self._lowering.pool
+        rows = self.out_shape[0] if self.out_shape else 1
+        size = int(np.prod(self.out_shape, dtype=np.int64))
+        count = self._lowering.split(size, PARALLEL_ELEMENTS, GRAIN_ELEMENTS)
+        # Slices along the first (collapsed) level: operands spanning it are cut, others whole.
+        cut = [True] + [s[0] == rows and rows > 1 for s in self.in_shapes] if self.out_shape else []
+        ranges = cpu_threads.chunks(rows, count) if count > 1 and rows > 1 else []
         if args[0] is not None and not dynamic:
             fixed = tuple(args)
             call = _entry_point(fn, fixed)
+            if pool is not None and len(ranges) > 1:
+                parts = [
+                    tuple(a[r0:r1] if c else a for a, c in zip(fixed, cut, strict=True))
+                    for r0, r1 in ranges
+                ]
+
+                def chunk(part: tuple[Any, ...], worker: int) -> None:
+                    call(*part)
+
+                pool_map = pool.map
+                return lambda env: pool_map(chunk, parts)
 
             def run_fixed(env: Env) -> None:
                 call(*fixed)
@@ -179,7 +223,14 @@ class ElementwiseKernel:
             for k, slot, shape in dynamic:
                 array = contiguous(env[slot])
                 call[k] = array if array.shape == shape else array.reshape(shape)
-            fn(*call)
+            if len(ranges) > 1:
+
+                def part(r: tuple[int, int], worker: int) -> None:
+                    fn(*(a[r[0] : r[1]] if c else a for a, c in zip(call, cut, strict=True)))
+
+                pool.map(part, ranges)
+            else:
+                fn(*call)
 
         return run
 
@@ -309,17 +360,30 @@ def _reference_step(lowering: Lowering, node: Node) -> Step:
     return Step(run, Usage(reads, writes, False), "reference", node.name)
 
 
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: taskset, cgroup cpusets), else all."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    if affinity is not None:
+        try:
+            return max(1, len(affinity(0)))
+        except OSError:
+            pass
+    return os.cpu_count() or 1
+
+
 def _flops(node: Node) -> float:
     opdef = ops.get(node.op, node.name)
     return float(opdef.cost(node.inputs, node.outputs, node.attrs).flops)
 
 
 def compile(graph: Graph, threads: int | None = None) -> CpuExecutable:
-    """Compile ``graph`` for the CPU; ``threads`` defaults to $EQSAT_THREADS, else the CPU count."""
+    """Compile ``graph`` for the CPU; ``threads`` defaults to $EQSAT_THREADS, else the CPUs this
+    process may run on. On a machine busy with other work the pool falls back to the calling
+    thread by itself (see :mod:`eqsat.lowering.cpu_threads`), so the default is safe there."""
     from eqsat.lowering import cpu_data, cpu_misc, cpu_ops
 
     started = time.perf_counter()
-    threads = threads or int(os.environ.get("EQSAT_THREADS") or 0) or os.cpu_count() or 1
+    threads = threads or int(os.environ.get("EQSAT_THREADS") or 0) or _usable_cpus()
     _check_ops(graph)
     lowering = Lowering(threads)
     template_values: dict[int, Any] = {}

@@ -20,6 +20,10 @@ multiply there: :func:`small_conv` gathers the patches and computes dot products
 2-D convs with one output row. Everything a run needs (views of planned buffers, block slices)
 is prepared when the step is bound, so tiny convs pay a few calls only. The Numba kernels named
 here live in :mod:`eqsat.lowering.cpu_conv_kernels`.
+
+With several threads the blocks of one image are independent chunks for eqsat's pool
+(:mod:`eqsat.lowering.cpu_threads`), each thread with its own column and output-block buffers;
+the phase planes are filled once per image, before the blocks.
 """
 
 from __future__ import annotations
@@ -152,7 +156,7 @@ class Geometry:
     """A conv's shapes as 2-D (a 1-D conv has H = KH = 1), its blocks and buffers' sizes."""
 
     def __init__(self, x_shape: tuple[int, ...], w_shape: tuple[int, ...], window: Any,
-                 group: int, itemsize: int, threads: int = 1):  # fmt: skip
+                 group: int, itemsize: int, parts: int = 1):  # fmt: skip
         lift = len(x_shape) == 3
         pad = (lambda t, v: (v, *t)) if lift else (lambda t, v: tuple(t))
         self.n, self.c = x_shape[:2]
@@ -190,17 +194,19 @@ class Geometry:
         # (Silero's STFT conv has stride 128).
         # With one column of taps (KW = 1) each input element is read once: no split either.
         self.split = 1 < self.sw <= MAX_SPLIT_STRIDE and self.kw > 1 and not self.wide
-        # With several BLAS threads, one GEMM per image: OpenBLAS wakes and joins its threads
-        # per call, and a loaded machine stalls each join (YOLOv8n on two threads ran 2.5x
-        # slower by blocks than in one GEMM per layer).
-        scale = 1 << 40 if threads > 1 else 1
+        # ``parts`` > 1: the pool takes the blocks, so there should be at least that many (still
+        # no narrower than the GEMM's minimum width).
         if self.pointwise:  # no column buffer: blocks keep the GEMM's output in cache
             per_row = max(1, self.m * self.ow * itemsize)
-            rows = max(OUTPUT_BLOCK_BYTES * scale // per_row, -(-MIN_POINTWISE_COLUMNS // self.ow))
+            least = -(-MIN_POINTWISE_COLUMNS // self.ow)
+            rows = max(OUTPUT_BLOCK_BYTES // per_row, least)
         else:
             width = self.wp if self.wide else self.ow
             per_row = max(1, self.c * self.kh * self.kw * width * itemsize)
-            rows = max(BLOCK_BYTES * scale // per_row, -(-MIN_BLOCK_COLUMNS // self.ow))
+            least = -(-MIN_BLOCK_COLUMNS // self.ow)
+            rows = max(BLOCK_BYTES // per_row, least)
+        if parts > 1:
+            rows = min(rows, max(least, -(-self.oh // parts)))
         rows = max(1, min(self.oh, rows))
         # Even blocks: a short last block would make a slow small GEMM.
         count = -(-self.oh // rows)
@@ -228,14 +234,18 @@ class Geometry:
 
 def make_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels: Any,
               cols: np.ndarray, split: np.ndarray, wide: np.ndarray,
-              plain: bool = False) -> Any:  # fmt: skip
+              plain: bool = False, pool: Any = None) -> Any:  # fmt: skip
     """``conv(x, out, *operands)`` for one image: x (C, H*W) contiguous, out (M, P) with its
     per-image epilogue operands (t1, ...) as :func:`epilogue_source` takes them.
 
     ``filters`` is (G, M/G, K); ``kernels`` the module of :func:`load_epilogue`; ``cols``,
     ``split`` and ``wide`` are scratch of :meth:`Geometry.cols_size`, :meth:`~Geometry.split_size`
-    and :meth:`~Geometry.wide_size` elements; ``plain``: the epilogue only adds the bias.
+    and :meth:`~Geometry.wide_size` elements (``cols`` and ``wide`` that many per thread of
+    ``pool``, a :class:`~eqsat.lowering.cpu_threads.Pool` that takes the blocks as chunks);
+    ``plain``: the epilogue only adds the bias.
     """
+    if pool is not None and len(geo.blocks) > 1 and not geo.small:
+        return _parallel_conv(geo, filters, bias, kernels, cols, split, wide, pool)
     g, mg, cg = geo.group, geo.m // geo.group, geo.c // geo.group
     epilogue = kernels.epilogue
     params = geo.params()
@@ -336,6 +346,112 @@ def _wide_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, epilogue_wi
     return conv
 
 
+def _parallel_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels: Any,
+                   cols: np.ndarray, split: np.ndarray, wide: np.ndarray,
+                   pool: Any) -> Any:  # fmt: skip
+    """:func:`make_conv` with its blocks spread over ``pool``'s threads."""
+    g, mg, cg = geo.group, geo.m // geo.group, geo.c // geo.group
+    epilogue, epilogue_wide = kernels.epilogue, kernels.epilogue_wide
+    params = geo.params()
+    matmul, copyto = np.matmul, np.copyto
+    w0, single = filters[0], g == 1
+    k_all = geo.c * geo.kh * geo.kw
+    cols_size, wide_size = geo.cols_size(), geo.wide_size()
+    mine = [
+        (cols[t * cols_size : (t + 1) * cols_size], wide[t * wide_size : (t + 1) * wide_size])
+        for t in range(pool.threads)
+    ]
+    pool_map = pool.map
+    if geo.pointwise:
+        blocks = [(r0 * geo.ow, r1 * geo.ow) for r0, r1 in geo.blocks]
+
+        def conv_pointwise(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+            xg = x.reshape(g, cg, geo.p)
+            og = out.reshape(g, mg, geo.p)
+
+            def block(b: tuple[int, int], worker: int) -> None:
+                c0, c1 = b
+                if single:
+                    matmul(w0, x[:, c0:c1], out=out[:, c0:c1])
+                else:
+                    matmul(filters, xg[:, :, c0:c1], out=og[:, :, c0:c1])
+                epilogue(out, c0, c1, bias, *operands)
+
+            pool_map(block, blocks)
+
+        return conv_pointwise
+    if geo.wide:
+        phases = np.zeros((geo.c, geo.sh, geo.sw, geo.rp, geo.wp), cols.dtype)
+        interior = phases[:, 0, 0, geo.ph : geo.ph + geo.h, geo.pw : geo.pw + geo.w]
+        strided = (geo.sh, geo.sw) != (1, 1)
+        views = []
+        for c, o in mine:  # per thread: each block's column buffer and GEMM output
+            per = []
+            for r0, r1 in geo.blocks:
+                n = (r1 - r0) * geo.wp
+                blk, ob = c[: k_all * n].reshape(k_all, n), o[: geo.m * n].reshape(geo.m, n)
+                per.append((blk, ob, blk.reshape(g, geo.k, n), ob.reshape(g, mg, n)))
+            views.append(per)
+        kh, kw, dh, dw = geo.kh, geo.kw, geo.dh, geo.dw
+        ph, pw, ow, wp = geo.ph, geo.pw, geo.ow, geo.wp
+        shape = (geo.c, geo.h, geo.w)
+        indices = list(range(len(geo.blocks)))
+
+        def conv_wide(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+            if strided:
+                fill_phases(x.reshape(shape), phases, ph, pw)
+            else:
+                copyto(interior, x.reshape(shape))
+
+            def block(j: int, worker: int) -> None:
+                r0, r1 = geo.blocks[j]
+                blk, ob, grouped, grouped_out = views[worker][j]
+                im2col_wide(phases, blk, r0, r1, kh, kw, dh, dw)
+                if single:
+                    matmul(w0, blk, out=ob)
+                else:
+                    matmul(filters, grouped, out=grouped_out)
+                epilogue_wide(out, ob, r0, r1, ow, wp, bias, *operands)
+
+            pool_map(block, indices)
+
+        return conv_wide
+    strided = geo.split
+    shape3 = (geo.c, geo.h, geo.w)
+    xs = split[: geo.split_size()].reshape(geo.c, geo.h, geo.sw, geo.wq) if strided else None
+    bufs = [
+        [
+            c[: k_all * (r1 - r0) * geo.ow].reshape(k_all, (r1 - r0) * geo.ow)
+            for r0, r1 in geo.blocks
+        ]
+        for c, _ in mine
+    ]
+    spans = [(r0, r1, r0 * geo.ow, r1 * geo.ow) for r0, r1 in geo.blocks]
+    indices = list(range(len(spans)))
+
+    def conv_cols(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+        if strided:
+            phase_split(x.reshape(shape3), xs)
+            source = xs
+        else:
+            source = x.reshape(geo.c, geo.h, 1, geo.w)
+        og = out.reshape(g, mg, geo.p)
+
+        def block(j: int, worker: int) -> None:
+            r0, r1, c0, c1 = spans[j]
+            buf = bufs[worker][j]
+            im2col_block(source, buf, r0, r1, params)
+            if single:
+                matmul(w0, buf, out=out[:, c0:c1])
+            else:
+                matmul(filters, buf.reshape(g, geo.k, c1 - c0), out=og[:, :, c0:c1])
+            epilogue(out, c0, c1, bias, *operands)
+
+        pool_map(block, indices)
+
+    return conv_cols
+
+
 def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: np.ndarray,
           window: Any, scratch: Any, plain_epilogue: Any) -> Step:  # fmt: skip
     """The step of an im2col + GEMM conv (x rank 3 or 4, constant weights).
@@ -349,7 +465,11 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
     assert out is not None and w is not None and w.const is not None
     dtype = out.dtype
     group = int(node.attrs["group"])
-    geo = Geometry(x.shape, w.shape, window, group, dtype.itemsize, lowering.threads)
+    out_hw = int(np.prod(out.shape[2:], dtype=np.int64))
+    flops = 2.0 * out.shape[1] * out_hw * (x.shape[1] // group) * int(np.prod(w.shape[2:]))
+    parts = lowering.split(flops)  # per image: the pool takes one image's blocks at a time
+    geo = Geometry(x.shape, w.shape, window, group, dtype.itemsize, parts)
+    workers = lowering.threads if parts > 1 and len(geo.blocks) > 1 and not geo.small else 1
     filters = np.ascontiguousarray(w.const.reshape(group, geo.m // group, geo.k), dtype)
     fused = classify_operands(out.shape, str(node.attrs.get("epilogue", "{0}")), extras, dtype)
     kernel = None
@@ -365,9 +485,9 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
     plain = fused is None or fused[0] == "{0}"
     lowering.kernels += 1
     cols_scratch, split_scratch, wide_scratch = scratch("im2col"), scratch("phase"), scratch("wide")
-    cols_scratch.get(dtype, geo.cols_size())
+    cols_scratch.get(dtype, geo.cols_size() * workers)
     split_scratch.get(dtype, geo.split_size())
-    wide_scratch.get(dtype, geo.wide_size())
+    wide_scratch.get(dtype, geo.wide_size() * workers)
     x_slot = None if x.const is not None else lowering.slot(x)
     o = lowering.slot(out)
     n_, m_, p_ = geo.n, geo.m, geo.p
@@ -389,10 +509,11 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
             filters,
             bias,
             kernel,
-            cols_scratch.get(dtype, geo.cols_size()),
+            cols_scratch.get(dtype, geo.cols_size() * workers),
             split_scratch.get(dtype, geo.split_size()),
-            wide_scratch.get(dtype, geo.wide_size()),
+            wide_scratch.get(dtype, geo.wide_size() * workers),
             plain,
+            lowering.pool if workers > 1 else None,
         )
         after = None if epi is None else epi.bound(o, arrays)
         fixed_out = arrays[o].reshape(n_, m_, p_) if o in arrays else None

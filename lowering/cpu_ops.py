@@ -14,6 +14,11 @@ contiguous once, at compile time.
 
 Cases outside these paths (non-float dtypes, 3-D convs, weights that are not constants) return
 ``None`` and run on the numpy reference (a fused node's epilogue then still runs as a kernel).
+
+With ``threads > 1`` big steps run as chunks on eqsat's pool (:mod:`eqsat.lowering.cpu_threads`):
+GEMMs cut by :func:`matmul_parts` (by batch, rows or columns), convs by blocks of output rows or
+tile rows (in :mod:`~eqsat.lowering.cpu_conv` and :mod:`~eqsat.lowering.cpu_winograd`),
+depthwise convs by (image, channel block); BLAS itself stays on one thread.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import re
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import codegen, cpu_conv, cpu_winograd
+from eqsat.lowering import codegen, cpu_conv, cpu_threads, cpu_winograd
+from eqsat.lowering.cpu import GEMM_CHUNKS_PER_THREAD as GEMM_CHUNKS
 from eqsat.lowering.cpu import ElementwiseKernel, Env, Lowering, Step, StepFn
 from eqsat.lowering.memory import Usage
 
@@ -30,8 +36,10 @@ from eqsat.ir import Node, Value
 from eqsat.ops.conv import window_geometry
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-# Depthwise convs with at least this many multiply-adds spread their channels over threads.
-PARALLEL_MACS = 1 << 21
+# Parallel GEMMs keep at least this many rows (or columns) per chunk: thinner ones waste the
+# BLAS micro-kernel's register blocking (and the per-chunk Python costs ~2 us).
+MIN_PART_ROWS = 16
+MIN_PART_COLUMNS = 64
 
 
 def build_step(lowering: Lowering, node: Node) -> Step | None:
@@ -105,6 +113,64 @@ def _operand(lowering: Lowering, value: Value) -> tuple[np.ndarray | None, int |
     return (value.const, None) if value.const is not None else (None, lowering.slot(value))
 
 
+Index = tuple[slice, ...]
+
+
+def matmul_parts(
+    x_shape: tuple[int, ...], y_shape: tuple[int, ...], out_shape: tuple[int, ...], count: int
+) -> list[tuple[Index, Index, Index]]:
+    """``out = x @ y`` cut into at most ``count`` independent products ``out[o] = x[i] @ y[j]``
+    (index tuples), for the thread pool; [] when it is not worth cutting.
+
+    By batch (the first stacked level of ``out`` longer than 1) when there are enough matrices,
+    else by rows of ``x`` or columns of ``y``: BLAS packs the operand a chunk does not cut once
+    per chunk, so the cut goes across the longer side of ``out`` (rows when M >= N), keeping at
+    least :data:`MIN_PART_ROWS` rows or :data:`MIN_PART_COLUMNS` columns per chunk.
+    """
+    if count <= 1 or len(x_shape) < 2 or len(y_shape) < 2:
+        return []
+    rank = len(out_shape)
+    whole: Index = ()
+    lead = [a for a in range(rank - 2) if out_shape[a] > 1]
+    if lead and out_shape[lead[0]] >= count:
+        ax = lead[0]
+        parts = []
+        for a, b in cpu_threads.chunks(out_shape[ax], count):
+            idx = []
+            for shape in (x_shape, y_shape):
+                own = ax - (rank - len(shape))
+                broadcast = own < 0 or shape[own] == 1
+                idx.append(whole if broadcast else (slice(None),) * own + (slice(a, b),))
+            parts.append((idx[0], idx[1], (slice(None),) * ax + (slice(a, b),)))
+        return parts
+    m, n = out_shape[-2:]
+    by_rows = m >= MIN_PART_ROWS * 2 and (m >= n or n < MIN_PART_COLUMNS * 2)
+    if by_rows:
+        ranges = cpu_threads.chunks(m, min(count, m // MIN_PART_ROWS), MIN_PART_ROWS)
+        lead_x = (slice(None),) * (len(x_shape) - 2)
+        lead_o = (slice(None),) * (rank - 2)
+        return [((*lead_x, slice(a, b)), whole, (*lead_o, slice(a, b))) for a, b in ranges]
+    if n >= MIN_PART_COLUMNS * 2:
+        ranges = cpu_threads.chunks(n, min(count, n // MIN_PART_COLUMNS), MIN_PART_COLUMNS)
+        lead_y = (slice(None),) * (len(y_shape) - 1)
+        lead_o = (slice(None),) * (rank - 1)
+        return [(whole, (*lead_y, slice(a, b)), (*lead_o, slice(a, b))) for a, b in ranges]
+    return []
+
+
+def parallel_matmul(pool: Any, parts: list[tuple[Index, Index, Index]]) -> Any:
+    """``mm(x, y, out)``: ``np.matmul(x, y, out=out)`` by ``parts`` on ``pool``."""
+    matmul = np.matmul
+
+    def mm(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+        def part(p: tuple[Index, Index, Index], worker: int) -> None:
+            matmul(x[p[0]], y[p[1]], out=out[p[2]])
+
+        pool.map(part, parts)
+
+    return mm
+
+
 # ------------------------------------------------------------------------------ MatMul / Gemm
 def _matmul(lowering: Lowering, node: Node) -> Step | None:
     (a, b), extras = _split(node)
@@ -131,9 +197,15 @@ def _matmul(lowering: Lowering, node: Node) -> Step | None:
             np.matmul(x, y, out=result)
         epi(env, result)
 
+    x_shape = (int(np.prod(a.shape[:-1])), k) if flat else a.shape
+    o_shape = (x_shape[0], n) if flat else out.shape
+    parts = matmul_parts(
+        x_shape, b.shape, o_shape, lowering.split(2.0 * out.size * k, most=GEMM_CHUNKS)
+    )
+
     def bind(arrays: dict[int, np.ndarray]) -> StepFn:
         epilogue = epi.bound(o, arrays)
-        matmul = np.matmul
+        matmul = parallel_matmul(lowering.pool, parts) if parts else np.matmul
         fixed_out = arrays.get(o)
         if flat and fixed_out is not None:
             fixed_out = fixed_out.reshape(-1, n)
@@ -143,7 +215,7 @@ def _matmul(lowering: Lowering, node: Node) -> Step | None:
                 x = a_const if a_const is not None else env[a_slot]
                 if flat:
                     x = np.ascontiguousarray(x).reshape(-1, k)
-                matmul(x, b_const, out=fixed_out)
+                matmul(x, b_const, fixed_out)
                 epilogue(env)
 
             return run_fixed
@@ -153,9 +225,9 @@ def _matmul(lowering: Lowering, node: Node) -> Step | None:
             y = b_const if b_const is not None else env[b_slot]
             result = env[o]
             if flat:
-                matmul(np.ascontiguousarray(x).reshape(-1, k), y, out=result.reshape(-1, n))
+                matmul(np.ascontiguousarray(x).reshape(-1, k), y, result.reshape(-1, n))
             else:
-                matmul(x, y, out=result)
+                matmul(x, y, result)
             epilogue(env)
 
         return run_bound
@@ -204,14 +276,23 @@ def _gemm(lowering: Lowering, node: Node) -> Step | None:
         np.matmul(x, y, out=result)
         epi(env, result)
 
+    k_ = a.shape[0] if trans_a else a.shape[1]
+    x_shape = (out.shape[0], k_)
+    parts = matmul_parts(
+        x_shape,
+        (k_, out.shape[1]),
+        out.shape,
+        lowering.split(2.0 * out.size * k_, most=GEMM_CHUNKS),
+    )
+
     def bind(arrays: dict[int, np.ndarray]) -> StepFn:
         epilogue = epi.bound(o, arrays)
-        matmul = np.matmul
+        matmul = parallel_matmul(lowering.pool, parts) if parts else np.matmul
 
         def run_bound(env: Env) -> None:
             x = a_const if a_const is not None else (env[a_slot].T if trans_a else env[a_slot])
             y = b_const if b_const is not None else (env[b_slot].T if trans_b else env[b_slot])
-            matmul(x, y, out=env[o])
+            matmul(x, y, env[o])
             epilogue(env)
 
         return run_bound
@@ -325,13 +406,17 @@ def _winograd(
             lowering.kernels += 1
         except codegen.Unsupported:
             fused = None
+    flops = 2.0 * out.size // x.shape[0] * x.shape[1] * 9 / 4  # per image, ~2.25 C MACs per output
+    parts = lowering.split(flops)
     plan = cpu_winograd.Winograd(
-        w.const, bias, x.shape[2:], window.out, window.begin, out.dtype, output=output
+        w.const, bias, x.shape[2:], window.out, window.begin, out.dtype, output=output, parts=parts
     )
+    pool = lowering.pool if parts > 1 and plan.th > plan.chunk_rows else None
+    workers = pool.threads if pool is not None else 1
     # An epilogue the output transform cannot apply is a pass of its own.
     epi = Epilogue(lowering, node, "{0}", extras, []) if fused is None else None
     scratch = _scratch(lowering, "winograd")
-    scratch.get(out.dtype, plan.scratch_size())
+    scratch.get(out.dtype, plan.scratch_size() * workers)
     x_const, x_slot = _operand(lowering, x)
     o = lowering.slot(out)
     images = x.shape[0]
@@ -346,7 +431,7 @@ def _winograd(
     ]
 
     def bind(arrays: dict[int, np.ndarray]) -> StepFn:
-        conv = plan.bind(scratch.get(out.dtype, plan.scratch_size()))
+        conv = plan.bind(scratch.get(out.dtype, plan.scratch_size() * workers), pool)
         epilogue = _nothing if epi is None else epi.bound(o, arrays)
         fixed = arrays.get(o)
 
@@ -391,22 +476,38 @@ def _depthwise(
     }
     fused = cpu_depthwise.inline_scalars(epilogue, scalars)
     geometry = (window.kernel, window.strides, window.dilations, window.begin)
-    parallel = lowering.threads > 1 and out.size * kh * kw >= PARALLEL_MACS
     try:
-        kernel = cpu_depthwise.load(out.dtype, *geometry, fused, parallel)
+        kernel = cpu_depthwise.load(out.dtype, *geometry, fused, False)
         epi: Epilogue | None = None
     except codegen.Unsupported:  # tensor operands in the epilogue: a pass of its own
-        kernel = cpu_depthwise.load(out.dtype, *geometry, "{0}", parallel)
+        kernel = cpu_depthwise.load(out.dtype, *geometry, "{0}", False)
         epi = Epilogue(lowering, node, "{0}", extras, [])
     lowering.kernels += 1
-    scratch = np.zeros(cpu_depthwise.scratch_shape(x.shape[2:], window.out, *geometry), out.dtype)
+    plane = cpu_depthwise.scratch_shape(x.shape[2:], window.out, *geometry)
+    # Chunks of (image, channel block) on the pool, each thread with its own padded plane (the
+    # borders stay zero: the kernel writes the interior only).
+    n_ = x.shape[0]
+    count = lowering.split(2.0 * out.size * kh * kw)
+    blocks = cpu_threads.chunks(c_, -(-count // n_)) if count > 1 else []
+    parts = [(i, c0, c1) for i in range(n_) for c0, c1 in blocks]
+    scratch = [np.zeros(plane, out.dtype) for _ in range(lowering.threads if parts else 1)]
+    pool = lowering.pool
     x_const, x_slot = _operand(lowering, x)
     o = lowering.slot(out)
 
     def run(env: Env) -> None:
         data = np.ascontiguousarray(x_const if x_const is not None else env[x_slot])
         result = env[o]
-        kernel(data, taps, bias, result, scratch)
+        if parts and pool is not None:
+
+            def part(p: tuple[int, int, int], worker: int) -> None:
+                i, c0, c1 = p
+                kernel(data[i : i + 1, c0:c1], taps[c0:c1], bias[c0:c1],
+                       result[i : i + 1, c0:c1], scratch[worker])  # fmt: skip
+
+            pool.map(part, parts)
+        else:
+            kernel(data, taps, bias, result, scratch[0])
         if epi is not None:
             epi(env, result)
 

@@ -18,8 +18,11 @@ an output held in a buffer allocated fresh for this run (directly or through res
 sharing it with no other output) is handed out as it is; any other output is checked per run and
 copied when it is a constant, a feed, or a view.
 
-BLAS is pinned to the executable's thread count only when a step may call BLAS (``Step.blas``,
-else any step kind but depthwise, copy and view), and only libraries whose count differs are set.
+BLAS is pinned to one thread during a run whatever the executable's thread count: with
+``threads > 1`` the steps split their own work over eqsat's pool (:mod:`eqsat.lowering.cpu_threads`),
+and OpenBLAS's threads, which barrier-wait (spinning) after equal static splits, would compete
+with it. The pin is set only when a step may call BLAS (``Step.blas``, else any step kind but
+depthwise, copy and view), and only for libraries whose count differs.
 """
 
 from __future__ import annotations
@@ -37,9 +40,9 @@ from eqsat.ir import Graph
 if TYPE_CHECKING:
     from eqsat.lowering.cpu import Step
 
-# BLAS work below this many FLOPs (about 0.3 ms on one core) runs on one thread: splitting it gains
-# little, and OpenBLAS's threads stall badly when another process holds a core (an 8x784x256 GEMM
-# took 24 ms on two threads of a loaded 2-core machine, 0.07 ms on one).
+# Formerly the size below which BLAS ran on one thread; BLAS now always does (OpenBLAS's threads
+# stalled badly when another process held a core: an 8x784x256 GEMM took 24 ms on two threads of
+# a loaded 2-core machine, 0.07 ms on one). Kept for callers that import it.
 SMALL_BLAS_FLOPS = float(1 << 24)
 BLAS_KINDS = frozenset({"gemm", "conv", "attention"})
 # Step kinds that never call BLAS; every other kind may (the numpy reference, and "kernel" steps
@@ -64,13 +67,9 @@ class CpuExecutable(Executable):
         report: dict[str, Any],
     ):
         super().__init__(graph)
-        self._blas = BlasPin(threads)
-        self._run_steps = tuple(
-            self._blas.single_threaded(s.run)
-            if threads > 1 and s.kind in BLAS_KINDS and s.flops < SMALL_BLAS_FLOPS
-            else s.run
-            for s in steps
-        )
+        # One BLAS thread always: parallel steps split their work over eqsat's own pool.
+        self._blas = BlasPin(1)
+        self._run_steps = tuple(s.run for s in steps)
         self.steps = steps
         self._template = template
         self._feed_slots = tuple(feed_slots)

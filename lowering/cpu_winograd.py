@@ -22,6 +22,10 @@ tap needs a bounds check. F(4x4, 3x3)'s error grows with the transform constants
 models, well within the rtol 1e-3 / atol 1e-4 the targets are held to. Planes of ``V`` and ``M``
 are laid out with a stride of an odd number of cache lines: with a power-of-two-ish stride the
 36 streams written at once map to a few cache sets and ran 1.5-2x slower.
+
+With several threads, the chunks of tile rows of an image (each through all three stages) are
+the chunks of eqsat's pool (:mod:`eqsat.lowering.cpu_threads`), each thread with its own V, M
+and transform scratch; the padded input is filled once per image, before them.
 """
 
 from __future__ import annotations
@@ -302,6 +306,7 @@ class Winograd:
         dtype: np.dtype,
         chunk_bytes: int | None = None,
         output: Any = None,
+        parts: int = 1,
     ):
         self.filters, self.channels = weights.shape[:2]
         self.u = filter_transform(weights, dtype)
@@ -314,6 +319,9 @@ class Winograd:
         per_tile = 36 * (self.channels + self.filters) * np.dtype(dtype).itemsize
         tiles = max(MIN_CHUNK_TILES, budget // per_tile)
         self.chunk_rows = max(1, min(self.th, tiles // self.tw))
+        if parts > 1:  # at least ``parts`` chunks for the pool, of half the minimum at least
+            least = -(-MIN_CHUNK_TILES // (2 * self.tw))
+            self.chunk_rows = min(self.chunk_rows, max(least, -(-self.th // parts)))
         # Borders stay zero: runs only write the interior.
         self.padded = np.zeros((self.channels, 4 * self.th + 2, 4 * self.tw + 4), dtype)
         (ph, pw), (h, w) = pads, in_hw
@@ -330,9 +338,13 @@ class Winograd:
         t = self.chunk_tiles
         return 36 * (plane_stride(self.channels, t) + plane_stride(self.filters, t))
 
-    def bind(self, scratch: np.ndarray) -> Any:
+    def bind(self, scratch: np.ndarray, pool: Any = None) -> Any:
         """``conv(x, out, *operands)`` for one image (C, H, W) -> (M, OH, OW), using ``scratch``;
-        ``operands`` are the fused output transform's ``t1, t2, ...``."""
+        ``operands`` are the fused output transform's ``t1, t2, ...``. With ``pool`` (a
+        :class:`~eqsat.lowering.cpu_threads.Pool`) ``scratch`` holds :meth:`scratch_size`
+        elements per thread and the chunks run on the pool."""
+        if pool is not None and self.th > self.chunk_rows:
+            return self._bind_parallel(scratch, pool)
         t = self.chunk_tiles
         v = planes(36, self.channels, t, scratch)
         m = planes(36, self.filters, t, scratch[36 * plane_stride(self.channels, t) :])
@@ -351,6 +363,37 @@ class Winograd:
                 input_transform(padded, vc, th0, th1, tw, tq)
                 matmul(u, vc, out=mc)
                 output(mc, bias, out, th0, th1, tw, s, *operands)
+
+        return conv
+
+    def _bind_parallel(self, scratch: np.ndarray, pool: Any) -> Any:
+        t, size = self.chunk_tiles, self.scratch_size()
+        u, bias, padded, interior = self.u, self.bias, self.padded, self.interior
+        tw, copyto, matmul, output = self.tw, np.copyto, np.matmul, self.output
+        mine = []  # per thread: V and M planes, transform scratch
+        for k in range(pool.threads):
+            flat = scratch[k * size : (k + 1) * size]
+            v = planes(36, self.channels, t, flat)
+            m = planes(36, self.filters, t, flat[36 * plane_stride(self.channels, t) :])
+            mine.append((v, m, np.empty_like(self.tq), np.empty_like(self.s)))
+        rows = [
+            (th0, min(self.th, th0 + self.chunk_rows)) for th0 in range(0, self.th, self.chunk_rows)
+        ]
+        pool_map = pool.map
+
+        def conv(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+            copyto(interior, x)
+
+            def chunk(span: tuple[int, int], worker: int) -> None:
+                th0, th1 = span
+                v, m, tq, s = mine[worker]
+                n = (th1 - th0) * tw
+                vc, mc = v[:, :, :n], m[:, :, :n]
+                input_transform(padded, vc, th0, th1, tw, tq)
+                matmul(u, vc, out=mc)
+                output(mc, bias, out, th0, th1, tw, s, *operands)
+
+            pool_map(chunk, rows)
 
         return conv
 

@@ -1,0 +1,209 @@
+"""eqsat's own intra-op thread pool: dynamic scheduling of independent chunks of one step.
+
+With ``threads > 1`` the CPU executable keeps BLAS single-threaded and generates no Numba
+``prange`` loops; a step that is big enough splits its work into chunks (GEMM rows or columns,
+conv blocks of output rows, Winograd tile rows, depthwise channel blocks, attention batches,
+elementwise slices) and hands them to :meth:`Pool.map`. The calling thread and ``threads - 1``
+persistent worker threads pull chunk indices from a shared counter until none are left, so a
+worker that the OS deschedules (another process holding its core) delays only the chunk it
+holds: the others take the rest. BLAS's and Numba's own pools barrier-wait for their slowest
+thread after equal static splits and spin while they wait; on a busy 2-core machine a 2-thread
+transformer ran 25x slower than on one thread that way.
+
+Chunks run numpy matmul (BLAS, which releases the GIL) and ``nogil`` Numba kernels, so the
+threads compute in parallel; only the few microseconds of Python around each call hold the GIL.
+A machine busier than its cores (other processes runnable) still stalls the pool: every hand-over
+of the GIL between the threads (a few per chunk) and a worker preempted holding a chunk make
+the caller wait for the OS to schedule the other thread, a time slice (milliseconds) under load;
+on a loaded 2-core machine a 2-thread map of a 0.23 ms GEMM took 0.5-5 ms, the caller on the CPU
+for 0.2 of them. So the pool watches for stalls (the caller off the CPU, by its thread CPU
+time, for more than half of a map's wall time plus :data:`STALL_SECONDS`) and, after one, runs
+maps on the calling thread alone for a while: 5 ms at first, doubling with each stall that
+follows up to 1 s, shrinking by 10% with each clean map: when more than ~1 map in 7 stalls
+the pool stays serial but for a probe a second. Serial or
+not, a map computes the same chunks, so results do not depend on it. On an idle machine stalls
+do not happen and every map runs in parallel.
+
+Idle workers block on a queue (no spinning). There is one set of workers per process, shared by
+every executable, created on first use; it grows to the largest thread count asked for. The
+workers are daemon threads and are told to stop at interpreter exit, so they never hold it up.
+A chunk that raises makes the rest of its job skip; the caller re-raises the first error once
+every chunk taken has finished, so a failing step neither deadlocks nor leaves work running.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from queue import SimpleQueue
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_LOCK = threading.Lock()
+_QUEUES: list[SimpleQueue[Any]] = []
+_THREADS: list[threading.Thread] = []
+# A map where the caller is off the CPU for more than half its wall time plus this is a stall (on
+# an idle machine the caller computes all along but for its wait for the workers' last chunks).
+STALL_SECONDS = 100e-6
+MIN_BACKOFF, MAX_BACKOFF = 0.005, 1.0
+
+
+class _Backoff:
+    """When maps run serially after stalls (process-wide: it is the machine that is busy)."""
+
+    serial_until = 0.0
+    seconds = MIN_BACKOFF
+    stalls = 0  # counted for tests and diagnostics
+
+
+def _record(stalled: bool, now: float) -> None:
+    if stalled:
+        _Backoff.stalls += 1
+        _Backoff.serial_until = now + _Backoff.seconds
+        _Backoff.seconds = min(MAX_BACKOFF, _Backoff.seconds * 2)
+    elif _Backoff.seconds > MIN_BACKOFF:
+        _Backoff.seconds = max(MIN_BACKOFF, _Backoff.seconds * 0.9)
+
+
+class _Job:
+    """One ``map``: its chunks, the next index to hand out, how many have finished."""
+
+    __slots__ = ("count", "done", "error", "finished", "fn", "items", "take")
+
+    def __init__(self, fn: Callable[[Any, int], None], items: Sequence[Any]):
+        self.fn = fn
+        self.items = items
+        self.count = len(items)
+        # next() of an itertools.count is atomic under the GIL: no lock per chunk.
+        self.take = itertools.count().__next__
+        self.finished = itertools.count(1).__next__
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def work(self, worker: int) -> None:
+        count, items, fn, take = self.count, self.items, self.fn, self.take
+        while True:
+            i = take()
+            if i >= count:
+                return
+            if self.error is None:
+                try:
+                    fn(items[i], worker)
+                except BaseException as error:  # re-raised by the caller of map
+                    if self.error is None:
+                        self.error = error
+            if self.finished() == count:
+                self.done.set()
+
+
+def _worker(queue: SimpleQueue[Any], worker: int) -> None:
+    while True:
+        job = queue.get()
+        if job is None:
+            return
+        job.work(worker)
+
+
+def _ensure_workers(count: int) -> list[SimpleQueue[Any]]:
+    """The queues of at least ``count`` running workers (worker ids 1..count)."""
+    if len(_QUEUES) >= count:
+        return _QUEUES
+    with _LOCK:
+        while len(_QUEUES) < count:
+            queue: SimpleQueue[Any] = SimpleQueue()
+            thread = threading.Thread(
+                target=_worker,
+                args=(queue, len(_QUEUES) + 1),
+                name=f"eqsat-cpu-{len(_QUEUES) + 1}",
+                daemon=True,
+            )
+            thread.start()
+            _QUEUES.append(queue)
+            _THREADS.append(thread)
+    return _QUEUES
+
+
+def shutdown(timeout: float = 1.0) -> None:
+    """Stop the workers (they finish the job in hand first); a later ``map`` starts new ones."""
+    with _LOCK:
+        queues, threads = list(_QUEUES), list(_THREADS)
+        _QUEUES.clear()
+        _THREADS.clear()
+    for queue in queues:
+        queue.put(None)
+    for thread in threads:
+        if thread is not threading.current_thread():
+            thread.join(timeout)
+
+
+def _forget_after_fork() -> None:
+    # A forked child has none of the parent's threads; new ones start on its first map.
+    global _LOCK
+    _LOCK = threading.Lock()
+    _QUEUES.clear()
+    _THREADS.clear()
+
+
+atexit.register(shutdown)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+class Pool:
+    """``threads`` threads (the caller and ``threads - 1`` shared workers) for one executable."""
+
+    def __init__(self, threads: int):
+        self.threads = max(1, threads)
+
+    def map(self, fn: Callable[[T, int], None], items: Sequence[T]) -> None:
+        """``fn(item, worker)`` for every item, in any order, on up to ``threads`` threads.
+
+        ``worker`` is 0 on the calling thread and 1..threads-1 on the workers: an index into
+        per-thread scratch buffers (a worker runs one chunk at a time). Returns once every chunk
+        has finished; raises the first exception a chunk raised.
+        """
+        count = len(items)
+        helpers = min(self.threads - 1, count - 1)
+        clock = time.perf_counter
+        start = clock() if helpers > 0 else 0.0
+        if helpers <= 0 or start < _Backoff.serial_until:
+            for item in items:
+                fn(item, 0)
+            return
+        cpu = time.thread_time()
+        job = _Job(fn, items)
+        for queue in _ensure_workers(helpers)[:helpers]:
+            queue.put(job)
+        job.work(0)
+        job.done.wait()
+        now = clock()
+        wall = now - start
+        _record(wall - (time.thread_time() - cpu) > 0.5 * wall + STALL_SECONDS, now)
+        if job.error is not None:
+            raise job.error
+
+
+def chunks(total: int, count: int, align: int = 1) -> list[tuple[int, int]]:
+    """``[0, total)`` cut into at most ``count`` near-equal ranges, inner cuts on multiples of
+    ``align`` where the ranges stay at least that long."""
+    count = max(1, min(count, total // max(1, align) or 1))
+    size = -(-total // count)
+    if align > 1:
+        size = -(-size // align) * align
+    return [(a, min(total, a + size)) for a in range(0, total, size)]
+
+
+def chunk_count(work: float, grain: float, threads: int, most: int = 8) -> int:
+    """How many chunks ``work`` (FLOPs, or elements) splits into: pieces of at least ``grain``,
+    at most ``most`` per thread (more pieces balance better, each costs ~2 us of Python)."""
+    if threads <= 1:
+        return 1
+    return max(1, min(int(work // grain), most * threads))
+
+
+__all__ = ["Pool", "chunk_count", "chunks", "shutdown"]

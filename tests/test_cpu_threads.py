@@ -1,0 +1,252 @@
+"""eqsat's intra-op thread pool (``lowering/cpu_threads``) and the steps that split over it:
+threads=2 gives the numbers of threads=1 (and of the numpy reference) for every parallel step
+kind, the same bits run to run; errors in a chunk reach the caller without deadlock; BLAS stays
+on one thread; the workers never hold up interpreter exit."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from eqsat.lowering import cpu, cpu_conv, cpu_threads
+
+import eqsat
+
+F32 = np.float32
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def eager(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every step of a few KFLOP splits; no stall backoff. Yields a list of map sizes."""
+    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
+    monkeypatch.setattr(cpu, "PARALLEL_ELEMENTS", 1)
+    monkeypatch.setattr(cpu, "GRAIN_ELEMENTS", 1)
+    monkeypatch.setattr(cpu_conv, "MIN_BLOCK_COLUMNS", 16)  # small convs still have blocks
+    monkeypatch.setattr(cpu_conv, "MIN_POINTWISE_COLUMNS", 16)
+    monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 1e9)
+    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
+    sizes: list[int] = []
+    real = cpu_threads.Pool.map
+
+    def spy(self: cpu_threads.Pool, fn: Any, items: Any) -> None:
+        sizes.append(len(items))
+        real(self, fn, items)
+
+    monkeypatch.setattr(cpu_threads.Pool, "map", spy)
+    return sizes
+
+
+# ----------------------------------------------------------------------------------- the pool
+def test_map_runs_every_item_once_on_several_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 1e9)
+    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
+    pool = cpu_threads.Pool(3)
+    seen: list[tuple[int, int]] = []
+    threads: set[int] = set()
+    release = threading.Event()
+
+    def fn(item: int, worker: int) -> None:
+        threads.add(threading.get_ident())
+        if item == 0:  # hold one thread until another has taken an item
+            release.wait(5)
+        else:
+            release.set()
+        seen.append((item, worker))
+
+    pool.map(fn, list(range(50)))
+    assert sorted(i for i, _ in seen) == list(range(50))
+    assert {w for _, w in seen} <= {0, 1, 2} and len(threads) >= 2
+
+
+def test_chunk_error_reaches_caller_without_deadlock() -> None:
+    pool = cpu_threads.Pool(2)
+    ran: list[int] = []
+
+    def fn(item: int, worker: int) -> None:
+        if item == 3:
+            raise ValueError("chunk 3")
+        ran.append(item)
+
+    with pytest.raises(ValueError, match="chunk 3"):
+        pool.map(fn, list(range(40)))
+    assert 3 not in ran
+    # The pool still works afterwards.
+    out: list[int] = []
+    pool.map(lambda item, worker: out.append(item), list(range(10)))
+    assert sorted(out) == list(range(10))
+
+
+def test_chunks_cover_the_range() -> None:
+    for total, count, align in [(10, 3, 1), (7, 16, 1), (256, 4, 16), (100, 5, 16), (1, 4, 1)]:
+        parts = cpu_threads.chunks(total, count, align)
+        assert parts[0][0] == 0 and parts[-1][1] == total and len(parts) <= max(1, count)
+        assert all(a < b for a, b in parts)
+        assert all(p[1] == q[0] for p, q in itertools.pairwise(parts))
+
+
+def test_backoff_after_stalls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stalled map sends the next maps to the calling thread alone for a while."""
+    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
+    monkeypatch.setattr(cpu_threads._Backoff, "seconds", cpu_threads.MIN_BACKOFF)
+    monkeypatch.setattr(cpu_threads, "STALL_SECONDS", -1.0)  # every parallel map stalls
+    pool = cpu_threads.Pool(2)
+    pool.map(lambda item, worker: None, [0, 1])
+    assert cpu_threads._Backoff.serial_until > 0.0
+    workers: list[int] = []
+    pool.map(lambda item, worker: workers.append(worker), list(range(20)))
+    assert workers == [0] * 20
+
+
+def test_workers_do_not_hold_up_exit() -> None:
+    code = (
+        "import numpy as np, eqsat\n"
+        "from eqsat.lowering import cpu\n"
+        "g = eqsat.Graph('g')\n"
+        "x = g.input('x', (64, 64))\n"
+        "g.output(g.op('MatMul', x, g.constant(np.ones((64, 64), np.float32))), 'y')\n"
+        "cpu.PARALLEL_FLOPS = 1.0\n"
+        "exe = cpu.compile(g, threads=3)\n"
+        "exe.run({'x': np.ones((64, 64), np.float32)})\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+# ------------------------------------------------------------------------ steps on the pool
+def _same(graph: eqsat.Graph, rng: np.random.Generator, sizes: list[int]) -> None:
+    """threads=2 matches threads=1 and the numpy reference (chunks change BLAS blocking and
+    Winograd tiling, so not bit for bit), and itself bit for bit from run to run."""
+    feeds = {v.name: rng.standard_normal(v.shape).astype(v.dtype) for v in graph.inputs}
+    one = cpu.compile(graph, threads=1).run(feeds)
+    assert not sizes  # one thread: no maps
+    exe = cpu.compile(graph, threads=2)
+    two = exe.run(feeds)
+    assert sizes and max(sizes) > 1  # the pool took the work
+    again = exe.run(feeds)
+    want = eqsat.compile(graph, target="numpy").run(feeds)
+    for name, expected in want.items():
+        np.testing.assert_allclose(one[name], expected, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(two[name], one[name], rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(again[name], two[name])
+    assert exe.report["reference_ops"] == {}
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [((96, 40), (40, 24)), ((8, 40), (40, 200)), ((3, 5, 16, 8), (3, 5, 8, 6)),
+     ((1, 4, 20, 8), (8, 12)), ((2, 1, 16, 8), (4, 8, 5)), ((6, 48, 16), (16, 16))],
+    ids=["rows", "columns", "batched", "flat-stack", "broadcast-batch", "flat-rows"],
+)  # fmt: skip
+def test_matmul(rng: np.random.Generator, eager: list[int], a: tuple, b: tuple) -> None:
+    g = eqsat.Graph("mm")
+    x = g.input("x", a)
+    w = g.constant(rng.standard_normal(b).astype(F32), "w") if len(b) == 2 else g.input("y", b)
+    g.output(g.op("Relu", g.op("MatMul", x, w)), "out")
+    _same(g, rng, eager)
+
+
+@pytest.mark.parametrize("trans", [(0, 0), (1, 0), (0, 1), (1, 1)])
+def test_gemm(rng: np.random.Generator, eager: list[int], trans: tuple[int, int]) -> None:
+    g = eqsat.Graph("gemm")
+    x = g.input("x", (24, 64) if trans[0] else (64, 24))
+    w = g.constant(rng.standard_normal((80, 24) if trans[1] else (24, 80)).astype(F32), "w")
+    c = g.input("c", (80,))
+    g.output(g.op("Gemm", x, w, c, alpha=0.5, beta=2.0, transA=trans[0], transB=trans[1]), "out")
+    _same(g, rng, eager)
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "m", "kernel", "attrs"),
+    [
+        ((1, 8, 40, 40), 16, (3, 3), {"pads": [1, 1, 1, 1]}),  # Winograd
+        ((2, 8, 17, 18), 8, (3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),  # wide, strided
+        ((1, 3, 30, 30), 8, (3, 3), {"strides": [1, 5]}),  # row-by-row im2col, gather
+        ((1, 8, 24, 24), 8, (3, 2), {"strides": [2, 2], "dilations": [1, 2]}),  # phase split
+        ((1, 16, 24, 24), 12, (1, 1), {}),  # pointwise
+        ((1, 8, 16, 16), 8, (3, 3), {"group": 2, "pads": [1, 1, 1, 1], "dilations": [2, 2]}),
+        ((2, 8, 16, 16), 8, (3, 3), {"group": 8, "pads": [1, 1, 1, 1]}),  # depthwise
+        ((1, 8, 16, 16), 8, (5, 5), {"group": 8, "pads": [2, 2, 2, 2], "strides": [2, 2]}),
+    ],
+    ids=["winograd", "wide-s2", "gather", "split", "1x1", "grouped", "depthwise", "dw-5x5-s2"],
+)
+def test_conv(
+    rng: np.random.Generator, eager: list[int], x_shape: tuple, m: int, kernel: tuple,
+    attrs: dict,
+) -> None:  # fmt: skip
+    g = eqsat.Graph("conv")
+    x = g.input("x", x_shape)
+    group = int(attrs.get("group", 1))
+    w = g.constant(rng.standard_normal((m, x_shape[1] // group, *kernel)).astype(F32), "w")
+    b = g.constant(rng.standard_normal((m,)).astype(F32), "b")
+    y = g.op("FusedConv", x, w, b, num_base_inputs=3, epilogue="max({0}, 0)", **attrs)
+    g.output(y, "y")
+    _same(g, rng, eager)
+
+
+def test_attention_and_elementwise(rng: np.random.Generator, eager: list[int]) -> None:
+    g = eqsat.Graph("attention")
+    q, k, v = (g.input(n, (2, 3, 10, 8)) for n in "qkv")
+    mask = g.input("mask", (2, 1, 1, 10))
+    att = g.op("Attention", q, k, v, mask, scale=0.35)
+    g.output(g.op("Tanh", g.op("Add", att, g.input("r", (3, 10, 8)))), "out")
+    _same(g, rng, eager)
+
+
+def test_blas_stays_on_one_thread(rng: np.random.Generator) -> None:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    seen: list[set[int]] = []
+    g = eqsat.Graph("probe")
+    x = g.input("x", (64, 64))
+    g.output(g.op("MatMul", x, g.constant(rng.standard_normal((64, 64)).astype(F32))), "y")
+    exe = cpu.compile(g, threads=2)
+    step = exe._run_steps[0]
+
+    def probe(env: Any) -> None:
+        seen.append({i["num_threads"] for i in threadpoolctl.threadpool_info()
+                     if i["user_api"] == "blas"})  # fmt: skip
+        step(env)
+
+    exe._run_steps = (probe,)
+    env = exe._env({"x": np.ones((64, 64), F32)})
+    exe._blas.enter()
+    try:
+        exe._run_steps[0](env)
+    finally:
+        exe._blas.exit()
+    assert seen and seen[0] <= {1}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name",
+    ["nudenet_yolov8n", "ppocr_cls", "resnet_block", "mlp", "transformer_encoder", "silero_vad"],
+)
+def test_zoo_two_threads_match_one(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    sys.path.insert(0, str(ROOT))
+    from bench import models as zoo
+
+    monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 1e9)
+    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
+    entry = zoo.ZOO[name]
+    graph = eqsat.optimize(
+        entry.model(), ["algebraic", "fusion"], target="cpu", **entry.load_args()
+    ).graph
+    feeds = entry.input_feeds()
+    one = cpu.compile(graph, threads=1).run(feeds)
+    exe = cpu.compile(graph, threads=2)
+    two, again = exe.run(feeds), exe.run(feeds)
+    for key in one:
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-3, atol=1e-4, err_msg=key)
+        np.testing.assert_array_equal(again[key], two[key], err_msg=key)
