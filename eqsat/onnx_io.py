@@ -180,10 +180,17 @@ class _Importer:
             scope.names[vi.name] = graph.input(vi.name, shape, dtype)
         if unresolved:
             described = "; ".join(f"{vi.name!r} has shape {_declared(vi)}" for vi in unresolved)
-            example = ", ".join(f"'{vi.name}': (...)" for vi in unresolved)
+            templates = {vi.name: _template(vi) for vi in unresolved}
+            example = ", ".join(
+                f"{name!r}: ({dims}{'' if ',' in dims or dims == '...' else ','})"
+                for name, dims in templates.items()
+            )
+            flags = " ".join(
+                f"--shape {name}={dims.replace(' ', '')}" for name, dims in templates.items()
+            )
             error = ShapeError(
                 f"input shapes are not static: {described}. Pass input_shapes={{{example}}} "
-                "(CLI: --shape NAME=D1,D2,...)"
+                f"with a size for each '?' (CLI: {flags})"
             )
             # For callers that want to show the signature (eqsat info): name -> declared dims.
             error.unresolved_inputs = {vi.name: _declared(vi) for vi in unresolved}  # type: ignore[attr-defined]
@@ -407,6 +414,14 @@ def _declared(vi: onnx.ValueInfoProto) -> str:
     if dims is None:
         return "unknown (no shape declared)"
     return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+def _template(vi: onnx.ValueInfoProto) -> str:
+    """The declared shape with '?' for each size the caller must choose: "?, 3, 48, ?"."""
+    dims = _dims(vi)
+    if dims is None:
+        return "..."
+    return ", ".join(str(d) if isinstance(d, int) else "?" for d in dims)
 
 
 def _given_shape(vi: onnx.ValueInfoProto, given: Any) -> tuple[int, ...]:

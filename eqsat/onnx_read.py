@@ -218,6 +218,25 @@ def graph_problems(
     return own, nested
 
 
+# Why whole families of operators cannot be supported, rather than are merely missing.
+_LOOPS = (
+    "loops are not supported: eqsat compiles static-shape graphs, and a loop's trip count "
+    "and output shapes may depend on the data"
+)
+_SEQUENCES = "sequence values are not supported: eqsat graphs hold tensors only"
+NOT_IMPLEMENTED = {
+    "Loop": _LOOPS,
+    "Scan": _LOOPS,
+    **{
+        op: _SEQUENCES
+        for op in (
+            "SequenceAt", "SequenceConstruct", "SequenceEmpty", "SequenceErase", "SequenceInsert",
+            "SequenceLength", "SequenceMap", "SplitToSequence", "ConcatFromSequence",
+        )
+    },
+}  # fmt: skip
+
+
 def _node_problems(node: onnx.NodeProto, name: str, opset: int) -> list[Problem]:
     op = node.op_type
     problems = []
@@ -225,7 +244,7 @@ def _node_problems(node: onnx.NodeProto, name: str, opset: int) -> list[Problem]
     if node.domain not in DEFAULT_DOMAINS and not own:
         problems.append((op, name, f"custom domain {node.domain!r}"))
     elif op not in IMPORTER_OPS and not ops.is_supported(RENAMED.get(op, op)):
-        problems.append((op, name, "operator not implemented"))
+        problems.append((op, name, NOT_IMPLEMENTED.get(op, "operator not implemented")))
     elif not own and schema_version(op, opset) is None:
         problems.append((op, name, f"not an ONNX operator at opset {opset}"))
     elif op not in IMPORTER_OPS:

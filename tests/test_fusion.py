@@ -282,14 +282,19 @@ def test_merge_rules_are_sound(name: str, build: Any) -> None:
 
 
 # ------------------------------------------------------------------ the zoo
-ZOO_SLOW = {"ppocr_det", "ppocr_rec", "ppocr_cls", "transformer_encoder", "transformer_dynamic"}
+# The default run covers one model of each kind; the rest (the PP-OCR and other large real models,
+# which tests/test_zoo.py also optimizes) run with -m slow.
+ZOO_DEFAULT = {
+    "resnet_block", "resnet_block_proj", "mobilenetv2_block", "mlp", "nudenet_yolov8n",
+    "silero_vad", "silero_vad_op15", "silero_vad_half", "silero_vad_ifless", "silero_vad_sequence", "silero_vad_openvino",
+}  # fmt: skip
 
 
 def _zoo_params() -> list[Any]:
     from bench import models as zoo
 
     return [
-        pytest.param(n, marks=[pytest.mark.slow] if n in ZOO_SLOW else [], id=n) for n in zoo.ZOO
+        pytest.param(n, marks=[] if n in ZOO_DEFAULT else [pytest.mark.slow], id=n) for n in zoo.ZOO
     ]
 
 

@@ -136,7 +136,10 @@ def test_unsupported_ops_inside_branches_and_loop() -> None:
     proto = model(nodes, [vi("x", [2]), vi("cond", [], T.BOOL)], [vi("y", None)])
     with pytest.raises(UnsupportedOperatorError) as info:
         eqsat.load(proto)
-    assert {node for _, node, _ in info.value.unsupported} >= {"deep", "loop"}
+    reasons = {node: why for _, node, why in info.value.unsupported}
+    assert set(reasons) >= {"deep", "loop"}
+    assert reasons["deep"] == "operator not implemented"
+    assert reasons["loop"].startswith("loops are not supported: eqsat compiles static-shape")
 
 
 def test_dead_branch_problems_do_not_matter_live_ones_are_listed() -> None:
@@ -169,6 +172,31 @@ def test_symbolic_dims_need_input_shapes() -> None:
     message = str(info.value)
     assert "'x'" in message and "batch" in message and "width" in message
     assert "'s'" in message and "'z'" not in message and "input_shapes" in message
+    # The fix is spelled out with the fixed sizes filled in, for Python and for the CLI.
+    assert "input_shapes={'x': (?, 3, ?), 's': (...)}" in message
+    assert "--shape x=?,3,? --shape s=..." in message
+
+
+def test_cli_summarizes_many_unsupported_nodes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A dynamically quantized LSTM model has dozens of nodes of a few unsupported kinds: one
+    # error line, grouped by operator, naming the first nodes of each.
+    from eqsat.cli import main
+
+    nodes = [h.make_node("Mystery", ["x"], ["t0"], name="m0")]
+    nodes += [h.make_node("Mystery", [f"t{i}"], [f"t{i + 1}"], name=f"m{i}") for i in range(1, 9)]
+    nodes.append(h.make_node("Odd", ["t9"], ["y"], name="odd", domain="com.example"))
+    proto = model(nodes, [vi("x", [2])], [vi("y", None)])
+    proto.opset_import.append(h.make_opsetid("com.example", 1))
+    path = tmp_path / "many.onnx"
+    onnx.save(proto, path)
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("eqsat: error: UnsupportedOperatorError: ")
+    assert "10 node(s) use unsupported operators ['Mystery', 'Odd']" in err
+    assert "Mystery (9 nodes: 'm0', 'm1', 'm2' and 6 more)" in err
+    assert "Odd (1 node: 'odd'): custom domain 'com.example'" in err
 
 
 def test_input_shapes_errors() -> None:

