@@ -106,3 +106,38 @@ def one_node_graph(
     for k, value in enumerate(results):
         g.output(value, f"out{k}")
     return g, results, feeds
+
+
+# numpy dtype -> ONNX element type, for the inputs of one-node models
+ELEM = {
+    np.dtype(np.float32): T.FLOAT, np.dtype(np.float64): T.DOUBLE, np.dtype(np.float16): T.FLOAT16,
+    np.dtype(np.int64): T.INT64, np.dtype(np.int32): T.INT32, np.dtype(np.int8): T.INT8,
+    np.dtype(np.uint8): T.UINT8, np.dtype(bool): T.BOOL,
+}  # fmt: skip
+
+
+def check_one_node(
+    op: str,
+    inputs: dict[str, np.ndarray | None],
+    attrs: dict[str, Any] | None = None,
+    *,
+    consts: tuple[str, ...] = (),
+    outputs: int = 1,
+    opset: int = 21,
+    rtol: float = 1e-5,
+    atol: float = 1e-6,
+) -> eqsat.Graph:
+    """Check ``op`` on ``inputs`` (``None`` = omitted) against onnxruntime with :func:`check`;
+    ``consts`` are initializers (the inputs a shape depends on)."""
+    names = [n if a is not None else "" for n, a in inputs.items()]
+    outs = [f"y{i}" for i in range(outputs)]
+    present = {n: a for n, a in inputs.items() if a is not None}
+    proto = model(
+        [h.make_node(op, names, outs, **(attrs or {}))],
+        [vi(n, list(a.shape), ELEM[a.dtype]) for n, a in present.items() if n not in consts],
+        [onnx.ValueInfoProto(name=o) for o in outs],
+        [init(n, a) for n, a in present.items() if n in consts],
+        opset=opset,
+    )
+    feeds = {n: a for n, a in present.items() if n not in consts}
+    return check(proto, feeds, rtol=rtol, atol=atol)

@@ -8,10 +8,7 @@ checked against their references and compiled on the ``cpu`` target without lowe
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto as T
 from onnx import helper as h
@@ -20,42 +17,12 @@ import eqsat
 from eqsat import ops
 from eqsat.errors import ShapeError
 from eqsat.ops.elementwise import SCALAR_FUNCTIONS, scalar_expr
-from tests.onnx_testing import F, check, init, model, ort_run, vi
+from tests.onnx_testing import F, check_one_node, init, model, ort_run, vi
 
 RNG = np.random.default_rng(7)
 X34 = RNG.standard_normal((3, 4)).astype(F)
 UNIT = np.tanh(X34)  # inside (-1, 1) for asin/acos/atanh
-ELEM = {np.dtype(F): T.FLOAT, np.dtype(np.int32): T.INT32, np.dtype(np.uint8): T.UINT8}
-ELEM |= {np.dtype(bool): T.BOOL, np.dtype(np.int64): T.INT64, np.dtype(np.int8): T.INT8}
-ELEM |= {np.dtype(np.float64): T.DOUBLE, np.dtype(np.float16): T.FLOAT16}
-
-
-def one_node(
-    op: str,
-    inputs: dict[str, np.ndarray | None],
-    attrs: dict[str, Any] | None = None,
-    *,
-    consts: tuple[str, ...] = (),
-    outputs: int = 1,
-    opset: int = 21,
-    rtol: float = 1e-5,
-    atol: float = 1e-6,
-) -> eqsat.Graph:
-    """Check ``op`` on ``inputs`` (``None`` = omitted) against onnxruntime; ``consts`` are
-    initializers (the inputs a shape depends on)."""
-    names = [n if a is not None else "" for n, a in inputs.items()]
-    outs = [f"y{i}" for i in range(outputs)]
-    node = h.make_node(op, names, outs, **(attrs or {}))
-    present = {n: a for n, a in inputs.items() if a is not None}
-    graph_inputs = [
-        vi(n, list(a.shape), ELEM[a.dtype]) for n, a in present.items() if n not in consts
-    ]
-    inits = [init(n, a) for n, a in present.items() if n in consts]
-    proto = model(
-        [node], graph_inputs, [onnx.ValueInfoProto(name=o) for o in outs], inits, opset=opset
-    )
-    feeds = {n: a for n, a in present.items() if n not in consts}
-    return check(proto, feeds, rtol=rtol, atol=atol)
+one_node = check_one_node
 
 
 # ------------------------------------------------------------------------------- elementwise

@@ -10,37 +10,18 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto as T
-from onnx import helper as h
 
 import eqsat
 from eqsat.errors import ShapeError
-from tests.onnx_testing import F, check, init, model, ort, vi
+from tests.onnx_testing import F, check_one_node, ort
 
 RNG = np.random.default_rng(11)
-ELEM = {np.dtype(F): T.FLOAT, np.dtype(np.uint8): T.UINT8, np.dtype(np.int8): T.INT8}
 
 
-def one_node(
-    op: str,
-    inputs: dict[str, np.ndarray | None],
-    attrs: dict[str, Any] | None = None,
-    *,
-    consts: tuple[str, ...] = (),
-    outputs: int = 1,
-) -> eqsat.Graph:
+def one_node(op: str, inputs: dict[str, np.ndarray | None], attrs: dict[str, Any] | None = None,
+             **kwargs: Any) -> eqsat.Graph:  # fmt: skip
     """``op`` on ``inputs`` (``None`` = omitted) must equal onnxruntime's result exactly."""
-    names = [n if a is not None else "" for n, a in inputs.items()]
-    outs = [f"y{i}" for i in range(outputs)]
-    present = {n: a for n, a in inputs.items() if a is not None}
-    proto = model(
-        [h.make_node(op, names, outs, **(attrs or {}))],
-        [vi(n, list(a.shape), ELEM[a.dtype]) for n, a in present.items() if n not in consts],
-        [onnx.ValueInfoProto(name=o) for o in outs],
-        [init(n, a) for n, a in present.items() if n in consts],
-    )
-    feeds = {n: a for n, a in present.items() if n not in consts}
-    return check(proto, feeds, rtol=0, atol=0)
+    return check_one_node(op, inputs, attrs, rtol=0, atol=0, **kwargs)
 
 
 def _u8(*shape: int) -> np.ndarray:
