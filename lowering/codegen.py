@@ -71,18 +71,20 @@ FUNCTIONS = {
     },
 }
 _OPERAND = re.compile(r"\{(\d+)\}")
-# Bump when the generated code's form changes, so that cached kernels of the old form are unused.
-CODEGEN_VERSION = "2"
 _HELPERS_HASH = hashlib.sha256(inspect.getsource(cpu_math).encode()).hexdigest()[:16]
+# Bump when the generated code's form changes, so that cached kernels of the old form are unused.
+# It names the helpers' hash too: Numba's cache does not notice when an inlined helper changes,
+# and other generated modules (Winograd's output transforms) put this version in their source.
+CODEGEN_VERSION = f"3.{_HELPERS_HASH}"
 
 
 def module_header(comments: list[str], ctype: str, constants: dict[str, float]) -> list[str]:
     """The opening lines of every generated kernel module: imports and typed constants.
 
-    The version and the helpers' hash are part of the source, so kernels cached on disk are
-    recompiled when either changes.
+    The version (which includes the helpers' hash) is part of the source, so kernels cached on
+    disk are recompiled when either changes.
     """
-    lines = [f"# eqsat generated kernel; codegen {CODEGEN_VERSION}, helpers {_HELPERS_HASH}"]
+    lines = [f"# eqsat generated kernel; codegen {CODEGEN_VERSION}"]
     lines += [f"# {comment}" for comment in comments]
     lines += [
         "import math",

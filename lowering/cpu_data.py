@@ -28,7 +28,7 @@ from eqsat.lowering import cpu_kernels, cpu_small
 from eqsat.lowering.cpu import Env, Lowering, Step, StepFn
 from eqsat.lowering.memory import Usage
 
-from eqsat.ir import Node
+from eqsat.ir import Node, Value
 from eqsat.ops.conv import window_geometry
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -90,12 +90,13 @@ def _concat(lowering: Lowering, node: Node) -> Step | None:
     if any(v is None for v in node.inputs) or out.rank == 0:
         return None
     axis = int(node.attrs["axis"]) % out.rank
-    items = [
-        (v.const, None) if v.const is not None else (None, lowering.slot(v))
-        for v in node.inputs
-        if v is not None
-    ]
+    inputs = [v for v in node.inputs if v is not None]
+    items = [(v.const, None) if v.const is not None else (None, lowering.slot(v)) for v in inputs]
     o = lowering.slot(out)
+    contiguous = all(d == 1 for d in out.shape[:axis])
+    # Runs of parts that are all of one Split's outputs, in order: (first, count, split input).
+    groups = _split_groups(inputs, axis, out) if contiguous else []
+    group_slots = [(first, count, lowering.slot(x)) for first, count, x in groups]
 
     def run(env: Env) -> None:
         parts = [c if c is not None else env[s] for c, s in items]
@@ -103,34 +104,105 @@ def _concat(lowering: Lowering, node: Node) -> Step | None:
 
     def bind(arrays: dict[int, np.ndarray]) -> StepFn | None:
         # A planned output: one copy per part into its fixed slice (np.concatenate costs ~3 us
-        # even for two rows of 128 floats); parts in planned buffers are fixed too.
+        # even for two rows of 128 floats); parts in planned buffers are fixed too, and parts
+        # the memory plan placed in their slice already (see ``Usage.concat``) need no copy,
+        # nor do the pieces of a split input placed there.
         fixed = arrays.get(o)
         if fixed is None:
             return None
-        bounds = np.cumsum([0] + [v.shape[axis] for v in node.inputs if v is not None])
+        bounds = np.cumsum([0] + [v.shape[axis] for v in inputs])
         lead = (slice(None),) * axis
+
+        def dst(lo: int, hi: int) -> np.ndarray:
+            return fixed[(*lead, slice(int(bounds[lo]), int(bounds[hi])))]
+
+        placed = set()
+        for first, count, x in group_slots:
+            if x in arrays and _same_memory(dst(first, first + count), arrays[x]):
+                placed.update(range(first, first + count))
         copyto = np.copyto
         static, dynamic = [], []
-        for (const, slot), lo, hi in zip(items, bounds[:-1], bounds[1:], strict=True):
-            dst = fixed[(*lead, slice(int(lo), int(hi)))]
+        for k, (const, slot) in enumerate(items):
+            target = dst(k, k + 1)
             if const is not None:
-                static.append((dst, const))
+                static.append((target, const))
+            elif k in placed:
+                continue
             elif slot in arrays:
-                static.append((dst, arrays[slot]))
+                if not _same_memory(target, arrays[slot]):
+                    static.append((target, arrays[slot]))
             else:
-                dynamic.append((dst, slot))
+                dynamic.append((target, slot))
         static_t, dynamic_t = tuple(static), tuple(dynamic)
+        if not static_t and not dynamic_t:
+            return _nothing
 
         def run_bound(env: Env) -> None:
-            for dst, src in static_t:
-                copyto(dst, src)
-            for dst, slot in dynamic_t:
-                copyto(dst, env[slot])
+            for target, src in static_t:
+                copyto(target, src)
+            for target, slot in dynamic_t:
+                copyto(target, env[slot])
 
         return run_bound
 
     reads = [s for _, s in items if s is not None]
-    return Step(run, Usage(reads, [o], True), "copy", node.name, bind)
+    usage = Usage(reads, [o], True)
+    if contiguous:
+        # Each part is one contiguous run of the output: offer the plan to place it there, and
+        # a split input where its pieces go (the split's outputs are its views or copies: once
+        # it sits there, they are in place too). The extra read keeps nothing longer alive.
+        starts = np.cumsum([0] + [v.size for v in inputs])
+        usage.concat = [int(starts[k]) for k, (_, s) in enumerate(items) if s is not None]
+        for first, _, x in group_slots:
+            usage.reads.append(x)
+            usage.concat.append(int(starts[first]))
+    return Step(run, usage, "copy", node.name, bind)
+
+
+def _split_groups(inputs: list[Value], axis: int, out: Value) -> list[tuple[int, int, Value]]:
+    """Runs ``inputs[first:first + count]`` that are all outputs of one Split along ``axis``, in
+    order, with its input ``x`` (non-constant, of the output's dtype)."""
+    groups = []
+    k = 0
+    while k < len(inputs):
+        node = inputs[k].producer
+        split = node is not None and node.op == "Split" and bool(node.inputs)
+        outputs = node.outputs if split else []
+        x = node.inputs[0] if split else None
+        count = len(outputs)
+        if (
+            x is not None
+            and count > 0
+            and x.const is None
+            and x.dtype == out.dtype
+            and x.rank == out.rank
+            and int(node.attrs.get("axis", 0)) % x.rank == axis
+            and outputs[0] is inputs[k]
+            and all(v is not None for v in outputs)
+            and len(inputs) >= k + count
+            and all(a is b for a, b in zip(outputs, inputs[k : k + count], strict=True))
+            and sum(v.shape[axis] for v in outputs) == x.shape[axis]
+        ):
+            groups.append((k, count, x))
+            k += count
+        else:
+            k += 1
+    return groups
+
+
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``b`` is exactly the elements of ``a`` (a part the plan placed in its slice)."""
+    return (
+        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+        and a.shape == b.shape
+        and a.dtype == b.dtype
+        and a.flags.c_contiguous
+        and b.flags.c_contiguous
+    )
+
+
+def _nothing(env: Env) -> None:
+    """A concat whose parts were all written in place by their producers."""
 
 
 def _attention(lowering: Lowering, node: Node) -> Step | None:
@@ -173,6 +245,12 @@ def _attention(lowering: Lowering, node: Node) -> Step | None:
         else cpu_kernels.masked_softmax_rows
     )
     matmul = np.matmul
+    # With threads, batch*head ranges are independent chunks of the pool (cpu_threads).
+    from eqsat.lowering import cpu_threads
+
+    count = lowering.split(2.0 * batch * s_ * l_ * (d_ + dv))
+    ranges = cpu_threads.chunks(batch, count) if count > 1 and batch > 1 else []
+    pool = lowering.pool
 
     def operand(env: Env, i: int, shape: tuple[int, ...]) -> np.ndarray:
         data = consts[i] if consts[i] is not None else env[slots[i]]  # type: ignore[index]
@@ -182,10 +260,22 @@ def _attention(lowering: Lowering, node: Node) -> Step | None:
         qs = operand(env, 0, (batch, s_, d_))
         ks = operand(env, 1, (batch, l_, d_))
         vs = operand(env, 2, (batch, l_, dv))
-        matmul(qs, ks.transpose(0, 2, 1), out=scores)
         m = mask_const if m_slot is None else np.ascontiguousarray(env[m_slot]).reshape(mask_shape)
+        result = env[o].reshape(batch, s_, dv)
+        if ranges and pool is not None:
+
+            def part(r: tuple[int, int], worker: int) -> None:
+                a, b = r
+                sc = scores[a:b]
+                matmul(qs[a:b], ks[a:b].transpose(0, 2, 1), out=sc)
+                kernel(sc, m, mask_index[a:b], scale)
+                matmul(sc, vs[a:b], out=result[a:b])
+
+            pool.map(part, ranges)
+            return
+        matmul(qs, ks.transpose(0, 2, 1), out=scores)
         kernel(scores, m, mask_index, scale)
-        matmul(scores, vs, out=env[o].reshape(batch, s_, dv))
+        matmul(scores, vs, out=result)
 
     reads = [s for s in (*slots, m_slot) if s is not None]
     return Step(run, Usage(reads, [o], True), "attention", node.name)
