@@ -1,7 +1,8 @@
 """CPU steps for the memory-bound ops that profiling showed worth a kernel of their own.
 
 * GlobalAveragePool, Softmax and LayerNormalization over the innermost axis: one Numba kernel
-  each, one pass over each row while it is in cache (:mod:`eqsat.lowering.cpu_kernels`);
+  each, one pass over each row while it is in cache (:mod:`eqsat.lowering.cpu_kernels`; float32
+  Softmax: :func:`eqsat.lowering.cpu_small.softmax_rows_f32`, three vectorized passes);
 * BatchNormalization (inference): a generated elementwise kernel ``x * scale + shift`` with the
   per-channel constants folded at compile time;
 * Resize in nearest mode: a gather whose source indices come from running the op's reference once,
@@ -89,7 +90,7 @@ def _softmax(lowering: Lowering, node: Node) -> Step | None:
     length = x.shape[axis]
     shape = (x.size // max(length, 1), length)
     f32 = out.dtype == np.float32
-    kernel = cpu_kernels.softmax_rows_f32 if f32 else cpu_kernels.softmax_rows
+    kernel = cpu_small.softmax_rows_f32 if f32 else cpu_kernels.softmax_rows
 
     def run(env: Env) -> None:
         data = np.ascontiguousarray(env[xs]).reshape(shape)

@@ -4,19 +4,21 @@ On the numpy reference each of these cost 20-80 us per call (argument parsing, c
 re-read, ``np.pad``'s generic machinery), more than the whole onnxruntime model around them in
 the Silero VAD exports. Here:
 
-* Slice, constant-index Gather and Split are numpy views: when the view of a C-contiguous input
-  is C-contiguous the step hands out the view (the memory plan tracks the aliasing), otherwise it
-  copies the view into the planned output buffer (the view of a planned buffer is made once, at
-  bind time; views whose contiguous runs are short are copied by a Numba loop, numpy's copy
-  costing ~15 ns per run);
+* Slice, constant-index Gather, Split and Expand (a broadcast) are numpy views: when the view of
+  a C-contiguous input is C-contiguous the step hands out the view (the memory plan tracks the
+  aliasing), otherwise it copies the view into the planned output buffer (the view of a planned
+  buffer is made once, at bind time; views whose contiguous runs are short are copied by a Numba
+  loop, numpy's copy costing ~15 ns per run);
 * Gather with a constant vector of indices is ``np.take`` into the planned buffer, with indices
-  fed at run time a Numba kernel that wraps negative indices and reports an out-of-range one;
+  fed at run time (int32 or int64; the table may be a constant: embeddings) a Numba kernel that
+  wraps negative indices and reports an out-of-range one;
 * Pad (constant, reflect, edge, wrap; negative pads crop) is one Numba pass over output rows with
   per-axis source maps computed at compile time by padding index arrays with ``np.pad``, so the
   border rules are numpy's own;
 * ReduceSum/Mean/Max/Min over axes that form one block (after dropping extent-1 axes) are one
   Numba pass over an (outer, reduced, inner) view, accumulating float32 sums in float64;
-* Softmax over an axis that is not innermost is one Numba pass over (outer, axis, inner).
+* Softmax over an axis that is not innermost is one Numba pass over (outer, axis, inner); over
+  the innermost axis in float32, :func:`softmax_rows_f32` (cpu_misc's step runs it).
 
 Data movement kernels see the data as unsigned integers of its item size, so every dtype of that
 size (float16 and bool included) shares one compiled kernel. Anything else returns ``None``.
@@ -49,7 +51,12 @@ def build_step(lowering: Lowering, node: Node) -> Step | None:
     if builder is None:
         return None
     x = node.inputs[0] if node.inputs else None
-    if x is None or x.const is not None or x.dtype.kind not in "biuf":
+    if x is None or x.dtype.kind not in "biuf":
+        return None
+    # A constant table is only worth a step when gathered by indices fed at run time
+    # (embeddings); other constant inputs are folded before lowering.
+    idx = node.inputs[1] if node.op == "Gather" and len(node.inputs) > 1 else None
+    if x.const is not None and (idx is None or idx.const is not None):
         return None
     return builder(lowering, node)
 
@@ -185,6 +192,16 @@ def _split(lowering: Lowering, node: Node) -> Step | None:
     return _views_step(lowering, node, x, list(node.outputs), views)
 
 
+def _expand(lowering: Lowering, node: Node) -> Step | None:
+    x, out = node.inputs[0], node.outputs[0]
+    if x is None or out is None or not _consts(node) or out.size == 0:
+        return None
+    shape = out.shape
+    if shape == x.shape:  # an identity (magika's are): the input itself
+        return _views_step(lowering, node, x, [out], [lambda a: a])
+    return _views_step(lowering, node, x, [out], [lambda a: np.broadcast_to(a, shape)])
+
+
 # ------------------------------------------------------------------ Gather
 @njit(**JIT)
 def gather_axis(x, index, out):  # type: ignore[no-untyped-def]
@@ -229,13 +246,18 @@ def _gather(lowering: Lowering, node: Node) -> Step | None:
         return None
     outer = int(np.prod(x.shape[:axis], dtype=np.int64))
     inner = int(np.prod(x.shape[axis + 1 :], dtype=np.int64))
-    xs, ids, o = lowering.slot(x), lowering.slot(idx), lowering.slot(out)
+    ids, o = lowering.slot(idx), lowering.slot(out)
     x_shape, out_shape = (outer, n, inner), (outer, idx.size, inner)
     name = node.name
+    # A constant table (an embedding) is viewed once here rather than read from a slot.
+    table = (
+        None if x.const is None else _raw(np.ascontiguousarray(x.const, x.dtype)).reshape(x_shape)
+    )
+    xs = lowering.slot(x) if table is None else None
 
     def run(env: Env) -> None:
         index = np.ascontiguousarray(env[ids]).reshape(-1)
-        data = _raw(np.ascontiguousarray(env[xs])).reshape(x_shape)
+        data = table if table is not None else _raw(np.ascontiguousarray(env[xs])).reshape(x_shape)
         bad = gather_axis(data, index, _raw(env[o]).reshape(out_shape))
         if bad >= 0:
             raise InputError(
@@ -243,7 +265,8 @@ def _gather(lowering: Lowering, node: Node) -> Step | None:
                 f"of extent {n}"
             )
 
-    return Step(run, Usage([xs, ids], [o], True), "copy", node.name)
+    reads = [ids] if xs is None else [xs, ids]
+    return Step(run, Usage(reads, [o], True), "copy", node.name)
 
 
 def _take(
@@ -373,12 +396,36 @@ def _longest_run(colmap: np.ndarray) -> tuple[int, int, int]:
 
 
 # ------------------------------------------------------------------ reductions
+# Reductions of a contiguous row that LLVM vectorizes: only when allowed to reorder them (and,
+# for the max, to ignore NaN, so only where a NaN reaches the result by another way).
+@njit(**{**JIT, "fastmath": {"nnan", "nsz", "reassoc"}})
+def _row_max(x):  # type: ignore[no-untyped-def]
+    top = x[0]
+    for i in range(1, x.size):
+        top = max(top, x[i])
+    return top
+
+
+@njit(**{**JIT, "fastmath": {"reassoc", "contract"}})
+def _row_sum(x):  # type: ignore[no-untyped-def]
+    total = 0.0  # float64 lanes
+    for i in range(x.size):
+        total += x[i]
+    return total
+
+
 @njit(**JIT)
 def reduce_block(x, out, acc, kind, scale):  # type: ignore[no-untyped-def]
     """Reduce x (outer, n, inner) over its middle axis into out (outer, inner). kind 0: sum
     (times ``scale``: 1, or 1/n for a mean), 1: max, 2: min; NaN propagates as in numpy.
     ``acc``: float64 scratch of ``inner`` elements."""
     outer, n, inner = x.shape
+    if kind == 0 and inner == 1:
+        # Over the innermost axes (SE blocks' means): the vectorized row sum, 8x the loop below.
+        rows = x.reshape(outer, n)
+        for a in range(outer):
+            out[a, 0] = _row_sum(rows[a]) * scale
+        return
     for a in range(outer):
         if kind == 0:
             acc[:] = 0.0
@@ -494,6 +541,22 @@ def softmax_middle_f32(x, out, top, total):  # type: ignore[no-untyped-def]
                 out[a, k, i] *= total[i]
 
 
+@njit(**JIT)
+def softmax_rows_f32(x, out):  # type: ignore[no-untyped-def]
+    """Softmax of each row of the float32 x (rows, n) into out, in three vectorized passes: a
+    row holding NaN still comes out all NaN, through its exponential and so the sum. 8x the
+    fused scalar loop on ppocrv6_rec's 40 x 18710 logits."""
+    for r in range(x.shape[0]):
+        src = x[r]
+        dst = out[r]
+        top = _row_max(src)
+        for i in range(src.size):
+            dst[i] = exp_f32(src[i] - top)
+        inv = np.float32(1.0 / _row_sum(dst))
+        for i in range(dst.size):
+            dst[i] *= inv
+
+
 def softmax_axis(lowering: Lowering, node: Node) -> Step | None:
     """Softmax over a non-innermost axis (the innermost one is cpu_misc's row kernel)."""
     x, out = node.inputs[0], node.outputs[0]
@@ -518,6 +581,7 @@ def softmax_axis(lowering: Lowering, node: Node) -> Step | None:
 _BUILDERS: dict[str, Any] = {
     "Slice": _slice,
     "Split": _split,
+    "Expand": _expand,
     "Gather": _gather,
     "Pad": _pad,
     "ReduceSum": _reduce,
@@ -526,4 +590,4 @@ _BUILDERS: dict[str, Any] = {
     "ReduceMin": _reduce,
 }
 
-__all__ = ["build_step", "pad_maps", "softmax_axis"]
+__all__ = ["build_step", "pad_maps", "softmax_axis", "softmax_rows_f32"]

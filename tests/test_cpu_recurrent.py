@@ -163,6 +163,21 @@ def test_blas_paths(op: str) -> None:
     check(*layer(op, seq=1, batch=1, hidden=33, size=130), rtol=1e-4)
 
 
+@pytest.mark.parametrize("op", ["LSTM", "RNN"])
+@pytest.mark.parametrize("layout", [0, 1])
+def test_stepped_large_batch(op: str, layout: int) -> None:
+    # LSTM and RNN above SMALL_ROWS batch rows step in Python around numpy's BLAS.
+    batch = cpu_recurrent.SMALL_ROWS + 2
+    lengths = [4, 0, 2, 4, 1, 3, 4, 4, 2, 1]
+    peep = {"peepholes": True} if op == "LSTM" else {}
+    for attrs in ({"direction": "bidirectional", "layout": layout}, {"direction": "reverse"}):
+        graph, feeds = layer(op, attrs, seq=4, batch=batch, lengths=lengths, **peep)
+        check(graph, feeds, rtol=1e-4)
+    check(*layer(op, {"layout": layout, "clip": 0.5}, seq=3, batch=batch, fed_weights=True))
+    if op == "LSTM":
+        check(*layer(op, {"input_forget": 1}, seq=3, batch=batch, outputs=["", "", "Y_c"]))
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float16])
 def test_float64_and_float16(dtype: Any) -> None:
     rtol = 1e-5 if dtype == np.float64 else 2e-3

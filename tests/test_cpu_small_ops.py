@@ -168,6 +168,9 @@ def test_reductions(op: str, keepdims: int) -> None:
     run_op(op, shape, [], keepdims=keepdims, planned=True, kind="kernel")
     run_op(op, (1, 1), [ints(1)], keepdims=keepdims, kind="kernel")
     run_op(op, (3, 1, 4), [ints(0, 1)], keepdims=keepdims, dtype=np.float64, kind="kernel")
+    # Long innermost runs: the sums take the vectorized row sum.
+    run_op(op, (2, 7, 9, 80), [ints(2, 3)], keepdims=keepdims, planned=True, kind="kernel")
+    run_op(op, (3, 1000), [ints(-1)], keepdims=keepdims, dtype=np.float64, kind="kernel")
 
 
 def test_reduction_edge_cases() -> None:
@@ -193,6 +196,19 @@ def test_reduction_edge_cases() -> None:
 def test_softmax_over_a_middle_axis(dtype: Any) -> None:
     run_op("Softmax", (1, 16, 4, 21), [], dtype=dtype, axis=1, kind="kernel")
     run_op("Softmax", (3, 5, 2), [], dtype=dtype, axis=0, planned=True, kind="kernel")
+
+
+def test_softmax_rows_f32() -> None:
+    run_op("Softmax", (2, 40, 1871), [], axis=-1, kind="kernel")
+    run_op("Softmax", (7, 3), [], axis=1, planned=True, kind="kernel")
+    # A row holding NaN or +inf comes out all NaN, as in the reference; the others are intact.
+    x = np.random.default_rng(1).standard_normal((4, 37)).astype(F32) * 20
+    x[1, 5], x[2, 36] = np.nan, np.inf
+    out = np.empty_like(x)
+    cpu_small.softmax_rows_f32(x, out)
+    assert np.isnan(out[1]).all() and np.isnan(out[2]).all()
+    e = np.exp(x[[0, 3]].astype(np.float64) - x[[0, 3]].max(1, keepdims=True))
+    np.testing.assert_allclose(out[[0, 3]], e / e.sum(1, keepdims=True), rtol=1e-5, atol=1e-8)
 
 
 # ------------------------------------------------------------------ against onnxruntime
@@ -221,3 +237,36 @@ def test_pad_and_gather_match_onnxruntime() -> None:
     got = exe.run(feeds)
     for name, want in zip(("y", "z"), ort_run(proto, feeds), strict=True):
         np.testing.assert_array_equal(got[name], want, err_msg=name)
+
+
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_gather_constant_table_fed_indices(index_dtype: Any) -> None:
+    # An embedding: a constant table gathered by indices fed at run time takes the kernel.
+    g = eqsat.Graph("embed")
+    table = np.random.default_rng(0).standard_normal((10, 5)).astype(np.float32)
+    ids = g.input("I", (3, 4), index_dtype)
+    g.output(g.op("Gather", g.constant(table, "T"), ids, axis=0), "Y")
+    feeds = {"I": np.array([[1, 2, -1, 0], [9, 3, 3, 4], [0, 0, 5, -10]], index_dtype)}
+    want = eqsat.compile(g, target="numpy").run(feeds)
+    exe = eqsat.compile(g, target="cpu")
+    assert exe.report["reference_ops"] == {}
+    np.testing.assert_array_equal(exe.run(feeds)["Y"], want["Y"])
+    with pytest.raises(InputError, match="Gather"):
+        exe.run({"I": np.full((3, 4), 10, index_dtype)})
+
+
+@pytest.mark.parametrize(
+    ("shape", "target"),
+    [((1, 5, 1), (1, 5, 1)), ((3, 1), (2, 3, 4)), ((1, 1, 40), (2, 3, 40)), ((4,), (4,))],
+)
+def test_expand(shape: tuple[int, ...], target: tuple[int, ...]) -> None:
+    g = eqsat.Graph("expand")
+    x = g.input("X", shape, np.float32)
+    y = g.op("Expand", x, g.constant(np.array(target, np.int64), "shape"))
+    g.output(g.op("Add", y, y), "Y")  # a consumer: the expanded value is read from its buffer
+    feeds = {"X": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    want = eqsat.compile(g, target="numpy").run(feeds)
+    exe = eqsat.compile(g, target="cpu")
+    assert exe.report["reference_ops"] == {}
+    for _ in range(2):
+        np.testing.assert_array_equal(exe.run(feeds)["Y"], want["Y"])
