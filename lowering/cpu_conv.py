@@ -14,7 +14,9 @@ contiguous copy (:func:`im2col_wide`) and the GEMM computes each output row on t
 the epilogue dropping the extra columns; copying output rows one by one cost as much as the GEMM
 with 10-wide outputs. Other convs copy patches row by row (:func:`im2col_block`), from a phase
 split of the input for small strides, by a strided gather for large ones (Silero's STFT conv has
-stride 128). 1x1 stride-1 unpadded convs multiply slices of the input directly. Convs with a
+stride 128). Convs with few output channels per group (<= :data:`DIRECT_CHANNELS`) and rows
+wide enough skip im2col and the GEMM: :func:`direct_conv` accumulates each tap straight from
+the phase planes into the output. 1x1 stride-1 unpadded convs multiply slices of the input. Convs with a
 handful of output positions (Silero's 1-D convs) skip BLAS, whose packing costs more than the
 multiply there: :func:`small_conv` gathers the patches and computes dot products. 1-D convs are
 2-D convs with one output row. Everything a run needs (views of planned buffers, block slices)
@@ -35,6 +37,7 @@ import numpy as np
 from eqsat.lowering import codegen, kernel_cache
 from eqsat.lowering.cpu import Env, Lowering, Step, StepFn
 from eqsat.lowering.cpu_conv_kernels import (
+    direct_runner,
     fill_phases,
     im2col_block,
     im2col_wide,
@@ -58,6 +61,21 @@ MIN_POINTWISE_COLUMNS = 512
 # Convs with at most this many output positions (per image) skip BLAS: :func:`small_conv`.
 SMALL_POSITIONS = 16
 MAX_SPLIT_STRIDE = 4
+# Outputs at most this wide compute on the padded width whatever the extra columns: copying
+# rows of a few values one by one costs more (openWakeWord's 1x3 conv on 12x4 outputs: the
+# row copies took 2.5x the GEMM).
+NARROW = 16
+# Convs with at most this many output channels per group (and more than one tap) skip im2col:
+# :func:`direct_conv`. The GEMM is then too thin to pay for writing C*KH*KW values per output
+# (basic-pitch's 8-channel 3x39 conv: 51 GFLOP/s direct, 24 through im2col; with 32 channels
+# im2col + GEMM won, 42 to 33).
+DIRECT_CHANNELS = 8
+# ... and outputs at least this wide: the direct kernel's passes over a row's columns pay a
+# fixed cost each (with rows of 32 it ran 5x slower than im2col + GEMM).
+DIRECT_WIDTH = 48
+# Columns of one direct chunk: about this many bytes of output, which stays in L1 while every
+# tap accumulates into it.
+DIRECT_BLOCK_BYTES = 32 << 10
 _VERSION = "conv 1"
 
 
@@ -184,16 +202,26 @@ class Geometry:
         self.rp = (
             max(-(-(self.h + self.ph) // self.sh), self.oh + (self.kh - 1) * self.dh // self.sh) + 1
         )
+        self.direct = (
+            max(self.sh, self.sw) <= MAX_SPLIT_STRIDE
+            and self.kh * self.kw > 1
+            and not self.small
+            and self.m // group <= DIRECT_CHANNELS
+            and self.ow >= DIRECT_WIDTH
+        )
         self.wide = (
             max(self.sh, self.sw) <= MAX_SPLIT_STRIDE
             and self.kh * self.kw > 1
             and not self.small
-            and self.wp * 4 <= self.ow * 5
+            and not self.direct
+            and (self.wp * 4 <= self.ow * 5 or self.ow <= NARROW)
         )
         # Strides above MAX_SPLIT_STRIDE gather directly: few outputs read little of each row
         # (Silero's STFT conv has stride 128).
         # With one column of taps (KW = 1) each input element is read once: no split either.
-        self.split = 1 < self.sw <= MAX_SPLIT_STRIDE and self.kw > 1 and not self.wide
+        self.split = (
+            1 < self.sw <= MAX_SPLIT_STRIDE and self.kw > 1 and not self.wide and not self.direct
+        )
         # ``parts`` > 1: the pool takes the blocks, so there should be at least that many (still
         # no narrower than the GEMM's minimum width).
         if self.pointwise:  # no column buffer: blocks keep the GEMM's output in cache
@@ -213,12 +241,21 @@ class Geometry:
         rows = -(-self.oh // count)
         self.blocks = [(r, min(self.oh, r + rows)) for r in range(0, self.oh, rows)]
         self.rows = rows
+        # Direct convs: spans of output columns (any, not whole rows: 1-D convs have one).
+        span = max(MIN_BLOCK_COLUMNS, DIRECT_BLOCK_BYTES // (self.m * itemsize))
+        if parts > 1:
+            span = min(span, max(MIN_BLOCK_COLUMNS, -(-self.p // parts)))
+        count = -(-self.p // span)
+        span = -(-self.p // count)
+        self.spans = [(q, min(self.p, q + span)) for q in range(0, self.p, span)]
 
     def params(self) -> tuple[int, ...]:
         return (self.ow, self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, self.ph, self.pw,
                 self.w)  # fmt: skip
 
     def cols_size(self) -> int:
+        if self.direct:
+            return 0
         if self.small:
             return self.p * self.k
         width = self.wp if self.wide else self.ow
@@ -244,6 +281,12 @@ def make_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels: Any
     ``pool``, a :class:`~eqsat.lowering.cpu_threads.Pool` that takes the blocks as chunks);
     ``plain``: the epilogue only adds the bias.
     """
+    if geo.direct:
+        return direct_runner(
+            (geo.c, geo.h, geo.w), filters.reshape(geo.m, geo.c // geo.group, geo.kh * geo.kw),
+            bias, kernels.epilogue, geo.spans, (geo.sh, geo.sw, geo.rp, geo.wp),
+            (geo.ow, geo.kw, geo.dh, geo.dw, geo.ph, geo.pw), pool,
+        )  # fmt: skip
     if pool is not None and len(geo.blocks) > 1 and not geo.small:
         return _parallel_conv(geo, filters, bias, kernels, cols, split, wide, pool)
     g, mg, cg = geo.group, geo.m // geo.group, geo.c // geo.group
@@ -470,6 +513,8 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
     parts = lowering.split(flops)  # per image: the pool takes one image's blocks at a time
     geo = Geometry(x.shape, w.shape, window, group, dtype.itemsize, parts)
     workers = lowering.threads if parts > 1 and len(geo.blocks) > 1 and not geo.small else 1
+    if geo.direct:
+        workers = lowering.threads if parts > 1 and len(geo.spans) > 1 else 1
     filters = np.ascontiguousarray(w.const.reshape(group, geo.m // group, geo.k), dtype)
     fused = classify_operands(out.shape, str(node.attrs.get("epilogue", "{0}")), extras, dtype)
     kernel = None

@@ -3,10 +3,14 @@
 Patch copies into column buffers (row by row from the input or its phase split, or one run per
 tap from zero-bordered phase planes) and the BLAS-free conv for a handful of output positions.
 They are ordinary modules with ``cache=True``, so Numba compiles each signature once per machine.
+:func:`direct_runner` binds the direct conv (no im2col, for few output channels) to its buffers.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 from numba import njit
 
 JIT = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
@@ -131,6 +135,109 @@ def im2col_wide(phases, cols, r0, r1, kh_, kw_, dh, dw):  # type: ignore[no-unty
                     dst[t] = src[t]
 
 
+@njit(**JIT)
+def direct_conv(phases, w, out, p0, p1, ow_, kw_, dh, dw):  # type: ignore[no-untyped-def]
+    """Columns p0 <= p < p1 of out (M, OH*OW) = the conv of the zero-bordered phase planes
+    (C, SH, SW, RQ, WQ) (see :func:`fill_phases`) with w (M, C/G, KH*KW), no bias.
+
+    For convs with few output channels, where im2col writes C*KH*KW values per output for a
+    GEMM too thin to pay for them (basic-pitch's 8-channel 3x39 conv ran at 13 GFLOP/s that
+    way). Tap (kh, kw) of a run of outputs of one row reads a contiguous run of one plane; two
+    output channels' rows accumulate four taps per pass over slices from 0 (which LLVM
+    vectorizes; the slices and the output block stay in L1 for a chunk of ~1-2K columns)."""
+    c_, sh, sw = phases.shape[0], phases.shape[1], phases.shape[2]
+    m_, cg, taps = w.shape
+    mg = m_ // (c_ // cg)
+    # Each tap's plane (a, b) and offsets (rows, columns) from the output position.
+    plane_a = np.empty(taps, np.int64)
+    plane_b = np.empty(taps, np.int64)
+    drow = np.empty(taps, np.int64)
+    dcol = np.empty(taps, np.int64)
+    for t in range(taps):
+        kh, kw = t // kw_, t % kw_
+        plane_a[t], drow[t] = (kh * dh) % sh, (kh * dh) // sh
+        plane_b[t], dcol[t] = (kw * dw) % sw, (kw * dw) // sw
+    p = p0
+    while p < p1:
+        oh = p // ow_
+        ow0 = p - oh * ow_
+        n = min(ow_ - ow0, p1 - p)
+        for m in range(m_):
+            o = out[m, p : p + n]
+            for i in range(n):
+                o[i] = 0
+        for c in range(c_):
+            g = c // cg
+            ci = c - g * cg
+            m0, m1 = g * mg, (g + 1) * mg
+            pairs = m0 + (mg - mg % 2)
+            t = 0
+            if mg == 1:
+                # One output channel: eight taps per pass halve its loads and stores per tap.
+                o = out[m0, p : p + n]
+                u = w[m0, ci]
+                while taps - t >= 8:
+                    j = ow0 + dcol[t]
+                    s0 = phases[c, plane_a[t], plane_b[t], oh + drow[t], j : j + n]
+                    j = ow0 + dcol[t + 1]
+                    s1 = phases[c, plane_a[t + 1], plane_b[t + 1], oh + drow[t + 1], j : j + n]
+                    j = ow0 + dcol[t + 2]
+                    s2 = phases[c, plane_a[t + 2], plane_b[t + 2], oh + drow[t + 2], j : j + n]
+                    j = ow0 + dcol[t + 3]
+                    s3 = phases[c, plane_a[t + 3], plane_b[t + 3], oh + drow[t + 3], j : j + n]
+                    j = ow0 + dcol[t + 4]
+                    s4 = phases[c, plane_a[t + 4], plane_b[t + 4], oh + drow[t + 4], j : j + n]
+                    j = ow0 + dcol[t + 5]
+                    s5 = phases[c, plane_a[t + 5], plane_b[t + 5], oh + drow[t + 5], j : j + n]
+                    j = ow0 + dcol[t + 6]
+                    s6 = phases[c, plane_a[t + 6], plane_b[t + 6], oh + drow[t + 6], j : j + n]
+                    j = ow0 + dcol[t + 7]
+                    s7 = phases[c, plane_a[t + 7], plane_b[t + 7], oh + drow[t + 7], j : j + n]
+                    u0, u1, u2, u3 = u[t], u[t + 1], u[t + 2], u[t + 3]
+                    u4, u5, u6, u7 = u[t + 4], u[t + 5], u[t + 6], u[t + 7]
+                    for i in range(n):
+                        o[i] = (
+                            o[i] + u0 * s0[i] + u1 * s1[i] + u2 * s2[i] + u3 * s3[i]
+                            + u4 * s4[i] + u5 * s5[i] + u6 * s6[i] + u7 * s7[i]
+                        )  # fmt: skip
+                    t += 8
+            while t < taps:
+                j = ow0 + dcol[t]
+                s0 = phases[c, plane_a[t], plane_b[t], oh + drow[t], j : j + n]
+                if taps - t >= 4:
+                    j = ow0 + dcol[t + 1]
+                    s1 = phases[c, plane_a[t + 1], plane_b[t + 1], oh + drow[t + 1], j : j + n]
+                    j = ow0 + dcol[t + 2]
+                    s2 = phases[c, plane_a[t + 2], plane_b[t + 2], oh + drow[t + 2], j : j + n]
+                    j = ow0 + dcol[t + 3]
+                    s3 = phases[c, plane_a[t + 3], plane_b[t + 3], oh + drow[t + 3], j : j + n]
+                    for m in range(m0, pairs, 2):
+                        u, v = w[m, ci], w[m + 1, ci]
+                        u0, u1, u2, u3 = u[t], u[t + 1], u[t + 2], u[t + 3]
+                        v0, v1, v2, v3 = v[t], v[t + 1], v[t + 2], v[t + 3]
+                        o = out[m, p : p + n]
+                        q = out[m + 1, p : p + n]
+                        for i in range(n):
+                            a0, a1, a2, a3 = s0[i], s1[i], s2[i], s3[i]
+                            o[i] = o[i] + u0 * a0 + u1 * a1 + u2 * a2 + u3 * a3
+                            q[i] = q[i] + v0 * a0 + v1 * a1 + v2 * a2 + v3 * a3
+                    for m in range(pairs, m1):
+                        u = w[m, ci]
+                        u0, u1, u2, u3 = u[t], u[t + 1], u[t + 2], u[t + 3]
+                        o = out[m, p : p + n]
+                        for i in range(n):
+                            o[i] = o[i] + u0 * s0[i] + u1 * s1[i] + u2 * s2[i] + u3 * s3[i]
+                    t += 4
+                else:
+                    for m in range(m0, m1):
+                        u0 = w[m, ci, t]
+                        o = out[m, p : p + n]
+                        for i in range(n):
+                            o[i] = o[i] + u0 * s0[i]
+                    t += 1
+        p += n
+
+
 @njit(cache=True, error_model="numpy", fastmath={"contract", "reassoc"}, nogil=True)
 def small_conv(x, w, bias, ct, out, geometry):  # type: ignore[no-untyped-def]
     """out (M, P) = w (M, K) @ patches + bias for convs with few output positions (P <= 16).
@@ -188,4 +295,49 @@ def small_conv(x, w, bias, ct, out, geometry):  # type: ignore[no-untyped-def]
             out[m, p] = s
 
 
-__all__ = ["fill_phases", "im2col_block", "im2col_wide", "phase_split", "small_conv"]
+def direct_runner(shape: tuple[int, int, int], weights: np.ndarray, bias: np.ndarray,
+                  epilogue: Any, spans: list[tuple[int, int]], planes: tuple[int, int, int, int],
+                  geometry: tuple[int, ...], pool: Any) -> Any:  # fmt: skip
+    """``conv(x, out, *operands)`` for one image x (C, H*W) of ``shape`` through
+    :func:`direct_conv` by ``spans`` of output columns (the chunks of ``pool``, when given),
+    each followed by ``epilogue(out, p0, p1, bias, *operands)`` while it is in cache.
+
+    weights (M, C/G, KH*KW); planes (SH, SW, RQ, WQ), the phase planes' shape past C, filled once
+    per image; geometry (OW, KW, DH, DW, PH, PW)."""
+    ow, kw, dh, dw, ph, pw = geometry
+    # Borders stay zero: runs only write the input's positions.
+    phases = np.zeros((shape[0], *planes), weights.dtype)
+    interior = phases[:, 0, 0, ph : ph + shape[1], pw : pw + shape[2]]
+    strided = planes[:2] != (1, 1)
+    copyto = np.copyto
+    parallel = pool is not None and len(spans) > 1
+
+    def conv(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+        if strided:
+            fill_phases(x.reshape(shape), phases, ph, pw)
+        else:
+            copyto(interior, x.reshape(shape))
+        if parallel:
+
+            def span(s: tuple[int, int], worker: int) -> None:
+                direct_conv(phases, weights, out, s[0], s[1], ow, kw, dh, dw)
+                epilogue(out, s[0], s[1], bias, *operands)
+
+            pool.map(span, spans)
+            return
+        for p0, p1 in spans:
+            direct_conv(phases, weights, out, p0, p1, ow, kw, dh, dw)
+            epilogue(out, p0, p1, bias, *operands)
+
+    return conv
+
+
+__all__ = [
+    "direct_conv",
+    "direct_runner",
+    "fill_phases",
+    "im2col_block",
+    "im2col_wide",
+    "phase_split",
+    "small_conv",
+]

@@ -4,7 +4,7 @@ Each MatMul/Gemm step writes the base op's result straight into its planned outp
 numpy's ``matmul`` (BLAS sgemm/dgemm), then applies everything elementwise that follows (Gemm's
 alpha and beta*C, and a fused node's ``epilogue`` over its extra inputs) with one generated
 kernel, in place over the output while it is still in cache. Convs (1-D and 2-D) take one of
-three paths: depthwise 2-D convs a generated kernel (:mod:`eqsat.lowering.cpu_depthwise`) with
+three paths: depthwise 2-D convs with up to 7x7 taps a generated kernel (:mod:`eqsat.lowering.cpu_depthwise`) with
 the bias and scalar epilogues applied on the fly; 3x3 stride-1 convs with enough tiles Winograd
 F(4x4, 3x3) (:mod:`eqsat.lowering.cpu_winograd`, ~4x fewer multiply-adds, the epilogue applied
 as the output is stored); every other conv im2col + GEMM by blocks of output rows with the bias
@@ -40,6 +40,8 @@ FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # BLAS micro-kernel's register blocking (and the per-chunk Python costs ~2 us).
 MIN_PART_ROWS = 16
 MIN_PART_COLUMNS = 64
+# Depthwise convs with more taps go to the direct conv of :mod:`~eqsat.lowering.cpu_conv`.
+DEPTHWISE_TAPS = 49
 
 
 def build_step(lowering: Lowering, node: Node) -> Step | None:
@@ -333,7 +335,9 @@ def _conv(lowering: Lowering, node: Node) -> Step | None:
     c_, m_ = x.shape[1], w.shape[0]
     dtype = out.dtype
     bias = np.zeros(m_, dtype) if b is None else np.ascontiguousarray(b.const.reshape(-1), dtype)
-    if x.rank == 4 and group == c_ and m_ == c_:
+    # Depthwise kernels unroll every tap: past ~7x7 they compile slowly and run slower than the
+    # direct conv (basic-pitch's single-channel 1x256 stride-2 conv: 1.2 GFLOP/s, 20 direct).
+    if x.rank == 4 and group == c_ and m_ == c_ and np.prod(window.kernel) <= DEPTHWISE_TAPS:
         return _depthwise(lowering, node, x, extras, bias, window)
     if x.rank == 4 and cpu_winograd.applies(
         window.kernel, window.strides, window.dilations, group, c_, m_, window.out

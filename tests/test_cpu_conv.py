@@ -22,6 +22,15 @@ from eqsat.ops.conv import window_geometry
 F32 = np.float32
 
 
+@pytest.fixture(params=["im2col", "direct"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each case twice: through im2col + GEMM (or the small-output kernel) and the direct conv."""
+    direct = request.param == "direct"
+    monkeypatch.setattr(cpu_conv, "DIRECT_CHANNELS", 1 << 20 if direct else 0)
+    monkeypatch.setattr(cpu_conv, "DIRECT_WIDTH", 1)
+    return str(request.param)
+
+
 def _check(graph: eqsat.Graph, rng: np.random.Generator, rtol: float = 1e-4) -> Any:
     feeds = {v.name: rng.standard_normal(v.shape).astype(v.dtype) for v in graph.inputs}
     want = eqsat.compile(graph, target="numpy").run(feeds)
@@ -75,7 +84,9 @@ def _conv_graph(
         "1x1-batch", "1x1-grouped", "1x1-strided", "5x5-same",
     ],
 )  # fmt: skip
-def test_conv_2d(rng: np.random.Generator, x_shape: tuple, m: int, kernel: tuple, attrs: dict):
+def test_conv_2d(
+    rng: np.random.Generator, path: str, x_shape: tuple, m: int, kernel: tuple, attrs: dict
+) -> None:
     g, y = _conv_graph(rng, x_shape, m, kernel, attrs)
     g.output(g.op("Relu", y), "y")
     exe = _check(g, rng)
@@ -94,7 +105,9 @@ def test_conv_2d(rng: np.random.Generator, x_shape: tuple, m: int, kernel: tuple
     ],
     ids=["small", "small-s2", "stft", "grouped-dilated-s3", "blas", "depthwise-1x1"],
 )
-def test_conv_1d(rng: np.random.Generator, x_shape: tuple, m: int, kernel: tuple, attrs: dict):
+def test_conv_1d(
+    rng: np.random.Generator, path: str, x_shape: tuple, m: int, kernel: tuple, attrs: dict
+) -> None:
     g, y = _conv_graph(rng, x_shape, m, kernel, attrs)
     g.output(g.op("Sigmoid", y), "y")
     _check(g, rng)
@@ -123,6 +136,7 @@ def test_row_blocks(
     wide: bool,
 ) -> None:  # fmt: skip
     # A tiny block budget: each block is one row.
+    monkeypatch.setattr(cpu_conv, "DIRECT_CHANNELS", 0)
     monkeypatch.setattr(cpu_conv, "BLOCK_BYTES", 1)
     monkeypatch.setattr(cpu_conv, "MIN_BLOCK_COLUMNS", 1)
     g, y = _conv_graph(rng, x_shape, 4, (3, 3), attrs)
@@ -166,7 +180,9 @@ def _fused(
     ],
     ids=["im2col", "small", "1x1", "wide"],
 )
-def test_fused_epilogues(rng: np.random.Generator, x_shape: tuple, kernel: tuple, attrs: dict):
+def test_fused_epilogues(
+    rng: np.random.Generator, path: str, x_shape: tuple, kernel: tuple, attrs: dict
+) -> None:
     m = 6
     n, _, *spatial = _fused(rng, x_shape, m, kernel, attrs, "{0}", []).outputs[0].shape
     cases = [
@@ -180,7 +196,7 @@ def test_fused_epilogues(rng: np.random.Generator, x_shape: tuple, kernel: tuple
         _check(_fused(rng, x_shape, m, kernel, attrs, epilogue, extras), rng)
 
 
-def test_fused_1d_residual(rng: np.random.Generator) -> None:
+def test_fused_1d_residual(rng: np.random.Generator, path: str) -> None:
     g = eqsat.Graph("fused1d")
     x = g.input("x", (1, 5, 24))
     w = g.constant(rng.standard_normal((7, 5, 3)).astype(F32), "w")
@@ -218,3 +234,62 @@ def test_fill_phases_matches_numpy(
     for a in range(sh):
         for b in range(sw):
             np.testing.assert_array_equal(got[:, a, b], padded[:, a::sh, b::sw])
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "m", "kernel", "attrs"),
+    [
+        ((1, 4, 9, 40), 3, (3, 13), {"pads": [1, 6, 1, 6]}),  # basic-pitch's wide kernel
+        ((1, 1, 1, 600), 1, (1, 64), {"strides": [1, 2]}),  # its single-channel 1x256 conv
+        ((2, 3, 12, 30), 5, (5, 5), {"strides": [2, 3], "pads": [2, 1, 2, 1]}),
+        ((1, 6, 11, 19), 4, (3, 6), {"group": 2, "dilations": [2, 2], "pads": [1, 3, 2, 0]}),
+        ((1, 8, 7, 30), 8, (3, 19), {"group": 8, "pads": [0, 9, 1, 9]}),  # depthwise, many taps
+    ],
+    ids=["wide-kernel", "long-1x64-s2", "s2x3", "grouped-dilated", "depthwise-3x19"],
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_direct(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, x_shape: tuple, m: int,
+    kernel: tuple, attrs: dict, threads: int,
+) -> None:  # fmt: skip
+    """The direct conv, by spans of columns that cut rows anywhere (tiny spans), on one and two
+    threads: both equal to the numpy reference and to each other."""
+    from eqsat.lowering import cpu, cpu_threads
+
+    monkeypatch.setattr(cpu_conv, "DIRECT_BLOCK_BYTES", 1)
+    monkeypatch.setattr(cpu_conv, "DIRECT_WIDTH", 1)
+    monkeypatch.setattr(cpu_conv, "MIN_BLOCK_COLUMNS", 7)
+    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
+    monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 1e9)
+    group = int(attrs.get("group", 1))
+    g, y = _conv_graph(rng, x_shape, m, kernel, attrs)
+    g.output(g.op("Relu", y), "y")
+    node = next(n for n in g.nodes if n.op == "Conv")
+    window = window_geometry(x_shape[2:], kernel, node.attrs)
+    geo = cpu_conv.Geometry(x_shape, (m, x_shape[1] // group, *kernel), window, group, 4)
+    assert geo.direct and len(geo.spans) > 1
+    feeds = {"x": rng.standard_normal(x_shape).astype(F32)}
+    want = eqsat.compile(g, target="numpy").run(feeds)["y"]
+    exe = cpu.compile(g, threads=threads)
+    assert exe.report["steps"].get("conv") == 1
+    got = exe.run(feeds)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(exe.run(feeds)["y"], got)
+    if threads > 1:
+        np.testing.assert_array_equal(cpu.compile(g, threads=1).run(feeds)["y"], got)
+
+
+def test_direct_float64_residual(rng: np.random.Generator) -> None:
+    """The direct conv in float64, with a fused output-shaped operand."""
+    g = eqsat.Graph("direct64")
+    x = g.input("x", (1, 3, 6, 50), np.float64)
+    w = g.constant(rng.standard_normal((2, 3, 3, 5)), "w")
+    res = g.input("res", (1, 2, 6, 50), np.float64)
+    y = g.op(
+        "FusedConv", x, w, None, res, pads=[1, 2, 1, 2], num_base_inputs=3,
+        epilogue="max(({0} + {1}), 0)",
+    )  # fmt: skip
+    g.output(y, "y")
+    exe = _check(g, rng, rtol=1e-9)
+    assert exe.report["steps"]["conv"] == 1
