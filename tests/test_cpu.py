@@ -16,19 +16,13 @@ import pytest
 from eqsat.lowering import codegen, kernel_cache
 
 import eqsat
+from tests.cpu_testing import matches_numpy
 
 F32 = np.float32
 
 
 def _check(graph: eqsat.Graph, rng: np.random.Generator, rtol: float = 1e-5) -> eqsat.Executable:
-    feeds = {v.name: rng.standard_normal(v.shape).astype(v.dtype) for v in graph.inputs}
-    want = eqsat.compile(graph, target="numpy").run(feeds)
-    exe = eqsat.compile(graph, target="cpu")
-    got = exe.run(feeds)
-    for name, expected in want.items():
-        assert got[name].dtype == expected.dtype
-        np.testing.assert_allclose(got[name], expected, rtol=rtol, atol=1e-5)
-    return exe
+    return matches_numpy(graph, rng, rtol=rtol, atol=1e-5)
 
 
 # ------------------------------------------------------------------------- kernel generation

@@ -18,6 +18,7 @@ from eqsat.lowering import cpu_conv, cpu_conv_kernels
 
 import eqsat
 from eqsat.ops.conv import window_geometry
+from tests.cpu_testing import matches_numpy
 
 F32 = np.float32
 
@@ -32,17 +33,7 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
 
 
 def _check(graph: eqsat.Graph, rng: np.random.Generator, rtol: float = 1e-4) -> Any:
-    feeds = {v.name: rng.standard_normal(v.shape).astype(v.dtype) for v in graph.inputs}
-    want = eqsat.compile(graph, target="numpy").run(feeds)
-    exe = eqsat.compile(graph, target="cpu")
-    got = exe.run(feeds)
-    for name, expected in want.items():
-        assert got[name].dtype == expected.dtype
-        np.testing.assert_allclose(got[name], expected, rtol=rtol, atol=1e-4)
-    # Twice: bound runs reuse their buffers and scratch.
-    again = exe.run(feeds)
-    for name, expected in want.items():
-        np.testing.assert_allclose(again[name], expected, rtol=rtol, atol=1e-4)
+    exe = matches_numpy(graph, rng, rtol=rtol, atol=1e-4, runs=2)
     assert exe.report["reference_ops"] == {}
     return exe
 
