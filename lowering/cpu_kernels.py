@@ -162,26 +162,35 @@ def masked_softmax_rows_f32(s, mask, index, scale):  # type: ignore[no-untyped-d
 
 @njit(**JIT)
 def max_pool2d(x, out, kh_, kw_, sh, sw, dh, dw, ph, pw):  # type: ignore[no-untyped-def]
-    """MaxPool over NCHW x into out; taps outside the input are skipped (padding is -inf)."""
+    """MaxPool over NCHW float x into out; taps outside the input are skipped (padding is -inf).
+
+    A row of outputs at a time, one kernel tap at a time over the outputs whose tap is in range:
+    branch-free inner loops that LLVM vectorizes (a per-output tap loop with bounds checks ran
+    ppocr_det's 3x3 pool at ~10x the time). Taps are visited in the same order per output.
+    """
     h_, w_ = x.shape[2], x.shape[3]
     oh_, ow_ = out.shape[2], out.shape[3]
     for n in range(x.shape[0]):
         for c in range(x.shape[1]):
             plane = x[n, c]
             for oh in range(oh_):
-                for ow in range(ow_):
-                    best = -np.inf
-                    for a in range(kh_):
-                        ih = oh * sh - ph + a * dh
-                        if ih < 0 or ih >= h_:
-                            continue
-                        for b in range(kw_):
-                            iw = ow * sw - pw + b * dw
-                            if iw >= 0 and iw < w_:
-                                v = plane[ih, iw]
-                                # NaN propagates, as with np.maximum in the reference.
-                                best = v if (v > best or v != v) else best
-                    out[n, c, oh, ow] = best
+                row = out[n, c, oh]
+                row[:] = -np.inf
+                for a in range(kh_):
+                    ih = oh * sh - ph + a * dh
+                    if ih < 0 or ih >= h_:
+                        continue
+                    src = plane[ih]
+                    for b in range(kw_):
+                        off = b * dw - pw
+                        # Outputs ow with 0 <= ow * sw + off < w_.
+                        lo = 0 if off >= 0 else (sw - 1 - off) // sw
+                        hi = min((w_ - 1 - off) // sw + 1, ow_) if off <= w_ - 1 else 0
+                        for ow in range(lo, hi):
+                            v = src[ow * sw + off]
+                            best = row[ow]
+                            # NaN propagates, as with np.maximum in the reference.
+                            row[ow] = v if (v > best or v != v) else best
 
 
 @njit(**JIT)
