@@ -61,23 +61,6 @@ def softmax_rows(x, out):  # type: ignore[no-untyped-def]
 
 
 @njit(**JIT)
-def softmax_rows_f32(x, out):  # type: ignore[no-untyped-def]
-    """:func:`softmax_rows` for float32 with :func:`cpu_math.exp_f32`, which vectorizes."""
-    for r in range(x.shape[0]):
-        top = x[r, 0]
-        for i in range(1, x.shape[1]):
-            top = max(top, x[r, i])
-        total = 0.0
-        for i in range(x.shape[1]):
-            e = exp_f32(x[r, i] - top)
-            out[r, i] = e
-            total += e
-        inv = np.float32(1.0 / total)
-        for i in range(x.shape[1]):
-            out[r, i] = out[r, i] * inv
-
-
-@njit(**JIT)
 def layer_norm_rows(x, out, scale, bias, eps):  # type: ignore[no-untyped-def]
     """(x - mean) / sqrt(var + eps) * scale + bias per row; statistics in float64."""
     n = x.shape[1]
