@@ -16,7 +16,8 @@ from eqsat.lowering import cpu_recurrent
 
 import eqsat
 from eqsat.errors import InputError
-from tests.ops.test_recurrent import ACTIVATION_CASES, GATES
+from tests.ops.test_recurrent import ACTIVATION_CASES
+from tests.ops.test_recurrent import arrays as layer_inputs
 
 F32 = np.float32
 F64 = np.dtype(np.float64)
@@ -41,26 +42,12 @@ def layer(
 ) -> tuple[eqsat.Graph, dict[str, np.ndarray]]:
     """A one-node graph of ``op`` and its feeds."""
     attrs = dict(attrs or {})
-    rng = np.random.default_rng(seed)
     num_dir = 2 if attrs.get("direction") == "bidirectional" else 1
-    layout = attrs.get("layout", 0)
-    gates = GATES[op] * hidden
-
-    def rand(*shape: int, scale: float = 1.0) -> np.ndarray:
-        return (rng.standard_normal(shape) * scale).astype(dtype)
-
-    state = (num_dir, batch, hidden) if layout == 0 else (batch, num_dir, hidden)
-    arrays: dict[str, np.ndarray | None] = {
-        "X": rand(seq, batch, size) if layout == 0 else rand(batch, seq, size),
-        "W": rand(num_dir, gates, size, scale=0.5),
-        "R": rand(num_dir, gates, hidden, scale=0.4),
-        "B": rand(num_dir, 2 * gates, scale=0.3) if bias else None,
-        "sequence_lens": None if lengths is None else np.array(lengths, np.int32),
-        "initial_h": rand(*state, scale=0.5) if initial else None,
-    }
-    if op == "LSTM":
-        arrays["initial_c"] = rand(*state, scale=0.5) if initial else None
-        arrays["P"] = rand(num_dir, 3 * hidden, scale=0.3) if peepholes else None
+    arrays = layer_inputs(
+        op, seq=seq, batch=batch, size=size, hidden=hidden, num_dir=num_dir,
+        layout=attrs.get("layout", 0), bias=bias, initial=initial, peepholes=peepholes,
+        lengths=lengths, dtype=dtype, seed=seed, drop_trailing=False,
+    )  # fmt: skip
     g = eqsat.Graph(op)
     feeds = {}
     values = []

@@ -30,6 +30,10 @@ ELEM = {np.dtype(np.float32): T.FLOAT, np.dtype(np.float64): T.DOUBLE, np.dtype(
 def arrays(
     op: str,
     *,
+    seq: int = SEQ,
+    batch: int = BATCH,
+    size: int = SIZE,
+    hidden: int = HIDDEN,
     num_dir: int = 1,
     layout: int = 0,
     bias: bool = True,
@@ -38,27 +42,31 @@ def arrays(
     lengths: list[int] | None = None,
     dtype: Any = np.float32,
     seed: int = 0,
+    drop_trailing: bool = True,
 ) -> dict[str, np.ndarray | None]:
-    """The inputs of one layer in ONNX order; ``None`` marks an omitted one."""
+    """The inputs of one layer in ONNX order; ``None`` marks an omitted one (trailing omitted
+    ones are dropped, as ONNX does, unless ``drop_trailing`` is false)."""
     rng = np.random.default_rng(seed)
 
     def rand(*shape: int, scale: float = 1.0) -> np.ndarray:
         return (rng.standard_normal(shape) * scale).astype(dtype)
 
-    gates = GATES[op] * HIDDEN
-    x = rand(SEQ, BATCH, SIZE) if layout == 0 else rand(BATCH, SEQ, SIZE)
-    state = (num_dir, BATCH, HIDDEN) if layout == 0 else (BATCH, num_dir, HIDDEN)
+    gates = GATES[op] * hidden
+    x = rand(seq, batch, size) if layout == 0 else rand(batch, seq, size)
+    state = (num_dir, batch, hidden) if layout == 0 else (batch, num_dir, hidden)
     inputs: dict[str, np.ndarray | None] = {
         "X": x,
-        "W": rand(num_dir, gates, SIZE, scale=0.5),
-        "R": rand(num_dir, gates, HIDDEN, scale=0.4),
+        "W": rand(num_dir, gates, size, scale=0.5),
+        "R": rand(num_dir, gates, hidden, scale=0.4),
         "B": rand(num_dir, 2 * gates, scale=0.3) if bias else None,
         "sequence_lens": None if lengths is None else np.array(lengths, np.int32),
         "initial_h": rand(*state, scale=0.5) if initial else None,
     }
     if op == "LSTM":
         inputs["initial_c"] = rand(*state, scale=0.5) if initial else None
-        inputs["P"] = rand(num_dir, 3 * HIDDEN, scale=0.3) if peepholes else None
+        inputs["P"] = rand(num_dir, 3 * hidden, scale=0.3) if peepholes else None
+    if not drop_trailing:
+        return inputs
     # ONNX drops trailing omitted inputs.
     while inputs and list(inputs.values())[-1] is None:
         inputs.pop(list(inputs)[-1])
