@@ -44,6 +44,7 @@ from eqsat.lowering.cpu_conv_kernels import (
     phase_split,
     small_conv,
 )
+from eqsat.lowering.cpu_threads import Serial
 from eqsat.lowering.memory import Usage
 
 from eqsat.ir import Node, Value
@@ -287,24 +288,11 @@ def make_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels: Any
             bias, kernels.epilogue, geo.spans, (geo.sh, geo.sw, geo.rp, geo.wp),
             (geo.ow, geo.kw, geo.dh, geo.dw, geo.ph, geo.pw), pool,
         )  # fmt: skip
-    if pool is not None and len(geo.blocks) > 1 and not geo.small:
-        return _parallel_conv(geo, filters, bias, kernels, cols, split, wide, pool)
-    g, mg, cg = geo.group, geo.m // geo.group, geo.c // geo.group
-    epilogue = kernels.epilogue
-    params = geo.params()
-    matmul = np.matmul
-    single = g == 1
-    w0 = filters[0]
-    steps = []
-    for r0, r1 in geo.blocks:
-        c0, c1 = r0 * geo.ow, r1 * geo.ow
-        span = c1 - c0
-        buf = None if geo.pointwise else cols[: geo.c * geo.kh * geo.kw * span]
-        steps.append((r0, r1, c0, c1, buf))
     if geo.small:
         ct = cols[: geo.p * geo.k].reshape(geo.p, geo.k)
         shape = (geo.c, geo.h, geo.w)
-        zero = np.zeros_like(bias)
+        params = geo.params()
+        w0, zero, epilogue = filters[0], np.zeros_like(bias), kernels.epilogue
         if plain:
             return lambda x, out: small_conv(x.reshape(shape), w0, bias, ct, out, params)
 
@@ -313,86 +301,13 @@ def make_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels: Any
             epilogue(out, 0, geo.p, zero, *operands)
 
         return conv_small
-    if geo.wide:
-        return _wide_conv(geo, filters, bias, kernels.epilogue_wide, cols, wide)
-    if geo.pointwise:
-
-        def conv(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
-            xg = x.reshape(g, cg, geo.p)
-            og = out.reshape(g, mg, geo.p)
-            for _, _, c0, c1, _ in steps:
-                if single:
-                    matmul(w0, x[:, c0:c1], out=out[:, c0:c1])
-                else:
-                    matmul(filters, xg[:, :, c0:c1], out=og[:, :, c0:c1])
-                epilogue(out, c0, c1, bias, *operands)
-
-        return conv
-    strided = geo.split
-    shape3 = (geo.c, geo.h, geo.w)
-    xs = split[: geo.split_size()].reshape(geo.c, geo.h, geo.sw, geo.wq) if strided else None
-    k_all = geo.c * geo.kh * geo.kw
-
-    def conv_cols(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
-        if strided:
-            phase_split(x.reshape(shape3), xs)
-            source = xs
-        else:
-            source = x.reshape(geo.c, geo.h, 1, geo.w)
-        og = out.reshape(g, mg, geo.p)
-        for r0, r1, c0, c1, buf in steps:
-            block = buf.reshape(k_all, c1 - c0)
-            im2col_block(source, block, r0, r1, params)
-            if single:
-                matmul(w0, block, out=out[:, c0:c1])
-            else:
-                matmul(filters, block.reshape(g, geo.k, c1 - c0), out=og[:, :, c0:c1])
-            epilogue(out, c0, c1, bias, *operands)
-
-    return conv_cols
+    return _blocked_conv(geo, filters, bias, kernels, cols, split, wide, pool or Serial())
 
 
-def _wide_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, epilogue_wide: Any,
-               cols: np.ndarray, wide: np.ndarray) -> Any:  # fmt: skip
-    """The conv of :func:`make_conv` through :func:`im2col_wide`."""
-    g, mg = geo.group, geo.m // geo.group
-    # Borders stay zero: runs only write the input's positions.
-    phases = np.zeros((geo.c, geo.sh, geo.sw, geo.rp, geo.wp), cols.dtype)
-    interior = phases[:, 0, 0, geo.ph : geo.ph + geo.h, geo.pw : geo.pw + geo.w]
-    shape = (geo.c, geo.h, geo.w)
-    strided = (geo.sh, geo.sw) != (1, 1)
-    k_all = geo.c * geo.kh * geo.kw
-    steps = []
-    for r0, r1 in geo.blocks:
-        n = (r1 - r0) * geo.wp
-        block = cols[: k_all * n].reshape(k_all, n)
-        out_block = wide[: geo.m * n].reshape(geo.m, n)
-        steps.append(
-            (r0, r1, block, out_block, block.reshape(g, geo.k, n), out_block.reshape(g, mg, n))
-        )
-    kh, kw, dh, dw, ph, pw, ow, wp = geo.kh, geo.kw, geo.dh, geo.dw, geo.ph, geo.pw, geo.ow, geo.wp
-    w0, single, copyto, matmul = filters[0], g == 1, np.copyto, np.matmul
-
-    def conv(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
-        if strided:
-            fill_phases(x.reshape(shape), phases, ph, pw)
-        else:
-            copyto(interior, x.reshape(shape))
-        for r0, r1, block, out_block, grouped, grouped_out in steps:
-            im2col_wide(phases, block, r0, r1, kh, kw, dh, dw)
-            if single:
-                matmul(w0, block, out=out_block)
-            else:
-                matmul(filters, grouped, out=grouped_out)
-            epilogue_wide(out, out_block, r0, r1, ow, wp, bias, *operands)
-
-    return conv
-
-
-def _parallel_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels: Any,
+def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels: Any,
                    cols: np.ndarray, split: np.ndarray, wide: np.ndarray,
                    pool: Any) -> Any:  # fmt: skip
-    """:func:`make_conv` with its blocks spread over ``pool``'s threads."""
+    """:func:`make_conv` by blocks of output rows, spread over ``pool``'s threads."""
     g, mg, cg = geo.group, geo.m // geo.group, geo.c // geo.group
     epilogue, epilogue_wide = kernels.epilogue, kernels.epilogue_wide
     params = geo.params()

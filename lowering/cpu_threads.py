@@ -188,6 +188,17 @@ class Pool:
             raise job.error
 
 
+class Serial:
+    """:class:`Pool`'s interface for a step compiled for one thread: the items in order, on the
+    calling thread, with none of the pool's bookkeeping."""
+
+    threads = 1
+
+    def map(self, fn: Callable[[T, int], None], items: Sequence[T]) -> None:
+        for item in items:
+            fn(item, 0)
+
+
 def chunks(total: int, count: int, align: int = 1) -> list[tuple[int, int]]:
     """``[0, total)`` cut into at most ``count`` near-equal ranges, inner cuts on multiples of
     ``align`` where the ranges stay at least that long."""
@@ -206,4 +217,4 @@ def chunk_count(work: float, grain: float, threads: int, most: int = 8) -> int:
     return max(1, min(int(work // grain), most * threads))
 
 
-__all__ = ["Pool", "chunk_count", "chunks", "shutdown"]
+__all__ = ["Pool", "Serial", "chunk_count", "chunks", "shutdown"]
