@@ -267,8 +267,31 @@ def small_conv(x, w, bias, ct, out, geometry):  # type: ignore[no-untyped-def]
                 else:
                     for c in range(c_):
                         row[c * taps + t] = x[c, ih, iw]
+    # Eight positions per pass over the weights first: openWakeWord's STFT conv has 257x512
+    # weights (more than L2) and 8 positions, and reading them once instead of twice made it
+    # 1.3x faster.
+    eights = p_ - p_ % 8
+    for p0 in range(0, eights, 8):
+        c0, c1, c2, c3 = ct[p0], ct[p0 + 1], ct[p0 + 2], ct[p0 + 3]
+        c4, c5, c6, c7 = ct[p0 + 4], ct[p0 + 5], ct[p0 + 6], ct[p0 + 7]
+        for m in range(w.shape[0]):
+            wr = w[m]
+            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = bias[m]
+            for k in range(k_):
+                a = wr[k]
+                s0 += a * c0[k]
+                s1 += a * c1[k]
+                s2 += a * c2[k]
+                s3 += a * c3[k]
+                s4 += a * c4[k]
+                s5 += a * c5[k]
+                s6 += a * c6[k]
+                s7 += a * c7[k]
+            o = out[m, p0 : p0 + 8]
+            o[0], o[1], o[2], o[3] = s0, s1, s2, s3
+            o[4], o[5], o[6], o[7] = s4, s5, s6, s7
     full = p_ - p_ % 4
-    for p0 in range(0, full, 4):
+    for p0 in range(eights, full, 4):
         c0, c1, c2, c3 = ct[p0], ct[p0 + 1], ct[p0 + 2], ct[p0 + 3]
         for m in range(w.shape[0]):
             wr = w[m]
