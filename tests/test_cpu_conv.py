@@ -111,9 +111,34 @@ def test_small_output_2d_float64_without_bias(rng: np.random.Generator) -> None:
 
 
 @pytest.mark.parametrize(
+    ("x_shape", "m", "kernel", "attrs", "dtype"),
+    [
+        ((1, 5, 7), 7, (3,), {"pads": [1, 1]}, F32),  # odd channels, 7 positions
+        ((1, 6, 9, 7), 5, (3, 3), {"pads": [1, 1, 1, 1]}, F32),  # 63 positions
+        ((1, 4, 16, 16), 6, (3, 3), {"strides": [2, 2], "pads": [1, 0, 0, 1]}, F32),  # 64
+        ((1, 3, 5, 6), 4, (2, 3), {"dilations": [2, 1]}, np.float64),
+    ],
+    ids=["odd-m", "63-positions", "64-positions-s2", "float64-dilated"],
+)
+def test_small_output_kernel(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, x_shape: tuple, m: int,
+    kernel: tuple, attrs: dict, dtype: type,
+) -> None:  # fmt: skip
+    """The BLAS-free kernel for one image of up to SMALL_POSITIONS outputs: blocks of 4 positions
+    x 2 channels and every remainder."""
+    calls: list[int] = []
+    real = cpu_conv.small_conv
+    monkeypatch.setattr(cpu_conv, "small_conv", lambda *a: calls.append(1) or real(*a))
+    g, y = _conv_graph(rng, x_shape, m, kernel, attrs, dtype)
+    g.output(y, "y")
+    _check(g, rng, rtol=1e-9 if dtype is np.float64 else 1e-4)
+    assert calls
+
+
+@pytest.mark.parametrize(
     ("x_shape", "attrs", "wide"),
     [
-        ((1, 3, 9, 5), {"strides": [2, 2], "pads": [1, 1, 1, 1]}, False),
+        ((1, 3, 9, 55), {"strides": [2, 2], "dilations": [1, 8]}, False),
         ((1, 3, 9, 11), {"strides": [1, 5], "pads": [1, 1, 1, 1]}, False),
         ((1, 3, 9, 11), {"strides": [2, 1], "pads": [1, 1, 1, 1]}, True),
         ((1, 3, 15, 30), {"strides": [3, 2], "pads": [2, 0, 1, 2], "dilations": [1, 2]}, True),
@@ -128,6 +153,7 @@ def test_row_blocks(
 ) -> None:  # fmt: skip
     # A tiny block budget: each block is one row.
     monkeypatch.setattr(cpu_conv, "DIRECT_CHANNELS", 0)
+    monkeypatch.setattr(cpu_conv, "SMALL_POSITIONS", 0)
     monkeypatch.setattr(cpu_conv, "BLOCK_BYTES", 1)
     monkeypatch.setattr(cpu_conv, "MIN_BLOCK_COLUMNS", 1)
     g, y = _conv_graph(rng, x_shape, 4, (3, 3), attrs)
@@ -249,6 +275,7 @@ def test_direct(
 
     monkeypatch.setattr(cpu_conv, "DIRECT_BLOCK_BYTES", 1)
     monkeypatch.setattr(cpu_conv, "DIRECT_WIDTH", 1)
+    monkeypatch.setattr(cpu_conv, "SMALL_POSITIONS", 0)
     monkeypatch.setattr(cpu_conv, "MIN_BLOCK_COLUMNS", 7)
     monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
     monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
