@@ -282,8 +282,8 @@ class Geometry:
     def cols_size(self) -> int:
         if self.direct:
             return 0
-        if self.small:
-            return self.p * self.k
+        if self.small:  # the patches (P, K) and the input transposed (H, W, C)
+            return self.p * self.k + self.c * self.h * self.w
         width = self.wp if self.wide else self.ow
         return 0 if self.pointwise else self.c * self.kh * self.kw * self.rows * width
 
@@ -315,14 +315,19 @@ def make_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels: Any
         )  # fmt: skip
     if geo.small:
         ct = cols[: geo.p * geo.k].reshape(geo.p, geo.k)
+        xt = cols[geo.p * geo.k : geo.cols_size()].reshape(geo.h, geo.w, geo.c)
         shape = (geo.c, geo.h, geo.w)
         params = geo.params()
-        w0, zero, epilogue = filters[0], np.zeros_like(bias), kernels.epilogue
+        # Weights in the patches' (kh, kw, c) order.
+        w0 = np.ascontiguousarray(
+            filters[0].reshape(geo.m, geo.c, geo.kh * geo.kw).transpose(0, 2, 1)
+        ).reshape(geo.m, geo.k)
+        zero, epilogue = np.zeros_like(bias), kernels.epilogue
         if plain:
-            return lambda x, out: small_conv(x.reshape(shape), w0, bias, ct, out, params)
+            return lambda x, out: small_conv(x.reshape(shape), w0, bias, ct, xt, out, params)
 
         def conv_small(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
-            small_conv(x.reshape(shape), w0, bias, ct, out, params)
+            small_conv(x.reshape(shape), w0, bias, ct, xt, out, params)
             epilogue(out, 0, geo.p, zero, *operands)
 
         return conv_small

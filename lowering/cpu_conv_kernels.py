@@ -239,18 +239,25 @@ def direct_conv(phases, w, out, p0, p1, ow_, kw_, dh, dw):  # type: ignore[no-un
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract", "reassoc"}, nogil=True)
-def small_conv(x, w, bias, ct, out, geometry):  # type: ignore[no-untyped-def]
+def small_conv(x, w, bias, ct, xt, out, geometry):  # type: ignore[no-untyped-def]
     """out (M, P) = w (M, K) @ patches + bias for convs with few output positions (P <= 64).
 
     BLAS spends more on packing the weights than on the multiply at these sizes (a 128x387x4
-    GEMM ran at 25 GFLOP/s). Here the patches are gathered transposed into ct (P, K), and each
-    output is a dot product over contiguous K; reassociation lets the dot products vectorize.
+    GEMM ran at 25 GFLOP/s). Here the input (C, H, W) is first transposed into xt (H, W, C), so
+    that each tap of each position copies C contiguous values into ct (P, K) (gathered straight
+    from x, with a stride of H*W per value, the copies took as long as the multiply); K is
+    ordered (kh, kw, c), and w must be too. Each output is then a dot product over contiguous K;
+    reassociation lets the dot products vectorize.
     """
     ow_, kh_, kw_, sh, sw, dh, dw, ph, pw, w_ = geometry
     c_, h_ = x.shape[0], x.shape[1]
     p_ = out.shape[1]
     k_ = w.shape[1]
-    taps = kh_ * kw_
+    for ih in range(h_):
+        for iw in range(w_):
+            dst = xt[ih, iw]
+            for c in range(c_):
+                dst[c] = x[c, ih, iw]
     for p in range(p_):
         oh = p // ow_
         ow = p - oh * ow_
@@ -259,13 +266,14 @@ def small_conv(x, w, bias, ct, out, geometry):  # type: ignore[no-untyped-def]
             ih = oh * sh - ph + kh * dh
             for kw in range(kw_):
                 iw = ow * sw - pw + kw * dw
-                t = kh * kw_ + kw
+                seg = row[(kh * kw_ + kw) * c_ : (kh * kw_ + kw + 1) * c_]
                 if ih < 0 or ih >= h_ or iw < 0 or iw >= w_:
                     for c in range(c_):
-                        row[c * taps + t] = 0
+                        seg[c] = 0
                 else:
+                    src = xt[ih, iw]
                     for c in range(c_):
-                        row[c * taps + t] = x[c, ih, iw]
+                        seg[c] = src[c]
     # Blocks of 4 positions x 2 output channels: each weight loaded serves four positions and
     # each patch value two channels, eight sums in registers (55-88 GFLOP/s, more than BLAS for
     # up to ~64 positions; 8 positions x 1 channel reached 41-86, 4 x 4 spilled: 16).
