@@ -12,10 +12,13 @@ dtype) and cached on disk like the elementwise kernels:
   language of :mod:`eqsat.lowering.codegen` (float32 uses its fast vectorizable exp/tanh);
 * products of a few rows (:data:`SMALL_ROWS`) run on a loop of the kernel, larger ones on BLAS
   (the input projection on numpy's, whose threads the executable pins);
-* LSTM and RNN with a larger batch step in Python instead: each step's hidden products on
-  numpy's BLAS (a third faster than Numba's ``np.dot``, which calls scipy's), then one kernel
-  call for the gates of every direction, LSTM's as one vectorized loop per gate (oskut_scads'
-  48 x 224 layer: 32 ms to 18);
+* LSTM and RNN with a larger batch step in Python instead: per step and direction one product
+  ``[h x_t 1] @ [R^T; W^T; bias]`` on numpy's BLAS (a third faster than Numba's ``np.dot``,
+  which calls scipy's), then one kernel call for the gates of every direction, LSTM's as one
+  vectorized loop per gate, which also copies the next step's inputs next to ``h``. Folding the
+  input projection and the biases into the step's product saves the projection's
+  (steps*batch, directions*gates) buffer, which did not fit the caches, and a pass over the
+  gates (oskut_scads' 48 x 224 layer: 32 ms to 18, then to 17 with the fold);
 * ``sequence_lens``, initial states, both layouts and all directions follow the reference: a
   batch row past its length keeps its state and gets zero ``Y`` rows, the reverse direction
   starts at its last valid step.
@@ -79,6 +82,18 @@ def prepare_weights(
         rt2 = np.zeros((1, 1, 1), work)
     peep = np.zeros((num_dir, 3 * hidden), work) if p is None else np.array(p, work, order="C")
     return wt, bias, rt, rt2, rbh, peep
+
+
+def stacked_weights(wt: np.ndarray, bias: np.ndarray, rt: np.ndarray) -> np.ndarray:
+    """Per direction ``[R^T; W^T; bias]`` (hidden + input_size + 1, gates): the stepped path's
+    product of ``[h x_t 1]`` with it is every gate's pre-activation but the peepholes."""
+    num_dir, hidden, gates = rt.shape
+    size = wt.shape[0]
+    stacked = np.empty((num_dir, hidden + size + 1, gates), rt.dtype)
+    stacked[:, :hidden] = rt
+    stacked[:, hidden : hidden + size] = wt.reshape(size, num_dir, gates).transpose(1, 0, 2)
+    stacked[:, -1] = bias
+    return stacked
 
 
 # ------------------------------------------------------------------ step
@@ -162,7 +177,8 @@ def _layer_step(
     ]
     gate_cols = 2 * hidden if op == "GRU" else gates
     scratch = [
-        np.empty((rows, num_dir * gates), work),  # gx
+        # gx: the input projection (the stepped path folds it into each step's product)
+        np.empty((1, 1) if stepped else (rows, num_dir * gates), work),
         np.empty((batch, hidden), work),  # h
         np.empty((batch, hidden), work),  # c (GRU: the update gate)
         np.empty((batch, gate_cols), work),  # g1
@@ -170,11 +186,11 @@ def _layer_step(
         np.empty((batch, hidden), work),  # rh
     ]
     steps_scratch = [
-        np.empty((num_dir, batch, hidden), work),  # h
+        np.empty((num_dir, batch, hidden + size + 1), work),  # [h x_t 1]
         np.empty((num_dir, batch, hidden), work),  # c
-        np.empty((num_dir, batch, gates), work),  # the gates' recurrent terms
+        np.empty((num_dir, batch, gates), work),  # the gates' pre-activations
     ]
-    project = rows <= SMALL_ROWS
+    project = rows <= SMALL_ROWS or stepped
     reverse = attrs["direction"] == "reverse"
     half = dtype != work
     x32 = np.empty((rows, size), work) if half else None
@@ -204,6 +220,8 @@ def _layer_step(
                 base[k] = np.array(v.const, dt, order="C").reshape(shape)
         if fixed_weights is not None:
             base[1], base[2], base[3], base[4], base[5], base[6] = fixed_weights
+            if stepped:
+                base[1] = stacked_weights(base[1], base[2], base[3])
         base[13:19] = scratch
         fetch_in = []
         for k, slot, shape, dt in in_slots:
@@ -236,6 +254,8 @@ def _layer_step(
             sample[k] = np.empty(out_shapes[k - 10], work)
         if fixed_weights is None:
             sample[1:7] = prepare([None if v is None else np.zeros(v.shape, work) for v in weights])
+            if stepped:
+                sample[1] = stacked_weights(sample[1], sample[2], sample[3])
         if stepped:
             _compile_steps(modules, sample, steps_scratch, seq, layout, lim, tied)
         else:
@@ -262,19 +282,25 @@ def _layer_step(
                     for v, s in zip(weights, weight_slots, strict=True)
                 ]
                 args[1:7] = prepare(arrays_now)
+                if stepped:
+                    args[1] = stacked_weights(args[1], args[2], args[3])
             if not project:
                 matmul(args[0], args[1], out=gx)
             bad = -1
             if stepped:
-                rt, lengths = args[3], args[9]
+                wr, lengths, x = args[1], args[9], args[0]
+                if not x.flags.writeable:  # a read-only feed would need a kernel of its own
+                    x = x.copy()
                 for module, d0, d1 in modules:
-                    begun = module.begin(args[7], args[8], lengths, hs, cs, seq, layout, d0, d1)
+                    begun = module.begin(
+                        x, args[7], args[8], lengths, hs, cs, seq, layout, reverse, d0, d1
+                    )
                     bad = max(bad, begun)
                 if bad < 0:
-                    step_args = (gx, args[2], args[6], lengths, args[10], hs, cs, gs)
+                    step_args = (x, args[2], args[6], lengths, args[10], hs, cs, gs)
                     for s in range(seq):
                         for d in range(num_dir):
-                            dot(hs[d], rt[d], gs[d])
+                            dot(hs[d], wr[d], gs[d])
                         for module, d0, d1 in modules:
                             module.cell_step(
                                 *step_args, s, seq, layout, reverse, has_y, d0, d1, lim, tied
@@ -317,9 +343,9 @@ def _compile_steps(
     hs, cs, gs = scratch
     typeof = numba.typeof
     for module, d0, d1 in modules:
-        begin = (sample[7], sample[8], sample[9], hs, cs, seq, layout, d0, d1)
+        begin = (sample[0], sample[7], sample[8], sample[9], hs, cs, seq, layout, False, d0, d1)
         module.begin.compile(tuple(typeof(a) for a in begin))
-        step = (sample[13], sample[2], sample[6], sample[9], sample[10], hs, cs, gs, 0, seq)
+        step = (sample[0], sample[2], sample[6], sample[9], sample[10], hs, cs, gs, 0, seq)
         step += (layout, False, True, d0, d1, lim, tied)
         module.cell_step.compile(tuple(typeof(a) for a in step))
         end = (sample[11], sample[12], hs, cs, layout, True, True, d0, d1)

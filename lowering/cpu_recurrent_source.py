@@ -3,7 +3,8 @@
 One Numba module per layer form (op, activations with their alpha/beta, GRU's
 linear_before_reset, dtype, whether products may go to BLAS): the whole-layer ``kernel`` and,
 for LSTM and RNN with a larger batch, the ``begin``/``cell_step``/``end`` kernels that Python
-steps around numpy's BLAS. Activations are inlined from the scalar language of
+steps around numpy's BLAS (each step's product ``[h x_t 1] @ [R^T; W^T; bias]``, whose ``x_t``
+columns the kernels fill). Activations are inlined from the scalar language of
 :mod:`eqsat.lowering.codegen`.
 """
 
@@ -135,10 +136,23 @@ def kernel(x, wt, bias, rt, rt2, rbh, p, h0, c0, lengths, y, yh, yc, gx, h, c, g
 
 _STEPS = """
 @njit({jit})
-def begin(h0, c0, lengths, hs, cs, seq, layout, d0, d1):
-    # The large-batch path: Python runs each step's hidden product on numpy's BLAS (packing R^T
-    # once per call, a third faster than Numba's np.dot) and these kernels around it.
-    batch, hidden = hs.shape[1], hs.shape[2]
+def load_x(x, hx, d, t, seq, layout):
+    # Step t's input rows into the columns after the hidden state: one product per step then
+    # computes both the recurrent and the input term.
+    batch, hidden = hx.shape[1], hx.shape[2] - x.shape[1] - 1
+    for b in range(batch):
+        row = t * batch + b if layout == 0 else b * seq + t
+        xr = x[row]
+        hr = hx[d, b, hidden : hidden + xr.shape[0]]
+        for k in range(xr.shape[0]):
+            hr[k] = xr[k]
+
+
+@njit({jit})
+def begin(x, h0, c0, lengths, hx, cs, seq, layout, reverse, d0, d1):
+    # The large-batch path: Python runs each step's product [h x_t 1] @ [R^T; W^T; bias] on
+    # numpy's BLAS (a third faster than Numba's np.dot) and these kernels around it.
+    batch, hidden = cs.shape[1], cs.shape[2]
     for b in range(batch):
         if lengths[b] < 0 or lengths[b] > seq:
             return b
@@ -146,38 +160,53 @@ def begin(h0, c0, lengths, hs, cs, seq, layout, d0, d1):
         for b in range(batch):
             h0r = h0[d, b] if layout == 0 else h0[b, d]
             c0r = c0[d, b] if layout == 0 else c0[b, d]
+            hr = hx[d, b, :hidden]
             for j in range(hidden):
-                hs[d, b, j] = h0r[j]
+                hr[j] = h0r[j]
                 cs[d, b, j] = c0r[j]
+            hx[d, b, hx.shape[2] - 1] = ONE
+        load_x(x, hx, d, seq - 1 if reverse or d == 1 else 0, seq, layout)
     return -1
 
 
 @njit({jit})
-def cell_step(gx, bias, p, lengths, y, hs, cs, gs, s, seq, layout, reverse, has_y, d0, d1, lim,
+def cell_step(x, bias, p, lengths, y, hx, cs, gs, s, seq, layout, reverse, has_y, d0, d1, lim,
               tied):
-    batch, hidden = hs.shape[1], hs.shape[2]
+    batch, hidden = cs.shape[1], cs.shape[2]
     gates = {gates} * hidden
     for d in range(d0, d1):
         rev = reverse or d == 1
-        base = d * gates
         t = seq - 1 - s if rev else s
-        h = hs[d]
         c = cs[d]
         g1 = gs[d]
 {step_cell}
 {step_y}
+        if s + 1 < seq:
+            load_x(x, hx, d, seq - 2 - s if rev else s + 1, seq, layout)
 
 
 @njit({jit})
-def end(yh, yc, hs, cs, layout, has_yh, has_yc, d0, d1):
+def end(yh, yc, hx, cs, layout, has_yh, has_yc, d0, d1):
+    hidden = cs.shape[2]
     for d in range(d0, d1):
-        for b in range(hs.shape[1]):
+        for b in range(cs.shape[1]):
             if has_yh:
                 hr = yh[d, b] if layout == 0 else yh[b, d]
-                hr[:] = hs[d, b]
+                hr[:] = hx[d, b, :hidden]
             if has_yc:
                 cr = yc[d, b] if layout == 0 else yc[b, d]
                 cr[:] = cs[d, b]
+"""
+_STEP_Y = """if has_y:
+    for b in range(batch):
+        yr = y[t, d, b] if layout == 0 else y[b, t, d]
+        if t < lengths[b]:
+            hb = hx[d, b, :hidden]
+            for j in range(hidden):
+                yr[j] = hb[j]
+        else:
+            for j in range(hidden):
+                yr[j] = ZERO
 """
 _WRITE_Y = """if has_y:
     for b in range(batch):
@@ -257,23 +286,19 @@ _GRU_LINEAR = {
 # The stepped path's LSTM cell: one loop per gate over contiguous slices, each writing one
 # array, which LLVM vectorizes with fewer alias checks (80 us a step of 48 x 224 against 120
 # for the fused loop of _LSTM). Without a clip limit the loops skip the clamps, which cost as
-# much as a third of the sigmoids around them.
+# much as a third of the sigmoids around them. The product left the input term and the biases
+# in g already.
 _LSTM_STEP = """
-bd = bias[d]
 pd = p[d]
 pi, po, pf = pd[:hidden], pd[hidden : 2 * hidden], pd[2 * hidden :]
 for b in range(batch):
     if t >= lengths[b]:
         continue
-    row = t * batch + b if layout == 0 else b * seq + t
     g = g1[b]
-    gxr = gx[row, base : base + gates]
-    for k in range(gates):
-        g[k] += gxr[k] + bd[k]
     gi, go = g[:hidden], g[hidden : 2 * hidden]
     gf, gc = g[2 * hidden : 3 * hidden], g[3 * hidden :]
     cb = c[b]
-    hb = h[b]
+    hb = hx[d, b, :hidden]
     if lim == np.inf:
 {unclipped}
     else:
@@ -291,6 +316,15 @@ for j in range(hidden):
     cb[j] = gf[j] * cb[j] + gi[j] * act1(clip(gc[j], lim))
 for j in range(hidden):
     hb[j] = act0(clip(go[j] + po[j] * cb[j], lim)) * act2(cb[j])
+"""
+_RNN_STEP = """
+for b in range(batch):
+    if t >= lengths[b]:
+        continue
+    g = g1[b]
+    hb = hx[d, b, :hidden]
+    for j in range(hidden):
+        hb[j] = act0(clip(g[j], lim))
 """
 
 
@@ -355,13 +389,12 @@ def kernel_source(
         cell = _GRU.format(**(_GRU_LINEAR if linear_before_reset else _GRU_PLAIN))
     else:
         cell = _LSTM if op == "LSTM" else _RNN
+        step_cell = _lstm_step() if op == "LSTM" else _RNN_STEP
         steps = _STEPS.format(
             jit=_JIT,
             gates=recurrent.SPECS[op].gates,
-            step_cell=textwrap.indent(
-                _lstm_step() if op == "LSTM" else textwrap.dedent(cell), " " * 8
-            ).rstrip("\n"),
-            step_y=textwrap.indent(_WRITE_Y, " " * 8).rstrip("\n"),
+            step_cell=textwrap.indent(step_cell, " " * 8).rstrip("\n"),
+            step_y=textwrap.indent(_STEP_Y, " " * 8).rstrip("\n"),
         )
         cell = "            matmul(h, rd, g1)" + cell
     gates = recurrent.SPECS[op].gates

@@ -166,6 +166,32 @@ def test_stepped_large_batch(op: str, layout: int) -> None:
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_stepped_dtypes_and_read_only_input(dtype: Any) -> None:
+    # The stepped path reads X in its kernels (each step's rows go next to h): float16 through
+    # its float32 copy, a read-only feed through a copy of its own.
+    batch = cpu_recurrent.SMALL_ROWS + 1
+    rtol = 1e-5 if dtype == np.float64 else 2e-3
+    attrs = {"direction": "bidirectional", "layout": 1}
+    check(
+        *layer("LSTM", attrs, batch=batch, dtype=dtype, lengths=[5, 2, 3, 5, 1, 0, 4, 5, 5]), rtol
+    )
+    graph, feeds = layer("RNN", {"direction": "reverse"}, batch=batch, dtype=dtype)
+    feeds["X"].flags.writeable = False
+    check(graph, feeds, rtol)
+
+
+def test_stacked_weights() -> None:
+    rng = np.random.default_rng(1)
+    wt, rt = rng.standard_normal((3, 2 * 8)), rng.standard_normal((2, 5, 8))
+    bias = rng.standard_normal((2, 8))
+    stacked = cpu_recurrent.stacked_weights(wt, bias, rt)
+    h, x = rng.standard_normal((4, 5)), rng.standard_normal((4, 3))
+    for d in range(2):
+        want = h @ rt[d] + x @ wt[:, 8 * d : 8 * (d + 1)] + bias[d]
+        np.testing.assert_allclose(np.hstack([h, x, np.ones((4, 1))]) @ stacked[d], want)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
 def test_float64_and_float16(dtype: Any) -> None:
     rtol = 1e-5 if dtype == np.float64 else 2e-3
     check(*layer("LSTM", {"direction": "bidirectional"}, dtype=dtype, lengths=[5, 2, 3]), rtol)
