@@ -11,8 +11,10 @@ parsing, a fresh array) and fused attention ~90 us; here:
 * ``Attention(Q, K, V[, mask])`` is two batched GEMMs into preallocated scratch with one Numba pass
   in between that scales, adds the mask and takes the softmax of each row
   (:func:`eqsat.lowering.cpu_kernels.masked_softmax_rows`);
-* MaxPool and AveragePool over 2-D NCHW windows: one Numba kernel each
-  (:func:`eqsat.lowering.cpu_kernels.max_pool2d` and ``average_pool2d``);
+* MaxPool over 2-D NCHW windows: a kernel generated per window geometry, separable row and
+  column passes with the taps unrolled (:func:`eqsat.lowering.cpu_depthwise.max_pool_source`;
+  windows wider than 16 taps: :func:`eqsat.lowering.cpu_kernels.max_pool2d`), (image, channel
+  block) chunks on the thread pool; AveragePool: :func:`eqsat.lowering.cpu_kernels.average_pool2d`;
 * Slice, Split, Gather, Pad and ReduceSum/Mean/Max/Min: views or one kernel each
   (:mod:`eqsat.lowering.cpu_small`).
 
@@ -24,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import cpu_kernels, cpu_small
+from eqsat.lowering import codegen, cpu, cpu_depthwise, cpu_kernels, cpu_small, cpu_threads
 from eqsat.lowering.cpu import Env, Lowering, Step, StepFn
 from eqsat.lowering.memory import Usage
 
@@ -294,9 +296,35 @@ def _pool(lowering: Lowering, node: Node) -> Step | None:
     geometry = (*window.kernel, *window.strides, *window.dilations, *window.begin)
     xs, o = lowering.slot(x), lowering.slot(out)
     if node.op == "MaxPool":
+        try:
+            kernel = cpu_depthwise.load_max_pool(
+                out.dtype, window.kernel, window.strides, window.dilations, window.begin
+            )
+            lowering.kernels += 1
+        except codegen.Unsupported:  # windows too wide to unroll
+
+            def kernel(data: np.ndarray, result: np.ndarray) -> None:
+                cpu_kernels.max_pool2d(data, result, *geometry)
+
+        # With threads, (image, channel block) chunks of the pool: planes are independent.
+        n_, c_ = x.shape[:2]
+        count = lowering.split(float(x.size + out.size), cpu.PARALLEL_ELEMENTS, cpu.GRAIN_ELEMENTS)
+        blocks = cpu_threads.chunks(c_, -(-count // n_)) if count > 1 else []
+        parts = [(i, c0, c1) for i in range(n_) for c0, c1 in blocks]
+        pool = lowering.pool if len(parts) > 1 else None
 
         def run(env: Env) -> None:
-            cpu_kernels.max_pool2d(np.ascontiguousarray(env[xs]), env[o], *geometry)
+            data = np.ascontiguousarray(env[xs])
+            result = env[o]
+            if pool is not None:
+
+                def part(p: tuple[int, int, int], worker: int) -> None:
+                    i, c0, c1 = p
+                    kernel(data[i : i + 1, c0:c1], result[i : i + 1, c0:c1])
+
+                pool.map(part, parts)
+                return
+            kernel(data, result)
 
         return Step(run, Usage([xs], [o], True), "kernel", node.name)
     # The divisor per output position, as the reference counts it (separable per axis).

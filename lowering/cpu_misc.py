@@ -5,11 +5,14 @@
   Softmax: :func:`eqsat.lowering.cpu_small.softmax_rows_f32`, three vectorized passes);
 * BatchNormalization (inference): a generated elementwise kernel ``x * scale + shift`` with the
   per-channel constants folded at compile time;
-* Resize in nearest mode: a gather whose source indices come from running the op's reference once,
-  at compile time, on an array of element indices, so they match the reference exactly;
+* Resize in nearest mode: source indices come from running the op's reference once, at compile
+  time, on an array of element indices, so they match the reference exactly; when they are a
+  source row per output row and a source column per output column (resizing the last two axes),
+  a kernel copies rows (repeated rows once, integer upsampling as repeats), else a flat gather;
 * ConvTranspose whose stride equals its kernel (no overlap: upsampling heads) as one GEMM and a
-  strided copy (depthwise ones as one broadcast multiply), with the fused epilogue applied in
-  place;
+  generated scatter that adds the bias and applies the fused epilogue as it stores (epilogues
+  with tensor operands: a strided copy, then the epilogue in place; depthwise ones as one
+  broadcast multiply);
 * Softmax over another axis: :func:`eqsat.lowering.cpu_small.softmax_axis`;
 * LSTM, GRU and RNN: one generated kernel per layer (:mod:`eqsat.lowering.cpu_recurrent`).
 
@@ -170,14 +173,50 @@ def _resize(lowering: Lowering, node: Node) -> Step | None:
     ids = np.arange(x.size, dtype=np.float64).reshape(x.shape)
     consts = [None if v is None else v.const for v in node.inputs[1:]]
     (source,) = opdef.evaluate(node, [ids, *consts])[:1]
-    index = np.ascontiguousarray(np.asarray(source).reshape(-1), np.int32)
+    (shifted,) = opdef.evaluate(node, [ids + 1.0, *consts])[:1]
+    source = np.asarray(source)
+    if source.shape != out.shape or not np.array_equal(np.asarray(shifted), source + 1.0):
+        return None  # extrapolated positions (tf_crop_and_resize): the reference fills them
     xs, o = lowering.slot(x), lowering.slot(out)
+    planes = _planes(x, out, source)
+    if planes is not None:
+        rows, cols, factor = planes
+        p_ = int(np.prod(x.shape[:-2], dtype=np.int64))
+        in_shape, out_shape = (p_, *x.shape[-2:]), (p_, *out.shape[-2:])
+
+        def run_planes(env: Env) -> None:
+            data = np.ascontiguousarray(env[xs]).reshape(in_shape)
+            cpu_kernels.resize_nearest(data, env[o].reshape(out_shape), rows, cols, factor)
+
+        return Step(run_planes, Usage([xs], [o], True), "kernel", node.name)
+    index = np.ascontiguousarray(source.reshape(-1), np.int32)
 
     def run(env: Env) -> None:
         data = np.ascontiguousarray(env[xs]).reshape(-1)
         cpu_kernels.gather(data, index, env[o].reshape(-1))
 
     return Step(run, Usage([xs], [o], True), "kernel", node.name)
+
+
+def _planes(x: Value, out: Value, source: np.ndarray) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """For a resize of the last two axes only whose source index map is separable, the source
+    row of each output row, the source column of each output column, and the integer
+    upsampling factor of the columns (0 when they are not ``j // factor``); else None."""
+    if x.rank < 2 or x.shape[:-2] != out.shape[:-2] or out.size == 0:
+        return None
+    h_, w_ = x.shape[-2:]
+    oh_, ow_ = out.shape[-2:]
+    index = source.reshape(-1, oh_, ow_).astype(np.int64)
+    rows = index[0, :, 0] // w_
+    cols = index[0, 0, :] % w_
+    base = np.arange(index.shape[0], dtype=np.int64) * (h_ * w_)
+    expected = base[:, None, None] + rows[None, :, None] * w_ + cols[None, None, :]
+    if not np.array_equal(index, expected):
+        return None
+    factor = ow_ // w_ if ow_ % w_ == 0 else 0
+    if factor and not np.array_equal(cols, np.arange(ow_) // factor):
+        factor = 0
+    return rows.astype(np.int64), np.ascontiguousarray(cols, np.int64), factor
 
 
 def _conv_transpose(lowering: Lowering, node: Node) -> Step | None:
@@ -213,12 +252,24 @@ def _conv_transpose(lowering: Lowering, node: Node) -> Step | None:
     weights = np.ascontiguousarray(
         w.const.transpose(1, 2, 3, 0).reshape(co * kh * kw, ci), out.dtype
     )
-    tail = [] if b is None else [(None, b.const.astype(out.dtype), (1, co, 1, 1))]
-    expr = "{0}" if b is None else f"({{0}} + {{{len(extras) + 1}}})"
-    epi = Epilogue(lowering, node, expr, extras, tail)
     tmp = np.empty((co * kh * kw, h_ * w_), out.dtype)
     blocks = tmp.reshape(co, kh, kw, h_, w_)
     xs, o = lowering.slot(x), lowering.slot(out)
+    spread = _fused_spread(lowering, node, extras, b, co, (kh, kw))
+    if spread is not None:
+        kernel, bias = spread
+
+        def run_fused(env: Env) -> None:
+            data = np.ascontiguousarray(env[xs])
+            result = env[o]
+            for i in range(n_):
+                np.matmul(weights, data[i].reshape(ci, h_ * w_), out=tmp)
+                kernel(blocks, bias, result[i])
+
+        return Step(run_fused, Usage([xs], [o], True), "conv", node.name)
+    tail = [] if b is None else [(None, b.const.astype(out.dtype), (1, co, 1, 1))]
+    expr = "{0}" if b is None else f"({{0}} + {{{len(extras) + 1}}})"
+    epi = Epilogue(lowering, node, expr, extras, tail)
 
     def run(env: Env) -> None:
         data = np.ascontiguousarray(env[xs])
@@ -229,6 +280,39 @@ def _conv_transpose(lowering: Lowering, node: Node) -> Step | None:
         epi(env, result)
 
     return Step(run, Usage([xs, *epi.reads()], [o], True), "conv", node.name)
+
+
+def _fused_spread(
+    lowering: Lowering,
+    node: Node,
+    extras: list[Value],
+    b: Value | None,
+    co: int,
+    kernel: tuple[int, int],
+) -> tuple[Any, np.ndarray] | None:
+    """The generated scatter with the bias and epilogue applied as it stores, and the bias it
+    takes (a per-channel constant added by the epilogue folded in); None when the epilogue has
+    tensor operands left (:func:`cpu_depthwise.spread_source`)."""
+    from eqsat.lowering import codegen, cpu_depthwise
+
+    out = node.outputs[0]
+    assert out is not None
+    bias = np.zeros(co, out.dtype) if b is None else np.asarray(b.const, out.dtype).reshape(co)
+    epilogue = str(node.attrs.get("epilogue", "{0}"))
+    epilogue, bias = cpu_depthwise.fold_channel_add(epilogue, [v.const for v in extras], bias)
+    scalars = {
+        i + 1: float(v.const.reshape(-1)[0])
+        for i, v in enumerate(extras)
+        if v.const is not None and v.const.size == 1
+    }
+    try:
+        kernel = cpu_depthwise.load_spread(
+            out.dtype, kernel, cpu_depthwise.inline_scalars(epilogue, scalars)
+        )
+    except codegen.Unsupported:
+        return None
+    lowering.kernels += 1
+    return kernel, np.ascontiguousarray(bias, out.dtype)
 
 
 def _depthwise_transpose(

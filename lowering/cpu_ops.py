@@ -473,6 +473,8 @@ def _depthwise(
     assert w is not None and w.const is not None
     taps = np.ascontiguousarray(w.const.reshape(c_, kh * kw), out.dtype)
     epilogue = str(node.attrs.get("epilogue", "{0}"))
+    # A per-channel constant the epilogue adds (a bias after the fact) goes into the bias.
+    epilogue, folded = cpu_depthwise.fold_channel_add(epilogue, [v.const for v in extras], bias)
     scalars = {
         i + 1: float(v.const.reshape(-1)[0])
         for i, v in enumerate(extras)
@@ -483,6 +485,7 @@ def _depthwise(
     try:
         kernel = cpu_depthwise.load(out.dtype, *geometry, fused, False)
         epi: Epilogue | None = None
+        bias = folded
     except codegen.Unsupported:  # tensor operands in the epilogue: a pass of its own
         kernel = cpu_depthwise.load(out.dtype, *geometry, "{0}", False)
         epi = Epilogue(lowering, node, "{0}", extras, [])

@@ -1,0 +1,215 @@
+"""The cpu target's window kernels against the numpy reference: generated max pools (exact,
+NaN included, every padding mode, ceil_mode, dilations, float64), the generic fallback for wide
+windows, average pools, GlobalAveragePool and the generated depthwise convs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from eqsat.lowering import codegen, cpu, cpu_depthwise, cpu_threads
+
+import eqsat
+
+F32 = np.float32
+
+
+def _run(graph: eqsat.Graph, feeds: dict[str, np.ndarray]) -> tuple[Any, Any, eqsat.Executable]:
+    want = eqsat.compile(graph, target="numpy").run(feeds)
+    exe = eqsat.compile(graph, target="cpu")
+    return want, exe.run(feeds), exe
+
+
+MAX_POOLS = [
+    ((1, 3, 16, 16), {"kernel_shape": [2, 2], "auto_pad": "SAME_UPPER"}),
+    ((1, 3, 15, 17), {"kernel_shape": [2, 3], "auto_pad": "SAME_LOWER", "strides": [2, 1]}),
+    ((2, 4, 10, 10), {"kernel_shape": [5, 5], "pads": [2, 2, 2, 2]}),
+    ((1, 2, 13, 11), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    (
+        (1, 2, 9, 12),
+        {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 0, 1, 1], "ceil_mode": 1},
+    ),
+    ((1, 2, 12, 12), {"kernel_shape": [3, 2], "strides": [3, 2], "dilations": [2, 3]}),
+    ((1, 1, 7, 9), {"kernel_shape": [7, 9], "auto_pad": "VALID"}),
+    ((1, 2, 8, 8), {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [0, 2, 1, 0]}),
+    ((3, 1, 5, 6), {"kernel_shape": [1, 4], "strides": [1, 4], "ceil_mode": 1}),
+]
+
+
+# float64 on two geometries only: each (geometry, dtype) is a kernel compiled on a cold cache.
+@pytest.mark.parametrize(
+    ("shape", "attrs", "dtype"),
+    [(shape, attrs, np.float32) for shape, attrs in MAX_POOLS]
+    + [(shape, attrs, np.float64) for shape, attrs in MAX_POOLS[2:4]],
+)
+def test_max_pool_exact(shape: tuple[int, ...], attrs: dict[str, Any], dtype: type) -> None:
+    rng = np.random.default_rng(sum(shape))
+    g = eqsat.Graph("maxpool")
+    x = g.input("x", shape, np.dtype(dtype))
+    g.output(g.op("MaxPool", x, **attrs), "y")
+    data = rng.standard_normal(shape).astype(dtype)
+    data.reshape(-1)[:: max(1, data.size // 5)] = np.nan  # NaN propagates through a window
+    data.reshape(-1)[1::7] = -np.inf
+    want, got, exe = _run(g, {"x": data})
+    np.testing.assert_array_equal(got["y"], want["y"])
+    assert exe.report["reference_ops"] == {}
+
+
+def test_max_pool_threads_match(rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With two threads the planes split into (image, channel block) chunks: same numbers."""
+    monkeypatch.setattr(cpu, "PARALLEL_ELEMENTS", 1)
+    monkeypatch.setattr(cpu, "GRAIN_ELEMENTS", 1)
+    monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 1e9)
+    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
+    sizes: list[int] = []
+    real = cpu_threads.Pool.map
+
+    def spy(self: cpu_threads.Pool, fn: Any, items: Any) -> None:
+        sizes.append(len(items))
+        real(self, fn, items)
+
+    monkeypatch.setattr(cpu_threads.Pool, "map", spy)
+    g = eqsat.Graph("maxpool_threads")
+    x = g.input("x", (2, 5, 9, 9))
+    g.output(g.op("MaxPool", x, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), "y")
+    feeds = {"x": rng.standard_normal((2, 5, 9, 9)).astype(F32)}
+    want = eqsat.compile(g, target="numpy").run(feeds)
+    got = cpu.compile(g, threads=2).run(feeds)
+    np.testing.assert_array_equal(got["y"], want["y"])
+    assert sizes and max(sizes) > 1
+
+
+def test_max_pool_chain_sppf(rng: np.random.Generator) -> None:
+    """YOLO's SPPF: three chained 5x5 stride-1 pools concatenated with their input."""
+    g = eqsat.Graph("sppf")
+    x = g.input("x", (1, 8, 10, 10))
+    parts = [x]
+    for _ in range(3):
+        parts.append(g.op("MaxPool", parts[-1], kernel_shape=[5, 5], pads=[2, 2, 2, 2]))
+    g.output(g.op("Concat", *parts, axis=1), "y")
+    want, got, _ = _run(g, {"x": rng.standard_normal((1, 8, 10, 10)).astype(F32)})
+    np.testing.assert_array_equal(got["y"], want["y"])
+
+
+def test_max_pool_wide_window_falls_back(rng: np.random.Generator) -> None:
+    wide = cpu_depthwise.MAX_POOL_TAPS + 1
+    with pytest.raises(codegen.Unsupported):
+        cpu_depthwise.max_pool_source(np.dtype(F32), (1, wide), (1, 1), (1, 1), (0, 0))
+    g = eqsat.Graph("wide")
+    x = g.input("x", (1, 2, 3, wide + 4))
+    g.output(g.op("MaxPool", x, kernel_shape=[2, wide], pads=[1, 1, 0, 2]), "y")
+    want, got, exe = _run(g, {"x": rng.standard_normal((1, 2, 3, wide + 4)).astype(F32)})
+    np.testing.assert_array_equal(got["y"], want["y"])
+    assert exe.report["reference_ops"] == {}
+
+
+def test_max_pool_source_unrolls_taps() -> None:
+    text = cpu_depthwise.max_pool_source(np.dtype(F32), (3, 3), (2, 2), (1, 1), (1, 1))
+    assert "p[q + 2]" in text and "r2 = rows[oh * 2 + 2]" in text
+    assert "for a in" not in text  # no runtime tap loop
+
+
+@pytest.mark.parametrize("include", [0, 1])
+def test_average_pool(rng: np.random.Generator, include: int) -> None:
+    g = eqsat.Graph("avg")
+    x = g.input("x", (2, 3, 9, 11))
+    attrs = {"kernel_shape": [3, 2], "strides": [2, 2], "pads": [1, 0, 1, 1]}
+    g.output(g.op("AveragePool", x, count_include_pad=include, ceil_mode=1, **attrs), "y")
+    want, got, _ = _run(g, {"x": rng.standard_normal((2, 3, 9, 11)).astype(F32)})
+    np.testing.assert_allclose(got["y"], want["y"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 10, 10), (2, 3, 7, 9), (1, 4, 80, 80), (1, 6, 33)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_global_average_pool(shape: tuple[int, ...], dtype: type) -> None:
+    rng = np.random.default_rng(len(shape))
+    g = eqsat.Graph("gap")
+    x = g.input("x", shape, np.dtype(dtype))
+    g.output(g.op("GlobalAveragePool", x), "y")
+    data = (rng.standard_normal(shape) + 3.0).astype(dtype)
+    want, got, exe = _run(g, {"x": data})
+    assert got["y"].dtype == want["y"].dtype
+    np.testing.assert_allclose(got["y"], want["y"], rtol=1e-6 if dtype == np.float32 else 1e-12)
+    assert exe.report["reference_ops"] == {}
+
+
+def _depthwise_numpy(x: np.ndarray, w: np.ndarray, b: np.ndarray, geometry: Any) -> np.ndarray:
+    """Direct float64 depthwise conv: x (N, C, H, W), w (C, KH*KW), zero padding."""
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw), (oh, ow) = geometry
+    n_, c_, h_, w_ = x.shape
+    pad = np.zeros((n_, c_, h_ + 2 * ph + kh * dh, w_ + 2 * pw + kw * dw))
+    pad[:, :, ph : ph + h_, pw : pw + w_] = x
+    out = np.zeros((n_, c_, oh, ow)) + b[None, :, None, None]
+    for i in range(kh):
+        for j in range(kw):
+            part = pad[:, :, i * dh : i * dh + oh * sh : sh, j * dw : j * dw + ow * sw : sw]
+            out += part * w[None, :, i * kw + j, None, None]
+    return out
+
+
+@pytest.mark.parametrize(
+    "geometry",
+    [
+        ((7, 7), (1, 1), (1, 1), (3, 3), (9, 11)),  # one kernel row per pass
+        ((5, 5), (1, 1), (1, 1), (2, 2), (6, 6)),  # two rows, then one
+        ((3, 3), (2, 2), (1, 1), (1, 1), (5, 6)),  # a single pass
+        ((3, 5), (1, 2), (2, 1), (2, 2), (7, 5)),
+    ],
+)
+def test_depthwise_kernel_passes(geometry: Any) -> None:
+    rng = np.random.default_rng(3)
+    kernel, strides, dilations, pads, (oh, ow) = geometry
+    in_hw = tuple(
+        (o - 1) * s + (k - 1) * d + 1 - 2 * p
+        for o, s, k, d, p in zip((oh, ow), strides, kernel, dilations, pads, strict=True)
+    )
+    x = rng.standard_normal((2, 3, *in_hw)).astype(F32)
+    w = rng.standard_normal((3, kernel[0] * kernel[1])).astype(F32)
+    b = rng.standard_normal(3).astype(F32)
+    out = np.empty((2, 3, oh, ow), F32)
+    geo = (kernel, strides, dilations, pads)
+    run = cpu_depthwise.load(np.dtype(F32), *geo, "max({0}, (0.0))", False)
+    scratch = np.zeros(cpu_depthwise.scratch_shape(in_hw, (oh, ow), *geo), F32)
+    run(x, w, b, out, scratch)
+    want = np.maximum(_depthwise_numpy(x, w, b, (*geo, (oh, ow))), 0)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    passes = -(-kernel[0] // max(1, cpu_depthwise.PASS_TAPS // kernel[1]))
+    text = cpu_depthwise.source(np.dtype(F32), *geo, "{0}", False)
+    assert text.count("for ow in range(ow_):") == passes
+
+
+def test_fold_channel_add() -> None:
+    fold = cpu_depthwise.fold_channel_add
+    bias = np.arange(3, dtype=F32)
+    channel = np.full((1, 3, 1, 1), 2.0, F32)
+    expr, folded = fold("max(({0} + {2}), (0.0))", [None, channel], bias)
+    assert expr == "max({0}, (0.0))"
+    np.testing.assert_array_equal(folded, bias + 2)
+    assert fold("({1} + {0})", [channel.reshape(3, 1, 1)], bias)[0] == "{0}"
+    for epilogue, operands in [
+        ("({0} + {1})", [np.ones(3, F32)]),  # (3,) broadcasts along W, not channels
+        ("({0} + {1})", [None]),  # not a constant
+        ("({0} * {1})", [channel]),
+        ("(({0} + {1}) * {0})", [channel]),  # {0} used twice
+    ]:
+        assert fold(epilogue, operands, bias) == (epilogue, bias)
+
+
+@pytest.mark.parametrize("kernel", [3, 7])
+def test_fused_depthwise_channel_add(rng: np.random.Generator, kernel: int) -> None:
+    """ppocr's depthwise convs: no bias input, the bias added by the epilogue per channel."""
+    g = eqsat.Graph("dw")
+    x = g.input("x", (1, 6, 12, 10))
+    w = g.constant(rng.standard_normal((6, 1, kernel, kernel)).astype(F32))
+    add = g.constant(rng.standard_normal((1, 6, 1, 1)).astype(F32))
+    pads = [kernel // 2] * 4
+    y = g.op(
+        "FusedConv", x, w, None, add, group=6, pads=pads, num_base_inputs=3,
+        epilogue="({0} + {1})",
+    )  # fmt: skip
+    g.output(y, "y")
+    feeds = {"x": rng.standard_normal((1, 6, 12, 10)).astype(F32)}
+    want, got, exe = _run(g, feeds)
+    np.testing.assert_allclose(got["y"], want["y"], rtol=1e-5, atol=1e-5)
+    assert exe.report["reference_ops"] == {}
