@@ -12,7 +12,7 @@ compiles each signature once per machine.
 from __future__ import annotations
 
 import numpy as np
-from eqsat.lowering.cpu_math import exp_f32
+from eqsat.lowering.cpu_math import exp_f32, row_max, row_square_deviation, row_sum
 from numba import njit
 
 JIT = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
@@ -69,20 +69,16 @@ def softmax_rows(x, out):  # type: ignore[no-untyped-def]
 
 @njit(**JIT)
 def layer_norm_rows(x, out, scale, bias, eps):  # type: ignore[no-untyped-def]
-    """(x - mean) / sqrt(var + eps) * scale + bias per row; statistics in float64."""
+    """(x - mean) / sqrt(var + eps) * scale + bias per row; statistics in float64, through
+    :mod:`cpu_math`'s vectorized row reductions (scalar float64 loops took ~3 ns per element)."""
     n = x.shape[1]
     for r in range(x.shape[0]):
-        total = 0.0
+        row = x[r]
+        mean = row_sum(row) / n
+        inv = 1.0 / np.sqrt(row_square_deviation(row, mean) / n + eps)
+        dst = out[r]
         for i in range(n):
-            total += x[r, i]
-        mean = total / n
-        square = 0.0
-        for i in range(n):
-            d = x[r, i] - mean
-            square += d * d
-        inv = 1.0 / np.sqrt(square / n + eps)
-        for i in range(n):
-            out[r, i] = (x[r, i] - mean) * inv * scale[i] + bias[i]
+            dst[i] = (row[i] - mean) * inv * scale[i] + bias[i]
 
 
 @njit(**JIT)
@@ -130,7 +126,10 @@ def gather(x, index, out):  # type: ignore[no-untyped-def]
 def masked_softmax_rows(s, mask, index, scale):  # type: ignore[no-untyped-def]
     """In place: each row of s (B, S, L) becomes softmax(row * scale + mask row).
 
-    mask is (G, S or 1, L or 1); batch b uses mask group index[b].
+    mask is (G, S or 1, L or 1); batch b uses mask group index[b]. Each pass over a row is a
+    separate loop that LLVM vectorizes (the max and the sum through :mod:`cpu_math`'s reordering
+    reductions); one fused scalar loop ran at ~7 ns per score. A NaN score still makes its row
+    NaN, through its exponential and so the sum.
     """
     ms, ml = mask.shape[1] > 1, mask.shape[2] > 1
     for b in range(s.shape[0]):
@@ -138,17 +137,17 @@ def masked_softmax_rows(s, mask, index, scale):  # type: ignore[no-untyped-def]
         for r in range(s.shape[1]):
             row = s[b, r]
             mrow = m[r if ms else 0]
-            top = -np.inf
+            if ml:
+                for i in range(row.shape[0]):
+                    row[i] = row[i] * scale + mrow[i]
+            else:
+                add = mrow[0]
+                for i in range(row.shape[0]):
+                    row[i] = row[i] * scale + add
+            top = row_max(row)
             for i in range(row.shape[0]):
-                v = row[i] * scale + mrow[i if ml else 0]
-                row[i] = v
-                top = max(top, v)
-            total = 0.0
-            for i in range(row.shape[0]):
-                e = np.exp(row[i] - top)
-                row[i] = e
-                total += e
-            inv = 1.0 / total
+                row[i] = np.exp(row[i] - top)
+            inv = 1.0 / row_sum(row)
             for i in range(row.shape[0]):
                 row[i] = row[i] * inv
 
@@ -163,23 +162,17 @@ def masked_softmax_rows_f32(s, mask, index, scale):  # type: ignore[no-untyped-d
         for r in range(s.shape[1]):
             row = s[b, r]
             mrow = m[r if ms else 0]
-            top = np.float32(-np.inf)
             if ml:
                 for i in range(row.shape[0]):
-                    v = row[i] * k + mrow[i]
-                    row[i] = v
-                    top = max(top, v)
+                    row[i] = row[i] * k + mrow[i]
             else:
+                add = mrow[0]
                 for i in range(row.shape[0]):
-                    v = row[i] * k + mrow[0]
-                    row[i] = v
-                    top = max(top, v)
-            total = 0.0
+                    row[i] = row[i] * k + add
+            top = row_max(row)
             for i in range(row.shape[0]):
-                e = exp_f32(row[i] - top)
-                row[i] = e
-                total += e
-            inv = np.float32(1.0 / total)
+                row[i] = exp_f32(row[i] - top)
+            inv = np.float32(1.0 / row_sum(row))
             for i in range(row.shape[0]):
                 row[i] = row[i] * inv
 

@@ -139,3 +139,33 @@ def fsign(x, one, zero):  # type: ignore[no-untyped-def]
     # one and zero come in the kernel's dtype, so that no literal promotes float32 to float64.
     s = one if x > zero else (-one if x < zero else zero)
     return x if x != x else s
+
+
+# ------------------------------------------------------------------ row reductions
+# Reductions of a contiguous row that LLVM vectorizes: only when allowed to reorder them (and,
+# for the max, to ignore NaN, so only where a NaN reaches the result by another way: a softmax's
+# exponentials, a normalization's sum).
+@njit(cache=True, error_model="numpy", fastmath={"nnan", "nsz", "reassoc"}, nogil=True)
+def row_max(x):  # type: ignore[no-untyped-def]
+    top = x[0]
+    for i in range(1, x.size):
+        top = max(top, x[i])
+    return top
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"}, nogil=True)
+def row_sum(x):  # type: ignore[no-untyped-def]
+    total = 0.0  # float64 lanes
+    for i in range(x.size):
+        total += x[i]
+    return total
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"}, nogil=True)
+def row_square_deviation(x, mean):  # type: ignore[no-untyped-def]
+    """The sum of (x - mean)**2 over the row, in float64 lanes."""
+    total = 0.0
+    for i in range(x.size):
+        d = x[i] - mean
+        total += d * d
+    return total

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 from eqsat.lowering.cpu import Env, Lowering, Step, StepFn
-from eqsat.lowering.cpu_math import exp_f32
+from eqsat.lowering.cpu_math import exp_f32, row_max, row_sum
 from eqsat.lowering.memory import Usage
 from numba import njit
 
@@ -396,24 +396,6 @@ def _longest_run(colmap: np.ndarray) -> tuple[int, int, int]:
 
 
 # ------------------------------------------------------------------ reductions
-# Reductions of a contiguous row that LLVM vectorizes: only when allowed to reorder them (and,
-# for the max, to ignore NaN, so only where a NaN reaches the result by another way).
-@njit(**{**JIT, "fastmath": {"nnan", "nsz", "reassoc"}})
-def _row_max(x):  # type: ignore[no-untyped-def]
-    top = x[0]
-    for i in range(1, x.size):
-        top = max(top, x[i])
-    return top
-
-
-@njit(**{**JIT, "fastmath": {"reassoc", "contract"}})
-def _row_sum(x):  # type: ignore[no-untyped-def]
-    total = 0.0  # float64 lanes
-    for i in range(x.size):
-        total += x[i]
-    return total
-
-
 @njit(**JIT)
 def reduce_block(x, out, acc, kind, scale):  # type: ignore[no-untyped-def]
     """Reduce x (outer, n, inner) over its middle axis into out (outer, inner). kind 0: sum
@@ -424,7 +406,7 @@ def reduce_block(x, out, acc, kind, scale):  # type: ignore[no-untyped-def]
         # Over the innermost axes (SE blocks' means): the vectorized row sum, 8x the loop below.
         rows = x.reshape(outer, n)
         for a in range(outer):
-            out[a, 0] = _row_sum(rows[a]) * scale
+            out[a, 0] = row_sum(rows[a]) * scale
         return
     for a in range(outer):
         if kind == 0:
@@ -549,10 +531,10 @@ def softmax_rows_f32(x, out):  # type: ignore[no-untyped-def]
     for r in range(x.shape[0]):
         src = x[r]
         dst = out[r]
-        top = _row_max(src)
+        top = row_max(src)
         for i in range(src.size):
             dst[i] = exp_f32(src[i] - top)
-        inv = np.float32(1.0 / _row_sum(dst))
+        inv = np.float32(1.0 / row_sum(dst))
         for i in range(dst.size):
             dst[i] *= inv
 
