@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from eqsat.lowering import codegen
+from eqsat.lowering import codegen, codegen_typed
 from onnx import TensorProto as T
 from onnx import helper as h
 
@@ -213,7 +213,7 @@ def test_fused_bodies(body: str, dtypes: list[Any], out: Any) -> None:
 def test_unsupported_stays_on_the_reference(body: str, dtypes: list[Any]) -> None:
     out = np.result_type(*dtypes) if dtypes else np.dtype(I64)
     with pytest.raises(codegen.Unsupported):
-        codegen.translate_typed(body, [np.dtype(d) for d in dtypes], out)
+        codegen_typed.translate_typed(body, [np.dtype(d) for d in dtypes], out)
 
 
 def test_alias_of_another_dtype_reads_the_operand() -> None:
