@@ -233,7 +233,7 @@ def fused_source(dtype: np.dtype, epilogue: str, kinds: list[str]) -> str:
         "",
         f"ONE = {ctype}(1.0)",
         f"ZERO = {ctype}(0.0)",
-        *(f"{name} = {ctype}({codegen._float_literal(v)})" for name, v in constants.items()),
+        *(f"{name} = {ctype}({codegen.float_literal(v)})" for name, v in constants.items()),
         "",
         "",
         "@njit(cache=True, error_model='numpy', fastmath={'contract'}, nogil=True)",
