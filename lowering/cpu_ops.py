@@ -39,6 +39,8 @@ FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # Parallel GEMMs keep at least this many rows (or columns) per chunk: thinner ones waste the
 # BLAS micro-kernel's register blocking (and the per-chunk Python costs ~2 us).
 MIN_PART_ROWS = 16
+# Products of at most this many rows by constant weights skip BLAS: :func:`few_rows_matmul`.
+FEW_ROWS = 8
 MIN_PART_COLUMNS = 64
 # Depthwise convs with more taps go to the direct conv of :mod:`~eqsat.lowering.cpu_conv`.
 DEPTHWISE_TAPS = 49
@@ -173,6 +175,24 @@ def parallel_matmul(pool: Any, parts: list[tuple[Index, Index, Index]]) -> Any:
     return mm
 
 
+def few_rows_matmul(weights: np.ndarray, rows: int, parts: list[Any]) -> Any:
+    """``mm(x, y, out)`` through :func:`cpu_kernels.rows_matmul` for ``rows`` <= FEW_ROWS rows
+    times constant ``weights`` (K, N), or None where BLAS is the better choice (more rows, a
+    product split over threads, K too short for the dot products to vectorize)."""
+    from eqsat.lowering import cpu_kernels
+
+    if parts or rows > FEW_ROWS or weights.ndim != 2 or weights.shape[0] < 16:
+        return None
+    transposed = np.ascontiguousarray(weights.T)  # (N, K): each output a dot product over K
+    zero = weights.dtype.type(0)
+    kernel = cpu_kernels.rows_matmul
+
+    def mm(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+        kernel(np.ascontiguousarray(x), transposed, zero, out)
+
+    return mm
+
+
 # ------------------------------------------------------------------------------ MatMul / Gemm
 def _matmul(lowering: Lowering, node: Node) -> Step | None:
     (a, b), extras = _split(node)
@@ -205,9 +225,12 @@ def _matmul(lowering: Lowering, node: Node) -> Step | None:
         x_shape, b.shape, o_shape, lowering.split(2.0 * out.size * k, most=GEMM_CHUNKS)
     )
 
+    few = None if b_const is None else few_rows_matmul(b_const, x_shape[-2], parts)
+    few = few if flat or a.rank == 2 else None
+
     def bind(arrays: dict[int, np.ndarray]) -> StepFn:
         epilogue = epi.bound(o, arrays)
-        matmul = parallel_matmul(lowering.pool, parts) if parts else np.matmul
+        matmul = few or (parallel_matmul(lowering.pool, parts) if parts else np.matmul)
         fixed_out = arrays.get(o)
         if flat and fixed_out is not None:
             fixed_out = fixed_out.reshape(-1, n)
@@ -287,9 +310,11 @@ def _gemm(lowering: Lowering, node: Node) -> Step | None:
         lowering.split(2.0 * out.size * k_, most=GEMM_CHUNKS),
     )
 
+    few = None if b_const is None else few_rows_matmul(b_const, out.shape[0], parts)
+
     def bind(arrays: dict[int, np.ndarray]) -> StepFn:
         epilogue = epi.bound(o, arrays)
-        matmul = parallel_matmul(lowering.pool, parts) if parts else np.matmul
+        matmul = few or (parallel_matmul(lowering.pool, parts) if parts else np.matmul)
 
         def run_bound(env: Env) -> None:
             x = a_const if a_const is not None else (env[a_slot].T if trans_a else env[a_slot])

@@ -1,0 +1,93 @@
+"""MatMul and Gemm by constant weights with a few rows (:func:`eqsat.lowering.cpu_ops.few_rows_matmul`,
+:func:`eqsat.lowering.cpu_kernels.rows_matmul`): every row/column remainder of the kernel's blocks,
+Gemm's transposes, alpha, beta and bias, stacked rows, float64 and fused epilogues, against the numpy
+reference; and BLAS where the kernel does not apply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from eqsat.lowering import cpu_kernels
+
+import eqsat
+from tests.cpu_testing import matches_numpy
+
+F32 = np.float32
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The (rows, N) of every rows_matmul call."""
+    calls: list[tuple[int, int]] = []
+    real = cpu_kernels.rows_matmul
+
+    def spy(x: np.ndarray, w: np.ndarray, zero: Any, out: np.ndarray) -> None:
+        calls.append((x.shape[0], w.shape[0]))
+        real(x, w, zero, out)
+
+    monkeypatch.setattr(cpu_kernels, "rows_matmul", spy)
+    return calls
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("n", [1, 2, 5, 8])
+def test_matmul_rows_by_weights(
+    rng: np.random.Generator, kernel_calls: list, rows: int, n: int
+) -> None:
+    g = eqsat.Graph("mm")
+    x = g.input("x", (rows, 37))
+    w = g.constant(rng.standard_normal((37, n)).astype(F32), "w")
+    g.output(g.op("MatMul", x, w), "y")
+    matches_numpy(g, rng, rtol=1e-5, atol=1e-5, runs=2)
+    assert kernel_calls and kernel_calls[0] == (rows, n)
+
+
+@pytest.mark.parametrize(
+    ("attrs", "a_shape", "b_shape"),
+    [
+        ({"transB": 1, "alpha": 0.5, "beta": 2.0}, (6, 40), (9, 40)),
+        ({"transA": 1}, (40, 3), (40, 9)),
+        ({"beta": 0.0}, (7, 40), (40, 9)),
+    ],
+    ids=["transB-alpha-beta", "transA", "no-bias"],
+)
+def test_gemm_few_rows(
+    rng: np.random.Generator, kernel_calls: list, attrs: dict, a_shape: tuple, b_shape: tuple
+) -> None:
+    g = eqsat.Graph("gemm")
+    a = g.input("a", a_shape)
+    b = g.constant(rng.standard_normal(b_shape).astype(F32), "b")
+    c = g.constant(rng.standard_normal((9,)).astype(F32), "c")
+    g.output(g.op("Relu", g.op("Gemm", a, b, c, **attrs)), "y")
+    matches_numpy(g, rng, rtol=1e-5, atol=1e-5, runs=2)
+    assert kernel_calls
+
+
+def test_stacked_rows_and_float64_and_epilogue(
+    rng: np.random.Generator, kernel_calls: list
+) -> None:
+    g = eqsat.Graph("stacked")
+    x = g.input("x", (2, 3, 20), np.float64)  # 6 rows once flattened
+    w = g.constant(rng.standard_normal((20, 11)), "w")
+    bias = g.constant(rng.standard_normal((11,)), "bias")
+    g.output(g.op("Tanh", g.op("Add", g.op("MatMul", x, w), bias)), "y")
+    matches_numpy(g, rng, rtol=1e-12, atol=1e-12)
+    assert kernel_calls[0] == (6, 11)
+
+
+@pytest.mark.parametrize(
+    ("a_shape", "b_shape", "const_b"),
+    [((9, 40), (40, 5), True), ((4, 8), (8, 5), True), ((4, 40), (40, 5), False)],
+    ids=["nine-rows", "short-k", "dynamic-weights"],
+)
+def test_blas_where_the_kernel_does_not_apply(
+    rng: np.random.Generator, kernel_calls: list, a_shape: tuple, b_shape: tuple, const_b: bool
+) -> None:
+    g = eqsat.Graph("blas")
+    a = g.input("a", a_shape)
+    b = g.constant(rng.standard_normal(b_shape).astype(F32)) if const_b else g.input("b", b_shape)
+    g.output(g.op("MatMul", a, b), "y")
+    matches_numpy(g, rng, rtol=1e-5, atol=1e-5)
+    assert kernel_calls == []
