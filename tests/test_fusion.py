@@ -92,6 +92,23 @@ def test_fused_conv_epilogue_and_omitted_bias() -> None:
         g.op("FusedConv", *ins, num_base_inputs=3, epilogue="({0} + {1})")
 
 
+def test_bias_less_conv_with_activation_fuses() -> None:
+    """A Conv without bias and an activation: the FusedConv decodes with its bias left out (as
+    ONNX writes it) instead of failing and keeping the whole input graph (a real MobileNetV3
+    export lost all of its fusions that way)."""
+    g = Graph("t")
+    x = g.input("x", (1, 3, 9, 9))
+    w = g.constant(_rand(8, 3, 3, 3), "w")
+    y = g.op("Conv", x, w, strides=[2, 2], pads=[1, 1, 1, 1], kernel_shape=[3, 3])
+    g.output(g.op("HardSwish", y), "y")
+    result = optimize(g, rules=fusion_rules(), target="cpu", verify=True)
+    assert result.report.verified and not result.report.kept_input
+    assert result.graph.op_counts() == {"FusedConv": 1}
+    (node,) = result.graph.nodes
+    assert len(node.inputs) == 2 and node.attrs["num_base_inputs"] == 3
+    onnx.checker.check_model(result.to_onnx())
+
+
 def test_fused_matmul_gemm_convtranspose() -> None:
     a, b, c = _rand(2, 5, 3), _rand(3, 4), _rand(4)
     got = _run("FusedMatMul", [a, b, c], num_base_inputs=2, epilogue="tanh(({0} + {1}))")

@@ -239,8 +239,15 @@ register(
 def _split(inputs: list[Any], attrs: dict[str, Any], op: str) -> tuple[list[Any], list[Any]]:
     n = attrs["num_base_inputs"]
     base = OPS[EPILOGUE_BASES[op]]
-    if not isinstance(n, int) or not base.min_inputs <= n <= base.max_inputs or n > len(inputs):
+    if (
+        not isinstance(n, int)
+        or not base.min_inputs <= n <= base.max_inputs
+        or len(inputs) < base.min_inputs
+    ):
         raise ShapeError(f"{op}: num_base_inputs {n!r} does not fit {len(inputs)} inputs")
+    # Fewer inputs than the base's: its trailing optional ones were left out (a Conv without
+    # bias, its epilogue without tensor operands), as ONNX and the decoder write such nodes.
+    inputs = [*inputs, *[None] * (n - len(inputs))]
     return inputs[:n], inputs[n:]
 
 

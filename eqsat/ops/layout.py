@@ -140,8 +140,10 @@ register(_nhwc_op("AveragePool", False))
 # ------------------------------------------------------------------ FusedConvNHWC
 def _split_inputs(inputs: list[Any], attrs: dict[str, Any]) -> tuple[list[Any], list[Any]]:
     n = attrs["num_base_inputs"]
-    if not isinstance(n, int) or not 2 <= n <= 3 or n > len(inputs):
+    if not isinstance(n, int) or not 2 <= n <= 3 or len(inputs) < 2:
         raise ShapeError(f"FusedConvNHWC: num_base_inputs {n!r} does not fit {len(inputs)} inputs")
+    # A bias left out at the end (no epilogue operands either): see eqsat.ops.fused._split.
+    inputs = [*inputs, *[None] * (n - len(inputs))]
     return inputs[:n], inputs[n:]
 
 
