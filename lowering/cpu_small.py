@@ -539,6 +539,53 @@ def softmax_rows_f32(x, out):  # type: ignore[no-untyped-def]
             dst[i] *= inv
 
 
+@njit(**JIT)
+def log_softmax_rows_f32(x, out):  # type: ignore[no-untyped-def]
+    """LogSoftmax of each row of the float32 x into out: x - max - log(sum(exp(x - max))),
+    the sum (in float64) over exponentials written to out first; NaN rows stay NaN."""
+    for r in range(x.shape[0]):
+        src = x[r]
+        dst = out[r]
+        top = row_max(src)
+        for i in range(src.size):
+            dst[i] = exp_f32(src[i] - top)
+        shift = np.float32(top + np.log(row_sum(dst)))
+        for i in range(src.size):
+            dst[i] = src[i] - shift
+
+
+@njit(**JIT)
+def log_softmax_rows(x, out):  # type: ignore[no-untyped-def]
+    """:func:`log_softmax_rows_f32` with numpy's exp (float64)."""
+    for r in range(x.shape[0]):
+        src = x[r]
+        dst = out[r]
+        top = row_max(src)
+        for i in range(src.size):
+            dst[i] = np.exp(src[i] - top)
+        shift = top + np.log(row_sum(dst))
+        for i in range(src.size):
+            dst[i] = src[i] - shift
+
+
+def _log_softmax(lowering: Lowering, node: Node) -> Step | None:
+    """LogSoftmax over the innermost axis (CTC heads); other axes stay on the reference."""
+    x, out = node.inputs[0], node.outputs[0]
+    if x is None or out is None or x.dtype not in FLOATS or x.rank == 0 or x.size == 0:
+        return None
+    axis = int(node.attrs["axis"]) % x.rank
+    if any(d != 1 for d in x.shape[axis + 1 :]):
+        return None
+    shape = (x.size // x.shape[axis], x.shape[axis])
+    kernel = log_softmax_rows_f32 if x.dtype == np.float32 else log_softmax_rows
+    xs, o = lowering.slot(x), lowering.slot(out)
+
+    def run(env: Env) -> None:
+        kernel(np.ascontiguousarray(env[xs]).reshape(shape), env[o].reshape(shape))
+
+    return Step(run, Usage([xs], [o], True), "kernel", node.name)
+
+
 def softmax_axis(lowering: Lowering, node: Node) -> Step | None:
     """Softmax over a non-innermost axis (the innermost one is cpu_misc's row kernel)."""
     x, out = node.inputs[0], node.outputs[0]
@@ -570,6 +617,7 @@ _BUILDERS: dict[str, Any] = {
     "ReduceMean": _reduce,
     "ReduceMax": _reduce,
     "ReduceMin": _reduce,
+    "LogSoftmax": _log_softmax,
 }
 
 __all__ = ["build_step", "pad_maps", "softmax_axis", "softmax_rows_f32"]

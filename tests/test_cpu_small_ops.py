@@ -211,6 +211,28 @@ def test_softmax_rows_f32() -> None:
     np.testing.assert_allclose(out[[0, 3]], e / e.sum(1, keepdims=True), rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("dtype", [F32, np.float64])
+def test_log_softmax_rows(dtype: Any) -> None:
+    run_op("LogSoftmax", (1, 50, 30), [], dtype=dtype, axis=-1, kind="kernel")  # a CTC head
+    run_op("LogSoftmax", (6, 9, 1), [], dtype=dtype, axis=1, planned=True, kind="kernel")
+    # NaN and +inf rows come out NaN, as in the reference; the others are intact.
+    x = np.random.default_rng(2).standard_normal((3, 33)).astype(dtype) * 30
+    x[1, 4], x[2, 0] = np.nan, np.inf
+    out = np.empty_like(x)
+    kernel = cpu_small.log_softmax_rows_f32 if dtype == F32 else cpu_small.log_softmax_rows
+    kernel(x, out)
+    assert np.isnan(out[1]).all() and np.isnan(out[2]).all()
+    row = x[0].astype(np.float64)
+    want = row - row.max() - np.log(np.exp(row - row.max()).sum())
+    np.testing.assert_allclose(out[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_log_softmax_over_a_middle_axis_stays_on_the_reference() -> None:
+    g = eqsat.Graph("lsm")
+    g.output(g.op("LogSoftmax", g.input("x", (2, 5, 3)), axis=1), "y")
+    assert eqsat.compile(g, target="cpu").report["reference_ops"] == {"LogSoftmax": 1}
+
+
 # ------------------------------------------------------------------ against onnxruntime
 def test_pad_and_gather_match_onnxruntime() -> None:
     from onnx import TensorProto as T
