@@ -582,10 +582,15 @@ def _conv_or_reference(lowering: Lowering, node: Node) -> Step | None:
 
 
 def _conv_transpose(lowering: Lowering, node: Node) -> Step | None:
-    """FusedConvTranspose: the kernels of :mod:`cpu_misc` where they apply, else the reference."""
-    from eqsat.lowering import cpu_misc
+    """(Fused)ConvTranspose: :mod:`cpu_misc`'s scatter where taps do not overlap (stride =
+    kernel), else GEMM + col2im (:mod:`cpu_deconv`), else the reference (with a fused op's
+    epilogue as a kernel)."""
+    from eqsat.lowering import cpu_deconv, cpu_misc
 
-    return cpu_misc.build_step(lowering, node) or _fused_reference_base(lowering, node)
+    step = cpu_misc.build_step(lowering, node) or cpu_deconv.build(lowering, node)
+    if step is None and node.op == "FusedConvTranspose":
+        return _fused_reference_base(lowering, node)
+    return step
 
 
 _BUILDERS: dict[str, Any] = {
@@ -595,6 +600,7 @@ _BUILDERS: dict[str, Any] = {
     "FusedGemm": _gemm,
     "Conv": _conv_or_reference,
     "FusedConv": _conv_or_reference,
+    "ConvTranspose": _conv_transpose,
     "FusedConvTranspose": _conv_transpose,
 }
 
