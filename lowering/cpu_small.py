@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from eqsat.lowering import cpu_norms
 from eqsat.lowering.cpu import Env, Lowering, Step, StepFn
 from eqsat.lowering.cpu_math import exp_f32, row_max, row_sum
 from eqsat.lowering.memory import Usage
@@ -618,6 +619,7 @@ _BUILDERS: dict[str, Any] = {
     "ReduceMax": _reduce,
     "ReduceMin": _reduce,
     "LogSoftmax": _log_softmax,
+    "InstanceNormalization": cpu_norms.instance_norm,
 }
 
 __all__ = ["build_step", "pad_maps", "softmax_axis", "softmax_rows_f32"]

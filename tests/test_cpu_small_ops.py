@@ -233,6 +233,15 @@ def test_log_softmax_over_a_middle_axis_stays_on_the_reference() -> None:
     assert eqsat.compile(g, target="cpu").report["reference_ops"] == {"LogSoftmax": 1}
 
 
+@pytest.mark.parametrize("dtype", [F32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 4, 10), (1, 2, 3, 4, 5)])
+def test_instance_normalization(dtype: Any, shape: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(3)
+    c = shape[1]
+    scale, bias = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    run_op("InstanceNormalization", shape, [scale, bias], dtype=dtype, epsilon=1e-3, kind="kernel")
+
+
 # ------------------------------------------------------------------ against onnxruntime
 def test_pad_and_gather_match_onnxruntime() -> None:
     from onnx import TensorProto as T
