@@ -184,11 +184,11 @@ def few_rows_matmul(weights: np.ndarray, rows: int, parts: list[Any]) -> Any:
     if parts or rows > FEW_ROWS or weights.ndim != 2 or weights.shape[0] < 16:
         return None
     transposed = np.ascontiguousarray(weights.T)  # (N, K): each output a dot product over K
-    zero = weights.dtype.type(0)
+    zeros = np.zeros(weights.shape[1], weights.dtype)
     kernel = cpu_kernels.rows_matmul
 
     def mm(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
-        kernel(np.ascontiguousarray(x), transposed, zero, out)
+        kernel(np.ascontiguousarray(x), transposed, zeros, out)
 
     return mm
 
