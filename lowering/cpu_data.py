@@ -3,18 +3,25 @@
 Run on the numpy reference, a Reshape of a few kilobytes cost ~8 us (argument checks, attribute
 parsing, a fresh array) and fused attention ~90 us; here:
 
-* Reshape, Flatten, Squeeze, Unsqueeze and Identity keep the element order, and their output shape
-  is static: the step is ``x.reshape(shape)``, a view whenever the input is contiguous (the memory
+* Reshape, Flatten, Squeeze, Unsqueeze, Identity and Transposes that only move extent-1 axes keep
+  the element order, and their output shape is static: the step is ``x.reshape(shape)``, a view whenever the input is contiguous (the memory
   plan tracks that the result aliases its input's buffer);
-* Transpose copies into its planned buffer; Concat concatenates into its planned buffer (part by
-  part into fixed slices of it once the memory plan is made);
+* Transpose: a swap kernel of :mod:`eqsat.lowering.cpu_moves` when it swaps two blocks, else a
+  copy into its planned buffer; Pad: :mod:`eqsat.lowering.cpu_moves` without its unpadded
+  extent-1 axes, else :mod:`eqsat.lowering.cpu_small`;
+* Concat concatenates into its planned buffer (part by part into fixed slices of it once the
+  memory plan is made);
 * ``Attention(Q, K, V[, mask])`` is two batched GEMMs into preallocated scratch with one Numba pass
   in between that scales, adds the mask and takes the softmax of each row
   (:func:`eqsat.lowering.cpu_kernels.masked_softmax_rows`);
 * MaxPool over 2-D NCHW windows: a kernel generated per window geometry, separable row and
   column passes with the taps unrolled (:func:`eqsat.lowering.cpu_depthwise.max_pool_source`;
   windows wider than 16 taps: :func:`eqsat.lowering.cpu_kernels.max_pool2d`), (image, channel
-  block) chunks on the thread pool; AveragePool: :func:`eqsat.lowering.cpu_kernels.average_pool2d`;
+  block) chunks on the thread pool; AveragePool the same with sums
+  (:func:`eqsat.lowering.cpu_depthwise.average_pool_source`; wide windows:
+  :func:`eqsat.lowering.cpu_kernels.average_pool2d`);
+* ReduceMax/Min over trailing axes: numpy's row reduction (:mod:`eqsat.lowering.cpu_moves`;
+  its scalar max chain ran 4 ns per element on basic_pitch's whole-tensor min and max);
 * Slice, Split, Gather, Pad and ReduceSum/Mean/Max/Min: views or one kernel each
   (:mod:`eqsat.lowering.cpu_small`).
 
@@ -26,7 +33,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import codegen, cpu, cpu_depthwise, cpu_kernels, cpu_small, cpu_threads
+from eqsat.lowering import (
+    codegen,
+    cpu,
+    cpu_depthwise,
+    cpu_kernels,
+    cpu_moves,
+    cpu_small,
+    cpu_threads,
+)
 from eqsat.lowering.cpu import Env, Lowering, Step, StepFn
 from eqsat.lowering.memory import Usage
 
@@ -43,7 +58,9 @@ def build_step(lowering: Lowering, node: Node) -> Step | None:
     if not node.outputs or node.outputs[0] is None:
         return None
     x = node.inputs[0] if node.inputs else None
-    if x is None or x.const is not None:
+    # A constant input of a one-input op would have been folded; a Concat may start with one
+    # (a ViT's class token before its patches).
+    if x is None or (x.const is not None and node.op != "Concat"):
         return None
     return builder(lowering, node)
 
@@ -67,6 +84,11 @@ def _transpose(lowering: Lowering, node: Node) -> Step | None:
     assert x is not None and out is not None
     perm = node.attrs.get("perm")
     perm = tuple(range(x.rank)[::-1]) if perm is None else tuple(int(p) % x.rank for p in perm)
+    if cpu_moves.keeps_order(x.shape, perm):
+        return _view(lowering, node)  # only extent-1 axes move (ddddocr_rec's LSTM output)
+    swap = cpu_moves.transpose(lowering, node)
+    if swap is not None:
+        return swap
     xs, o = lowering.slot(x), lowering.slot(out)
     copyto = np.copyto
 
@@ -207,6 +229,14 @@ def _nothing(env: Env) -> None:
     """A concat whose parts were all written in place by their producers."""
 
 
+def _pad(lowering: Lowering, node: Node) -> Step | None:
+    return cpu_moves.pad(lowering, node) or cpu_small.build_step(lowering, node)
+
+
+def _reduce_extreme(lowering: Lowering, node: Node) -> Step | None:
+    return cpu_moves.reduce_extreme(lowering, node) or cpu_small.build_step(lowering, node)
+
+
 def _attention(lowering: Lowering, node: Node) -> Step | None:
     q, k, v = node.inputs[:3]
     mask = node.inputs[3] if len(node.inputs) > 3 else None
@@ -289,58 +319,63 @@ def _pool(lowering: Lowering, node: Node) -> Step | None:
     if x.rank != 4 or out.dtype not in FLOATS or any(v is not None for v in node.outputs[1:]):
         return None
     attrs = node.attrs
-    kernel = tuple(int(k) for k in attrs["kernel_shape"])
-    window = window_geometry(x.shape[2:], kernel, attrs, ceil_mode=bool(attrs["ceil_mode"]))
+    kernel_shape = tuple(int(k) for k in attrs["kernel_shape"])
+    window = window_geometry(x.shape[2:], kernel_shape, attrs, ceil_mode=bool(attrs["ceil_mode"]))
     if tuple(window.out) != out.shape[2:]:
         return None
     geometry = (*window.kernel, *window.strides, *window.dilations, *window.begin)
+    form = (out.dtype, window.kernel, window.strides, window.dilations, window.begin)
     xs, o = lowering.slot(x), lowering.slot(out)
+    extra: tuple[np.ndarray, ...] = ()
     if node.op == "MaxPool":
         try:
-            kernel = cpu_depthwise.load_max_pool(
-                out.dtype, window.kernel, window.strides, window.dilations, window.begin
-            )
+            kernel = cpu_depthwise.load_max_pool(*form)
             lowering.kernels += 1
         except codegen.Unsupported:  # windows too wide to unroll
 
             def kernel(data: np.ndarray, result: np.ndarray) -> None:
                 cpu_kernels.max_pool2d(data, result, *geometry)
 
-        # With threads, (image, channel block) chunks of the pool: planes are independent.
-        n_, c_ = x.shape[:2]
-        count = lowering.split(float(x.size + out.size), cpu.PARALLEL_ELEMENTS, cpu.GRAIN_ELEMENTS)
-        blocks = cpu_threads.chunks(c_, -(-count // n_)) if count > 1 else []
-        parts = [(i, c0, c1) for i in range(n_) for c0, c1 in blocks]
-        pool = lowering.pool if len(parts) > 1 else None
+    else:
+        # The divisor per output position, as the reference counts it (separable per axis).
+        include = bool(attrs["count_include_pad"])
+        count = np.ones((), np.float64)
+        for a, size in enumerate(x.shape[2:]):
+            lo, hi = (-window.begin[a], size + window.end[a]) if include else (0, size)
+            starts = np.arange(window.out[a]) * window.strides[a] - window.begin[a]
+            pos = starts[:, None] + np.arange(window.kernel[a]) * window.dilations[a]
+            count = np.multiply.outer(count, ((pos >= lo) & (pos < hi)).sum(axis=1))
+        inverse = np.ascontiguousarray(1.0 / count, out.dtype)
+        extra = (inverse,)
+        try:
+            kernel = cpu_depthwise.load_average_pool(*form)
+            lowering.kernels += 1
+        except codegen.Unsupported:
 
-        def run(env: Env) -> None:
-            data = np.ascontiguousarray(env[xs])
-            result = env[o]
-            if pool is not None:
+            def kernel(data: np.ndarray, result: np.ndarray, inv: np.ndarray) -> None:
+                cpu_kernels.average_pool2d(data, result, inv, *geometry)
 
-                def part(p: tuple[int, int, int], worker: int) -> None:
-                    i, c0, c1 = p
-                    kernel(data[i : i + 1, c0:c1], result[i : i + 1, c0:c1])
+    # With threads, (image, channel block) chunks of the pool: planes are independent.
+    n_, c_ = x.shape[:2]
+    count_ = lowering.split(float(x.size + out.size), cpu.PARALLEL_ELEMENTS, cpu.GRAIN_ELEMENTS)
+    blocks = cpu_threads.chunks(c_, -(-count_ // n_)) if count_ > 1 else []
+    parts = [(i, c0, c1) for i in range(n_) for c0, c1 in blocks]
+    pool = lowering.pool if len(parts) > 1 else None
 
-                pool.map(part, parts)
-                return
-            kernel(data, result)
+    def run(env: Env) -> None:
+        data = np.ascontiguousarray(env[xs])
+        result = env[o]
+        if pool is not None:
 
-        return Step(run, Usage([xs], [o], True), "kernel", node.name)
-    # The divisor per output position, as the reference counts it (separable per axis).
-    include = bool(attrs["count_include_pad"])
-    count = np.ones((), np.float64)
-    for a, size in enumerate(x.shape[2:]):
-        lo, hi = (-window.begin[a], size + window.end[a]) if include else (0, size)
-        starts = np.arange(window.out[a]) * window.strides[a] - window.begin[a]
-        pos = starts[:, None] + np.arange(window.kernel[a]) * window.dilations[a]
-        count = np.multiply.outer(count, ((pos >= lo) & (pos < hi)).sum(axis=1))
-    inverse = np.ascontiguousarray(1.0 / count, out.dtype)
+            def part(p: tuple[int, int, int], worker: int) -> None:
+                i, c0, c1 = p
+                kernel(data[i : i + 1, c0:c1], result[i : i + 1, c0:c1], *extra)
 
-    def run_average(env: Env) -> None:
-        cpu_kernels.average_pool2d(np.ascontiguousarray(env[xs]), env[o], inverse, *geometry)
+            pool.map(part, parts)
+            return
+        kernel(data, result, *extra)
 
-    return Step(run_average, Usage([xs], [o], True), "kernel", node.name)
+    return Step(run, Usage([xs], [o], True), "kernel", node.name)
 
 
 _BUILDERS: dict[str, Any] = {
@@ -351,6 +386,9 @@ _BUILDERS: dict[str, Any] = {
     "Identity": _view,
     "Transpose": _transpose,
     "Concat": _concat,
+    "Pad": _pad,
+    "ReduceMax": _reduce_extreme,
+    "ReduceMin": _reduce_extreme,
     "Attention": _attention,
     "MaxPool": _pool,
     "AveragePool": _pool,

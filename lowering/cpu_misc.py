@@ -3,6 +3,8 @@
 * GlobalAveragePool, Softmax and LayerNormalization over the innermost axis: one Numba kernel
   each, one pass over each row while it is in cache (:mod:`eqsat.lowering.cpu_kernels`; float32
   Softmax: :func:`eqsat.lowering.cpu_small.softmax_rows_f32`, three vectorized passes);
+* GlobalMaxPool: numpy's row max into the planned buffer
+  (:func:`eqsat.lowering.cpu_moves.global_max_pool`);
 * BatchNormalization (inference): a generated elementwise kernel ``x * scale + shift`` with the
   per-channel constants folded at compile time;
 * Resize in nearest mode: source indices come from running the op's reference once, at compile
@@ -24,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import cpu_kernels, cpu_recurrent, cpu_small
+from eqsat.lowering import cpu_kernels, cpu_moves, cpu_recurrent, cpu_small
 from eqsat.lowering.cpu import ElementwiseKernel, Env, Lowering, Step
 from eqsat.lowering.memory import Usage
 
@@ -344,6 +346,7 @@ def _depthwise_transpose(
 
 _BUILDERS: dict[str, Any] = {
     "GlobalAveragePool": _global_average,
+    "GlobalMaxPool": cpu_moves.global_max_pool,
     "Softmax": _softmax,
     "LayerNormalization": _layer_norm,
     "BatchNormalization": _batch_norm,

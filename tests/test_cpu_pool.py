@@ -120,6 +120,36 @@ def test_average_pool(rng: np.random.Generator, include: int) -> None:
     np.testing.assert_allclose(got["y"], want["y"], rtol=1e-5, atol=1e-6)
 
 
+AVERAGE_GEOMETRIES = [
+    ((1, 8, 3, 80), {"kernel_shape": [3, 2], "strides": [3, 2]}),  # ppocrv6_rec's head pool
+    ((1, 3, 12, 13), {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1]}),
+    ((2, 2, 11, 10), {"kernel_shape": [2, 3], "strides": [2, 1], "dilations": [2, 2]}),
+    ((1, 2, 9, 20), {"kernel_shape": [2, 18], "strides": [1, 1]}),  # too wide: generic kernel
+]
+
+
+@pytest.mark.parametrize(("shape", "attrs"), AVERAGE_GEOMETRIES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("include", [0, 1])
+def test_average_pool_generated(
+    shape: tuple[int, ...], attrs: dict[str, Any], dtype: type, include: int
+) -> None:
+    rng = np.random.default_rng(5)
+    g = eqsat.Graph("avg")
+    x = g.input("x", shape, dtype)
+    g.output(g.op("AveragePool", x, count_include_pad=include, **attrs), "y")
+    want, got, exe = _run(g, {"x": rng.standard_normal(shape).astype(dtype)})
+    assert got["y"].dtype == want["y"].dtype
+    np.testing.assert_allclose(got["y"], want["y"], rtol=1e-5, atol=1e-6)
+    assert exe.report["reference_ops"] == {}
+
+
+def test_average_pool_source_unrolls_taps() -> None:
+    text = cpu_depthwise.average_pool_source(np.dtype(F32), (3, 2), (3, 2), (1, 1), (0, 0))
+    assert "m = p[q] + p[q + 1]" in text and "m * inv[ow]" in text
+    assert "-np.inf" not in text  # padding reads as zero
+
+
 @pytest.mark.parametrize("shape", [(1, 5, 10, 10), (2, 3, 7, 9), (1, 4, 80, 80), (1, 6, 33)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_global_average_pool(shape: tuple[int, ...], dtype: type) -> None:

@@ -106,6 +106,19 @@ def test_concat_of_constants_feeds_and_planned_buffers(planned: bool) -> None:
     run_op("Concat", (1, 1, 5), [np.ones((1, 1, 5), F32)], axis=0, planned=planned, kind="copy")
 
 
+def test_concat_starting_with_a_constant() -> None:
+    """A ViT's class token (a constant) before its patches: a copy step, not the reference."""
+    g = eqsat.Graph("cls")
+    token = g.constant(np.arange(4, dtype=F32).reshape(1, 1, 4))
+    patches = g.op("Relu", g.input("x", (1, 3, 4)))
+    g.output(g.op("Concat", token, patches, axis=1), "y")
+    exe = eqsat.compile(g, target="cpu")
+    assert exe.report["reference_ops"] == {}
+    x = np.random.default_rng(0).standard_normal((1, 3, 4)).astype(F32)
+    want = np.concatenate([np.arange(4, dtype=F32).reshape(1, 1, 4), np.maximum(x, 0)], 1)
+    np.testing.assert_array_equal(exe.run({"x": x})["y"], want)
+
+
 # ------------------------------------------------------------------ Gather
 @pytest.mark.parametrize("planned", [False, True])
 def test_gather_constant_indices(planned: bool) -> None:

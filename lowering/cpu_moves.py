@@ -1,0 +1,293 @@
+"""CPU steps for data movement whose numpy form profiled far above the bytes it moves.
+
+* Transpose whose permutation, once extent-1 axes are dropped and axes that stay neighbours are
+  merged, swaps two blocks: ``(B, I, J, K) -> (B, J, I, K)`` (attention heads, NCHW <-> NHWC,
+  time-major <-> batch-major). When a row of ``K`` fits in 8 bytes it is one wider element and
+  a kernel reads eight input rows at a time, storing eight contiguous outputs per visit (numpy:
+  2.5x slower where row pitches are multiples of 512 bytes, magika's 1 KiB rows, and ~10x for
+  ``K = 2``: basic_pitch's 370 us against 21 us); else one loop copies rows of ``K`` (numpy's
+  strided copy pays ~15 ns per row: 3x slower for ``K = 3..16``, even for ``K = 64``).
+* Pad whose unpadded extent-1 axes (a trailing channel of 1: basic_pitch's harmonic stacking)
+  made :func:`eqsat.lowering.cpu_small.pad_rows` walk one-element rows, ~20 ns each: those axes
+  are dropped first, so the kernel walks whole rows.
+* GlobalMaxPool, and ReduceMax/ReduceMin over trailing axes: numpy's row max (min) straight into
+  the planned buffer. Its SIMD reduce runs at memory speed (~50 us for magika's 1 MiB, where a
+  Numba max chain took 85 us and the reference step 125 us) and propagates NaN as the reference
+  does, being the reference's own reduction.
+
+Kernels copy raw bytes as unsigned integers of the item size, so one compiled loop serves every
+dtype of that size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from eqsat.lowering import cpu_small
+from eqsat.lowering.cpu import Env, Lowering, Step, StepFn
+from eqsat.lowering.memory import Usage
+from numba import njit
+
+from eqsat.ir import Node
+from eqsat.ops.tensor import pad_widths
+
+JIT = {"cache": True, "error_model": "numpy", "nogil": True}
+_UINTS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def _raw(array: np.ndarray) -> np.ndarray:
+    return array.view(_UINTS[array.dtype.itemsize])
+
+
+# ------------------------------------------------------------------ Transpose
+@njit(**JIT)
+def swap_rows(x, out):  # type: ignore[no-untyped-def]
+    """out[b, j, i, :] = x[b, i, j, :]."""
+    b_, i_, j_, k_ = x.shape
+    for b in range(b_):
+        for j in range(j_):
+            for i in range(i_):
+                dst = out[b, j, i]
+                src = x[b, i, j]
+                for k in range(k_):
+                    dst[k] = src[k]
+
+
+@njit(**JIT)
+def swap_elements(x, out):  # type: ignore[no-untyped-def]
+    """out[b, j, i] = x[b, i, j], eight input rows at a time: each output row gets eight
+    contiguous elements per visit while the eight input rows are read in order."""
+    b_, i_, j_ = x.shape
+    full = i_ - i_ % 8
+    for b in range(b_):
+        for i0 in range(0, full, 8):
+            for j in range(j_):
+                dst = out[b, j]
+                for a in range(8):
+                    dst[i0 + a] = x[b, i0 + a, j]
+        for i in range(full, i_):
+            src = x[b, i]
+            for j in range(j_):
+                out[b, j, i] = src[j]
+
+
+def swap_plan(shape: tuple[int, ...], perm: tuple[int, ...]) -> tuple[int, int, int, int] | None:
+    """``(B, I, J, K)`` when transposing ``shape`` by ``perm`` is ``(B, I, J, K) -> (B, J, I, K)``
+    in row-major order (extent-1 axes dropped, neighbours kept together merged); else None."""
+    # Input axes of extent > 1 renumbered in order, listed in output order.
+    number = {a: r for r, a in enumerate(a for a in range(len(shape)) if shape[a] != 1)}
+    extents = [shape[a] for a in sorted(number)]
+    # Runs of the output's axes that are consecutive input axes move as one axis.
+    groups: list[list[int]] = []
+    for a in (number[a] for a in perm if shape[a] != 1):
+        if groups and groups[-1][-1] + 1 == a:
+            groups[-1].append(a)
+        else:
+            groups.append([a])
+    n = len(groups)
+    if n < 2:
+        return None
+    order = sorted(range(n), key=lambda g: groups[g][0])  # output groups in input order
+    sizes = [int(np.prod([extents[a] for a in groups[g]], dtype=np.int64)) for g in order]
+    rank = {g: r for r, g in enumerate(order)}
+    source = [rank[g] for g in range(n)]  # the input position of each output group
+    lead = next(g for g in range(n) if source[g] != g)
+    # After ``lead`` groups in place the output takes input groups lead+1 and lead, then the
+    # rest in place.
+    if lead + 2 > n or source[lead] != lead + 1 or source[lead + 1] != lead:
+        return None
+    if any(source[g] != g for g in range(lead + 2, n)):
+        return None
+    b_ = int(np.prod(sizes[:lead], dtype=np.int64))
+    k_ = int(np.prod(sizes[lead + 2 :], dtype=np.int64))
+    return b_, sizes[lead], sizes[lead + 1], k_
+
+
+def keeps_order(shape: tuple[int, ...], perm: tuple[int, ...]) -> bool:
+    """Whether the permutation only moves extent-1 axes: the transpose is a reshape."""
+    kept = [a for a in perm if shape[a] != 1]
+    return kept == sorted(kept)
+
+
+def transpose(lowering: Lowering, node: Node) -> Step | None:
+    """A Transpose step with a swap kernel; None when the permutation is no swap."""
+    x, out = node.inputs[0], node.outputs[0]
+    assert x is not None and out is not None
+    perm = node.attrs.get("perm")
+    perm = tuple(range(x.rank)[::-1]) if perm is None else tuple(int(p) % x.rank for p in perm)
+    plan = swap_plan(x.shape, perm) if x.size else None
+    if plan is None or x.dtype.itemsize not in _UINTS:
+        return None
+    b_, i_, j_, k_ = plan
+    width = k_ * x.dtype.itemsize
+    if width in _UINTS:  # a row of K is one wider element
+        kernel, in_shape, out_shape = swap_elements, (b_, i_, j_), (b_, j_, i_)
+        view = _UINTS[width]
+    else:
+        kernel, in_shape, out_shape = swap_rows, plan, (b_, j_, i_, k_)
+        view = _UINTS[x.dtype.itemsize]
+    xs, o = lowering.slot(x), lowering.slot(out)
+
+    def source(array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(array).reshape(-1).view(view).reshape(in_shape)
+
+    def run(env: Env) -> None:
+        kernel(source(env[xs]), env[o].reshape(-1).view(view).reshape(out_shape))
+
+    def bind(arrays: dict[int, np.ndarray]) -> StepFn | None:
+        fixed = arrays.get(o)
+        if fixed is None:
+            return None
+        target = fixed.reshape(-1).view(view).reshape(out_shape)
+        if xs in arrays:
+            data = source(arrays[xs])  # a planned buffer: the same view every run
+            return lambda env: kernel(data, target)
+        return lambda env: kernel(source(env[xs]), target)
+
+    return Step(run, Usage([xs], [o], True), "copy", node.name, bind)
+
+
+# ------------------------------------------------------------------ Pad
+def pad(lowering: Lowering, node: Node) -> Step | None:
+    """Pad without its unpadded extent-1 axes: the row kernel of :mod:`cpu_small` then walks
+    rows as long as the data's. None when there is no such axis (:mod:`cpu_small` pads)."""
+    x, out = node.inputs[0], node.outputs[0]
+    if x is None or out is None or x.rank == 0 or out.size == 0 or x.size == 0:
+        return None
+    if any(v is not None and v.const is None for v in node.inputs[1:]):
+        return None
+    mode = node.attrs["mode"]
+    if mode not in ("constant", "reflect", "edge", "wrap") or x.dtype.itemsize not in _UINTS:
+        return None
+    pads = [int(p) for p in np.asarray(node.inputs[1].const).reshape(-1)]  # type: ignore[union-attr]
+    axes_in = node.inputs[3] if len(node.inputs) > 3 else None
+    axes = None if axes_in is None else [int(a) for a in np.asarray(axes_in.const).reshape(-1)]
+    widths = pad_widths(x.shape, pads, axes)
+    keep = [a for a in range(x.rank) if x.shape[a] != 1 or widths[a] != (0, 0)]
+    if len(keep) == x.rank or not keep:
+        return None
+    shape = tuple(x.shape[a] for a in keep)
+    maps = cpu_small.pad_maps(shape, [widths[a] for a in keep], mode)
+    # Source row of each output row: per-axis indices times the input's row strides; -1 where
+    # any axis reads the constant.
+    rowmap = np.zeros((), np.int64)
+    missing = np.zeros((), bool)
+    stride = 1
+    for axis in range(len(shape) - 2, -1, -1):
+        m = maps[axis]
+        rowmap = np.add.outer(m * stride, rowmap)
+        missing = np.logical_or.outer(m < 0, missing)
+        stride *= shape[axis]
+    rowmap = np.where(missing, -1, rowmap).reshape(-1).astype(np.int64)
+    colmap = np.ascontiguousarray(maps[-1])
+    lo, hi, offset = _longest_run(colmap)
+    value = node.inputs[2] if len(node.inputs) > 2 else None
+    fill_value = 0 if value is None else np.asarray(value.const).reshape(-1)[0]
+    fill = _raw(np.array([fill_value], x.dtype))[0]
+    xs, o = lowering.slot(x), lowering.slot(out)
+    in_shape = (x.size // shape[-1], shape[-1])
+    out_shape = (out.size // colmap.size, colmap.size)
+    tail = (rowmap, colmap, lo, hi, offset, fill)
+    pad_rows = cpu_small.pad_rows
+
+    def source(array: np.ndarray) -> np.ndarray:
+        return _raw(np.ascontiguousarray(array)).reshape(in_shape)
+
+    def run(env: Env) -> None:
+        pad_rows(source(env[xs]), _raw(env[o]).reshape(out_shape), *tail)
+
+    def bind(arrays: dict[int, np.ndarray]) -> StepFn | None:
+        fixed = arrays.get(o)
+        if fixed is None:
+            return None
+        target = _raw(fixed).reshape(out_shape)
+        if xs in arrays:
+            data = source(arrays[xs])
+            return lambda env: pad_rows(data, target, *tail)
+        return lambda env: pad_rows(source(env[xs]), target, *tail)
+
+    return Step(run, Usage([xs], [o], True), "copy", node.name, bind)
+
+
+def _longest_run(colmap: np.ndarray) -> tuple[int, int, int]:
+    """(lo, hi, offset): the longest run of output columns with colmap[j] = offset + j - lo."""
+    best = (0, 0, 0)
+    j, n = 0, colmap.size
+    while j < n:
+        if colmap[j] < 0:
+            j += 1
+            continue
+        k = j + 1
+        while k < n and colmap[k] == colmap[k - 1] + 1:
+            k += 1
+        if k - j > best[1] - best[0]:
+            best = (j, k, int(colmap[j]))
+        j = k
+    return best
+
+
+# ------------------------------------------------------------------ row max / min
+def _rows_reduce(lowering: Lowering, node: Node, reduce: np.ufunc, rows: int, length: int) -> Step:
+    """``out = reduce(x as (rows, length), axis=1)`` into the output's buffer."""
+    x, out = node.inputs[0], node.outputs[0]
+    assert x is not None and out is not None
+    in_shape = (rows, length)
+    xs, o = lowering.slot(x), lowering.slot(out)
+    fold = reduce.reduce
+
+    def run(env: Env) -> None:
+        fold(env[xs].reshape(in_shape), axis=1, out=env[o].reshape(rows))
+
+    def bind(arrays: dict[int, np.ndarray]) -> StepFn | None:
+        fixed = arrays.get(o)
+        if fixed is None:
+            return None
+        target = fixed.reshape(rows)
+        if xs in arrays:
+            data = arrays[xs].reshape(in_shape)
+            return lambda env: fold(data, axis=1, out=target)
+        return lambda env: fold(env[xs].reshape(in_shape), axis=1, out=target)
+
+    return Step(run, Usage([xs], [o], True), "kernel", node.name, bind)
+
+
+def global_max_pool(lowering: Lowering, node: Node) -> Step | None:
+    x, out = node.inputs[0], node.outputs[0]
+    assert x is not None and out is not None
+    if x.rank < 3 or x.size == 0:
+        return None
+    return _rows_reduce(lowering, node, np.maximum, out.size, x.size // out.size)
+
+
+def reduce_extreme(lowering: Lowering, node: Node) -> Step | None:
+    """ReduceMax/ReduceMin over the trailing axes (after dropping extent-1 ones) of a float
+    input: numpy's row reduction; None for other axes (:mod:`cpu_small`'s kernel)."""
+    x, out = node.inputs[0], node.outputs[0]
+    if x is None or out is None or x.size == 0 or x.dtype.kind != "f":
+        return None
+    if any(v is not None and v.const is None for v in node.inputs[1:]):
+        return None
+    axes_in = node.inputs[1] if len(node.inputs) > 1 else None
+    axes = [] if axes_in is None else [int(a) for a in np.asarray(axes_in.const).reshape(-1)]
+    if not axes:
+        if node.attrs.get("noop_with_empty_axes", 0):
+            return None
+        axes = list(range(x.rank))
+    reduced = {a % x.rank for a in axes}
+    kept = [a for a in range(x.rank) if x.shape[a] != 1]
+    # Every reduced axis of extent > 1 must come after every kept one.
+    tail = [a for a in kept if a in reduced]
+    if not tail or kept[-len(tail) :] != tail:
+        return None
+    length = int(np.prod([x.shape[a] for a in tail], dtype=np.int64))
+    ufunc = np.maximum if node.op == "ReduceMax" else np.minimum
+    return _rows_reduce(lowering, node, ufunc, x.size // length, length)
+
+
+__all__ = [
+    "global_max_pool",
+    "keeps_order",
+    "pad",
+    "reduce_extreme",
+    "swap_plan",
+    "transpose",
+]
