@@ -2,7 +2,7 @@
 
 * GlobalAveragePool, Softmax and LayerNormalization over the innermost axis: one Numba kernel
   each, one pass over each row while it is in cache (:mod:`eqsat.lowering.cpu_kernels`; float32
-  Softmax: :func:`eqsat.lowering.cpu_small.softmax_rows_f32`, three vectorized passes);
+  Softmax: :func:`eqsat.lowering.cpu_softmax.softmax_rows_f32`, three vectorized passes);
 * GlobalMaxPool: numpy's row max into the planned buffer
   (:func:`eqsat.lowering.cpu_moves.global_max_pool`);
 * BatchNormalization (inference): a generated elementwise kernel ``x * scale + shift`` with the
@@ -15,7 +15,7 @@
   generated scatter that adds the bias and applies the fused epilogue as it stores (epilogues
   with tensor operands: a strided copy, then the epilogue in place; depthwise ones as one
   broadcast multiply);
-* Softmax over another axis: :func:`eqsat.lowering.cpu_small.softmax_axis`;
+* Softmax over another axis: :func:`eqsat.lowering.cpu_softmax.softmax_axis`;
 * LSTM, GRU and RNN: one generated kernel per layer (:mod:`eqsat.lowering.cpu_recurrent`).
 
 Anything else returns ``None`` and runs on the numpy reference.
@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import cpu_kernels, cpu_moves, cpu_recurrent, cpu_small
+from eqsat.lowering import cpu_kernels, cpu_moves, cpu_recurrent, cpu_softmax
 from eqsat.lowering.cpu import ElementwiseKernel, Env, Lowering, Step
 from eqsat.lowering.memory import Usage
 
@@ -87,7 +87,7 @@ def _softmax(lowering: Lowering, node: Node) -> Step | None:
     if x.rank == 0:
         return None
     if not _inner_axis(node, x):
-        return cpu_small.softmax_axis(lowering, node)
+        return cpu_softmax.softmax_axis(lowering, node)
     axis = int(node.attrs["axis"]) % x.rank
     out = node.outputs[0]
     assert out is not None
@@ -95,7 +95,7 @@ def _softmax(lowering: Lowering, node: Node) -> Step | None:
     length = x.shape[axis]
     shape = (x.size // max(length, 1), length)
     f32 = out.dtype == np.float32
-    kernel = cpu_small.softmax_rows_f32 if f32 else cpu_kernels.softmax_rows
+    kernel = cpu_softmax.softmax_rows_f32 if f32 else cpu_kernels.softmax_rows
 
     def run(env: Env) -> None:
         data = np.ascontiguousarray(env[xs]).reshape(shape)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from eqsat.lowering import cpu_small
+from eqsat.lowering import cpu_small, cpu_softmax
 
 import eqsat
 from eqsat.errors import InputError
@@ -218,7 +218,7 @@ def test_softmax_rows_f32() -> None:
     x = np.random.default_rng(1).standard_normal((4, 37)).astype(F32) * 20
     x[1, 5], x[2, 36] = np.nan, np.inf
     out = np.empty_like(x)
-    cpu_small.softmax_rows_f32(x, out)
+    cpu_softmax.softmax_rows_f32(x, out)
     assert np.isnan(out[1]).all() and np.isnan(out[2]).all()
     e = np.exp(x[[0, 3]].astype(np.float64) - x[[0, 3]].max(1, keepdims=True))
     np.testing.assert_allclose(out[[0, 3]], e / e.sum(1, keepdims=True), rtol=1e-5, atol=1e-8)
@@ -232,7 +232,7 @@ def test_log_softmax_rows(dtype: Any) -> None:
     x = np.random.default_rng(2).standard_normal((3, 33)).astype(dtype) * 30
     x[1, 4], x[2, 0] = np.nan, np.inf
     out = np.empty_like(x)
-    kernel = cpu_small.log_softmax_rows_f32 if dtype == F32 else cpu_small.log_softmax_rows
+    kernel = cpu_softmax.log_softmax_rows_f32 if dtype == F32 else cpu_softmax.log_softmax_rows
     kernel(x, out)
     assert np.isnan(out[1]).all() and np.isnan(out[2]).all()
     row = x[0].astype(np.float64)
