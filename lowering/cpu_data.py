@@ -4,11 +4,11 @@ Run on the numpy reference, a Reshape of a few kilobytes cost ~8 us (argument ch
 parsing, a fresh array) and fused attention ~90 us; here:
 
 * Reshape, Flatten, Squeeze, Unsqueeze, Identity and Transposes that only move extent-1 axes keep
-  the element order, and their output shape is static: the step is ``x.reshape(shape)``, a view whenever the input is contiguous (the memory
-  plan tracks that the result aliases its input's buffer);
+  the element order, and their output shape is static: the step is ``x.reshape(shape)``, a view
+  whenever the input is contiguous (the memory plan tracks that the result aliases its input's
+  buffer);
 * Transpose: a swap kernel of :mod:`eqsat.lowering.cpu_moves` when it swaps two blocks, else a
-  copy into its planned buffer; Pad: :mod:`eqsat.lowering.cpu_moves` without its unpadded
-  extent-1 axes, else :mod:`eqsat.lowering.cpu_small`;
+  copy into its planned buffer;
 * Concat concatenates into its planned buffer (part by part into fixed slices of it once the
   memory plan is made);
 * ``Attention(Q, K, V[, mask])`` is two batched GEMMs into preallocated scratch with one Numba pass
@@ -229,10 +229,6 @@ def _nothing(env: Env) -> None:
     """A concat whose parts were all written in place by their producers."""
 
 
-def _pad(lowering: Lowering, node: Node) -> Step | None:
-    return cpu_moves.pad(lowering, node) or cpu_small.build_step(lowering, node)
-
-
 def _reduce_extreme(lowering: Lowering, node: Node) -> Step | None:
     return cpu_moves.reduce_extreme(lowering, node) or cpu_small.build_step(lowering, node)
 
@@ -386,7 +382,6 @@ _BUILDERS: dict[str, Any] = {
     "Identity": _view,
     "Transpose": _transpose,
     "Concat": _concat,
-    "Pad": _pad,
     "ReduceMax": _reduce_extreme,
     "ReduceMin": _reduce_extreme,
     "Attention": _attention,

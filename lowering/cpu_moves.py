@@ -7,9 +7,6 @@
   2.5x slower where row pitches are multiples of 512 bytes, magika's 1 KiB rows, and ~10x for
   ``K = 2``: basic_pitch's 370 us against 21 us); else one loop copies rows of ``K`` (numpy's
   strided copy pays ~15 ns per row: 3x slower for ``K = 3..16``, even for ``K = 64``).
-* Pad whose unpadded extent-1 axes (a trailing channel of 1: basic_pitch's harmonic stacking)
-  made :func:`eqsat.lowering.cpu_small.pad_rows` walk one-element rows, ~20 ns each: those axes
-  are dropped first, so the kernel walks whole rows.
 * GlobalMaxPool, and ReduceMax/ReduceMin over trailing axes: numpy's row max (min) straight into
   the planned buffer. Its SIMD reduce runs at memory speed (~50 us for magika's 1 MiB, where a
   Numba max chain took 85 us and the reference step 125 us) and propagates NaN as the reference
@@ -22,13 +19,11 @@ dtype of that size.
 from __future__ import annotations
 
 import numpy as np
-from eqsat.lowering import cpu_small
 from eqsat.lowering.cpu import Env, Lowering, Step, StepFn
 from eqsat.lowering.memory import Usage
 from numba import njit
 
 from eqsat.ir import Node
-from eqsat.ops.tensor import pad_widths
 
 JIT = {"cache": True, "error_model": "numpy", "nogil": True}
 _UINTS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -147,84 +142,6 @@ def transpose(lowering: Lowering, node: Node) -> Step | None:
 
 
 # ------------------------------------------------------------------ Pad
-def pad(lowering: Lowering, node: Node) -> Step | None:
-    """Pad without its unpadded extent-1 axes: the row kernel of :mod:`cpu_small` then walks
-    rows as long as the data's. None when there is no such axis (:mod:`cpu_small` pads)."""
-    x, out = node.inputs[0], node.outputs[0]
-    if x is None or out is None or x.rank == 0 or out.size == 0 or x.size == 0:
-        return None
-    if any(v is not None and v.const is None for v in node.inputs[1:]):
-        return None
-    mode = node.attrs["mode"]
-    if mode not in ("constant", "reflect", "edge", "wrap") or x.dtype.itemsize not in _UINTS:
-        return None
-    pads = [int(p) for p in np.asarray(node.inputs[1].const).reshape(-1)]  # type: ignore[union-attr]
-    axes_in = node.inputs[3] if len(node.inputs) > 3 else None
-    axes = None if axes_in is None else [int(a) for a in np.asarray(axes_in.const).reshape(-1)]
-    widths = pad_widths(x.shape, pads, axes)
-    keep = [a for a in range(x.rank) if x.shape[a] != 1 or widths[a] != (0, 0)]
-    if len(keep) == x.rank or not keep:
-        return None
-    shape = tuple(x.shape[a] for a in keep)
-    maps = cpu_small.pad_maps(shape, [widths[a] for a in keep], mode)
-    # Source row of each output row: per-axis indices times the input's row strides; -1 where
-    # any axis reads the constant.
-    rowmap = np.zeros((), np.int64)
-    missing = np.zeros((), bool)
-    stride = 1
-    for axis in range(len(shape) - 2, -1, -1):
-        m = maps[axis]
-        rowmap = np.add.outer(m * stride, rowmap)
-        missing = np.logical_or.outer(m < 0, missing)
-        stride *= shape[axis]
-    rowmap = np.where(missing, -1, rowmap).reshape(-1).astype(np.int64)
-    colmap = np.ascontiguousarray(maps[-1])
-    lo, hi, offset = _longest_run(colmap)
-    value = node.inputs[2] if len(node.inputs) > 2 else None
-    fill_value = 0 if value is None else np.asarray(value.const).reshape(-1)[0]
-    fill = _raw(np.array([fill_value], x.dtype))[0]
-    xs, o = lowering.slot(x), lowering.slot(out)
-    in_shape = (x.size // shape[-1], shape[-1])
-    out_shape = (out.size // colmap.size, colmap.size)
-    tail = (rowmap, colmap, lo, hi, offset, fill)
-    pad_rows = cpu_small.pad_rows
-
-    def source(array: np.ndarray) -> np.ndarray:
-        return _raw(np.ascontiguousarray(array)).reshape(in_shape)
-
-    def run(env: Env) -> None:
-        pad_rows(source(env[xs]), _raw(env[o]).reshape(out_shape), *tail)
-
-    def bind(arrays: dict[int, np.ndarray]) -> StepFn | None:
-        fixed = arrays.get(o)
-        if fixed is None:
-            return None
-        target = _raw(fixed).reshape(out_shape)
-        if xs in arrays:
-            data = source(arrays[xs])
-            return lambda env: pad_rows(data, target, *tail)
-        return lambda env: pad_rows(source(env[xs]), target, *tail)
-
-    return Step(run, Usage([xs], [o], True), "copy", node.name, bind)
-
-
-def _longest_run(colmap: np.ndarray) -> tuple[int, int, int]:
-    """(lo, hi, offset): the longest run of output columns with colmap[j] = offset + j - lo."""
-    best = (0, 0, 0)
-    j, n = 0, colmap.size
-    while j < n:
-        if colmap[j] < 0:
-            j += 1
-            continue
-        k = j + 1
-        while k < n and colmap[k] == colmap[k - 1] + 1:
-            k += 1
-        if k - j > best[1] - best[0]:
-            best = (j, k, int(colmap[j]))
-        j = k
-    return best
-
-
 # ------------------------------------------------------------------ row max / min
 def _rows_reduce(lowering: Lowering, node: Node, reduce: np.ufunc, rows: int, length: int) -> Step:
     """``out = reduce(x as (rows, length), axis=1)`` into the output's buffer."""
@@ -286,7 +203,6 @@ def reduce_extreme(lowering: Lowering, node: Node) -> Step | None:
 __all__ = [
     "global_max_pool",
     "keeps_order",
-    "pad",
     "reduce_extreme",
     "swap_plan",
     "transpose",

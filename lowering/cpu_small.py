@@ -337,16 +337,21 @@ def _pad(lowering: Lowering, node: Node) -> Step | None:
     pads = _ints(node.inputs[1])
     assert pads is not None
     axes = _ints(node.inputs[3]) if len(node.inputs) > 3 else None
-    maps = pad_maps(x.shape, pad_widths(x.shape, pads, axes), mode)
+    widths = pad_widths(x.shape, pads, axes)
+    # Unpadded extent-1 axes are dropped: with basic-pitch's trailing channel of 1 kept, the
+    # rows were one element long (~20 ns each).
+    keep = [a for a in range(x.rank) if x.shape[a] != 1 or widths[a] != (0, 0)] or [x.rank - 1]
+    shape = tuple(x.shape[a] for a in keep)
+    maps = pad_maps(shape, [widths[a] for a in keep], mode)
     # Source row = sum of per-axis indices times the input's row strides; -1 if any is -1.
     rowmap = np.zeros((), np.int64)
     missing = np.zeros((), bool)
     stride = 1
-    for axis in range(x.rank - 2, -1, -1):
+    for axis in range(len(shape) - 2, -1, -1):
         m = maps[axis]
         rowmap = np.add.outer(m * stride, rowmap)
         missing = np.logical_or.outer(m < 0, missing)
-        stride *= x.shape[axis]
+        stride *= shape[axis]
     rowmap = np.where(missing, -1, rowmap).reshape(-1).astype(np.int64)
     colmap = np.ascontiguousarray(maps[-1])
     lo, hi, offset = _longest_run(colmap)
@@ -354,8 +359,8 @@ def _pad(lowering: Lowering, node: Node) -> Step | None:
     fill_value = 0 if value is None else np.asarray(value.const).reshape(-1)[0]
     fill = _raw(np.array([fill_value], x.dtype))[0]
     xs, o = lowering.slot(x), lowering.slot(out)
-    in_shape = (x.size // x.shape[-1], x.shape[-1])
-    out_shape = (out.size // out.shape[-1], out.shape[-1])
+    in_shape = (x.size // shape[-1], shape[-1])
+    out_shape = (out.size // colmap.size, colmap.size)
     tail = (rowmap, colmap, lo, hi, offset, fill)
 
     def run(env: Env) -> None:
