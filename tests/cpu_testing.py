@@ -1,9 +1,13 @@
-"""Helper for the cpu-target tests: compile a graph for ``cpu`` and check it against the numpy
-reference target on random feeds."""
+"""Helpers for the cpu-target tests: compile a graph for ``cpu`` and check it against the numpy
+reference target on random feeds; record the chunk counts of eqsat's thread pool."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import pytest
+from eqsat.lowering import cpu_threads
 
 import eqsat
 
@@ -26,3 +30,19 @@ def matches_numpy(
             assert got[name].dtype == expected.dtype
             np.testing.assert_allclose(got[name], expected, rtol=rtol, atol=atol)
     return exe
+
+
+def record_pool_maps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of chunks of every ``Pool.map`` from now on (the pool never backs off to the
+    calling thread, so that two threads really split the work)."""
+    monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 1e9)
+    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
+    sizes: list[int] = []
+    real = cpu_threads.Pool.map
+
+    def spy(self: cpu_threads.Pool, fn: Any, items: Any) -> None:
+        sizes.append(len(items))
+        real(self, fn, items)
+
+    monkeypatch.setattr(cpu_threads.Pool, "map", spy)
+    return sizes

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from eqsat.lowering import cpu, cpu_conv_batch, cpu_threads
+from eqsat.lowering import cpu, cpu_conv_batch
 
 import eqsat
-from tests.cpu_testing import matches_numpy
+from tests.cpu_testing import matches_numpy, record_pool_maps
 
 F32 = np.float32
 
@@ -104,16 +104,7 @@ def test_groups_spread_over_two_threads(
 ) -> None:
     monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
     monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
-    monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 1e9)
-    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
-    maps: list[int] = []
-    real = cpu_threads.Pool.map
-
-    def spy(self: cpu_threads.Pool, fn: Any, items: Any) -> None:
-        maps.append(len(items))
-        real(self, fn, items)
-
-    monkeypatch.setattr(cpu_threads.Pool, "map", spy)
+    maps = record_pool_maps(monkeypatch)
     g = _conv(rng, (9, 4, 1, 9), 5, (1, 4), {}, "({1} + max({0}, 0))", (("input", (9, 5, 1, 6)),))
     feeds = {v.name: rng.standard_normal(v.shape).astype(F32) for v in g.inputs}
     want = eqsat.compile(g, target="numpy").run(feeds)["y"]

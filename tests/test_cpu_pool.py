@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from eqsat.lowering import codegen, cpu, cpu_depthwise, cpu_threads
+from eqsat.lowering import codegen, cpu, cpu_depthwise
 
 import eqsat
+from tests.cpu_testing import record_pool_maps
 
 F32 = np.float32
 
@@ -60,16 +61,7 @@ def test_max_pool_threads_match(rng: np.random.Generator, monkeypatch: pytest.Mo
     """With two threads the planes split into (image, channel block) chunks: same numbers."""
     monkeypatch.setattr(cpu, "PARALLEL_ELEMENTS", 1)
     monkeypatch.setattr(cpu, "GRAIN_ELEMENTS", 1)
-    monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 1e9)
-    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
-    sizes: list[int] = []
-    real = cpu_threads.Pool.map
-
-    def spy(self: cpu_threads.Pool, fn: Any, items: Any) -> None:
-        sizes.append(len(items))
-        real(self, fn, items)
-
-    monkeypatch.setattr(cpu_threads.Pool, "map", spy)
+    sizes = record_pool_maps(monkeypatch)
     g = eqsat.Graph("maxpool_threads")
     x = g.input("x", (2, 5, 9, 9))
     g.output(g.op("MaxPool", x, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), "y")

@@ -17,6 +17,7 @@ import pytest
 from eqsat.lowering import cpu, cpu_conv, cpu_threads
 
 import eqsat
+from tests.cpu_testing import record_pool_maps
 
 F32 = np.float32
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,17 +32,7 @@ def eager(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     monkeypatch.setattr(cpu, "GRAIN_ELEMENTS", 1)
     monkeypatch.setattr(cpu_conv, "MIN_BLOCK_COLUMNS", 16)  # small convs still have blocks
     monkeypatch.setattr(cpu_conv, "MIN_POINTWISE_COLUMNS", 16)
-    monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 1e9)
-    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
-    sizes: list[int] = []
-    real = cpu_threads.Pool.map
-
-    def spy(self: cpu_threads.Pool, fn: Any, items: Any) -> None:
-        sizes.append(len(items))
-        real(self, fn, items)
-
-    monkeypatch.setattr(cpu_threads.Pool, "map", spy)
-    return sizes
+    return record_pool_maps(monkeypatch)
 
 
 # ----------------------------------------------------------------------------------- the pool
