@@ -16,10 +16,11 @@ with 10-wide outputs. Other convs copy patches row by row (:func:`im2col_block`)
 split of the input for small strides, by a strided gather for large ones (Silero's STFT conv has
 stride 128). Convs with few output channels per group (<= :data:`DIRECT_CHANNELS`) and rows
 wide enough skip im2col and the GEMM: :func:`direct_conv` accumulates each tap straight from
-the phase planes into the output. 1x1 stride-1 unpadded convs multiply slices of the input. Convs with a
-handful of output positions (Silero's 1-D convs) skip BLAS, whose packing costs more than the
-multiply there: :func:`small_conv` gathers the patches and computes dot products. 1-D convs are
-2-D convs with one output row. Everything a run needs (views of planned buffers, block slices)
+the phase planes into the output. 1x1 stride-1 unpadded convs multiply slices of the input.
+Single images of at most :data:`SMALL_POSITIONS` output positions skip BLAS, whose packing costs
+more than the multiply there: :func:`small_conv` gathers the patches and computes blocked dot
+products. Batches of images too small for a good GEMM each run as one GEMM per group of images
+(:mod:`eqsat.lowering.cpu_conv_batch`). 1-D convs are 2-D convs with one output row. Everything a run needs (views of planned buffers, block slices)
 is prepared when the step is bound, so tiny convs pay a few calls only. The Numba kernels named
 here live in :mod:`eqsat.lowering.cpu_conv_kernels`.
 
