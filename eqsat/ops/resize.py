@@ -216,6 +216,25 @@ def _resize_axis(
     return result, outside
 
 
+def linear_taps(
+    x_shape: tuple[int, ...], attrs: dict[str, Any], scales: Any, sizes: Any
+) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], list[int]]:
+    """For a linear Resize (not tf_crop_and_resize): each resized axis in the order the reference
+    resamples them, with its two source indices and weights per output position, leaving out the
+    axes it maps onto themselves; and the output shape. Kernels that replay these tables compute
+    what :func:`_resize_reference` does."""
+    axes, scale, out = _plan(x_shape, attrs, scales, sizes)
+    coords = attrs["coordinate_transformation_mode"]
+    tables = []
+    for axis in axes:
+        if scale[axis] == 1.0 and out[axis] == x_shape[axis]:
+            continue
+        x, _ = _source_coords(coords, out[axis], x_shape[axis], scale[axis], None)
+        index, weight = _taps(x, x_shape[axis], attrs)
+        tables.append((axis, index, weight))
+    return tables, out
+
+
 def _resize_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
     x = arrays[0]
     roi_a, scales, sizes = (list(arrays[1:]) + [None] * 3)[:3]
