@@ -32,6 +32,7 @@ Kernels go through :mod:`eqsat.lowering.kernel_cache`, so each form compiles onc
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 from eqsat.lowering import codegen, kernel_cache
@@ -50,6 +51,16 @@ def inline_scalars(epilogue: str, scalars: dict[int, float]) -> str:
         return f"({value!r})" if np.isfinite(value) else ("inf" if value > 0 else "(-inf)")
 
     return _OPERAND.sub(sub, epilogue)
+
+
+def scalar_constants(extras: list[Any]) -> dict[int, float]:
+    """Operand number (1-based, as the epilogue names them) -> value, for the epilogue operands
+    that are one-element constants: what :func:`inline_scalars` writes in as literals."""
+    return {
+        i + 1: float(v.const.reshape(-1)[0])
+        for i, v in enumerate(extras)
+        if v.const is not None and v.const.size == 1
+    }
 
 
 # The most taps one pass over an output row multiplies in (whole kernel rows, at least one).
@@ -391,6 +402,7 @@ __all__ = [
     "load_max_pool",
     "load_spread",
     "max_pool_source",
+    "scalar_constants",
     "scratch_shape",
     "source",
     "spread_source",

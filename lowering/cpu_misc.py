@@ -351,11 +351,7 @@ def _fused_spread(
     bias = np.zeros(co, out.dtype) if b is None else np.asarray(b.const, out.dtype).reshape(co)
     epilogue = str(node.attrs.get("epilogue", "{0}"))
     epilogue, bias = cpu_depthwise.fold_channel_add(epilogue, [v.const for v in extras], bias)
-    scalars = {
-        i + 1: float(v.const.reshape(-1)[0])
-        for i, v in enumerate(extras)
-        if v.const is not None and v.const.size == 1
-    }
+    scalars = cpu_depthwise.scalar_constants(extras)
     try:
         kernel = cpu_depthwise.load_spread(
             out.dtype, kernel, cpu_depthwise.inline_scalars(epilogue, scalars)

@@ -391,11 +391,7 @@ def _winograd_epilogue(
     out = node.outputs[0]
     n_, m_, oh, ow = out.shape
     epilogue = str(node.attrs.get("epilogue", "{0}"))
-    scalars = {
-        i + 1: float(v.const.reshape(-1)[0])
-        for i, v in enumerate(extras)
-        if v.const is not None and v.const.size == 1
-    }
+    scalars = cpu_depthwise.scalar_constants(extras)
     numbers: dict[int, int] = {}
     operands: list[tuple[Value, np.ndarray | None, str]] = []
     for i, v in enumerate(extras, 1):
@@ -500,11 +496,7 @@ def _depthwise(
     epilogue = str(node.attrs.get("epilogue", "{0}"))
     # A per-channel constant the epilogue adds (a bias after the fact) goes into the bias.
     epilogue, folded = cpu_depthwise.fold_channel_add(epilogue, [v.const for v in extras], bias)
-    scalars = {
-        i + 1: float(v.const.reshape(-1)[0])
-        for i, v in enumerate(extras)
-        if v.const is not None and v.const.size == 1
-    }
+    scalars = cpu_depthwise.scalar_constants(extras)
     fused = cpu_depthwise.inline_scalars(epilogue, scalars)
     geometry = (window.kernel, window.strides, window.dilations, window.begin)
     try:
