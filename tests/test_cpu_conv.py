@@ -117,15 +117,17 @@ def test_small_output_2d_float64_without_bias(rng: np.random.Generator) -> None:
         ((1, 6, 9, 7), 5, (3, 3), {"pads": [1, 1, 1, 1]}, F32),  # 63 positions
         ((1, 4, 16, 16), 6, (3, 3), {"strides": [2, 2], "pads": [1, 0, 0, 1]}, F32),  # 64
         ((1, 3, 5, 6), 4, (2, 3), {"dilations": [2, 1]}, np.float64),
+        # K = 512: channel tiles of 64 (SMALL_TILE_BYTES), the last one 3 channels (odd).
+        ((1, 512, 5, 5), 131, (1, 1), {}, F32),
     ],
-    ids=["odd-m", "63-positions", "64-positions-s2", "float64-dilated"],
+    ids=["odd-m", "63-positions", "64-positions-s2", "float64-dilated", "channel-tiles"],
 )
 def test_small_output_kernel(
     rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, x_shape: tuple, m: int,
     kernel: tuple, attrs: dict, dtype: type,
 ) -> None:  # fmt: skip
     """The BLAS-free kernel for one image of up to SMALL_POSITIONS outputs: blocks of 4 positions
-    x 2 channels and every remainder."""
+    x 2 channels, tiles of channels and every remainder."""
     calls: list[int] = []
     real = cpu_conv.small_conv
     monkeypatch.setattr(cpu_conv, "small_conv", lambda *a: calls.append(1) or real(*a))
