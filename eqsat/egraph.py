@@ -368,6 +368,9 @@ class Rule:
 
 
 analysis = ruleset(name="eqsat_analysis")
+# The ops the analysis rules build (a kernel from the body fusion rules record): every graph
+# can come to hold them (see eqsat.rules.relevant).
+ANALYSIS_BUILDS = frozenset({"FusedElementwise"})
 
 
 def _register_analysis() -> None:

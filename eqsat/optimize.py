@@ -138,7 +138,7 @@ def optimize(
     of rule modules/folders. ``extractor``: ``"greedy-dag"`` (default), ``"tree"`` or a callable of
     the extraction signature. ``limits``: :class:`~eqsat.egraph.Limits` or a dict of its fields.
     """
-    from eqsat.rules import resolve
+    from eqsat.rules import relevant, resolve
 
     times: dict[str, float] = {}
     clock = time.perf_counter()
@@ -163,7 +163,8 @@ def optimize(
     if any(subgraphs(n) for n in source.nodes):
         report.kept_input = "the graph has control flow (If with subgraphs), not optimized yet"
         return result
-    rule_list, extra = resolve(rules)
+    rule_list, extra = resolve(rules, deferred=False)
+    rule_list = relevant(rule_list, {n.op for n in source.nodes}, rules)
     enc = encode(source)
     lap("encode")
     sat = saturate(enc, rule_list, Limits.of(limits), extra)
