@@ -10,8 +10,13 @@ so imports and Numba's cache loading count), and the planned peak memory of eqsa
 Also a kernel micro-benchmark: a fused SiLU+add kernel's bandwidth as a fraction of a numpy copy.
 Writes the table as CSV and a PNG bar chart of the ratios (``--png``; needs matplotlib).
 
+Any ONNX file can be benchmarked the same way with ``--model`` (repeatable), fed random inputs
+(standard normal floats, integers in [0, 10)); ``--shape NAME=D1,D2,...`` fixes the inputs'
+symbolic dimensions. Then only the named models run unless ``--models`` names zoo ones too.
+
     python bench/e2e.py [--models mlp resnet_block] [--runs 20] [--threads 2] [--csv out.csv]
                         [--png out.png] [--rules algebraic fusion]
+    python bench/e2e.py --model my.onnx --shape input=1,3,224,224 --threads 1
 """
 
 from __future__ import annotations
@@ -49,8 +54,8 @@ _COMPILE_SCRIPT = """
 import json, sys, time
 sys.path.insert(0, {root!r})
 import eqsat
-from bench import models as zoo
-entry = zoo.ZOO[{name!r}]
+from bench import e2e, models as zoo
+entry = {entry}
 start = time.perf_counter()
 rules = {rules!r}
 graph = {make_graph}
@@ -96,10 +101,41 @@ def _ort_session(model: Any, level: Any, threads: int) -> Any:
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def compile_time(name: str, optimize: bool, cache: str, rules: list[str] | None = None) -> float:
+def file_entry(path: str | Path, shapes: dict[str, tuple[int, ...]] | None = None) -> zoo.ZooEntry:
+    """A zoo-like entry for an ONNX file: its inputs' symbolic dimensions fixed by ``shapes``,
+    fed deterministic random inputs (:func:`eqsat.feeds.random_feeds`)."""
+    import onnx
+
+    import eqsat
+    from eqsat.feeds import random_feeds
+
+    model = Path(path).resolve()
+    given = {k: tuple(v) for k, v in (shapes or {}).items()}
+    try:  # only the shapes of inputs the model has: one --shape list serves several files
+        names = {i.name for i in onnx.load(str(model), load_external_data=False).graph.input}
+        given = {k: v for k, v in given.items() if k in names}
+    except Exception:  # eqsat.load below reports what is wrong with the file
+        pass
+    graph = eqsat.load(model, input_shapes=given)  # checks the file and the shapes up front
+
+    def feeds(seed: int) -> dict[str, np.ndarray]:
+        return random_feeds(graph, seed)
+
+    return zoo.ZooEntry(model.stem, "file", lambda: model, given, feeds)
+
+
+def _entry_source(entry: zoo.ZooEntry) -> str:
+    if entry.source == "file":
+        return f"e2e.file_entry({str(entry.model())!r}, {entry.input_shapes!r})"
+    return f"zoo.ZOO[{entry.name!r}]"
+
+
+def compile_time(
+    entry: zoo.ZooEntry, optimize: bool, cache: str, rules: list[str] | None = None
+) -> float:
     root = str(Path(__file__).resolve().parents[1])
     script = _COMPILE_SCRIPT.format(
-        root=root, name=name, rules=rules, make_graph=_graph_source(optimize)
+        root=root, entry=_entry_source(entry), rules=rules, make_graph=_graph_source(optimize)
     )
     env = {**os.environ, "EQSAT_KERNEL_CACHE": cache}
     proc = subprocess.run(
@@ -109,7 +145,7 @@ def compile_time(name: str, optimize: bool, cache: str, rules: list[str] | None 
 
 
 def bench_model(
-    name: str,
+    entry: zoo.ZooEntry,
     runs: int,
     threads: int,
     optimize: bool,
@@ -120,7 +156,7 @@ def bench_model(
 
     import eqsat
 
-    entry = zoo.ZOO[name]
+    name = entry.name
     model = entry.model()
     feeds = entry.feeds(0)
     start = time.perf_counter()
@@ -154,8 +190,8 @@ def bench_model(
     row["peak_mb"] = executable.report["peak_bytes"] / 1e6
     if compile_times:
         with tempfile.TemporaryDirectory(prefix="eqsat-kernels-") as cache:
-            row["compile_cold_s"] = compile_time(name, optimize, cache, rules)
-            row["compile_warm_s"] = compile_time(name, optimize, cache, rules)
+            row["compile_cold_s"] = compile_time(entry, optimize, cache, rules)
+            row["compile_warm_s"] = compile_time(entry, optimize, cache, rules)
     return row
 
 
@@ -239,7 +275,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", nargs="*", default=list(zoo.ZOO), choices=sorted(zoo.ZOO))
+    parser.add_argument(
+        "--models", nargs="*", default=None, choices=sorted(zoo.ZOO), help="zoo models (all)"
+    )
+    parser.add_argument(
+        "--model", action="append", default=[], metavar="FILE.onnx", help="an ONNX file"
+    )
+    parser.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="NAME=D1,D2,...",
+        help="size of an input's symbolic dimensions, for --model files (repeatable)",
+    )
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--csv", default=str(OUT / "e2e.csv"), help="where to write the table")
@@ -254,12 +302,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from eqsat.cli import parse_shapes
+
+    shapes = parse_shapes(args.shape)
+    names = args.models if args.models is not None else ([] if args.model else list(zoo.ZOO))
+    entries = [zoo.ZOO[name] for name in names]
+    entries += [file_entry(path, shapes) for path in args.model]
     rows = []
-    for name in args.models:
+    for entry in entries:
+        name = entry.name
         try:
             rows.append(
                 bench_model(
-                    name,
+                    entry,
                     args.runs,
                     args.threads,
                     not args.no_optimize,

@@ -1,0 +1,62 @@
+"""bench/e2e.py on a zoo model and on an ONNX file given by path: the table, CSV and errors."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from bench import e2e
+from eqsat.errors import ModelLoadError, ShapeError
+
+
+def _model_file(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Sigmoid", ["h"], ["s"]),
+        helper.make_node("Mul", ["h", "s"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "silu_head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [w],
+    )
+    path = tmp_path / "silu_head.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _rows(path: Path) -> dict[str, dict[str, str]]:
+    with open(path) as f:
+        return {row["model"]: row for row in csv.DictReader(f)}
+
+
+def test_e2e_benchmarks_a_file_and_a_zoo_model(tmp_path: Path) -> None:
+    table = tmp_path / "e2e.csv"
+    args = ["--model", str(_model_file(tmp_path)), "--shape", "x=3,8", "--models", "mlp"]
+    args += ["--runs", "2", "--threads", "1", "--csv", str(table), "--png", ""]
+    assert e2e.main([*args, "--no-kernel-bench"]) == 0
+    rows = _rows(table)
+    assert set(rows) == {"mlp", "silu_head"}
+    for row in rows.values():
+        assert float(row["max_abs_err"]) < 1e-4
+        assert float(row["ratio_all"]) > 0 and float(row["ratio_none"]) > 0
+        assert float(row["compile_warm_s"]) > 0  # a fresh process compiled the same model
+
+
+def test_e2e_file_errors_name_the_file(tmp_path: Path) -> None:
+    path = _model_file(tmp_path)
+    with pytest.raises(ShapeError, match="batch"):  # a symbolic dimension left without a size
+        e2e.file_entry(path)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(ModelLoadError, match=r"broken\.onnx"):
+        e2e.file_entry(broken, {"x": (1, 8)})
