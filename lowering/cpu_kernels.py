@@ -232,71 +232,82 @@ def average_pool2d(x, out, inverse, kh_, kw_, sh, sw, dh, dw, ph, pw):  # type: 
                     out[n, c, oh, ow] = total * inverse[oh, ow]
 
 
+# Bytes of weights per tile of :func:`rows_matmul`: every block of rows reuses a tile while it
+# is in L2 (a quarter of this machine's 512 KiB).
+ROWS_TILE_BYTES = 128 * 1024
+
+
 @njit(**{**JIT, "fastmath": {"contract", "reassoc"}})
 def rows_matmul(x, w, start, out):  # type: ignore[no-untyped-def]
     """out (R, S) = start (S,) + x (R, K) @ w (S, K)^T, as dot products over contiguous K.
 
     Blocks of 4 rows of x x 2 rows of w keep eight sums in registers, each w value loaded
     serving four rows and each x value two (55-88 GFLOP/s; 4 x 4 spilled: 16); rows of x left
-    over take 4 rows of w at a time. For GEMMs of a few rows by constant weights (a batch-8 MLP:
-    BLAS packs all of w on every call, 80 us for 8 rows by 784x256 weights, 58 here) and convs
-    of a few output positions (:func:`eqsat.lowering.cpu_conv_kernels.small_conv`, with
-    ``out`` the transposed view of its (channels, positions) output and ``start`` its bias).
+    over take 4 rows of w at a time. w is taken in tiles of ROWS_TILE_BYTES that every block of
+    rows of x reuses while the tile is in cache: weights larger than the cache are then read
+    from memory once, not once per block (7 rows by GPT-2's 768x2304 weights: 705 -> ~250 us).
+    For GEMMs of a few rows by constant weights (a batch-8 MLP: BLAS packs all of w on every
+    call, 80 us for 8 rows by 784x256 weights, 58 here) and convs of a few output positions
+    (:func:`eqsat.lowering.cpu_conv_kernels.small_conv`, with ``out`` the transposed view of its
+    (channels, positions) output and ``start`` its bias).
     """
     r_, k_ = x.shape
     s_ = w.shape[0]
     fours = r_ - r_ % 4
-    pairs = s_ - s_ % 2
-    for r0 in range(0, fours, 4):
-        x0, x1, x2, x3 = x[r0], x[r0 + 1], x[r0 + 2], x[r0 + 3]
-        for n in range(0, pairs, 2):
-            wa, wb = w[n], w[n + 1]
-            s0 = s1 = s2 = s3 = start[n]
-            t0 = t1 = t2 = t3 = start[n + 1]
-            for k in range(k_):
-                a, b = wa[k], wb[k]
-                v0, v1, v2, v3 = x0[k], x1[k], x2[k], x3[k]
-                s0 += a * v0
-                s1 += a * v1
-                s2 += a * v2
-                s3 += a * v3
-                t0 += b * v0
-                t1 += b * v1
-                t2 += b * v2
-                t3 += b * v3
-            out[r0, n], out[r0 + 1, n], out[r0 + 2, n], out[r0 + 3, n] = s0, s1, s2, s3
-            out[r0, n + 1], out[r0 + 1, n + 1], out[r0 + 2, n + 1], out[r0 + 3, n + 1] = (
-                t0, t1, t2, t3,
-            )  # fmt: skip
-        for n in range(pairs, s_):
-            wa = w[n]
-            s0 = s1 = s2 = s3 = start[n]
-            for k in range(k_):
-                a = wa[k]
-                s0 += a * x0[k]
-                s1 += a * x1[k]
-                s2 += a * x2[k]
-                s3 += a * x3[k]
-            out[r0, n], out[r0 + 1, n], out[r0 + 2, n], out[r0 + 3, n] = s0, s1, s2, s3
-    quads = s_ - s_ % 4
-    for r in range(fours, r_):
-        xr = x[r]
-        for n in range(0, quads, 4):
-            w0, w1, w2, w3 = w[n], w[n + 1], w[n + 2], w[n + 3]
-            s0, s1, s2, s3 = start[n], start[n + 1], start[n + 2], start[n + 3]
-            for k in range(k_):
-                v = xr[k]
-                s0 += w0[k] * v
-                s1 += w1[k] * v
-                s2 += w2[k] * v
-                s3 += w3[k] * v
-            out[r, n], out[r, n + 1], out[r, n + 2], out[r, n + 3] = s0, s1, s2, s3
-        for n in range(quads, s_):
-            wa = w[n]
-            s0 = start[n]
-            for k in range(k_):
-                s0 += wa[k] * xr[k]
-            out[r, n] = s0
+    tile = max(4, ROWS_TILE_BYTES // (k_ * w.itemsize) // 4 * 4)
+    for n0 in range(0, s_, tile):
+        n1 = min(n0 + tile, s_)
+        pairs = n1 - (n1 - n0) % 2
+        for r0 in range(0, fours, 4):
+            x0, x1, x2, x3 = x[r0], x[r0 + 1], x[r0 + 2], x[r0 + 3]
+            for n in range(n0, pairs, 2):
+                wa, wb = w[n], w[n + 1]
+                s0 = s1 = s2 = s3 = start[n]
+                t0 = t1 = t2 = t3 = start[n + 1]
+                for k in range(k_):
+                    a, b = wa[k], wb[k]
+                    v0, v1, v2, v3 = x0[k], x1[k], x2[k], x3[k]
+                    s0 += a * v0
+                    s1 += a * v1
+                    s2 += a * v2
+                    s3 += a * v3
+                    t0 += b * v0
+                    t1 += b * v1
+                    t2 += b * v2
+                    t3 += b * v3
+                out[r0, n], out[r0 + 1, n], out[r0 + 2, n], out[r0 + 3, n] = s0, s1, s2, s3
+                out[r0, n + 1], out[r0 + 1, n + 1], out[r0 + 2, n + 1], out[r0 + 3, n + 1] = (
+                    t0, t1, t2, t3,
+                )  # fmt: skip
+            for n in range(pairs, n1):
+                wa = w[n]
+                s0 = s1 = s2 = s3 = start[n]
+                for k in range(k_):
+                    a = wa[k]
+                    s0 += a * x0[k]
+                    s1 += a * x1[k]
+                    s2 += a * x2[k]
+                    s3 += a * x3[k]
+                out[r0, n], out[r0 + 1, n], out[r0 + 2, n], out[r0 + 3, n] = s0, s1, s2, s3
+        quads = n1 - (n1 - n0) % 4
+        for r in range(fours, r_):
+            xr = x[r]
+            for n in range(n0, quads, 4):
+                w0, w1, w2, w3 = w[n], w[n + 1], w[n + 2], w[n + 3]
+                s0, s1, s2, s3 = start[n], start[n + 1], start[n + 2], start[n + 3]
+                for k in range(k_):
+                    v = xr[k]
+                    s0 += w0[k] * v
+                    s1 += w1[k] * v
+                    s2 += w2[k] * v
+                    s3 += w3[k] * v
+                out[r, n], out[r, n + 1], out[r, n + 2], out[r, n + 3] = s0, s1, s2, s3
+            for n in range(quads, n1):
+                wa = w[n]
+                s0 = start[n]
+                for k in range(k_):
+                    s0 += wa[k] * xr[k]
+                out[r, n] = s0
 
 
 # No contraction: each output is round(a * u) + round(b * v), as the numpy reference computes it.

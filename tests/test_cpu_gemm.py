@@ -44,6 +44,18 @@ def test_matmul_rows_by_weights(
     assert kernel_calls and kernel_calls[0] == (rows, n)
 
 
+@pytest.mark.parametrize("rows", [3, 7])
+def test_weight_tiles(rng: np.random.Generator, kernel_calls: list, rows: int) -> None:
+    """K = 1024: tiles of 32 weight columns (ROWS_TILE_BYTES), the last one 6 wide (a pair
+    block left over for the 4-row blocks, two columns past the quads for the single rows)."""
+    g = eqsat.Graph("tiles")
+    x = g.input("x", (rows, 1024))
+    w = g.constant(rng.standard_normal((1024, 70)).astype(F32), "w")
+    g.output(g.op("MatMul", x, w), "y")
+    matches_numpy(g, rng, rtol=1e-4, atol=1e-4, runs=2)
+    assert kernel_calls and kernel_calls[0] == (rows, 70)
+
+
 @pytest.mark.parametrize(
     ("attrs", "a_shape", "b_shape"),
     [
