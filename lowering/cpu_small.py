@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import cpu_norms, cpu_softmax
+from eqsat.lowering import cpu_moves, cpu_norms, cpu_softmax
 from eqsat.lowering.cpu import Env, Lowering, Step, StepFn
 from eqsat.lowering.cpu_math import row_sum
 from eqsat.lowering.memory import Usage
@@ -489,6 +489,8 @@ _BUILDERS: dict[str, Any] = {
     "Split": _split,
     "Expand": _expand,
     "Gather": _gather,
+    "GatherElements": cpu_moves.constant_select,
+    "GatherND": cpu_moves.constant_select,
     "Pad": _pad,
     "ReduceSum": _reduce,
     "ReduceMean": _reduce,

@@ -314,3 +314,29 @@ def test_expand(shape: tuple[int, ...], target: tuple[int, ...]) -> None:
     assert exe.report["reference_ops"] == {}
     for _ in range(2):
         np.testing.assert_array_equal(exe.run(feeds)["Y"], want["Y"])
+
+
+@pytest.mark.parametrize("dtype", [F32, np.int64, np.bool_, np.float16])
+def test_gather_elements_and_nd_by_constant_indices(dtype: Any) -> None:
+    """One take of positions found at compile time (cpu_moves.constant_select), negative
+    indices, batch_dims and a GatherND listing every element in order (a copy) included."""
+    rng = np.random.default_rng(1)
+    index = rng.integers(-5, 5, (3, 4, 6))
+    run_op("GatherElements", (3, 5, 6), [index], dtype=dtype, axis=1, kind="copy")
+    run_op("GatherElements", (3, 5, 6), [index[..., :2]], dtype=dtype, axis=-1, kind="copy")
+    every = np.stack(np.meshgrid(np.arange(1), np.arange(8), indexing="ij"), -1)
+    run_op("GatherND", (1, 8), [every.reshape(1, 1, 1, 8, 2)], dtype=dtype, kind="copy")
+    pairs = np.array([[[0, 1], [1, -1]], [[2, 0], [0, 0]]])
+    run_op("GatherND", (3, 4, 5), [pairs], dtype=dtype, planned=dtype == F32, kind="copy")
+    run_op(
+        "GatherND", (3, 4, 5), [np.array([[1], [3], [0]])], dtype=dtype, batch_dims=1, kind="copy"
+    )
+
+
+def test_gather_elements_bad_constant_index_is_reported_by_the_reference() -> None:
+    g = eqsat.Graph("bad")
+    g.output(g.op("GatherElements", g.input("x", (2, 3)), g.constant(np.array([[0, 7]])), axis=1))
+    exe = eqsat.compile(g, target="cpu")
+    assert exe.report["reference_ops"] == {"GatherElements": 1}
+    with pytest.raises(eqsat.EqsatError, match="GatherElements"):
+        exe.run({"x": np.zeros((2, 3), F32)})
