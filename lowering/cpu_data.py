@@ -248,6 +248,7 @@ def _attention(lowering: Lowering, node: Node) -> Step | None:
     l_, dv = v.shape[-2:]
     scores = np.empty((batch, s_, l_), out.dtype)
     scale = float(node.attrs["scale"])
+    nan_to_zero = bool(node.attrs.get("nan_to_zero", 0))
     rank = out.rank
     if mask is None:
         mask_rows = np.zeros((1, 1, 1), out.dtype)
@@ -296,13 +297,13 @@ def _attention(lowering: Lowering, node: Node) -> Step | None:
                 a, b = r
                 sc = scores[a:b]
                 matmul(qs[a:b], ks[a:b].transpose(0, 2, 1), out=sc)
-                kernel(sc, m, mask_index[a:b], scale)
+                kernel(sc, m, mask_index[a:b], scale, nan_to_zero)
                 matmul(sc, vs[a:b], out=result[a:b])
 
             pool.map(part, ranges)
             return
         matmul(qs, ks.transpose(0, 2, 1), out=scores)
-        kernel(scores, m, mask_index, scale)
+        kernel(scores, m, mask_index, scale, nan_to_zero)
         matmul(scores, vs, out=result)
 
     reads = [s for s in (*slots, m_slot) if s is not None]

@@ -123,13 +123,15 @@ def gather(x, index, out):  # type: ignore[no-untyped-def]
 
 
 @njit(**JIT)
-def masked_softmax_rows(s, mask, index, scale):  # type: ignore[no-untyped-def]
+def masked_softmax_rows(s, mask, index, scale, nan_to_zero):  # type: ignore[no-untyped-def]
     """In place: each row of s (B, S, L) becomes softmax(row * scale + mask row).
 
     mask is (G, S or 1, L or 1); batch b uses mask group index[b]. Each pass over a row is a
     separate loop that LLVM vectorizes (the max and the sum through :mod:`cpu_math`'s reordering
     reductions); one fused scalar loop ran at ~7 ns per score. A NaN score still makes its row
-    NaN, through its exponential and so the sum.
+    NaN, through its exponential and so the sum; so do a row of -inf scores (-inf - -inf) and a
+    +inf score (inf - inf). A row is NaN exactly when its sum is (the sum is >= 1 otherwise), so
+    ``nan_to_zero`` (Attention's attribute) tests the sum once per row and writes zeros.
     """
     ms, ml = mask.shape[1] > 1, mask.shape[2] > 1
     for b in range(s.shape[0]):
@@ -147,13 +149,17 @@ def masked_softmax_rows(s, mask, index, scale):  # type: ignore[no-untyped-def]
             top = row_max(row)
             for i in range(row.shape[0]):
                 row[i] = np.exp(row[i] - top)
-            inv = 1.0 / row_sum(row)
+            total = row_sum(row)
+            if nan_to_zero and total != total:
+                row[:] = 0.0
+                continue
+            inv = 1.0 / total
             for i in range(row.shape[0]):
                 row[i] = row[i] * inv
 
 
 @njit(**JIT)
-def masked_softmax_rows_f32(s, mask, index, scale):  # type: ignore[no-untyped-def]
+def masked_softmax_rows_f32(s, mask, index, scale, nan_to_zero):  # type: ignore[no-untyped-def]
     """:func:`masked_softmax_rows` for float32 with :func:`cpu_math.exp_f32`."""
     ms, ml = mask.shape[1] > 1, mask.shape[2] > 1
     k = np.float32(scale)
@@ -172,7 +178,11 @@ def masked_softmax_rows_f32(s, mask, index, scale):  # type: ignore[no-untyped-d
             top = row_max(row)
             for i in range(row.shape[0]):
                 row[i] = exp_f32(row[i] - top)
-            inv = np.float32(1.0 / row_sum(row))
+            total = row_sum(row)
+            if nan_to_zero and total != total:
+                row[:] = 0.0
+                continue
+            inv = np.float32(1.0 / total)
             for i in range(row.shape[0]):
                 row[i] = row[i] * inv
 

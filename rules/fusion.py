@@ -459,39 +459,70 @@ def _(y: T, x: T, ax1: T, ax2: T) -> Any:
     ).then(union(y).with_(E.Softmax(x, axis=-1)))
 
 
+# Attention: softmax(scores) @ v, scores = q @ kT times a scale, plus an additive mask or not.
+# The scale forms exporters write, each the scale attribute it amounts to (all scalars, so that
+# a scale moves across the matmul): torch's eager (q @ kT) / sqrt(d) or * c, and SDPA's
+# q * sqrt(c) @ kT * sqrt(c) (the split keeps float16 scores in range), where c = a * b.
 _KT = [0, 1, 3, 2]
+SCALE_FORMS = ("div", "mul", "split")
+# The guard SDPA exports put after the softmax, Where(IsNaN(p), 0, p): a fully masked row (all
+# scores -inf) has a NaN softmax, and the guard makes it 0; Attention's nan_to_zero does the same.
+GUARDS = {"": 0, "-guarded": 1}
 
 
-@composite.rule("attention-div", caveat=ROUNDING)
-def _(y: T, q: T, kt: T, v: T, c: T, mask: T, s: f64, sq: Vec[i64]) -> Any:
-    scores = E.Add(E.Div(E.MatMul(q, kt), c), mask)
-    return rule(
-        eq(y).to(E.MatMul(E.Softmax(scores, axis=-1), v)),
-        eq(splat(c)).to(s),
-        eq(shape(q)).to(sq),
-        eq(sq.length()).to(i64(4)),
-        eq(shape(kt).length()).to(i64(4)),
-        eq(shape(v).length()).to(i64(4)),
-        eq(shape(scores)).to(shape(E.MatMul(q, kt))),
-    ).then(
-        union(y).with_(
-            E.Attention(q, E.Transpose(kt, perm=_KT), v, mask, scale=Attr.float(f64(1.0) / s))
+def _scores(form: str, q: T, kt: T, a: T, b: T, sa: f64, sb: f64) -> tuple[T, list[Any], Any]:
+    """The scaled scores of ``form``, the conditions on its scalars and the scale they give."""
+    qk = E.MatMul(q, kt)
+    if form in ("div", "mul"):
+        scaled = E.Div(qk, a) if form == "div" else E.Mul(qk, a)
+        conds = [eq(splat(a)).to(sa), eq(shape(scaled)).to(shape(qk))]
+        return scaled, conds, f64(1.0) / sa if form == "div" else sa
+    # q*a @ kT*b = (q @ kT) * (a*b) needs a and b scalars: shapes are kept, not broadcast up.
+    scaled_q, scaled_k = E.Mul(q, a), E.Mul(kt, b)
+    conds = [eq(splat(a)).to(sa), eq(splat(b)).to(sb)]
+    conds += [eq(shape(scaled_q)).to(shape(q)), eq(shape(scaled_k)).to(shape(kt))]
+    return E.MatMul(scaled_q, scaled_k), conds, sa * sb
+
+
+def _attention_rule(form: str, masked: bool, guard: str) -> None:
+    """softmax(scores [+ mask]) [guarded] @ v as one Attention, for rank-4 q, kT, v."""
+    name = f"attention-{form}{'' if masked else '-nomask'}{guard}"
+
+    @composite.rule(name, caveat=ROUNDING)
+    def _(
+        y: T, q: T, kt: T, v: T, a: T, b: T, mask: T, z: T, sa: f64, sb: f64, sq: Vec[i64]
+    ) -> Any:
+        scaled, conds, scale = _scores(form, q, kt, a, b, sa, sb)
+        scores = E.Add(scaled, mask) if masked else scaled
+        p = E.Softmax(scores, axis=-1)
+        if guard:
+            # z is exactly 0 and a scalar (the guard's shape is p's); the guard is elementwise,
+            # and a NaN softmax row is NaN in every element (its sum is NaN), 0 with the guard.
+            p = E.Where(E.IsNaN(p), z, p)
+            conds += [*near(z, 0.0, 0), eq(shape(p)).to(shape(scores))]
+        if masked:
+            # The mask must not broadcast the scores up (Attention's mask broadcasts to them).
+            conds.append(eq(shape(scores)).to(shape(scaled)))
+        att = E.Attention(
+            q,
+            E.Transpose(kt, perm=_KT),
+            v,
+            mask if masked else None,
+            scale=Attr.float(scale),
+            nan_to_zero=GUARDS[guard],
         )
-    )
+        return rule(
+            eq(y).to(E.MatMul(p, v)),
+            *conds,
+            eq(shape(q)).to(sq),
+            eq(sq.length()).to(i64(4)),
+            eq(shape(kt).length()).to(i64(4)),
+            eq(shape(v).length()).to(i64(4)),
+        ).then(union(y).with_(att))
 
 
-@composite.rule("attention-mul", caveat=ROUNDING)
-def _(y: T, q: T, kt: T, v: T, c: T, mask: T, s: f64, sq: Vec[i64]) -> Any:
-    scores = E.Add(E.Mul(E.MatMul(q, kt), c), mask)
-    return rule(
-        eq(y).to(E.MatMul(E.Softmax(scores, axis=-1), v)),
-        eq(splat(c)).to(s),
-        eq(shape(q)).to(sq),
-        eq(sq.length()).to(i64(4)),
-        eq(shape(kt).length()).to(i64(4)),
-        eq(shape(v).length()).to(i64(4)),
-        eq(shape(scores)).to(shape(E.MatMul(q, kt))),
-    ).then(union(y).with_(E.Attention(q, E.Transpose(kt, perm=_KT), v, mask, scale=Attr.float(s))))
+for _form, _masked, _guard in itertools.product(SCALE_FORMS, (True, False), GUARDS):
+    _attention_rule(_form, _masked, _guard)
 
 
-del _op, _def, _fused, _base, _k, _rank, _swap, _has_bias
+del _op, _def, _fused, _base, _k, _rank, _swap, _has_bias, _form, _masked, _guard

@@ -7,8 +7,11 @@
   (``num_base_inputs`` of them, omitted optional ones as ``None``) then K <= 8 epilogue tensors.
   ``epilogue`` is a scalar expression where ``{0}`` is the base op's result (its own bias applied)
   and ``{1}..{K}`` the extra inputs, broadcast to the output shape.
-* ``Attention(Q, K, V[, mask]; scale)``: ``softmax(Q @ K^T * scale + mask) @ V`` over the last two
-  axes; Q is [..., S, D], K [..., L, D], V [..., L, Dv], mask broadcasts to [..., S, L].
+* ``Attention(Q, K, V[, mask]; scale, nan_to_zero)``: ``softmax(Q @ K^T * scale + mask) @ V`` over
+  the last two axes; Q is [..., S, D], K [..., L, D], V [..., L, Dv], mask broadcasts to
+  [..., S, L]. A row whose scores are all -inf (or hold a NaN or +inf) has a NaN softmax; with
+  ``nan_to_zero=1`` its probabilities are 0 instead, the ``Where(IsNaN(p), 0, p)`` guard that
+  SDPA exports put after the softmax (so a fully masked query row gives 0 @ V).
 
 Costs are honest for a fused kernel: each input is read once, the output written once, and no
 intermediate touches memory; the FLOPs are those of the base op plus the scalar body per element.
@@ -329,6 +332,8 @@ def _attn_infer(inputs: list[Value | None], attrs: dict[str, Any], _: int) -> li
         raise ShapeError(f"Attention: mask {mask.shape} does not broadcast to {scores}")
     if not isinstance(attrs["scale"], float | int):
         raise ShapeError(f"Attention: scale must be a number, got {attrs['scale']!r}")
+    if attrs["nan_to_zero"] not in (0, 1):
+        raise ShapeError(f"Attention: nan_to_zero must be 0 or 1, got {attrs['nan_to_zero']!r}")
     return [((*lead, q.shape[-2], v.shape[-1]), q.dtype)]
 
 
@@ -339,8 +344,12 @@ def _attn_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -
     s = np.matmul(q.astype(dt), np.swapaxes(k.astype(dt), -1, -2)) * dt.type(attrs["scale"])
     if mask is not None:
         s = s + mask.astype(dt)
-    s = np.exp(s - s.max(axis=-1, keepdims=True))
-    p = s / s.sum(axis=-1, keepdims=True)
+    # Rows of -inf scores: -inf - -inf is NaN, a NaN softmax row as onnxruntime's Softmax gives.
+    with np.errstate(invalid="ignore"):
+        s = np.exp(s - s.max(axis=-1, keepdims=True))
+        p = s / s.sum(axis=-1, keepdims=True)
+    if attrs["nan_to_zero"]:
+        p = np.where(np.isnan(p), dt.type(0), p)
     return [np.matmul(p, v.astype(dt)).astype(outs[0].dtype)]
 
 
@@ -362,8 +371,8 @@ register(
         _attn_cost,
         min_inputs=3,
         max_inputs=4,
-        attrs={"scale": REQUIRED},
-        doc="softmax(Q K^T * scale + mask) V as one kernel.",
+        attrs={"scale": REQUIRED, "nan_to_zero": 0},
+        doc="softmax(Q K^T * scale + mask) V as one kernel (NaN softmax rows as 0: nan_to_zero).",
     )
 )
 
