@@ -380,12 +380,12 @@ def compile(graph: Graph, threads: int | None = None) -> CpuExecutable:
     """Compile ``graph`` for the CPU; ``threads`` defaults to $EQSAT_THREADS, else the CPUs this
     process may run on. On a machine busy with other work the pool falls back to the calling
     thread by itself (see :mod:`eqsat.lowering.cpu_threads`), so the default is safe there."""
-    from eqsat.lowering import cpu_data, cpu_half, cpu_misc, cpu_ops
+    from eqsat.lowering import cpu_data, cpu_half, cpu_misc, cpu_ops, cpu_taps
 
     started = time.perf_counter()
     threads = threads or int(os.environ.get("EQSAT_THREADS") or 0) or _usable_cpus()
     _check_ops(graph)
-    graph = cpu_half.widen(graph)
+    graph = cpu_taps.prune(cpu_half.widen(graph))
     lowering = Lowering(threads)
     template_values: dict[int, Any] = {}
     for v in graph.inputs:

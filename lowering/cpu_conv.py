@@ -241,7 +241,7 @@ class Geometry:
             and self.kh * self.kw > 1
             and not self.small
             and not self.direct
-            and (self.wp * 4 <= self.ow * 5 or self.ow <= NARROW)
+            and (self.wp * 4 <= self.ow * 5 or (self.ow <= NARROW and self.wp <= self.ow + 2))
         )
         # Strides above MAX_SPLIT_STRIDE gather directly: few outputs read little of each row
         # (Silero's STFT conv has stride 128).
