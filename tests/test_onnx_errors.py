@@ -355,3 +355,21 @@ def test_runtime_if_with_branches_of_different_shapes() -> None:
     with pytest.raises(ShapeError, match=r"node 'branchy' \(If\).*different output shapes"):
         eqsat.load(proto)
     assert eqsat.load(proto, constants={"cond": np.array(False)}).outputs[0].shape == (1,)
+
+
+def test_data_dependent_shape_is_named() -> None:
+    """A detector's box filter: NonZero of a run-time value (static shapes only)."""
+    nodes = [
+        h.make_node("Greater", ["scores", "t"], ["keep"]),
+        h.make_node("NonZero", ["keep"], ["idx"]),
+    ]
+    proto = model(nodes, [vi("scores", [1, 100])], [vi("idx", None, T.INT64)],
+                  [init("t", np.array(0.5, np.float32))])  # fmt: skip
+    with pytest.raises(ShapeError, match=r"NonZero.*'keep'.*depends on the data") as info:
+        eqsat.load(proto)
+    assert "NonZero" in str(info.value)
+    # On a value known at load time it folds, as before.
+    scores = np.array([[0.1, 0.9, 0.7]], np.float32)
+    proto.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 3
+    graph = eqsat.load(proto, constants={"scores": scores})
+    assert graph.outputs[0].const.tolist() == [[0, 0], [1, 2]]

@@ -185,6 +185,14 @@ _op("Range", _range_infer, _range_reference, default_cost(1.0), min_inputs=3, ma
 
 
 def _nonzero_infer(inputs: list[Any], attrs: dict[str, Any], _: int) -> list[Any]:
+    if inputs[0] is not None and inputs[0].const is None:
+        # Detectors' post-processing (box filtering before NMS) reaches here: say what it is.
+        raise ShapeError(
+            f"NonZero of the run-time value {inputs[0].name!r}: its output shape depends on the "
+            "data, and eqsat compiles static shapes only (data-dependent shapes are not "
+            "supported; export the model without its post-processing, or bind the value with "
+            "constants=)"
+        )
     x = np.asarray(const_of(inputs[0], "input 'X' (NonZero's output shape depends on it)"))
     return [((x.ndim, int(np.count_nonzero(x))), INT64)]
 
