@@ -242,6 +242,15 @@ def average_pool2d(x, out, inverse, kh_, kw_, sh, sw, dh, dw, ph, pw):  # type: 
                     out[n, c, oh, ow] = total * inverse[oh, ow]
 
 
+@njit(**{**JIT, "inline": "always"})
+def _store_rows(out, r0, n, last, s0, s1, s2):  # type: ignore[no-untyped-def]
+    """Column n of a partial block: rows r0.. up to ``last`` (2 or 3 rows)."""
+    out[r0, n] = s0
+    out[r0 + 1, n] = s1
+    if r0 + 2 <= last:
+        out[r0 + 2, n] = s2
+
+
 # Bytes of weights per tile of :func:`rows_matmul`: every block of rows reuses a tile while it
 # is in L2 (a quarter of this machine's 512 KiB).
 ROWS_TILE_BYTES = 128 * 1024
@@ -263,13 +272,18 @@ def rows_matmul(x, w, start, out):  # type: ignore[no-untyped-def]
     """
     r_, k_ = x.shape
     s_ = w.shape[0]
-    fours = r_ - r_ % 4
+    # Rows in blocks of 4; 2 or 3 rows left over make one more block whose missing rows repeat
+    # the last row (computed, not stored): a row on its own streams the tile once per row.
+    fours = r_ - r_ % 4 + (4 if r_ % 4 >= 2 else 0)
+    last = r_ - 1
     tile = max(4, ROWS_TILE_BYTES // (k_ * w.itemsize) // 4 * 4)
     for n0 in range(0, s_, tile):
         n1 = min(n0 + tile, s_)
         pairs = n1 - (n1 - n0) % 2
         for r0 in range(0, fours, 4):
-            x0, x1, x2, x3 = x[r0], x[r0 + 1], x[r0 + 2], x[r0 + 3]
+            x0, x1 = x[r0], x[min(r0 + 1, last)]
+            x2, x3 = x[min(r0 + 2, last)], x[min(r0 + 3, last)]
+            full = r0 + 3 <= last
             for n in range(n0, pairs, 2):
                 wa, wb = w[n], w[n + 1]
                 s0 = s1 = s2 = s3 = start[n]
@@ -285,10 +299,13 @@ def rows_matmul(x, w, start, out):  # type: ignore[no-untyped-def]
                     t1 += b * v1
                     t2 += b * v2
                     t3 += b * v3
-                out[r0, n], out[r0 + 1, n], out[r0 + 2, n], out[r0 + 3, n] = s0, s1, s2, s3
-                out[r0, n + 1], out[r0 + 1, n + 1], out[r0 + 2, n + 1], out[r0 + 3, n + 1] = (
-                    t0, t1, t2, t3,
-                )  # fmt: skip
+                if full:
+                    out[r0, n], out[r0 + 1, n], out[r0 + 2, n], out[r0 + 3, n] = s0, s1, s2, s3
+                    out[r0, n + 1], out[r0 + 1, n + 1] = t0, t1
+                    out[r0 + 2, n + 1], out[r0 + 3, n + 1] = t2, t3
+                else:
+                    _store_rows(out, r0, n, last, s0, s1, s2)
+                    _store_rows(out, r0, n + 1, last, t0, t1, t2)
             for n in range(pairs, n1):
                 wa = w[n]
                 s0 = s1 = s2 = s3 = start[n]
@@ -298,7 +315,10 @@ def rows_matmul(x, w, start, out):  # type: ignore[no-untyped-def]
                     s1 += a * x1[k]
                     s2 += a * x2[k]
                     s3 += a * x3[k]
-                out[r0, n], out[r0 + 1, n], out[r0 + 2, n], out[r0 + 3, n] = s0, s1, s2, s3
+                if full:
+                    out[r0, n], out[r0 + 1, n], out[r0 + 2, n], out[r0 + 3, n] = s0, s1, s2, s3
+                else:
+                    _store_rows(out, r0, n, last, s0, s1, s2)
         quads = n1 - (n1 - n0) % 4
         for r in range(fours, r_):
             xr = x[r]
