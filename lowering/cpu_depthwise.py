@@ -3,13 +3,19 @@
 A depthwise conv does a handful of multiply-adds per output, so it is bound by how well the inner
 loop vectorizes. The generic kernel (taps in runtime loops, strides as variables) ran ~10x below
 that. Here one kernel is generated per (kernel size, strides, dilations, padding, dtype,
-epilogue): each channel's plane is copied into a zero-bordered scratch buffer (so no tap needs a
-bounds check), the tap weights are loaded into scalars, and the loop over an output row computes
-``epilogue(bias + sum of taps)`` with the taps written out, one store per output. Kernels with
-more than :data:`PASS_TAPS` taps (7x7) take several passes over the output plane, a few kernel
-rows each, so that a pass's weights fit in vector registers (all 49 spilled: two loads per
-multiply-add). Scalar constant operands of the epilogue (ReLU6's bounds) are written into the
-source as literals, and a per-channel constant it adds can be folded into the bias
+epilogue), with the tap weights loaded into scalars and the taps written out. Each channel's
+plane is copied into zero-bordered phase planes (one per stride phase, so that every tap reads
+contiguous memory even at stride 2, and no tap needs a bounds check), flattened: output position
+``oh*WQ + ow`` of a plane whose rows are WQ wide is ``epilogue(bias + sum of w_t * plane_t[p +
+offset_t])``, one long loop over every position of the plane (the columns past a row's end are
+computed and dropped), so that even a 7x7 plane fills whole vectors; rows are only as wide as the
+border that the taps need on either side (:class:`_Taps`). Planes with wide output rows go row
+by row instead, straight into the output. Kernels with more than :data:`PASS_TAPS` taps (5x5,
+7x7) take several passes, so that a pass's weights fit in vector registers (all 49 spilled: two
+loads per multiply-add). Against the earlier row-by-row kernel over one padded plane (strided
+loads at stride 2, a short loop per output row of a small plane), MobileNet's depthwise convs
+ran 1.5-5x faster. Scalar constant operands of the epilogue (ReLU6's bounds) are written into
+the source as literals, and a per-channel constant it adds can be folded into the bias
 (:func:`fold_channel_add`); an epilogue over tensors (a residual) is applied afterwards by the
 caller.
 
@@ -63,8 +69,14 @@ def scalar_constants(extras: list[Any]) -> dict[int, float]:
     }
 
 
-# The most taps one pass over an output row multiplies in (whole kernel rows, at least one).
+# The most taps one pass over the plane multiplies in: a pass keeps its taps' weights in vector
+# registers (all 49 of a 7x7 spilled, two loads per multiply-add: half the speed).
 PASS_TAPS = 12
+# Positions per channel are rounded up to this: whole iterations of LLVM's vector loop (8 lanes,
+# unrolled 4x), so that no output runs in its scalar remainder (most of a 7x7 plane did).
+_ROUND = 32
+# Output rows at least this wide are computed row by row (see :func:`source`).
+ROW_WISE = 64
 
 
 def fold_channel_add(
@@ -99,6 +111,147 @@ def fold_channel_add(
 _OPERAND_ZERO = re.compile(r"\{0\}")
 
 
+class _Taps:
+    """Where each tap of a depthwise kernel reads: with strides (SH, SW) the padded plane is
+    split into SH*SW phase planes (phase (a, b) holds ``pad[a::SH, b::SW]``), and tap (i, j)
+    reads phase ((i*DH) % SH, (j*DW) % SW) at row offset (i*DH) // SH, column offset
+    (j*DW) // SW from the output position: a constant shift in the flattened phase plane."""
+
+    def __init__(
+        self,
+        kernel: tuple[int, int],
+        strides: tuple[int, int],
+        dilations: tuple[int, int],
+        pads: tuple[int, int],
+    ):
+        self.kernel, self.strides, self.pads = kernel, strides, pads
+        (kh_, kw_), (sh, sw), (dh, dw) = kernel, strides, dilations
+        self.rows = [((i * dh) % sh, (i * dh) // sh) for i in range(kh_)]  # (phase, offset)
+        self.cols = [((j * dw) % sw, (j * dw) // sw) for j in range(kw_)]
+
+    def layout(self) -> list[str]:
+        """Statements (Python and Numba alike) that set, from ``h_, w_, oh_, ow_``: ``wq`` and
+        ``ps`` the row stride and size of a flattened phase plane, ``np_`` the positions
+        computed per channel (``oh*wq + ow``, rounded up to :data:`_ROUND`) and ``total`` the
+        scratch: ``np_`` accumulators, the phase planes, ``np_`` zeros that the rounded
+        positions may read past the last plane, then (column stride 2) room for a plane's
+        columns split by parity.
+
+        A phase row is only as wide as its data and its reads need: a read past the row's end
+        wraps into the next row's left border, which is zero as long as the read stays short of
+        that row's first data column (so a "same" conv stores one border column per row, not
+        two). Rows get one more at the bottom for the reads that wrap off the last one.
+        """
+        (sh, sw), (ph, pw) = self.strides, self.pads
+        lines = ["wq = 1", "hq = 1"]
+        for axis, count, size, pad, taps in (
+            ("w", sw, "w_", pw, self.cols),
+            ("h", sh, "h_", ph, self.rows),
+        ):
+            for b in range(count):
+                lo = -((b - pad) // count)  # first phase index that holds data
+                hi = f"({pad - b} + {size} - 1) // {count}"  # last one
+                reach = max((q for phase, q in taps if phase == b), default=None)
+                extent = "o" + size
+                if axis == "w":
+                    lines.append(f"if {hi} >= {lo}:")
+                    lines.append(f"    wq = max(wq, {hi} + 1)")
+                    if reach is not None:
+                        lines.append(f"    wq = max(wq, {extent} + {reach - lo})")
+                else:
+                    lines.append(f"hq = max(hq, {hi} + 1)")
+                    if reach is not None:
+                        lines.append(f"hq = max(hq, {extent} + {reach + 1})")
+        lines += [
+            "ps = hq * wq",
+            f"np_ = ((oh_ - 1) * wq + ow_ + {_ROUND - 1}) // {_ROUND} * {_ROUND}",
+            f"total = np_ + {sh * sw} * ps + np_" + (" + h_ * w_" if sw == 2 else ""),
+        ]
+        return lines
+
+    def passes(self) -> list[list[tuple[int, int]]]:
+        """The taps (i, j) in row-major order, cut into passes of at most :data:`PASS_TAPS`."""
+        taps = [(i, j) for i in range(self.kernel[0]) for j in range(self.kernel[1])]
+        count = -(-len(taps) // PASS_TAPS)
+        size = -(-len(taps) // count)
+        return [taps[k : k + size] for k in range(0, len(taps), size)]
+
+
+def _chunk(width: int, at: str) -> list[str]:
+    """Lines copying ``src[at:at + width]`` to ``dst``: all loads first, so that LLVM's SLP
+    vectorizer makes them one vector load and store (it may not reorder a load past a store to
+    an array that could alias)."""
+    lines = ["    s = src[" + at + " :]", "    d = dst[" + at + " :]"]
+    lines += [f"    t{t} = s[{t}]" for t in range(width)]
+    return lines + [f"    d[{t}] = t{t}" for t in range(width)]
+
+
+# ``copy(src, dst, n)``: the rows copied in and out are often a few to a few dozen elements, too
+# short for the loop vectorizer (it wants 32), so those go as 8- or 4-wide chunks, the last one
+# overlapping its predecessor.
+_COPY = [
+    "@njit(cache=True, error_model='numpy', nogil=True, inline='always')",
+    "def copy8(src, dst, at):",
+    *_chunk(8, "at"),
+    "",
+    "",
+    "@njit(cache=True, error_model='numpy', nogil=True, inline='always')",
+    "def copy4(src, dst, at):",
+    *_chunk(4, "at"),
+    "",
+    "",
+    "@njit(cache=True, error_model='numpy', nogil=True, inline='always')",
+    "def copy(src, dst, n):",
+    "    if n >= 32:",
+    "        for g in range(n):",
+    "            dst[g] = src[g]",
+    "    elif n >= 8:",
+    "        for g in range(0, n - 8, 8):",
+    "            copy8(src, dst, g)",
+    "        copy8(src, dst, n - 8)",
+    "    elif n >= 4:",
+    "        copy4(src, dst, 0)",
+    "        copy4(src, dst, n - 4)",
+    "    else:",
+    "        for g in range(n):",
+    "            dst[g] = src[g]",
+]
+
+
+def _passes(taps: _Taps, code: str) -> list[str]:
+    """``run(f, acc, start, count, w, bias, wq, ps)``: every pass over ``acc[:count]``, the
+    positions from ``start`` in the flattened phase planes (the whole plane's, or one output
+    row's); the last pass applies the epilogue ``code``."""
+    sw, kw_ = taps.strides[1], taps.kernel[1]
+    lines = [
+        "@njit(cache=True, error_model='numpy', fastmath={'contract'}, nogil=True, "
+        "inline='always')",
+        "def run(f, acc, start, count, w, bias, wq, ps):",
+    ]
+    plan = taps.passes()
+    for k, chunk in enumerate(plan):
+        # One view per (kernel row, column phase): the taps through it differ by constants, so
+        # LLVM checks it against the accumulators once, not once per tap.
+        views: dict[tuple[int, int], str] = {}
+        terms = []
+        for i, j in chunk:
+            bb, qj = taps.cols[j]
+            name = views.setdefault((i, bb), f"s{i}_{bb}")
+            t = i * kw_ + j
+            lines.append(f"    w{t} = w[{t}]")
+            terms.append(f"w{t} * {name}[p + {qj}]")
+        for (i, bb), name in views.items():
+            a, qi = taps.rows[i]
+            lines.append(f"    {name} = f[start + {a * sw + bb} * ps + {qi} * wq :]")
+        store = re.sub(r"\bx0\b", "v", code) if k == len(plan) - 1 else "v"
+        lines += [
+            "    for p in range(count):",
+            f"        v = {'bias' if k == 0 else 'acc[p]'} + {' + '.join(terms)}",
+            f"        acc[p] = {store}",
+        ]
+    return lines
+
+
 def source(
     dtype: np.dtype,
     kernel: tuple[int, int],
@@ -110,84 +263,114 @@ def source(
 ) -> str:
     """A module with ``kernel(x, w, b, out, scratch)``; ``epilogue`` may only use ``{0}``.
 
-    x (N, C, H, W), w (C, KH*KW), b (C,), out (N, C, OH, OW); ``scratch`` is a zeroed (HP, WP)
-    buffer large enough for a padded plane (unused when parallel: each chunk makes its own).
+    x (N, C, H, W), w (C, KH*KW), b (C,), out (N, C, OH, OW); ``scratch`` a zeroed 1-D buffer of
+    :func:`scratch_shape` (unused when parallel: each chunk makes its own).
+
+    Each channel's plane is copied into the phase planes (the strided column reads of a stride-2
+    row grouped so that they vectorize as one interleaved load), then every pass computes, for
+    all output positions at once, ``acc[p] (+)= sum of w_t * phase_t[p + offset_t]`` over the
+    flattened planes: one long contiguous loop, even for a 7x7 plane, with positions past a
+    row's last output column computed and dropped. The last pass applies the epilogue; its
+    valid columns are then copied out.
     """
     if dtype not in codegen.FLOATS:
         raise codegen.Unsupported(f"dtype {dtype}")
     code, constants = codegen.translate(epilogue, dtype)
     if re.search(r"\bx[1-9]\d*\b", code):
         raise codegen.Unsupported(f"epilogue with tensor operands: {epilogue!r}")
-    kh_, kw_ = kernel
     sh, sw = strides
-    dh, dw = dilations
     ph, pw = pads
+    taps = _Taps(kernel, strides, dilations, pads)
     ctype = f"np.{dtype}"
-    flag = "readonly=True"
     arr = f"types.Array(types.{dtype}, {{}}, 'C'{{}})"
+    flag = ", readonly=True"
     signature = (
-        f"types.void({arr.format(4, ', ' + flag)}, {arr.format(2, ', ' + flag)}, "
-        f"{arr.format(1, ', ' + flag)}, {arr.format(4, '')}, {arr.format(2, '')})"
+        f"types.void({arr.format(4, flag)}, {arr.format(2, flag)}, {arr.format(1, flag)}, "
+        f"{arr.format(4, '')}, {arr.format(1, '')})"
     )
-    acc_code = re.sub(r"\bx0\b", "acc", code)
-    # Kernel rows per pass over the output plane: each pass keeps its taps' weights in vector
-    # registers (all 49 of a 7x7 spilled, two loads per multiply-add: half the speed).
-    per_pass = max(1, PASS_TAPS // kw_)
-    passes = [list(range(i, min(i + per_pass, kh_))) for i in range(0, kh_, per_pass)]
     comments = [
         f"depthwise kernel {kernel} strides {strides} dilations {dilations} pads {pads}",
         f"epilogue: {epilogue}",
     ]
     lines = codegen.module_header(comments, ctype, constants)
+    lines += ["", "", *_passes(taps, code), "", "", *_COPY]
     lines += [
         "",
         "",
-        "@njit(cache=True, error_model='numpy', fastmath={'contract'}, nogil=True)",
-        "def plane(x, w, b, out, pad, n, c):",
+        "@njit(cache=True, error_model='numpy', nogil=True)",
+        "def plane(x, w, b, out, f, n, c, wq, ps, np_):",
         "    h_, w_ = x.shape[2], x.shape[3]",
         "    oh_, ow_ = out.shape[2], out.shape[3]",
-        "    for i in range(h_):",
-        "        for j in range(w_):",
-        f"            pad[{ph} + i, {pw} + j] = x[n, c, i, j]",
+        "    src = x[n, c]",
+        f"    if {sw} == 2 and w_ % 2 == 0:",
+        # Stride 2 over an even width: the columns split by one long (vectorized) loop over
+        # the plane into a spare region, whose rows are then copied in whole.
+        "        half = w_ // 2",
+        "        flat = src.reshape(h_ * w_)",
+        f"        even = f[2 * np_ + {sh * sw} * ps :]",
+        "        odd = even[h_ * half :]",
+        "        for m in range(h_ * half):",
+        "            even[m] = flat[2 * m]",
+        "            odd[m] = flat[2 * m + 1]",
+        "        for i in range(h_):",
+        f"            d = np_ + ({ph} + i) % {sh} * 2 * ps + ({ph} + i) // {sh} * wq",
+        f"            copy(even[i * half :], f[d + {pw % 2} * ps + {pw // 2} :], half)",
+        f"            copy(odd[i * half :], f[d + {(pw + 1) % 2} * ps + {(pw + 1) // 2} :], half)",
+        "    else:",
+        "        for i in range(h_):",
+        "            row = src[i]",
+        f"            d = np_ + ({ph} + i) % {sh} * {sw} * ps + ({ph} + i) // {sh} * wq",
+        # Views, so that every index is a loop counter plus a constant: LLVM then drops Numba's
+        # negative-index wraparound, which kept runtime-offset loops from vectorizing.
+        *[
+            f"            d{m} = f[d + {(pw + m) % sw} * ps + {(pw + m) // sw} :]"
+            for m in range(sw)
+        ],
     ]
-    lines += ["    bias = b[c]"]
-    for k, rows in enumerate(passes):
-        # A pass's weights are loaded just before its loops, so only they are live in them.
-        lines += [f"    w{i * kw_ + j} = w[c, {i * kw_ + j}]" for i in rows for j in range(kw_)]
-        terms = " + ".join(
-            f"w{i * kw_ + j} * r{i}[q + {j * dw}]" if j else f"w{i * kw_} * r{i}[q]"
-            for i in rows
-            for j in range(kw_)
-        )
+    if sw == 1:
+        lines.append("            copy(row, d0, w_)")
+    else:
         lines += [
-            "    for oh in range(oh_):",
-            *[f"        r{i} = pad[oh * {sh} + {i * dh}]" for i in rows],
-            "        o = out[n, c, oh]",
-            "        for ow in range(ow_):",
-            f"            q = ow * {sw}",
-            f"            acc = {'bias' if k == 0 else 'o[ow]'} + {terms}",
-            f"            o[ow] = {acc_code if k == len(passes) - 1 else 'acc'}",
+            f"            for g in range(w_ // {sw}):",
+            *[f"                d{m}[g] = row[g * {sw} + {m}]" for m in range(sw)],
+            f"            for j in range(w_ // {sw} * {sw}, w_):",
+            f"                f[d + ({pw} + j) % {sw} * ps + ({pw} + j) // {sw}] = row[j]",
         ]
+    # Wide outputs go row by row, straight into ``out`` (a row's loop is long enough to fill the
+    # vectors, and the accumulators' round trip through the scratch would cost more); narrow
+    # ones over the whole flattened plane, then copied out.
     lines += [
+        f"    if ow_ >= {ROW_WISE}:",
+        "        o = out[n, c]",
+        "        for oh in range(oh_):",
+        "            run(f, o[oh], np_ + oh * wq, ow_, w[c], b[c], wq, ps)",
+        "        return",
+        "    run(f, f, np_, np_, w[c], b[c], wq, ps)",
+        "    o = out[n, c]",
+        "    for oh in range(oh_):",
+        "        copy(f[oh * wq :], o[oh], ow_)",
         "",
         "",
-        f"@njit({signature}, cache=True, error_model='numpy', fastmath={{'contract'}}, "
-        f"nogil=True, parallel={parallel})",
+        f"@njit({signature}, cache=True, error_model='numpy', nogil=True, parallel={parallel})",
         "def kernel(x, w, b, out, scratch):",
-        "    n_, c_ = x.shape[0], x.shape[1]",
+        "    n_, c_, h_, w_ = x.shape",
+        "    oh_, ow_ = out.shape[2], out.shape[3]",
+        *[f"    {line}" for line in taps.layout()],
+        "    if scratch.shape[0] < total:",
+        "        raise ValueError('depthwise scratch too small')",
     ]
     if parallel:
         lines += [
             "    chunks = min(n_ * c_, 64)",
             "    for t in prange(chunks):",
-            f"        pad = np.zeros(scratch.shape, {ctype})",
+            f"        f = np.zeros(total, {ctype})",
             "        for nc in range(t * n_ * c_ // chunks, (t + 1) * n_ * c_ // chunks):",
-            "            plane(x, w, b, out, pad, nc // c_, nc % c_)",
+            "            plane(x, w, b, out, f, nc // c_, nc % c_, wq, ps, np_)",
         ]
     else:
         lines += [
             "    for nc in range(n_ * c_):",
-            "        plane(x, w, b, out, scratch, nc // c_, nc % c_)",
+            "        plane(x, w, b, out, scratch, nc // c_, nc % c_, wq, ps, np_)",
         ]
     return "\n".join(lines) + "\n"
 
@@ -199,13 +382,11 @@ def scratch_shape(
     strides: tuple[int, int],
     dilations: tuple[int, int],
     pads: tuple[int, int],
-) -> tuple[int, int]:
-    """A padded plane that holds the input at offset ``pads`` and every tap's reach."""
-    dims = []
-    for i in range(2):
-        reach = (out_hw[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1
-        dims.append(max(reach, pads[i] + in_hw[i]))
-    return dims[0], dims[1]
+) -> tuple[int]:
+    """The 1-D scratch :func:`source`'s kernel needs: its accumulators and phase planes."""
+    sizes: dict[str, int] = {"h_": in_hw[0], "w_": in_hw[1], "oh_": out_hw[0], "ow_": out_hw[1]}
+    exec("\n".join(_Taps(kernel, strides, dilations, pads).layout()), {}, sizes)
+    return (int(sizes["total"]),)
 
 
 def load(*args: object) -> object:

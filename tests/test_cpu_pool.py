@@ -156,51 +156,6 @@ def test_global_average_pool(shape: tuple[int, ...], dtype: type) -> None:
     assert exe.report["reference_ops"] == {}
 
 
-def _depthwise_numpy(x: np.ndarray, w: np.ndarray, b: np.ndarray, geometry: Any) -> np.ndarray:
-    """Direct float64 depthwise conv: x (N, C, H, W), w (C, KH*KW), zero padding."""
-    (kh, kw), (sh, sw), (dh, dw), (ph, pw), (oh, ow) = geometry
-    n_, c_, h_, w_ = x.shape
-    pad = np.zeros((n_, c_, h_ + 2 * ph + kh * dh, w_ + 2 * pw + kw * dw))
-    pad[:, :, ph : ph + h_, pw : pw + w_] = x
-    out = np.zeros((n_, c_, oh, ow)) + b[None, :, None, None]
-    for i in range(kh):
-        for j in range(kw):
-            part = pad[:, :, i * dh : i * dh + oh * sh : sh, j * dw : j * dw + ow * sw : sw]
-            out += part * w[None, :, i * kw + j, None, None]
-    return out
-
-
-@pytest.mark.parametrize(
-    "geometry",
-    [
-        ((7, 7), (1, 1), (1, 1), (3, 3), (9, 11)),  # one kernel row per pass
-        ((5, 5), (1, 1), (1, 1), (2, 2), (6, 6)),  # two rows, then one
-        ((3, 3), (2, 2), (1, 1), (1, 1), (5, 6)),  # a single pass
-        ((3, 5), (1, 2), (2, 1), (2, 2), (7, 5)),
-    ],
-)
-def test_depthwise_kernel_passes(geometry: Any) -> None:
-    rng = np.random.default_rng(3)
-    kernel, strides, dilations, pads, (oh, ow) = geometry
-    in_hw = tuple(
-        (o - 1) * s + (k - 1) * d + 1 - 2 * p
-        for o, s, k, d, p in zip((oh, ow), strides, kernel, dilations, pads, strict=True)
-    )
-    x = rng.standard_normal((2, 3, *in_hw)).astype(F32)
-    w = rng.standard_normal((3, kernel[0] * kernel[1])).astype(F32)
-    b = rng.standard_normal(3).astype(F32)
-    out = np.empty((2, 3, oh, ow), F32)
-    geo = (kernel, strides, dilations, pads)
-    run = cpu_depthwise.load(np.dtype(F32), *geo, "max({0}, (0.0))", False)
-    scratch = np.zeros(cpu_depthwise.scratch_shape(in_hw, (oh, ow), *geo), F32)
-    run(x, w, b, out, scratch)
-    want = np.maximum(_depthwise_numpy(x, w, b, (*geo, (oh, ow))), 0)
-    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
-    passes = -(-kernel[0] // max(1, cpu_depthwise.PASS_TAPS // kernel[1]))
-    text = cpu_depthwise.source(np.dtype(F32), *geo, "{0}", False)
-    assert text.count("for ow in range(ow_):") == passes
-
-
 def test_fold_channel_add() -> None:
     fold = cpu_depthwise.fold_channel_add
     bias = np.arange(3, dtype=F32)
