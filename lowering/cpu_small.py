@@ -484,7 +484,26 @@ def _reduce(lowering: Lowering, node: Node) -> Step | None:
     return Step(run, Usage([xs], [o], True), "kernel", node.name, bind)
 
 
+# ------------------------------------------------------------------ float16 casts
+def _cast_half(lowering: Lowering, node: Node) -> Step | None:
+    """A Cast to or from float16 (the generated kernels have no float16): numpy's conversion
+    (round to nearest even, as the reference's astype) into the planned buffer. The float16
+    graphs :mod:`eqsat.lowering.cpu_half` computes in float32 have one at each edge."""
+    x, out = node.inputs[0], node.outputs[0]
+    half = np.dtype(np.float16)
+    if x is None or out is None or half not in (x.dtype, out.dtype) or out.dtype.kind != "f":
+        return None
+    xs, o = lowering.slot(x), lowering.slot(out)
+    copyto = np.copyto
+
+    def run(env: Env) -> None:
+        copyto(env[o], env[xs], casting="unsafe")
+
+    return Step(run, Usage([xs], [o], True), "copy", node.name)
+
+
 _BUILDERS: dict[str, Any] = {
+    "Cast": _cast_half,
     "Slice": _slice,
     "Split": _split,
     "Expand": _expand,

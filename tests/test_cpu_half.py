@@ -58,7 +58,7 @@ def test_half_model_runs_in_float32_kernels(rng: np.random.Generator, optimize: 
         assert any(n.op.startswith("Fused") for n in graph.nodes)
     exe = eqsat.compile(graph, target="cpu")
     got = exe.run(feeds)
-    assert set(exe.report["reference_ops"]) <= {"Cast"}  # only the casts at the edges
+    assert exe.report["reference_ops"] == {}  # the casts at the edges are copy steps too
     for name, want in zip(["y", "n"], _onnxruntime(model, feeds), strict=True):
         assert got[name].dtype == np.float16 and got[name].shape == want.shape
         # Within one float16 rounding of onnxruntime (which also computes these in float32).

@@ -311,7 +311,7 @@ def test_nonzero_needs_a_constant_input() -> None:
     data = np.array([[1, 0, 2], [0, 3, 0]], np.float32)
     y = g.op("NonZero", g.constant(data))
     np.testing.assert_array_equal(y.const, np.array(np.nonzero(data)))
-    with pytest.raises(eqsat.ShapeError, match=r"input 'X'.*compile time"):
+    with pytest.raises(eqsat.ShapeError, match=r"NonZero of the run-time value 'x'.*static shapes"):
         g.op("NonZero", g.input("x", (2, 3)))
 
 
