@@ -319,7 +319,9 @@ def relevant(rules: list[Rule], graph_ops: Collection[str], spec: Any = ()) -> l
     pool = {r.name: r for r in rules}
     while True:
         for fam in pending:
-            for r in fam.build(reach):
+            # In sorted order: rule order decides extraction's ties, and set order changes from
+            # one process to the next (ppocr_det gave 45 or 44 FusedConvs at equal cost).
+            for r in fam.build(sorted(reach)):
                 pool.setdefault(r.name, r)
         grown = set(reach)
         for r in pool.values():
