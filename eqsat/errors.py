@@ -34,6 +34,12 @@ class ShapeError(EqsatError):
     """Shapes or dtypes do not fit an operator, or a shape cannot be determined statically."""
 
 
+class DataDependentShapeError(ShapeError):
+    """A shape depends on run-time data (NonZero of a run-time value, a Reshape to a computed
+    shape, ...). :func:`eqsat.load` does not raise it: the nodes from there on become the graph's
+    run-time tail (see :mod:`eqsat.tail`). Building such a node in Python raises it."""
+
+
 class InputError(EqsatError):
     """Feeds given to ``run`` are missing, unexpected, or of the wrong shape or dtype."""
 

@@ -116,6 +116,8 @@ class Graph:
         # Subgraphs (If branches) may read values of the enclosing graph by name.
         self.outer = outer
         self.opset = 21
+        # The data-dependent rest of a loaded model (:class:`eqsat.tail.RuntimeTail`), or None.
+        self.tail: Any = None
         self._names = itertools.count()
         # Node names handed out so far; nodes may also be added to (or dropped from) ``nodes``
         # directly, so fresh_node_name checks the list whenever the two disagree in size.
@@ -346,6 +348,8 @@ class Graph:
         lines = [f"{pad}graph {self.name}"]
         lines += [f"{pad}  input  {v.name}: {v.dtype}{list(v.shape)}" for v in self.inputs]
         lines += [f"{pad}  output {v.name}: {v.dtype}{list(v.shape)}" for v in self.outputs]
+        if self.tail is not None:  # the outputs above then include the values the tail reads
+            lines.append(f"{pad}  then a {self.tail.describe()}")
         for node in self.nodes:
             outs = ", ".join(f"{v.name}: {v.dtype}{list(v.shape)}" for v in node.outputs if v)
             ins = ", ".join(v.name if v else "-" for v in node.inputs)

@@ -33,6 +33,10 @@ def to_onnx(graph: Graph, *, opset: int = EXPORT_OPSET) -> onnx.ModelProto:
     """
     exporter = _Exporter(opset)
     proto = exporter.graph(graph, top=True)
+    if graph.tail is not None:
+        from eqsat.tail import export_tail  # the tail module imports this one's callers
+
+        export_tail(proto, graph.tail, opset)
     domains = sorted(exporter.domains - set(DEFAULT_DOMAINS))
     model = helper.make_model(
         proto,

@@ -25,7 +25,7 @@ import onnx.inliner
 from onnx import helper, numpy_helper
 
 from eqsat import ops
-from eqsat.errors import EqsatError, InputError, ModelLoadError, ShapeError
+from eqsat.errors import DataDependentShapeError, EqsatError, InputError, ModelLoadError, ShapeError
 from eqsat.errors import UnsupportedOperatorError as Unsupported
 from eqsat.ir import Graph, Value
 from eqsat.onnx_export import EXPORT_OPSET, save, to_onnx
@@ -42,6 +42,7 @@ from eqsat.onnx_read import (
     topological_order,
 )
 from eqsat.onnx_upgrade import RENAMED, upgrade
+from eqsat.tail import build_tail, split_reason, tail_reads
 
 __all__ = ["load", "load_proto", "read_model", "save", "to_onnx"]
 
@@ -98,7 +99,9 @@ def _load(model: onnx.ModelProto, input_shapes: dict, constants: dict) -> Graph:
         except Exception as exc:
             raise ModelLoadError(f"cannot inline the model's local functions: {exc}") from None
     check_supported(model.graph, opset)
-    graph = _Importer(opset, model.graph).import_main(input_shapes, constants)
+    importer = _Importer(opset, model.graph)
+    importer.opset_import = list(model.opset_import)
+    graph = importer.import_main(input_shapes, constants)
     graph.opset = EXPORT_OPSET
     graph.fold_constants()
     return graph
@@ -132,6 +135,8 @@ class _Importer:
         self.reserved = _all_names(proto)  # names an upgrade's constants must not take
         self.reads = _all_reads(proto)
         self.node_names: set[str] = set()
+        # The model's opset imports, which a run-time tail (kept as ONNX nodes) needs.
+        self.opset_import: list[onnx.OperatorSetIdProto] = [helper.make_opsetid("", opset)]
 
     def fresh(self, graph: Graph, hint: str) -> str:
         name, k = hint, 0
@@ -195,9 +200,66 @@ class _Importer:
             # For callers that want to show the signature (eqsat info): name -> declared dims.
             error.unresolved_inputs = {vi.name: _declared(vi) for vi in unresolved}  # type: ignore[attr-defined]
             raise error
-        self._import_nodes(proto, scope)
-        graph.outputs = [self._output(scope, vi.name) for vi in proto.output]
+        tail_nodes, dynamic, first = self._import_main_nodes(proto, scope)
+        static_outputs = [vi.name for vi in proto.output if vi.name not in dynamic]
+        graph.outputs = [self._output(scope, name) for name in static_outputs]
+        if tail_nodes:
+            self._split_tail(graph, scope, tail_nodes, dynamic, first)
         return graph
+
+    def _import_main_nodes(
+        self, proto: onnx.GraphProto, scope: _Scope
+    ) -> tuple[list[onnx.NodeProto], set[str], str]:
+        """Import the main graph's nodes; those whose shapes depend on the data, and every node
+        that reads what they make, are set aside (in order) for the run-time tail.
+
+        Returns (tail nodes, the ONNX names they make, the node where the tail starts)."""
+        tail: list[onnx.NodeProto] = []
+        dynamic: set[str] = set()
+        first = ""
+        for index in topological_order(proto):
+            node = proto.node[index]
+            if tail and tail_reads(node) & dynamic:
+                tail.append(node)
+                dynamic.update(o for o in node.output if o)
+                continue
+            name = self._node_name(scope.graph, node.name or f"{node.op_type}_{index}")
+            try:
+                self._import_one(node, name, scope)
+            except DataDependentShapeError as exc:
+                tail.append(node)
+                dynamic.update(o for o in node.output if o)
+                first = first or split_reason(exc)
+        return tail, dynamic, first
+
+    def _split_tail(
+        self,
+        graph: Graph,
+        scope: _Scope,
+        nodes: list[onnx.NodeProto],
+        dynamic: set[str],
+        first: str,
+    ) -> None:
+        """Give ``graph`` its :class:`~eqsat.tail.RuntimeTail`: the static values the tail reads
+        become extra outputs after the model's own (constants are copied into the tail)."""
+        boundary: dict[str, Value] = {}
+        for node in nodes:
+            for name in sorted(tail_reads(node) - dynamic):
+                boundary[name] = self._read(scope, name, f"node {node.name!r} ({node.op_type})")
+        index = {id(v): i for i, v in enumerate(graph.outputs)}
+        static_index: dict[str, int] = {}
+        for name, value in boundary.items():
+            if value.const is not None:
+                continue
+            if id(value) not in index:
+                index[id(value)] = len(graph.outputs)
+                graph.outputs.append(value)
+            static_index[name] = index[id(value)]
+        statics = iter(range(len(graph.outputs)))
+        outputs = [
+            (vi.name, None if vi.name in dynamic else next(statics)) for vi in self.proto.output
+        ]
+        graph.tail = build_tail(nodes, boundary, outputs, static_index, self.opset_import, first)
 
     def _output(self, scope: _Scope, name: str) -> Value:
         """A graph output keeps its ONNX name, even when the value inside was renamed."""
@@ -240,15 +302,17 @@ class _Importer:
         for index in topological_order(proto):
             node = proto.node[index]
             name = self._node_name(scope.graph, node.name or f"{node.op_type}_{index}")
-            try:
-                self._import_node(node, name, scope)
-            except EqsatError:
-                raise
-            except Exception as exc:  # a dependency failing on odd input: still say where
-                raise ModelLoadError(
-                    f"node {name!r} ({node.op_type}) cannot be imported: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
+            self._import_one(node, name, scope)
+
+    def _import_one(self, node: onnx.NodeProto, name: str, scope: _Scope) -> None:
+        try:
+            self._import_node(node, name, scope)
+        except EqsatError:
+            raise
+        except Exception as exc:  # a dependency failing on odd input: still say where
+            raise ModelLoadError(
+                f"node {name!r} ({node.op_type}) cannot be imported: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def _import_node(self, node: onnx.NodeProto, name: str, scope: _Scope) -> None:
         op, graph = node.op_type, scope.graph

@@ -291,7 +291,7 @@ def topological_order(proto: onnx.GraphProto) -> list[int]:
         names = [x for x in proto.node[i].input if x]
         for attr in proto.node[i].attribute:
             if attr.type == GRAPH:
-                names += _outer_reads(attr.g)
+                names += outer_reads(attr.g)
         return names
 
     for start in range(len(proto.node)):
@@ -325,7 +325,8 @@ def _node_label(proto: onnx.GraphProto, index: int) -> str:
     return f"{node.name or f'{node.op_type}_{index}'!r} ({node.op_type})"
 
 
-def _outer_reads(proto: onnx.GraphProto) -> list[str]:
+def outer_reads(proto: onnx.GraphProto) -> list[str]:
+    """Names a subgraph reads from enclosing scopes (its own subgraphs' included)."""
     own = {t.name for t in proto.initializer} | {o for n in proto.node for o in n.output}
     own |= {vi.name for vi in proto.input}
     reads = [vi.name for vi in proto.output if vi.name not in own]
@@ -333,5 +334,5 @@ def _outer_reads(proto: onnx.GraphProto) -> list[str]:
         reads += [x for x in node.input if x and x not in own]
         for attr in node.attribute:
             if attr.type == GRAPH:
-                reads += [x for x in _outer_reads(attr.g) if x not in own]
+                reads += [x for x in outer_reads(attr.g) if x not in own]
     return reads

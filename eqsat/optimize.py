@@ -209,6 +209,7 @@ def optimize(
         lap("decode")
         return result
     lap("decode")
+    optimized.tail = source.tail  # the run-time tail reads the same outputs, in the same order
     new_cost = costs.graph_cost(optimized, prof)
     if new_cost > report.cost_before * (1 + 1e-9):
         report.kept_input = f"the decoded graph costs {new_cost:.3g} s, above the input's {report.cost_before:.3g} s"

@@ -45,11 +45,13 @@ from eqsat.lowering.cpu_runtime import (
     Env,
     StepFn,
 )
+from eqsat.lowering.executable import Executable
 from eqsat.lowering.memory import Usage, plan_memory
 
 from eqsat import ops
 from eqsat.ir import Graph, Node, Value, subgraphs
 from eqsat.ops.elementwise import scalar_expr
+from eqsat.tail import with_tail
 
 # With threads > 1, steps split into chunks for the pool (cpu_threads) from these sizes on, in
 # chunks of at least the grain: a map costs ~10-30 us (waking a worker), a chunk ~2 us of Python.
@@ -376,7 +378,7 @@ def _flops(node: Node) -> float:
     return float(opdef.cost(node.inputs, node.outputs, node.attrs).flops)
 
 
-def compile(graph: Graph, threads: int | None = None) -> CpuExecutable:
+def compile(graph: Graph, threads: int | None = None) -> Executable:
     """Compile ``graph`` for the CPU; ``threads`` defaults to $EQSAT_THREADS, else the CPUs this
     process may run on. On a machine busy with other work the pool falls back to the calling
     thread by itself (see :mod:`eqsat.lowering.cpu_threads`), so the default is safe there."""
@@ -385,6 +387,7 @@ def compile(graph: Graph, threads: int | None = None) -> CpuExecutable:
     started = time.perf_counter()
     threads = threads or int(os.environ.get("EQSAT_THREADS") or 0) or _usable_cpus()
     _check_ops(graph)
+    tail = graph.tail
     graph = cpu_taps.prune(cpu_half.widen(graph))
     lowering = Lowering(threads)
     template_values: dict[int, Any] = {}
@@ -441,7 +444,8 @@ def compile(graph: Graph, threads: int | None = None) -> CpuExecutable:
         "compile_s": time.perf_counter() - started,
     }
     feed_slots = [(lowering.slot(v), v.name) for v in graph.inputs if v.const is None]
-    return CpuExecutable(graph, steps, template, feed_slots, out_slots, plan, threads, report)
+    exe = CpuExecutable(graph, steps, template, feed_slots, out_slots, plan, threads, report)
+    return with_tail(exe, tail)  # type: ignore[return-value]
 
 
 def _check_ops(graph: Graph) -> None:

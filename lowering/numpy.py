@@ -12,6 +12,7 @@ from eqsat.lowering.executable import Executable
 from eqsat import ops
 from eqsat.errors import EqsatError
 from eqsat.ir import Graph, Value, subgraphs
+from eqsat.tail import with_tail
 
 
 def evaluate_graph(graph: Graph, env: dict[int, np.ndarray]) -> list[np.ndarray]:
@@ -66,6 +67,7 @@ def _check_ops(graph: Graph) -> None:
             _check_ops(sub)
 
 
-def compile(graph: Graph) -> NumpyExecutable:
+def compile(graph: Graph) -> Executable:
+    """The reference executable of ``graph`` (with its run-time tail, when it has one)."""
     _check_ops(graph)
-    return NumpyExecutable(graph)
+    return with_tail(NumpyExecutable(graph), graph.tail)

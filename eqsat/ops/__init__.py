@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from eqsat.errors import EqsatError, ShapeError, UnsupportedOperatorError
+from eqsat.errors import DataDependentShapeError, EqsatError, ShapeError, UnsupportedOperatorError
 from eqsat.ir import Node, Value, subgraphs
 
 TensorType = tuple[tuple[int, ...], np.dtype] | None
@@ -183,7 +183,7 @@ def const_of(value: Value | None, what: str) -> np.ndarray:
     if value is None:
         raise ShapeError(f"{what} is missing")
     if value.const is None:
-        raise ShapeError(
+        raise DataDependentShapeError(
             f"{what} ({value.name!r}) must be known at compile time; bind it with "
             f"constants= or give input_shapes= so it can be folded"
         )

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from eqsat.errors import ShapeError
+from eqsat.errors import DataDependentShapeError, ShapeError
 from eqsat.ir import Graph, Value
 from eqsat.ops import REQUIRED, Cost, OpDef, get, register
 
@@ -54,7 +54,9 @@ def _if_infer(inputs: list[Value | None], attrs: dict[str, Any], num_outputs: in
             for i, (t, e) in enumerate(zip(then_types, else_types, strict=True))
             if t != e
         ]
-        raise ShapeError(
+        # Same dtypes, different shapes: which shape comes out depends on the run-time condition.
+        same_dtypes = all(t[1] == e[1] for t, e in zip(then_types, else_types, strict=True))
+        raise (DataDependentShapeError if same_dtypes else ShapeError)(
             "branches produce different output shapes/dtypes ("
             + "; ".join(mismatch)
             + "); dynamic shapes are unsupported, so both branches of an If with a condition "

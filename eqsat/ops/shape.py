@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from eqsat.errors import ShapeError
+from eqsat.errors import DataDependentShapeError, ShapeError
 from eqsat.ir import Value
 from eqsat.ops import Cost, OpDef, const_of, default_cost, normalize_axis, register
 
@@ -187,11 +187,10 @@ _op("Range", _range_infer, _range_reference, default_cost(1.0), min_inputs=3, ma
 def _nonzero_infer(inputs: list[Any], attrs: dict[str, Any], _: int) -> list[Any]:
     if inputs[0] is not None and inputs[0].const is None:
         # Detectors' post-processing (box filtering before NMS) reaches here: say what it is.
-        raise ShapeError(
+        raise DataDependentShapeError(
             f"NonZero of the run-time value {inputs[0].name!r}: its output shape depends on the "
-            "data, and eqsat compiles static shapes only (data-dependent shapes are not "
-            "supported; export the model without its post-processing, or bind the value with "
-            "constants=)"
+            "data (eqsat.load runs such nodes in the graph's run-time tail; a graph built in "
+            "Python must have static shapes)"
         )
     x = np.asarray(const_of(inputs[0], "input 'X' (NonZero's output shape depends on it)"))
     return [((x.ndim, int(np.count_nonzero(x))), INT64)]

@@ -1,0 +1,180 @@
+"""Models whose shapes depend on the data load with a run-time tail (eqsat.tail) and match
+onnxruntime on every target, optimized or not, and through an ONNX round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import eqsat
+from eqsat.errors import DataDependentShapeError, ShapeError
+
+RNG = np.random.default_rng(7)
+
+
+def _model(nodes, inputs, outputs, inits=(), opset=13):
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+        [helper.make_tensor_value_info(n, t, None) for n, t in outputs],
+        list(inits),
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _ort(model, feeds):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, feeds), strict=True))
+
+
+def _check(got, want):
+    assert list(got) == list(want)
+    for name, expected in want.items():
+        assert got[name].shape == expected.shape, name
+        assert got[name].dtype == expected.dtype, name
+        np.testing.assert_allclose(got[name], expected, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def _nonzero_model():
+    """MatMul -> Relu (static), then NonZero of a mask of it and what follows (the tail); the
+    tail also reads the graph input and an initializer, and one output stays static."""
+    w = numpy_helper.from_array(RNG.standard_normal((6, 6)).astype(np.float32), "w")
+    half = numpy_helper.from_array(np.array(0.5, np.float32), "half")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Greater", ["r", "half"], ["mask"]),
+        helper.make_node("NonZero", ["mask"], ["nz"]),
+        helper.make_node("Transpose", ["nz"], ["idx"], perm=[1, 0]),
+        helper.make_node("GatherND", ["r", "idx"], ["picked"]),
+        helper.make_node("GatherND", ["x", "idx"], ["from_input"]),
+        helper.make_node("Mul", ["picked", "half"], ["scaled"]),
+        helper.make_node("Sigmoid", ["r"], ["s"]),
+        helper.make_node("ReduceSum", ["picked"], ["total"], keepdims=0),
+    ]
+    outputs = [
+        ("scaled", TensorProto.FLOAT),
+        ("s", TensorProto.FLOAT),
+        ("total", TensorProto.FLOAT),
+        ("from_input", TensorProto.FLOAT),
+        ("idx", TensorProto.INT64),
+    ]
+    return _model(nodes, [("x", TensorProto.FLOAT, [4, 6])], outputs, [w, half])
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_nonzero_tail_matches_onnxruntime(target):
+    model = _nonzero_model()
+    graph = eqsat.load(model)
+    assert graph.tail is not None
+    assert graph.tail.ops == {"NonZero": 1, "Transpose": 1, "GatherND": 2, "Mul": 1, "ReduceSum": 1}
+    assert "NonZero" in graph.tail.first and "run-time tail" in graph.summary()
+    exe = eqsat.compile(graph, target)
+    for seed in range(3):  # a different number of selected elements each time
+        feeds = {"x": np.random.default_rng(seed).standard_normal((4, 6)).astype(np.float32)}
+        _check(exe.run(feeds), _ort(model, feeds))
+
+
+def test_optimized_graph_keeps_its_tail_and_exports():
+    model = _nonzero_model()
+    result = eqsat.optimize(model, target="cpu", verify=True)
+    assert result.graph.tail is not None and result.report.verified
+    feeds = {"x": RNG.standard_normal((4, 6)).astype(np.float32)}
+    want = _ort(model, feeds)
+    _check(eqsat.compile(result.graph, "cpu").run(feeds), want)
+    # The unoptimized graph exports to a plain ONNX model that onnxruntime runs.
+    exported = eqsat.to_onnx(eqsat.load(model))
+    _check(_ort(exported, feeds), want)
+    # The optimized one (eqsat ops inside) loads back with its tail.
+    reloaded = eqsat.load(result.to_onnx())
+    assert reloaded.tail is not None
+    _check(eqsat.compile(reloaded, "numpy").run(feeds), want)
+
+
+def test_topk_of_a_data_dependent_k():
+    """k counts the positive inputs: TopK's output shape depends on the data."""
+    nodes = [
+        helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.float32(0))),
+        helper.make_node("Greater", ["x", "zero"], ["pos"]),
+        helper.make_node("Cast", ["pos"], ["posi"], to=TensorProto.INT64),
+        helper.make_node("ReduceSum", ["posi"], ["k"], keepdims=1),
+        helper.make_node("Exp", ["x"], ["e"]),
+        helper.make_node("TopK", ["e", "k"], ["values", "indices"]),
+    ]
+    model = _model(
+        nodes,
+        [("x", TensorProto.FLOAT, [10])],
+        [("values", TensorProto.FLOAT), ("indices", TensorProto.INT64)],
+    )
+    graph = eqsat.load(model)
+    assert graph.tail is not None and "TopK" in graph.tail.first
+    exe = eqsat.compile(graph, "cpu")
+    for seed in range(3):
+        feeds = {"x": np.random.default_rng(seed).standard_normal(10).astype(np.float32)}
+        _check(exe.run(feeds), _ort(model, feeds))
+
+
+def test_if_whose_branches_differ_in_shape():
+    """A run-time condition choosing between outputs of different shapes."""
+    then = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["t"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Concat", ["x", "x"], ["o"], axis=0)],
+        "else",
+        [],
+        [helper.make_tensor_value_info("o", TensorProto.FLOAT, None)],
+    )
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["sum"], keepdims=0),
+        helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.float32(0))),
+        helper.make_node("Greater", ["sum", "zero"], ["cond"]),
+        helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other),
+        helper.make_node("Neg", ["y"], ["z"]),
+    ]
+    model = _model(nodes, [("x", TensorProto.FLOAT, [3])], [("z", TensorProto.FLOAT)])
+    exe = eqsat.compile(eqsat.load(model), "cpu")
+    for x in ([1.0, 2.0, 3.0], [-1.0, -2.0, 0.5]):
+        feeds = {"x": np.array(x, np.float32)}
+        _check(exe.run(feeds), _ort(model, feeds))
+
+
+def test_static_models_have_no_tail():
+    nodes = [helper.make_node("Relu", ["x"], ["y"])]
+    graph = eqsat.load(_model(nodes, [("x", TensorProto.FLOAT, [2])], [("y", TensorProto.FLOAT)]))
+    assert graph.tail is None
+    assert type(eqsat.compile(graph, "cpu")).__name__ == "CpuExecutable"
+
+
+def test_graphs_built_in_python_refuse_data_dependent_shapes():
+    g = eqsat.Graph()
+    x = g.input("x", (5,), np.bool_)
+    with pytest.raises(DataDependentShapeError, match="depends on the data"):
+        g.op("NonZero", x)
+    assert issubclass(DataDependentShapeError, ShapeError)
+
+
+def test_tail_feeds_are_checked():
+    exe = eqsat.compile(eqsat.load(_nonzero_model()), "cpu")
+    with pytest.raises(eqsat.InputError, match="expected shape"):
+        exe.run({"x": np.zeros((3, 6), np.float32)})
+
+
+def test_tail_errors_name_the_node():
+    """A tail node that fails at run time is reported by name, as an eqsat error."""
+    nodes = [
+        helper.make_node("NonZero", ["x"], ["nz"]),
+        helper.make_node("Reshape", ["nz", "shape"], ["y"], name="bad_reshape"),
+    ]
+    shape = numpy_helper.from_array(np.array([5], np.int64), "shape")
+    model = _model(nodes, [("x", TensorProto.FLOAT, [4])], [("y", TensorProto.INT64)], [shape])
+    exe = eqsat.compile(eqsat.load(model), "numpy")
+    with pytest.raises(eqsat.EqsatError, match="bad_reshape"):
+        exe.run({"x": np.array([1, 0, 2, 0], np.float32)})
