@@ -29,6 +29,7 @@ from eqsat.errors import DataDependentShapeError, EqsatError, InputError, ModelL
 from eqsat.errors import UnsupportedOperatorError as Unsupported
 from eqsat.ir import Graph, Value
 from eqsat.onnx_export import EXPORT_OPSET, save, to_onnx
+from eqsat.onnx_loop import unroll_loop
 from eqsat.onnx_read import (
     EQSAT_DOMAIN,
     GRAPH,
@@ -321,6 +322,9 @@ class _Importer:
         while inputs and inputs[-1] is None:
             inputs.pop()
         outputs = list(node.output)
+        if op == "Loop":
+            unroll_loop(self, node, name, scope)
+            return
         if op == "If" and inputs and inputs[0] is not None and inputs[0].const is not None:
             self._inline_if(node, bool(np.asarray(inputs[0].const).reshape(-1)[0]), scope)
             return

@@ -28,7 +28,8 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 # eqsat's own ops (the fused kernels) export in this domain, and load back from it.
 EQSAT_DOMAIN = "eqsat"
 # Ops the importer consumes itself rather than putting into the graph.
-IMPORTER_OPS = {"Constant"}
+# Ops the importer handles itself (Loop: unrolled when its inputs are known, see onnx_loop).
+IMPORTER_OPS = {"Constant", "Loop"}
 GRAPH = onnx.AttributeProto.GRAPH
 # Attributes that older opsets have and onnx_upgrade turns into inputs or drops: the early
 # attribute check lets them through, upgrade() handles them.
@@ -219,14 +220,13 @@ def graph_problems(
 
 
 # Why whole families of operators cannot be supported, rather than are merely missing.
-_LOOPS = (
-    "loops are not supported: eqsat compiles static-shape graphs, and a loop's trip count "
-    "and output shapes may depend on the data"
+_SCANS = (
+    "Scan is not supported (Loop is: it runs in the run-time tail, or unrolls when its inputs "
+    "are known at load time)"
 )
 _SEQUENCES = "sequence values are not supported: eqsat graphs hold tensors only"
 NOT_IMPLEMENTED = {
-    "Loop": _LOOPS,
-    "Scan": _LOOPS,
+    "Scan": _SCANS,
     **{
         op: _SEQUENCES
         for op in (

@@ -132,7 +132,7 @@ def test_unsupported_ops_inside_branches_and_loop() -> None:
     )
     nodes = [
         h.make_node("If", ["cond"], ["y"], then_branch=body, else_branch=body, name="if"),
-        h.make_node("Loop", ["", ""], [], body=loop_body, name="loop"),
+        h.make_node("Scan", ["x"], [], body=loop_body, num_scan_inputs=1, name="loop"),
     ]
     proto = model(nodes, [vi("x", [2]), vi("cond", [], T.BOOL)], [vi("y", None)])
     with pytest.raises(UnsupportedOperatorError) as info:
@@ -140,7 +140,7 @@ def test_unsupported_ops_inside_branches_and_loop() -> None:
     reasons = {node: why for _, node, why in info.value.unsupported}
     assert set(reasons) >= {"deep", "loop"}
     assert reasons["deep"] == "operator not implemented"
-    assert reasons["loop"].startswith("loops are not supported: eqsat compiles static-shape")
+    assert reasons["loop"].startswith("Scan is not supported (Loop is")
 
 
 def test_dead_branch_problems_do_not_matter_live_ones_are_listed() -> None:

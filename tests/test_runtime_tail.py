@@ -178,3 +178,74 @@ def test_tail_errors_name_the_node():
     exe = eqsat.compile(eqsat.load(model), "numpy")
     with pytest.raises(eqsat.EqsatError, match="bad_reshape"):
         exe.run({"x": np.array([1, 0, 2, 0], np.float32)})
+
+
+def _loop_model(trip_from_data: bool):
+    """A Loop summing x's rows into a carried value and scanning each partial sum; its trip
+    count is a constant, or the number of positive entries of x (data-dependent)."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Gather", ["x", "i"], ["row"], axis=0),
+            helper.make_node("Add", ["acc", "row"], ["acc_out"]),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Mul", ["acc_out", "two"], ["scan"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc", TensorProto.FLOAT, [3]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [3]),
+            helper.make_tensor_value_info("scan", TensorProto.FLOAT, [3]),
+        ],
+    )
+    inits = [
+        numpy_helper.from_array(np.array(True), "true"),
+        numpy_helper.from_array(np.zeros(3, np.float32), "zeros"),
+        numpy_helper.from_array(np.float32(2), "two"),
+        numpy_helper.from_array(np.int64(3), "three"),
+        numpy_helper.from_array(np.float32(0), "zero"),
+        numpy_helper.from_array(np.int64(4), "four"),
+    ]
+    nodes = [
+        helper.make_node("Greater", ["x", "zero"], ["pos"]),
+        helper.make_node("Cast", ["pos"], ["posi"], to=TensorProto.INT64),
+        helper.make_node("ReduceSum", ["posi"], ["count"], keepdims=0),
+        helper.make_node("Min", ["count", "four"], ["trip_data"]),
+        helper.make_node(
+            "Loop",
+            ["trip_data" if trip_from_data else "three", "true", "zeros"],
+            ["total", "partials"],
+            body=body,
+            name="summing_loop",
+        ),
+    ]
+    return _model(
+        nodes,
+        [("x", TensorProto.FLOAT, [4, 3])],
+        [("total", TensorProto.FLOAT), ("partials", TensorProto.FLOAT)],
+        inits,
+    )
+
+
+@pytest.mark.parametrize("trip_from_data", [False, True])
+def test_loop_runs_in_the_tail(trip_from_data):
+    model = _loop_model(trip_from_data)
+    graph = eqsat.load(model)
+    assert graph.tail is not None and "summing_loop" in graph.tail.first
+    exe = eqsat.compile(graph, "cpu")
+    for seed in range(3):
+        feeds = {"x": np.random.default_rng(seed).standard_normal((4, 3)).astype(np.float32)}
+        _check(exe.run(feeds), _ort(model, feeds))
+
+
+def test_loop_over_constants_unrolls_at_load():
+    model = _loop_model(trip_from_data=True)
+    x = np.array([[1, -1, 2], [0.5, 3, -2], [1, 1, 1], [-1, -1, -1]], np.float32)
+    graph = eqsat.load(model, constants={"x": x})
+    assert graph.tail is None and not graph.nodes
+    want = _ort(model, {"x": x})
+    _check({v.name: v.const for v in graph.outputs}, want)
