@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from eqsat.egraph import Limits
 from eqsat.errors import (
+    DataDependentShapeError,
     EqsatError,
     InputError,
     LimitError,
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 
 
 __all__ = [
+    "DataDependentShapeError",
     "EqsatError",
     "Executable",
     "Graph",

@@ -117,6 +117,9 @@ def upgrade(
             ints(ends, "ends"),
             ints(axes, "axes") if axes is not None else None,
         ]
+    elif op == "RoiAlign" and version < 16:
+        # Opset 10 has no coordinate_transformation_mode and means "output_half_pixel".
+        up.attrs.setdefault("coordinate_transformation_mode", "output_half_pixel")
     elif op == "TopK" and version < 10:
         up.inputs = [inputs[0], ints([_required(attrs, "k", op, node)], "k")]
     elif op == "Dropout" and version < 12:

@@ -19,6 +19,8 @@ import eqsat
 
 SUPPORTED_OPS = set(
     [
+        "NonMaxSuppression",
+        "RoiAlign",
         "Add",
         "Sub",
         "Mul",

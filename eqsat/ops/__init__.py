@@ -3,7 +3,7 @@
 An entry holds the op's arity, attribute defaults, shape/dtype rule (``infer``), numpy reference
 (``reference``), cost terms (``cost``) and, for elementwise ops, its scalar form (``scalar``) from
 which code generators build fused kernels. The families live in submodules (elementwise, nn,
-reduce, tensor, control); each registers its ops with :func:`register` when imported.
+reduce, tensor, control, detection, ...); each registers its ops with :func:`register` when imported.
 
 Conventions every entry follows:
 
@@ -215,6 +215,7 @@ def _load_families() -> None:
     from eqsat.ops import (  # noqa: F401
         control,
         conv,
+        detection,
         elementwise,
         nn,
         norm,
