@@ -249,3 +249,37 @@ def test_loop_over_constants_unrolls_at_load():
     assert graph.tail is None and not graph.nodes
     want = _ort(model, {"x": x})
     _check({v.name: v.const for v in graph.outputs}, want)
+
+
+def test_heads_on_zero_detections():
+    """Nothing selected: the tail's Conv and ConvTranspose run on an empty batch, as a detector's
+    mask or keypoint head does when no box passes its threshold."""
+    weights = RNG.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    up = RNG.standard_normal((3, 2, 2, 2)).astype(np.float32)
+    nodes = [
+        helper.make_node("Greater", ["scores", "half"], ["keep"]),
+        helper.make_node("NonZero", ["keep"], ["nz"]),
+        helper.make_node("Squeeze", ["nz", "axis0"], ["idx"]),
+        helper.make_node("Gather", ["features", "idx"], ["picked"], axis=0),
+        helper.make_node("Conv", ["picked", "w"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("ConvTranspose", ["conv", "up"], ["y"], strides=[2, 2]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.float32(0.5), "half"),
+        numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+        numpy_helper.from_array(weights, "w"),
+        numpy_helper.from_array(up, "up"),
+    ]
+    model = _model(
+        nodes,
+        [("scores", TensorProto.FLOAT, [5]), ("features", TensorProto.FLOAT, [5, 2, 4, 4])],
+        [("y", TensorProto.FLOAT)],
+        inits,
+    )
+    exe = eqsat.compile(eqsat.load(model), "cpu")
+    features = RNG.standard_normal((5, 2, 4, 4)).astype(np.float32)
+    for scores in ([0.1, 0.2, 0.3, 0.4, 0.0], [0.1, 0.9, 0.3, 0.7, 0.0]):
+        feeds = {"scores": np.array(scores, np.float32), "features": features}
+        got = exe.run(feeds)
+        _check(got, _ort(model, feeds))
+    assert got["y"].shape == (2, 2, 8, 8)

@@ -131,6 +131,10 @@ class OpDef:
 
     def evaluate(self, node: Node, arrays: list[np.ndarray | None]) -> list[np.ndarray | None]:
         """Run the numpy reference for ``node``, checking shapes and fixing dtypes of its results."""
+        if node.outputs and all(v is None or v.size == 0 for v in node.outputs):
+            # Empty results hold no values, so their shapes say everything. A detector's heads
+            # run on zero boxes when nothing was found, and references need not handle that.
+            return [None if v is None else np.zeros(v.shape, v.dtype) for v in node.outputs]
         try:
             results = self.reference(arrays, node.attrs, node.outputs)
         except EqsatError:
