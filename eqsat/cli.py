@@ -136,6 +136,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"input    {value.name}: {value.dtype}{list(value.shape)}  ({source})")
     for name, array in outputs.items():
         print(f"output   {name}: {array.dtype}{list(array.shape)}{_stats(array)}")
+    if graph.tail is not None:
+        print(f"tail     {graph.tail.describe()}")
     if report is not None:
         fused = ", ".join(f"{op} {n}" for op, n in report.fused.items()) or "none"
         print(
@@ -210,6 +212,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"input   {value.name}: {value.dtype}{list(value.shape)}")
     for value in graph.outputs:
         print(f"output  {value.name}: {value.dtype}{list(value.shape)}")
+    if graph.tail is not None:  # the outputs above then include the values it reads
+        print(f"tail    {graph.tail.describe()}")
     params = sum(a.size for a in graph.initializers.values())
     print(f"weights {len(graph.initializers)} tensors, {params:,} elements")
     for op, count in graph.op_counts().items():

@@ -198,3 +198,31 @@ def test_python_dash_m(model_path: Path, tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert bad.stderr.startswith("eqsat: error: ModelLoadError: ") and "junk.onnx" in bad.stderr
     assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_run_and_info_show_the_run_time_tail(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model whose output shape depends on the data runs, optimized and verified."""
+    nodes = [
+        h.make_node("Relu", ["x"], ["r"]),
+        h.make_node("NonZero", ["r"], ["nz"]),
+        h.make_node("Transpose", ["nz"], ["idx"], perm=[1, 0]),
+    ]
+    graph = h.make_graph(
+        nodes,
+        "tailed",
+        [h.make_tensor_value_info("x", T.FLOAT, [2, 3])],
+        [h.make_tensor_value_info("idx", T.INT64, None)],
+    )
+    path = tmp_path / "tailed.onnx"
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 13)]), path)
+    out = tmp_path / "o.npz"
+    args = ["run", str(path), "--optimize", "--verify", "--target", "cpu", "--out", str(out)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "tail     run-time tail of 2 node(s)" in text and "NonZero" in text
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(F)  # the CLI's random input
+    np.testing.assert_array_equal(np.load(out)["idx"], np.argwhere(x > 0))
+    assert main(["info", str(path)]) == 0
+    assert "tail    run-time tail of 2 node(s)" in capsys.readouterr().out
