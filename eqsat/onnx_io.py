@@ -73,10 +73,15 @@ def load_proto(
     where: str,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     constants: Mapping[str, Any] | None = None,
+    walks: dict[str, Any] | None = None,
 ) -> Graph:
-    """:func:`load` for a model already read by :func:`read_model`; errors name ``where``."""
+    """:func:`load` for a model already read by :func:`read_model`; errors name ``where``.
+
+    ``walks``: a dict kept by a caller that loads the same ``model`` again and again (a run-time
+    tail, once per run): what depends only on the proto (its check, names and node orders) is
+    computed on the first load and read from there afterwards."""
     try:
-        return _load(model, dict(input_shapes or {}), dict(constants or {}))
+        return _load(model, dict(input_shapes or {}), dict(constants or {}), walks)
     except EqsatError as exc:
         # Keep the type (and UnsupportedOperatorError.unsupported); say which model it is about.
         if where != "the given ModelProto" and exc.args and isinstance(exc.args[0], str):
@@ -84,7 +89,9 @@ def load_proto(
         raise
 
 
-def _load(model: onnx.ModelProto, input_shapes: dict, constants: dict) -> Graph:
+def _load(
+    model: onnx.ModelProto, input_shapes: dict, constants: dict, walks: dict | None = None
+) -> Graph:
     opset = default_opset(model)
     if opset is None:
         domains = sorted(o.domain for o in model.opset_import)
@@ -99,8 +106,9 @@ def _load(model: onnx.ModelProto, input_shapes: dict, constants: dict) -> Graph:
             model = onnx.inliner.inline_local_functions(model)
         except Exception as exc:
             raise ModelLoadError(f"cannot inline the model's local functions: {exc}") from None
-    check_supported(model.graph, opset)
-    importer = _Importer(opset, model.graph)
+    if walks is None or not walks.get("checked"):
+        check_supported(model.graph, opset)
+    importer = _Importer(opset, model.graph, walks)
     importer.opset_import = list(model.opset_import)
     graph = importer.import_main(input_shapes, constants)
     graph.opset = EXPORT_OPSET
@@ -130,11 +138,15 @@ class _Scope:
 
 
 class _Importer:
-    def __init__(self, opset: int, proto: onnx.GraphProto):
+    def __init__(self, opset: int, proto: onnx.GraphProto, walks: dict | None = None):
         self.opset = opset
         self.proto = proto
-        self.reserved = _all_names(proto)  # names an upgrade's constants must not take
-        self.reads = _all_reads(proto)
+        self.walks: dict[str, Any] = {} if walks is None else walks
+        if "names" not in self.walks:
+            self.walks["names"], self.walks["reads"] = _all_names(proto), _all_reads(proto)
+            self.walks["orders"], self.walks["checked"] = {}, True
+        self.reserved = set(self.walks["names"])  # names an upgrade's constants must not take
+        self.reads = self.walks["reads"]
         self.node_names: set[str] = set()
         # The model's opset imports, which a run-time tail (kept as ONNX nodes) needs.
         self.opset_import: list[onnx.OperatorSetIdProto] = [helper.make_opsetid("", opset)]
@@ -218,7 +230,7 @@ class _Importer:
         tail: list[onnx.NodeProto] = []
         dynamic: set[str] = set()
         first = ""
-        for index in topological_order(proto):
+        for index in self._order(proto):
             node = proto.node[index]
             if tail and tail_reads(node) & dynamic:
                 tail.append(node)
@@ -300,10 +312,17 @@ class _Importer:
 
     # ------------------------------------------------------------------------------- nodes
     def _import_nodes(self, proto: onnx.GraphProto, scope: _Scope) -> None:
-        for index in topological_order(proto):
+        for index in self._order(proto):
             node = proto.node[index]
             name = self._node_name(scope.graph, node.name or f"{node.op_type}_{index}")
             self._import_one(node, name, scope)
+
+    def _order(self, proto: onnx.GraphProto) -> list[int]:
+        """The graph's (or a subgraph's) nodes in topological order, found once per proto."""
+        orders = self.walks["orders"]
+        if id(proto) not in orders:
+            orders[id(proto)] = (proto, topological_order(proto))  # the proto keeps its id
+        return orders[id(proto)][1]
 
     def _import_one(self, node: onnx.NodeProto, name: str, scope: _Scope) -> None:
         try:
@@ -406,7 +425,9 @@ class _Importer:
         branch = next((a.g for a in node.attribute if a.name == key and a.type == GRAPH), None)
         if branch is None:
             raise ModelLoadError(f"If node {node.name!r} has no {key}")
-        check_supported(branch, self.opset, main=False)
+        if ("branch", id(branch)) not in self.walks:
+            check_supported(branch, self.opset, main=False)
+            self.walks["branch", id(branch)] = branch  # checked; held, so its id stays its own
         graph = scope.graph
         before = set(map(id, graph.values.values()))
         inner = _Scope(graph, scope)

@@ -63,6 +63,8 @@ class RuntimeTail:
     outputs: list[tuple[str, int | None]]
     first: str
     ops: dict[str, int] = field(default_factory=dict)
+    # What loading ``model`` computes from the proto alone, kept between runs (see load_proto).
+    _walks: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_nodes(self) -> int:
@@ -81,7 +83,9 @@ class RuntimeTail:
         from eqsat.onnx_io import load_proto
 
         bound = {name: np.asarray(static[index]) for name, index in self.boundary}
-        graph = load_proto(self.model, "the model's run-time tail", constants=bound)
+        graph = load_proto(
+            self.model, "the model's run-time tail", constants=bound, walks=self._walks
+        )
         if graph.tail is None and all(v.const is not None for v in graph.outputs):
             made = [np.asarray(v.const) for v in graph.outputs]
         else:  # too large to fold, or shapes that depend on the tail's own data: run it
