@@ -65,10 +65,14 @@ def _check_indices(v: Value, what: str = "indices") -> None:
 def _wrap(indices: np.ndarray, dim: int, what: str = "index") -> np.ndarray:
     """Indices with negatives counted from the end, checked against ``dim``."""
     idx = np.asarray(indices, np.int64)
-    if idx.size and (idx.min() < -dim or idx.max() >= dim):
+    if not idx.size:
+        return idx
+    low = idx.min()
+    if low < -dim or idx.max() >= dim:
         bad = idx[(idx < -dim) | (idx >= dim)].reshape(-1)[0]
         raise IndexError(f"{what} {int(bad)} is out of range for an axis of extent {dim}")
-    return np.where(idx < 0, idx + dim, idx)
+    # Indices are rarely negative (NonZero's never are): then they are the result as they are.
+    return idx if low >= 0 else np.where(idx < 0, idx + dim, idx)
 
 
 def gather_cost(inputs: list[Value | None], outputs: list[Value | None], attrs: dict) -> Cost:
@@ -270,8 +274,9 @@ def _nd_shapes(data: Value, indices: Value, batch_dims: int) -> tuple[int, ...]:
 
 def _nd_index(indices: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
     """Index tuples (rows of ``indices``) as one numpy advanced index into ``shape``."""
-    flat = np.asarray(indices, np.int64).reshape(-1, indices.shape[-1])
-    return tuple(_wrap(flat[:, j], shape[j]) for j in range(flat.shape[1]))
+    # One row per position of the tuples: contiguous, so that each is checked in fast passes.
+    rows = np.ascontiguousarray(np.asarray(indices, np.int64).reshape(-1, indices.shape[-1]).T)
+    return tuple(_wrap(rows[j], shape[j]) for j in range(rows.shape[0]))
 
 
 def _gather_nd(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
