@@ -4,6 +4,7 @@ onnxruntime on every target, optimized or not, and through an ONNX round trip.""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -283,3 +284,18 @@ def test_heads_on_zero_detections():
         got = exe.run(feeds)
         _check(got, _ort(model, feeds))
     assert got["y"].shape == (2, 2, 8, 8)
+
+
+def test_tail_check_tool(tmp_path, capsys):
+    """bench/tail_check.py: the tail, fed onnxruntime's values at the split, matches it."""
+    from bench import tail_check
+
+    path = tmp_path / "tailed.onnx"
+    onnx.save(_nonzero_model(), path)
+    assert tail_check.main([str(path), "--seeds", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "seed 1 scaled: float32[" in text and "max abs diff 0" in text
+    static = tmp_path / "static.onnx"
+    relu = [helper.make_node("Relu", ["x"], ["y"])]
+    onnx.save(_model(relu, [("x", TensorProto.FLOAT, [2])], [("y", TensorProto.FLOAT)]), static)
+    assert tail_check.main([str(static)]) == 2
