@@ -352,7 +352,19 @@ class _Importer:
         if found:  # both branches will be imported: report all of their problems together
             nested = [p for b in branches for p in graph_problems(b, self.opset, main=False)[1]]
             raise Unsupported(found + nested)
-        attrs = {a.name: self._attribute(a, scope, name) for a in node.attribute}
+        try:
+            attrs = {a.name: self._attribute(a, scope, name) for a in node.attribute}
+        except ShapeError as exc:
+            if op != "If" or isinstance(exc, DataDependentShapeError):
+                raise
+            # A branch that cannot be typed with these shapes (Silero VAD's 8 kHz branch given a
+            # 16 kHz chunk) may never run: which one does is known only at run time.
+            sources = _source_inputs(inputs[0]) if inputs and inputs[0] is not None else []
+            raise DataDependentShapeError(
+                f"{what}: which branch runs depends on the input(s) {sources} at run time, and "
+                f"a branch does not fit these shapes ({exc}); bind {sources} with constants= "
+                "to compile the branch that runs"
+            ) from None
         if op == "Constant":
             if len(outputs) != 1 or not outputs[0]:
                 raise ModelLoadError(f"{what} must have exactly one output")
@@ -448,6 +460,23 @@ class _Importer:
                 graph.values[out_name] = value
                 before.add(id(value))
             scope.names[out_name] = value
+
+
+def _source_inputs(value: Value) -> list[str]:
+    """The graph inputs that ``value`` is computed from (what to bind to make it a constant)."""
+    found: dict[str, None] = {}
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if id(v) in seen or v.const is not None:
+            continue
+        seen.add(id(v))
+        if v.producer is None:
+            found[v.name] = None
+        else:
+            stack.extend(i for i in v.producer.inputs if i is not None)
+    return list(found)
 
 
 def _constant_value(attrs: dict[str, Any], node: str) -> np.ndarray:

@@ -53,6 +53,7 @@ class OptimizeReport:
     kernels_before: int = 0  # nodes that run at run time (not folded at compile time)
     kernels_after: int = 0
     fused: dict[str, int] = field(default_factory=dict)  # fused op -> how many were formed
+    tail: str = ""  # the graph's run-time tail (eqsat.tail), described; not optimized
 
     def __str__(self) -> str:
         lines = [
@@ -69,6 +70,8 @@ class OptimizeReport:
             )
         if self.kept_input:
             lines.append(f"kept the input graph: {self.kept_input}")
+        if self.tail:
+            lines.append(f"then a {self.tail}")
         if self.verified is not None:
             lines.append(f"verified: {self.verified} (max abs error {self.max_error})")
         if self.matches:
@@ -159,6 +162,7 @@ def optimize(
     report.cost_before = report.cost_after = costs.graph_cost(source, prof)
     report.nodes_before = report.nodes_after = len(source.nodes)
     report.kernels_before = report.kernels_after = kernel_count(source)
+    report.tail = "" if source.tail is None else source.tail.describe()
     result = OptimizeResult(source, source, target, report)
     if any(subgraphs(n) for n in source.nodes):
         report.kept_input = "the graph has control flow (If with subgraphs), not optimized yet"

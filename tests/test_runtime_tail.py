@@ -299,3 +299,47 @@ def test_tail_check_tool(tmp_path, capsys):
     relu = [helper.make_node("Relu", ["x"], ["y"])]
     onnx.save(_model(relu, [("x", TensorProto.FLOAT, [2])], [("y", TensorProto.FLOAT)]), static)
     assert tail_check.main([str(static)]) == 2
+
+
+def test_if_with_a_branch_that_does_not_fit_the_shapes():
+    """Silero VAD's form: a branch for another sample rate cannot be typed with the given chunk
+    size. Only the branch that runs matters (as in onnxruntime): the If goes to the tail, and
+    the report says which input to bind to compile it."""
+    narrow = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape8"], ["t"])],  # 6 elements cannot be 2x4
+        "narrow",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)],
+    )
+    wide = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape6"], ["e"])],
+        "wide",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)],
+    )
+    inits = [
+        numpy_helper.from_array(np.array([2, 4], np.int64), "shape8"),
+        numpy_helper.from_array(np.array([2, 3], np.int64), "shape6"),
+        numpy_helper.from_array(np.int64(8000), "rate8k"),
+    ]
+    nodes = [
+        helper.make_node("Equal", ["sr", "rate8k"], ["is8k"]),
+        helper.make_node(
+            "If", ["is8k"], ["y"], then_branch=narrow, else_branch=wide, name="by_rate"
+        ),
+        helper.make_node("Relu", ["y"], ["z"]),
+    ]
+    model = _model(
+        nodes,
+        [("x", TensorProto.FLOAT, [6]), ("sr", TensorProto.INT64, [])],
+        [("z", TensorProto.FLOAT)],
+        inits,
+    )
+    graph = eqsat.load(model)
+    assert graph.tail is not None and "['sr']" in graph.tail.first
+    result = eqsat.optimize(graph, target="cpu")
+    assert "bind ['sr']" in str(result.report)
+    feeds = {"x": RNG.standard_normal(6).astype(np.float32), "sr": np.array(16000, np.int64)}
+    _check(eqsat.compile(result.graph, "cpu").run(feeds), _ort(model, feeds))
+    bound = eqsat.load(model, constants={"sr": np.array(16000, np.int64)})
+    assert bound.tail is None
