@@ -23,7 +23,7 @@ where the model's heavy layers come before it and run compiled.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,33 +176,108 @@ def export_tail(proto: onnx.GraphProto, tail: RuntimeTail, opset: int) -> None:
     )
 
 
+# Compiled versions of a tail that one executable keeps, one per value of its conditions.
+MAX_SPECIALIZED = 4
+
+
 class TailExecutable(Executable):
     """A compiled static part followed by its graph's :class:`RuntimeTail`.
 
     ``run`` and every attribute but the graph's go to the static part's executable (``report``,
     ``profile``, ``memory`` ...), whose outputs include the boundary values the tail reads.
+
+    A tail that the static part steers through one-element bools (the conditions of its Ifs:
+    Silero VAD picks its 8 or 16 kHz branch by ``sr``) is compiled too, given ``compile_graph``:
+    on the first run with each value of those conditions, the tail is loaded with them bound
+    (the other boundary values stay inputs, of their static shapes), and when that leaves a
+    static graph, ``compile_graph`` compiles it; later runs with those conditions run it
+    (``specialized`` holds them, None where a value did not give a static graph). Other tails,
+    and conditions past :data:`MAX_SPECIALIZED` values, run on the reference.
     """
 
-    def __init__(self, static: Executable, tail: RuntimeTail):
+    def __init__(
+        self,
+        static: Executable,
+        tail: RuntimeTail,
+        compile_graph: Callable[[Any], Executable] | None = None,
+        blas: Any = None,
+    ):
         super().__init__(static.graph)
+        # The target's BLAS pin (enter/exit), held while the tail runs: OpenBLAS's own threads
+        # stall on a busy machine (Faster R-CNN's box head, a 150x12544x1024 Gemm in its tail,
+        # took 351 ms on two threads of the loaded 2-core machine).
+        self._blas = blas
         self.static = static
         self.tail = tail
         self.target = static.target
         self._static_names = [v.name for v in static.graph.outputs]
+        self._compile = compile_graph
+        outputs = static.graph.outputs
+        self._conditions = [
+            name
+            for name, index in tail.boundary
+            if outputs[index].dtype == np.bool_ and outputs[index].size == 1
+        ]
+        self.specialized: dict[tuple[bool, ...], Executable | None] = {}
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         result = self.static.run(feeds)
-        return self.tail.run([result[name] for name in self._static_names])
+        static = [result[name] for name in self._static_names]
+        if self._blas is None:
+            return self._run_tail(static)
+        self._blas.enter()
+        try:
+            return self._run_tail(static)
+        finally:
+            self._blas.exit()
 
     __call__ = run
+
+    def _run_tail(self, static: list[np.ndarray]) -> dict[str, np.ndarray]:
+        if self._conditions and self._compile is not None:
+            values = {name: static[index] for name, index in self.tail.boundary}
+            compiled = self._specialized(values)
+            if compiled is not None:
+                made = compiled.run({v.name: values[v.name] for v in compiled.input_specs})
+                return {
+                    name: made[name] if index is None else static[index]
+                    for name, index in self.tail.outputs
+                }
+        return self.tail.run(static)
+
+    def _specialized(self, values: dict[str, np.ndarray]) -> Executable | None:
+        key = tuple(bool(np.asarray(values[name]).reshape(-1)[0]) for name in self._conditions)
+        if key not in self.specialized:
+            if len(self.specialized) >= MAX_SPECIALIZED:
+                return None
+            self.specialized[key] = self._build({name: values[name] for name in self._conditions})
+        return self.specialized[key]
+
+    def _build(self, conditions: dict[str, np.ndarray]) -> Executable | None:
+        from eqsat.onnx_io import load_proto
+
+        assert self._compile is not None
+        try:
+            graph = load_proto(self.tail.model, "the model's run-time tail", constants=conditions)
+            if graph.tail is not None:  # still data-dependent: stays on the reference
+                return None
+            return self._compile(graph)
+        except EqsatError:  # the reference path reports it, naming the node, if it runs
+            return None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.static, name)
 
 
-def with_tail(exe: Executable, tail: RuntimeTail | None) -> Executable:
-    """``exe`` itself, or a :class:`TailExecutable` when its graph has a run-time ``tail``."""
-    return exe if tail is None else TailExecutable(exe, tail)
+def with_tail(
+    exe: Executable,
+    tail: RuntimeTail | None,
+    compile_graph: Callable[[Any], Executable] | None = None,
+    blas: Any = None,
+) -> Executable:
+    """``exe`` itself, or a :class:`TailExecutable` when its graph has a run-time ``tail``
+    (``compile_graph``, ``blas``: see TailExecutable)."""
+    return exe if tail is None else TailExecutable(exe, tail, compile_graph, blas)
 
 
 __all__ = [

@@ -445,7 +445,15 @@ def compile(graph: Graph, threads: int | None = None) -> Executable:
     }
     feed_slots = [(lowering.slot(v), v.name) for v in graph.inputs if v.const is None]
     exe = CpuExecutable(graph, steps, template, feed_slots, out_slots, plan, threads, report)
-    return with_tail(exe, tail)  # type: ignore[return-value]
+    return with_tail(exe, tail, lambda static: _compile_tail(static, threads), BlasPin(1))
+
+
+def _compile_tail(graph: Graph, threads: int) -> Executable:
+    """A run-time tail made static (see :class:`eqsat.tail.TailExecutable`): optimized with the
+    default rules, then compiled."""
+    from eqsat.optimize import optimize  # the optimizer imports the lowering package
+
+    return compile(optimize(graph, target="cpu").graph, threads)
 
 
 def _check_ops(graph: Graph) -> None:

@@ -70,4 +70,4 @@ def _check_ops(graph: Graph) -> None:
 def compile(graph: Graph) -> Executable:
     """The reference executable of ``graph`` (with its run-time tail, when it has one)."""
     _check_ops(graph)
-    return with_tail(NumpyExecutable(graph), graph.tail)
+    return with_tail(NumpyExecutable(graph), graph.tail, compile)

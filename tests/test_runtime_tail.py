@@ -141,10 +141,14 @@ def test_if_whose_branches_differ_in_shape():
         helper.make_node("Neg", ["y"], ["z"]),
     ]
     model = _model(nodes, [("x", TensorProto.FLOAT, [3])], [("z", TensorProto.FLOAT)])
-    exe = eqsat.compile(eqsat.load(model), "cpu")
-    for x in ([1.0, 2.0, 3.0], [-1.0, -2.0, 0.5]):
-        feeds = {"x": np.array(x, np.float32)}
-        _check(exe.run(feeds), _ort(model, feeds))
+    for target in ("numpy", "cpu"):
+        exe = eqsat.compile(eqsat.load(model), target)
+        for x in ([1.0, 2.0, 3.0], [-1.0, -2.0, 0.5], [4.0, 5.0, 6.0]):
+            feeds = {"x": np.array(x, np.float32)}
+            _check(exe.run(feeds), _ort(model, feeds))
+        # The tail is steered by one bool: each of its values compiled it once, statically.
+        assert set(exe.specialized) == {(True,), (False,)}
+        assert all(type(e).__name__ != "TailExecutable" for e in exe.specialized.values())
 
 
 def test_static_models_have_no_tail():
@@ -340,6 +344,12 @@ def test_if_with_a_branch_that_does_not_fit_the_shapes():
     result = eqsat.optimize(graph, target="cpu")
     assert "bind ['sr']" in str(result.report)
     feeds = {"x": RNG.standard_normal(6).astype(np.float32), "sr": np.array(16000, np.int64)}
-    _check(eqsat.compile(result.graph, "cpu").run(feeds), _ort(model, feeds))
+    exe = eqsat.compile(result.graph, "cpu")
+    _check(exe.run(feeds), _ort(model, feeds))
+    assert type(exe.specialized[(False,)]).__name__ == "CpuExecutable"  # compiled, not reference
+    # The other branch does not fit: it cannot be compiled, and running it fails by name.
+    with pytest.raises(eqsat.ShapeError, match="Reshape"):
+        exe.run({**feeds, "sr": np.array(8000, np.int64)})
+    assert exe.specialized[(True,)] is None
     bound = eqsat.load(model, constants={"sr": np.array(16000, np.int64)})
     assert bound.tail is None
