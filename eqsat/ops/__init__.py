@@ -224,12 +224,14 @@ def _load_families() -> None:
         nn,
         norm,
         quant,
+        quant_linear,
         recurrent,
         reduce,
         resize,
         shape,
         signal,
         tensor,
+        tensor_extra,
     )
 
     importlib.import_module("eqsat.ops.fused")
