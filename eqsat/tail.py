@@ -64,7 +64,9 @@ class RuntimeTail:
     first: str
     ops: dict[str, int] = field(default_factory=dict)
     # What loading ``model`` computes from the proto alone, kept between runs (see load_proto).
-    _walks: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    _walks: dict[str, Any] = field(
+        default_factory=lambda: {"keep_tensors": True}, repr=False, compare=False
+    )
 
     @property
     def num_nodes(self) -> int:
