@@ -199,6 +199,58 @@ def _greedy_source() -> Any:
 _GREEDY: list[Any] = []
 
 
+def _roi_average_source() -> Any:
+    """RoiAlign's average over the samples of each bin, compiled (Numba, imported on first use).
+
+    The samples' positions and weights come from :func:`_axis_samples` (numpy, per region group);
+    this loop gathers each sample's four corners for all channels and sums them in the numpy
+    form's order, in the same dtype and without contraction, so the results are the same bits.
+    As whole-array numpy passes it built (R, oh, ow, gh, gw, C) temporaries: Faster R-CNN's 150
+    regions of 256 channels took 65-120 ms, most of it moving them."""
+    from numba import njit
+
+    @njit(cache=True, nogil=True)
+    def average(x, images, ys, xs, out):  # type: ignore[no-untyped-def]
+        ylo, yhi, wylo, wyhi, yin = ys
+        xlo, xhi, wxlo, wxhi, xin = xs
+        regions, oh, gh = ylo.shape
+        ow, gw = xlo.shape[1], xlo.shape[2]
+        channels = x.shape[3]
+        zero = x.dtype.type(0)
+        count = x.dtype.type(gh * gw)
+        total = np.empty(channels, x.dtype)
+        for r in range(regions):
+            image = x[images[r]]
+            for ph in range(oh):
+                for pw in range(ow):
+                    total[:] = zero
+                    for iy in range(gh):
+                        for ix in range(gw):
+                            if yin[r, ph, iy] and xin[r, pw, ix]:
+                                y0, y1 = ylo[r, ph, iy], yhi[r, ph, iy]
+                                x0, x1 = xlo[r, pw, ix], xhi[r, pw, ix]
+                                w00 = wylo[r, ph, iy] * wxlo[r, pw, ix]
+                                w01 = wylo[r, ph, iy] * wxhi[r, pw, ix]
+                                w10 = wyhi[r, ph, iy] * wxlo[r, pw, ix]
+                                w11 = wyhi[r, ph, iy] * wxhi[r, pw, ix]
+                            else:  # ORT reads element 0 with weight 0 (0 * X[0], not a skip)
+                                y0 = y1 = x0 = x1 = 0
+                                w00 = w01 = w10 = w11 = zero
+                            a, b = image[y0, x0], image[y0, x1]
+                            c, d = image[y1, x0], image[y1, x1]
+                            for k in range(channels):
+                                total[k] = total[k] + (
+                                    ((w00 * a[k] + w01 * b[k]) + w10 * c[k]) + w11 * d[k]
+                                )
+                    for k in range(channels):
+                        out[r, k, ph, pw] = total[k] / count
+
+    return average
+
+
+_ROI_AVERAGE: list[Any] = []
+
+
 def _select(
     order: np.ndarray, corners: tuple[np.ndarray, ...], max_out: int, iou_threshold: np.float32
 ) -> list[int]:
@@ -372,6 +424,14 @@ def _roi_group(
     def xs(a: np.ndarray) -> np.ndarray:
         return a[:, None, :, None, :]
 
+    if attrs["mode"] == "avg":
+        if not _ROI_AVERAGE:
+            _ROI_AVERAGE.append(_roi_average_source())
+        out = np.empty((len(images), x.shape[3], oh, ow), t)
+        samples_y = (ylo, yhi, wylo, wyhi, yin)
+        samples_x = (xlo, xhi, wxlo, wxhi, xin)
+        _ROI_AVERAGE[0](x, images, samples_y, samples_x, out)
+        return out
     inside = ys(yin) & xs(xin)
     zero = t.type(0)
     terms = []
