@@ -382,7 +382,8 @@ class _Importer:
             while outputs and outputs[-1] == "":
                 outputs.pop()
             # Outputs nobody reads go, e.g. the training-only statistics of an old BatchNormalization.
-            least = ops.get(RENAMED.get(op, op), name).min_outputs
+            known = ops.OPS.get(RENAMED.get(op, op))
+            least = known.min_outputs if known is not None else 1
             while len(outputs) > least and outputs[-1] not in self.reads:
                 outputs.pop()
         if node.domain == EQSAT_DOMAIN:  # eqsat's own op, exported by to_onnx: as it is

@@ -28,8 +28,9 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 # eqsat's own ops (the fused kernels) export in this domain, and load back from it.
 EQSAT_DOMAIN = "eqsat"
 # Ops the importer consumes itself rather than putting into the graph.
-# Ops the importer handles itself (Loop: unrolled when its inputs are known, see onnx_loop).
-IMPORTER_OPS = {"Constant", "Loop"}
+# Ops the importer handles itself (Loop: unrolled when its inputs are known, see onnx_loop;
+# ImageScaler: written as Mul and Add by onnx_upgrade).
+IMPORTER_OPS = {"Constant", "ImageScaler", "Loop"}
 GRAPH = onnx.AttributeProto.GRAPH
 # Attributes that older opsets have and onnx_upgrade turns into inputs or drops: the early
 # attribute check lets them through, upgrade() handles them.
@@ -245,7 +246,7 @@ def _node_problems(node: onnx.NodeProto, name: str, opset: int) -> list[Problem]
         problems.append((op, name, f"custom domain {node.domain!r}"))
     elif op not in IMPORTER_OPS and not ops.is_supported(RENAMED.get(op, op)):
         problems.append((op, name, NOT_IMPLEMENTED.get(op, "operator not implemented")))
-    elif not own and schema_version(op, opset) is None:
+    elif not own and op not in IMPORTER_OPS and schema_version(op, opset) is None:
         problems.append((op, name, f"not an ONNX operator at opset {opset}"))
     elif op not in IMPORTER_OPS:
         declared = ops.OPS[RENAMED.get(op, op)].attrs

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from eqsat.errors import ModelLoadError, UnsupportedOperatorError
+from eqsat.errors import ModelLoadError, ShapeError, UnsupportedOperatorError
 from eqsat.ir import Graph, Value
 
 REDUCE_AXES_MOVED_AT = {
@@ -126,6 +126,8 @@ def upgrade(
         attrs.pop("ratio", None)  # inference ignores it; from opset 12 on it is an input
         if num_outputs > 1 and inputs and inputs[0] is not None:
             _legacy_dropout_mask(graph, up, node)
+    elif op == "ImageScaler":
+        _image_scaler(graph, up, node, fresh)
     elif op == "Upsample" or (op == "Resize" and version < 11):
         _resize_10(graph, up, version, node, fresh)
     elif op == "Resize":
@@ -184,6 +186,28 @@ def _legacy_softmax(graph: Graph, up: Upgraded, node: str, fresh: Namer) -> None
     up.expand = expand
 
 
+def _image_scaler(graph: Graph, up: Upgraded, node: str, fresh: Namer) -> None:
+    """ImageScaler (an experimental op of opsets 1-9, in Tiny YOLOv2 and other Model Zoo files):
+    ``x * scale + bias[c]``, written as the Mul and Add that the fusion rules know."""
+    x = up.inputs[0] if up.inputs else None
+    if x is None or x.rank < 2:
+        raise ShapeError(f"ImageScaler {node!r}: input must be N x C x ..., got {x!r}")
+    bias = np.asarray(up.attrs.get("bias", [0.0] * x.shape[1]), np.float64)
+    if bias.size != x.shape[1]:
+        raise ShapeError(
+            f"ImageScaler {node!r}: bias has {bias.size} values for {x.shape[1]} channels"
+        )
+    scale = graph.constant(np.asarray(up.attrs.get("scale", 1.0), x.dtype), fresh(f"{node}_scale"))
+    shaped = bias.astype(x.dtype).reshape((1, -1) + (1,) * (x.rank - 2))
+    offset = graph.constant(shaped, fresh(f"{node}_bias"))
+
+    def expand(outputs: list[str | None]) -> None:
+        scaled = graph.add_node("Mul", [x, scale], [fresh(f"{node}_scaled")]).outputs[0]
+        graph.add_node("Add", [scaled, offset], outputs[:1], name=node)
+
+    up.expand = expand
+
+
 def _legacy_dropout_mask(graph: Graph, up: Upgraded, node: str) -> None:
     """Before opset 12 onnxruntime returns an all-false mask at inference (opset 12 on: all true)."""
     x = up.inputs[0]
@@ -229,10 +253,6 @@ def _empty_const(value: Value | None) -> bool:
 
 def _resize_11(up: Upgraded, node: str) -> None:
     """Opset 11 required roi and scales; models pass empty tensors for the unused ones."""
-    if up.attrs.get("coordinate_transformation_mode") == "tf_half_pixel_for_nn":
-        raise UnsupportedOperatorError(
-            [("Resize", node, "coordinate_transformation_mode 'tf_half_pixel_for_nn' (opset 11)")]
-        )
     inputs = up.inputs
     for i in (1, 2):
         if i < len(inputs) and _empty_const(inputs[i]):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto as T
 from onnx import helper as h
-from onnx_testing import F, check, init, model, randn, vi
+from onnx_testing import F, check, init, model, ort_run, randn, vi
 
 import eqsat
 from eqsat.errors import ModelLoadError, UnsupportedOperatorError
@@ -265,3 +265,39 @@ def test_missing_legacy_attributes_are_named() -> None:
     )
     with pytest.raises(ModelLoadError, match=r"node 'TopK_0' \(TopK\): required attribute 'k'"):
         eqsat.load(proto)
+
+
+@pytest.mark.parametrize("nearest_mode", ["round_prefer_ceil", "floor"])
+def test_resize_tf_half_pixel_for_nn_opset11(rng: np.random.Generator, nearest_mode: str) -> None:
+    """tf2onnx's nearest resizes (opsets 11-12 only): source = (dst + 0.5) / scale."""
+    inits = [init("roi", np.zeros(0, F)), init("scales", np.array([1, 1, 2.5, 1.5], F))]
+    node = h.make_node(
+        "Resize",
+        ["x", "roi", "scales"],
+        ["y"],
+        mode="nearest",
+        coordinate_transformation_mode="tf_half_pixel_for_nn",
+        nearest_mode=nearest_mode,
+    )
+    proto = model([node], [vi("x", [1, 2, 4, 7])], [vi("y", None)], inits, opset=11)
+    x = randn(rng, 1, 2, 4, 7)
+    want = ort_run(proto, {"x": x})[0]
+    for target in ("numpy", "cpu"):
+        got = eqsat.compile(eqsat.load(proto), target).run({"x": x})["y"]
+        np.testing.assert_array_equal(got, want)
+
+
+def test_image_scaler_opset7(rng: np.random.Generator) -> None:
+    """ImageScaler (experimental, opsets 1-9; Tiny YOLOv2's first node) is x * scale + bias[c]."""
+    node = h.make_node("ImageScaler", ["x"], ["y"], scale=0.5, bias=[1.0, -2.0, 3.0])
+    proto = model([node], [vi("x", [1, 3, 4, 5])], [vi("y", None)], opset=7)
+    x = randn(rng, 1, 3, 4, 5)
+    graph = eqsat.load(proto)
+    assert [n.op for n in graph.nodes] == ["Mul", "Add"]
+    want = x * F(0.5) + np.array([1, -2, 3], F).reshape(1, 3, 1, 1)
+    for target in ("numpy", "cpu"):
+        got = eqsat.compile(eqsat.optimize(graph, target="cpu").graph, target).run({"x": x})
+        np.testing.assert_allclose(got["y"], want, rtol=1e-6)
+    bad = h.make_node("ImageScaler", ["x"], ["y"], scale=0.5, bias=[1.0, 2.0])
+    with pytest.raises(eqsat.ShapeError, match="bias has 2 values for 3 channels"):
+        eqsat.load(model([bad], [vi("x", [1, 3, 4, 5])], [vi("y", None)], opset=7))

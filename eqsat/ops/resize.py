@@ -33,6 +33,7 @@ COORDINATE_MODES = (
     "align_corners",
     "asymmetric",
     "tf_crop_and_resize",
+    "tf_half_pixel_for_nn",  # opsets 11-12 (tf2onnx's nearest resizes): (y + 0.5) / scale
 )
 NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 ASPECT_POLICIES = ("stretch", "not_larger", "not_smaller")
@@ -141,6 +142,8 @@ def _source_coords(
         x = (y + half) / scale - half if out_len > 1 else np.zeros_like(y)
     elif mode == "half_pixel":
         x = (y + half) / scale - half
+    elif mode == "tf_half_pixel_for_nn":
+        x = (y + half) / scale
     elif mode == "half_pixel_symmetric":
         # onnxruntime computes this sum in double precision and rounds it to float once.
         offset = np.float64(size / 2 * (1 - f32(out_len) / length))
