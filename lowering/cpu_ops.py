@@ -225,7 +225,8 @@ def _matmul(lowering: Lowering, node: Node) -> Step | None:
         x_shape, b.shape, o_shape, lowering.split(2.0 * out.size * k, most=GEMM_CHUNKS)
     )
 
-    few = None if b_const is None else few_rows_matmul(b_const, x_shape[-2], parts)
+    # (a vector times a matrix, or a stack of them, has no rows to block: BLAS's gemv does it)
+    few = None if b_const is None or a.rank < 2 else few_rows_matmul(b_const, x_shape[-2], parts)
     few = few if flat or a.rank == 2 else None
 
     def bind(arrays: dict[int, np.ndarray]) -> StepFn:

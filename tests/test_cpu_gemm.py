@@ -103,3 +103,30 @@ def test_blas_where_the_kernel_does_not_apply(
     g.output(g.op("MatMul", a, b), "y")
     matches_numpy(g, rng, rtol=1e-5, atol=1e-5)
     assert kernel_calls == []
+
+
+@pytest.mark.parametrize(
+    ("a_shape", "b_shape", "b_const"),
+    [
+        ((5,), (5, 4), True),
+        ((5,), (2, 5, 4), True),
+        ((3, 5), (5,), True),
+        ((2, 3, 5), (5,), True),
+        ((5,), (5,), True),
+        ((5,), (5, 4), False),
+        ((2, 3, 5), (5,), False),
+    ],
+)
+def test_matmul_with_vectors(
+    rng: np.random.Generator, a_shape: tuple, b_shape: tuple, b_const: bool
+) -> None:
+    """1-D operands (a vector times constant weights crashed the lowering's row blocking)."""
+    g = eqsat.Graph("mv")
+    a = g.input("a", a_shape)
+    b = (
+        g.constant(rng.standard_normal(b_shape).astype(F32), "b")
+        if b_const
+        else g.input("b", b_shape)
+    )
+    g.output(g.op("Relu", g.op("MatMul", a, b)), "y")
+    matches_numpy(g, rng, rtol=1e-5, atol=1e-5, runs=2)
