@@ -237,10 +237,13 @@ def _loop_model(trip_from_data: bool):
 
 
 @pytest.mark.parametrize("trip_from_data", [False, True])
-def test_loop_runs_in_the_tail(trip_from_data):
+def test_loop_over_run_time_values(trip_from_data):
     model = _loop_model(trip_from_data)
     graph = eqsat.load(model)
-    assert graph.tail is not None and "summing_loop" in graph.tail.first
+    if trip_from_data:
+        assert graph.tail is not None and "summing_loop" in graph.tail.first
+    else:  # three iterations over the run-time x: unrolled into the static graph
+        assert graph.tail is None and "Loop" not in graph.op_counts()
     exe = eqsat.compile(graph, "cpu")
     for seed in range(3):
         feeds = {"x": np.random.default_rng(seed).standard_normal((4, 3)).astype(np.float32)}
@@ -353,3 +356,72 @@ def test_if_with_a_branch_that_does_not_fit_the_shapes():
     assert exe.specialized[(True,)] is None
     bound = eqsat.load(model, constants={"sr": np.array(16000, np.int64)})
     assert bound.tail is None
+
+
+def _stepping_loop(trip: int, cond_from_data: bool = False):
+    """acc <- acc * 0.5 + x, ``trip`` times, scanning each acc; x is a run-time input."""
+    body_nodes = [
+        helper.make_node("Mul", ["acc", "half"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "x"], ["acc_out"]),
+        helper.make_node("Identity", ["acc_out"], ["scan"]),
+    ]
+    if cond_from_data:
+        body_nodes.append(helper.make_node("ReduceSum", ["acc_out"], ["total"], keepdims=0))
+        body_nodes.append(helper.make_node("Less", ["total", "big"], ["cond_out"]))
+    else:
+        body_nodes.append(helper.make_node("Identity", ["cond_in"], ["cond_out"]))
+    body = helper.make_graph(
+        body_nodes,
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc", TensorProto.FLOAT, [2, 3]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("scan", TensorProto.FLOAT, [2, 3]),
+        ],
+    )
+    inits = [
+        numpy_helper.from_array(np.int64(trip), "trip"),
+        numpy_helper.from_array(np.array(True), "true"),
+        numpy_helper.from_array(np.float32(0.5), "half"),
+        numpy_helper.from_array(np.float32(50.0), "big"),
+    ]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["start"]),
+        helper.make_node("Loop", ["trip", "true", "start"], ["final", "steps"], body=body),
+        helper.make_node("Sigmoid", ["final"], ["y"]),
+    ]
+    return _model(
+        nodes,
+        [("x", TensorProto.FLOAT, [2, 3])],
+        [("y", TensorProto.FLOAT), ("steps", TensorProto.FLOAT)],
+        inits,
+    )
+
+
+def test_loop_of_known_trip_count_over_run_time_values_is_unrolled():
+    """tf2onnx-style loops (a fixed trip count over run-time values) join the static graph, so
+    they are optimized and compiled, not run on the reference."""
+    model = _stepping_loop(trip=3)
+    graph = eqsat.load(model)
+    assert graph.tail is None and "Loop" not in graph.op_counts()
+    exe = eqsat.compile(eqsat.optimize(graph, target="cpu").graph, "cpu")
+    feeds = {"x": RNG.standard_normal((2, 3)).astype(np.float32)}
+    _check(exe.run(feeds), _ort(model, feeds))
+
+
+def test_loops_that_cannot_be_unrolled_go_to_the_tail():
+    from eqsat.onnx_loop import MAX_UNROLLED
+
+    feeds = {"x": np.abs(RNG.standard_normal((2, 3))).astype(np.float32) + 1}
+    for model, reason in [
+        (_stepping_loop(trip=MAX_UNROLLED + 1), "more than"),
+        (_stepping_loop(trip=100, cond_from_data=True), "condition is computed"),
+    ]:
+        graph = eqsat.load(model)
+        assert graph.tail is not None and reason in graph.tail.first
+        _check(eqsat.compile(graph, "cpu").run(feeds), _ort(model, feeds))
