@@ -245,11 +245,15 @@ def _conv_net() -> Graph:
 
 
 FAMILIES = [layout.nhwc, layout.transpose]
+# These tests check what the rules reach, not the time limit. In one CI run on a heavily loaded
+# machine three of them found a conv region left in NCHW; they pass alone and in the full suite
+# otherwise, and the default 10 s per stage cutting exploration short is the likely cause.
+NO_TIME_LIMIT = {"seconds": 600.0}
 
 
 def test_layout_keeps_nchw_when_nhwc_costs_the_same() -> None:
     g = _conv_net()
-    result = optimize(g, rules=FAMILIES, target="cpu", verify=True)
+    result = optimize(g, rules=FAMILIES, target="cpu", verify=True, limits=NO_TIME_LIMIT)
     assert result.report.verified
     assert result.report.matches.get("layout-nhwc/conv-nhwc-2d", 0) >= 1
     assert not set(result.graph.op_counts()) & L.LAYOUT_OPS
@@ -258,7 +262,7 @@ def test_layout_keeps_nchw_when_nhwc_costs_the_same() -> None:
 def test_nhwc_region_has_one_conversion_at_its_border() -> None:
     g = _conv_net()
     with nhwc_cheaper():
-        result = optimize(g, rules=FAMILIES, target="cpu", verify=True)
+        result = optimize(g, rules=FAMILIES, target="cpu", verify=True, limits=NO_TIME_LIMIT)
     counts = result.graph.op_counts()
     assert result.report.verified and not result.report.kept_input
     assert counts.get("ConvNHWC") == 2 and counts.get("MaxPoolNHWC") == 1, counts
@@ -271,7 +275,7 @@ def test_nhwc_with_fusion_forms_fused_conv_nhwc() -> None:
     with nhwc_cheaper():
         result = optimize(
             g, rules=["algebraic", "fusion-elementwise", "fusion-epilogue", *FAMILIES],
-            target="cpu", verify=True,
+            target="cpu", verify=True, limits=NO_TIME_LIMIT,
         )  # fmt: skip
     counts = result.graph.op_counts()
     assert result.report.verified and counts.get("FusedConvNHWC") == 2, counts
@@ -287,7 +291,7 @@ def test_nhwc_graph_exports_in_the_eqsat_domain() -> None:
     with nhwc_cheaper():
         result = optimize(
             g, rules=["algebraic", "fusion-elementwise", "fusion-epilogue", *FAMILIES],
-            target="cpu",
+            target="cpu", limits=NO_TIME_LIMIT,
         )  # fmt: skip
     assert result.report.fused.get("FusedConvNHWC") == 2, result.report.fused
     model = result.to_onnx()
@@ -308,7 +312,7 @@ def test_transposes_cancel_and_sink_in_a_transpose_chain() -> None:
     t = g.op("Sigmoid", g.op("Mul", t, g.constant(_rand(3))))
     t = g.op("ReduceMean", t, _axes(g, 2), keepdims=1)
     g.output(_t(g, t, P4), "y")
-    result = optimize(g, rules=FAMILIES, target="cpu", verify=True)
+    result = optimize(g, rules=FAMILIES, target="cpu", verify=True, limits=NO_TIME_LIMIT)
     assert result.report.verified
     assert "Transpose" not in result.graph.op_counts(), result.graph.summary()
 
@@ -320,7 +324,7 @@ def test_zoo_resnet_block_in_nhwc_matches_reference() -> None:
     entry = zoo.get("resnet_block")
     g = load(entry.model(), input_shapes=entry.input_shapes)
     with nhwc_cheaper():
-        result = optimize(g, rules=["fusion-bn", *FAMILIES], target="cpu")
+        result = optimize(g, rules=["fusion-bn", *FAMILIES], target="cpu", limits=NO_TIME_LIMIT)
     counts = result.graph.op_counts()
     assert counts.get("ConvNHWC") == 2 and "Conv" not in counts, counts
     assert counts.get("Transpose") == 2, counts  # in and out of the block
