@@ -373,6 +373,15 @@ class _Importer:
                 f"a branch does not fit these shapes ({exc}); bind {sources} with constants= "
                 "to compile the branch that runs"
             ) from None
+        if op == "If" and scope.graph.outer is None:
+            # Both branches type-check, but the optimizer does not rewrite across control flow
+            # (a graph holding an If was kept unoptimized). In the run-time tail the If is
+            # compiled, optimized, for each condition value it meets (TailExecutable).
+            sources = _source_inputs(inputs[0]) if inputs and inputs[0] is not None else []
+            raise DataDependentShapeError(
+                f"{what}: which branch runs depends on the input(s) {sources} at run time; it "
+                "runs in the run-time tail, compiled for each condition value it meets"
+            )
         if op == "Constant":
             if len(outputs) != 1 or not outputs[0]:
                 raise ModelLoadError(f"{what} must have exactly one output")

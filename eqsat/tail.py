@@ -75,7 +75,7 @@ class RuntimeTail:
     def describe(self) -> str:
         ops = ", ".join(f"{op} {n}" for op, n in sorted(self.ops.items()))
         return (
-            f"run-time tail of {self.num_nodes} node(s) on the numpy reference ({ops}), from "
+            f"run-time tail of {self.num_nodes} node(s) ({ops}), from "
             f"{self.first}"
         )
 

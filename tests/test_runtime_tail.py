@@ -425,3 +425,47 @@ def test_loops_that_cannot_be_unrolled_go_to_the_tail():
         graph = eqsat.load(model)
         assert graph.tail is not None and reason in graph.tail.first
         _check(eqsat.compile(graph, "cpu").run(feeds), _ort(model, feeds))
+
+
+def test_run_time_if_is_compiled_per_condition():
+    """An If on a run-time condition (a scripted model's): the convs before it are optimized as
+    usual, and each branch, with what follows, is optimized and compiled the first time its
+    condition value comes up."""
+
+    def conv(name, cin, cout, x, y):
+        w = RNG.standard_normal((cout, cin, 3, 3)).astype(np.float32) * 0.2
+        nodes = [
+            helper.make_node("Conv", [x, f"{name}_w"], [f"{name}_c"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", [f"{name}_c"], [y]),
+        ]
+        return nodes, [numpy_helper.from_array(w, f"{name}_w")]
+
+    stem, stem_w = conv("stem", 3, 8, "x", "h")
+    then_nodes, then_w = conv("then", 8, 8, "h", "t")
+    else_nodes, else_w = conv("else", 8, 8, "h", "e")
+    head, head_w = conv("head", 8, 4, "y", "out")
+    branch = [("then", then_nodes, then_w, "t"), ("else", else_nodes, else_w, "e")]
+    then, other = (
+        helper.make_graph(n, k, [], [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)], w)
+        for k, n, w, o in branch
+    )
+    nodes = [
+        *stem,
+        helper.make_node("ReduceMean", ["x"], ["m"], keepdims=0),
+        helper.make_node("Greater", ["m", "zero"], ["cond"]),
+        helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other),
+        *head,
+    ]
+    inits = [*stem_w, *head_w, numpy_helper.from_array(np.float32(0), "zero")]
+    model = _model(
+        nodes, [("x", TensorProto.FLOAT, [1, 3, 12, 12])], [("out", TensorProto.FLOAT)], inits
+    )
+    result = eqsat.optimize(model, target="cpu")
+    assert not result.report.kept_input and result.report.fused.get("FusedConv") == 1
+    assert result.graph.tail.ops == {"If": 1, "Conv": 1, "Relu": 1}
+    exe = eqsat.compile(result.graph, "cpu")
+    for sign in (1.0, -1.0, 1.0):
+        feeds = {"x": (np.abs(RNG.standard_normal((1, 3, 12, 12))) * sign).astype(np.float32)}
+        _check(exe.run(feeds), _ort(model, feeds))
+    assert set(exe.specialized) == {(True,), (False,)}
+    assert all(type(e).__name__ == "CpuExecutable" for e in exe.specialized.values())
