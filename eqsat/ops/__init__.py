@@ -194,6 +194,17 @@ def const_of(value: Value | None, what: str) -> np.ndarray:
     return value.const
 
 
+def refuse_run_time(value: Value | None, op: str, what: str = "the data") -> None:
+    """Raise :class:`DataDependentShapeError` when ``value``, whose content decides ``op``'s
+    output shape (``what`` it depends on), is unknown at compile time."""
+    if value is not None and value.const is None:
+        raise DataDependentShapeError(
+            f"{op} of the run-time value {value.name!r}: its output shape depends on {what} "
+            "(eqsat.load runs such nodes in the graph's run-time tail; a graph built in Python "
+            "must have static shapes)"
+        )
+
+
 def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
     try:
         return tuple(int(d) for d in np.broadcast_shapes(*[tuple(s) for s in shapes]))

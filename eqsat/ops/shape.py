@@ -20,9 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from eqsat.errors import DataDependentShapeError, ShapeError
+from eqsat.errors import ShapeError
 from eqsat.ir import Value
-from eqsat.ops import Cost, OpDef, const_of, default_cost, normalize_axis, register
+from eqsat.ops import (
+    Cost,
+    OpDef,
+    const_of,
+    default_cost,
+    normalize_axis,
+    refuse_run_time,
+    register,
+)
 
 INT64 = np.dtype(np.int64)
 
@@ -189,13 +197,8 @@ _op("Range", _range_infer, _range_reference, default_cost(1.0), min_inputs=3, ma
 
 
 def _nonzero_infer(inputs: list[Any], attrs: dict[str, Any], _: int) -> list[Any]:
-    if inputs[0] is not None and inputs[0].const is None:
-        # Detectors' post-processing (box filtering before NMS) reaches here: say what it is.
-        raise DataDependentShapeError(
-            f"NonZero of the run-time value {inputs[0].name!r}: its output shape depends on the "
-            "data (eqsat.load runs such nodes in the graph's run-time tail; a graph built in "
-            "Python must have static shapes)"
-        )
+    # Detectors' post-processing (box filtering before NMS) reaches here: say what it is.
+    refuse_run_time(inputs[0], "NonZero")
     x = np.asarray(const_of(inputs[0], "input 'X' (NonZero's output shape depends on it)"))
     return [((x.ndim, int(np.count_nonzero(x))), INT64)]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from eqsat.errors import DataDependentShapeError, ShapeError
+from eqsat.errors import ShapeError
 from eqsat.ir import Value
 from eqsat.ops import (
     REQUIRED,
@@ -26,6 +26,7 @@ from eqsat.ops import (
     const_of,
     default_cost,
     normalize_axis,
+    refuse_run_time,
     register,
 )
 from eqsat.ops.conv import (
@@ -42,16 +43,6 @@ from eqsat.ops.shape import const_ints, copy_cost
 
 INT64 = np.dtype(np.int64)
 BOOL = np.dtype(bool)
-
-
-def _runtime_shape(value: Value | None, op: str, what: str) -> None:
-    """Refuse (as data-dependent) an input whose content decides the output shape but is unknown."""
-    if value is not None and value.const is None:
-        raise DataDependentShapeError(
-            f"{op} of the run-time value {value.name!r}: its output shape depends on {what} "
-            "(eqsat.load runs such nodes in the graph's run-time tail; a graph built in Python "
-            "must have static shapes)"
-        )
 
 
 # ----------------------------------------------------------------------------------------- Unique
@@ -93,7 +84,7 @@ def _unique_infer(inputs: list[Value | None], attrs: dict[str, Any], n_out: int)
         normalize_axis(int(attrs["axis"]), x.rank)
     if int(attrs["sorted"]) not in (0, 1):
         raise ShapeError(f"sorted must be 0 or 1, got {attrs['sorted']}")
-    _runtime_shape(x, "Unique", "the number of distinct values")
+    refuse_run_time(x, "Unique", "the number of distinct values")
     y, first, inverse, counts = _unique(np.asarray(const_of(x, "X")), attrs)
     types = [
         (y.shape, x.dtype),
@@ -142,7 +133,7 @@ def _compress_infer(inputs: list[Value | None], attrs: dict[str, Any], _: int) -
     if cond.rank != 1:
         raise ShapeError(f"condition must be 1-D, got shape {cond.shape}")
     axis = _compress_axis(x.rank, attrs)
-    _runtime_shape(cond, "Compress", "the condition's values")
+    refuse_run_time(cond, "Compress", "the condition's values")
     extent = x.size if axis is None else x.shape[axis]
     kept = int(np.count_nonzero(_compress_condition(const_of(cond, "condition"), extent)))
     if axis is None:
