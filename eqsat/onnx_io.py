@@ -108,8 +108,9 @@ def _load(
             raise ModelLoadError(f"cannot inline the model's local functions: {exc}") from None
     if walks is None or not walks.get("checked"):
         check_supported(model.graph, opset)
-    importer = _Importer(opset, model.graph, walks)
-    importer.opset_import = list(model.opset_import)
+        if walks is not None:
+            walks["checked"] = True
+    importer = _Importer(opset, model.graph, list(model.opset_import), walks)
     graph = importer.import_main(input_shapes, constants)
     graph.opset = EXPORT_OPSET
     graph.fold_constants()
@@ -138,18 +139,24 @@ class _Scope:
 
 
 class _Importer:
-    def __init__(self, opset: int, proto: onnx.GraphProto, walks: dict | None = None):
+    def __init__(
+        self,
+        opset: int,
+        proto: onnx.GraphProto,
+        opset_import: list[onnx.OperatorSetIdProto],
+        walks: dict | None = None,
+    ):
         self.opset = opset
         self.proto = proto
+        # The model's opset imports, which a run-time tail (kept as ONNX nodes) needs.
+        self.opset_import = opset_import
         self.walks: dict[str, Any] = {} if walks is None else walks
         if "names" not in self.walks:
             self.walks["names"], self.walks["reads"] = _all_names(proto), _all_reads(proto)
-            self.walks["orders"], self.walks["checked"] = {}, True
+            self.walks["orders"] = {}
         self.reserved = set(self.walks["names"])  # names an upgrade's constants must not take
         self.reads = self.walks["reads"]
         self.node_names: set[str] = set()
-        # The model's opset imports, which a run-time tail (kept as ONNX nodes) needs.
-        self.opset_import: list[onnx.OperatorSetIdProto] = [helper.make_opsetid("", opset)]
 
     def fresh(self, graph: Graph, hint: str) -> str:
         name, k = hint, 0
@@ -360,6 +367,7 @@ class _Importer:
         if found:  # both branches will be imported: report all of their problems together
             nested = [p for b in branches for p in graph_problems(b, self.opset, main=False)[1]]
             raise Unsupported(found + nested)
+        misfit = ""
         try:
             attrs = {a.name: self._attribute(a, scope, name) for a in node.attribute}
         except ShapeError as exc:
@@ -367,21 +375,17 @@ class _Importer:
                 raise
             # A branch that cannot be typed with these shapes (Silero VAD's 8 kHz branch given a
             # 16 kHz chunk) may never run: which one does is known only at run time.
+            misfit = f"; a branch does not fit these shapes ({exc})"
+        if op == "If" and (misfit or scope.graph.outer is None):
+            # The optimizer does not rewrite across control flow (a graph holding an If was kept
+            # unoptimized). In the run-time tail the If is compiled, optimized, for each condition
+            # value it meets (TailExecutable).
             sources = _source_inputs(inputs[0]) if inputs and inputs[0] is not None else []
             raise DataDependentShapeError(
-                f"{what}: which branch runs depends on the input(s) {sources} at run time, and "
-                f"a branch does not fit these shapes ({exc}); bind {sources} with constants= "
-                "to compile the branch that runs"
+                f"{what}: which branch runs depends on the input(s) {sources} at run time{misfit}; "
+                "it runs in the run-time tail, compiled for each condition value it meets (bind "
+                f"{sources} with constants= to compile the branch that runs with the rest)"
             ) from None
-        if op == "If" and scope.graph.outer is None:
-            # Both branches type-check, but the optimizer does not rewrite across control flow
-            # (a graph holding an If was kept unoptimized). In the run-time tail the If is
-            # compiled, optimized, for each condition value it meets (TailExecutable).
-            sources = _source_inputs(inputs[0]) if inputs and inputs[0] is not None else []
-            raise DataDependentShapeError(
-                f"{what}: which branch runs depends on the input(s) {sources} at run time; it "
-                "runs in the run-time tail, compiled for each condition value it meets"
-            )
         if op == "Constant":
             if len(outputs) != 1 or not outputs[0]:
                 raise ModelLoadError(f"{what} must have exactly one output")

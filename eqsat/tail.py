@@ -1,7 +1,7 @@
 """Run-time tails: the part of a model whose shapes depend on the data.
 
 eqsat compiles static shapes. A detector's post-processing is not static: NonZero of its scores,
-NonMaxSuppression, a Reshape to a computed size, an If whose branches differ in shape. Rather than
+NonMaxSuppression, a Reshape to a computed size; nor is an If on a run-time condition. Rather than
 refuse such a model, :func:`eqsat.load` splits it where the first shape depends on a run-time
 value (:class:`~eqsat.errors.DataDependentShapeError` from a shape rule):
 
@@ -17,7 +17,8 @@ static part runs on its target, then the tail is loaded with each boundary value
 constant: shapes are then known, every node folds through its numpy reference, and the outputs
 are read off. The tail thus runs on the reference, one Python call per node, and costs a few
 hundred microseconds per node at most; it is meant for post-processing (boxes, scores, NMS),
-where the model's heavy layers come before it and run compiled.
+where the model's heavy layers come before it and run compiled. A tail steered only by If
+conditions is compiled instead, once per condition value (:class:`TailExecutable`).
 """
 
 from __future__ import annotations
@@ -74,10 +75,7 @@ class RuntimeTail:
 
     def describe(self) -> str:
         ops = ", ".join(f"{op} {n}" for op, n in sorted(self.ops.items()))
-        return (
-            f"run-time tail of {self.num_nodes} node(s) ({ops}), from "
-            f"{self.first}"
-        )
+        return f"run-time tail of {self.num_nodes} node(s) ({ops}), from {self.first}"
 
     def run(self, static: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """The model's outputs, given the static part's outputs in order."""

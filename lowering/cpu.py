@@ -445,7 +445,7 @@ def compile(graph: Graph, threads: int | None = None) -> Executable:
     }
     feed_slots = [(lowering.slot(v), v.name) for v in graph.inputs if v.const is None]
     exe = CpuExecutable(graph, steps, template, feed_slots, out_slots, plan, threads, report)
-    return with_tail(exe, tail, lambda static: _compile_tail(static, threads), BlasPin(1))
+    return with_tail(exe, tail, lambda static: _compile_tail(static, threads), exe._blas)
 
 
 def _compile_tail(graph: Graph, threads: int) -> Executable:
