@@ -1,10 +1,9 @@
 """im2col + GEMM convolution (1-D and 2-D, any stride, dilation, padding and grouping) by blocks.
 
 The output is computed in blocks of whole output rows. For each block the patches are copied
-into a column buffer small enough to stay in L2, one GEMM per group writes the block's output,
-and a generated kernel (:func:`epilogue_source`) adds the bias and applies the fused epilogue to
-it while it is still in cache: no pass over the whole output, and no column buffer the size of
-the input times the kernel.
+into a column buffer of bounded size (:data:`BLOCK_BYTES`), one GEMM per group writes the
+block's output, and a generated kernel (:func:`epilogue_source`) adds the bias and applies the
+fused epilogue to it: no column buffer the size of the input times the kernel.
 
 Most convs (strides up to 4, more than one tap, at most 25% wasted columns) compute on the
 "wide" layout: the input is copied once into zero-bordered phase planes (``x`` padded, split by
@@ -56,10 +55,11 @@ from eqsat.ir import Node, Value
 BLOCK_BYTES = 640 << 10
 # Below this many output columns per block a GEMM loses efficiency; blocks keep at least these.
 MIN_BLOCK_COLUMNS = 256
-# 1x1 convs: blocks of about this many bytes of output, so that the epilogue finds them in L2
-# (one GEMM for the whole output and one epilogue pass after it ran 15-30% slower on MobileNet's
-# and YOLOv8's 1x1 convs), and at least this many columns.
-OUTPUT_BLOCK_BYTES = 256 << 10
+# 1x1 convs: blocks of about this many bytes of output (and at least MIN_POINTWISE_COLUMNS
+# columns), each GEMM followed by its epilogue. Blocks of 256 KiB, sized for L2, ran MobileNetV2's
+# block and MobileNetV3 7-10% slower than 1-4 MiB in interleaved A/B (more, narrower GEMMs); at
+# 4 MiB most single images are one GEMM. With several threads the blocks are still cut per thread.
+OUTPUT_BLOCK_BYTES = 4096 << 10
 MIN_POINTWISE_COLUMNS = 512
 # Convs with at most this many output positions (per image) skip BLAS: :func:`small_conv`
 # (openWakeWord's 96-channel 1x3 convs on 10x2 to 14x4 outputs: 1.3-1.8x faster than the GEMM).
