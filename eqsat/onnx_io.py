@@ -29,6 +29,7 @@ from eqsat.errors import DataDependentShapeError, EqsatError, InputError, ModelL
 from eqsat.errors import UnsupportedOperatorError as Unsupported
 from eqsat.ir import Graph, Value
 from eqsat.onnx_export import EXPORT_OPSET, save, to_onnx
+from eqsat.onnx_functions import expand_standard_functions
 from eqsat.onnx_loop import unroll_loop
 from eqsat.onnx_read import (
     EQSAT_DOMAIN,
@@ -106,6 +107,7 @@ def _load(
             model = onnx.inliner.inline_local_functions(model)
         except Exception as exc:
             raise ModelLoadError(f"cannot inline the model's local functions: {exc}") from None
+    model = expand_standard_functions(model, opset)
     if walks is None or not walks.get("checked"):
         check_supported(model.graph, opset)
         if walks is not None:

@@ -16,6 +16,7 @@ import pytest
 from onnx import numpy_helper
 
 import eqsat
+from eqsat.onnx_functions import expandable
 
 SUPPORTED_OPS = set(
     [
@@ -183,6 +184,12 @@ EXCLUDED: dict[str, str] = {
         "eqsat follows onnxruntime (and PyTorch): I indexes the output of the given output_shape; "
         "the case's data index an output of the inferred shape, copied into output_shape's corner"
     ),
+    r"test_bernoulli.*": "random numbers: eqsat compiles deterministic inference graphs",
+    r"test_linear_attention.*": (
+        "LinearAttention is not implemented, and its ONNX definition runs a Scan, which eqsat "
+        "does not support"
+    ),
+    r"test_sequence_map.*": "sequence types are not supported",
     r"test_attention_4d_causal_fp16_expanded": (
         "float16 chain: one output is one float16 ulp (4.9e-4 at 0.47) from the expected data, "
         "as onnxruntime's is too; rtol 1e-3 is finer than float16 resolution there"
@@ -206,7 +213,13 @@ def _collect() -> dict[str, object]:
     chosen = {}
     for case in cases:
         ops = {n.op_type for n in case.model.graph.node}
-        if ops and ops <= SUPPORTED_OPS:
+        opset = max(
+            (o.version for o in case.model.opset_import if o.domain in ("", "ai.onnx")), default=0
+        )
+        # Operators eqsat expands into their ONNX definitions (RMSNormalization, Swish, ...)
+        # count as supported: their cases test the expansion end to end.
+        expanded = {op for op in ops - SUPPORTED_OPS if expandable(op, "", opset)}
+        if ops and ops <= SUPPORTED_OPS | expanded:
             chosen[case.name] = case
     return chosen
 

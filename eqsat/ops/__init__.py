@@ -87,6 +87,10 @@ class OpDef:
     elementwise: bool = False
     # Ops whose result depends only on input shapes (Shape, Size) fold even for unknown inputs.
     shape_only: bool = False
+    # Inputs read only for their dtype or shape (CastLike's target_type): a node folds when its
+    # other inputs are known (``CastLike(alpha, x)`` of a constant alpha, as ONNX's function
+    # bodies of Swish and AffineGrid write their constants).
+    type_only_inputs: tuple[int, ...] = ()
     # Random or otherwise non-foldable ops (none in inference graphs so far).
     pure: bool = True
     doc: str = ""
@@ -127,7 +131,8 @@ class OpDef:
         if self.shape_only:
             return True
         outer_reads = [v for sub in subgraphs(node) for v in sub.free_values()]
-        return all(v is None or v.const is not None for v in [*node.inputs, *outer_reads])
+        read = [v for i, v in enumerate(node.inputs) if i not in self.type_only_inputs]
+        return all(v is None or v.const is not None for v in [*read, *outer_reads])
 
     def evaluate(self, node: Node, arrays: list[np.ndarray | None]) -> list[np.ndarray | None]:
         """Run the numpy reference for ``node``, checking shapes and fixing dtypes of its results."""

@@ -612,5 +612,6 @@ register(
         min_inputs=2,
         max_inputs=2,
         attrs={"saturate": None},
+        type_only_inputs=(1,),
     )
 )

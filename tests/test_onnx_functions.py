@@ -1,0 +1,172 @@
+"""Standard operators eqsat does not implement are expanded into their ONNX function definition."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx_testing import check, init, model, ort_run, randn, vi
+
+import eqsat
+from eqsat.errors import UnsupportedOperatorError
+from eqsat.onnx_functions import expandable
+
+RNG = np.random.default_rng(7)
+
+
+def _optimized_matches(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> eqsat.Graph:
+    """Optimized for the cpu target, compiled and run: the same outputs as onnxruntime."""
+    want = ort_run(proto, feeds)
+    graph = eqsat.optimize(proto, target="cpu").graph
+    got = eqsat.compile(graph, "cpu").run(feeds)
+    for (name, value), w in zip(got.items(), want, strict=True):
+        np.testing.assert_allclose(value, w, rtol=1e-5, atol=1e-6, err_msg=name)
+    return graph
+
+
+def test_rms_normalization_opset_23():
+    x, scale = randn(RNG, 2, 5, 16), randn(RNG, 16)
+    proto = model(
+        [h.make_node("RMSNormalization", ["x", "s"], ["y"], axis=-1, epsilon=1e-5)],
+        [vi("x", [2, 5, 16])],
+        [vi("y", None)],
+        [init("s", scale)],
+        opset=23,
+    )
+    graph = check(proto, {"x": x})
+    assert "RMSNormalization" not in graph.op_counts()
+    _optimized_matches(proto, {"x": x})
+
+
+def test_swish_is_one_fused_kernel():
+    """Swish's body casts its alpha like the input (CastLike of a constant, which folds) and
+    multiplies by a sigmoid: one fused elementwise kernel once optimized."""
+    x = randn(RNG, 3, 40)
+    proto = model(
+        [h.make_node("Swish", ["x"], ["y"], alpha=1.5)],
+        [vi("x", [3, 40])],
+        [vi("y", None)],
+        opset=24,
+    )
+    check(proto, {"x": x})
+    graph = _optimized_matches(proto, {"x": x})
+    assert graph.op_counts() == {"FusedElementwise": 1}
+
+
+def test_rotary_embedding_with_position_ids():
+    batch, seq, heads, dim = 1, 4, 2, 8
+    x = randn(RNG, batch, seq, heads * dim)
+    cos, sin = randn(RNG, 16, dim // 2), randn(RNG, 16, dim // 2)
+    positions = np.array([[3, 0, 7, 1]], np.int64)
+    proto = model(
+        [h.make_node("RotaryEmbedding", ["x", "cos", "sin", "pos"], ["y"], num_heads=heads)],
+        [vi("x", [batch, seq, heads * dim]), vi("pos", [batch, seq], T.INT64)],
+        [vi("y", None)],
+        [init("cos", cos), init("sin", sin)],
+        opset=23,
+    )
+    feeds = {"x": x, "pos": positions}
+    check(proto, feeds)
+    _optimized_matches(proto, feeds)
+
+
+def test_center_crop_pad_crops_one_axis_and_pads_another():
+    x = randn(RNG, 3, 10, 7)
+    proto = model(
+        [h.make_node("CenterCropPad", ["x", "shape"], ["y"], axes=[1, 2])],
+        [vi("x", [3, 10, 7])],
+        [vi("y", None)],
+        [init("shape", np.array([6, 9], np.int64))],
+        opset=18,
+    )
+    graph = check(proto, {"x": x})
+    got = eqsat.compile(graph).run({"x": x})["y"]
+    want = np.zeros((3, 6, 9), np.float32)
+    want[:, :, 1:8] = x[:, 2:8, :]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_affine_grid():
+    theta = randn(RNG, 2, 2, 3)
+    proto = model(
+        [h.make_node("AffineGrid", ["t", "size"], ["grid"], align_corners=0)],
+        [vi("t", [2, 2, 3])],
+        [vi("grid", None)],
+        [init("size", np.array([2, 3, 5, 6], np.int64))],
+        opset=20,
+    )
+    check(proto, {"t": theta})
+    _optimized_matches(proto, {"t": theta})
+
+
+def test_expanded_inside_a_run_time_if_branch():
+    """A branch of an If on a run-time condition runs in the tail, which loads (and expands) its
+    nodes again."""
+    x = randn(RNG, 2, 8)
+    swish = h.make_graph(
+        [h.make_node("Swish", ["x"], ["s"], alpha=0.5)], "then", [], [vi("s", None)]
+    )
+    neg = h.make_graph([h.make_node("Neg", ["x"], ["n"])], "else", [], [vi("n", None)])
+    proto = model(
+        [
+            h.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+            h.make_node("Greater", ["total", "zero"], ["cond"]),
+            h.make_node("If", ["cond"], ["y"], then_branch=swish, else_branch=neg),
+        ],
+        [vi("x", [2, 8])],
+        [vi("y", None)],
+        [init("zero", np.float32(0))],
+        opset=24,
+    )
+    exe = eqsat.compile(eqsat.optimize(proto, target="cpu").graph, "cpu")
+    for sign in (1.0, -1.0):
+        feeds = {"x": (np.abs(x) * sign).astype(np.float32)}
+        np.testing.assert_allclose(exe.run(feeds)["y"], ort_run(proto, feeds)[0], rtol=1e-5)
+
+
+def test_what_is_expanded():
+    assert expandable("RMSNormalization", "", 23)
+    assert not expandable("RMSNormalization", "", 22)  # not an operator yet at opset 22
+    assert not expandable("LayerNormalization", "", 23)  # eqsat implements it
+    assert not expandable("Swish", "com.example", 24)
+    assert not expandable("DeformConv", "", 22)  # no function definition
+
+
+def test_operators_without_a_definition_are_still_refused():
+    proto = model(
+        [h.make_node("DeformConv", ["x", "w", "off"], ["y"], name="deform")],
+        [vi("x", [1, 1, 4, 4]), vi("off", [1, 8, 3, 3])],
+        [vi("y", None)],
+        [init("w", randn(RNG, 1, 1, 2, 2))],
+        opset=22,
+    )
+    with pytest.raises(UnsupportedOperatorError, match="deform"):
+        eqsat.load(proto)
+
+
+def test_definitions_eqsat_cannot_run_are_not_expanded():
+    """Bernoulli is defined by a random draw: the error names Bernoulli, not what it is made of."""
+    proto = model(
+        [h.make_node("Bernoulli", ["p"], ["y"], name="coin")],
+        [vi("p", [4])],
+        [vi("y", None)],
+        opset=22,
+    )
+    with pytest.raises(UnsupportedOperatorError, match=r"Bernoulli.*coin"):
+        eqsat.load(proto)
+
+
+def test_nested_definitions_expand_in_turn():
+    """SoftmaxCrossEntropyLoss's definition uses NegativeLogLikelihoodLoss, defined in turn."""
+    scores = randn(RNG, 3, 5)
+    proto = model(
+        [h.make_node("SoftmaxCrossEntropyLoss", ["x", "labels"], ["loss"], reduction="mean")],
+        [vi("x", [3, 5]), vi("labels", [3], T.INT64)],
+        [vi("loss", None)],
+        opset=13,
+    )
+    feeds = {"x": scores, "labels": np.array([0, 4, 2], np.int64)}
+    graph = check(proto, feeds)
+    assert not {"SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss"} & set(graph.op_counts())
