@@ -11,15 +11,17 @@ row and column modulo the strides; for stride 1 just the padded input), where ev
 output reads one plane at a fixed offset. A tap's row of the column buffer is then a single
 contiguous copy (:func:`im2col_wide`) and the GEMM computes each output row on the planes' width,
 the epilogue dropping the extra columns; copying output rows one by one cost as much as the GEMM
-with 10-wide outputs. Other convs copy patches row by row (:func:`im2col_block`), from a phase
-split of the input for small strides, by a strided gather for large ones (Silero's STFT conv has
-stride 128). Convs with few output channels per group (<= :data:`DIRECT_CHANNELS`) and rows
+with 10-wide outputs (with many output channels the extra columns cost more:
+:data:`WIDE_EXTRA_COLUMNS`). Other convs copy patches row by row (:func:`im2col_block`), from a
+phase split of the input for small strides, by a strided gather for large ones (Silero's STFT
+conv has stride 128). Convs with few output channels per group (<= :data:`DIRECT_CHANNELS`) and rows
 wide enough skip im2col and the GEMM: :func:`direct_conv` accumulates each tap straight from
 the phase planes into the output. 1x1 stride-1 unpadded convs multiply slices of the input.
-Single images of at most :data:`SMALL_POSITIONS` output positions skip BLAS, whose packing costs
-more than the multiply there: :func:`small_conv` gathers the patches and computes blocked dot
-products. Batches of images too small for a good GEMM each run as one GEMM per group of images
-(:mod:`eqsat.lowering.cpu_conv_batch`). 1-D convs are 2-D convs with one output row. Everything a run needs (views of planned buffers, block slices)
+Single images of at most :data:`SMALL_POSITIONS` output positions and :data:`SMALL_WEIGHTS`
+weights skip BLAS, whose packing costs more than the multiply there: :func:`small_conv` gathers
+the patches and computes blocked dot products. Batches of images too small for a good GEMM each
+run as one GEMM per group of images (:mod:`eqsat.lowering.cpu_conv_batch`). 1-D convs are 2-D
+convs with one output row. Everything a run needs (views of planned buffers, block slices)
 is prepared when the step is bound, so tiny convs pay a few calls only. The Numba kernels named
 here live in :mod:`eqsat.lowering.cpu_conv_kernels`.
 
@@ -50,25 +52,34 @@ from eqsat.lowering.memory import Usage
 from eqsat.ir import Node, Value
 
 # Bytes of one block's column buffer, written by im2col and read (packed) by the GEMM. Blocks
-# that fit L2 (160 KiB) cut small convs into several GEMMs too narrow to run well: 640 KiB ran
-# openWakeWord's embedding 8-10% faster, MobileNetV2's and magika's 4-5%, in interleaved A/B.
+# that fit L2 (160 KiB) cut small convs into more, narrower GEMMs: with 640 KiB openWakeWord's
+# embedding, magika and MobileNetV2's block ran 1-4% faster (interleaved A/B, each run after an
+# onnxruntime run).
 BLOCK_BYTES = 640 << 10
 # Below this many output columns per block a GEMM loses efficiency; blocks keep at least these.
 MIN_BLOCK_COLUMNS = 256
 # 1x1 convs: blocks of about this many bytes of output (and at least MIN_POINTWISE_COLUMNS
-# columns), each GEMM followed by its epilogue. Blocks of 256 KiB, sized for L2, ran MobileNetV2's
-# block and MobileNetV3 7-10% slower than 1-4 MiB in interleaved A/B (more, narrower GEMMs); at
-# 4 MiB most single images are one GEMM. With several threads the blocks are still cut per thread.
+# columns), each GEMM followed by its epilogue. Against blocks of 256 KiB, sized for L2, 4 MiB
+# ran MobileNetV2's block 1-4% faster and MobileNetV3 the same (interleaved A/B); most single
+# images are then one GEMM. With several threads the blocks are still cut per thread.
 OUTPUT_BLOCK_BYTES = 4096 << 10
 MIN_POINTWISE_COLUMNS = 512
 # Convs with at most this many output positions (per image) skip BLAS: :func:`small_conv`
 # (openWakeWord's 96-channel 1x3 convs on 10x2 to 14x4 outputs: 1.3-1.8x faster than the GEMM).
 SMALL_POSITIONS = 64
+# ... and at most this many weights (M x C*KH*KW): with more, BLAS's GEMM is the faster one (ResNet's
+# 512-channel 3x3 conv on 7x7: 5.2 ms blocked dot products, 4.4 im2col + GEMM; even at 256
+# channels, 1.26 ms both ways; 128 channels on 8x8: 0.39 ms against 0.47).
+SMALL_WEIGHTS = 1 << 19
 MAX_SPLIT_STRIDE = 4
 # Outputs at most this wide compute on the padded width whatever the extra columns: copying
 # rows of a few values one by one costs more (openWakeWord's 1x3 conv on 12x4 outputs: the
 # row copies took 2.5x the GEMM).
 NARROW = 16
+# The wide layout's extra GEMM work, per output row and column buffer row: M/G times the extra
+# columns (WP - OW). Above this it costs more than copying patch rows one by one saves (ResNet's
+# 512-channel 3x3 conv on 7x7 outputs computed 9 columns for 7: 5.2 ms, 4.4 without).
+WIDE_EXTRA_COLUMNS = 300
 # Convs with at most this many output channels per group (and more than one tap) skip im2col:
 # :func:`direct_conv`. The GEMM is then too thin to pay for writing C*KH*KW values per output
 # (basic-pitch's 8-channel 3x39 conv: 51 GFLOP/s direct, 24 through im2col; with 32 channels
@@ -220,7 +231,7 @@ class Geometry:
             1, 1, 1, 1, 0, 0,
         ) and (self.oh, self.ow) == (self.h, self.w)  # fmt: skip
         self.wq = -(-self.w // self.sw)
-        self.small = self.p <= SMALL_POSITIONS and group == 1
+        self.small = self.p <= SMALL_POSITIONS and group == 1 and self.m * self.k <= SMALL_WEIGHTS
         # Patches on the phase planes' width WQ (see :func:`im2col_wide`) when the extra
         # columns cost little: each tap's patch row is then one copy (with outputs 10 wide,
         # copying rows of 10 took as long as the GEMM; stride 2 needed a split and short rows).
@@ -243,6 +254,7 @@ class Geometry:
             and not self.small
             and not self.direct
             and (self.wp * 4 <= self.ow * 5 or (self.ow <= NARROW and self.wp <= self.ow + 2))
+            and self.m * (self.wp - self.ow) <= WIDE_EXTRA_COLUMNS * group
         )
         # Strides above MAX_SPLIT_STRIDE gather directly: few outputs read little of each row
         # (Silero's STFT conv has stride 128).
