@@ -283,9 +283,9 @@ def test_fused_conv_transpose_runs_kernels(rng: np.random.Generator) -> None:
 @pytest.mark.parametrize(
     ("shape", "pads", "dtype"),
     [
-        ((2, 8, 9, 13), [1, 1, 1, 1], F32),
-        ((1, 16, 12, 8), [0, 2, 1, 0], F32),
-        ((1, 8, 7, 6), [1, 1, 1, 1], np.float64),
+        ((2, 24, 9, 13), [1, 1, 1, 1], F32),
+        ((1, 32, 12, 8), [0, 2, 1, 0], F32),
+        ((1, 24, 7, 6), [1, 1, 1, 1], np.float64),
     ],
     ids=["batch-odd-sizes", "asymmetric-pads", "float64"],
 )
@@ -310,9 +310,9 @@ def test_winograd_chunks_and_fused_residual(rng: np.random.Generator) -> None:
     pytest.importorskip("eqsat.ops.fused")
     from eqsat.lowering import cpu_winograd
 
-    weights = (rng.standard_normal((8, 8, 3, 3)) / np.sqrt(72)).astype(F32)
+    weights = (rng.standard_normal((8, 24, 3, 3)) / np.sqrt(216)).astype(F32)
     bias = rng.standard_normal(8).astype(F32)
-    x = rng.standard_normal((8, 10, 11)).astype(F32)
+    x = rng.standard_normal((24, 10, 11)).astype(F32)
     outs = []
     for budget in (0, 1 << 30):
         plan = cpu_winograd.Winograd(
@@ -323,7 +323,7 @@ def test_winograd_chunks_and_fused_residual(rng: np.random.Generator) -> None:
         conv(x, outs[-1])
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
     g = eqsat.Graph("fused")
-    xin = g.input("x", (1, 8, 10, 11))
+    xin = g.input("x", (1, 24, 10, 11))
     res = g.input("res", (8, 10, 11))
     scale = g.constant(rng.standard_normal((8, 1, 1)).astype(F32))
     y = g.op(

@@ -161,7 +161,7 @@ def test_gemm(rng: np.random.Generator, eager: list[int], trans: tuple[int, int]
 @pytest.mark.parametrize(
     ("x_shape", "m", "kernel", "attrs"),
     [
-        ((1, 8, 40, 40), 16, (3, 3), {"pads": [1, 1, 1, 1]}),  # Winograd
+        ((1, 24, 40, 40), 16, (3, 3), {"pads": [1, 1, 1, 1]}),  # Winograd
         ((2, 8, 34, 36), 8, (3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),  # wide, strided
         ((1, 3, 30, 30), 8, (3, 3), {"strides": [1, 5]}),  # row-by-row im2col, gather
         ((1, 8, 24, 24), 8, (3, 2), {"strides": [2, 2], "dilations": [1, 2]}),  # phase split
@@ -179,7 +179,11 @@ def test_conv(
     g = eqsat.Graph("conv")
     x = g.input("x", x_shape)
     group = int(attrs.get("group", 1))
-    w = g.constant(rng.standard_normal((m, x_shape[1] // group, *kernel)).astype(F32), "w")
+    # Weights at the usual 1/sqrt(fan-in) scale: outputs of order 1 (Winograd's rounding, which
+    # differs with the chunking, grows with them).
+    fan_in = x_shape[1] // group * int(np.prod(kernel))
+    w = rng.standard_normal((m, x_shape[1] // group, *kernel)) / np.sqrt(fan_in)
+    w = g.constant(w.astype(F32), "w")
     b = g.constant(rng.standard_normal((m,)).astype(F32), "b")
     y = g.op("FusedConv", x, w, b, num_base_inputs=3, epilogue="max({0}, 0)", **attrs)
     g.output(y, "y")
