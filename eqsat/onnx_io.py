@@ -107,7 +107,12 @@ def _load(
             model = onnx.inliner.inline_local_functions(model)
         except Exception as exc:
             raise ModelLoadError(f"cannot inline the model's local functions: {exc}") from None
-    model = expand_standard_functions(model, opset)
+    if walks is None:
+        model = expand_standard_functions(model, opset)
+    else:  # a tail, loaded on every run: look for operators to expand once
+        if "expanded" not in walks:
+            walks["expanded"] = expand_standard_functions(model, opset)
+        model = walks["expanded"]
     if walks is None or not walks.get("checked"):
         check_supported(model.graph, opset)
         if walks is not None:

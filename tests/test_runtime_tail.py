@@ -469,3 +469,31 @@ def test_run_time_if_is_compiled_per_condition():
         _check(exe.run(feeds), _ort(model, feeds))
     assert set(exe.specialized) == {(True,), (False,)}
     assert all(type(e).__name__ == "CpuExecutable" for e in exe.specialized.values())
+
+
+def test_tail_runs_do_not_trigger_garbage_collections(monkeypatch):
+    """Loading a tail allocates many short-lived objects; the cyclic collector is paused while
+    it loads and runs (it had scanned the whole process every few runs), and left as found."""
+    import gc
+
+    from eqsat import onnx_io
+
+    model = _nonzero_model()
+    exe = eqsat.compile(eqsat.load(model), "cpu")
+    feeds = {"x": RNG.standard_normal((4, 6)).astype(np.float32)}
+    seen = []
+    real = onnx_io.load_proto
+
+    def load_proto(*args, **kwargs):
+        seen.append(gc.isenabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(onnx_io, "load_proto", load_proto)
+    try:
+        _check(exe.run(feeds), _ort(model, feeds))
+        assert seen == [False] and gc.isenabled()
+        gc.disable()
+        exe.run(feeds)
+        assert seen == [False, False] and not gc.isenabled()
+    finally:
+        gc.enable()
