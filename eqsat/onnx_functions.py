@@ -19,7 +19,7 @@ from onnx import defs
 
 from eqsat import ops
 from eqsat.errors import ModelLoadError
-from eqsat.onnx_read import IMPORTER_OPS
+from eqsat.onnx_read import IMPORTER_OPS, SHADOWED
 from eqsat.onnx_upgrade import RENAMED
 
 # The domain the expanded calls are given while they are model-local functions, before inlining.
@@ -32,7 +32,9 @@ _STANDARD = ("", "ai.onnx")
 def expandable(op: str, domain: str, opset: int) -> bool:
     """Whether a node of ``op`` is one eqsat expands: a standard operator it does not implement,
     that ONNX defines as a function at ``opset``."""
-    if domain not in _STANDARD or op in IMPORTER_OPS or ops.is_supported(RENAMED.get(op, op)):
+    if domain not in _STANDARD or op in IMPORTER_OPS:
+        return False
+    if op not in SHADOWED and ops.is_supported(RENAMED.get(op, op)):
         return False
     schema = _schema(op, opset)
     if schema is None:
@@ -105,7 +107,7 @@ def _runs_in_eqsat(function: onnx.FunctionProto, opset: int) -> bool:
         op = node.op_type
         if node.domain not in _STANDARD:
             return False
-        known = op in IMPORTER_OPS or ops.is_supported(RENAMED.get(op, op))
+        known = op in IMPORTER_OPS or (op not in SHADOWED and ops.is_supported(RENAMED.get(op, op)))
         if not known and not expandable(op, node.domain, opset):
             return False
         for attribute in node.attribute:

@@ -31,6 +31,12 @@ EQSAT_DOMAIN = "eqsat"
 # Ops the importer handles itself (Loop: unrolled when its inputs are known, see onnx_loop;
 # ImageScaler: written as Mul and Add by onnx_upgrade).
 IMPORTER_OPS = {"Constant", "ImageScaler", "Loop"}
+# Standard operators that share a name with an eqsat operator of another meaning: ONNX's
+# Attention (opset 23: Q, K, V of rank 3 or 4 with head counts, masks, a KV cache, causal and
+# soft-capped variants) against eqsat's fused softmax(Q K^T scale + mask) V. The importer expands
+# them into their ONNX definition (eqsat.onnx_functions), in which the fusion rules find eqsat's
+# Attention where it is one; one left unexpanded is refused, never read as eqsat's.
+SHADOWED = frozenset({"Attention"})
 GRAPH = onnx.AttributeProto.GRAPH
 # Attributes that older opsets have and onnx_upgrade turns into inputs or drops: the early
 # attribute check lets them through, upgrade() handles them.
@@ -244,6 +250,9 @@ def _node_problems(node: onnx.NodeProto, name: str, opset: int) -> list[Problem]
     own = node.domain == EQSAT_DOMAIN
     if node.domain not in DEFAULT_DOMAINS and not own:
         problems.append((op, name, f"custom domain {node.domain!r}"))
+    elif not own and op in SHADOWED:
+        why = "ONNX's operator of this name could not be expanded into operators eqsat implements"
+        problems.append((op, name, why))
     elif op not in IMPORTER_OPS and not ops.is_supported(RENAMED.get(op, op)):
         problems.append((op, name, NOT_IMPLEMENTED.get(op, "operator not implemented")))
     elif not own and op not in IMPORTER_OPS and schema_version(op, opset) is None:

@@ -170,3 +170,36 @@ def test_nested_definitions_expand_in_turn():
     feeds = {"x": scores, "labels": np.array([0, 4, 2], np.int64)}
     graph = check(proto, feeds)
     assert not {"SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss"} & set(graph.op_counts())
+
+
+def _attention_model(q, k, v, mask=None, **attrs):
+    names = ["q", "k", "v"] + (["mask"] if mask is not None else [])
+    arrays = [q, k, v] + ([mask] if mask is not None else [])
+    return model(
+        [h.make_node("Attention", names, ["y"], **attrs)],
+        [vi(n, list(a.shape)) for n, a in zip(names, arrays, strict=True)],
+        [vi("y", None)],
+        opset=23,
+    ), dict(zip(names, arrays, strict=True))
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["causal-4d", "gqa-3d", "additive-mask-scale"],
+)
+def test_onnx_attention_is_not_eqsat_attention(case):
+    """ONNX's Attention (opset 23, what torch's dynamo exporter writes there) shares its name with
+    eqsat's fused op: it is expanded into its definition, never read as eqsat's, even when its
+    attributes would fit eqsat's (a scale and an additive mask)."""
+    if case == "causal-4d":
+        q, k, v = randn(RNG, 1, 2, 5, 8), randn(RNG, 1, 2, 5, 8), randn(RNG, 1, 2, 5, 8)
+        proto, feeds = _attention_model(q, k, v, is_causal=1)
+    elif case == "gqa-3d":  # 4 query heads share 2 key/value heads, hidden sizes 4 x 8, 2 x 8
+        q, k, v = randn(RNG, 2, 6, 32), randn(RNG, 2, 6, 16), randn(RNG, 2, 6, 16)
+        proto, feeds = _attention_model(q, k, v, q_num_heads=4, kv_num_heads=2)
+    else:
+        q, k, v = randn(RNG, 1, 2, 4, 8), randn(RNG, 1, 2, 6, 8), randn(RNG, 1, 2, 6, 8)
+        proto, feeds = _attention_model(q, k, v, randn(RNG, 1, 1, 4, 6), scale=0.2)
+    graph = check(proto, feeds, rtol=1e-5, atol=1e-5)
+    assert "Attention" not in graph.op_counts()
+    _optimized_matches(proto, feeds)
