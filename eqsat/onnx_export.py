@@ -1,4 +1,5 @@
-"""ONNX export: a :class:`~eqsat.ir.Graph` as an opset-21 ONNX model.
+"""ONNX export: a :class:`~eqsat.ir.Graph` as an opset-21 ONNX model (or the first opset that has
+every standard operator it uses, where one is newer: RMSNormalization needs 23).
 
 :func:`to_onnx` returns a ``ModelProto`` that ``onnx.checker`` accepts and onnxruntime runs with the
 outputs the numpy reference gives; :func:`save` writes it to a file. Constants of the top graph
@@ -9,6 +10,7 @@ subgraph to reuse a name of an enclosing graph, so such values are renamed on th
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -31,6 +33,7 @@ def to_onnx(graph: Graph, *, opset: int = EXPORT_OPSET) -> onnx.ModelProto:
     Names stay as they are where they can; a value whose name an enclosing or earlier graph already
     uses (ONNX forbids shadowing) is renamed. Top-level inputs and outputs keep their names.
     """
+    opset = _needed_opset(graph, opset)
     exporter = _Exporter(opset)
     proto = exporter.graph(graph, top=True)
     if graph.tail is not None:
@@ -52,6 +55,22 @@ def to_onnx(graph: Graph, *, opset: int = EXPORT_OPSET) -> onnx.ModelProto:
             f"exported model of graph {graph.name!r} does not validate: {exc}"
         ) from None
     return model
+
+
+def _needed_opset(graph: Graph, opset: int) -> int:
+    """``opset``, or the first opset that has every standard operator of the graph where one is
+    newer (RMSNormalization: 23)."""
+    for node in graph.nodes:
+        if node.domain in DEFAULT_DOMAINS:
+            try:
+                onnx.defs.get_schema(node.op, opset, "")
+            except onnx.defs.SchemaError:
+                # (not an ONNX operator at any opset: the checker reports it)
+                with contextlib.suppress(onnx.defs.SchemaError):
+                    opset = max(opset, onnx.defs.get_schema(node.op).since_version)
+        for sub in subgraphs(node):
+            opset = _needed_opset(sub, opset)
+    return opset
 
 
 def save(graph: Graph, path: str | os.PathLike) -> None:

@@ -82,6 +82,18 @@ def layer_norm_rows(x, out, scale, bias, eps):  # type: ignore[no-untyped-def]
 
 
 @njit(**JIT)
+def rms_norm_rows(x, out, scale, eps):  # type: ignore[no-untyped-def]
+    """x / sqrt(mean(x^2) + eps) * scale per row, the mean of squares in float64 lanes."""
+    n = x.shape[1]
+    for r in range(x.shape[0]):
+        row = x[r]
+        inv = 1.0 / np.sqrt(row_square_deviation(row, 0.0) / n + eps)
+        dst = out[r]
+        for i in range(n):
+            dst[i] = row[i] * inv * scale[i]
+
+
+@njit(**JIT)
 def resize_nearest(x, out, rows, cols, factor):  # type: ignore[no-untyped-def]
     """out[p, i, j] = x[p, rows[i], cols[j]] over (P, H, W) -> (P, OH, OW).
 

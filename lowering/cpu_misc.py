@@ -1,8 +1,9 @@
 """CPU steps for the memory-bound ops that profiling showed worth a kernel of their own.
 
-* GlobalAveragePool, Softmax and LayerNormalization over the innermost axis: one Numba kernel
-  each, one pass over each row while it is in cache (:mod:`eqsat.lowering.cpu_kernels`; float32
-  Softmax: :func:`eqsat.lowering.cpu_softmax.softmax_rows_f32`, three vectorized passes);
+* GlobalAveragePool, Softmax, LayerNormalization and RMSNormalization over the innermost axes:
+  one Numba kernel each, one pass over each row while it is in cache
+  (:mod:`eqsat.lowering.cpu_kernels`; float32 Softmax:
+  :func:`eqsat.lowering.cpu_softmax.softmax_rows_f32`, three vectorized passes);
 * GlobalMaxPool: numpy's row max into the planned buffer
   (:func:`eqsat.lowering.cpu_moves.global_max_pool`);
 * BatchNormalization (inference): a generated elementwise kernel ``x * scale + shift`` with the
@@ -128,6 +129,27 @@ def _layer_norm(lowering: Lowering, node: Node) -> Step | None:
     def run(env: Env) -> None:
         data = np.ascontiguousarray(env[xs]).reshape(shape)
         cpu_kernels.layer_norm_rows(data, env[o].reshape(shape), scale, bias, eps)
+
+    return Step(run, Usage([xs], [o], True), "kernel", node.name)
+
+
+def _rms_norm(lowering: Lowering, node: Node) -> Step | None:
+    x, scale = node.inputs[0], node.inputs[1]
+    out = node.outputs[0]
+    assert x is not None and out is not None and scale is not None
+    if x.rank == 0 or scale.const is None or x.dtype != np.float32:
+        return None
+    axis = int(node.attrs["axis"]) % x.rank
+    length = int(np.prod(x.shape[axis:], dtype=np.int64))
+    weights = np.ascontiguousarray(np.broadcast_to(scale.const, x.shape[axis:]), out.dtype)
+    weights = weights.reshape(length)
+    eps = float(node.attrs["epsilon"])
+    xs, o = lowering.slot(x), lowering.slot(out)
+    shape = (x.size // max(length, 1), length)
+
+    def run(env: Env) -> None:
+        data = np.ascontiguousarray(env[xs]).reshape(shape)
+        cpu_kernels.rms_norm_rows(data, env[o].reshape(shape), weights, eps)
 
     return Step(run, Usage([xs], [o], True), "kernel", node.name)
 
@@ -394,6 +416,7 @@ _BUILDERS: dict[str, Any] = {
     "GlobalMaxPool": cpu_moves.global_max_pool,
     "Softmax": _softmax,
     "LayerNormalization": _layer_norm,
+    "RMSNormalization": _rms_norm,
     "BatchNormalization": _batch_norm,
     "Resize": _resize,
     "ConvTranspose": _conv_transpose,

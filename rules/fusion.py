@@ -449,6 +449,39 @@ def _(y: T, x: T, ax1: T, ax2: T, two: T, epsc: T, g: T, b: T, sx: Vec[i64], eps
     ).then(union(y).with_(E.LayerNormalization(x, g, b, axis=-1, epsilon=Attr.float(eps))))
 
 
+def _rms_norm_rule(y: T, x: T, inv: T, ms: T, two: T, ax: T, epsc: T, g: T, sx: Vec[i64],
+                   eps: f64, conditions: list[Any]) -> Any:  # fmt: skip
+    """y = x * inv * g where inv is 1 / sqrt(mean(x^2) + eps) over the last axis, as ``inv`` (a
+    reciprocal or a division) is written."""
+    last = Vec[i64](sx[sx.length() - 1])
+    return rule(
+        eq(y).to(E.Mul(E.Mul(x, inv), g)),
+        *conditions,
+        eq(ms).to(E.ReduceMean(E.Pow(x, two), ax, keepdims=1)),
+        eq(splat(ax)).to(f64(-1.0)),
+        *near(two, 2.0, 0),
+        eq(splat(epsc)).to(eps),
+        eq(shape(x)).to(sx),
+        eq(shape(g)).to(last),
+        eq(shape(y)).to(sx),
+    ).then(union(y).with_(E.RMSNormalization(x, g, axis=-1, epsilon=Attr.float(eps))))
+
+
+@composite.rule("rmsnorm-reciprocal", caveat=ROUNDING)
+def _(y: T, x: T, inv: T, ms: T, two: T, ax: T, epsc: T, g: T, sx: Vec[i64], eps: f64) -> Any:
+    # 1 / sqrt(ms + eps) as the dynamo exporter writes it (torch.rsqrt)
+    found = [eq(inv).to(E.Reciprocal(E.Sqrt(E.Add(ms, epsc))))]
+    return _rms_norm_rule(y, x, inv, ms, two, ax, epsc, g, sx, eps, found)
+
+
+@composite.rule("rmsnorm-divide", caveat=ROUNDING)
+def _(y: T, x: T, inv: T, ms: T, two: T, ax: T, epsc: T, g: T, sx: Vec[i64], eps: f64,
+      one: T) -> Any:  # fmt: skip
+    # 1 / sqrt(ms + eps) as the TorchScript exporter writes it
+    found = [eq(inv).to(E.Div(one, E.Sqrt(E.Add(ms, epsc)))), *near(one, 1.0, 0)]
+    return _rms_norm_rule(y, x, inv, ms, two, ax, epsc, g, sx, eps, found)
+
+
 @composite.rule("softmax", caveat=ROUNDING)
 def _(y: T, x: T, ax1: T, ax2: T) -> Any:
     e = E.Exp(E.Sub(x, E.ReduceMax(x, ax1, keepdims=1)))

@@ -77,6 +77,7 @@ SUPPORTED_OPS = set(
         "BatchNormalization",
         "InstanceNormalization",
         "LayerNormalization",
+        "RMSNormalization",
         "Softmax",
         "LogSoftmax",
         "ReduceMean",

@@ -234,6 +234,32 @@ def test_composites_gelu_layernorm_softmax() -> None:
     assert result.report.kernels_after <= 3
 
 
+@pytest.mark.parametrize("form", ["reciprocal", "divide"])
+def test_rms_norm_composite(form: str) -> None:
+    """RMSNorm as torch exports it (x * rsqrt(mean(x^2) + eps) * w, rsqrt written as
+    Reciprocal(Sqrt) by the dynamo exporter, 1 / Sqrt by TorchScript) is one RMSNormalization,
+    which the cpu target runs as one kernel."""
+    from eqsat.lowering import cpu
+
+    g = Graph("rms")
+    x = g.input("x", (2, 7, 16))
+    c = g.constant
+    w = _rand(16)
+    mean = g.op("ReduceMean", g.op("Pow", x, c(np.float32(2.0))), c(np.array([-1])), keepdims=1)
+    root = g.op("Sqrt", g.op("Add", mean, c(np.float32(1e-6))))
+    inv = g.op("Reciprocal", root) if form == "reciprocal" else g.op("Div", c(np.float32(1)), root)
+    g.output(g.op("Mul", c(w), g.op("Mul", x, inv)), "y")
+    result = optimize(g, rules=fusion_rules(), target="cpu", verify=True)
+    assert result.report.verified
+    assert result.graph.op_counts() == {"RMSNormalization": 1}
+    exe = cpu.compile(result.graph, threads=1)
+    assert exe.report["reference_ops"] == {}
+    xs = _rand(2, 7, 16) * 3
+    got = exe.run({"x": xs})["y"]
+    rms = np.sqrt(np.mean(xs.astype(np.float64) ** 2, axis=-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(got, xs / rms * w, rtol=1e-5, atol=1e-6)
+
+
 def test_silu_and_hardswish() -> None:
     g = Graph("act")
     x = g.input("x", (3, 4))

@@ -199,11 +199,12 @@ def elementwise(
             args.append(a)
         with np.errstate(all="ignore"):  # inf/nan follow IEEE rules, also when folding
             produced = reference(*args, **attrs)
-        produced = produced if isinstance(produced, tuple) else (produced,)
-        return [
-            None if out is None else np.asarray(r).astype(out.dtype, copy=False)
-            for r, out in zip(produced, outs, strict=False)
-        ]
+            produced = produced if isinstance(produced, tuple) else (produced,)
+            # Casting inf or nan to an integer (T5's log-bucketed positions) warns in numpy only.
+            return [
+                None if out is None else np.asarray(r).astype(out.dtype, copy=False)
+                for r, out in zip(produced, outs, strict=False)
+            ]
 
     if variadic:
         VARIADIC.add(name)

@@ -1,5 +1,5 @@
-"""More normalizations: GroupNormalization, LpNormalization, MeanVarianceNormalization, LRN, and
-Hardmax (Softmax's arg-max sibling).
+"""More normalizations: GroupNormalization, LpNormalization, MeanVarianceNormalization, LRN,
+RMSNormalization, and Hardmax (Softmax's arg-max sibling).
 
 BatchNormalization, InstanceNormalization, LayerNormalization and Softmax live in
 :mod:`eqsat.ops.nn`. GroupNormalization speaks the opset-21 form (scale and bias per channel); the
@@ -185,6 +185,54 @@ register(
         _lrn_reference,
         _lrn_cost,
         attrs={"size": REQUIRED, "alpha": 1e-4, "beta": 0.75, "bias": 1.0},
+    )
+)
+
+
+# ------------------------------------------------------------------------------ RMSNormalization
+def _rms_infer(inputs: list[Value | None], attrs: dict[str, Any], _: int) -> list[Any]:
+    x, scale = inputs[0], inputs[1]
+    check_dtype(x.dtype, FLOAT_DTYPES, "X")
+    if x.rank < 1:
+        raise ShapeError("X must have rank >= 1")
+    axis = normalize_axis(int(attrs["axis"]), x.rank)
+    normalized = x.shape[axis:]
+    fits = scale.rank <= len(normalized) and all(
+        d in (1, n) for d, n in zip(scale.shape[::-1], normalized[::-1], strict=False)
+    )
+    if scale.dtype != x.dtype or not fits:
+        raise ShapeError(
+            f"scale {scale.shape} {scale.dtype} must have X's dtype and broadcast to the "
+            f"normalized shape {normalized}"
+        )
+    if int(attrs["stash_type"]) not in STASH_TYPES:
+        raise ShapeError(f"stash_type {attrs['stash_type']} is not float16, float32 or float64")
+    return [(x.shape, x.dtype)]
+
+
+def _rms_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
+    # ONNX's definition: X / sqrt(mean(X^2) + epsilon) in the stash type, cast back to X's type,
+    # times the scale.
+    x, scale = arrays[0], arrays[1]
+    axes = tuple(range(normalize_axis(int(attrs["axis"]), x.ndim), x.ndim))
+    dt = np.promote_types(compute_dtype(STASH_TYPES[int(attrs["stash_type"])]), x.dtype)
+    xs = x.astype(dt, copy=False)
+    mean_square = np.mean(xs * xs, axis=axes, keepdims=True)
+    normalized = (xs * (1 / np.sqrt(mean_square + dt.type(attrs["epsilon"])))).astype(x.dtype)
+    cd = compute_dtype(x.dtype)
+    y = normalized.astype(cd, copy=False) * scale.astype(cd, copy=False)
+    return [y.astype(x.dtype, copy=False)]
+
+
+register(
+    OpDef(
+        "RMSNormalization",
+        _rms_infer,
+        _rms_reference,
+        _cost(4),
+        min_inputs=2,
+        max_inputs=2,
+        attrs={"axis": -1, "epsilon": 1e-5, "stash_type": 1},
     )
 )
 
