@@ -1,7 +1,7 @@
 """Standard operators that eqsat does not implement, expanded into ONNX's own definition of them.
 
 Many newer ONNX operators are defined by the standard as a function of older ones:
-RMSNormalization and RotaryEmbedding (opset 23), Swish (24), AffineGrid (20), CenterCropPad (18),
+RotaryEmbedding (opset 23), Swish (24), AffineGrid (20), CenterCropPad (18),
 the loss operators, and others. A model that uses one, where eqsat has no operator of that name,
 has the node replaced at load by the body ONNX's schema gives for the model's opset (built for
 the node's attributes and input types where the body depends on them), so that it imports,
