@@ -1,13 +1,15 @@
 """Standard operators that eqsat does not implement, expanded into ONNX's own definition of them.
 
 Many newer ONNX operators are defined by the standard as a function of older ones:
-RotaryEmbedding (opset 23), Swish (24), AffineGrid (20), CenterCropPad (18),
-the loss operators, and others. A model that uses one, where eqsat has no operator of that name,
+RotaryEmbedding (opset 23), Swish (24), AffineGrid (20), CenterCropPad (18), the loss operators,
+and others. A model that uses one, where eqsat has no operator of that name,
 has the node replaced at load by the body ONNX's schema gives for the model's opset (built for
 the node's attributes and input types where the body depends on them), so that it imports,
 optimizes and compiles like the operators it is made of. The bodies are inlined by
 ``onnx.inliner``, which names their internals apart and resolves their attribute references.
-Operators eqsat implements are never expanded, so nothing changes for models without such ops.
+Operators eqsat implements are never expanded, so nothing changes for models without such ops,
+but for ONNX's Attention (opset 23), whose name eqsat's own fused attention op shares
+(:data:`eqsat.onnx_read.SHADOWED`): it is always expanded.
 """
 
 from __future__ import annotations
