@@ -28,6 +28,8 @@ from eqsat.onnx_upgrade import RENAMED
 EXPANDED_DOMAIN = "eqsat.expanded"
 # Rounds of expansion: definitions that use defined operators, which use others, ...
 _MAX_DEPTH = 4
+# Initializers of at least this many bytes are left out of the copy shape inference reads.
+_LIGHT_BYTES = 1 << 20
 _STANDARD = ("", "ai.onnx")
 
 
@@ -188,7 +190,7 @@ def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
 def _value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     """Every typed value of the model, as far as ONNX's shape inference types them."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(_without_weights(model))
     except Exception:  # untyped values are reported by _body, naming the node
         inferred = model
     graph = inferred.graph
@@ -207,6 +209,34 @@ def _value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
                         attribute.t.data_type, attribute.t.dims
                     )
     return types
+
+
+def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose large initializers keep their type and dims but not their data: shape inference
+    reads only small ones (shape tensors), and a model with its weights may pass protobuf's 2 GB
+    limit, or take seconds to copy, for nothing."""
+    light = onnx.ModelProto()
+    if model.ByteSize() < _LIGHT_BYTES:
+        light.CopyFrom(model)
+    else:
+        _copy_light(model, light)
+    return light
+
+
+def _copy_light(model: onnx.ModelProto, light: onnx.ModelProto) -> None:
+    weights = list(model.graph.initializer)
+    del model.graph.initializer[:]  # copy the rest without them, then put them back
+    try:
+        light.CopyFrom(model)
+    finally:
+        model.graph.initializer.extend(weights)
+    for tensor in weights:
+        kept = light.graph.initializer.add()
+        if tensor.ByteSize() < _LIGHT_BYTES:
+            kept.CopyFrom(tensor)
+        else:
+            kept.name, kept.data_type = tensor.name, tensor.data_type
+            kept.dims.extend(tensor.dims)
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -205,3 +205,31 @@ def test_onnx_attention_is_not_eqsat_attention(case):
     graph = check(proto, feeds, rtol=1e-5, atol=1e-5)
     assert "Attention" not in graph.op_counts()
     _optimized_matches(proto, feeds)
+
+
+def test_definitions_typed_without_copying_weights():
+    """A definition built for its input types asks ONNX's shape inference for them, on a copy of
+    the model without its large weights (here 2 MiB feeding the attention's queries)."""
+    from eqsat import onnx_functions
+
+    q_bias = randn(RNG, 1, 2, 512, 512)
+    k, v = randn(RNG, 1, 2, 6, 512), randn(RNG, 1, 2, 6, 512)
+    proto = model(
+        [
+            h.make_node("Add", ["x", "qb"], ["q"]),
+            h.make_node("Attention", ["q", "k", "v"], ["y"], is_causal=0),
+        ],
+        [vi("x", [1, 2, 512, 512]), vi("k", [1, 2, 6, 512]), vi("v", [1, 2, 6, 512])],
+        [vi("y", None)],
+        [init("qb", q_bias)],
+        opset=23,
+    )
+    light = onnx_functions._without_weights(proto)
+    assert light.ByteSize() < 1 << 20 and [t.dims for t in light.graph.initializer] == [
+        [1, 2, 512, 512]
+    ]
+    weights = onnx.numpy_helper.to_array(proto.graph.initializer[0])
+    np.testing.assert_array_equal(weights, q_bias)  # the model itself keeps its weights
+    feeds = {"x": randn(RNG, 1, 2, 512, 512), "k": k, "v": v}
+    got = eqsat.compile(eqsat.load(proto)).run(feeds)["y"]
+    np.testing.assert_allclose(got, ort_run(proto, feeds)[0], rtol=1e-4, atol=1e-5)
