@@ -28,7 +28,7 @@ from eqsat.onnx_upgrade import RENAMED
 EXPANDED_DOMAIN = "eqsat.expanded"
 # Rounds of expansion: definitions that use defined operators, which use others, ...
 _MAX_DEPTH = 4
-# Initializers of at least this many bytes are left out of the copy shape inference reads.
+# Initializers of at least this many bytes are left out of the copy that is expanded.
 _LIGHT_BYTES = 1 << 20
 _STANDARD = ("", "ai.onnx")
 
@@ -53,13 +53,27 @@ def expand_standard_functions(model: onnx.ModelProto, opset: int) -> onnx.ModelP
     its ONNX function body (the model itself when there is none). Bodies that use such operators
     themselves (SoftmaxCrossEntropyLoss's NegativeLogLikelihoodLoss) are expanded in turn. A node
     whose definition needs an operator eqsat has neither implemented nor can expand (Bernoulli's
-    random numbers, LinearAttention's Scan) is left as it is, to be reported by its own name."""
+    random numbers, LinearAttention's Scan) is left as it is, to be reported by its own name.
+
+    The work is done on a copy without the large weights (ONNX's inliner and shape inference
+    serialize the model, which fails past protobuf's 2 GB), which get their data back at the end.
+    """
+    if not _expandable_nodes(model, opset):
+        return model
+    expanded = _expand(_without_weights(model), opset)
+    weights = {t.name: t for t in model.graph.initializer}
+    for tensor in expanded.graph.initializer:
+        if tensor.name in weights and tensor.ByteSize() != weights[tensor.name].ByteSize():
+            tensor.CopyFrom(weights[tensor.name])
+    return expanded
+
+
+def _expand(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """:func:`expand_standard_functions` on a model this module may change."""
     for _ in range(_MAX_DEPTH):
         nodes = _expandable_nodes(model, opset)
         if not nodes:
             return model
-        model = _copy(model)
-        nodes = _expandable_nodes(model, opset)
         types = _value_types(model) if any(_context_dependent(n, opset) for n in nodes) else {}
         functions = []
         for node in nodes:
@@ -190,7 +204,7 @@ def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
 def _value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     """Every typed value of the model, as far as ONNX's shape inference types them."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(_without_weights(model))
+        inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:  # untyped values are reported by _body, naming the node
         inferred = model
     graph = inferred.graph
@@ -213,8 +227,8 @@ def _value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
 
 def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy whose large initializers keep their type and dims but not their data: shape inference
-    reads only small ones (shape tensors), and a model with its weights may pass protobuf's 2 GB
-    limit, or take seconds to copy, for nothing."""
+    and the inliner read only small ones (shape tensors), and with its weights a model may pass
+    protobuf's 2 GB limit when they serialize it, or take seconds to copy, for nothing."""
     light = onnx.ModelProto()
     if model.ByteSize() < _LIGHT_BYTES:
         light.CopyFrom(model)
@@ -237,9 +251,3 @@ def _copy_light(model: onnx.ModelProto, light: onnx.ModelProto) -> None:
         else:
             kept.name, kept.data_type = tensor.name, tensor.data_type
             kept.dims.extend(tensor.dims)
-
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return copy
