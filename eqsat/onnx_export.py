@@ -21,6 +21,7 @@ from onnx import helper, numpy_helper
 from eqsat import ops
 from eqsat.errors import EqsatError
 from eqsat.ir import Graph, Node, Value, subgraphs
+from eqsat.ops.fused import DOMAIN, FUSED_OPS
 
 EXPORT_OPSET = 21
 EXPORT_IR_VERSION = 10
@@ -57,11 +58,27 @@ def to_onnx(graph: Graph, *, opset: int = EXPORT_OPSET) -> onnx.ModelProto:
     return model
 
 
+def _domain(node: Node) -> str:
+    """The domain a node is exported in: eqsat's own ops (fused, channels-last) in eqsat's, also
+    when a graph built in Python left it empty (its Attention is not ONNX's Attention)."""
+    if not node.domain and (node.op in FUSED_OPS or _own(node.op)):
+        return DOMAIN
+    return node.domain
+
+
+def _own(op: str) -> bool:
+    try:
+        onnx.defs.get_schema(op)
+    except onnx.defs.SchemaError:
+        return op in ops.OPS  # in the table but no ONNX operator: ConvNHWC and the like
+    return False
+
+
 def _needed_opset(graph: Graph, opset: int) -> int:
     """``opset``, or the first opset that has every standard operator of the graph where one is
     newer (RMSNormalization: 23)."""
     for node in graph.nodes:
-        if node.domain in DEFAULT_DOMAINS:
+        if _domain(node) in DEFAULT_DOMAINS:
             try:
                 onnx.defs.get_schema(node.op, opset, "")
             except onnx.defs.SchemaError:
@@ -168,7 +185,8 @@ class _Exporter:
         )
 
     def node(self, node: Node) -> onnx.NodeProto:
-        self.domains.add(node.domain or "")
+        domain = _domain(node)
+        self.domains.add(domain)
         attrs = {k: self.attr(v) for k, v in node.attrs.items() if _exportable(v)}
         if node.op == "Split" and attrs.get("num_outputs") is None and len(node.inputs) < 2:
             attrs["num_outputs"] = len(node.outputs)  # the pre-18 equal split, spelled for 18+
@@ -182,12 +200,10 @@ class _Exporter:
             outs.pop()
         while ins and ins[-1] == "":
             ins.pop()
-        return helper.make_node(
-            node.op, ins, outs, name=node.name, domain=node.domain or None, **attrs
-        )
+        return helper.make_node(node.op, ins, outs, name=node.name, domain=domain or None, **attrs)
 
     def required_outputs(self, node: Node) -> list[int]:
-        if node.domain not in DEFAULT_DOMAINS:
+        if _domain(node) not in DEFAULT_DOMAINS:
             return []
         try:
             formal = onnx.defs.get_schema(node.op, self.opset, "").outputs
@@ -199,7 +215,7 @@ class _Exporter:
     def schema_attrs(self, node: Node, attrs: dict[str, Any]) -> dict[str, Any]:
         """Attributes as the ONNX schema types them (1 -> 1.0 for a float), dropping those the
         schema lacks when they hold eqsat's default anyway."""
-        if node.domain not in DEFAULT_DOMAINS:
+        if _domain(node) not in DEFAULT_DOMAINS:
             return attrs
         try:
             known = onnx.defs.get_schema(node.op, self.opset, "").attributes

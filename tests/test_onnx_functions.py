@@ -233,3 +233,18 @@ def test_definitions_typed_without_copying_weights():
     feeds = {"x": randn(RNG, 1, 2, 512, 512), "k": k, "v": v}
     got = eqsat.compile(eqsat.load(proto)).run(feeds)["y"]
     np.testing.assert_allclose(got, ort_run(proto, feeds)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_eqsat_attention_exports_in_eqsat_domain():
+    """A graph built in Python holds eqsat's Attention with no domain: it is exported in eqsat's
+    domain (ONNX's Attention of opset 23 means something else) and loads back as itself."""
+    g = eqsat.Graph("att")
+    q, k, v = (g.input(n, (1, 2, 4, 8)) for n in "qkv")
+    g.output(g.op("Attention", q, k, v, scale=0.3), "y")
+    proto = eqsat.to_onnx(g)
+    assert ("Attention", "eqsat") in [(n.op_type, n.domain) for n in proto.graph.node]
+    assert ("Attention", "") not in [(n.op_type, n.domain) for n in proto.graph.node]
+    assert {o.domain: o.version for o in proto.opset_import}[""] == 21
+    feeds = {n: randn(RNG, 1, 2, 4, 8) for n in "qkv"}
+    want = eqsat.compile(g).run(feeds)["y"]
+    np.testing.assert_allclose(eqsat.compile(eqsat.load(proto)).run(feeds)["y"], want, rtol=1e-6)
