@@ -14,6 +14,8 @@ but for ONNX's Attention (opset 23), whose name eqsat's own fused attention op s
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import onnx
 import onnx.inliner
 import onnx.shape_inference
@@ -36,9 +38,7 @@ _STANDARD = ("", "ai.onnx")
 def expandable(op: str, domain: str, opset: int) -> bool:
     """Whether a node of ``op`` is one eqsat expands: a standard operator it does not implement,
     that ONNX defines as a function at ``opset``."""
-    if domain not in _STANDARD or op in IMPORTER_OPS:
-        return False
-    if op not in SHADOWED and ops.is_supported(RENAMED.get(op, op)):
+    if domain not in _STANDARD or _implemented(op):
         return False
     schema = _schema(op, opset)
     if schema is None:
@@ -115,28 +115,22 @@ def _inline(model: onnx.ModelProto) -> onnx.ModelProto:
         ) from None
 
 
+def _implemented(op: str) -> bool:
+    """Whether eqsat reads a standard node of ``op`` itself (its table, or the importer)."""
+    return op in IMPORTER_OPS or (op not in SHADOWED and ops.is_supported(RENAMED.get(op, op)))
+
+
 def _expandable_nodes(model: onnx.ModelProto, opset: int) -> list[onnx.NodeProto]:
-    return [n for n in _all_nodes(model.graph) if expandable(n.op_type, n.domain, opset)]
+    return [n for n in _all_nodes(model.graph.node) if expandable(n.op_type, n.domain, opset)]
 
 
 def _runs_in_eqsat(function: onnx.FunctionProto, opset: int) -> bool:
     """Whether every operator of a function body is one eqsat implements or expands."""
-    for node in function.node:
-        op = node.op_type
-        if node.domain not in _STANDARD:
-            return False
-        known = op in IMPORTER_OPS or (op not in SHADOWED and ops.is_supported(RENAMED.get(op, op)))
-        if not known and not expandable(op, node.domain, opset):
-            return False
-        for attribute in node.attribute:
-            graphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else []
-            graphs += list(attribute.graphs)
-            for graph in graphs:
-                inner = onnx.FunctionProto()
-                inner.node.extend(graph.node)
-                if not _runs_in_eqsat(inner, opset):
-                    return False
-    return True
+    return all(
+        node.domain in _STANDARD
+        and (_implemented(node.op_type) or expandable(node.op_type, node.domain, opset))
+        for node in _all_nodes(function.node)
+    )
 
 
 def _body(node: onnx.NodeProto, opset: int, types: dict[str, onnx.TypeProto]) -> onnx.FunctionProto:
@@ -188,16 +182,14 @@ def _version(versions: list[int], opset: int) -> int:
     return max((v for v in versions if v <= opset), default=0)
 
 
-def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+def _all_nodes(nodes: Iterable[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """``nodes`` and the nodes of their subgraphs, at any depth."""
     found = []
-    for node in graph.node:
+    for node in nodes:
         found.append(node)
         for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                found += _all_nodes(attribute.g)
-            elif attribute.type == onnx.AttributeProto.GRAPHS:
-                for sub in attribute.graphs:
-                    found += _all_nodes(sub)
+            for sub in [attribute.g] if attribute.HasField("g") else attribute.graphs:
+                found += _all_nodes(sub.node)
     return found
 
 
