@@ -22,6 +22,7 @@ from eqsat import ops
 from eqsat.errors import EqsatError
 from eqsat.ir import Graph, Node, Value, subgraphs
 from eqsat.ops.fused import DOMAIN, FUSED_OPS
+from eqsat.ops.layout import LAYOUT_OPS
 
 EXPORT_OPSET = 21
 EXPORT_IR_VERSION = 10
@@ -61,17 +62,9 @@ def to_onnx(graph: Graph, *, opset: int = EXPORT_OPSET) -> onnx.ModelProto:
 def _domain(node: Node) -> str:
     """The domain a node is exported in: eqsat's own ops (fused, channels-last) in eqsat's, also
     when a graph built in Python left it empty (its Attention is not ONNX's Attention)."""
-    if not node.domain and (node.op in FUSED_OPS or _own(node.op)):
+    if not node.domain and (node.op in FUSED_OPS or node.op in LAYOUT_OPS):
         return DOMAIN
     return node.domain
-
-
-def _own(op: str) -> bool:
-    try:
-        onnx.defs.get_schema(op)
-    except onnx.defs.SchemaError:
-        return op in ops.OPS  # in the table but no ONNX operator: ConvNHWC and the like
-    return False
 
 
 def _needed_opset(graph: Graph, opset: int) -> int:
@@ -190,10 +183,10 @@ class _Exporter:
         attrs = {k: self.attr(v) for k, v in node.attrs.items() if _exportable(v)}
         if node.op == "Split" and attrs.get("num_outputs") is None and len(node.inputs) < 2:
             attrs["num_outputs"] = len(node.outputs)  # the pre-18 equal split, spelled for 18+
-        attrs = self.schema_attrs(node, attrs)
+        attrs = self.schema_attrs(node, domain, attrs)
         ins = [self.name(v) if v is not None else "" for v in node.inputs]
         outs = [self.name(v) if v is not None else "" for v in node.outputs]
-        for i in self.required_outputs(node):
+        for i in self.required_outputs(node, domain):
             if not outs[i]:  # omitted in the IR, but ONNX wants a name: one nobody reads
                 outs[i] = self.unique(f"{node.name}_unused{i}")
         while outs and outs[-1] == "":
@@ -202,8 +195,8 @@ class _Exporter:
             ins.pop()
         return helper.make_node(node.op, ins, outs, name=node.name, domain=domain or None, **attrs)
 
-    def required_outputs(self, node: Node) -> list[int]:
-        if _domain(node) not in DEFAULT_DOMAINS:
+    def required_outputs(self, node: Node, domain: str) -> list[int]:
+        if domain not in DEFAULT_DOMAINS:
             return []
         try:
             formal = onnx.defs.get_schema(node.op, self.opset, "").outputs
@@ -212,10 +205,10 @@ class _Exporter:
         single = onnx.defs.OpSchema.FormalParameterOption.Single
         return [i for i in range(min(len(formal), len(node.outputs))) if formal[i].option == single]
 
-    def schema_attrs(self, node: Node, attrs: dict[str, Any]) -> dict[str, Any]:
+    def schema_attrs(self, node: Node, domain: str, attrs: dict[str, Any]) -> dict[str, Any]:
         """Attributes as the ONNX schema types them (1 -> 1.0 for a float), dropping those the
         schema lacks when they hold eqsat's default anyway."""
-        if _domain(node) not in DEFAULT_DOMAINS:
+        if domain not in DEFAULT_DOMAINS:
             return attrs
         try:
             known = onnx.defs.get_schema(node.op, self.opset, "").attributes
