@@ -52,12 +52,18 @@ def build_step(lowering: Lowering, node: Node) -> Step | None:
     return builder(lowering, node)
 
 
-def _rows(lowering: Lowering, node: Node, kernel: Any, *extra: Any) -> Step:
-    """A step running ``kernel(x2d, out2d, *extra)`` over rows of the innermost axes."""
+def _rows(
+    lowering: Lowering, node: Node, kernel: Any, *extra: Any, axis: int | None = None
+) -> Step:
+    """A step running ``kernel(x2d, out2d, *extra)`` over rows: of the output's innermost axis,
+    or, given ``axis``, of the axes from ``axis`` on (x and the output then shaped alike)."""
     x, out = node.inputs[0], node.outputs[0]
     assert x is not None and out is not None
     xs, o = lowering.slot(x), lowering.slot(out)
-    rows = int(np.prod(out.shape[:-1], dtype=np.int64)) if out.rank else 1
+    if axis is None:
+        rows = int(np.prod(out.shape[:-1], dtype=np.int64)) if out.rank else 1
+    else:
+        rows = x.size // max(int(np.prod(x.shape[axis:], dtype=np.int64)), 1)
     in_shape = (rows, x.size // max(rows, 1))
     out_shape = (rows, out.size // max(rows, 1))
 
@@ -92,45 +98,30 @@ def _softmax(lowering: Lowering, node: Node) -> Step | None:
     axis = int(node.attrs["axis"]) % x.rank
     out = node.outputs[0]
     assert out is not None
-    xs, o = lowering.slot(x), lowering.slot(out)
-    length = x.shape[axis]
-    shape = (x.size // max(length, 1), length)
     f32 = out.dtype == np.float32
     kernel = cpu_softmax.softmax_rows_f32 if f32 else cpu_kernels.softmax_rows
+    return _rows(lowering, node, kernel, axis=axis)
 
-    def run(env: Env) -> None:
-        data = np.ascontiguousarray(env[xs]).reshape(shape)
-        kernel(data, env[o].reshape(shape))
 
-    return Step(run, Usage([xs], [o], True), "kernel", node.name)
+def _per_row(const: np.ndarray, x: Value, axis: int, dtype: np.dtype) -> np.ndarray:
+    """A normalization's constant scale or bias broadcast to one flat row of the axes it
+    normalizes."""
+    return np.ascontiguousarray(np.broadcast_to(const, x.shape[axis:]), dtype).reshape(-1)
 
 
 def _layer_norm(lowering: Lowering, node: Node) -> Step | None:
     x = node.inputs[0]
     out = node.outputs[0]
     assert x is not None and out is not None
-    if x.rank == 0:
+    if x.rank == 0 or any(v is not None and v.const is None for v in node.inputs[1:3]):
         return None
     axis = int(node.attrs["axis"]) % x.rank
-    length = int(np.prod(x.shape[axis:], dtype=np.int64))
-    params = []
-    for v in node.inputs[1:3]:
-        if v is not None and v.const is None:
-            return None
-        const = np.zeros(1, out.dtype) if v is None else v.const
-        params.append(np.ascontiguousarray(np.broadcast_to(const, x.shape[axis:]), out.dtype))
-    if len(params) < 2:
-        params.append(np.zeros(x.shape[axis:], out.dtype))
-    scale, bias = (p.reshape(length) for p in params)
-    eps = float(node.attrs["epsilon"])
-    xs, o = lowering.slot(x), lowering.slot(out)
-    shape = (x.size // max(length, 1), length)
-
-    def run(env: Env) -> None:
-        data = np.ascontiguousarray(env[xs]).reshape(shape)
-        cpu_kernels.layer_norm_rows(data, env[o].reshape(shape), scale, bias, eps)
-
-    return Step(run, Usage([xs], [o], True), "kernel", node.name)
+    scale, bias = (
+        _per_row(np.zeros(1, out.dtype) if v is None else v.const, x, axis, out.dtype)
+        for v in [*node.inputs[1:3], None][:2]
+    )
+    kernel, eps = cpu_kernels.layer_norm_rows, float(node.attrs["epsilon"])
+    return _rows(lowering, node, kernel, scale, bias, eps, axis=axis)
 
 
 def _rms_norm(lowering: Lowering, node: Node) -> Step | None:
@@ -140,18 +131,9 @@ def _rms_norm(lowering: Lowering, node: Node) -> Step | None:
     if x.rank == 0 or scale.const is None or x.dtype != np.float32:
         return None
     axis = int(node.attrs["axis"]) % x.rank
-    length = int(np.prod(x.shape[axis:], dtype=np.int64))
-    weights = np.ascontiguousarray(np.broadcast_to(scale.const, x.shape[axis:]), out.dtype)
-    weights = weights.reshape(length)
-    eps = float(node.attrs["epsilon"])
-    xs, o = lowering.slot(x), lowering.slot(out)
-    shape = (x.size // max(length, 1), length)
-
-    def run(env: Env) -> None:
-        data = np.ascontiguousarray(env[xs]).reshape(shape)
-        cpu_kernels.rms_norm_rows(data, env[o].reshape(shape), weights, eps)
-
-    return Step(run, Usage([xs], [o], True), "kernel", node.name)
+    weights = _per_row(scale.const, x, axis, out.dtype)
+    kernel, eps = cpu_kernels.rms_norm_rows, float(node.attrs["epsilon"])
+    return _rows(lowering, node, kernel, weights, eps, axis=axis)
 
 
 def _batch_norm(lowering: Lowering, node: Node) -> Step | None:
