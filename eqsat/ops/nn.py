@@ -320,13 +320,17 @@ register(
 )
 
 
-def _ln_infer(inputs: list[Value | None], attrs: dict[str, Any], n_out: int) -> list[Any]:
+def check_last_axes_norm(
+    inputs: list[Value | None], attrs: dict[str, Any], names: tuple[str, ...]
+) -> tuple[int, np.dtype]:
+    """Checks of a normalization over the axes from ``axis`` on (Layer-, RMSNormalization):
+    (axis, stash dtype), parameters ``names`` of X's dtype, broadcasting to those axes."""
     x = inputs[0]
     check_dtype(x.dtype, FLOAT_DTYPES, "X")
     if x.rank < 1:
         raise ShapeError("X must have rank >= 1")
     axis = normalize_axis(int(attrs["axis"]), x.rank)
-    for value, name in zip(inputs[1:], ("Scale", "B"), strict=False):
+    for value, name in zip(inputs[1:], names, strict=False):
         if value is None:
             continue
         if value.dtype != x.dtype:
@@ -342,6 +346,12 @@ def _ln_infer(inputs: list[Value | None], attrs: dict[str, Any], n_out: int) -> 
     stash = STASH_TYPES.get(int(attrs["stash_type"]))
     if stash is None:
         raise ShapeError(f"stash_type {attrs['stash_type']} is not float16, float32 or float64")
+    return axis, stash
+
+
+def _ln_infer(inputs: list[Value | None], attrs: dict[str, Any], n_out: int) -> list[Any]:
+    x = inputs[0]
+    axis, stash = check_last_axes_norm(inputs, attrs, ("Scale", "B"))
     stats = x.shape[:axis] + (1,) * (x.rank - axis)
     return [(x.shape, x.dtype), (stats, stash), (stats, stash)][:n_out]
 

@@ -16,7 +16,14 @@ import numpy as np
 from eqsat.errors import ShapeError
 from eqsat.ir import Value
 from eqsat.ops import REQUIRED, OpDef, normalize_axis, register
-from eqsat.ops.nn import FLOAT_DTYPES, STASH_TYPES, check_dtype, compute_dtype, io_cost
+from eqsat.ops.nn import (
+    FLOAT_DTYPES,
+    STASH_TYPES,
+    check_dtype,
+    check_last_axes_norm,
+    compute_dtype,
+    io_cost,
+)
 
 
 def _cost(flops_per_element: float) -> Any:
@@ -191,23 +198,8 @@ register(
 
 # ------------------------------------------------------------------------------ RMSNormalization
 def _rms_infer(inputs: list[Value | None], attrs: dict[str, Any], _: int) -> list[Any]:
-    x, scale = inputs[0], inputs[1]
-    check_dtype(x.dtype, FLOAT_DTYPES, "X")
-    if x.rank < 1:
-        raise ShapeError("X must have rank >= 1")
-    axis = normalize_axis(int(attrs["axis"]), x.rank)
-    normalized = x.shape[axis:]
-    fits = scale.rank <= len(normalized) and all(
-        d in (1, n) for d, n in zip(scale.shape[::-1], normalized[::-1], strict=False)
-    )
-    if scale.dtype != x.dtype or not fits:
-        raise ShapeError(
-            f"scale {scale.shape} {scale.dtype} must have X's dtype and broadcast to the "
-            f"normalized shape {normalized}"
-        )
-    if int(attrs["stash_type"]) not in STASH_TYPES:
-        raise ShapeError(f"stash_type {attrs['stash_type']} is not float16, float32 or float64")
-    return [(x.shape, x.dtype)]
+    check_last_axes_norm(inputs, attrs, ("scale",))
+    return [(inputs[0].shape, inputs[0].dtype)]
 
 
 def _rms_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
