@@ -100,6 +100,12 @@ class Lowering:
         if self.threads > 1 and self.pool is None:
             self.pool = cpu_threads.Pool(self.threads)
 
+    @property
+    def workers(self) -> int:
+        """Threads a step's chunks run on: the pool's (capped at
+        :data:`~eqsat.lowering.cpu_threads.MAX_THREADS`), else 1."""
+        return self.pool.threads if self.pool is not None else 1
+
     def slot(self, value: Value) -> int:
         key = id(value)
         if key not in self.slots:
@@ -120,7 +126,7 @@ class Lowering:
         if self.pool is None or work < threshold:
             return 1
         grain = GRAIN_FLOPS if grain is None else grain
-        return cpu_threads.chunk_count(work, grain, self.threads, most)
+        return cpu_threads.chunk_count(work, grain, self.workers, most)
 
 
 class ElementwiseKernel:
@@ -441,6 +447,7 @@ def compile(graph: Graph, threads: int | None = None) -> Executable:
         "peak_bytes": plan.peak_bytes,
         "unplanned_bytes": plan.naive_bytes,
         "threads": threads,
+        "pool_threads": lowering.workers,
         "compile_s": time.perf_counter() - started,
     }
     feed_slots = [(lowering.slot(v), v.name) for v in graph.inputs if v.const is None]

@@ -471,12 +471,12 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
     flops = 2.0 * out.shape[1] * out_hw * (x.shape[1] // group) * int(np.prod(w.shape[2:]))
     parts = lowering.split(flops)  # per image: the pool takes one image's blocks at a time
     geo = Geometry(x.shape, w.shape, window, group, dtype.itemsize, parts)
-    workers = lowering.threads if parts > 1 and len(geo.blocks) > 1 and not geo.small else 1
+    workers = lowering.workers if parts > 1 and len(geo.blocks) > 1 and not geo.small else 1
     if geo.direct:
-        workers = lowering.threads if parts > 1 and len(geo.spans) > 1 else 1
+        workers = lowering.workers if parts > 1 and len(geo.spans) > 1 else 1
     per_group = 0
     if cpu_conv_batch.worth_batching(geo):
-        threads = lowering.threads if lowering.split(flops * geo.n) > 1 else 1
+        threads = lowering.workers if lowering.split(flops * geo.n) > 1 else 1
         per_group = cpu_conv_batch.images_per_group(geo.n, geo.p, geo.k, dtype.itemsize, threads)
         workers = threads if per_group < geo.n else 1
     cols_size = geo.k * per_group * geo.p if per_group else geo.cols_size()

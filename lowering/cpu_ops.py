@@ -515,7 +515,7 @@ def _depthwise(
     count = lowering.split(2.0 * out.size * kh * kw)
     blocks = cpu_threads.chunks(c_, -(-count // n_)) if count > 1 else []
     parts = [(i, c0, c1) for i in range(n_) for c0, c1 in blocks]
-    scratch = [np.zeros(plane, out.dtype) for _ in range(lowering.threads if parts else 1)]
+    scratch = [np.zeros(plane, out.dtype) for _ in range(lowering.workers if parts else 1)]
     pool = lowering.pool
     x_const, x_slot = _operand(lowering, x)
     o = lowering.slot(out)

@@ -24,6 +24,18 @@ the pool stays serial but for a probe a second. Serial or
 not, a map computes the same chunks, so results do not depend on it. On an idle machine stalls
 do not happen and every map runs in parallel.
 
+A map wakes no more workers than pay for themselves. Each one the map wakes has to take the GIL
+in turn before its first chunk, so waking them is serial: on a 16-core machine a map of 20 us
+chunks cost 30-40 us beyond its work with 2-4 threads, 100 us with 8 and 220 us with 16, and a
+16-thread run was slower than a 1-thread one. With a wake costing ``h`` and work ``W``, a map on
+``t`` threads takes about ``W / t + h * t``, least at ``t = sqrt(W / h)``; the map's chunks are
+at least a grain each (:func:`chunk_count`), so ``W`` is taken as their count times
+:data:`CHUNK_SECONDS` and ``h`` as :data:`WAKE_SECONDS`.
+
+For the same reason a pool uses at most :data:`MAX_THREADS` threads whatever it is asked for:
+on that machine runs with 16 threads were slower than with 8 on every model measured
+(``docs/benchmarks.md``, "Threads"), and those with 8 about as fast as with 4.
+
 Idle workers block on a queue (no spinning). There is one set of workers per process, shared by
 every executable, created on first use; it grows to the largest thread count asked for. The
 workers are daemon threads and are told to stop at interpreter exit, so they never hold it up.
@@ -35,6 +47,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import math
 import os
 import threading
 import time
@@ -50,6 +63,11 @@ _THREADS: list[threading.Thread] = []
 # A map where the caller is off the CPU for more than half its wall time plus this is a stall (on
 # an idle machine the caller computes all along but for its wait for the workers' last chunks).
 STALL_SECONDS = 100e-6
+# What waking one more worker costs a map, and what a chunk (at least a grain of work) takes at
+# the least: measured on a 16-core machine (see the module's docstring).
+WAKE_SECONDS = 13e-6
+CHUNK_SECONDS = 25e-6
+MAX_THREADS = 8
 MIN_BACKOFF, MAX_BACKOFF = 0.005, 1.0
 
 
@@ -155,10 +173,11 @@ if hasattr(os, "register_at_fork"):
 
 
 class Pool:
-    """``threads`` threads (the caller and ``threads - 1`` shared workers) for one executable."""
+    """``threads`` threads (the caller and ``threads - 1`` shared workers) for one executable,
+    :data:`MAX_THREADS` at most."""
 
     def __init__(self, threads: int):
-        self.threads = max(1, threads)
+        self.threads = max(1, min(threads, MAX_THREADS))
 
     def map(self, fn: Callable[[T, int], None], items: Sequence[T]) -> None:
         """``fn(item, worker)`` for every item, in any order, on up to ``threads`` threads.
@@ -168,7 +187,7 @@ class Pool:
         has finished; raises the first exception a chunk raised.
         """
         count = len(items)
-        helpers = min(self.threads - 1, count - 1)
+        helpers = min(self.threads - 1, count - 1, worth_waking(count))
         clock = time.perf_counter
         start = clock() if helpers > 0 else 0.0
         if helpers <= 0 or start < _Backoff.serial_until:
@@ -199,6 +218,13 @@ class Serial:
             fn(item, 0)
 
 
+def worth_waking(count: int) -> int:
+    """How many workers a map of ``count`` chunks wakes at most (besides the calling thread):
+    ``sqrt(W / h) - 1`` for the work ``W`` the chunks take at the least (see the module's
+    docstring); at least one, so that two threads always share a map of several chunks."""
+    return max(1, math.isqrt(int(count * CHUNK_SECONDS / WAKE_SECONDS)) - 1)
+
+
 def chunks(total: int, count: int, align: int = 1) -> list[tuple[int, int]]:
     """``[0, total)`` cut into at most ``count`` near-equal ranges, inner cuts on multiples of
     ``align`` where the ranges stay at least that long."""
@@ -217,4 +243,4 @@ def chunk_count(work: float, grain: float, threads: int, most: int = 8) -> int:
     return max(1, min(int(work // grain), most * threads))
 
 
-__all__ = ["Pool", "Serial", "chunk_count", "chunks", "shutdown"]
+__all__ = ["Pool", "Serial", "chunk_count", "chunks", "shutdown", "worth_waking"]

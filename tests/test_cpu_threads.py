@@ -57,6 +57,23 @@ def test_map_runs_every_item_once_on_several_threads(monkeypatch: pytest.MonkeyP
     assert {w for _, w in seen} <= {0, 1, 2} and len(threads) >= 2
 
 
+def test_pool_caps_its_threads_and_wakes_only_what_pays(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 1e9)
+    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
+    assert cpu_threads.Pool(64).threads == cpu_threads.MAX_THREADS
+    # sqrt(chunks * CHUNK_SECONDS / WAKE_SECONDS) threads in all: the caller and these workers
+    assert [cpu_threads.worth_waking(n) for n in (2, 4, 8, 16, 64)] == [1, 1, 2, 4, 10]
+    pool = cpu_threads.Pool(8)
+    for count, most in ((4, 1), (16, 4)):
+        workers: set[int] = set()
+
+        def fn(item: int, worker: int, seen: set[int] = workers) -> None:
+            seen.add(worker)
+
+        pool.map(fn, list(range(count)))
+        assert max(workers) <= most
+
+
 def test_chunk_error_reaches_caller_without_deadlock() -> None:
     pool = cpu_threads.Pool(2)
     ran: list[int] = []
