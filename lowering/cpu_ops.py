@@ -162,6 +162,37 @@ def matmul_parts(
     return []
 
 
+def threaded_matmul(threads: int) -> Any:
+    """``mm(x, y, out)``: ``np.matmul`` with BLAS's own ``threads`` threads for this one product
+    (the run pins BLAS to one thread around it)."""
+    from eqsat.lowering.cpu_runtime import blas_thread_setters
+
+    setters = blas_thread_setters()
+    matmul = np.matmul
+
+    def mm(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+        for set_ in setters:
+            set_(threads)
+        try:
+            matmul(x, y, out=out)
+        finally:
+            for set_ in setters:
+                set_(1)
+
+    return mm
+
+
+def _parallel_matmul(
+    lowering: Lowering, parts: list[tuple[Index, Index, Index]], flops: float
+) -> Any:
+    """The matmul of a GEMM step of ``flops`` cut into ``parts``: on BLAS's own threads where
+    :meth:`~eqsat.lowering.cpu.Lowering.blas_threads` says so, else the parts on the pool."""
+    threads = lowering.blas_threads(flops)
+    if threads > 1:
+        return threaded_matmul(threads)
+    return parallel_matmul(lowering.pool, parts)
+
+
 def parallel_matmul(pool: Any, parts: list[tuple[Index, Index, Index]]) -> Any:
     """``mm(x, y, out)``: ``np.matmul(x, y, out=out)`` by ``parts`` on ``pool``."""
     matmul = np.matmul
@@ -221,9 +252,8 @@ def _matmul(lowering: Lowering, node: Node) -> Step | None:
 
     x_shape = (int(np.prod(a.shape[:-1])), k) if flat else a.shape
     o_shape = (x_shape[0], n) if flat else out.shape
-    parts = matmul_parts(
-        x_shape, b.shape, o_shape, lowering.split(2.0 * out.size * k, most=GEMM_CHUNKS)
-    )
+    flops = 2.0 * out.size * k
+    parts = matmul_parts(x_shape, b.shape, o_shape, lowering.split(flops, most=GEMM_CHUNKS))
 
     # (a vector times a matrix, or a stack of them, has no rows to block: BLAS's gemv does it)
     few = None if b_const is None or a.rank < 2 else few_rows_matmul(b_const, x_shape[-2], parts)
@@ -231,7 +261,7 @@ def _matmul(lowering: Lowering, node: Node) -> Step | None:
 
     def bind(arrays: dict[int, np.ndarray]) -> StepFn:
         epilogue = epi.bound(o, arrays)
-        matmul = few or (parallel_matmul(lowering.pool, parts) if parts else np.matmul)
+        matmul = few or (_parallel_matmul(lowering, parts, flops) if parts else np.matmul)
         fixed_out = arrays.get(o)
         if flat and fixed_out is not None:
             fixed_out = fixed_out.reshape(-1, n)
@@ -304,18 +334,16 @@ def _gemm(lowering: Lowering, node: Node) -> Step | None:
 
     k_ = a.shape[0] if trans_a else a.shape[1]
     x_shape = (out.shape[0], k_)
+    flops = 2.0 * out.size * k_
     parts = matmul_parts(
-        x_shape,
-        (k_, out.shape[1]),
-        out.shape,
-        lowering.split(2.0 * out.size * k_, most=GEMM_CHUNKS),
+        x_shape, (k_, out.shape[1]), out.shape, lowering.split(flops, most=GEMM_CHUNKS)
     )
 
     few = None if b_const is None else few_rows_matmul(b_const, out.shape[0], parts)
 
     def bind(arrays: dict[int, np.ndarray]) -> StepFn:
         epilogue = epi.bound(o, arrays)
-        matmul = few or (parallel_matmul(lowering.pool, parts) if parts else np.matmul)
+        matmul = few or (_parallel_matmul(lowering, parts, flops) if parts else np.matmul)
 
         def run_bound(env: Env) -> None:
             x = a_const if a_const is not None else (env[a_slot].T if trans_a else env[a_slot])

@@ -323,6 +323,16 @@ class BlasPin:
         return one_thread
 
 
+_SETTERS: list[tuple[Callable[[int], Any], ...]] = []
+
+
+def blas_thread_setters() -> tuple[Callable[[int], Any], ...]:
+    """The thread-count setters of every BLAS library loaded (looked up once)."""
+    if not _SETTERS:
+        _SETTERS.append(tuple(set_ for _, set_ in BlasPin(1).calls))
+    return _SETTERS[0]
+
+
 def _thread_calls(lib: Any) -> tuple[Callable[[], int], Callable[[int], Any]]:
     """Fast get/set of one BLAS library's thread count."""
     find = getattr(lib, "_find_affixes", None)

@@ -262,3 +262,51 @@ def test_zoo_two_threads_match_one(monkeypatch: pytest.MonkeyPatch, name: str) -
     for key in one:
         np.testing.assert_allclose(two[key], one[key], rtol=1e-3, atol=1e-4, err_msg=key)
         np.testing.assert_array_equal(again[key], two[key], err_msg=key)
+
+
+def test_big_gemms_run_on_blas_threads(
+    monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator
+) -> None:
+    """From BLAS_GEMM_THREADS threads on, a big GEMM step runs on BLAS's own threads (set for the
+    product only: the run keeps BLAS on one thread around it), with the numbers of one thread."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from eqsat.lowering import cpu_ops
+
+    monkeypatch.setattr(cpu, "BLAS_GEMM_THREADS", 2)
+    monkeypatch.setattr(cpu, "BLAS_GEMM_FLOPS", 1.0)
+    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
+    monkeypatch.setattr(cpu, "_usable_cpus", lambda: 2)
+    sizes = record_pool_maps(monkeypatch)
+    during: list[set[int]] = []
+    real = cpu_ops.threaded_matmul
+
+    def spy(threads: int) -> Any:
+        mm = real(threads)
+
+        def probe(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+            mm(x, y, out)
+            during.append({threads})
+
+        return probe
+
+    monkeypatch.setattr(cpu_ops, "threaded_matmul", spy)
+    g = eqsat.Graph("blas")
+    x = g.input("x", (96, 64))
+    w = g.constant(rng.standard_normal((64, 80)).astype(F32), "w")
+    c = g.input("c", (80,))
+    h = g.op("Relu", g.op("MatMul", x, w))
+    g.output(
+        g.op("Gemm", h, g.constant(rng.standard_normal((80, 80)).astype(F32)), c, beta=2.0), "y"
+    )
+    feeds = {
+        "x": rng.standard_normal((96, 64)).astype(F32),
+        "c": rng.standard_normal(80).astype(F32),
+    }
+    before = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    one = cpu.compile(g, threads=1).run(feeds)
+    two = cpu.compile(g, threads=2).run(feeds)
+    after = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    assert during == [{2}, {2}] and not sizes  # both GEMMs on BLAS's threads, none on the pool
+    assert after == before
+    np.testing.assert_allclose(two["y"], one["y"], rtol=1e-5, atol=1e-5)
