@@ -48,7 +48,7 @@ from eqsat.tail import build_tail, split_reason, tail_reads
 
 __all__ = ["load", "load_proto", "read_model", "save", "to_onnx"]
 
-MIN_OPSET = 7  # older models are refused; from 7 on, upgrade() knows every change that matters
+MIN_OPSET = 1  # onnx_legacy and onnx_upgrade know every change since opset 1 that matters
 # Ops whose declared outputs all count (Split's equal parts, If's branch outputs, the training
 # mode of an old BatchNormalization), so unused ones are kept.
 COUNTED_OUTPUTS = {"Split", "If", "BatchNormalization"}

@@ -42,7 +42,7 @@ GRAPH = onnx.AttributeProto.GRAPH
 # attribute check lets them through, upgrade() handles them.
 UPGRADED_ATTRS = LEGACY_ATTRS | {
     "axes", "split", "min", "max", "pads", "value", "starts", "ends", "k", "ratio", "scales",
-    "mode", "axis",
+    "mode", "axis", "shape", "paddings", "height_scale", "width_scale",
 }  # fmt: skip
 
 ModelSource = str | os.PathLike | bytes | bytearray | onnx.ModelProto

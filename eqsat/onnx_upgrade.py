@@ -1,5 +1,8 @@
 """Rewrites of older-opset ONNX nodes into the opset-21 forms the IR speaks.
 
+Nodes of opsets 1-6 first go through :mod:`eqsat.onnx_legacy` (the broadcasting and attribute
+forms ONNX changed at opset 7 or before).
+
 ONNX moved several attributes to inputs over the years (axes of Squeeze/Unsqueeze/Reduce*, Split's
 sizes, Clip's bounds, Pad's pads, TopK's k, Slice's starts/ends), renamed ops (Scatter became
 ScatterElements, Upsample became Resize) and changed meanings (Softmax at opset 13 normalizes one
@@ -18,6 +21,7 @@ import numpy as np
 
 from eqsat.errors import ModelLoadError, ShapeError, UnsupportedOperatorError
 from eqsat.ir import Graph, Value
+from eqsat.onnx_legacy import legacy
 
 REDUCE_AXES_MOVED_AT = {
     "ReduceSum": 13,
@@ -70,6 +74,9 @@ def upgrade(
     name hint into a name that no value of the model uses, for the constants this adds.
     """
     fresh: Namer = namer or (lambda hint: hint)
+    if version < 7:
+        old = legacy(graph, op, version, inputs, attrs, node, fresh)
+        inputs, attrs = old.inputs, old.attrs
     if attrs.get("spatial", 1) == 0:
         raise UnsupportedOperatorError([(op, node, "spatial=0 (per-activation statistics)")])
     attrs = {k: v for k, v in attrs.items() if k not in LEGACY_ATTRS}
@@ -231,10 +238,10 @@ def _nearest_10(scales: Value | None) -> str:
 
 
 def _resize_10(graph: Graph, up: Upgraded, version: int, node: str, fresh: Namer) -> None:
-    """Upsample (opset 7-9) and Resize-10 are Resize with asymmetric coordinates."""
+    """Upsample (opset 1-9) and Resize-10 are Resize with asymmetric coordinates."""
     attrs, inputs = up.attrs, up.inputs
     mode = str(attrs.pop("mode", "nearest"))
-    if up.op == "Resize" and "scales" in attrs and version < 9:  # Upsample-7: scales attribute
+    if up.op == "Resize" and "scales" in attrs and version < 9:  # Upsample-1/7: scales attribute
         values = np.asarray(attrs.pop("scales"), np.float32)
         scales: Value | None = graph.constant(values, fresh(f"{node}_scales"))
     else:

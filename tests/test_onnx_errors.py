@@ -313,7 +313,8 @@ def test_bad_node_errors_name_the_node_and_file(tmp_path: Path) -> None:
 
 def test_old_opset_and_missing_opset() -> None:
     proto = model([h.make_node("Relu", ["x"], ["y"])], [vi("x", [2])], [vi("y", None)], opset=6)
-    with pytest.raises(ModelLoadError, match="opset 6"):
+    proto.opset_import[0].version = 0  # no such opset: ONNX's start at 1
+    with pytest.raises(ModelLoadError, match="opset 0"):
         eqsat.load(proto)
     proto = model([h.make_node("Relu", ["x"], ["y"])], [vi("x", [2])], [vi("y", None)])
     del proto.opset_import[:]
