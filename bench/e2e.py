@@ -42,6 +42,8 @@ except ImportError:  # run as a script
     from bench import models as zoo
 
 OUT = Path(__file__).resolve().parent / "out"  # gitignored
+# Runs of one engine in a row, with several threads (see _interleaved).
+THREADED_BLOCK = 5
 
 COLUMNS = [
     "model", "eqsat_min_ms", "eqsat_med_ms", "ort_all_min_ms", "ort_all_med_ms", "ort_none_min_ms",
@@ -75,18 +77,30 @@ def _timed(fn: Any, runs: int, warmup: int = 3) -> list[float]:
     return _interleaved([fn], runs, warmup)[0]
 
 
-def _interleaved(fns: list[Any], runs: int, warmup: int = 3) -> list[list[float]]:
-    """Seconds per run of each of ``fns``, run in turn so that they see the same machine load."""
+def _interleaved(fns: list[Any], runs: int, warmup: int = 3, block: int = 1) -> list[list[float]]:
+    """Seconds per run of each of ``fns``, run in turn so that they see the same machine load:
+    ``block`` runs of one, then ``block`` of the next, until each has run ``runs`` times.
+
+    With several threads, onnxruntime's workers spin for a while after a run; the run of another
+    engine right after it then competes with them for the cores. On a 16-core machine eqsat's
+    runs right after onnxruntime's were up to 3x slower than its runs back to back, and each
+    onnxruntime session slowed the other. In blocks, only a block's first run meets the previous
+    engine's spinning threads, and the minimum leaves it out.
+    """
     for _ in range(warmup):
         for fn in fns:
             fn()
     times: list[list[float]] = [[] for _ in fns]
     clock = time.perf_counter
-    for _ in range(runs):
+    done = 0
+    while done < runs:
+        count = min(block, runs - done)
         for fn, out in zip(fns, times, strict=True):
-            start = clock()
-            fn()
-            out.append(clock() - start)
+            for _ in range(count):
+                start = clock()
+                fn()
+                out.append(clock() - start)
+        done += count
     return times
 
 
@@ -176,7 +190,7 @@ def bench_model(
     eqsat_feeds = entry.input_feeds(0)  # without the inputs bound as constants at load
     fns = [lambda: executable.run(eqsat_feeds)]
     fns += [lambda s=s: s.run(None, feeds) for s in sessions.values()]
-    timings = _interleaved(fns, runs)
+    timings = _interleaved(fns, runs, block=1 if threads == 1 else THREADED_BLOCK)
     for label, times in zip(["eqsat", "ort_all", "ort_none"], timings, strict=True):
         row[f"{label}_min_ms"] = min(times) * 1e3
         row[f"{label}_med_ms"] = float(np.median(times)) * 1e3

@@ -60,3 +60,12 @@ def test_e2e_file_errors_name_the_file(tmp_path: Path) -> None:
     broken.write_bytes(path.read_bytes()[:40])
     with pytest.raises(ModelLoadError, match=r"broken\.onnx"):
         e2e.file_entry(broken, {"x": (1, 8)})
+
+
+def test_interleaved_runs_each_engine_in_blocks() -> None:
+    order: list[str] = []
+    times = e2e._interleaved(
+        [lambda: order.append("a"), lambda: order.append("b")], runs=7, warmup=1, block=3
+    )
+    assert [len(t) for t in times] == [7, 7]
+    assert "".join(order) == "ab" + "aaabbb" + "aaabbb" + "ab"  # warm-up, then blocks of 3
