@@ -1,9 +1,10 @@
-"""Dense and normalization operators: MatMul, Gemm, Einsum, the inference-time normalizations
-(BatchNormalization, InstanceNormalization, LayerNormalization), Softmax/LogSoftmax, the matrix
-builders Trilu and EyeLike, and GridSample (sampling an image at the points of a flow field).
+"""Dense and normalization operators: MatMul, Gemm, Einsum, the per-channel normalizations
+(BatchNormalization, InstanceNormalization), Softmax/LogSoftmax, the matrix builders Trilu and
+EyeLike, and GridSample (sampling an image at the points of a flow field).
 
-The windowed spatial ops (Conv, pools) live in :mod:`eqsat.ops.conv` and Resize in
-:mod:`eqsat.ops.resize`. float16 inputs are computed in float32 and rounded once at the end, as
+The windowed spatial ops (Conv, pools) live in :mod:`eqsat.ops.conv`, Resize in
+:mod:`eqsat.ops.resize`, the normalizations over trailing axes (Layer-, RMSNormalization) and
+the rest in :mod:`eqsat.ops.norm`. float16 inputs are computed in float32 and rounded once at the end, as
 onnxruntime's kernels accumulate; every cost counts a multiply-add as two FLOPs.
 """
 
@@ -265,7 +266,9 @@ def _bn_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> 
     return [y.astype(outs[0].dtype, copy=False)]
 
 
-def _norm_cost(flops_per_element: int) -> Any:
+def per_element_cost(flops_per_element: float) -> Any:
+    """A cost of ``flops_per_element`` FLOPs per element of the first input, plus its I/O."""
+
     def cost(inputs: list[Value | None], outputs: list[Value | None], attrs: dict) -> Cost:
         return io_cost(flops_per_element * inputs[0].size, inputs, outputs)
 
@@ -277,7 +280,7 @@ register(
         "BatchNormalization",
         _bn_infer,
         _bn_reference,
-        _norm_cost(2),
+        per_element_cost(2),
         min_inputs=5,
         max_inputs=5,
         max_outputs=3,
@@ -312,82 +315,10 @@ register(
         "InstanceNormalization",
         _in_infer,
         _in_reference,
-        _norm_cost(7),
+        per_element_cost(7),
         min_inputs=3,
         max_inputs=3,
         attrs={"epsilon": 1e-5},
-    )
-)
-
-
-def check_last_axes_norm(
-    inputs: list[Value | None], attrs: dict[str, Any], names: tuple[str, ...]
-) -> tuple[int, np.dtype]:
-    """Checks of a normalization over the axes from ``axis`` on (Layer-, RMSNormalization):
-    (axis, stash dtype), parameters ``names`` of X's dtype, broadcasting to those axes."""
-    x = inputs[0]
-    check_dtype(x.dtype, FLOAT_DTYPES, "X")
-    if x.rank < 1:
-        raise ShapeError("X must have rank >= 1")
-    axis = normalize_axis(int(attrs["axis"]), x.rank)
-    for value, name in zip(inputs[1:], names, strict=False):
-        if value is None:
-            continue
-        if value.dtype != x.dtype:
-            raise ShapeError(f"{name} must have X's dtype {x.dtype}, got {value.dtype}")
-        normalized = x.shape[axis:]
-        fits = value.rank <= len(normalized) and all(
-            d in (1, n) for d, n in zip(value.shape[::-1], normalized[::-1], strict=False)
-        )
-        if not fits:
-            raise ShapeError(
-                f"{name} {value.shape} does not broadcast to the normalized shape {x.shape[axis:]}"
-            )
-    stash = STASH_TYPES.get(int(attrs["stash_type"]))
-    if stash is None:
-        raise ShapeError(f"stash_type {attrs['stash_type']} is not float16, float32 or float64")
-    return axis, stash
-
-
-def _ln_infer(inputs: list[Value | None], attrs: dict[str, Any], n_out: int) -> list[Any]:
-    x = inputs[0]
-    axis, stash = check_last_axes_norm(inputs, attrs, ("Scale", "B"))
-    stats = x.shape[:axis] + (1,) * (x.rank - axis)
-    return [(x.shape, x.dtype), (stats, stash), (stats, stash)][:n_out]
-
-
-def _ln_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
-    x, scale = arrays[0], arrays[1]
-    bias = arrays[2] if len(arrays) > 2 else None
-    axis = normalize_axis(int(attrs["axis"]), x.ndim)
-    stash = STASH_TYPES[int(attrs["stash_type"])]
-    # Statistics in the stash type, widened to float64 for float64 X as onnxruntime does.
-    dt = np.promote_types(compute_dtype(stash), compute_dtype(x.dtype))
-    axes = tuple(range(axis, x.ndim))
-    xs = x.astype(dt, copy=False)
-    mean = xs.mean(axis=axes, keepdims=True)
-    centered = xs - mean
-    inv_std = 1 / np.sqrt(np.mean(centered * centered, axis=axes, keepdims=True) + attrs["epsilon"])
-    inv_std = inv_std.astype(dt, copy=False)
-    # As in the ONNX function body: normalize in the stash type, then scale and shift in X's type.
-    normalized = (centered * inv_std).astype(x.dtype, copy=False)
-    cd = compute_dtype(x.dtype)
-    y = normalized.astype(cd, copy=False) * scale.astype(cd, copy=False)
-    if bias is not None:
-        y = y + bias.astype(cd, copy=False)
-    return [y.astype(x.dtype, copy=False), mean.astype(stash), inv_std.astype(stash)][: len(outs)]
-
-
-register(
-    OpDef(
-        "LayerNormalization",
-        _ln_infer,
-        _ln_reference,
-        _norm_cost(8),
-        min_inputs=2,
-        max_inputs=3,
-        max_outputs=3,
-        attrs={"axis": -1, "epsilon": 1e-5, "stash_type": 1},
     )
 )
 
@@ -423,9 +354,17 @@ def _log_softmax_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[
     return [(shifted - np.log(total)).astype(x.dtype, copy=False)]
 
 
-register(OpDef("Softmax", _softmax_infer, _softmax_reference, _norm_cost(5), attrs={"axis": -1}))
 register(
-    OpDef("LogSoftmax", _softmax_infer, _log_softmax_reference, _norm_cost(5), attrs={"axis": -1})
+    OpDef("Softmax", _softmax_infer, _softmax_reference, per_element_cost(5), attrs={"axis": -1})
+)
+register(
+    OpDef(
+        "LogSoftmax",
+        _softmax_infer,
+        _log_softmax_reference,
+        per_element_cost(5),
+        attrs={"axis": -1},
+    )
 )
 
 

@@ -1,8 +1,8 @@
-"""More normalizations: GroupNormalization, LpNormalization, MeanVarianceNormalization, LRN,
-RMSNormalization, and Hardmax (Softmax's arg-max sibling).
+"""Normalizations over trailing axes and the rest: LayerNormalization, RMSNormalization,
+GroupNormalization, LpNormalization, MeanVarianceNormalization, LRN, and Hardmax (Softmax's
+arg-max sibling).
 
-BatchNormalization, InstanceNormalization, LayerNormalization and Softmax live in
-:mod:`eqsat.ops.nn`. GroupNormalization speaks the opset-21 form (scale and bias per channel); the
+BatchNormalization, InstanceNormalization and Softmax live in :mod:`eqsat.ops.nn`. GroupNormalization speaks the opset-21 form (scale and bias per channel); the
 importer (:mod:`eqsat.onnx_upgrade`) widens opset-18 per-group parameters. float16 inputs are
 computed in float32 and rounded once at the end, as onnxruntime does.
 """
@@ -20,17 +20,83 @@ from eqsat.ops.nn import (
     FLOAT_DTYPES,
     STASH_TYPES,
     check_dtype,
-    check_last_axes_norm,
     compute_dtype,
     io_cost,
+    per_element_cost,
 )
 
 
-def _cost(flops_per_element: float) -> Any:
-    def cost(inputs: list[Value | None], outputs: list[Value | None], attrs: dict) -> Any:
-        return io_cost(flops_per_element * inputs[0].size, inputs, outputs)
+# ---------------------------------------------------------------------------- LayerNormalization
+def check_last_axes_norm(
+    inputs: list[Value | None], attrs: dict[str, Any], names: tuple[str, ...]
+) -> tuple[int, np.dtype]:
+    """Checks of a normalization over the axes from ``axis`` on (Layer-, RMSNormalization):
+    (axis, stash dtype), parameters ``names`` of X's dtype, broadcasting to those axes."""
+    x = inputs[0]
+    check_dtype(x.dtype, FLOAT_DTYPES, "X")
+    if x.rank < 1:
+        raise ShapeError("X must have rank >= 1")
+    axis = normalize_axis(int(attrs["axis"]), x.rank)
+    for value, name in zip(inputs[1:], names, strict=False):
+        if value is None:
+            continue
+        if value.dtype != x.dtype:
+            raise ShapeError(f"{name} must have X's dtype {x.dtype}, got {value.dtype}")
+        normalized = x.shape[axis:]
+        fits = value.rank <= len(normalized) and all(
+            d in (1, n) for d, n in zip(value.shape[::-1], normalized[::-1], strict=False)
+        )
+        if not fits:
+            raise ShapeError(
+                f"{name} {value.shape} does not broadcast to the normalized shape {x.shape[axis:]}"
+            )
+    stash = STASH_TYPES.get(int(attrs["stash_type"]))
+    if stash is None:
+        raise ShapeError(f"stash_type {attrs['stash_type']} is not float16, float32 or float64")
+    return axis, stash
 
-    return cost
+
+def _ln_infer(inputs: list[Value | None], attrs: dict[str, Any], n_out: int) -> list[Any]:
+    x = inputs[0]
+    axis, stash = check_last_axes_norm(inputs, attrs, ("Scale", "B"))
+    stats = x.shape[:axis] + (1,) * (x.rank - axis)
+    return [(x.shape, x.dtype), (stats, stash), (stats, stash)][:n_out]
+
+
+def _ln_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
+    x, scale = arrays[0], arrays[1]
+    bias = arrays[2] if len(arrays) > 2 else None
+    axis = normalize_axis(int(attrs["axis"]), x.ndim)
+    stash = STASH_TYPES[int(attrs["stash_type"])]
+    # Statistics in the stash type, widened to float64 for float64 X as onnxruntime does.
+    dt = np.promote_types(compute_dtype(stash), compute_dtype(x.dtype))
+    axes = tuple(range(axis, x.ndim))
+    xs = x.astype(dt, copy=False)
+    mean = xs.mean(axis=axes, keepdims=True)
+    centered = xs - mean
+    inv_std = 1 / np.sqrt(np.mean(centered * centered, axis=axes, keepdims=True) + attrs["epsilon"])
+    inv_std = inv_std.astype(dt, copy=False)
+    # As in the ONNX function body: normalize in the stash type, then scale and shift in X's type.
+    normalized = (centered * inv_std).astype(x.dtype, copy=False)
+    cd = compute_dtype(x.dtype)
+    y = normalized.astype(cd, copy=False) * scale.astype(cd, copy=False)
+    if bias is not None:
+        y = y + bias.astype(cd, copy=False)
+    return [y.astype(x.dtype, copy=False), mean.astype(stash), inv_std.astype(stash)][: len(outs)]
+
+
+register(
+    OpDef(
+        "LayerNormalization",
+        _ln_infer,
+        _ln_reference,
+        per_element_cost(8),
+        min_inputs=2,
+        max_inputs=3,
+        max_outputs=3,
+        attrs={"axis": -1, "epsilon": 1e-5, "stash_type": 1},
+    )
+)
 
 
 # ---------------------------------------------------------------------------- GroupNormalization
@@ -78,7 +144,7 @@ register(
         "GroupNormalization",
         _gn_infer,
         _gn_reference,
-        _cost(8),
+        per_element_cost(8),
         min_inputs=3,
         max_inputs=3,
         attrs={"num_groups": REQUIRED, "epsilon": 1e-5, "stash_type": 1},
@@ -112,7 +178,15 @@ def _lp_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> 
     return [np.where(norm == 0, 0, xs / safe).astype(x.dtype, copy=False)]
 
 
-register(OpDef("LpNormalization", _same_infer, _lp_reference, _cost(3), attrs={"axis": -1, "p": 2}))
+register(
+    OpDef(
+        "LpNormalization",
+        _same_infer,
+        _lp_reference,
+        per_element_cost(3),
+        attrs={"axis": -1, "p": 2},
+    )
+)
 
 
 # ---------------------------------------------------------------------- MeanVarianceNormalization
@@ -146,7 +220,7 @@ register(
         "MeanVarianceNormalization",
         _mvn_infer,
         _mvn_reference,
-        _cost(7),
+        per_element_cost(7),
         attrs={"axes": [0, 2, 3]},
     )
 )
@@ -221,7 +295,7 @@ register(
         "RMSNormalization",
         _rms_infer,
         _rms_reference,
-        _cost(4),
+        per_element_cost(4),
         min_inputs=2,
         max_inputs=2,
         attrs={"axis": -1, "epsilon": 1e-5, "stash_type": 1},
@@ -238,4 +312,4 @@ def _hardmax_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]
     return [hot.astype(x.dtype)]
 
 
-register(OpDef("Hardmax", _same_infer, _hardmax_reference, _cost(2), attrs={"axis": -1}))
+register(OpDef("Hardmax", _same_infer, _hardmax_reference, per_element_cost(2), attrs={"axis": -1}))
