@@ -40,21 +40,13 @@ class Legacy:
     """A node's inputs and attributes rewritten to opset 7."""
 
     def __init__(self, inputs: list[Value | None], attrs: dict[str, Any]):
-        self.inputs = inputs
-        self.attrs = attrs
+        self.inputs = list(inputs)
+        self.attrs = dict(attrs)
 
 
-def legacy(
-    graph: Graph,
-    op: str,
-    version: int,
-    inputs: list[Value | None],
-    attrs: dict[str, Any],
-    node: str,
-    fresh: Namer,
-) -> Legacy:
-    """``op`` at schema ``version`` (< 7) with inputs and attributes in their opset-7 form."""
-    out = Legacy(list(inputs), dict(attrs))
+def legacy(graph: Graph, op: str, version: int, out: Legacy, node: str, fresh: Namer) -> Legacy:
+    """``out``, the inputs and attributes of ``op`` at schema ``version`` (< 7), rewritten in place
+    to their opset-7 form; returned for convenience."""
     if op in BROADCAST_BEFORE_7:
         _aligned_broadcast(graph, out, node, fresh)
     elif op == "PRelu":

@@ -21,7 +21,7 @@ import numpy as np
 
 from eqsat.errors import ModelLoadError, ShapeError, UnsupportedOperatorError
 from eqsat.ir import Graph, Value
-from eqsat.onnx_legacy import legacy
+from eqsat.onnx_legacy import Legacy, legacy
 
 REDUCE_AXES_MOVED_AT = {
     "ReduceSum": 13,
@@ -75,7 +75,7 @@ def upgrade(
     """
     fresh: Namer = namer or (lambda hint: hint)
     if version < 7:
-        old = legacy(graph, op, version, inputs, attrs, node, fresh)
+        old = legacy(graph, op, version, Legacy(inputs, attrs), node, fresh)
         inputs, attrs = old.inputs, old.attrs
     if attrs.get("spatial", 1) == 0:
         raise UnsupportedOperatorError([(op, node, "spatial=0 (per-activation statistics)")])
