@@ -80,7 +80,7 @@ def test_run_random_inputs_and_out(
     )
     text = capsys.readouterr().out
     assert "input    x: float32[2, 4]  (random, seed 0)" in text
-    assert "output   y: float32[2, 3]" in text and "(3 runs)" in text
+    assert "output   y: float32[2, 3]" in text and "first run" in text and "(3 runs)" in text
     saved = np.load(out)
     x = np.random.default_rng(0).standard_normal((2, 4)).astype(F)  # eqsat.feeds' random input
     np.testing.assert_allclose(saved["y"], expected(x), rtol=1e-6)
@@ -138,6 +138,7 @@ def test_info_without_shapes_shows_the_signature(
         (["run", "{model}", "--shape", "x=2,4", "--input", "{tmp}/bad.npy"], "needs a name"),
         (["run", "{model}", "--shape", "x=2,4", "--out", "{tmp}/no/such/dir/o.npz"], "no"),
         (["run", "{model}", "--shape", "x=2,4", "--repeat", "many"], "invalid int"),
+        (["run", "{model}", "--shape", "x=2,4", "--repeat", "-1"], "0 or more"),
         (["info", "{unsupported}"], "'first'"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
