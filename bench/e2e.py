@@ -216,7 +216,7 @@ def kernel_bandwidth(elements: int = 1 << 23, runs: int = 20) -> dict[str, float
 
     f32 = np.dtype(np.float32)
     kernel = cpu.ElementwiseKernel(
-        cpu.Lowering(threads=os.cpu_count() or 1),
+        cpu.Lowering(threads=cpu.usable_cpus()),
         "(({0} / (1 + exp(-{0}))) + {1})",
         [((elements,), f32, None), ((elements,), f32, None)],
         (elements,),
@@ -303,7 +303,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="size of an input's symbolic dimensions, for --model files (repeatable)",
     )
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads of both engines (default: the CPUs this process may use, within any "
+        "container CPU quota)",
+    )
     parser.add_argument("--csv", default=str(OUT / "e2e.csv"), help="where to write the table")
     parser.add_argument(
         "--png", default=str(OUT / "e2e.png"), help="where to plot the ratios ('' for none)"
@@ -316,8 +322,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from eqsat.lowering import cpu
+
     from eqsat.cli import parse_shapes
 
+    if args.threads is None:
+        args.threads = cpu.usable_cpus()
     shapes = parse_shapes(args.shape)
     names = args.models if args.models is not None else ([] if args.model else list(zoo.ZOO))
     entries = [zoo.ZOO[name] for name in names]

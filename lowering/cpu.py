@@ -29,6 +29,7 @@ thread pool is ever busy and a descheduled thread delays one chunk, not the whol
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -111,7 +112,7 @@ class Lowering:
     def blas_threads(self, flops: float) -> int:
         """BLAS's own threads for a GEMM step of ``flops`` (see :data:`BLAS_GEMM_THREADS`);
         0: the pool splits it, if it is big enough."""
-        threads = min(self.threads, _usable_cpus(), cpu_threads.MAX_THREADS)
+        threads = min(self.threads, usable_cpus(), cpu_threads.MAX_THREADS)
         if threads < BLAS_GEMM_THREADS or flops < BLAS_GEMM_FLOPS:
             return 0
         return threads
@@ -384,15 +385,42 @@ def _reference_step(lowering: Lowering, node: Node) -> Step:
     return Step(run, Usage(reads, writes, False), "reference", node.name)
 
 
-def _usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask: taskset, cgroup cpusets), else all."""
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (taskset, cgroup cpusets), else all, and
+    no more than a cgroup CPU quota allows (a container run with ``--cpus``: its affinity still
+    lists every core of the host, and threads past the quota only wait for their turn)."""
+    count = os.cpu_count() or 1
     affinity = getattr(os, "sched_getaffinity", None)
     if affinity is not None:
-        try:
-            return max(1, len(affinity(0)))
-        except OSError:
-            pass
-    return os.cpu_count() or 1
+        with contextlib.suppress(OSError):
+            count = max(1, len(affinity(0)))
+    quota = cpu_quota()
+    return min(count, quota) if quota is not None else count
+
+
+CGROUP = "/sys/fs/cgroup"
+
+
+def cpu_quota(root: str | None = None) -> int | None:
+    """The CPUs a cgroup CPU quota grants, rounded up (cgroup v2 ``cpu.max``, else v1's
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``); None without a quota."""
+    root = root or CGROUP
+    try:
+        with open(os.path.join(root, "cpu.max")) as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            return max(1, -(-int(quota) // int(period)))
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as f:
+            quota_us = int(f.read())
+        with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as f:
+            period_us = int(f.read())
+    except (OSError, ValueError):
+        return None
+    return max(1, -(-quota_us // period_us)) if quota_us > 0 and period_us > 0 else None
 
 
 def _flops(node: Node) -> float:
@@ -407,7 +435,7 @@ def compile(graph: Graph, threads: int | None = None) -> Executable:
     from eqsat.lowering import cpu_data, cpu_half, cpu_misc, cpu_ops, cpu_taps
 
     started = time.perf_counter()
-    threads = threads or int(os.environ.get("EQSAT_THREADS") or 0) or _usable_cpus()
+    threads = threads or int(os.environ.get("EQSAT_THREADS") or 0) or usable_cpus()
     _check_ops(graph)
     tail = graph.tail
     graph = cpu_taps.prune(cpu_half.widen(graph))

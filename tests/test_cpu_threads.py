@@ -6,6 +6,7 @@ on one thread; the workers never hold up interpreter exit."""
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
 import threading
@@ -276,7 +277,7 @@ def test_big_gemms_run_on_blas_threads(
     monkeypatch.setattr(cpu, "BLAS_GEMM_FLOPS", 1.0)
     monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
     monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
-    monkeypatch.setattr(cpu, "_usable_cpus", lambda: 2)
+    monkeypatch.setattr(cpu, "usable_cpus", lambda: 2)
     sizes = record_pool_maps(monkeypatch)
     during: list[set[int]] = []
     real = cpu_ops.threaded_matmul
@@ -310,3 +311,26 @@ def test_big_gemms_run_on_blas_threads(
     assert during == [{2}, {2}] and not sizes  # both GEMMs on BLAS's threads, none on the pool
     assert after == before
     np.testing.assert_allclose(two["y"], one["y"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("files", "want"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2),  # cgroup v2, docker --cpus=2
+        ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: rounded up
+        ({"cpu.max": "max 100000\n"}, None),  # no quota
+        ({"cpu/cpu.cfs_quota_us": "250000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),  # v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu.max": "garbage"}, None),
+        ({}, None),
+    ],
+)
+def test_cpu_quota_of_a_container(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str], want: int | None
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cpu.cpu_quota(str(tmp_path)) == want
+    monkeypatch.setattr(cpu, "CGROUP", str(tmp_path))
+    assert cpu.usable_cpus() == min(len(os.sched_getaffinity(0)), want or 10**6)
