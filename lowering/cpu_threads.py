@@ -34,7 +34,7 @@ at least a grain each (:func:`chunk_count`), so ``W`` is taken as their count ti
 
 For the same reason a pool uses at most :data:`MAX_THREADS` threads whatever it is asked for:
 on that machine runs with 16 threads were slower than with 8 on every model measured
-(``docs/benchmarks.md``, "Threads"), and those with 8 about as fast as with 4.
+(``docs/benchmarks.md``, "Many threads"), and those with 8 about as fast as with 4.
 
 Idle workers block on a queue (no spinning). There is one set of workers per process, shared by
 every executable, created on first use; it grows to the largest thread count asked for. The
