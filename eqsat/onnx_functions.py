@@ -53,7 +53,7 @@ def expand_standard_functions(model: onnx.ModelProto, opset: int) -> onnx.ModelP
     its ONNX function body (the model itself when there is none). Bodies that use such operators
     themselves (SoftmaxCrossEntropyLoss's NegativeLogLikelihoodLoss) are expanded in turn. A node
     whose definition needs an operator eqsat has neither implemented nor can expand (Bernoulli's
-    random numbers, LinearAttention's Scan) is left as it is, to be reported by its own name.
+    random numbers) is left as it is, to be reported by its own name.
 
     The work is done on a copy without the large weights (ONNX's inliner and shape inference
     serialize the model, which fails past protobuf's 2 GB), which get their data back at the end.

@@ -30,7 +30,7 @@ from eqsat.errors import UnsupportedOperatorError as Unsupported
 from eqsat.ir import Graph, Value
 from eqsat.onnx_export import EXPORT_OPSET, save, to_onnx
 from eqsat.onnx_functions import expand_standard_functions
-from eqsat.onnx_loop import unroll_loop
+from eqsat.onnx_loop import unroll_loop, unroll_scan
 from eqsat.onnx_read import (
     EQSAT_DOMAIN,
     GRAPH,
@@ -131,10 +131,13 @@ class _Scope:
     name, or a name clashes with one an upgrade made), so lookups always go through a scope.
     """
 
-    def __init__(self, graph: Graph, parent: _Scope | None = None):
+    def __init__(self, graph: Graph, parent: _Scope | None = None, prefix: str | None = None):
         self.graph = graph
         self.parent = parent
         self.names: dict[str, Value] = {}
+        # Put before the IR names of the values made here: an unrolled Loop or Scan body's values
+        # must not take the names of the model's own (its outputs' above all).
+        self.prefix = prefix if prefix is not None else (parent.prefix if parent else "")
 
     def find(self, name: str) -> Value | None:
         scope: _Scope | None = self
@@ -366,6 +369,9 @@ class _Importer:
         if op == "Loop":
             unroll_loop(self, node, name, scope)
             return
+        if op == "Scan":
+            unroll_scan(self, node, name, scope)
+            return
         if op == "If" and inputs and inputs[0] is not None and inputs[0].const is not None:
             self._inline_if(node, bool(np.asarray(inputs[0].const).reshape(-1)[0]), scope)
             return
@@ -407,7 +413,7 @@ class _Importer:
             while len(outputs) > least and outputs[-1] not in self.reads:
                 outputs.pop()
         if node.domain == EQSAT_DOMAIN:  # eqsat's own op, exported by to_onnx: as it is
-            ir_names = [(graph.fresh_name(o) if o else "") for o in outputs]
+            ir_names = [(graph.fresh_name(scope.prefix + o) if o else "") for o in outputs]
             graph.add_node(op, inputs, ir_names, attrs, name=name, domain=EQSAT_DOMAIN)
             self._bind(scope, outputs, ir_names)
             return
@@ -422,7 +428,7 @@ class _Importer:
             num_outputs=len(outputs),
             namer=lambda hint: self.fresh(graph, hint),
         )
-        ir_names = [(graph.fresh_name(o) if o else "") for o in outputs]
+        ir_names = [(graph.fresh_name(scope.prefix + o) if o else "") for o in outputs]
         if up.expand is not None:
             up.expand(ir_names)
         else:

@@ -1,4 +1,4 @@
-"""ONNX Loop at import time: unrolled when its trip count and conditions are known.
+"""ONNX Loop and Scan at import time: unrolled when their iteration counts are known.
 
 A Loop's trip count and the shapes of its results may depend on the data, so eqsat never
 compiles a Loop as such. :func:`unroll_loop` imports it as the nodes its iterations run, when the
@@ -11,6 +11,12 @@ join the graph, to be optimized and compiled with the rest, up to :data:`MAX_UNR
 iterations). Scan outputs are stacked on a new first axis. Otherwise it raises
 :class:`~eqsat.errors.DataDependentShapeError`, and :func:`eqsat.load` moves the Loop and what
 follows into the run-time tail.
+
+:func:`unroll_scan` does the same for Scan (opset 9 on), whose iteration count is the static
+length of its scan inputs: each iteration takes one slice of every scan input (``Gather`` at that
+index, along the input's scan axis, from either end), runs the body on the states and slices,
+and the scan outputs are stacked along their own axes (again from either end). Scan-8, with its
+batch axis and per-batch ``sequence_lens``, is refused.
 """
 
 from __future__ import annotations
@@ -20,8 +26,14 @@ from typing import Any
 import numpy as np
 import onnx
 
-from eqsat.errors import DataDependentShapeError, LimitError, ModelLoadError, ShapeError
-from eqsat.onnx_read import GRAPH, check_supported, np_dtype, outer_reads
+from eqsat.errors import (
+    DataDependentShapeError,
+    LimitError,
+    ModelLoadError,
+    ShapeError,
+    UnsupportedOperatorError,
+)
+from eqsat.onnx_read import GRAPH, check_supported, np_dtype, outer_reads, schema_version
 
 # Iterations after which a Loop whose condition never turns false is stopped with an error
 # rather than left to hang.
@@ -78,7 +90,7 @@ def unroll_loop(importer: Any, node: onnx.NodeProto, name: str, scope: Any) -> N
                     f"{what} runs more than {MAX_UNROLLED} iterations over run-time values"
                 )
             raise LimitError(f"{what} ran {MAX_ITERATIONS} iterations without its condition ending")
-        inner = type(scope)(graph, scope)  # each iteration's names, over the Loop's
+        inner = type(scope)(graph, scope, f"{name}/")  # each iteration's names, over the Loop's
         importer._constant(inner, np.array(iteration, np.int64), body.input[0].name)
         importer._constant(inner, np.array(cond), body.input[1].name)
         for vi, value in zip(body.input[2:], carried, strict=True):
@@ -110,7 +122,111 @@ def unroll_loop(importer: Any, node: onnx.NodeProto, name: str, scope: Any) -> N
         )
         for k, stack in enumerate(scans)
     ]
-    for out_name, value in zip(node.output, [*carried, *scan_results], strict=False):
+    _bind_outputs(importer, scope, node, [*carried, *scan_results])
+
+
+def unroll_scan(importer: Any, node: onnx.NodeProto, name: str, scope: Any) -> None:
+    """Import Scan ``node`` into ``scope``, one body per step of its scan inputs (see the
+    module's docstring); over run-time values at most :data:`MAX_UNROLLED` steps, beyond which
+    it raises :class:`DataDependentShapeError` and runs in the run-time tail, unrolled there over
+    constants."""
+    what = f"node {name!r} (Scan)"
+    version = schema_version("Scan", importer.opset)
+    if version is not None and version < 9:
+        why = "Scan-8 (batch axis and sequence_lens); Scan from opset 9 is supported"
+        raise UnsupportedOperatorError([("Scan", name, why)])
+    attrs = {a.name: a for a in node.attribute}
+    if "body" not in attrs or attrs["body"].type != GRAPH:
+        raise ModelLoadError(f"{what} has no body")
+    if "num_scan_inputs" not in attrs:
+        raise ModelLoadError(f"{what}: required attribute 'num_scan_inputs' is missing")
+    body, m = attrs["body"].g, int(attrs["num_scan_inputs"].i)
+    inputs = [importer._read(scope, i, what) if i else None for i in node.input]
+    n = len(inputs) - m
+    if m < 1 or n < 0 or any(v is None for v in inputs):
+        raise ShapeError(f"{what}: {len(inputs)} inputs for {m} scan input(s), none may be empty")
+    if len(body.input) != n + m or len(body.output) < n:
+        raise ShapeError(
+            f"{what}: the body takes {len(body.input)} inputs and makes {len(body.output)} "
+            f"outputs for {n} state(s) and {m} scan input(s)"
+        )
+    k = len(body.output) - n
+    states, xs = inputs[:n], inputs[n:]
+    in_axes = _ints(attrs, "scan_input_axes", m, [x.rank for x in xs], what)
+    in_back = [bool(d) for d in _ints(attrs, "scan_input_directions", m, None, what)]
+    lengths = {x.shape[axis] for x, axis in zip(xs, in_axes, strict=True)}
+    if len(lengths) != 1:
+        raise ShapeError(f"{what}: its scan inputs differ in length along their scan axes")
+    steps = lengths.pop()
+    outer = [importer._read(scope, v, f"{what}'s body") for v in dict.fromkeys(outer_reads(body))]
+    if steps > MAX_UNROLLED and any(v.const is None for v in [*inputs, *outer]):
+        raise DataDependentShapeError(
+            f"{what} runs {steps} steps over run-time values, more than the {MAX_UNROLLED} "
+            "unrolled into the graph"
+        )
+    check_supported(body, importer.opset, main=False)
+    graph = scope.graph
+    scans: list[list[Any]] = [[] for _ in range(k)]
+    for step in range(steps):
+        inner = type(scope)(graph, scope, f"{name}/")
+        for vi, value in zip(body.input[:n], states, strict=True):
+            inner.names[vi.name] = value
+        for vi, x, axis, back in zip(body.input[n:], xs, in_axes, in_back, strict=True):
+            index = steps - 1 - step if back else step
+            inner.names[vi.name] = _take(importer, graph, x, index, axis, f"{name}_{vi.name}")
+        for tensor in body.initializer:
+            importer._constant(
+                inner, importer._tensor(tensor, f"{what}: body initializer"), tensor.name
+            )
+        importer._import_nodes(body, inner)
+        outs = [importer._read(inner, vi.name, f"{what}'s body output") for vi in body.output]
+        states = outs[:n]
+        for stack, value in zip(scans, outs[n:], strict=True):
+            stack.append(value)
+    ranks = [stack[0].rank + 1 if stack else 1 for stack in scans]
+    out_axes = _ints(attrs, "scan_output_axes", k, ranks, what)
+    out_back = [bool(d) for d in _ints(attrs, "scan_output_directions", k, None, what)]
+    results = [
+        _stack(
+            importer, graph, stack[::-1] if back else stack, body.output[n + j], what, name, axis
+        )
+        for j, (stack, axis, back) in enumerate(zip(scans, out_axes, out_back, strict=True))
+    ]
+    _bind_outputs(importer, scope, node, [*states, *results])
+
+
+def _ints(
+    attrs: dict[str, Any], key: str, count: int, ranks: list[int] | None, what: str
+) -> list[int]:
+    """Attribute ``key``'s ints (zeros when absent), ``count`` of them, made non-negative
+    against ``ranks`` when given (axes)."""
+    values = list(attrs[key].ints) if key in attrs else [0] * count
+    if len(values) != count:
+        raise ShapeError(f"{what}: {key} has {len(values)} values for {count}")
+    if ranks is None:
+        return values
+    out = []
+    for value, rank in zip(values, ranks, strict=True):
+        if not -rank <= value < rank:
+            raise ShapeError(f"{what}: {key} {value} is out of range for rank {rank}")
+        out.append(value % rank)
+    return out
+
+
+def _take(importer: Any, graph: Any, x: Any, index: int, axis: int, hint: str) -> Any:
+    """Slice ``index`` of ``x`` along ``axis``, that axis dropped."""
+    if x.const is not None:
+        return graph.constant(
+            np.take(np.asarray(x.const), index, axis), importer.fresh(graph, hint)
+        )
+    where = graph.constant(np.array(index, np.int64), importer.fresh(graph, f"{hint}_index"))
+    node = graph.add_node("Gather", [x, where], [importer.fresh(graph, hint)], {"axis": axis})
+    return node.outputs[0]
+
+
+def _bind_outputs(importer: Any, scope: Any, node: onnx.NodeProto, values: list[Any]) -> None:
+    """Name ``node``'s outputs in ``scope``: constants as constants, others as they are."""
+    for out_name, value in zip(node.output, values, strict=False):
         if not out_name:
             continue
         if isinstance(value, np.ndarray):
@@ -132,19 +248,21 @@ def _stack(
     vi: onnx.ValueInfoProto,
     what: str,
     name: str,
+    axis: int = 0,
 ) -> Any:
-    """A scan output: every iteration's value on a new first axis (a constant when they all are;
-    else Unsqueeze and Concat nodes; with no iteration, an empty array of the declared dtype)."""
+    """A scan output: every iteration's value on a new axis ``axis`` (a constant when they all
+    are; else Unsqueeze and Concat nodes; with no iteration, an empty array of the declared
+    dtype)."""
     if not values:
         dtype = np_dtype(vi.type.tensor_type.elem_type, f"{what}: scan output {vi.name!r}")
         dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
-        return np.zeros((0, *dims), dtype)
+        return np.zeros((*dims[:axis], 0, *dims[axis:]), dtype)
     if len({v.shape for v in values}) > 1:
         raise ShapeError(f"{what}: scan output {vi.name!r} changes shape between iterations")
     if all(v.const is not None for v in values):
-        return np.stack([np.asarray(v.const) for v in values])
+        return np.stack([np.asarray(v.const) for v in values], axis=axis)
     graph = inner_scope_graph
-    axes = graph.constant(np.array([0], np.int64), importer.fresh(graph, f"{name}_axis"))
+    axes = graph.constant(np.array([axis], np.int64), importer.fresh(graph, f"{name}_axis"))
     rows = [
         graph.add_node(
             "Unsqueeze", [v, axes], [importer.fresh(graph, f"{name}_{vi.name}_{i}")]
@@ -152,8 +270,8 @@ def _stack(
         for i, v in enumerate(values)
     ]
     return graph.add_node(
-        "Concat", rows, [importer.fresh(graph, f"{name}_{vi.name}")], {"axis": 0}
+        "Concat", rows, [importer.fresh(graph, f"{name}_{vi.name}")], {"axis": axis}
     ).outputs[0]
 
 
-__all__ = ["MAX_ITERATIONS", "MAX_UNROLLED", "unroll_loop"]
+__all__ = ["MAX_ITERATIONS", "MAX_UNROLLED", "unroll_loop", "unroll_scan"]

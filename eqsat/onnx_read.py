@@ -28,9 +28,9 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 # eqsat's own ops (the fused kernels) export in this domain, and load back from it.
 EQSAT_DOMAIN = "eqsat"
 # Ops the importer consumes itself rather than putting into the graph.
-# Ops the importer handles itself (Loop: unrolled when its inputs are known, see onnx_loop;
+# Ops the importer handles itself (Loop and Scan: unrolled, see onnx_loop;
 # ImageScaler: written as Mul and Add by onnx_upgrade).
-IMPORTER_OPS = {"Constant", "ImageScaler", "Loop"}
+IMPORTER_OPS = {"Constant", "ImageScaler", "Loop", "Scan"}
 # Standard operators that share a name with an eqsat operator of another meaning: ONNX's
 # Attention (opset 23: Q, K, V of rank 3 or 4 with head counts, masks, a KV cache, causal and
 # soft-capped variants) against eqsat's fused softmax(Q K^T scale + mask) V. The importer expands
@@ -227,13 +227,8 @@ def graph_problems(
 
 
 # Why whole families of operators cannot be supported, rather than are merely missing.
-_SCANS = (
-    "Scan is not supported (Loop is: it runs in the run-time tail, or unrolls when its inputs "
-    "are known at load time)"
-)
 _SEQUENCES = "sequence values are not supported: eqsat graphs hold tensors only"
 NOT_IMPLEMENTED = {
-    "Scan": _SCANS,
     **{
         op: _SEQUENCES
         for op in (

@@ -123,24 +123,21 @@ def test_unsupported_ops_listed_at_once() -> None:
     assert "['fancy']" in message
 
 
-def test_unsupported_ops_inside_branches_and_loop() -> None:
+def test_unsupported_ops_inside_branches_and_beside_them() -> None:
     body = h.make_graph(
         [h.make_node("Mystery", ["x"], ["t"], name="deep")], "b", [], [vi("t", [2])]
     )
-    loop_body = h.make_graph(
-        [], "loop", [vi("i", [], T.INT64), vi("c", [], T.BOOL)], [vi("c", [], T.BOOL)]
-    )
     nodes = [
         h.make_node("If", ["cond"], ["y"], then_branch=body, else_branch=body, name="if"),
-        h.make_node("Scan", ["x"], [], body=loop_body, num_scan_inputs=1, name="loop"),
+        h.make_node("SplitToSequence", ["x"], ["s"], name="seq"),
     ]
     proto = model(nodes, [vi("x", [2]), vi("cond", [], T.BOOL)], [vi("y", None)])
     with pytest.raises(UnsupportedOperatorError) as info:
         eqsat.load(proto)
     reasons = {node: why for _, node, why in info.value.unsupported}
-    assert set(reasons) >= {"deep", "loop"}
+    assert set(reasons) >= {"deep", "seq"}
     assert reasons["deep"] == "operator not implemented"
-    assert reasons["loop"].startswith("Scan is not supported (Loop is")
+    assert reasons["seq"].startswith("sequence values are not supported")
 
 
 def test_dead_branch_problems_do_not_matter_live_ones_are_listed() -> None:
