@@ -77,10 +77,12 @@ def upgrade(
     if version < 7:
         old = legacy(graph, op, version, Legacy(inputs, attrs), node, fresh)
         inputs, attrs = old.inputs, old.attrs
-    if attrs.get("spatial", 1) == 0:
-        raise UnsupportedOperatorError([(op, node, "spatial=0 (per-activation statistics)")])
+    per_activation = op == "BatchNormalization" and attrs.get("spatial", 1) == 0
     attrs = {k: v for k, v in attrs.items() if k not in LEGACY_ATTRS}
     up = Upgraded(RENAMED.get(op, op), list(inputs), attrs)
+    if per_activation and num_outputs == 1:
+        _batch_norm_per_activation(graph, up, node, fresh)
+        return up
 
     def ints(values: Any, what: str) -> Value:
         return graph.constant(np.asarray(values, dtype=np.int64), fresh(f"{node}_{what}"))
@@ -189,6 +191,37 @@ def _legacy_softmax(graph: Graph, up: Upgraded, node: str, fresh: Namer) -> None
         soft = graph.add_node(op, [flat.outputs[0]], [fresh(f"{node}_2d")], {"axis": -1}, name=node)
         target = graph.constant(np.asarray(shape, np.int64), fresh(f"{node}_shape"))
         graph.add_node("Reshape", [soft.outputs[0], target], outputs[:1], name=f"{node}_reshape")
+
+    up.expand = expand
+
+
+def _batch_norm_per_activation(graph: Graph, up: Upgraded, node: str, fresh: Namer) -> None:
+    """BatchNormalization with spatial=0 (opsets 1-8): statistics and parameters per activation,
+    of shape (C, D1, ...), not per channel. At inference that is ``x * a + b`` with
+    ``a = scale / sqrt(var + epsilon)`` and ``b = bias - mean * a``, each broadcast over the batch;
+    with constant parameters both fold at load."""
+    x, *params = [*up.inputs, None, None, None, None][:5]
+    if x is None or any(p is None for p in params):
+        raise ShapeError(f"BatchNormalization {node!r}: needs X, scale, B, mean and var")
+    if any(tuple(p.shape) != tuple(x.shape[1:]) for p in params):
+        shapes = [tuple(p.shape) for p in params]
+        raise ShapeError(
+            f"BatchNormalization {node!r} (spatial=0): scale, B, mean and var must have the "
+            f"shape {tuple(x.shape[1:])} of one activation, got {shapes}"
+        )
+    scale, bias, mean, var = params
+    epsilon = graph.constant(
+        np.asarray(up.attrs.get("epsilon", 1e-5), x.dtype), fresh(f"{node}_epsilon")
+    )
+
+    def expand(outputs: list[str | None]) -> None:
+        def add(op: str, inputs: list[Value], out: str | None = None) -> Value:
+            name = out or fresh(f"{node}_{op.lower()}")
+            return graph.add_node(op, inputs, [name], name=fresh(f"{node}_{op.lower()}")).outputs[0]
+
+        a = add("Div", [scale, add("Sqrt", [add("Add", [var, epsilon])])])
+        b = add("Sub", [bias, add("Mul", [mean, a])])
+        add("Add", [add("Mul", [x, a]), b], outputs[0])
 
     up.expand = expand
 

@@ -13,7 +13,7 @@ from onnx import helper as h
 from onnx_testing import F, check, init, model, ort_run, randn, vi
 
 import eqsat
-from eqsat.errors import ModelLoadError, UnsupportedOperatorError
+from eqsat.errors import ModelLoadError, ShapeError, UnsupportedOperatorError
 
 
 @pytest.mark.parametrize("opset", [11, 12])
@@ -301,3 +301,41 @@ def test_image_scaler_opset7(rng: np.random.Generator) -> None:
     bad = h.make_node("ImageScaler", ["x"], ["y"], scale=0.5, bias=[1.0, 2.0])
     with pytest.raises(eqsat.ShapeError, match="bias has 2 values for 3 channels"):
         eqsat.load(model([bad], [vi("x", [1, 3, 4, 5])], [vi("y", None)], opset=7))
+
+
+@pytest.mark.parametrize("constant", [True, False])
+def test_batch_norm_per_activation(rng: np.random.Generator, constant: bool) -> None:
+    """spatial=0 (opsets 1-8): one statistic and parameter per activation, shape (C, H, W)."""
+    names = ["scale", "B", "mean", "var"]
+    arrays = [randn(rng, 3, 2, 2), randn(rng, 3, 2, 2), randn(rng, 3, 2, 2)]
+    arrays.append(np.abs(randn(rng, 3, 2, 2)) + 0.5)
+    node = h.make_node("BatchNormalization", ["x", *names], ["y"], spatial=0, epsilon=1e-3)
+    inputs = [vi("x", [2, 3, 2, 2])]
+    if constant:
+        proto = model(
+            [node],
+            inputs,
+            [vi("y", None)],
+            [init(n, a) for n, a in zip(names, arrays, strict=True)],
+            opset=7,
+        )
+        feeds = {"x": randn(rng, 2, 3, 2, 2)}
+    else:
+        inputs += [vi(n, [3, 2, 2]) for n in names]
+        proto = model([node], inputs, [vi("y", None)], opset=7)
+        feeds = {"x": randn(rng, 2, 3, 2, 2), **dict(zip(names, arrays, strict=True))}
+    x, (scale, bias, mean, var) = feeds["x"], arrays
+    want = (x - mean) / np.sqrt(var + 1e-3) * scale + bias
+    got = eqsat.compile(eqsat.load(proto)).run(feeds)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, ort_run(proto, feeds)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_per_activation_shapes_are_checked() -> None:
+    node = h.make_node(
+        "BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], spatial=0, name="bn0"
+    )
+    inits = [init(n, np.ones(3, F)) for n in "sbmv"]  # per channel, but spatial=0 wants (3, 2, 2)
+    proto = model([node], [vi("x", [2, 3, 2, 2])], [vi("y", None)], inits, opset=7)
+    with pytest.raises(ShapeError, match=r"bn0.*\(3, 2, 2\)"):
+        eqsat.load(proto)
