@@ -34,6 +34,7 @@ from eqsat.onnx_loop import unroll_loop, unroll_scan
 from eqsat.onnx_read import (
     EQSAT_DOMAIN,
     GRAPH,
+    SEQUENCE_OPS,
     ModelSource,
     check_supported,
     default_opset,
@@ -43,6 +44,7 @@ from eqsat.onnx_read import (
     schema_version,
     topological_order,
 )
+from eqsat.onnx_sequence import SequenceValue, import_sequence_op
 from eqsat.onnx_upgrade import RENAMED, upgrade
 from eqsat.tail import build_tail, split_reason, tail_reads
 
@@ -294,6 +296,8 @@ class _Importer:
     def _output(self, scope: _Scope, name: str) -> Value:
         """A graph output keeps its ONNX name, even when the value inside was renamed."""
         value = self._read(scope, name, "graph output")
+        if isinstance(value, SequenceValue):
+            raise Unsupported([("output", name, "a sequence value: eqsat returns tensors only")])
         graph = scope.graph
         if value.name != name and graph.lookup(name) is None:
             node = graph.add_node("Identity", [value], [name], name=self._node_name(graph, name))
@@ -372,6 +376,11 @@ class _Importer:
         if op == "Scan":
             unroll_scan(self, node, name, scope)
             return
+        if op in SEQUENCE_OPS:
+            import_sequence_op(self, node, name, scope)
+            return
+        if any(isinstance(v, SequenceValue) for v in inputs):
+            raise Unsupported([(op, name, "reads a sequence value")])
         if op == "If" and inputs and inputs[0] is not None and inputs[0].const is not None:
             self._inline_if(node, bool(np.asarray(inputs[0].const).reshape(-1)[0]), scope)
             return

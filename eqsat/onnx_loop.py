@@ -34,6 +34,7 @@ from eqsat.errors import (
     UnsupportedOperatorError,
 )
 from eqsat.onnx_read import GRAPH, check_supported, np_dtype, outer_reads, schema_version
+from eqsat.onnx_sequence import SequenceValue, is_known
 
 # Iterations after which a Loop whose condition never turns false is stopped with an error
 # rather than left to hang.
@@ -66,7 +67,7 @@ def unroll_loop(importer: Any, node: onnx.NodeProto, name: str, scope: Any) -> N
             "times it runs (and the shapes of its results) is known only when it runs"
         )
     outer = [importer._read(scope, n, f"{what}'s body") for n in dict.fromkeys(outer_reads(body))]
-    known = all(v is None or v.const is not None for v in [*inputs, *outer])
+    known = all(is_known(v) for v in [*inputs, *outer])
     check_supported(body, importer.opset, main=False)
     carried: list[Any] = [v for v in inputs[2:] if v is not None]
     if len(carried) != len(inputs) - 2:
@@ -159,7 +160,7 @@ def unroll_scan(importer: Any, node: onnx.NodeProto, name: str, scope: Any) -> N
         raise ShapeError(f"{what}: its scan inputs differ in length along their scan axes")
     steps = lengths.pop()
     outer = [importer._read(scope, v, f"{what}'s body") for v in dict.fromkeys(outer_reads(body))]
-    if steps > MAX_UNROLLED and any(v.const is None for v in [*inputs, *outer]):
+    if steps > MAX_UNROLLED and not all(is_known(v) for v in [*inputs, *outer]):
         raise DataDependentShapeError(
             f"{what} runs {steps} steps over run-time values, more than the {MAX_UNROLLED} "
             "unrolled into the graph"
@@ -231,6 +232,8 @@ def _bind_outputs(importer: Any, scope: Any, node: onnx.NodeProto, values: list[
             continue
         if isinstance(value, np.ndarray):
             importer._constant(scope, value, out_name)
+        elif isinstance(value, SequenceValue):  # a loop-carried list (a TensorArray)
+            scope.names[out_name] = value
         elif value.const is not None and value.producer is None:
             importer._constant(scope, np.asarray(value.const), out_name)
         else:
@@ -253,6 +256,8 @@ def _stack(
     """A scan output: every iteration's value on a new axis ``axis`` (a constant when they all
     are; else Unsqueeze and Concat nodes; with no iteration, an empty array of the declared
     dtype)."""
+    if any(isinstance(v, SequenceValue) for v in values):
+        raise ShapeError(f"{what}: scan output {vi.name!r} is a sequence; scans stack tensors")
     if not values:
         dtype = np_dtype(vi.type.tensor_type.elem_type, f"{what}: scan output {vi.name!r}")
         dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]

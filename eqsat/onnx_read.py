@@ -30,7 +30,14 @@ EQSAT_DOMAIN = "eqsat"
 # Ops the importer consumes itself rather than putting into the graph.
 # Ops the importer handles itself (Loop and Scan: unrolled, see onnx_loop;
 # ImageScaler: written as Mul and Add by onnx_upgrade).
-IMPORTER_OPS = {"Constant", "ImageScaler", "Loop", "Scan"}
+# Sequences of static length, kept by the importer as lists of values (eqsat.onnx_sequence).
+SEQUENCE_OPS = frozenset(
+    {
+        "SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceErase", "SequenceAt",
+        "SequenceLength", "SplitToSequence", "ConcatFromSequence",
+    }
+)  # fmt: skip
+IMPORTER_OPS = {"Constant", "ImageScaler", "Loop", "Scan", *SEQUENCE_OPS}
 # Standard operators that share a name with an eqsat operator of another meaning: ONNX's
 # Attention (opset 23: Q, K, V of rank 3 or 4 with head counts, masks, a KV cache, causal and
 # soft-capped variants) against eqsat's fused softmax(Q K^T scale + mask) V. The importer expands
@@ -227,16 +234,6 @@ def graph_problems(
 
 
 # Why whole families of operators cannot be supported, rather than are merely missing.
-_SEQUENCES = "sequence values are not supported: eqsat graphs hold tensors only"
-NOT_IMPLEMENTED = {
-    **{
-        op: _SEQUENCES
-        for op in (
-            "SequenceAt", "SequenceConstruct", "SequenceEmpty", "SequenceErase", "SequenceInsert",
-            "SequenceLength", "SequenceMap", "SplitToSequence", "ConcatFromSequence",
-        )
-    },
-}  # fmt: skip
 
 
 def _node_problems(node: onnx.NodeProto, name: str, opset: int) -> list[Problem]:
@@ -249,7 +246,7 @@ def _node_problems(node: onnx.NodeProto, name: str, opset: int) -> list[Problem]
         why = "ONNX's operator of this name could not be expanded into operators eqsat implements"
         problems.append((op, name, why))
     elif op not in IMPORTER_OPS and not ops.is_supported(RENAMED.get(op, op)):
-        problems.append((op, name, NOT_IMPLEMENTED.get(op, "operator not implemented")))
+        problems.append((op, name, "operator not implemented"))
     elif not own and op not in IMPORTER_OPS and schema_version(op, opset) is None:
         problems.append((op, name, f"not an ONNX operator at opset {opset}"))
     elif op not in IMPORTER_OPS:
