@@ -12,11 +12,12 @@ iterations). Scan outputs are stacked on a new first axis. Otherwise it raises
 :class:`~eqsat.errors.DataDependentShapeError`, and :func:`eqsat.load` moves the Loop and what
 follows into the run-time tail.
 
-:func:`unroll_scan` does the same for Scan (opset 9 on), whose iteration count is the static
+:func:`unroll_scan` does the same for Scan, whose iteration count is the static
 length of its scan inputs: each iteration takes one slice of every scan input (``Gather`` at that
 index, along the input's scan axis, from either end), runs the body on the states and slices,
-and the scan outputs are stacked along their own axes (again from either end). Scan-8, with its
-batch axis and per-batch ``sequence_lens``, is refused.
+and the scan outputs are stacked along their own axes (again from either end). Scan-8 (opset 8)
+has a batch axis before the scan axis: it runs once per batch entry, its results stacked along
+the batch axis; its per-batch ``sequence_lens`` must be absent or all full length.
 """
 
 from __future__ import annotations
@@ -130,12 +131,9 @@ def unroll_scan(importer: Any, node: onnx.NodeProto, name: str, scope: Any) -> N
     """Import Scan ``node`` into ``scope``, one body per step of its scan inputs (see the
     module's docstring); over run-time values at most :data:`MAX_UNROLLED` steps, beyond which
     it raises :class:`DataDependentShapeError` and runs in the run-time tail, unrolled there over
-    constants."""
+    constants. Scan-8 runs the same scan once per entry of its batch axis."""
     what = f"node {name!r} (Scan)"
-    version = schema_version("Scan", importer.opset)
-    if version is not None and version < 9:
-        why = "Scan-8 (batch axis and sequence_lens); Scan from opset 9 is supported"
-        raise UnsupportedOperatorError([("Scan", name, why)])
+    batched = (schema_version("Scan", importer.opset) or 9) < 9
     attrs = {a.name: a for a in node.attribute}
     if "body" not in attrs or attrs["body"].type != GRAPH:
         raise ModelLoadError(f"{what} has no body")
@@ -143,6 +141,7 @@ def unroll_scan(importer: Any, node: onnx.NodeProto, name: str, scope: Any) -> N
         raise ModelLoadError(f"{what}: required attribute 'num_scan_inputs' is missing")
     body, m = attrs["body"].g, int(attrs["num_scan_inputs"].i)
     inputs = [importer._read(scope, i, what) if i else None for i in node.input]
+    lengths_input = inputs.pop(0) if batched and inputs else None
     n = len(inputs) - m
     if m < 1 or n < 0 or any(v is None for v in inputs):
         raise ShapeError(f"{what}: {len(inputs)} inputs for {m} scan input(s), none may be empty")
@@ -151,28 +150,86 @@ def unroll_scan(importer: Any, node: onnx.NodeProto, name: str, scope: Any) -> N
             f"{what}: the body takes {len(body.input)} inputs and makes {len(body.output)} "
             f"outputs for {n} state(s) and {m} scan input(s)"
         )
-    k = len(body.output) - n
     states, xs = inputs[:n], inputs[n:]
-    in_axes = _ints(attrs, "scan_input_axes", m, [x.rank for x in xs], what)
-    in_back = [bool(d) for d in _ints(attrs, "scan_input_directions", m, None, what)]
-    lengths = {x.shape[axis] for x, axis in zip(xs, in_axes, strict=True)}
-    if len(lengths) != 1:
+    if batched:
+        in_axes = [1] * m
+        in_back = [bool(d) for d in _ints(attrs, "directions", m, None, what)]
+    else:
+        in_axes = _ints(attrs, "scan_input_axes", m, [x.rank for x in xs], what)
+        in_back = [bool(d) for d in _ints(attrs, "scan_input_directions", m, None, what)]
+    lengths = {x.shape[axis] for x, axis in zip(xs, in_axes, strict=True) if axis < x.rank}
+    if len(lengths) != 1 or any(axis >= x.rank for x, axis in zip(xs, in_axes, strict=True)):
         raise ShapeError(f"{what}: its scan inputs differ in length along their scan axes")
     steps = lengths.pop()
+    batch = xs[0].shape[0] if batched else 1
+    if batched:
+        _check_sequence_lens(lengths_input, batch, steps, name, what)
     outer = [importer._read(scope, v, f"{what}'s body") for v in dict.fromkeys(outer_reads(body))]
-    if steps > MAX_UNROLLED and not all(is_known(v) for v in [*inputs, *outer]):
+    if steps * batch > MAX_UNROLLED and not all(is_known(v) for v in [*inputs, *outer]):
         raise DataDependentShapeError(
-            f"{what} runs {steps} steps over run-time values, more than the {MAX_UNROLLED} "
-            "unrolled into the graph"
+            f"{what} runs {steps * batch} steps over run-time values, more than the "
+            f"{MAX_UNROLLED} unrolled into the graph"
         )
     check_supported(body, importer.opset, main=False)
     graph = scope.graph
-    scans: list[list[Any]] = [[] for _ in range(k)]
+    outputs = body.output[n:]
+    if not batched:
+        states, scans = _scan(importer, scope, body, states, xs, in_axes, in_back, name, what)
+        ranks = [stack[0].rank + 1 if stack else 1 for stack in scans]
+        out_axes = _ints(attrs, "scan_output_axes", len(scans), ranks, what)
+        out_back = [bool(d) for d in _ints(attrs, "scan_output_directions", len(scans), None, what)]
+        results = [
+            _stack(importer, graph, stack[::-1] if back else stack, vi, what, name, axis)
+            for stack, vi, axis, back in zip(scans, outputs, out_axes, out_back, strict=True)
+        ]
+        _bind_outputs(importer, scope, node, [*states, *results])
+        return
+    per_state: list[list[Any]] = [[] for _ in states]
+    per_output: list[list[Any]] = [[] for _ in outputs]
+    for b in range(batch):  # Scan-8: states (B, ...) and scan inputs (B, T, ...)
+        mine = [_take(importer, graph, v, b, 0, f"{name}_b{b}") for v in [*states, *xs]]
+        final, scans = _scan(
+            importer, scope, body, mine[:n], mine[n:], [0] * m, in_back, name, what
+        )
+        for out, value in zip(per_state, final, strict=True):
+            out.append(value)
+        for out, stack, vi in zip(per_output, scans, outputs, strict=True):
+            out.append(_stack(importer, graph, stack, vi, what, name, 0))
+    results = [
+        _stack(importer, graph, values, vi, what, name, 0)
+        for values, vi in zip([*per_state, *per_output], body.output, strict=True)
+    ]
+    _bind_outputs(importer, scope, node, results)
+
+
+def _check_sequence_lens(value: Any, batch: int, steps: int, name: str, what: str) -> None:
+    """Scan-8's optional per-batch lengths must all be the full length (as exporters write)."""
+    if value is None:
+        return
+    if value.const is None:
+        raise UnsupportedOperatorError(
+            [("Scan", name, "Scan-8 sequence_lens known only at run time")]
+        )
+    lens = np.asarray(value.const).reshape(-1)
+    if lens.size != batch or np.any(lens != steps):
+        raise UnsupportedOperatorError(
+            [("Scan", name, f"Scan-8 sequence_lens {lens.tolist()} shorter than {steps} steps")]
+        )
+
+
+def _scan(importer: Any, scope: Any, body: onnx.GraphProto, states: list[Any], xs: list[Any],
+          axes: list[int], backs: list[bool], name: str, what: str
+          ) -> tuple[list[Any], list[list[Any]]]:  # fmt: skip
+    """Run ``body`` over every step of ``xs`` (along ``axes``, from the end where ``backs``) from
+    ``states``: the final states and, per scan output, every step's value."""
+    n, graph = len(states), scope.graph
+    steps = xs[0].shape[axes[0]]
+    scans: list[list[Any]] = [[] for _ in range(len(body.output) - n)]
     for step in range(steps):
         inner = type(scope)(graph, scope, f"{name}/")
         for vi, value in zip(body.input[:n], states, strict=True):
             inner.names[vi.name] = value
-        for vi, x, axis, back in zip(body.input[n:], xs, in_axes, in_back, strict=True):
+        for vi, x, axis, back in zip(body.input[n:], xs, axes, backs, strict=True):
             index = steps - 1 - step if back else step
             inner.names[vi.name] = _take(importer, graph, x, index, axis, f"{name}_{vi.name}")
         for tensor in body.initializer:
@@ -184,16 +241,7 @@ def unroll_scan(importer: Any, node: onnx.NodeProto, name: str, scope: Any) -> N
         states = outs[:n]
         for stack, value in zip(scans, outs[n:], strict=True):
             stack.append(value)
-    ranks = [stack[0].rank + 1 if stack else 1 for stack in scans]
-    out_axes = _ints(attrs, "scan_output_axes", k, ranks, what)
-    out_back = [bool(d) for d in _ints(attrs, "scan_output_directions", k, None, what)]
-    results = [
-        _stack(
-            importer, graph, stack[::-1] if back else stack, body.output[n + j], what, name, axis
-        )
-        for j, (stack, axis, back) in enumerate(zip(scans, out_axes, out_back, strict=True))
-    ]
-    _bind_outputs(importer, scope, node, [*states, *results])
+    return states, scans
 
 
 def _ints(

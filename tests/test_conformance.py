@@ -185,7 +185,6 @@ EXCLUDED: dict[str, str] = {
         "sequences as model inputs or outputs: eqsat models take and return tensors (sequences "
         "inside a model are kept as lists at import: tests/test_onnx_sequence.py)"
     ),
-    r"test_scan_sum": "Scan-8 (opset 8: batch axis and sequence_lens); Scan from opset 9 is read",
     r"test_batchnorm_.*_training_mode": "training mode: eqsat compiles inference graphs",
     r"test_training_dropout.*": "training mode: eqsat compiles inference graphs",
     r"test_(identity|if)_(opt|sequence|seq)": "sequence and optional types are not supported",

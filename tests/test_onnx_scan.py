@@ -15,9 +15,12 @@ import eqsat
 from eqsat.errors import ShapeError, UnsupportedOperatorError
 
 
-def _running_sum_body() -> onnx.GraphProto:
-    """state' = state + x_t; scans out state' * 2 and x_t - state."""
-    nodes = [
+def _running_sum_body(constant_node: bool = False) -> onnx.GraphProto:
+    """state' = state + x_t; scans out state' * 2 and x_t - state. ``constant_node``: the 2 comes
+    from a Constant node, as IR version 3 (opset 8) wants, not from a body initializer."""
+    two = np.array(2.0, F)
+    nodes = [h.make_node("Constant", [], ["two"], value=onnx.numpy_helper.from_array(two))]
+    nodes = (nodes if constant_node else []) + [
         h.make_node("Add", ["state", "x_t"], ["state_out"]),
         h.make_node("Mul", ["state_out", "two"], ["doubled"]),
         h.make_node("Sub", ["x_t", "state"], ["diff"]),
@@ -25,7 +28,7 @@ def _running_sum_body() -> onnx.GraphProto:
     return h.make_graph(
         nodes, "body", [vi("state", [3]), vi("x_t", [3])],
         [vi("state_out", [3]), vi("doubled", [3]), vi("diff", [3])],
-        [init("two", np.array(2.0, F))],
+        [] if constant_node else [init("two", two)],
     )  # fmt: skip
 
 
@@ -105,11 +108,31 @@ def test_two_scan_inputs_of_different_axes(rng: np.random.Generator) -> None:
     _same(eqsat.load(proto), proto, feeds, "numpy")
 
 
+@pytest.mark.parametrize("lengths", [None, "full"])
+def test_scan_8_runs_once_per_batch_entry(rng: np.random.Generator, lengths: str | None) -> None:
+    """Scan-8 (opset 8): states (B, ...), scan inputs (B, T, ...), an optional sequence_lens."""
+    scan = h.make_node(
+        "Scan", ["" if lengths is None else "lens", "start", "x"], ["final", "doubled", "diffs"],
+        num_scan_inputs=1, body=_running_sum_body(constant_node=True), directions=[1],
+    )  # fmt: skip
+    inits = [] if lengths is None else [init("lens", np.array([4, 4], np.int64))]
+    outs = [vi("final", None), vi("doubled", None), vi("diffs", None)]
+    proto = model([scan], [vi("start", [2, 3]), vi("x", [2, 4, 3])], outs, inits, opset=8)
+    graph = eqsat.load(proto)
+    assert graph.tail is None and "Scan" not in graph.op_counts()
+    _same(graph, proto, {"start": randn(rng, 2, 3), "x": randn(rng, 2, 4, 3)}, "numpy")
+
+
 def test_scan_errors_name_the_node() -> None:
-    proto = _scan_model(5)
-    proto.opset_import[0].version = 8  # Scan-8: a batch axis and sequence_lens
-    with pytest.raises(UnsupportedOperatorError, match=r"running_sum.*Scan-8"):
-        eqsat.load(proto)
+    scan = h.make_node(
+        "Scan", ["lens", "start", "x"], ["final", "d", "e"], num_scan_inputs=1,
+        body=_running_sum_body(constant_node=True), name="ragged",
+    )  # fmt: skip
+    ins = [vi("start", [2, 3]), vi("x", [2, 4, 3])]
+    outs = [vi("final", None), vi("d", None), vi("e", None)]
+    short = [init("lens", np.array([4, 2], np.int64))]
+    with pytest.raises(UnsupportedOperatorError, match=r"ragged.*sequence_lens \[4, 2\]"):
+        eqsat.load(model([scan], ins, outs, short, opset=8))
     body = _running_sum_body()
     scan = h.make_node(
         "Scan", ["start", "x", "y"], ["final", "d", "e"], num_scan_inputs=2, body=body,
