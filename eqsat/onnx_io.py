@@ -277,7 +277,11 @@ class _Importer:
         boundary: dict[str, Value] = {}
         for node in nodes:
             for name in sorted(tail_reads(node) - dynamic):
-                boundary[name] = self._read(scope, name, f"node {node.name!r} ({node.op_type})")
+                value = self._read(scope, name, f"node {node.name!r} ({node.op_type})")
+                if isinstance(value, SequenceValue):
+                    why = f"reads the sequence {name!r} across into the run-time tail"
+                    raise Unsupported([(node.op_type, node.name, why)])
+                boundary[name] = value
         index = {id(v): i for i, v in enumerate(graph.outputs)}
         static_index: dict[str, int] = {}
         for name, value in boundary.items():

@@ -105,3 +105,18 @@ def test_sequences_are_refused_where_they_cannot_go() -> None:
         eqsat.load(model(nodes, ins, [vi("y", None)], opset=17))
     with pytest.raises(ShapeError, match=r"pick.*position 5"):
         eqsat.load(model(nodes, ins[:1], [vi("y", None)], [init("k", np.array(5))], opset=17))
+
+
+def test_a_sequence_cannot_cross_into_the_run_time_tail() -> None:
+    """NonZero's output has a data-dependent shape, so the SequenceInsert that reads it starts
+    the run-time tail; the sequence it inserts into was built before and cannot be handed on."""
+    nodes = [
+        h.make_node("SplitToSequence", ["x"], ["rows"], axis=0),
+        h.make_node("NonZero", ["x"], ["where"]),
+        h.make_node("Cast", ["where"], ["found"], to=T.FLOAT),
+        h.make_node("SequenceInsert", ["rows", "found"], ["more"], name="late_insert"),
+        h.make_node("SequenceLength", ["more"], ["y"]),
+    ]
+    proto = model(nodes, [vi("x", [2, 3])], [vi("y", None, T.INT64)], opset=17)
+    with pytest.raises(UnsupportedOperatorError, match=r"late_insert.*'rows'.*run-time tail"):
+        eqsat.load(proto)
