@@ -53,7 +53,7 @@ def import_sequence_op(importer: Any, node: onnx.NodeProto, name: str, scope: An
             raise ShapeError(f"{what}: needs one or more tensors of one element type")
         result = SequenceValue(tensors, tensors[0].dtype)
     elif op == "SequenceInsert":
-        (tensor,) = _tensors(inputs[1:2], what)
+        (tensor,) = _tensors(inputs[1:2], what, 1)
         if tensor.dtype != seq.dtype:
             raise ShapeError(f"{what}: a {tensor.dtype} tensor into a sequence of {seq.dtype}")
         count = len(seq.items)
@@ -64,7 +64,8 @@ def import_sequence_op(importer: Any, node: onnx.NodeProto, name: str, scope: An
         at = _position(inputs[1] if len(inputs) > 1 else None, count - 1, count, (op, name))
         result = SequenceValue(seq.items[:at] + seq.items[at + 1 :], seq.dtype)
     elif op == "SequenceAt":
-        result = seq.items[_position(inputs[1], None, len(seq.items), (op, name))]
+        at = inputs[1] if len(inputs) > 1 else None
+        result = seq.items[_position(at, None, len(seq.items), (op, name))]
     elif op == "SequenceLength":
         result = np.array(len(seq.items), np.int64)
     elif op == "SplitToSequence":
@@ -85,7 +86,10 @@ def is_known(value: Any) -> bool:
     return value is None or value.const is not None
 
 
-def _tensors(values: list[Any], what: str) -> list[Value]:
+def _tensors(values: list[Any], what: str, count: int | None = None) -> list[Value]:
+    """``values``, which must be tensors (``count`` of them, when given)."""
+    if count is not None and len(values) != count:
+        raise ModelLoadError(f"{what}: expects {count} tensor input(s), got {len(values)}")
     if any(v is None or isinstance(v, SequenceValue) for v in values):
         raise ModelLoadError(f"{what}: expects tensors where it got a sequence or nothing")
     return list(values)
@@ -98,19 +102,20 @@ def _position(value: Value | None, default: int | None, count: int, where: tuple
     if value is None:
         if default is None:
             raise ModelLoadError(f"{what}: its position input is missing")
-        return default
-    if value.const is None:
+        at = default
+    elif value.const is None:
         op, name = where
         raise UnsupportedOperatorError([(op, name, "a sequence position computed at run time")])
-    at = int(np.asarray(value.const).reshape(-1)[0])
+    else:
+        at = int(np.asarray(value.const).reshape(-1)[0])
     if not -count <= at < count:
-        raise ShapeError(f"{what}: position {at} is out of range for {count} item(s)")
-    return at % count if count else 0
+        raise ShapeError(f"{what}: position {at} is out of range for {count} place(s)")
+    return at % count
 
 
 def _split(importer: Any, graph: Any, inputs: list[Any], attrs: dict[str, Any], name: str,
            what: str) -> SequenceValue:  # fmt: skip
-    (x,) = _tensors(inputs[:1], what)
+    (x,) = _tensors(inputs[:1], what, 1)
     axis = int(attrs.get("axis", 0))
     if not -x.rank <= axis < x.rank:
         raise ShapeError(f"{what}: axis {axis} is out of range for rank {x.rank}")

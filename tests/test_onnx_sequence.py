@@ -12,7 +12,7 @@ from onnx import helper as h
 from onnx_testing import init, model, ort_run, randn, vi
 
 import eqsat
-from eqsat.errors import ShapeError, UnsupportedOperatorError
+from eqsat.errors import ModelLoadError, ShapeError, UnsupportedOperatorError
 
 
 def _same(proto: onnx.ModelProto, feeds: dict, target: str) -> eqsat.Graph:
@@ -119,4 +119,21 @@ def test_a_sequence_cannot_cross_into_the_run_time_tail() -> None:
     ]
     proto = model(nodes, [vi("x", [2, 3])], [vi("y", None, T.INT64)], opset=17)
     with pytest.raises(UnsupportedOperatorError, match=r"late_insert.*'rows'.*run-time tail"):
+        eqsat.load(proto)
+
+
+def test_malformed_sequence_nodes_name_the_node() -> None:
+    empty = h.make_node("SequenceEmpty", [], ["e"], dtype=T.FLOAT)
+    erase = h.make_node("SequenceErase", ["e"], ["f"], name="erase_nothing")
+    length = h.make_node("SequenceLength", ["f"], ["y"])
+    proto = model([empty, erase, length], [], [vi("y", None, T.INT64)], opset=17)
+    with pytest.raises(ShapeError, match=r"erase_nothing.*position -1.*0 place"):
+        eqsat.load(proto)
+    insert = h.make_node("SequenceInsert", ["e"], ["f"], name="insert_nothing")
+    proto = model([empty, insert, length], [], [vi("y", None, T.INT64)], opset=17)
+    with pytest.raises(ModelLoadError, match=r"insert_nothing.*1 tensor"):
+        eqsat.load(proto)
+    at = h.make_node("SequenceAt", ["e"], ["z"], name="at_nowhere")
+    proto = model([empty, at], [], [vi("z", None)], opset=17)
+    with pytest.raises(ModelLoadError, match=r"at_nowhere.*position input is missing"):
         eqsat.load(proto)
