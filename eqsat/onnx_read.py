@@ -27,9 +27,6 @@ from eqsat.onnx_upgrade import LEGACY_ATTRS, RENAMED
 DEFAULT_DOMAINS = ("", "ai.onnx")
 # eqsat's own ops (the fused kernels) export in this domain, and load back from it.
 EQSAT_DOMAIN = "eqsat"
-# Ops the importer consumes itself rather than putting into the graph.
-# Ops the importer handles itself (Loop and Scan: unrolled, see onnx_loop;
-# ImageScaler: written as Mul and Add by onnx_upgrade).
 # Sequences of static length, kept by the importer as lists of values (eqsat.onnx_sequence).
 SEQUENCE_OPS = frozenset(
     {
@@ -37,6 +34,8 @@ SEQUENCE_OPS = frozenset(
         "SequenceLength", "SplitToSequence", "ConcatFromSequence",
     }
 )  # fmt: skip
+# Ops the importer handles itself rather than putting into the graph (Loop and Scan: unrolled,
+# see onnx_loop; ImageScaler: written as Mul and Add by onnx_upgrade; the sequence ops).
 IMPORTER_OPS = {"Constant", "ImageScaler", "Loop", "Scan", *SEQUENCE_OPS}
 # Standard operators that share a name with an eqsat operator of another meaning: ONNX's
 # Attention (opset 23: Q, K, V of rank 3 or 4 with head counts, masks, a KV cache, causal and
@@ -231,9 +230,6 @@ def graph_problems(
         if problem:
             own.append(("dtype", f"initializer {tensor.name}", problem))
     return own, nested
-
-
-# Why whole families of operators cannot be supported, rather than are merely missing.
 
 
 def _node_problems(node: onnx.NodeProto, name: str, opset: int) -> list[Problem]:
