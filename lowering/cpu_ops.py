@@ -165,21 +165,10 @@ def matmul_parts(
 def threaded_matmul(threads: int) -> Any:
     """``mm(x, y, out)``: ``np.matmul`` with BLAS's own ``threads`` threads for this one product
     (the run pins BLAS to one thread around it)."""
-    from eqsat.lowering.cpu_runtime import blas_thread_setters
+    from eqsat.lowering.cpu_runtime import one_thread_pin
 
-    setters = blas_thread_setters()
     matmul = np.matmul
-
-    def mm(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
-        for set_ in setters:
-            set_(threads)
-        try:
-            matmul(x, y, out=out)
-        finally:
-            for set_ in setters:
-                set_(1)
-
-    return mm
+    return one_thread_pin().run_on(lambda x, y, out: matmul(x, y, out=out), threads)
 
 
 def _parallel_matmul(

@@ -27,6 +27,7 @@ depthwise, copy and view), and only for libraries whose count differs.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -304,33 +305,31 @@ class BlasPin:
             if before != threads:
                 set_(before)
 
-    def single_threaded(self, run: StepFn) -> StepFn:
-        """``run`` with BLAS on one thread (inside a run, where it is pinned to ``threads``)."""
+    def run_on(self, fn: Callable[..., Any], count: int) -> Callable[..., Any]:
+        """``fn`` with BLAS on ``count`` threads while it runs, then back to ``threads`` (the
+        count a run pins it to)."""
         setters = tuple(set_ for _, set_ in self.calls)
         if not setters:
-            return run
+            return fn
         threads = self.threads
 
-        def one_thread(env: Env) -> None:
+        def on_count(*args: Any) -> Any:
             for set_ in setters:
-                set_(1)
+                set_(count)
             try:
-                run(env)
+                return fn(*args)
             finally:
                 for set_ in setters:
                     set_(threads)
 
-        return one_thread
+        return on_count
 
 
-_SETTERS: list[tuple[Callable[[int], Any], ...]] = []
-
-
-def blas_thread_setters() -> tuple[Callable[[int], Any], ...]:
-    """The thread-count setters of every BLAS library loaded (looked up once)."""
-    if not _SETTERS:
-        _SETTERS.append(tuple(set_ for _, set_ in BlasPin(1).calls))
-    return _SETTERS[0]
+@functools.cache
+def one_thread_pin() -> BlasPin:
+    """The pin of the pool's threading (BLAS on one thread), its libraries looked up once: steps
+    built before their executable switch BLAS's threads through it."""
+    return BlasPin(1)
 
 
 def _thread_calls(lib: Any) -> tuple[Callable[[], int], Callable[[int], Any]]:
@@ -348,4 +347,4 @@ def _thread_calls(lib: Any) -> tuple[Callable[[], int], Callable[[int], Any]]:
     return lib.get_num_threads, lib.set_num_threads
 
 
-__all__ = ["BLAS_KINDS", "SMALL_BLAS_FLOPS", "BlasPin", "CpuExecutable"]
+__all__ = ["BLAS_KINDS", "SMALL_BLAS_FLOPS", "BlasPin", "CpuExecutable", "one_thread_pin"]

@@ -391,8 +391,8 @@ def test_blas_pin_restores_thread_count() -> None:
     assert set(inside) <= {1} and after == before
 
 
-def test_blas_pin_single_threaded_wrapper() -> None:
-    """BlasPin.single_threaded runs a step with one BLAS thread and restores the pinned count."""
+def test_blas_pin_runs_a_step_on_one_thread() -> None:
+    """BlasPin.run_on(step, 1) runs a step with one BLAS thread and restores the pinned count."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     from eqsat.lowering import cpu
 
@@ -406,7 +406,7 @@ def test_blas_pin_single_threaded_wrapper() -> None:
     seen: list[set[int]] = []
     pin.enter()
     try:
-        pin.single_threaded(lambda env: seen.append(blas_threads()))([])
+        pin.run_on(lambda env: seen.append(blas_threads()), 1)([])
         seen.append(blas_threads())
     finally:
         pin.exit()
