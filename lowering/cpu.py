@@ -30,6 +30,7 @@ thread pool is ever busy and a descheduled thread delays one chunk, not the whol
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -112,10 +113,16 @@ class Lowering:
     def blas_threads(self, flops: float) -> int:
         """BLAS's own threads for a GEMM step of ``flops`` (see :data:`BLAS_GEMM_THREADS`);
         0: the pool splits it, if it is big enough."""
-        threads = min(self.threads, usable_cpus(), cpu_threads.MAX_THREADS)
-        if threads < BLAS_GEMM_THREADS or flops < BLAS_GEMM_FLOPS:
+        if self.threads < BLAS_GEMM_THREADS or flops < BLAS_GEMM_FLOPS:
             return 0
-        return threads
+        threads = self._blas_cap
+        return threads if threads >= BLAS_GEMM_THREADS else 0
+
+    @functools.cached_property
+    def _blas_cap(self) -> int:
+        """The threads BLAS may take: ours, within the usable CPUs (read once per compile, not
+        per GEMM step: they come from the affinity mask and cgroup files) and the pool's cap."""
+        return min(self.threads, usable_cpus(), cpu_threads.MAX_THREADS)
 
     @property
     def workers(self) -> int:
