@@ -92,17 +92,8 @@ def unroll_loop(importer: Any, node: onnx.NodeProto, name: str, scope: Any) -> N
                     f"{what} runs more than {MAX_UNROLLED} iterations over run-time values"
                 )
             raise LimitError(f"{what} ran {MAX_ITERATIONS} iterations without its condition ending")
-        inner = type(scope)(graph, scope, f"{name}/")  # each iteration's names, over the Loop's
-        importer._constant(inner, np.array(iteration, np.int64), body.input[0].name)
-        importer._constant(inner, np.array(cond), body.input[1].name)
-        for vi, value in zip(body.input[2:], carried, strict=True):
-            inner.names[vi.name] = value  # a run-time value is read where it is
-        for tensor in body.initializer:
-            importer._constant(
-                inner, importer._tensor(tensor, f"{what}: body initializer"), tensor.name
-            )
-        importer._import_nodes(body, inner)
-        outs = [importer._read(inner, vi.name, f"{what}'s body output") for vi in body.output]
+        steering = [np.array(iteration, np.int64), np.array(cond)]
+        outs = _run_body(importer, scope, body, [*steering, *carried], name, what)
         if outs[0].const is None:
             raise DataDependentShapeError(
                 f"{what}: its condition is computed from run-time values, so how many times it "
@@ -157,8 +148,10 @@ def unroll_scan(importer: Any, node: onnx.NodeProto, name: str, scope: Any) -> N
     else:
         in_axes = _ints(attrs, "scan_input_axes", m, [x.rank for x in xs], what)
         in_back = [bool(d) for d in _ints(attrs, "scan_input_directions", m, None, what)]
-    lengths = {x.shape[axis] for x, axis in zip(xs, in_axes, strict=True) if axis < x.rank}
-    if len(lengths) != 1 or any(axis >= x.rank for x, axis in zip(xs, in_axes, strict=True)):
+    if any(axis >= x.rank for x, axis in zip(xs, in_axes, strict=True)):
+        raise ShapeError(f"{what}: a scan input has no batch and scan axes (Scan-8)")
+    lengths = {x.shape[axis] for x, axis in zip(xs, in_axes, strict=True)}
+    if len(lengths) != 1:
         raise ShapeError(f"{what}: its scan inputs differ in length along their scan axes")
     steps = lengths.pop()
     batch = xs[0].shape[0] if batched else 1
@@ -226,22 +219,34 @@ def _scan(importer: Any, scope: Any, body: onnx.GraphProto, states: list[Any], x
     steps = xs[0].shape[axes[0]]
     scans: list[list[Any]] = [[] for _ in range(len(body.output) - n)]
     for step in range(steps):
-        inner = type(scope)(graph, scope, f"{name}/")
-        for vi, value in zip(body.input[:n], states, strict=True):
-            inner.names[vi.name] = value
-        for vi, x, axis, back in zip(body.input[n:], xs, axes, backs, strict=True):
-            index = steps - 1 - step if back else step
-            inner.names[vi.name] = _take(importer, graph, x, index, axis, f"{name}_{vi.name}")
-        for tensor in body.initializer:
-            importer._constant(
-                inner, importer._tensor(tensor, f"{what}: body initializer"), tensor.name
-            )
-        importer._import_nodes(body, inner)
-        outs = [importer._read(inner, vi.name, f"{what}'s body output") for vi in body.output]
+        slices = [
+            _take(importer, graph, x, steps - 1 - step if back else step, axis, f"{name}_{vi.name}")
+            for vi, x, axis, back in zip(body.input[n:], xs, axes, backs, strict=True)
+        ]
+        outs = _run_body(importer, scope, body, [*states, *slices], name, what)
         states = outs[:n]
         for stack, value in zip(scans, outs[n:], strict=True):
             stack.append(value)
     return states, scans
+
+
+def _run_body(importer: Any, scope: Any, body: onnx.GraphProto, inputs: list[Any], name: str,
+              what: str) -> list[Any]:  # fmt: skip
+    """One iteration of a Loop or Scan ``body`` imported into ``scope``'s graph: its inputs
+    bound to ``inputs`` (arrays as constants; values, run-time ones too, read where they are),
+    its values named after the node ``name``; its outputs."""
+    inner = type(scope)(scope.graph, scope, f"{name}/")  # the iteration's names, over the node's
+    for vi, value in zip(body.input, inputs, strict=True):
+        if isinstance(value, np.ndarray):
+            importer._constant(inner, value, vi.name)
+        else:
+            inner.names[vi.name] = value
+    for tensor in body.initializer:
+        importer._constant(
+            inner, importer._tensor(tensor, f"{what}: body initializer"), tensor.name
+        )
+    importer._import_nodes(body, inner)
+    return [importer._read(inner, vi.name, f"{what}'s body output") for vi in body.output]
 
 
 def _ints(
