@@ -381,7 +381,7 @@ class _Importer:
             unroll_scan(self, node, name, scope)
             return
         if op in SEQUENCE_OPS:
-            import_sequence_op(self, node, name, scope)
+            import_sequence_op(self, node, name, scope, inputs)
             return
         if any(isinstance(v, SequenceValue) for v in inputs):
             raise Unsupported([(op, name, "reads a sequence value")])

@@ -33,12 +33,13 @@ class SequenceValue:
         return f"SequenceValue({len(self.items)} x {self.dtype})"
 
 
-def import_sequence_op(importer: Any, node: onnx.NodeProto, name: str, scope: Any) -> None:
-    """Import sequence operator ``node`` (named ``name``) into ``scope``: its output is a
-    :class:`SequenceValue` bound in the scope, or a graph value."""
+def import_sequence_op(
+    importer: Any, node: onnx.NodeProto, name: str, scope: Any, inputs: list[Any]
+) -> None:
+    """Import sequence operator ``node`` (named ``name``, its ``inputs`` read by the importer)
+    into ``scope``: its output is a :class:`SequenceValue` bound in the scope, or a graph value."""
     op, graph = node.op_type, scope.graph
     what = f"node {name!r} ({op})"
-    inputs = [importer._read(scope, i, what) if i else None for i in node.input]
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     seq = inputs[0] if inputs and isinstance(inputs[0], SequenceValue) else None
     if op in ("SequenceInsert", "SequenceErase", "SequenceAt", "SequenceLength",
