@@ -81,11 +81,15 @@ def _interleaved(fns: list[Any], runs: int, warmup: int = 3, block: int = 1) -> 
     """Seconds per run of each of ``fns``, run in turn so that they see the same machine load:
     ``block`` runs of one, then ``block`` of the next, until each has run ``runs`` times.
 
-    With several threads, onnxruntime's workers spin for a while after a run; the run of another
-    engine right after it then competes with them for the cores. In blocks, only a block's first
-    run meets the previous engine's spinning threads, and the minimum leaves it out: on a 16-core
-    machine, with 16 threads, resnet_block's minimum went from 5.1 to 3.2 ms for eqsat and from
-    1.9 to 1.0 ms for onnxruntime without optimizations (its two sessions slowed each other too).
+    With several threads, onnxruntime's workers keep spinning after a run; a run of another
+    engine right after it competes with them for the cores. So with ``block`` > 1 (the
+    benchmark's setting for several threads) each block starts once the process's threads are
+    idle (:func:`_settle`), and runs of one engine come in blocks. On the 2-core machine
+    onnxruntime's worker spun for ~60 ms after each run of magika with 2 threads: eqsat's blocks
+    of 5 runs fell entirely inside that window, and its minimum was 11.4 ms (no faster than one
+    thread) against 6.7 ms when run alone. On a 16-core machine, with 16 threads, blocks alone
+    took resnet_block's minimum from 5.1 to 3.2 ms for eqsat and from 1.9 to 1.0 ms for
+    onnxruntime without optimizations (its two sessions slowed each other too).
     """
     for _ in range(warmup):
         for fn in fns:
@@ -96,12 +100,27 @@ def _interleaved(fns: list[Any], runs: int, warmup: int = 3, block: int = 1) -> 
     while done < runs:
         count = min(block, runs - done)
         for fn, out in zip(fns, times, strict=True):
+            if block > 1:
+                _settle()
             for _ in range(count):
                 start = clock()
                 fn()
                 out.append(clock() - start)
         done += count
     return times
+
+
+def _settle(most: float = 0.5, poll: float = 0.005) -> float:
+    """Wait (at most ``most`` seconds) until this process's threads use next to no CPU while
+    the caller sleeps for ``poll`` seconds: another engine's spinning workers have gone to sleep.
+    Returns the seconds waited."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < most:
+        cpu = time.process_time()
+        time.sleep(poll)
+        if time.process_time() - cpu < 0.1 * poll:
+            break
+    return time.perf_counter() - start
 
 
 def _ort_session(model: Any, level: Any, threads: int) -> Any:

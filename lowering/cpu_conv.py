@@ -46,7 +46,7 @@ from eqsat.lowering.cpu_conv_kernels import (
     phase_split,
     small_conv,
 )
-from eqsat.lowering.cpu_threads import Serial
+from eqsat.lowering.cpu_threads import Serial, chunks
 from eqsat.lowering.memory import Usage
 
 from eqsat.ir import Node, Value
@@ -72,6 +72,11 @@ SMALL_POSITIONS = 64
 # channels, 1.26 ms both ways; 128 channels on 8x8: 0.39 ms against 0.47).
 SMALL_WEIGHTS = 1 << 19
 MAX_SPLIT_STRIDE = 4
+# Convs whose positions make a single block split their output channels over the pool instead,
+# in spans of at least this many (multiples of 8): MobileNet's 1x1 convs on 14x14 and 7x7 made
+# one block each and ran on one thread with two (orientation_mnv3: 6.0 ms on one thread, 6.4 on
+# two; onnxruntime 4.6 and 2.5).
+MIN_CHANNEL_SPAN = 16
 # Outputs at most this wide compute on the padded width whatever the extra columns: copying
 # rows of a few values one by one costs more (openWakeWord's 1x3 conv on 12x4 outputs: the
 # row copies took 2.5x the GEMM).
@@ -213,7 +218,7 @@ class Geometry:
     """A conv's shapes as 2-D (a 1-D conv has H = KH = 1), its blocks and buffers' sizes."""
 
     def __init__(self, x_shape: tuple[int, ...], w_shape: tuple[int, ...], window: Any,
-                 group: int, itemsize: int, parts: int = 1):  # fmt: skip
+                 group: int, itemsize: int, parts: int = 1, threads: int = 1):  # fmt: skip
         lift = len(x_shape) == 3
         pad = (lambda t, v: (v, *t)) if lift else (lambda t, v: tuple(t))
         self.n, self.c = x_shape[:2]
@@ -288,6 +293,14 @@ class Geometry:
         count = -(-self.p // span)
         span = -(-self.p // count)
         self.spans = [(q, min(self.p, q + span)) for q in range(0, self.p, span)]
+        # One block of positions: the output channels are what the pool can share, one span per
+        # thread (each span's GEMM packs all of the patches again: 256x256x196 cut in 2 took
+        # 1.09x as long on one thread, in 8 1.35x; the im2col, if any, is done once before).
+        self.channel_spans: list[tuple[int, int]] = []
+        if parts > 1 and group == 1 and not self.direct and (self.small or len(self.blocks) == 1):
+            count = min(parts, threads, self.m // MIN_CHANNEL_SPAN)
+            if count > 1:
+                self.channel_spans = chunks(self.m, count, 8)
 
     def params(self) -> tuple[int, ...]:
         return (self.ow, self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, self.ph, self.pw,
@@ -337,6 +350,8 @@ def make_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels: Any
             filters[0].reshape(geo.m, geo.c, geo.kh * geo.kw).transpose(0, 2, 1)
         ).reshape(geo.m, geo.k)
         zero, epilogue = np.zeros_like(bias), kernels.epilogue
+        if geo.channel_spans and pool is not None and pool.threads > 1:
+            return _small_by_channels(geo, w0, bias, kernels, cols, plain, pool)
         if plain:
             return lambda x, out: small_conv(x.reshape(shape), w0, bias, ct, xt, out, params)
 
@@ -346,6 +361,36 @@ def make_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels: Any
 
         return conv_small
     return _blocked_conv(geo, filters, bias, kernels, cols, split, wide, pool or Serial())
+
+
+def _small_by_channels(geo: Geometry, w0: np.ndarray, bias: np.ndarray, kernels: Any,
+                       cols: np.ndarray, plain: bool, pool: Any) -> Any:  # fmt: skip
+    """:func:`small_conv` by spans of output channels on ``pool``, each worker gathering the
+    patches into its own part of ``cols``."""
+    size, shape, params = geo.cols_size(), (geo.c, geo.h, geo.w), geo.params()
+    scratch = [
+        (
+            cols[t * size : t * size + geo.p * geo.k].reshape(geo.p, geo.k),
+            cols[t * size + geo.p * geo.k : (t + 1) * size].reshape(geo.h, geo.w, geo.c),
+        )
+        for t in range(pool.threads)
+    ]
+    zero, epilogue, spans, p_ = np.zeros_like(bias), kernels.epilogue, geo.channel_spans, geo.p
+    pool_map = pool.map
+
+    def conv_small_channels(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+        image = x.reshape(shape)
+
+        def part(span: tuple[int, int], worker: int) -> None:
+            m0, m1 = span
+            ct, xt = scratch[worker]
+            small_conv(image, w0[m0:m1], bias[m0:m1], ct, xt, out[m0:m1], params)
+            if not plain:
+                epilogue(out[m0:m1], 0, p_, zero[m0:m1], *(t[m0:m1] for t in operands))
+
+        pool_map(part, spans)
+
+    return conv_small_channels
 
 
 def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels: Any,
@@ -364,6 +409,19 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
         for t in range(pool.threads)
     ]
     pool_map = pool.map
+    spans = geo.channel_spans if pool.threads > 1 and single else []
+    if geo.pointwise and spans:
+        p_ = geo.p
+
+        def conv_pointwise_channels(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+            def part(span: tuple[int, int], worker: int) -> None:
+                m0, m1 = span
+                matmul(w0[m0:m1], x, out=out[m0:m1])
+                epilogue(out[m0:m1], 0, p_, bias[m0:m1], *(t[m0:m1] for t in operands))
+
+            pool_map(part, spans)
+
+        return conv_pointwise_channels
     if geo.pointwise:
         blocks = [(r0 * geo.ow, r1 * geo.ow) for r0, r1 in geo.blocks]
 
@@ -399,11 +457,34 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
         shape = (geo.c, geo.h, geo.w)
         indices = list(range(len(geo.blocks)))
 
-        def conv_wide(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+        def fill(x: np.ndarray) -> None:
             if strided:
                 fill_phases(x.reshape(shape), phases, ph, pw)
             else:
                 copyto(interior, x.reshape(shape))
+
+        if spans:  # one block: its patches once, then the channels' GEMMs on the pool
+            blk, ob = views[0][0][:2]
+            r0, r1 = geo.blocks[0]
+
+            def conv_wide_channels(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+                fill(x)
+                im2col_wide(phases, blk, r0, r1, kh, kw, dh, dw)
+
+                def part(span: tuple[int, int], worker: int) -> None:
+                    m0, m1 = span
+                    matmul(w0[m0:m1], blk, out=ob[m0:m1])
+                    epilogue_wide(
+                        out[m0:m1], ob[m0:m1], r0, r1, ow, wp, bias[m0:m1],
+                        *(t[m0:m1] for t in operands),
+                    )  # fmt: skip
+
+                pool_map(part, spans)
+
+            return conv_wide_channels
+
+        def conv_wide(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+            fill(x)
 
             def block(j: int, worker: int) -> None:
                 r0, r1 = geo.blocks[j]
@@ -428,19 +509,36 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
         ]
         for c, _ in mine
     ]
-    spans = [(r0, r1, r0 * geo.ow, r1 * geo.ow) for r0, r1 in geo.blocks]
-    indices = list(range(len(spans)))
 
-    def conv_cols(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+    def source_of(x: np.ndarray) -> np.ndarray:
         if strided:
             phase_split(x.reshape(shape3), xs)
-            source = xs
-        else:
-            source = x.reshape(geo.c, geo.h, 1, geo.w)
+            return xs
+        return x.reshape(geo.c, geo.h, 1, geo.w)
+
+    if spans:  # one block: its patches once, then the channels' GEMMs on the pool
+        buf, p_ = bufs[0][0], geo.p
+
+        def conv_cols_channels(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+            im2col_block(source_of(x), buf, 0, geo.oh, params)
+
+            def part(span: tuple[int, int], worker: int) -> None:
+                m0, m1 = span
+                matmul(w0[m0:m1], buf, out=out[m0:m1])
+                epilogue(out[m0:m1], 0, p_, bias[m0:m1], *(t[m0:m1] for t in operands))
+
+            pool_map(part, spans)
+
+        return conv_cols_channels
+    blocks = [(r0, r1, r0 * geo.ow, r1 * geo.ow) for r0, r1 in geo.blocks]
+    indices = list(range(len(blocks)))
+
+    def conv_cols(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+        source = source_of(x)
         og = out.reshape(g, mg, geo.p)
 
         def block(j: int, worker: int) -> None:
-            r0, r1, c0, c1 = spans[j]
+            r0, r1, c0, c1 = blocks[j]
             buf = bufs[worker][j]
             im2col_block(source, buf, r0, r1, params)
             if single:
@@ -470,8 +568,9 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
     out_hw = int(np.prod(out.shape[2:], dtype=np.int64))
     flops = 2.0 * out.shape[1] * out_hw * (x.shape[1] // group) * int(np.prod(w.shape[2:]))
     parts = lowering.split(flops)  # per image: the pool takes one image's blocks at a time
-    geo = Geometry(x.shape, w.shape, window, group, dtype.itemsize, parts)
-    workers = lowering.workers if parts > 1 and len(geo.blocks) > 1 and not geo.small else 1
+    geo = Geometry(x.shape, w.shape, window, group, dtype.itemsize, parts, lowering.workers)
+    shared = len(geo.channel_spans) > 1 or (len(geo.blocks) > 1 and not geo.small)
+    workers = lowering.workers if parts > 1 and shared else 1
     if geo.direct:
         workers = lowering.workers if parts > 1 and len(geo.spans) > 1 else 1
     per_group = 0

@@ -69,3 +69,22 @@ def test_interleaved_runs_each_engine_in_blocks() -> None:
     )
     assert [len(t) for t in times] == [7, 7]
     assert "".join(order) == "ab" + "aaabbb" + "aaabbb" + "ab"  # warm-up, then blocks of 3
+
+
+def test_settle_waits_for_spinning_threads_of_the_process() -> None:
+    """A block of runs starts once another engine's spinning workers have gone idle."""
+    import threading
+
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            pass
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    threading.Timer(0.2, stop.set).start()
+    waited = e2e._settle(most=5.0)
+    spinner.join()
+    assert 0.15 <= waited < 4.0
+    assert e2e._settle(most=5.0) < 1.0  # nothing spins: back after a poll or a few

@@ -18,7 +18,7 @@ from eqsat.lowering import cpu_conv, cpu_conv_kernels
 
 import eqsat
 from eqsat.ops.conv import window_geometry
-from tests.cpu_testing import matches_numpy
+from tests.cpu_testing import matches_numpy, record_pool_maps
 
 F32 = np.float32
 
@@ -313,3 +313,48 @@ def test_direct_float64_residual(rng: np.random.Generator) -> None:
     g.output(y, "y")
     exe = _check(g, rng, rtol=1e-9)
     assert exe.report["steps"]["conv"] == 1
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "kernel", "attrs", "kind"),
+    [
+        ((1, 12, 5, 6), (1, 1), {}, "pointwise"),
+        ((1, 12, 4, 4), (3, 3), {"pads": [1, 1, 1, 1]}, "small"),
+        ((1, 6, 9, 12), (3, 3), {"pads": [1, 1, 1, 1]}, "wide"),
+        ((1, 6, 9, 31), (3, 3), {"strides": [1, 5], "pads": [1, 1, 1, 1]}, "cols"),
+    ],
+    ids=["pointwise", "small", "wide", "cols"],
+)
+def test_channel_spans_on_two_threads(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, x_shape: tuple, kernel: tuple,
+    attrs: dict, kind: str,
+) -> None:  # fmt: skip
+    """A conv whose positions make one block splits its output channels over the threads, each
+    span with its own slice of the epilogue's per-channel and output-shaped operands."""
+    from eqsat.lowering import cpu
+
+    monkeypatch.setattr(cpu_conv, "DIRECT_CHANNELS", 0)
+    monkeypatch.setattr(cpu_conv, "SMALL_POSITIONS", 64 if kind == "small" else 0)
+    monkeypatch.setattr(cpu_conv, "MIN_CHANNEL_SPAN", 8)
+    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
+    m = 40
+    n, _, *spatial = _fused(rng, x_shape, m, kernel, attrs, "{0}", []).outputs[0].shape
+    g = _fused(
+        rng, x_shape, m, kernel, attrs, "({1} + max(({0} * {2}), 0))",
+        [("input", (n, m, *spatial)), ("const", (m, 1, 1))],
+    )  # fmt: skip
+    node = next(nd for nd in g.nodes if nd.op == "FusedConv")
+    window = window_geometry(x_shape[2:], kernel, node.attrs)
+    geo = cpu_conv.Geometry(x_shape, (m, x_shape[1], *kernel), window, 1, 4, parts=8, threads=2)
+    assert len(geo.channel_spans) == 2 and geo.channel_spans[0] == (0, 24)
+    flags = {"pointwise": geo.pointwise, "small": geo.small, "wide": geo.wide}
+    assert [k for k, on in flags.items() if on] == ([] if kind == "cols" else [kind])
+    spans = record_pool_maps(monkeypatch)
+    feeds = {v.name: rng.standard_normal(v.shape).astype(F32) for v in g.inputs}
+    want = eqsat.compile(g, target="numpy").run(feeds)["y"]
+    exe = cpu.compile(g, threads=2)
+    got = exe.run(feeds)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert spans == [2]
+    np.testing.assert_allclose(cpu.compile(g, threads=1).run(feeds)["y"], got, rtol=1e-5, atol=1e-5)

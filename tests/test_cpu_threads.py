@@ -208,6 +208,35 @@ def test_conv(
     _same(g, rng, eager)
 
 
+@pytest.mark.parametrize(
+    ("x_shape", "m", "kernel", "group"),
+    [((1, 64, 56, 56), 64, (3, 3), 64), ((1, 256, 14, 14), 256, (1, 1), 1)],
+    ids=["depthwise-3x3", "pointwise-one-block"],
+)
+def test_mobilenet_sized_convs_split_at_default_sizes(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, x_shape: tuple, m: int,
+    kernel: tuple, group: int,
+) -> None:  # fmt: skip
+    """MobileNet's 3x3 depthwise convs (one output per ns, few FLOPs) and its 1x1 convs on 14x14
+    (a single block of positions) ran on one thread with two; at the default sizes both now
+    split: the depthwise by channel blocks, the 1x1 by spans of output channels."""
+    sizes = record_pool_maps(monkeypatch)
+    g = eqsat.Graph("conv")
+    x = g.input("x", x_shape)
+    w = rng.standard_normal((m, x_shape[1] // group, *kernel)) / np.sqrt(x_shape[1] // group * 9)
+    y = g.op(
+        "Conv", x, g.constant(w.astype(F32), "w"), group=group, pads=[k // 2 for k in kernel] * 2
+    )
+    g.output(y, "y")
+    feeds = {"x": rng.standard_normal(x_shape).astype(F32)}
+    exe = cpu.compile(g, threads=2)
+    assert exe.report["steps"] == {"depthwise" if group > 1 else "conv": 1, "view": 1}
+    got = exe.run(feeds)["y"]
+    assert sizes and min(sizes) > 1
+    want = eqsat.compile(g, target="numpy").run(feeds)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_attention_and_elementwise(rng: np.random.Generator, eager: list[int]) -> None:
     g = eqsat.Graph("attention")
     q, k, v = (g.input(n, (2, 3, 10, 8)) for n in "qkv")
