@@ -88,6 +88,13 @@ def _record(stalled: bool, now: float) -> None:
         _Backoff.seconds = max(MIN_BACKOFF, _Backoff.seconds * 0.9)
 
 
+def backing_off() -> bool:
+    """Whether maps run on the calling thread for now, after stalls: the machine is busy. BLAS's
+    own threads (:func:`eqsat.lowering.cpu_ops.threaded_matmul`) stay off then too, since a GEMM
+    split over threads waits for its slowest one."""
+    return time.perf_counter() < _Backoff.serial_until
+
+
 class _Job:
     """One ``map``: its chunks, the next index to hand out, how many have finished."""
 
@@ -243,4 +250,4 @@ def chunk_count(work: float, grain: float, threads: int, most: int = 8) -> int:
     return max(1, min(int(work // grain), most * threads))
 
 
-__all__ = ["Pool", "Serial", "chunk_count", "chunks", "shutdown", "worth_waking"]
+__all__ = ["Pool", "Serial", "backing_off", "chunk_count", "chunks", "shutdown", "worth_waking"]
