@@ -133,8 +133,9 @@ def test_graph_on_one_and_two_threads(
     feeds = {"x": np.random.default_rng(8).standard_normal(shape).astype(dtype)}
     want = eqsat.compile(graph, target="numpy").run(feeds)["y"]
     rtol = 1e-5 if dtype == F32 else 1e-12
-    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
-    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
+    # Depthwise convs size their split as elementwise work.
+    monkeypatch.setattr(cpu, "PARALLEL_ELEMENTS", 1)
+    monkeypatch.setattr(cpu, "GRAIN_ELEMENTS", 1)
     sizes = record_pool_maps(monkeypatch)
     for threads in (1, 2):
         exe = cpu.compile(graph, threads=threads)
