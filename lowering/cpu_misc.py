@@ -187,6 +187,8 @@ def _resize_linear(lowering: Lowering, node: Node) -> Step | None:
     tables, shape = linear_taps(x.shape, attrs, scales, sizes)
     if not tables or tuple(shape) != out.shape or any(a < x.rank - 2 for a, _, _ in tables):
         return None
+    if any(index.shape[1] != 2 for _, index, _ in tables):  # antialiased downsampling
+        return None
     dtype = out.dtype
     passes = []
     h_, w_ = x.shape[-2:]

@@ -188,7 +188,6 @@ EXCLUDED: dict[str, str] = {
     r"test_batchnorm_.*_training_mode": "training mode: eqsat compiles inference graphs",
     r"test_training_dropout.*": "training mode: eqsat compiles inference graphs",
     r"test_(identity|if)_(opt|sequence|seq)": "sequence and optional types are not supported",
-    r"test_resize_.*_antialias": "Resize with antialias=1 is not implemented",
     r"test_attention_.*_bf16(_expanded)?": "bfloat16 tensors: numpy cannot represent them",
     r"test_(de)?quantizelinear_(e4m3fn.*|e5m2|float4e2m1|u?int[24])": (
         "float8, float4 and 4-/2-bit integer types: numpy cannot represent them"

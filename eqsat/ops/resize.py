@@ -11,7 +11,13 @@ nearest-neighbour ties and ``floor(length * scale)`` round the same way. One del
 follows the ONNX reference implementation, which generated the official node tests:
 ``align_corners`` divides by the real-valued output length ``scale * input_length`` (as
 ``half_pixel_symmetric`` does everywhere), where onnxruntime uses the rounded one; the two differ only
-for scales that do not give whole lengths. ``antialias=1`` is not implemented.
+for scales that do not give whole lengths.
+
+``antialias=1`` widens the linear and cubic filters by ``1 / scale`` when an axis shrinks (PIL's
+and torchvision's antialiased resize), as the ONNX reference does: each output position then
+reads ``2 - 2 * floor(-r / scale + 1)`` source positions (r = 1 linear, 2 cubic) around its
+coordinate, weighted by the stretched filter and normalized to sum 1; it changes nothing for
+axes that grow, nor in nearest mode.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from eqsat.errors import ShapeError, UnsupportedOperatorError
+from eqsat.errors import ShapeError
 from eqsat.ir import Value
 from eqsat.ops import Cost, OpDef, const_of, normalize_axis, register
 
@@ -90,8 +96,8 @@ def _plan(
 
 
 def _check_attrs(attrs: dict[str, Any]) -> None:
-    if attrs["antialias"]:
-        raise UnsupportedOperatorError([("Resize", "?", "antialias=1 is not implemented")])
+    if attrs["antialias"] not in (0, 1):
+        raise ShapeError(f"antialias must be 0 or 1, got {attrs['antialias']!r}")
     for key, allowed in (
         ("mode", MODES),
         ("coordinate_transformation_mode", COORDINATE_MODES),
@@ -159,9 +165,45 @@ def _source_coords(
     return x.astype(np.float64), outside
 
 
-def _taps(x: np.ndarray, in_len: int, attrs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Source indices (out x taps, clamped) and their weights for coordinates ``x``."""
+def _cubic(dist: np.ndarray, a: float) -> np.ndarray:
+    """The cubic convolution kernel (coefficient ``a``) at distances ``dist`` >= 0."""
+    near = ((a + 2) * dist - (a + 3)) * dist * dist + 1
+    far = ((a * dist - 5 * a) * dist + 8 * a) * dist - 4 * a
+    return np.where(dist <= 1, near, np.where(dist < 2, far, 0.0))
+
+
+def _antialias_taps(
+    x: np.ndarray, in_len: int, attrs: dict[str, Any], scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_taps` of a shrinking axis with ``antialias=1``: the filter stretched by 1 / scale.
+
+    Offsets count from the source position left of each coordinate (an integer coordinate's left
+    neighbour is the one before it, as in the ONNX reference), so the taps are the positions
+    nearest the coordinate, ties going to the lower one."""
+    radius = 1 if attrs["mode"] == "linear" else 2
+    start = math.floor(-radius / scale) + 1
+    offsets = np.arange(start, 2 - start)
+    left = np.ceil(x) - 1
+    dist = np.abs((offsets[None, :] - (x - left)[:, None]) * scale)
+    if radius == 1:
+        weight = np.clip(1 - dist, 0.0, 1.0)
+    else:
+        weight = _cubic(dist, float(attrs["cubic_coeff_a"]))
+    index = left.astype(np.int64)[:, None] + offsets
+    if attrs["exclude_outside"]:
+        weight = np.where((index < 0) | (index >= in_len), 0.0, weight)
+    total = weight.sum(axis=1, keepdims=True)
+    return np.clip(index, 0, in_len - 1), weight / np.where(total == 0, 1.0, total)
+
+
+def _taps(
+    x: np.ndarray, in_len: int, attrs: dict[str, Any], scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices (out x taps, clamped) and their weights for coordinates ``x`` on an axis
+    resized by ``scale``."""
     mode = attrs["mode"]
+    if attrs["antialias"] and mode != "nearest" and scale < 1:
+        return _antialias_taps(x, in_len, attrs, scale)
     base = np.floor(x)
     frac = x - base
     base = base.astype(np.int64)
@@ -183,10 +225,7 @@ def _taps(x: np.ndarray, in_len: int, attrs: dict[str, Any]) -> tuple[np.ndarray
     else:
         a = float(attrs["cubic_coeff_a"])
         index = base[:, None] + np.arange(-1, 3)
-        dist = np.abs(index - x[:, None])
-        near = ((a + 2) * dist - (a + 3)) * dist * dist + 1
-        far = ((a * dist - 5 * a) * dist + 8 * a) * dist - 4 * a
-        weight = np.where(dist <= 1, near, np.where(dist < 2, far, 0.0))
+        weight = _cubic(np.abs(index - x[:, None]), a)
         if attrs["exclude_outside"]:
             weight = np.where((index < 0) | (index >= in_len), 0.0, weight)
             total = weight.sum(axis=1, keepdims=True)
@@ -205,7 +244,7 @@ def _resize_axis(
     in_len = data.shape[axis]
     coords = attrs["coordinate_transformation_mode"]
     x, outside = _source_coords(coords, out_len, in_len, scale, roi)
-    index, weight = _taps(x, in_len, attrs)
+    index, weight = _taps(x, in_len, attrs, scale)
     if index.shape[1] == 1:
         return np.take(data, index[:, 0], axis=axis), outside
     bcast = [1] * data.ndim
@@ -223,7 +262,8 @@ def linear_taps(
     x_shape: tuple[int, ...], attrs: dict[str, Any], scales: Any, sizes: Any
 ) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], list[int]]:
     """For a linear Resize (not tf_crop_and_resize): each resized axis in the order the reference
-    resamples them, with its two source indices and weights per output position, leaving out the
+    resamples them, with its source indices and weights per output position (two; more where
+    ``antialias`` widens the filter), leaving out the
     axes it maps onto themselves; and the output shape. Kernels that replay these tables compute
     what :func:`_resize_reference` does."""
     axes, scale, out = _plan(x_shape, attrs, scales, sizes)
@@ -233,7 +273,7 @@ def linear_taps(
         if scale[axis] == 1.0 and out[axis] == x_shape[axis]:
             continue
         x, _ = _source_coords(coords, out[axis], x_shape[axis], scale[axis], None)
-        index, weight = _taps(x, x_shape[axis], attrs)
+        index, weight = _taps(x, x_shape[axis], attrs, scale[axis])
         tables.append((axis, index, weight))
     return tables, out
 
@@ -252,11 +292,19 @@ def _resize_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any])
     crop = attrs["coordinate_transformation_mode"] == "tf_crop_and_resize"
     roi = np.asarray(roi_a, dtype=np.float64).reshape(-1) if crop else None
     outside_mask = np.zeros(out, dtype=bool) if crop else None
-    for i, axis in enumerate(axes):
+    # Antialiased integer images follow onnxruntime (PIL's order): the innermost axis first, each
+    # pass rounded and clamped to the type's range (cubic overshoots: rounding once at the end, as
+    # the ONNX reference does, differed from onnxruntime by up to 32 on uint8).
+    stepwise = interpolate and attrs["antialias"] and x.dtype.kind in "iu" and not crop
+    order = list(enumerate(axes))[::-1] if stepwise else list(enumerate(axes))
+    for i, axis in order:
         pair = (float(roi[i]), float(roi[i + len(axes)])) if crop else None
         if not crop and scale[axis] == 1.0 and out[axis] == x.shape[axis]:
             continue  # every coordinate mode maps this axis onto itself
         data, outside = _resize_axis(data, axis, out[axis], scale[axis], pair, attrs)
+        if stepwise:
+            info = np.iinfo(x.dtype)
+            data = np.clip(np.floor(data + 0.5), info.min, info.max)
         if outside is not None:
             bcast = [1] * x.ndim
             bcast[axis] = -1
