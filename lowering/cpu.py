@@ -63,16 +63,17 @@ GRAIN_ELEMENTS = 1 << 14
 # GEMMs, convs, attention: FLOPs (about 50-100 GFLOP/s on one core).
 PARALLEL_FLOPS = float(1 << 23)
 GRAIN_FLOPS = float(1 << 21)
-# GEMM steps (MatMul, Gemm) and conv GEMMs (1x1 and im2col) of at least BLAS_GEMM_FLOPS run on
-# BLAS's own threads, at most MAX_THREADS of them, when at least BLAS_GEMM_THREADS can run at
-# once: OpenBLAS splits one product better than the pool's chunks, each of which packs its
-# operands again and wakes a worker that must take the GIL. On a 16-core machine a transformer
-# encoder ran 25% faster with 4 threads and 43% with 8; on the 2-core one, with 2 threads, 4.8 ->
-# 2.7 ms (one process, blocks of runs, onnxruntime's spinning threads settled in between), and
-# the medians of eight CNN-type models the same or better. Smaller GEMMs (an MLP's 8-row ones)
-# ran slower on BLAS's threads, and 16 BLAS threads stalled for milliseconds while another
-# process's threads spun on the other cores; while the pool backs off after stalls BLAS stays
-# on one thread too (cpu_threads.backing_off).
+# GEMM steps (MatMul, Gemm) of at least BLAS_GEMM_FLOPS run on BLAS's own threads, at most
+# MAX_THREADS of them, when at least BLAS_GEMM_THREADS can run at once: OpenBLAS splits one
+# product better than the pool's chunks, each of which packs its operands again and wakes a
+# worker that must take the GIL. On a 16-core machine a transformer encoder ran 25% faster with
+# 4 threads and 43% with 8; on the 2-core one, with 2 threads, 2.9-3.5 -> 2.4-2.8 ms (medians
+# 5.1-5.5 -> 3.1-3.6). Smaller GEMMs (an MLP's 8-row ones) ran slower on BLAS's threads. BLAS's
+# threads wait for their slowest one, so a busy machine stalls them (16 BLAS threads stalled for
+# milliseconds while another process's threads spun on the other cores): a product far slower
+# than one thread counts as a stall of the pool, and while the pool backs off BLAS stays on one
+# thread (cpu_threads.note_gemm, backing_off). Convs' GEMMs stay on the pool: on BLAS's threads
+# basic_pitch ran 22 -> 27 ms and five CNNs slower too (2 threads, one process).
 BLAS_GEMM_THREADS = 2
 BLAS_GEMM_FLOPS = float(1 << 24)
 # GEMMs cut into at most this many chunks per thread: each chunk packs the whole of the operand

@@ -25,12 +25,11 @@ convs with one output row. Everything a run needs (views of planned buffers, blo
 is prepared when the step is bound, so tiny convs pay a few calls only. The Numba kernels named
 here live in :mod:`eqsat.lowering.cpu_conv_kernels`.
 
-With several threads, a conv whose GEMM reaches ``cpu.BLAS_GEMM_FLOPS`` hands each block's GEMM
-to BLAS's own threads (blocks then sized for one thread). Otherwise the blocks of one image are
-independent chunks for eqsat's pool (:mod:`eqsat.lowering.cpu_threads`), each thread with its own
-column and output-block buffers, the phase planes filled once per image before the blocks; when
-the positions make a single block, the pool takes spans of output channels instead
-(:data:`MIN_CHANNEL_SPAN`), the patches gathered once.
+With several threads the blocks of one image are independent chunks for eqsat's pool
+(:mod:`eqsat.lowering.cpu_threads`), each thread with its own column and output-block buffers,
+the phase planes filled once per image before the blocks; when the positions make a single
+block, the pool takes spans of output channels instead (:data:`MIN_CHANNEL_SPAN`), the patches
+gathered once.
 """
 
 from __future__ import annotations
@@ -327,7 +326,7 @@ class Geometry:
 
 def make_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels: Any,
               cols: np.ndarray, split: np.ndarray, wide: np.ndarray,
-              plain: bool = False, pool: Any = None, gemm: Any = None) -> Any:  # fmt: skip
+              plain: bool = False, pool: Any = None) -> Any:  # fmt: skip
     """``conv(x, out, *operands)`` for one image: x (C, H*W) contiguous, out (M, P) with its
     per-image epilogue operands (t1, ...) as :func:`epilogue_source` takes them.
 
@@ -335,9 +334,7 @@ def make_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels: Any
     ``split`` and ``wide`` are scratch of :meth:`Geometry.cols_size`, :meth:`~Geometry.split_size`
     and :meth:`~Geometry.wide_size` elements (``cols`` and ``wide`` that many per thread of
     ``pool``, a :class:`~eqsat.lowering.cpu_threads.Pool` that takes the blocks as chunks);
-    ``plain``: the epilogue only adds the bias; ``gemm(a, b, out)``: the GEMM of the im2col and
-    1x1 paths, ``np.matmul`` by default (:func:`eqsat.lowering.cpu_ops.threaded_matmul` for BLAS's
-    own threads).
+    ``plain``: the epilogue only adds the bias.
     """
     if geo.direct:
         return direct_runner(
@@ -365,7 +362,7 @@ def make_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels: Any
             epilogue(out, 0, geo.p, zero, *operands)
 
         return conv_small
-    return _blocked_conv(geo, filters, bias, kernels, cols, split, wide, pool or Serial(), gemm)
+    return _blocked_conv(geo, filters, bias, kernels, cols, split, wide, pool or Serial())
 
 
 def _small_by_channels(geo: Geometry, w0: np.ndarray, bias: np.ndarray, kernels: Any,
@@ -400,12 +397,12 @@ def _small_by_channels(geo: Geometry, w0: np.ndarray, bias: np.ndarray, kernels:
 
 def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels: Any,
                    cols: np.ndarray, split: np.ndarray, wide: np.ndarray,
-                   pool: Any, gemm: Any = None) -> Any:  # fmt: skip
+                   pool: Any) -> Any:  # fmt: skip
     """:func:`make_conv` by blocks of output rows, spread over ``pool``'s threads."""
     g, mg, cg = geo.group, geo.m // geo.group, geo.c // geo.group
     epilogue, epilogue_wide = kernels.epilogue, kernels.epilogue_wide
     params = geo.params()
-    matmul, copyto = gemm or np.matmul, np.copyto
+    matmul, copyto = np.matmul, np.copyto
     w0, single = filters[0], g == 1
     k_all = geo.c * geo.kh * geo.kw
     cols_size, wide_size = geo.cols_size(), geo.wide_size()
@@ -574,16 +571,6 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
     flops = 2.0 * out.shape[1] * out_hw * (x.shape[1] // group) * int(np.prod(w.shape[2:]))
     parts = lowering.split(flops)  # per image: the pool takes one image's blocks at a time
     geo = Geometry(x.shape, w.shape, window, group, dtype.itemsize, parts, lowering.workers)
-    # Big GEMMs run on BLAS's own threads, as the GEMM steps' do (see cpu.BLAS_GEMM_THREADS):
-    # the blocks are then cut for one thread and each block's GEMM is split by BLAS.
-    from eqsat.lowering import cpu_ops  # it imports this module
-
-    blas = 0
-    if not (geo.small or geo.direct or cpu_conv_batch.worth_batching(geo)):
-        blas = lowering.blas_threads(flops)
-    if blas:
-        parts = 1
-        geo = Geometry(x.shape, w.shape, window, group, dtype.itemsize)
     shared = len(geo.channel_spans) > 1 or (len(geo.blocks) > 1 and not geo.small)
     workers = lowering.workers if parts > 1 and shared else 1
     if geo.direct:
@@ -641,7 +628,6 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
             wide_scratch.get(dtype, geo.wide_size() * workers),
             plain,
             lowering.pool if workers > 1 else None,
-            cpu_ops.threaded_matmul(blas) if blas else None,
         )
         after = None if epi is None else epi.bound(o, arrays)
         fixed_out = arrays[o].reshape(n_, m_, p_) if o in arrays else None

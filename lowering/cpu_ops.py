@@ -15,8 +15,8 @@ contiguous once, at compile time.
 Cases outside these paths (non-float dtypes, 3-D convs, weights that are not constants) return
 ``None`` and run on the numpy reference (a fused node's epilogue then still runs as a kernel).
 
-With ``threads > 1`` GEMMs and conv GEMMs of at least ``cpu.BLAS_GEMM_FLOPS`` run on BLAS's own
-threads (:func:`threaded_matmul`); other big steps run as chunks on eqsat's pool
+With ``threads > 1`` GEMM steps of at least ``cpu.BLAS_GEMM_FLOPS`` run on BLAS's own threads
+(:func:`threaded_matmul`); other big steps run as chunks on eqsat's pool
 (:mod:`eqsat.lowering.cpu_threads`): GEMMs cut by :func:`matmul_parts` (by batch, rows or
 columns), convs by blocks of output rows, output channels or tile rows (in
 :mod:`~eqsat.lowering.cpu_conv` and :mod:`~eqsat.lowering.cpu_winograd`), depthwise convs by
@@ -26,6 +26,7 @@ columns), convs by blocks of output rows, output channels or tile rows (in
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import numpy as np
@@ -167,17 +168,25 @@ def matmul_parts(
 def threaded_matmul(threads: int) -> Any:
     """``mm(x, y, out)``: ``np.matmul`` with BLAS's own ``threads`` threads for this one product
     (the run pins BLAS to one thread around it); on the calling thread alone while the pool backs
-    off after stalls (:func:`~eqsat.lowering.cpu_threads.backing_off`)."""
+    off after stalls (:func:`~eqsat.lowering.cpu_threads.backing_off`), a product that stalled
+    counting as one (:func:`~eqsat.lowering.cpu_threads.note_gemm`)."""
     from eqsat.lowering.cpu_runtime import one_thread_pin
 
-    matmul, busy = np.matmul, cpu_threads.backing_off
+    matmul, busy, note, clock = (
+        np.matmul,
+        cpu_threads.backing_off,
+        cpu_threads.note_gemm,
+        time.perf_counter,
+    )
     on_threads = one_thread_pin().run_on(lambda x, y, out: matmul(x, y, out=out), threads)
 
     def mm(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
         if busy():
             matmul(x, y, out=out)
-        else:
-            on_threads(x, y, out)
+            return
+        start = clock()
+        on_threads(x, y, out)
+        note(2.0 * x.size * out.shape[-1], clock() - start)
 
     return mm
 

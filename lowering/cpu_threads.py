@@ -19,8 +19,8 @@ on a loaded 2-core machine a 2-thread map of a 0.23 ms GEMM took 0.5-5 ms, the c
 for 0.2 of them. So the pool watches for stalls (the caller off the CPU, by its thread CPU
 time, for more than half of a map's wall time plus :data:`STALL_SECONDS`) and, after one, runs
 maps on the calling thread alone for a while: 5 ms at first, doubling with each stall that
-follows up to 1 s, shrinking by 10% with each clean map: when more than ~1 map in 7 stalls
-the pool stays serial but for a probe a second. Serial or
+follows up to 0.25 s, shrinking by 10% with each clean map: when more than ~1 map in 7 stalls
+the pool stays serial but for a probe four times a second. Serial or
 not, a map computes the same chunks, so results do not depend on it. On an idle machine stalls
 do not happen and every map runs in parallel.
 
@@ -62,13 +62,18 @@ _QUEUES: list[SimpleQueue[Any]] = []
 _THREADS: list[threading.Thread] = []
 # A map where the caller is off the CPU for more than half its wall time plus this is a stall (on
 # an idle machine the caller computes all along but for its wait for the workers' last chunks).
-STALL_SECONDS = 100e-6
+# A worker descheduled by another process costs a time slice, milliseconds; a slow wake-up costs
+# tens of microseconds (~60 on the 2-core VM), and at 0.1 ms those counted as stalls: in one
+# benchmark process the back-off then grew over the models until maps ran serially most of the
+# time, their chunks costing more than one thread's whole steps (resnet_block_proj on 2 threads
+# 7.6 ms, 6.0 on one thread; with this and a 0.25 s cap, 4.3).
+STALL_SECONDS = 1e-3
 # What waking one more worker costs a map, and what a chunk (at least a grain of work) takes at
 # the least: measured on a 16-core machine (see the module's docstring).
 WAKE_SECONDS = 13e-6
 CHUNK_SECONDS = 25e-6
 MAX_THREADS = 8
-MIN_BACKOFF, MAX_BACKOFF = 0.005, 1.0
+MIN_BACKOFF, MAX_BACKOFF = 0.005, 0.25
 
 
 class _Backoff:
@@ -86,6 +91,18 @@ def _record(stalled: bool, now: float) -> None:
         _Backoff.seconds = min(MAX_BACKOFF, _Backoff.seconds * 2)
     elif _Backoff.seconds > MIN_BACKOFF:
         _Backoff.seconds = max(MIN_BACKOFF, _Backoff.seconds * 0.9)
+
+
+# A GEMM on BLAS's own threads slower than this rate (well below one core's 50-100 GFLOP/s) by
+# more than STALL_SECONDS stalled: its threads wait for the slowest one, and the caller spins
+# while it waits, so its CPU time cannot tell.
+STALLED_GEMM_FLOPS = 10e9
+
+
+def note_gemm(flops: float, seconds: float) -> None:
+    """Count a GEMM run on BLAS's own threads like a map: a stall when it took far longer than
+    one thread would have (see :data:`STALLED_GEMM_FLOPS`)."""
+    _record(seconds > flops / STALLED_GEMM_FLOPS + STALL_SECONDS, time.perf_counter())
 
 
 def backing_off() -> bool:
@@ -250,4 +267,13 @@ def chunk_count(work: float, grain: float, threads: int, most: int = 8) -> int:
     return max(1, min(int(work // grain), most * threads))
 
 
-__all__ = ["Pool", "Serial", "backing_off", "chunk_count", "chunks", "shutdown", "worth_waking"]
+__all__ = [
+    "Pool",
+    "Serial",
+    "backing_off",
+    "chunk_count",
+    "chunks",
+    "note_gemm",
+    "shutdown",
+    "worth_waking",
+]

@@ -177,55 +177,6 @@ def test_gemm(rng: np.random.Generator, eager: list[int], trans: tuple[int, int]
 
 
 @pytest.mark.parametrize(
-    ("x_shape", "kernel", "attrs"),
-    [((1, 16, 12, 12), (1, 1), {}), ((1, 8, 14, 14), (3, 3), {"strides": [2, 2]})],
-    ids=["1x1", "im2col-s2"],
-)
-def test_big_conv_gemms_run_on_blas_threads(
-    monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator, x_shape: tuple, kernel: tuple,
-    attrs: dict,
-) -> None:  # fmt: skip
-    """A conv whose GEMM is big enough hands it to BLAS's own threads, like a GEMM step, and
-    stays off the pool: the numbers of one thread."""
-    from eqsat.lowering import cpu_ops
-
-    monkeypatch.setattr(cpu, "BLAS_GEMM_FLOPS", 1.0)
-    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
-    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
-    monkeypatch.setattr(cpu, "usable_cpus", lambda: 2)
-    monkeypatch.setattr(cpu_conv, "SMALL_POSITIONS", 0)
-    monkeypatch.setattr(cpu_conv, "DIRECT_CHANNELS", 0)
-    sizes = record_pool_maps(monkeypatch)
-    threads_seen: list[int] = []
-    real = cpu_ops.threaded_matmul
-
-    def spy(threads: int) -> Any:
-        mm = real(threads)
-
-        def probe(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
-            mm(x, y, out)
-            threads_seen.append(threads)
-
-        return probe
-
-    monkeypatch.setattr(cpu_ops, "threaded_matmul", spy)
-    g = eqsat.Graph("conv")
-    x = g.input("x", x_shape)
-    w = rng.standard_normal((24, x_shape[1], *kernel)) / np.sqrt(x_shape[1] * np.prod(kernel))
-    b = g.constant(rng.standard_normal((24,)).astype(F32), "b")
-    y = g.op("FusedConv", x, g.constant(w.astype(F32), "w"), b, num_base_inputs=3,
-             epilogue="max({0}, 0)", **attrs)  # fmt: skip
-    g.output(y, "y")
-    feeds = {"x": rng.standard_normal(x_shape).astype(F32)}
-    one = cpu.compile(g, threads=1).run(feeds)["y"]
-    two = cpu.compile(g, threads=2).run(feeds)["y"]
-    assert threads_seen and set(threads_seen) == {2} and not sizes
-    np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-5)
-    want = eqsat.compile(g, target="numpy").run(feeds)["y"]
-    np.testing.assert_allclose(two, want, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize(
     ("x_shape", "m", "kernel", "attrs"),
     [
         ((1, 24, 40, 40), 16, (3, 3), {"pads": [1, 1, 1, 1]}),  # Winograd
@@ -268,9 +219,7 @@ def test_mobilenet_sized_convs_split_at_default_sizes(
 ) -> None:  # fmt: skip
     """MobileNet's 3x3 depthwise convs (one output per ns, few FLOPs) and its 1x1 convs on 14x14
     (a single block of positions) ran on one thread with two; at the default sizes both now
-    split: the depthwise by channel blocks, the 1x1 by spans of output channels (below the size
-    where BLAS's own threads take a conv's GEMMs)."""
-    monkeypatch.setattr(cpu, "BLAS_GEMM_FLOPS", float("inf"))
+    split: the depthwise by channel blocks, the 1x1 by spans of output channels."""
     sizes = record_pool_maps(monkeypatch)
     g = eqsat.Graph("conv")
     x = g.input("x", x_shape)
@@ -439,3 +388,32 @@ def test_blas_threads_stay_off_while_the_pool_backs_off(monkeypatch: pytest.Monk
         mm(a, a, out)
     assert seen == [2, 1]
     np.testing.assert_array_equal(out, np.full((8, 8), 8, F32))
+
+
+def test_a_stalled_blas_product_backs_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A product on BLAS's threads far slower than one thread would be counts as a stall: the
+    next ones run on the calling thread alone, as the pool's maps do."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from eqsat.lowering import cpu_ops
+
+    monkeypatch.setattr(cpu_threads, "STALLED_GEMM_FLOPS", 1e30)  # every product is too slow
+    monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 0.0)
+    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
+    monkeypatch.setattr(cpu_threads._Backoff, "seconds", 1e3)
+    monkeypatch.setattr(cpu_threads._Backoff, "stalls", 0)
+    seen: list[int] = []
+    real = np.matmul
+
+    def probe(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> np.ndarray:
+        infos = threadpoolctl.threadpool_info()
+        seen.append(max(i["num_threads"] for i in infos if i["user_api"] == "blas"))
+        return real(x, y, out=out)
+
+    monkeypatch.setattr(np, "matmul", probe)
+    mm = cpu_ops.threaded_matmul(2)
+    a, out = np.ones((8, 8), F32), np.empty((8, 8), F32)
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        mm(a, a, out)
+        assert cpu_threads._Backoff.stalls == 1 and cpu_threads.backing_off()
+        mm(a, a, out)
+    assert seen == [2, 1]
