@@ -67,14 +67,17 @@ GRAIN_FLOPS = float(1 << 21)
 # MAX_THREADS of them, when at least BLAS_GEMM_THREADS can run at once: OpenBLAS splits one
 # product better than the pool's chunks, each of which packs its operands again and wakes a
 # worker that must take the GIL. On a 16-core machine a transformer encoder ran 25% faster with
-# 4 threads and 43% with 8; on the 2-core one, with 2 threads, 2.9-3.5 -> 2.4-2.8 ms (medians
-# 5.1-5.5 -> 3.1-3.6). Smaller GEMMs (an MLP's 8-row ones) ran slower on BLAS's threads. BLAS's
-# threads wait for their slowest one, so a busy machine stalls them (16 BLAS threads stalled for
-# milliseconds while another process's threads spun on the other cores): a product far slower
-# than one thread counts as a stall of the pool, and while the pool backs off BLAS stays on one
-# thread (cpu_threads.note_gemm, backing_off). Convs' GEMMs stay on the pool: on BLAS's threads
-# basic_pitch ran 22 -> 27 ms and five CNNs slower too (2 threads, one process).
-BLAS_GEMM_THREADS = 2
+# 4 threads and 43% with 8. Below 4 threads the pool keeps them: BLAS's threads go on spinning
+# after a product and took the second core from the pool's next steps (2 threads on the 2-core
+# machine: magika 8.5 -> 13.6 ms, oskut_scads 36.9 -> 42.7, ppocr_rec 23.8 -> 24.5; only the
+# GEMM-bound transformer encoder gained, 2.9-3.5 -> 2.4-2.8). Smaller GEMMs (an MLP's 8-row
+# ones) ran slower on BLAS's threads. BLAS's threads wait for their slowest one, so a busy
+# machine stalls them (16 BLAS threads stalled for milliseconds while another process's threads
+# spun on the other cores): a product far slower than one thread counts as a stall of the pool,
+# and while the pool backs off BLAS stays on one thread (cpu_threads.note_gemm, backing_off).
+# Convs' GEMMs stay on the pool: on BLAS's threads basic_pitch ran 22 -> 27 ms and five CNNs
+# slower too (2 threads, one process).
+BLAS_GEMM_THREADS = 4
 BLAS_GEMM_FLOPS = float(1 << 24)
 # GEMMs cut into at most this many chunks per thread: each chunk packs the whole of the operand
 # it does not cut again (a 128x256x1024 GEMM in 8 row chunks took 1.5x as long on one thread).

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,45 @@ def test_map_runs_every_item_once_on_several_threads(monkeypatch: pytest.MonkeyP
     pool.map(fn, list(range(50)))
     assert sorted(i for i, _ in seen) == list(range(50))
     assert {w for _, w in seen} <= {0, 1, 2} and len(threads) >= 2
+
+
+def test_each_call_site_learns_whether_the_workers_pay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A site whose maps run slower on the workers (here: a worker's chunk sleeps) runs on the
+    calling thread after its probes; one whose chunks the workers share stays on the pool."""
+    monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 1e9)
+    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
+    pool = cpu_threads.Pool(2)
+    used: list[set[int]] = []
+
+    def slow_on_workers(item: int, worker: int) -> None:
+        used[-1].add(worker)
+        time.sleep(0.02 if worker else 0.002)
+
+    def sleeps(item: int, worker: int) -> None:
+        used[-1].add(worker)
+        time.sleep(0.004)
+
+    for fn in (slow_on_workers, sleeps):
+        items = [0, 1, 2, 3]
+        used.clear()
+        for _ in range(cpu_threads.PROBE_RUNS + 4):
+            used.append(set())
+            pool.map(fn, items)
+        probes, after = used[: cpu_threads.PROBE_RUNS], used[cpu_threads.PROBE_RUNS :]
+        assert {1} <= set().union(*probes[::2]) and all(u == {0} for u in probes[1::2])
+        if fn is slow_on_workers:
+            assert all(u == {0} for u in after)  # the calling thread alone
+        else:
+            assert all(1 in u for u in after)  # still shared
+
+
+def test_sites_of_fresh_lists_do_not_pile_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu_threads, "MAX_SITES", 8)
+    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
+    pool = cpu_threads.Pool(2)
+    for _ in range(40):
+        pool.map(lambda item, worker: None, [0, 1])
+    assert len(pool._sites) <= 8
 
 
 def test_pool_caps_its_threads_and_wakes_only_what_pays(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -516,10 +516,9 @@ def test_unsupported_variants() -> None:
     with pytest.raises(UnsupportedOperatorError, match="training_mode") as err:
         g.op("BatchNormalization", x, *params, training_mode=1, name="bn")
     assert err.value.unsupported[0][:2] == ("BatchNormalization", "bn")
-    with pytest.raises(UnsupportedOperatorError, match="antialias") as err:
+    with pytest.raises(ShapeError, match="antialias must be 0 or 1"):
         scales = g.constant(np.full(4, 0.5, F32))
-        g.op("Resize", x, None, scales, mode="linear", antialias=1, name="up")
-    assert err.value.unsupported[0][:2] == ("Resize", "up")
+        g.op("Resize", x, None, scales, mode="linear", antialias=2, name="down")
     with pytest.raises(ShapeError, match="training_mode"):
         g.op("BatchNormalization", x, *params, outputs=3)
 
@@ -576,10 +575,6 @@ NODE_SKIPS = {
     "test_einsum_batch_matmul_bfloat16": "bfloat16 is not supported",
     "test_einsum_sum_bfloat16": "bfloat16 is not supported",
     "test_einsum_transpose_bfloat16": "bfloat16 is not supported",
-    "test_resize_downsample_scales_linear_antialias": "antialias=1 is not supported",
-    "test_resize_downsample_sizes_linear_antialias": "antialias=1 is not supported",
-    "test_resize_downsample_scales_cubic_antialias": "antialias=1 is not supported",
-    "test_resize_downsample_sizes_cubic_antialias": "antialias=1 is not supported",
 }
 
 
