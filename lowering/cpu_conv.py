@@ -412,18 +412,20 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
     ]
     pool_map = pool.map
     spans = geo.channel_spans if pool.threads > 1 and single else []
-    if geo.pointwise and spans:
-        p_ = geo.p
+    if spans:
 
-        def conv_pointwise_channels(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+        def by_channels(b: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+            """out = w0 @ b and its epilogue, by spans of output channels on the pool."""
+
             def part(span: tuple[int, int], worker: int) -> None:
                 m0, m1 = span
-                matmul(w0[m0:m1], x, out[m0:m1])
-                epilogue(out[m0:m1], 0, p_, bias[m0:m1], *(t[m0:m1] for t in operands))
+                matmul(w0[m0:m1], b, out[m0:m1])
+                epilogue(out[m0:m1], 0, geo.p, bias[m0:m1], *(t[m0:m1] for t in operands))
 
             pool_map(part, spans)
 
-        return conv_pointwise_channels
+    if geo.pointwise and spans:
+        return by_channels  # the input is the GEMM's right-hand side
     if geo.pointwise:
         blocks = [(r0 * geo.ow, r1 * geo.ow) for r0, r1 in geo.blocks]
 
@@ -519,17 +521,11 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
         return x.reshape(geo.c, geo.h, 1, geo.w)
 
     if spans:  # one block: its patches once, then the channels' GEMMs on the pool
-        buf, p_ = bufs[0][0], geo.p
+        buf = bufs[0][0]
 
         def conv_cols_channels(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
             im2col_block(source_of(x), buf, 0, geo.oh, params)
-
-            def part(span: tuple[int, int], worker: int) -> None:
-                m0, m1 = span
-                matmul(w0[m0:m1], buf, out[m0:m1])
-                epilogue(out[m0:m1], 0, p_, bias[m0:m1], *(t[m0:m1] for t in operands))
-
-            pool_map(part, spans)
+            by_channels(buf, out, *operands)
 
         return conv_cols_channels
     blocks = [(r0, r1, r0 * geo.ow, r1 * geo.ow) for r0, r1 in geo.blocks]

@@ -405,8 +405,8 @@ def test_cpu_quota_of_a_container(
     assert cpu.usable_cpus() == min(len(os.sched_getaffinity(0)), want or 10**6)
 
 
-def test_blas_threads_stay_off_while_the_pool_backs_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    """After stalls (a busy machine) a big GEMM runs on the calling thread alone, like the maps."""
+def _spied_blas_product(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], Any]:
+    """``threaded_matmul(2)``, and the BLAS thread count seen during each of its products."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     from eqsat.lowering import cpu_ops
 
@@ -419,7 +419,13 @@ def test_blas_threads_stay_off_while_the_pool_backs_off(monkeypatch: pytest.Monk
         return real(x, y, out=out)
 
     monkeypatch.setattr(np, "matmul", probe)
-    mm = cpu_ops.threaded_matmul(2)
+    return seen, cpu_ops.threaded_matmul(2)
+
+
+def test_blas_threads_stay_off_while_the_pool_backs_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After stalls (a busy machine) a big GEMM runs on the calling thread alone, like the maps."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    seen, mm = _spied_blas_product(monkeypatch)
     a, out = np.ones((8, 8), F32), np.empty((8, 8), F32)
     with threadpoolctl.threadpool_limits(1, user_api="blas"):
         monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
@@ -434,23 +440,12 @@ def test_a_stalled_blas_product_backs_off(monkeypatch: pytest.MonkeyPatch) -> No
     """A product on BLAS's threads far slower than one thread would be counts as a stall: the
     next ones run on the calling thread alone, as the pool's maps do."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    from eqsat.lowering import cpu_ops
-
     monkeypatch.setattr(cpu_threads, "STALLED_GEMM_FLOPS", 1e30)  # every product is too slow
     monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 0.0)
     monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
     monkeypatch.setattr(cpu_threads._Backoff, "seconds", 1e3)
     monkeypatch.setattr(cpu_threads._Backoff, "stalls", 0)
-    seen: list[int] = []
-    real = np.matmul
-
-    def probe(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> np.ndarray:
-        infos = threadpoolctl.threadpool_info()
-        seen.append(max(i["num_threads"] for i in infos if i["user_api"] == "blas"))
-        return real(x, y, out=out)
-
-    monkeypatch.setattr(np, "matmul", probe)
-    mm = cpu_ops.threaded_matmul(2)
+    seen, mm = _spied_blas_product(monkeypatch)
     a, out = np.ones((8, 8), F32), np.empty((8, 8), F32)
     with threadpoolctl.threadpool_limits(1, user_api="blas"):
         mm(a, a, out)
