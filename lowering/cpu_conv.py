@@ -34,12 +34,18 @@ gathered once.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import codegen, cpu_conv_batch, kernel_cache
+from eqsat.lowering import codegen, cpu_conv_batch
 from eqsat.lowering.cpu import Env, Lowering, Step, StepFn
+from eqsat.lowering.cpu_conv_epilogue import (
+    classify_operands,
+    epilogue_source,
+    image_operand,
+    load_epilogue,
+    operand_array,
+)
 from eqsat.lowering.cpu_conv_kernels import (
     direct_runner,
     fill_phases,
@@ -98,122 +104,6 @@ DIRECT_WIDTH = 48
 # Columns of one direct chunk: about this many bytes of output, which stays in L1 while every
 # tap accumulates into it.
 DIRECT_BLOCK_BYTES = 32 << 10
-_VERSION = "conv 2"
-
-
-def epilogue_source(dtype: np.dtype, epilogue: str, kinds: list[str]) -> str:
-    """A module with ``epilogue(out, c0, c1, bias, t1, t2, ...)``: columns c0 <= p < c1 of
-    out (M, P) become ``epilogue(out + bias[m])``, and ``epilogue_wide(out, wide, oh0, oh1, OW, WP,
-    bias, t1, ...)``: output rows oh0 <= oh < oh1 of out (M, OH*OW) become the epilogue of the
-    first OW of each WP columns of wide (M, (oh1-oh0)*WP), and ``epilogue_images(out, gemm, i0,
-    i1, bias, t1, ...)``: images i0 <= i < i1 of out (N, M, P) become the epilogue of columns
-    (i-i0)*P to (i-i0+1)*P of gemm (M, >= (i1-i0)*P), "full" operands then being (N or 1, M, P).
-    Operand ``t<i>`` is (M, P) where
-    ``kinds[i-1]`` is "full", (M,) where it is "channel"; scalar constants must already be
-    inlined. Loops run over slices from 0: indexed from c0 the loop did not vectorize (10x slower
-    with exp in the epilogue)."""
-    code, constants = codegen.translate(epilogue, dtype)
-    args = "".join(f", t{i + 1}" for i in range(len(kinds)))
-    rows = [f"r{i + 1} = t{i + 1}[m, c0:c1]" for i, k in enumerate(kinds) if k == "full"]
-    per_channel = [f"x{i + 1} = t{i + 1}[m]" for i, k in enumerate(kinds) if k == "channel"]
-    loads = [f"x{i + 1} = r{i + 1}[p]" for i, k in enumerate(kinds) if k == "full"]
-    lines = codegen.module_header(
-        [f"{_VERSION} block epilogue: {epilogue}; operands {kinds}"], f"np.{dtype}", constants
-    )
-    lines += [
-        "",
-        "",
-        "@njit(cache=True, error_model='numpy', fastmath={'contract'}, nogil=True)",
-        f"def epilogue(out, c0, c1, bias{args}):",
-        "    for m in range(out.shape[0]):",
-        "        b = bias[m]",
-        "        row = out[m, c0:c1]",
-        *(f"        {line}" for line in rows + per_channel),
-        "        for p in range(row.shape[0]):",
-        "            x0 = row[p] + b",
-        *(f"            {line}" for line in loads),
-        f"            row[p] = {code}",
-        "",
-        "",
-        "@njit(cache=True, error_model='numpy', fastmath={'contract'}, nogil=True)",
-        f"def epilogue_wide(out, wide, oh0, oh1, ow_, wp, bias{args}):",
-        "    for m in range(out.shape[0]):",
-        "        b = bias[m]",
-        *(f"        {line}" for line in per_channel),
-        "        for oh in range(oh0, oh1):",
-        "            c0 = oh * ow_",
-        "            c1 = c0 + ow_",
-        "            row = out[m, c0:c1]",
-        "            src = wide[m, (oh - oh0) * wp : (oh - oh0) * wp + ow_]",
-        *(f"            {line}" for line in rows),
-        "            for p in range(ow_):",
-        "                x0 = src[p] + b",
-        *(f"                {line}" for line in loads),
-        f"                row[p] = {code}",
-        "",
-        "",
-        "@njit(cache=True, error_model='numpy', fastmath={'contract'}, nogil=True)",
-        f"def epilogue_images(out, gemm, i0, i1, bias{args}):",
-        "    p_ = out.shape[2]",
-        "    for i in range(i0, i1):",
-        "        j = (i - i0) * p_",
-        "        for m in range(out.shape[1]):",
-        "            b = bias[m]",
-        "            row = out[i, m]",
-        "            src = gemm[m, j : j + p_]",
-        *(f"            {line}" for line in per_channel),
-        *(
-            f"            r{i + 1} = t{i + 1}[i if t{i + 1}.shape[0] > 1 else 0, m]"
-            for i, k in enumerate(kinds)
-            if k == "full"
-        ),
-        "            for p in range(p_):",
-        "                x0 = src[p] + b",
-        *(f"                {line}" for line in loads),
-        f"                row[p] = {code}",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def load_epilogue(dtype: np.dtype, epilogue: str, kinds: list[str]) -> Any:
-    """The module of :func:`epilogue_source` (compiled, or loaded from the cache, on first use)."""
-    return kernel_cache.load(epilogue_source(dtype, epilogue, kinds))
-
-
-_OPERAND = re.compile(r"\{(\d+)\}")
-
-
-def classify_operands(
-    out_shape: tuple[int, ...], epilogue: str, extras: list[Any], dtype: np.dtype
-) -> tuple[str, list[tuple[Any, str]]] | None:
-    """The epilogue with scalar constants inlined and the other operands renumbered 1, 2, ...,
-    each with its kind: "full" (shaped like the output, batch 1 or N) or "channel" (one value
-    per output channel). None when an operand is neither (it then needs a pass of its own)."""
-    from eqsat.lowering.cpu_depthwise import inline_scalars
-
-    rank = len(out_shape)
-    n_, m_ = out_shape[:2]
-    scalars: dict[int, float] = {}
-    numbers: dict[int, int] = {}
-    operands: list[tuple[Any, str]] = []
-    for i, v in enumerate(extras, 1):
-        if v.const is not None and v.const.size == 1:
-            scalars[i] = float(v.const.reshape(-1)[0])
-            continue
-        if v.rank > rank or v.dtype != dtype:
-            return None
-        shape = (1,) * (rank - v.rank) + tuple(v.shape)
-        if shape[1:] == tuple(out_shape[1:]) and shape[0] in (1, n_):
-            kind = "full"
-        elif shape[1] == m_ and all(d == 1 for i2, d in enumerate(shape) if i2 != 1):
-            kind = "channel"
-        else:
-            return None
-        numbers[i] = len(operands) + 1
-        operands.append((v, kind))
-    expr = inline_scalars(epilogue, scalars)
-    expr = _OPERAND.sub(lambda mt: f"{{{numbers.get(int(mt.group(1)), 0)}}}", expr)
-    return expr, operands
 
 
 class Geometry:
@@ -604,7 +494,7 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
     # (constant or None, slot, kind)
     items = [
         (
-            None if v.const is None else _operand_array(v.const, kind, out.shape, dtype),
+            None if v.const is None else operand_array(v.const, kind, out.shape, dtype),
             None if v.const is not None else lowering.slot(v),
             kind,
         )
@@ -633,11 +523,12 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
         fixed_ops: list[np.ndarray | None] = []
         for const, slot, kind in items:
             if const is None and slot in arrays:
-                const = _operand_array(arrays[slot], kind, out.shape, dtype)
+                const = operand_array(arrays[slot], kind, out.shape, dtype)
             fixed_ops.append(const)
         if fixed_out is not None and fixed_x is not None and all(a is not None for a in fixed_ops):
             calls = [
-                (fixed_x[i], fixed_out[i], *(_image(a, i) for a in fixed_ops)) for i in range(n_)
+                (fixed_x[i], fixed_out[i], *(image_operand(a, i) for a in fixed_ops))
+                for i in range(n_)
             ]
             if len(calls) == 1 and after is None:
                 args = calls[0]
@@ -657,11 +548,11 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
                 data = np.ascontiguousarray(env[x_slot]).reshape(n_, -1, hw)
             result = fixed_out if fixed_out is not None else env[o].reshape(n_, m_, p_)
             operands = [
-                a if a is not None else _operand_array(env[slot], kind, out.shape, dtype)
+                a if a is not None else operand_array(env[slot], kind, out.shape, dtype)
                 for a, (_, slot, kind) in zip(fixed_ops, items, strict=True)
             ]
             for i in range(n_):
-                conv(data[i], result[i], *(_image(a, i) for a in operands))
+                conv(data[i], result[i], *(image_operand(a, i) for a in operands))
             if after is not None:
                 after(env)
 
@@ -685,7 +576,7 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
             if data is None:
                 data = np.ascontiguousarray(env[x_slot]).reshape(n_, -1, hw)
             operands = [
-                const if const is not None else _operand_array(env[slot], kind, out.shape, dtype)
+                const if const is not None else operand_array(env[slot], kind, out.shape, dtype)
                 for const, slot, kind in items
             ]
             conv(data, env[o].reshape(n_, m_, p_), *operands)
@@ -700,20 +591,6 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
     reads = ([x_slot] if x_slot is not None else []) + ([] if epi is None else epi.reads())
     reads += [slot for const, slot, _ in items if slot is not None]
     return Step(unbound, Usage(reads, [o], True), "conv", node.name, bind)
-
-
-def _operand_array(a: np.ndarray, kind: str, out_shape: tuple[int, ...], dtype: np.dtype) -> Any:
-    """An epilogue operand as the kernel indexes it: (N or 1, M, P) when "full", (M,) else."""
-    a = np.ascontiguousarray(a, dtype)
-    if kind == "channel":
-        return a.reshape(-1)
-    rank = len(out_shape)
-    shape = (1,) * (rank - a.ndim) + a.shape
-    return a.reshape(shape[0], out_shape[1], -1)
-
-
-def _image(a: np.ndarray, i: int) -> np.ndarray:
-    return a if a.ndim == 1 else a[i if a.shape[0] > 1 else 0]
 
 
 __all__ = [
