@@ -16,8 +16,8 @@ Cases outside these paths (non-float dtypes, 3-D convs, weights that are not con
 ``None`` and run on the numpy reference (a fused node's epilogue then still runs as a kernel).
 
 With ``threads > 1`` GEMM steps of at least ``cpu.BLAS_GEMM_FLOPS`` run on BLAS's own threads
-(:func:`threaded_matmul`); other big steps run as chunks on eqsat's pool
-(:mod:`eqsat.lowering.cpu_threads`): GEMMs cut by :func:`matmul_parts` (by batch, rows or
+(:func:`~eqsat.lowering.cpu_gemm.threaded_matmul`); other big steps run as chunks on eqsat's pool
+(:mod:`eqsat.lowering.cpu_threads`): GEMMs cut by :func:`~eqsat.lowering.cpu_gemm.matmul_parts` (by batch, rows or
 columns), convs by blocks of output rows, output channels or tile rows (in
 :mod:`~eqsat.lowering.cpu_conv` and :mod:`~eqsat.lowering.cpu_winograd`), depthwise convs by
 (image, channel block); BLAS stays on one thread but for the products it is handed.
@@ -26,25 +26,19 @@ columns), convs by blocks of output rows, output channels or tile rows (in
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 import numpy as np
 from eqsat.lowering import codegen, cpu, cpu_conv, cpu_threads, cpu_winograd
 from eqsat.lowering.cpu import GEMM_CHUNKS_PER_THREAD as GEMM_CHUNKS
 from eqsat.lowering.cpu import ElementwiseKernel, Env, Lowering, Step, StepFn
+from eqsat.lowering.cpu_gemm import few_rows_matmul, gemm_runner, matmul_parts
 from eqsat.lowering.memory import Usage
 
 from eqsat.ir import Node, Value
 from eqsat.ops.conv import window_geometry
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-# Parallel GEMMs keep at least this many rows (or columns) per chunk: thinner ones waste the
-# BLAS micro-kernel's register blocking (and the per-chunk Python costs ~2 us).
-MIN_PART_ROWS = 16
-# Products of at most this many rows by constant weights skip BLAS: :func:`few_rows_matmul`.
-FEW_ROWS = 8
-MIN_PART_COLUMNS = 64
 # Depthwise convs with more taps go to the direct conv of :mod:`~eqsat.lowering.cpu_conv`.
 DEPTHWISE_TAPS = 49
 
@@ -120,119 +114,6 @@ def _operand(lowering: Lowering, value: Value) -> tuple[np.ndarray | None, int |
     return (value.const, None) if value.const is not None else (None, lowering.slot(value))
 
 
-Index = tuple[slice, ...]
-
-
-def matmul_parts(
-    x_shape: tuple[int, ...], y_shape: tuple[int, ...], out_shape: tuple[int, ...], count: int
-) -> list[tuple[Index, Index, Index]]:
-    """``out = x @ y`` cut into at most ``count`` independent products ``out[o] = x[i] @ y[j]``
-    (index tuples), for the thread pool; [] when it is not worth cutting.
-
-    By batch (the first stacked level of ``out`` longer than 1) when there are enough matrices,
-    else by rows of ``x`` or columns of ``y``: BLAS packs the operand a chunk does not cut once
-    per chunk, so the cut goes across the longer side of ``out`` (rows when M >= N), keeping at
-    least :data:`MIN_PART_ROWS` rows or :data:`MIN_PART_COLUMNS` columns per chunk.
-    """
-    if count <= 1 or len(x_shape) < 2 or len(y_shape) < 2:
-        return []
-    rank = len(out_shape)
-    whole: Index = ()
-    lead = [a for a in range(rank - 2) if out_shape[a] > 1]
-    if lead and out_shape[lead[0]] >= count:
-        ax = lead[0]
-        parts = []
-        for a, b in cpu_threads.chunks(out_shape[ax], count):
-            idx = []
-            for shape in (x_shape, y_shape):
-                own = ax - (rank - len(shape))
-                broadcast = own < 0 or shape[own] == 1
-                idx.append(whole if broadcast else (slice(None),) * own + (slice(a, b),))
-            parts.append((idx[0], idx[1], (slice(None),) * ax + (slice(a, b),)))
-        return parts
-    m, n = out_shape[-2:]
-    by_rows = m >= MIN_PART_ROWS * 2 and (m >= n or n < MIN_PART_COLUMNS * 2)
-    if by_rows:
-        ranges = cpu_threads.chunks(m, min(count, m // MIN_PART_ROWS), MIN_PART_ROWS)
-        lead_x = (slice(None),) * (len(x_shape) - 2)
-        lead_o = (slice(None),) * (rank - 2)
-        return [((*lead_x, slice(a, b)), whole, (*lead_o, slice(a, b))) for a, b in ranges]
-    if n >= MIN_PART_COLUMNS * 2:
-        ranges = cpu_threads.chunks(n, min(count, n // MIN_PART_COLUMNS), MIN_PART_COLUMNS)
-        lead_y = (slice(None),) * (len(y_shape) - 1)
-        lead_o = (slice(None),) * (rank - 1)
-        return [(whole, (*lead_y, slice(a, b)), (*lead_o, slice(a, b))) for a, b in ranges]
-    return []
-
-
-def threaded_matmul(threads: int) -> Any:
-    """``mm(x, y, out)``: ``np.matmul`` with BLAS's own ``threads`` threads for this one product
-    (the run pins BLAS to one thread around it); on the calling thread alone while the pool backs
-    off after stalls (:func:`~eqsat.lowering.cpu_threads.backing_off`), a product that stalled
-    counting as one (:func:`~eqsat.lowering.cpu_threads.note_gemm`)."""
-    from eqsat.lowering.cpu_runtime import one_thread_pin
-
-    matmul, busy, note, clock = (
-        np.matmul,
-        cpu_threads.backing_off,
-        cpu_threads.note_gemm,
-        time.perf_counter,
-    )
-    on_threads = one_thread_pin().run_on(lambda x, y, out: matmul(x, y, out=out), threads)
-
-    def mm(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
-        if busy():
-            matmul(x, y, out=out)
-            return
-        start = clock()
-        on_threads(x, y, out)
-        note(2.0 * x.size * out.shape[-1], clock() - start)
-
-    return mm
-
-
-def _parallel_matmul(
-    lowering: Lowering, parts: list[tuple[Index, Index, Index]], flops: float
-) -> Any:
-    """The matmul of a GEMM step of ``flops`` cut into ``parts``: on BLAS's own threads where
-    :meth:`~eqsat.lowering.cpu.Lowering.blas_threads` says so, else the parts on the pool."""
-    threads = lowering.blas_threads(flops)
-    if threads > 1:
-        return threaded_matmul(threads)
-    return parallel_matmul(lowering.pool, parts)
-
-
-def parallel_matmul(pool: Any, parts: list[tuple[Index, Index, Index]]) -> Any:
-    """``mm(x, y, out)``: ``np.matmul(x, y, out=out)`` by ``parts`` on ``pool``."""
-    matmul = np.matmul
-
-    def mm(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
-        def part(p: tuple[Index, Index, Index], worker: int) -> None:
-            matmul(x[p[0]], y[p[1]], out=out[p[2]])
-
-        pool.map(part, parts)
-
-    return mm
-
-
-def few_rows_matmul(weights: np.ndarray, rows: int, parts: list[Any]) -> Any:
-    """``mm(x, y, out)`` through :func:`cpu_kernels.rows_matmul` for ``rows`` <= FEW_ROWS rows
-    times constant ``weights`` (K, N), or None where BLAS is the better choice (more rows, a
-    product split over threads, K too short for the dot products to vectorize)."""
-    from eqsat.lowering import cpu_kernels
-
-    if parts or rows > FEW_ROWS or weights.ndim != 2 or weights.shape[0] < 16:
-        return None
-    transposed = np.ascontiguousarray(weights.T)  # (N, K): each output a dot product over K
-    zeros = np.zeros(weights.shape[1], weights.dtype)
-    kernel = cpu_kernels.rows_matmul
-
-    def mm(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
-        kernel(np.ascontiguousarray(x), transposed, zeros, out)
-
-    return mm
-
-
 # ------------------------------------------------------------------------------ MatMul / Gemm
 def _matmul(lowering: Lowering, node: Node) -> Step | None:
     (a, b), extras = _split(node)
@@ -270,7 +151,7 @@ def _matmul(lowering: Lowering, node: Node) -> Step | None:
 
     def bind(arrays: dict[int, np.ndarray]) -> StepFn:
         epilogue = epi.bound(o, arrays)
-        matmul = few or (_parallel_matmul(lowering, parts, flops) if parts else np.matmul)
+        matmul = few or (gemm_runner(lowering, parts, flops) if parts else np.matmul)
         fixed_out = arrays.get(o)
         if flat and fixed_out is not None:
             fixed_out = fixed_out.reshape(-1, n)
@@ -352,7 +233,7 @@ def _gemm(lowering: Lowering, node: Node) -> Step | None:
 
     def bind(arrays: dict[int, np.ndarray]) -> StepFn:
         epilogue = epi.bound(o, arrays)
-        matmul = few or (_parallel_matmul(lowering, parts, flops) if parts else np.matmul)
+        matmul = few or (gemm_runner(lowering, parts, flops) if parts else np.matmul)
 
         def run_bound(env: Env) -> None:
             x = a_const if a_const is not None else (env[a_slot].T if trans_a else env[a_slot])

@@ -107,7 +107,7 @@ def note_gemm(flops: float, seconds: float) -> None:
 
 def backing_off() -> bool:
     """Whether maps run on the calling thread for now, after stalls: the machine is busy. BLAS's
-    own threads (:func:`eqsat.lowering.cpu_ops.threaded_matmul`) stay off then too, since a GEMM
+    own threads (:func:`eqsat.lowering.cpu_gemm.threaded_matmul`) stay off then too, since a GEMM
     split over threads waits for its slowest one."""
     return time.perf_counter() < _Backoff.serial_until
 

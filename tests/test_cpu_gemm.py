@@ -1,4 +1,4 @@
-"""MatMul and Gemm by constant weights with a few rows (:func:`eqsat.lowering.cpu_ops.few_rows_matmul`,
+"""MatMul and Gemm by constant weights with a few rows (:func:`eqsat.lowering.cpu_gemm.few_rows_matmul`,
 :func:`eqsat.lowering.cpu_kernels.rows_matmul`): every row/column remainder of the kernel's blocks,
 Gemm's transposes, alpha, beta and bias, stacked rows, float64 and fused epilogues, against the numpy
 reference; and BLAS where the kernel does not apply."""

@@ -340,7 +340,7 @@ def test_big_gemms_run_on_blas_threads(
     """From BLAS_GEMM_THREADS threads on, a big GEMM step runs on BLAS's own threads (set for the
     product only: the run keeps BLAS on one thread around it), with the numbers of one thread."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    from eqsat.lowering import cpu_ops
+    from eqsat.lowering import cpu_gemm
 
     monkeypatch.setattr(cpu, "BLAS_GEMM_THREADS", 2)
     monkeypatch.setattr(cpu, "BLAS_GEMM_FLOPS", 1.0)
@@ -349,7 +349,7 @@ def test_big_gemms_run_on_blas_threads(
     monkeypatch.setattr(cpu, "usable_cpus", lambda: 2)
     sizes = record_pool_maps(monkeypatch)
     during: list[set[int]] = []
-    real = cpu_ops.threaded_matmul
+    real = cpu_gemm.threaded_matmul
 
     def spy(threads: int) -> Any:
         mm = real(threads)
@@ -360,7 +360,7 @@ def test_big_gemms_run_on_blas_threads(
 
         return probe
 
-    monkeypatch.setattr(cpu_ops, "threaded_matmul", spy)
+    monkeypatch.setattr(cpu_gemm, "threaded_matmul", spy)
     g = eqsat.Graph("blas")
     x = g.input("x", (96, 64))
     w = g.constant(rng.standard_normal((64, 80)).astype(F32), "w")
@@ -408,7 +408,7 @@ def test_cpu_quota_of_a_container(
 def _spied_blas_product(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], Any]:
     """``threaded_matmul(2)``, and the BLAS thread count seen during each of its products."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    from eqsat.lowering import cpu_ops
+    from eqsat.lowering import cpu_gemm
 
     seen: list[int] = []
     real = np.matmul
@@ -419,7 +419,7 @@ def _spied_blas_product(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], Any
         return real(x, y, out=out)
 
     monkeypatch.setattr(np, "matmul", probe)
-    return seen, cpu_ops.threaded_matmul(2)
+    return seen, cpu_gemm.threaded_matmul(2)
 
 
 def test_blas_threads_stay_off_while_the_pool_backs_off(monkeypatch: pytest.MonkeyPatch) -> None:
