@@ -22,6 +22,7 @@ SUPPORTED_OPS = set(
     [
         "NonMaxSuppression",
         "RoiAlign",
+        "DeformConv",
         "Scan",
         "SequenceConstruct",
         "SequenceEmpty",

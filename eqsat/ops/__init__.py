@@ -235,6 +235,7 @@ def _load_families() -> None:
     from eqsat.ops import (  # noqa: F401
         control,
         conv,
+        deform,
         detection,
         elementwise,
         nn,
