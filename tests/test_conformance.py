@@ -23,6 +23,7 @@ SUPPORTED_OPS = set(
         "NonMaxSuppression",
         "RoiAlign",
         "DeformConv",
+        "CumProd",
         "Scan",
         "SequenceConstruct",
         "SequenceEmpty",

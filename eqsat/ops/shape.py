@@ -444,7 +444,7 @@ def _onehot(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[A
 _op("OneHot", _onehot_infer, _onehot, min_inputs=3, max_inputs=3, attrs={"axis": -1})
 
 
-# ------------------------------------------------------------------ TopK / CumSum
+# ------------------------------------------------------------------ TopK / CumSum / CumProd
 def _topk_infer(inputs: list[Any], attrs: dict[str, Any], _: int) -> list[Any]:
     x, k_value = inputs
     k = const_ints(k_value, "input 'K'")
@@ -494,38 +494,49 @@ _op(
 )
 
 
-def _cumsum_infer(inputs: list[Any], attrs: dict[str, Any], _: int) -> list[Any]:
-    x, axis_value = inputs
-    axis = const_ints(axis_value, "input 'axis'", rank=None)
-    if len(axis) != 1:
-        raise ShapeError(f"input 'axis' must be a scalar, got {axis}")
-    normalize_axis(axis[0], x.rank)
-    if x.dtype.kind not in "iuf":
-        raise ShapeError(f"CumSum does not accept dtype {x.dtype}")
-    return [(x.shape, x.dtype)]
+def _cumulative_infer(op: str) -> Any:
+    def infer(inputs: list[Any], attrs: dict[str, Any], _: int) -> list[Any]:
+        x, axis_value = inputs
+        axis = const_ints(axis_value, "input 'axis'", rank=None)
+        if len(axis) != 1:
+            raise ShapeError(f"input 'axis' must be a scalar, got {axis}")
+        normalize_axis(axis[0], x.rank)
+        if x.dtype.kind not in "iuf":
+            raise ShapeError(f"{op} does not accept dtype {x.dtype}")
+        return [(x.shape, x.dtype)]
+
+    return infer
 
 
-def _cumsum(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
-    x, axis = arrays
-    axis = int(np.asarray(axis).reshape(-1)[0]) % max(x.ndim, 1)
-    if attrs["reverse"]:
-        x = np.flip(x, axis)
-    out = np.cumsum(x, axis=axis, dtype=x.dtype)
-    if attrs["exclusive"]:
-        # Shift by one: the sum of the elements strictly before each position.
-        out = np.concatenate([np.zeros_like(np.take(out, [0], axis)), out], axis=axis)
-        out = np.take(out, np.arange(x.shape[axis]), axis=axis)
-    if attrs["reverse"]:
-        out = np.flip(out, axis)
-    return [out]
+def _cumulative(scan: Any, identity: int) -> Any:
+    """The reference of a running sum or product (``scan``: np.cumsum, np.cumprod) along the
+    given axis, with ONNX's ``exclusive`` and ``reverse``."""
+
+    def reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -> list[Any]:
+        x, axis = arrays
+        axis = int(np.asarray(axis).reshape(-1)[0]) % max(x.ndim, 1)
+        if attrs["reverse"]:
+            x = np.flip(x, axis)
+        out = scan(x, axis=axis, dtype=x.dtype)
+        if attrs["exclusive"]:
+            # Shift by one: the result of the elements strictly before each position.
+            first = np.full_like(np.take(out, [0], axis), identity)
+            out = np.concatenate([first, out], axis=axis)
+            out = np.take(out, np.arange(x.shape[axis]), axis=axis)
+        if attrs["reverse"]:
+            out = np.flip(out, axis)
+        return [out]
+
+    return reference
 
 
-_op(
-    "CumSum",
-    _cumsum_infer,
-    _cumsum,
-    default_cost(1.0),
-    min_inputs=2,
-    max_inputs=2,
-    attrs={"exclusive": 0, "reverse": 0},
-)
+for _name, _scan, _identity in (("CumSum", np.cumsum, 0), ("CumProd", np.cumprod, 1)):
+    _op(
+        _name,
+        _cumulative_infer(_name),
+        _cumulative(_scan, _identity),
+        default_cost(1.0),
+        min_inputs=2,
+        max_inputs=2,
+        attrs={"exclusive": 0, "reverse": 0},
+    )

@@ -306,6 +306,28 @@ def test_cumsum(exclusive: int, reverse: int) -> None:
     check("CumSum", ints, np.array(-1, I64), const=(1,), exclusive=exclusive, reverse=reverse)
 
 
+@pytest.mark.parametrize(("exclusive", "reverse"), [(0, 0), (1, 0), (0, 1), (1, 1)])
+@pytest.mark.parametrize("axis", [0, -1])
+def test_cumprod_matches_onnxruntime(exclusive: int, reverse: int, axis: int) -> None:
+    """CumProd (opset 26): the running product, its exclusive form starting from 1."""
+    ort = pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(10 + axis + 2 * exclusive + 4 * reverse)
+    for x in ((rng.standard_normal((3, 5)) * 2).astype(np.float32), rng.integers(-3, 4, (3, 5))):
+        node = helper.make_node("CumProd", ["x", "a"], ["y"], exclusive=exclusive, reverse=reverse)
+        tp = helper.np_dtype_to_tensor_dtype(x.dtype)
+        graph = helper.make_graph(
+            [node], "g", [helper.make_tensor_value_info("x", tp, x.shape)],
+            [helper.make_tensor_value_info("y", tp, None)],
+            [numpy_helper.from_array(np.array(axis, I64), "a")],
+        )  # fmt: skip
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 26)])
+        want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+        for target in ("numpy", "cpu"):
+            got = eqsat.compile(eqsat.load(model), target=target).run({"x": x})["y"]
+            assert got.dtype == want.dtype
+            np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 def test_nonzero_needs_a_constant_input() -> None:
     g = eqsat.Graph("nz")
     data = np.array([[1, 0, 2], [0, 3, 0]], np.float32)
@@ -431,7 +453,7 @@ def test_costs() -> None:
 
 # ------------------------------------------------------------------ ONNX backend node tests
 OWN_OPS = {
-    "ArgMax", "ArgMin", "Concat", "ConstantOfShape", "CumSum", "DepthToSpace", "Expand",
+    "ArgMax", "ArgMin", "Concat", "ConstantOfShape", "CumProd", "CumSum", "DepthToSpace", "Expand",
     "Flatten", "Gather", "GatherElements", "GatherND", "If", "NonZero", "OneHot", "Pad", "Range",
     "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
     "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "Reshape", "ScatterElements",
@@ -439,7 +461,7 @@ OWN_OPS = {
     "Transpose", "Unsqueeze",
 }  # fmt: skip
 CASE_MODULES = [
-    "argmax", "argmin", "concat", "constantofshape", "cumsum", "depthtospace", "expand",
+    "argmax", "argmin", "concat", "constantofshape", "cumprod", "cumsum", "depthtospace", "expand",
     "flatten", "gather", "gatherelements", "gathernd", "if_", "nonzero", "onehot", "pad",
     "rangeop", "reduce_log_sum", "reduce_log_sum_exp", "reducel1", "reducel2", "reducemax",
     "reducemean", "reducemin", "reduceprod", "reducesum", "reducesumsquare", "reshape",
