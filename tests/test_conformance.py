@@ -24,6 +24,8 @@ SUPPORTED_OPS = set(
         "RoiAlign",
         "DeformConv",
         "CumProd",
+        "TensorScatter",
+        "BitCast",
         "Scan",
         "SequenceConstruct",
         "SequenceEmpty",

@@ -26,7 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from eqsat.errors import DataDependentShapeError, EqsatError, ShapeError, UnsupportedOperatorError
+from eqsat.errors import (
+    DataDependentShapeError,
+    EqsatError,
+    InputError,
+    ShapeError,
+    UnsupportedOperatorError,
+)
 from eqsat.ir import Node, Value, subgraphs
 
 TensorType = tuple[tuple[int, ...], np.dtype] | None
@@ -142,6 +148,10 @@ class OpDef:
             return [None if v is None else np.zeros(v.shape, v.dtype) for v in node.outputs]
         try:
             results = self.reference(arrays, node.attrs, node.outputs)
+        except InputError as exc:  # a fed value the op refuses: say which node refused it
+            if f"node {node.name!r}" in str(exc):
+                raise
+            raise InputError(f"node {node.name!r} ({self.name}): {exc}") from None
         except EqsatError:
             raise
         except Exception as exc:  # a reference that fails is a bug or an input it cannot handle
@@ -233,6 +243,7 @@ def same_dtype(inputs: Sequence[Value | None], what: str = "inputs") -> np.dtype
 def _load_families() -> None:
     # Imported for their registrations; fused ops derive from the base ops, so they come last.
     from eqsat.ops import (  # noqa: F401
+        cache,
         control,
         conv,
         deform,
