@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import cpu_kernels, cpu_moves, cpu_recurrent, cpu_softmax
+from eqsat.lowering import cpu_deform, cpu_kernels, cpu_moves, cpu_recurrent, cpu_softmax
 from eqsat.lowering.cpu import ElementwiseKernel, Env, Lowering, Step
 from eqsat.lowering.memory import Usage
 
@@ -396,6 +396,7 @@ def _depthwise_transpose(
 
 
 _BUILDERS: dict[str, Any] = {
+    "DeformConv": cpu_deform.build,
     "GlobalAveragePool": _global_average,
     "GlobalMaxPool": cpu_moves.global_max_pool,
     "Softmax": _softmax,

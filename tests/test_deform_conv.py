@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 import eqsat
 from eqsat.errors import ShapeError, UnsupportedOperatorError
@@ -41,13 +41,16 @@ def _case(
     if mask:
         names.append("mask")
         feeds["mask"] = rng.random((n, groups_off * kh * kw, oh, ow)).astype(F32)
+    # The filters and bias are weights (initializers); the data, offsets and mask are fed.
+    weights = [numpy_helper.from_array(feeds.pop(k), k) for k in ("w", "b") if k in feeds]
     inputs = [
         helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape) for k, v in feeds.items()
     ]
     node = helper.make_node("DeformConv", names, ["y"], kernel_shape=list(kernel), **attrs)
     graph = helper.make_graph(
-        [node], "deform", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
-    )
+        [node], "deform", inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], weights,
+    )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
     return model.SerializeToString(), feeds
 
@@ -71,9 +74,13 @@ def test_matches_onnxruntime(
     model, feeds = _case(x, m, kernel, attrs, mask, bias)
     want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     for target in ("numpy", "cpu"):
-        got = eqsat.compile(eqsat.load(model), target=target).run(feeds)["y"]
+        exe = eqsat.compile(eqsat.load(model), target=target)
+        if target == "cpu":  # the deformable im2col kernel, not the reference
+            assert exe.report["reference_ops"] == {}
+        got = exe.run(feeds)["y"]
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(exe.run(feeds)["y"], got)  # scratch reused cleanly
 
 
 def test_zero_offsets_are_a_conv() -> None:
