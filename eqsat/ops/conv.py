@@ -267,7 +267,7 @@ def _conv_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any]) -
     return [y.astype(outs[0].dtype, copy=False)]
 
 
-def _conv_cost(inputs: list[Value | None], outputs: list[Value | None], attrs: dict) -> Cost:
+def conv_cost(inputs: list[Value | None], outputs: list[Value | None], attrs: dict) -> Cost:
     x, w, y = inputs[0], inputs[1], outputs[0]
     macs = y.size * (x.shape[1] // int(attrs["group"])) * math.prod(w.shape[2:])
     bias = y.size if len(inputs) > 2 and inputs[2] is not None else 0
@@ -280,7 +280,7 @@ register(
         "Conv",
         _conv_infer,
         _conv_reference,
-        _conv_cost,
+        conv_cost,
         min_inputs=2,
         max_inputs=3,
         attrs={**WINDOW_ATTRS, "group": 1, "kernel_shape": []},

@@ -23,7 +23,14 @@ import numpy as np
 from eqsat.errors import ShapeError, UnsupportedOperatorError
 from eqsat.ir import Value
 from eqsat.ops import Cost, OpDef, register, same_dtype
-from eqsat.ops.conv import check_bias, check_float, compute_dtype, kernel_of, window_geometry
+from eqsat.ops.conv import (
+    check_bias,
+    check_float,
+    compute_dtype,
+    conv_cost,
+    kernel_of,
+    window_geometry,
+)
 
 ATTRS = {
     "dilations": [],
@@ -140,12 +147,12 @@ def _deform_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any])
 
 def _deform_cost(inputs: list[Value | None], outputs: list[Value | None], attrs: dict) -> Cost:
     x, w, y = inputs[0], inputs[1], outputs[0]
-    taps = math.prod(w.shape[2:])
-    macs = y.size * (x.shape[1] // int(attrs["group"])) * taps
+    bias = inputs[3] if len(inputs) > 3 else None
+    conv = conv_cost([x, w, bias], outputs, attrs)  # the filters' multiply-adds and the bias
     # Each sample interpolates four neighbours: ~8 FLOPs per channel, tap and position.
-    sampling = 8 * x.shape[1] * taps * y.size // max(1, y.shape[1])
-    read = sum(v.nbytes for v in inputs if v is not None)
-    return Cost(float(2 * macs + sampling), float(read), float(y.nbytes))
+    sampling = 8 * x.shape[1] * math.prod(w.shape[2:]) * y.size // max(1, y.shape[1])
+    offsets = sum(v.nbytes for v in inputs[2:3] + inputs[4:5] if v is not None)
+    return Cost(conv.flops + sampling, conv.bytes_read + offsets, conv.bytes_written)
 
 
 register(
