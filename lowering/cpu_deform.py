@@ -19,7 +19,7 @@ from eqsat.lowering.memory import Usage
 from numba import njit
 
 from eqsat.ir import Node
-from eqsat.ops.conv import window_geometry
+from eqsat.ops.deform import deform_window
 
 JIT = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
 
@@ -90,7 +90,7 @@ def build(lowering: Lowering, node: Node) -> Step | None:
         return None
     n_, c_, h_, w_ = x.shape
     m_, _, kh, kw = w.shape
-    window = window_geometry(x.shape[2:], (kh, kw), {**node.attrs, "auto_pad": "NOTSET"})
+    window = deform_window(x.shape, (kh, kw), node.attrs)
     oh, ow = window.out
     group, groups_off = int(node.attrs["group"]), int(node.attrs["offset_group"])
     geometry = (*window.strides, *window.dilations, *window.begin)
@@ -101,22 +101,33 @@ def build(lowering: Lowering, node: Node) -> Step | None:
     index = np.empty((groups_off, taps, 4), np.int64)
     weight = np.empty((groups_off, taps, 4), np.float32)
     cols = np.empty((c_, taps), np.float32)
-    slots = [lowering.slot(v) for v in (x, offset)]
+    x_slot = lowering.slot(x)
+    offset_slot = None if offset.const is not None else lowering.slot(offset)
     mask_slot = None if mask is None or mask.const is not None else lowering.slot(mask)
-    mask_const = None if mask is None or mask.const is None else mask.const
     o = lowering.slot(out)
     lowering.kernels += 2
     offset_shape = (n_, groups_off, kh, kw, 2, oh, ow)
     mask_shape = (n_, groups_off, kh, kw, oh, ow)
+    # Constant offsets and masks are reshaped once (constants have no slot in a run's env); no
+    # mask means all ones.
+    fixed_shifts = (
+        None if offset.const is None
+        else np.ascontiguousarray(offset.const, np.float32).reshape(offset_shape)
+    )  # fmt: skip
+    fixed_scales = (
+        None if mask is None or mask.const is None
+        else np.ascontiguousarray(mask.const, np.float32).reshape(mask_shape)
+    )  # fmt: skip
     patches = cols.reshape(group, c_ // group * kh * kw, oh * ow)
 
     def run(env: Env) -> None:
-        data = np.ascontiguousarray(env[slots[0]], np.float32).reshape(n_, c_, h_ * w_)
-        shifts = np.ascontiguousarray(env[slots[1]], np.float32).reshape(offset_shape)
-        scales = None
-        if mask_slot is not None or mask_const is not None:
-            given = env[mask_slot] if mask_slot is not None else mask_const
-            scales = np.ascontiguousarray(given, np.float32).reshape(mask_shape)
+        data = np.ascontiguousarray(env[x_slot], np.float32).reshape(n_, c_, h_ * w_)
+        shifts = fixed_shifts
+        if offset_slot is not None:
+            shifts = np.ascontiguousarray(env[offset_slot], np.float32).reshape(offset_shape)
+        scales = fixed_scales
+        if mask_slot is not None:
+            scales = np.ascontiguousarray(env[mask_slot], np.float32).reshape(mask_shape)
         result = env[o].reshape(n_, group, m_ // group, oh * ow)
         for i in range(n_):
             scale = ones if scales is None else scales[i]
@@ -126,7 +137,7 @@ def build(lowering: Lowering, node: Node) -> Step | None:
             if shift is not None:
                 result[i].reshape(m_, oh * ow)[...] += shift
 
-    reads = [*slots] + ([] if mask_slot is None else [mask_slot])
+    reads = [x_slot] + [s for s in (offset_slot, mask_slot) if s is not None]
     return Step(run, Usage(reads, [o], True), "kernel", node.name)
 
 

@@ -93,8 +93,28 @@ def test_zero_offsets_are_a_conv() -> None:
     attrs = {"strides": [2, 2], "pads": [1, 1, 1, 1]}
     g.output(g.op("DeformConv", x, w, offset, **attrs), "y")
     g.output(g.op("Conv", x, w, **attrs), "conv")
-    out = eqsat.compile(g, target="numpy").run({"x": rng.standard_normal((1, 4, 6, 6)).astype(F32)})
-    np.testing.assert_allclose(out["y"], out["conv"], rtol=1e-5, atol=1e-5)
+    feeds = {"x": rng.standard_normal((1, 4, 6, 6)).astype(F32)}
+    for target in ("numpy", "cpu"):  # the cpu target with constant offsets
+        out = eqsat.compile(g, target=target).run(feeds)
+        np.testing.assert_allclose(out["y"], out["conv"], rtol=1e-5, atol=1e-5)
+
+
+def test_a_constant_mask_scales_every_sample() -> None:
+    """A mask given as a constant (reshaped once at compile time on the cpu target): with zero
+    offsets and every mask entry 0.5, half the plain Conv."""
+    g = eqsat.Graph("deform")
+    x = g.input("x", (1, 4, 6, 6))
+    rng = np.random.default_rng(1)
+    w = g.constant(rng.standard_normal((5, 4, 3, 3)).astype(F32), "w")
+    offset = g.constant(np.zeros((1, 18, 6, 6), F32), "offset")
+    mask = g.constant(np.full((1, 9, 6, 6), 0.5, F32), "mask")
+    g.output(g.op("DeformConv", x, w, offset, None, mask, pads=[1, 1, 1, 1]), "y")
+    g.output(g.op("Conv", x, w, pads=[1, 1, 1, 1]), "conv")
+    feeds = {"x": rng.standard_normal((1, 4, 6, 6)).astype(F32)}
+    exe = eqsat.compile(g, target="cpu")
+    assert exe.report["reference_ops"] == {}
+    out = exe.run(feeds)
+    np.testing.assert_allclose(out["y"], 0.5 * out["conv"], rtol=1e-5, atol=1e-5)
 
 
 def test_refusals_name_the_node() -> None:

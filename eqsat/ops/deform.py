@@ -42,7 +42,8 @@ ATTRS = {
 }
 
 
-def _window(x_shape: tuple[int, ...], kernel: tuple[int, ...], attrs: dict[str, Any]) -> Any:
+def deform_window(x_shape: tuple[int, ...], kernel: tuple[int, ...], attrs: dict[str, Any]) -> Any:
+    """Conv's window geometry for a DeformConv node's attributes (it has no ``auto_pad``)."""
     return window_geometry(x_shape[2:], kernel, {**attrs, "auto_pad": "NOTSET"})
 
 
@@ -68,7 +69,7 @@ def _deform_infer(inputs: list[Value | None], attrs: dict[str, Any], _: int) -> 
         raise ShapeError(f"offset_group {groups_off} must divide X's {c} channels")
     check_bias(bias, m)
     kernel = kernel_of(attrs, w, 2)
-    window = _window(x.shape, kernel, attrs)
+    window = deform_window(x.shape, kernel, attrs)
     taps = math.prod(kernel)
     positions = (x.shape[0], *window.out)
     want = (x.shape[0], groups_off * taps * 2, *window.out)
@@ -114,7 +115,7 @@ def _deform_reference(arrays: list[Any], attrs: dict[str, Any], outs: list[Any])
     dt = compute_dtype(x.dtype)
     x, w = x.astype(dt, copy=False), w.astype(dt, copy=False)
     kh, kw = w.shape[2:]
-    window = _window(x.shape, (kh, kw), attrs)
+    window = deform_window(x.shape, (kh, kw), attrs)
     oh, ow = window.out
     (sh, sw), (dh, dw), (top, left) = window.strides, window.dilations, window.begin
     n, c = x.shape[:2]
