@@ -75,8 +75,8 @@ GRAIN_FLOPS = float(1 << 21)
 # machine stalls them (16 BLAS threads stalled for milliseconds while another process's threads
 # spun on the other cores): a product far slower than one thread counts as a stall of the pool,
 # and while the pool backs off BLAS stays on one thread (cpu_threads.note_gemm, backing_off).
-# Convs' GEMMs stay on the pool: on BLAS's threads basic_pitch ran 22 -> 27 ms and five CNNs
-# slower too (2 threads, one process).
+# Convs' GEMMs stay on the pool: on BLAS's threads basic_pitch ran 22 -> 27 ms and four other
+# models slower too (2 threads, one process).
 BLAS_GEMM_THREADS = 4
 BLAS_GEMM_FLOPS = float(1 << 24)
 # GEMMs cut into at most this many chunks per thread: each chunk packs the whole of the operand

@@ -242,8 +242,8 @@ def make_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels: Any
             filters[0].reshape(geo.m, geo.c, geo.kh * geo.kw).transpose(0, 2, 1)
         ).reshape(geo.m, geo.k)
         zero, epilogue = np.zeros_like(bias), kernels.epilogue
-        if geo.channel_spans and pool is not None and pool.threads > 1:
-            return _small_by_channels(geo, w0, bias, kernels, cols, plain, pool)
+        if geo.channel_spans:
+            return _small_by_channels(geo, w0, bias, kernels, cols, plain, pool or Serial())
         if plain:
             return lambda x, out: small_conv(x.reshape(shape), w0, bias, ct, xt, out, params)
 
@@ -301,7 +301,7 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
         for t in range(pool.threads)
     ]
     pool_map = pool.map
-    spans = geo.channel_spans if pool.threads > 1 and single else []
+    spans = geo.channel_spans  # only for group 1, with several threads
     if spans:
 
         def by_channels(b: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
@@ -309,7 +309,7 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
 
             def part(span: tuple[int, int], worker: int) -> None:
                 m0, m1 = span
-                matmul(w0[m0:m1], b, out[m0:m1])
+                matmul(w0[m0:m1], b, out=out[m0:m1])
                 epilogue(out[m0:m1], 0, geo.p, bias[m0:m1], *(t[m0:m1] for t in operands))
 
             pool_map(part, spans)
@@ -326,9 +326,9 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
             def block(b: tuple[int, int], worker: int) -> None:
                 c0, c1 = b
                 if single:
-                    matmul(w0, x[:, c0:c1], out[:, c0:c1])
+                    matmul(w0, x[:, c0:c1], out=out[:, c0:c1])
                 else:
-                    matmul(filters, xg[:, :, c0:c1], og[:, :, c0:c1])
+                    matmul(filters, xg[:, :, c0:c1], out=og[:, :, c0:c1])
                 epilogue(out, c0, c1, bias, *operands)
 
             pool_map(block, blocks)
@@ -367,7 +367,7 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
 
                 def part(span: tuple[int, int], worker: int) -> None:
                     m0, m1 = span
-                    matmul(w0[m0:m1], blk, ob[m0:m1])
+                    matmul(w0[m0:m1], blk, out=ob[m0:m1])
                     epilogue_wide(
                         out[m0:m1], ob[m0:m1], r0, r1, ow, wp, bias[m0:m1],
                         *(t[m0:m1] for t in operands),
@@ -385,9 +385,9 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
                 blk, ob, grouped, grouped_out = views[worker][j]
                 im2col_wide(phases, blk, r0, r1, kh, kw, dh, dw)
                 if single:
-                    matmul(w0, blk, ob)
+                    matmul(w0, blk, out=ob)
                 else:
-                    matmul(filters, grouped, grouped_out)
+                    matmul(filters, grouped, out=grouped_out)
                 epilogue_wide(out, ob, r0, r1, ow, wp, bias, *operands)
 
             pool_map(block, indices)
@@ -430,9 +430,9 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
             buf = bufs[worker][j]
             im2col_block(source, buf, r0, r1, params)
             if single:
-                matmul(w0, buf, out[:, c0:c1])
+                matmul(w0, buf, out=out[:, c0:c1])
             else:
-                matmul(filters, buf.reshape(g, geo.k, c1 - c0), og[:, :, c0:c1])
+                matmul(filters, buf.reshape(g, geo.k, c1 - c0), out=og[:, :, c0:c1])
             epilogue(out, c0, c1, bias, *operands)
 
         pool_map(block, indices)

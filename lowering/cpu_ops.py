@@ -15,8 +15,8 @@ contiguous once, at compile time.
 Cases outside these paths (non-float dtypes, 3-D convs, weights that are not constants) return
 ``None`` and run on the numpy reference (a fused node's epilogue then still runs as a kernel).
 
-With ``threads > 1`` GEMM steps of at least ``cpu.BLAS_GEMM_FLOPS`` run on BLAS's own threads
-(:func:`~eqsat.lowering.cpu_gemm.threaded_matmul`); other big steps run as chunks on eqsat's pool
+With ``cpu.BLAS_GEMM_THREADS`` threads or more, GEMM steps of at least ``cpu.BLAS_GEMM_FLOPS`` run
+on BLAS's own threads (:func:`~eqsat.lowering.cpu_gemm.threaded_matmul`); other big steps run as chunks on eqsat's pool
 (:mod:`eqsat.lowering.cpu_threads`): GEMMs cut by :func:`~eqsat.lowering.cpu_gemm.matmul_parts` (by batch, rows or
 columns), convs by blocks of output rows, output channels or tile rows (in
 :mod:`~eqsat.lowering.cpu_conv` and :mod:`~eqsat.lowering.cpu_winograd`), depthwise convs by

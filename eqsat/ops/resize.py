@@ -192,8 +192,13 @@ def _antialias_taps(
     index = left.astype(np.int64)[:, None] + offsets
     if attrs["exclude_outside"]:
         weight = np.where((index < 0) | (index >= in_len), 0.0, weight)
+    return np.clip(index, 0, in_len - 1), _sum_to_one(weight)
+
+
+def _sum_to_one(weight: np.ndarray) -> np.ndarray:
+    """Each row of ``weight`` scaled to sum 1 (a row of zeros stays zero)."""
     total = weight.sum(axis=1, keepdims=True)
-    return np.clip(index, 0, in_len - 1), weight / np.where(total == 0, 1.0, total)
+    return weight / np.where(total == 0, 1.0, total)
 
 
 def _taps(
@@ -227,9 +232,7 @@ def _taps(
         index = base[:, None] + np.arange(-1, 3)
         weight = _cubic(np.abs(index - x[:, None]), a)
         if attrs["exclude_outside"]:
-            weight = np.where((index < 0) | (index >= in_len), 0.0, weight)
-            total = weight.sum(axis=1, keepdims=True)
-            weight = weight / np.where(total == 0, 1.0, total)
+            weight = _sum_to_one(np.where((index < 0) | (index >= in_len), 0.0, weight))
     return np.clip(index, 0, in_len - 1), weight
 
 
@@ -263,8 +266,8 @@ def linear_taps(
 ) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], list[int]]:
     """For a linear Resize (not tf_crop_and_resize): each resized axis in the order the reference
     resamples them, with its source indices and weights per output position (two; more where
-    ``antialias`` widens the filter), leaving out the
-    axes it maps onto themselves; and the output shape. Kernels that replay these tables compute
+    ``antialias`` widens the filter), leaving out the axes it maps onto themselves; and the
+    output shape. Kernels that replay these tables compute
     what :func:`_resize_reference` does."""
     axes, scale, out = _plan(x_shape, attrs, scales, sizes)
     coords = attrs["coordinate_transformation_mode"]
