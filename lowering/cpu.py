@@ -510,7 +510,9 @@ def compile(graph: Graph, threads: int | None = None) -> Executable:
         "compile_s": time.perf_counter() - started,
     }
     feed_slots = [(lowering.slot(v), v.name) for v in graph.inputs if v.const is None]
-    exe = CpuExecutable(graph, steps, template, feed_slots, out_slots, plan, threads, report)
+    exe = CpuExecutable(
+        graph, steps, template, feed_slots, out_slots, plan, threads, report, lowering.pool
+    )
     return with_tail(exe, tail, lambda static: _compile_tail(static, threads), exe._blas)
 
 

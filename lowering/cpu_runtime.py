@@ -66,8 +66,10 @@ class CpuExecutable(Executable):
         plan: MemoryPlan,
         threads: int,
         report: dict[str, Any],
+        pool: Any = None,
     ):
         super().__init__(graph)
+        self._pool = pool  # a cpu_threads.Pool when steps split over threads
         # One BLAS thread always: parallel steps split their work over eqsat's own pool.
         self._blas = BlasPin(1)
         self._run_steps = tuple(s.run for s in steps)
@@ -197,6 +199,9 @@ def _build_entry(
     run += [f"    return run_fed({', '.join(f'checked[{n!r}]' for n in names)})"]
 
     body = [f"def run_fed({args}):", "    env = template.copy()"]
+    if exe._pool is not None:  # sleeping workers get up while the first steps run
+        bind["wake"] = exe._pool.wake
+        body.append("    wake()")
     body += [f"    env[{slot}] = f{i}" for i, (slot, _) in enumerate(exe._feed_slots)]
     for slot, shape, dtype in exe._fresh:
         bind[f"shape{slot}"], bind[f"dtype{slot}"] = shape, dtype

@@ -16,8 +16,9 @@ A machine busier than its cores (other processes runnable) still stalls the pool
 of the GIL between the threads (a few per chunk) and a worker preempted holding a chunk make
 the caller wait for the OS to schedule the other thread, a time slice (milliseconds) under load;
 on a loaded 2-core machine a 2-thread map of a 0.23 ms GEMM took 0.5-5 ms, the caller on the CPU
-for 0.2 of them. So the pool watches for stalls (the caller off the CPU, by its thread CPU
-time, for more than half of a map's wall time plus :data:`STALL_SECONDS`) and, after one, runs
+for 0.2 of them. So the pool watches for stalls (the caller waiting for the workers' chunks, once
+its own are done, for more than half of a map's wall time plus :data:`STALL_SECONDS`; it spins
+meanwhile, so its CPU time cannot tell) and, after one, runs
 maps on the calling thread alone for a while: 5 ms at first, doubling with each stall that
 follows up to 0.25 s, shrinking by 10% with each clean map: when more than ~1 map in 7 stalls
 the pool stays serial but for a probe four times a second. Serial or
@@ -36,8 +37,15 @@ For the same reason a pool uses at most :data:`MAX_THREADS` threads whatever it 
 on that machine runs with 16 threads were slower than with 8 on every model measured
 (``docs/benchmarks.md``, "Many threads"), and those with 8 about as fast as with 4.
 
-Idle workers block on a queue (no spinning). There is one set of workers per process, shared by
-every executable, created on first use; it grows to the largest thread count asked for. The
+Hand-overs spin rather than sleep (:mod:`eqsat.lowering.cpu_spin`): waking a thread blocked on a
+lock costs ~60 us on the 2-core VM, more than many chunks take, and two threads then ran a
+model's steps no faster than one. So after a job a worker polls a posted-job counter without
+the GIL for :data:`SPIN_SECONDS` before it blocks on its queue, and the caller polls the job's
+done flag for up to :data:`WAIT_SPIN_SECONDS` once its own chunks are done. A map posts its job
+on the counter for spinning workers and on the queues of those asleep. Two chunks of 100 us
+took 174 us on the calling thread alone, 177 us on the sleeping pool and 111 us spinning.
+There is one set of workers per process, shared by every executable, created on first use; it
+grows to the largest thread count asked for. The
 workers are daemon threads and are told to stop at interpreter exit, so they never hold it up.
 A chunk that raises makes the rest of its job skip; the caller re-raises the first error once
 every chunk taken has finished, so a failing step neither deadlocks nor leaves work running.
@@ -55,13 +63,36 @@ from collections.abc import Callable, Sequence
 from queue import SimpleQueue
 from typing import Any, TypeVar
 
+import numpy as np
+from eqsat.lowering import cpu_spin
+
 T = TypeVar("T")
 
 _LOCK = threading.Lock()
 _QUEUES: list[SimpleQueue[Any]] = []
 _THREADS: list[threading.Thread] = []
-# A map where the caller is off the CPU for more than half its wall time plus this is a stall (on
-# an idle machine the caller computes all along but for its wait for the workers' last chunks).
+# The posted-job counter that spinning workers poll (element 0; its own cache line) and the job
+# it names; _ASLEEP[w - 1][0]: worker w blocks on its queue, so a map must put the job there
+# (a cell per worker, which a worker stopped by shutdown keeps).
+_POSTED = np.zeros(8, np.int64)
+_POSTED_JOB: list[Any] = [None]
+_ASLEEP: list[list[bool]] = []
+_SERIALS = itertools.count(1).__next__
+# How long an idle worker polls for the next job before it blocks, and how long the caller polls
+# for the workers' last chunks before it blocks (as long as the map has taken so far, within
+# these bounds). A thread that saw the flag it polls change waits a little before it asks for
+# the GIL, which the other thread holds until it enters a kernel (or its poll): a worker for the
+# caller to reach its first chunk's kernel, the caller for the worker that finished the job to
+# reach its poll. EQSAT_SPIN=0 turns polling off: threads then sleep at once, which a machine
+# shared with other busy processes may prefer.
+_SPINS = os.environ.get("EQSAT_SPIN", "1").strip() not in ("0", "false", "no", "off")
+SPIN_SECONDS = 2e-3 if _SPINS else 0.0
+WAIT_SPIN_SECONDS = 20e-3 if _SPINS else 0.0
+MIN_WAIT_SPIN_SECONDS = 100e-6 if _SPINS else 0.0
+WORKER_SETTLE_SECONDS = 4e-6
+CALLER_SETTLE_SECONDS = 2e-6
+# A map where the caller waits for the workers' chunks for more than half its wall time plus this
+# is a stall (on an idle machine it computes all along but for the end of their last chunks).
 # A worker descheduled by another process costs a time slice, milliseconds; a slow wake-up costs
 # tens of microseconds (~60 on the 2-core VM), and at 0.1 ms those counted as stalls: in one
 # benchmark process the back-off then grew over the models until maps ran serially most of the
@@ -112,22 +143,41 @@ def backing_off() -> bool:
     return time.perf_counter() < _Backoff.serial_until
 
 
+# Each job's done flag: _DONE[_slot(serial)] == serial once its chunks have all finished. A
+# ring of slots a cache line apart, not an array per job: making one (and an Event) cost a map
+# more than its wake-up.
+_DONE_SLOTS = 1024
+_DONE = np.zeros(_DONE_SLOTS * 8, np.int64)
+
+
+def _slot(serial: int) -> int:
+    return (serial % _DONE_SLOTS) * 8
+
+
 class _Job:
-    """One ``map``: its chunks, the next index to hand out, how many have finished."""
+    """One ``map``: its chunks, the next index to hand out, how many have finished; workers
+    1..``helpers`` may take part."""
 
-    __slots__ = ("count", "done", "error", "finished", "fn", "items", "take")
+    __slots__ = ("count", "error", "finished", "fn", "helpers", "items", "serial", "take", "waiter")
 
-    def __init__(self, fn: Callable[[Any, int], None], items: Sequence[Any]):
+    def __init__(self, fn: Callable[[Any, int], None], items: Sequence[Any], helpers: int):
         self.fn = fn
         self.items = items
         self.count = len(items)
+        self.helpers = helpers
+        self.serial = _SERIALS()
         # next() of an itertools.count is atomic under the GIL: no lock per chunk.
         self.take = itertools.count().__next__
         self.finished = itertools.count(1).__next__
-        self.done = threading.Event()
         self.error: BaseException | None = None
+        self.waiter: threading.Event | None = None  # made by a caller that stops polling
+
+    def complete(self) -> bool:
+        return bool(_DONE[_slot(self.serial)] == self.serial)
 
     def work(self, worker: int) -> None:
+        if worker > self.helpers:
+            return
         count, items, fn, take = self.count, self.items, self.fn, self.take
         while True:
             i = take()
@@ -140,14 +190,52 @@ class _Job:
                     if self.error is None:
                         self.error = error
             if self.finished() == count:
-                self.done.set()
+                # The flag first, then the waiter: a caller makes its waiter before it looks at
+                # the flag a last time (both under the GIL), so one of them sees the other.
+                _DONE[_slot(self.serial)] = self.serial
+                if self.waiter is not None:
+                    self.waiter.set()
+
+    def wait(self, loads: int, settle: int) -> None:
+        """Until every chunk has finished: polling ``loads`` times at most, then blocking."""
+        if self.complete():
+            return
+        cpu_spin.spin_until(_DONE, _slot(self.serial), self.serial, loads, settle)
+        if self.complete():
+            return
+        self.waiter = threading.Event()
+        if not self.complete():
+            self.waiter.wait()
 
 
-def _worker(queue: SimpleQueue[Any], worker: int) -> None:
+_WAKE = _Job(lambda item, worker: None, (), 0)  # no chunks, no worker takes part
+
+
+def _worker(queue: SimpleQueue[Any], worker: int, asleep: list[bool]) -> None:
+    rate = cpu_spin.loads_per_second()
+    seen = int(_POSTED[0])
     while True:
+        spin, settle = int(SPIN_SECONDS * rate), int(WORKER_SETTLE_SECONDS * rate)
+        posted = cpu_spin.spin_while(_POSTED, 0, seen, spin, settle)
+        if posted != seen:
+            seen = posted
+            job = _POSTED_JOB[0]
+            if job is not None:
+                job.work(worker)
+            # Jobs put on the queue while this worker spun are over or being finished by others;
+            # taking them now keeps the queue short (and honours a shutdown).
+            while not queue.empty():
+                job = queue.get()
+                if job is None:
+                    return
+                job.work(worker)
+            continue
+        asleep[0] = True
         job = queue.get()
+        asleep[0] = False
         if job is None:
             return
+        seen = int(_POSTED[0])
         job.work(worker)
 
 
@@ -155,18 +243,21 @@ def _ensure_workers(count: int) -> list[SimpleQueue[Any]]:
     """The queues of at least ``count`` running workers (worker ids 1..count)."""
     if len(_QUEUES) >= count:
         return _QUEUES
+    cpu_spin.loads_per_second()  # measured before any worker spins
     with _LOCK:
         while len(_QUEUES) < count:
             queue: SimpleQueue[Any] = SimpleQueue()
+            asleep = [False]
             thread = threading.Thread(
                 target=_worker,
-                args=(queue, len(_QUEUES) + 1),
+                args=(queue, len(_QUEUES) + 1, asleep),
                 name=f"eqsat-cpu-{len(_QUEUES) + 1}",
                 daemon=True,
             )
             thread.start()
             _QUEUES.append(queue)
             _THREADS.append(thread)
+            _ASLEEP.append(asleep)
     return _QUEUES
 
 
@@ -176,8 +267,11 @@ def shutdown(timeout: float = 1.0) -> None:
         queues, threads = list(_QUEUES), list(_THREADS)
         _QUEUES.clear()
         _THREADS.clear()
+        _ASLEEP.clear()
     for queue in queues:
         queue.put(None)
+    _POSTED_JOB[0] = None
+    _POSTED[0] = _SERIALS()  # spinning workers look at their queues now
     for thread in threads:
         if thread is not threading.current_thread():
             thread.join(timeout)
@@ -189,6 +283,8 @@ def _forget_after_fork() -> None:
     _LOCK = threading.Lock()
     _QUEUES.clear()
     _THREADS.clear()
+    _ASLEEP.clear()
+    _POSTED_JOB[0] = None
 
 
 atexit.register(shutdown)
@@ -245,6 +341,13 @@ class Pool:
             site = self._sites[id(items)] = _Site(items)
         return site
 
+    def wake(self) -> None:
+        """Gets this pool's sleeping workers up to poll for jobs (a run calls it first): its first
+        maps then find them ready, rather than paying each one's wake-up."""
+        for queue, asleep in zip(_QUEUES[: self.threads - 1], _ASLEEP, strict=False):
+            if asleep[0]:
+                queue.put(_WAKE)
+
     def map(self, fn: Callable[[T, int], None], items: Sequence[T]) -> None:
         """``fn(item, worker)`` for every item, in any order, on up to ``threads`` threads.
 
@@ -268,15 +371,26 @@ class Pool:
             if probe:
                 site.best[1] = min(site.best[1], clock() - start)
             return
-        cpu = time.thread_time()
-        job = _Job(fn, items)
-        for queue in _ensure_workers(helpers)[:helpers]:
-            queue.put(job)
+        job = _Job(fn, items, helpers)
+        queues = _ensure_workers(helpers)
+        for queue, asleep in zip(queues[:helpers], _ASLEEP, strict=False):
+            if asleep[0]:
+                queue.put(job)
+        _POSTED_JOB[0] = job
+        _POSTED[0] = job.serial  # last: spinning workers take the job from here
         job.work(0)
-        job.done.wait()
+        waited = clock()
+        # Poll for about as long as the map has taken so far (a worker's chunk should end by
+        # then): longer, and a worker descheduled by a busy machine would wait for the core
+        # this thread holds while it polls.
+        rate = cpu_spin.loads_per_second()
+        polling = min(WAIT_SPIN_SECONDS, max(MIN_WAIT_SPIN_SECONDS, waited - start))
+        job.wait(int(polling * rate), int(CALLER_SETTLE_SECONDS * rate))
         now = clock()
         wall = now - start
-        _record(wall - (time.thread_time() - cpu) > 0.5 * wall + STALL_SECONDS, now)
+        # A stall: the caller waited for the workers' chunks for much of the map (a worker
+        # descheduled while it held one).
+        _record(now - waited > 0.5 * wall + STALL_SECONDS, now)
         if probe:
             site.best[0] = min(site.best[0], wall)
         if job.error is not None:

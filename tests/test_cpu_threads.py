@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from eqsat.lowering import cpu, cpu_conv, cpu_threads
+from eqsat.lowering import cpu, cpu_conv, cpu_spin, cpu_threads
 
 import eqsat
 from tests.cpu_testing import record_pool_maps
@@ -171,6 +171,132 @@ def test_workers_do_not_hold_up_exit() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_spin_polls_see_another_threads_store() -> None:
+    """The native polls see a store made by another thread (the load is atomic, not hoisted out
+    of the loop), and give up after their count of polls."""
+    flags = np.zeros(8, np.int64)
+    threading.Timer(0.02, lambda: flags.__setitem__(0, 7)).start()
+    # 10 s of polls at the most: returns as soon as the store lands
+    started = time.perf_counter()
+    assert cpu_spin.spin_while(flags, 0, 0, int(10 * cpu_spin.loads_per_second()), 5) == 7
+    assert time.perf_counter() - started < 5
+    assert cpu_spin.spin_while(flags, 0, 7, 100, 5) == 7  # unchanged: times out, returns seen
+    threading.Timer(0.02, lambda: flags.__setitem__(3, 42)).start()
+    assert cpu_spin.spin_until(flags, 3, 42, int(10 * cpu_spin.loads_per_second()), 5)
+    assert not cpu_spin.spin_until(flags, 3, 43, 100, 5)
+
+
+def test_polling_workers_take_jobs_without_their_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Right after a map the workers poll (not asleep on their queues) and take the next map's
+    chunks; with polling off (EQSAT_SPIN=0) they sleep and are woken through their queues."""
+    monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 1e9)
+    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
+    monkeypatch.setattr(cpu_threads, "SPIN_SECONDS", 5.0)
+    monkeypatch.setattr(cpu_threads._Site, "parallel", lambda self: (True, False))
+    cpu_threads.shutdown()
+    pool = cpu_threads.Pool(2)
+
+    def shared(item: int, worker: int, seen: set[int], release: threading.Event) -> None:
+        seen.add(worker)
+        if worker == 0:
+            release.wait(5)  # the caller holds its chunk until a worker has taken one
+        else:
+            release.set()
+
+    for spin in (5.0, 0.0):
+        monkeypatch.setattr(cpu_threads, "SPIN_SECONDS", spin)
+        pool.map(lambda item, worker: None, [0, 1])  # the workers start (and then poll)
+        time.sleep(0.05)
+        assert cpu_threads._ASLEEP[0][0] is (spin == 0.0)
+        seen: set[int] = set()
+        release = threading.Event()
+        pool.map(lambda i, w, s=seen, r=release: shared(i, w, s, r), [0, 1])
+        assert seen == {0, 1}
+    cpu_threads.shutdown()
+
+
+def test_a_run_wakes_sleeping_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Pool.wake`` (the first thing a run does) gets sleeping workers polling again."""
+    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
+    monkeypatch.setattr(cpu_threads, "SPIN_SECONDS", 0.0)
+    cpu_threads.shutdown()
+    pool = cpu_threads.Pool(2)
+    pool.map(lambda item, worker: None, [0, 1])
+    deadline = time.perf_counter() + 5
+    while not cpu_threads._ASLEEP[0][0] and time.perf_counter() < deadline:
+        time.sleep(0.001)
+    assert cpu_threads._ASLEEP[0][0]
+    monkeypatch.setattr(cpu_threads, "SPIN_SECONDS", 5.0)
+    pool.wake()
+    while cpu_threads._ASLEEP[0][0] and time.perf_counter() < deadline:
+        time.sleep(0.001)
+    assert not cpu_threads._ASLEEP[0][0]
+    cpu_threads.shutdown()
+
+
+def test_caller_stops_polling_for_a_slow_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's chunk that outlasts the caller's polls (a worker descheduled on a busy machine)
+    makes the caller block on the job's event, and the map still returns every chunk done."""
+    monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 1e9)
+    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
+    monkeypatch.setattr(cpu_threads, "WAIT_SPIN_SECONDS", 1e-4)
+    monkeypatch.setattr(cpu_threads._Site, "parallel", lambda self: (True, False))
+    jobs: list[Any] = []
+    wait = cpu_threads._Job.wait
+
+    def recorded(job: Any, loads: int, settle: int) -> None:
+        jobs.append(job)
+        wait(job, loads, settle)
+
+    monkeypatch.setattr(cpu_threads._Job, "wait", recorded)
+    pool = cpu_threads.Pool(2)
+    done: list[int] = []
+    taken = threading.Event()
+
+    def fn(item: int, worker: int) -> None:
+        if worker:
+            taken.set()
+            time.sleep(0.1)
+        else:
+            taken.wait(5)
+        done.append(item)
+
+    pool.map(fn, [0, 1])
+    assert sorted(done) == [0, 1]
+    assert jobs[-1].waiter is not None and jobs[-1].complete()
+
+
+def test_maps_from_several_threads_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Callers on several Python threads share the workers (one posted job at a time, the rest
+    through the queues or on the callers alone): every map runs each of its items once."""
+    monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 1e9)
+    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
+    monkeypatch.setattr(cpu_threads._Site, "parallel", lambda self: (True, False))
+    pools = [cpu_threads.Pool(3) for _ in range(3)]
+    errors: list[BaseException] = []
+
+    def caller(pool: cpu_threads.Pool, seed: int) -> None:
+        try:
+            for n in range(200):
+                count = 2 + (seed + n) % 7
+                hits = [0] * count
+
+                def fn(item: int, worker: int, hits: list[int] = hits) -> None:
+                    hits[item] += 1
+
+                pool.map(fn, list(range(count)))
+                assert hits == [1] * count
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+
+    callers = [threading.Thread(target=caller, args=(p, i)) for i, p in enumerate(pools)]
+    for thread in callers:
+        thread.start()
+    for thread in callers:
+        thread.join(60)
+    assert not errors and not any(t.is_alive() for t in callers)
 
 
 # ------------------------------------------------------------------------ steps on the pool
