@@ -16,6 +16,7 @@ from eqsat.lowering import cpu_recurrent
 
 import eqsat
 from eqsat.errors import InputError
+from tests.cpu_testing import record_pool_maps
 from tests.ops.test_recurrent import ACTIVATION_CASES
 from tests.ops.test_recurrent import arrays as layer_inputs
 
@@ -163,6 +164,34 @@ def test_stepped_large_batch(op: str, layout: int) -> None:
     check(*layer(op, {"layout": layout, "clip": 0.5}, seq=3, batch=batch, fed_weights=True))
     if op == "LSTM":
         check(*layer(op, {"input_forget": 1}, seq=3, batch=batch, outputs=["", "", "Y_c"]))
+
+
+@pytest.mark.parametrize("layout", [0, 1])
+def test_stepped_directions_on_two_threads(monkeypatch: pytest.MonkeyPatch, layout: int) -> None:
+    """With threads, a bidirectional stepped layer runs each direction as a chunk of the pool:
+    the same numbers as the numpy reference (and one thread), sequence_lens and a bad one
+    included, with one kernel for both directions or one each."""
+    from eqsat.lowering import cpu
+
+    sizes = record_pool_maps(monkeypatch)
+    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+    batch = cpu_recurrent.SMALL_ROWS + 2
+    lengths = [4, 0, 2, 4, 1, 3, 4, 4, 2, 1]
+    for op, attrs in (
+        ("LSTM", {"direction": "bidirectional", "layout": layout}),
+        ("RNN", {"direction": "bidirectional", "layout": layout, "activations": ["Tanh", "Relu"]}),
+    ):
+        graph, feeds = layer(op, attrs, seq=4, batch=batch, lengths=lengths)
+        want = eqsat.compile(graph, target="numpy").run(feeds)
+        exe = cpu.compile(graph, threads=2)
+        sizes.clear()
+        for _ in range(3):
+            got = exe.run(feeds)
+            for name, expected in want.items():
+                np.testing.assert_allclose(got[name], expected, rtol=1e-4, atol=1e-5)
+        assert sizes == [2, 2, 2]  # one map of the two directions per run
+        with pytest.raises(InputError, match="sequence_lens"):
+            exe.run({**feeds, "sequence_lens": np.array([4] * (batch - 1) + [7], np.int32)})
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float16])
