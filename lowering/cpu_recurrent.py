@@ -211,6 +211,19 @@ def _layer_step(
         (kernel, (seq, batch, layout, reverse, project and k == 0, *flags, d0, d1, lim, tied))
         for k, (kernel, d0, d1) in enumerate(kernels)
     )
+    # Unstepped (a few batch rows), the two directions of a layer big enough for threads run as
+    # two chunks too, each on scratch of its own, once the input projection is done (ddddocr's
+    # 512-wide layer streams 4 MiB of R^T per direction and step).
+    layer_flops = 2.0 * seq * batch * hidden * gates * num_dir
+    halves = (
+        lowering.split(layer_flops, grain=layer_flops / 2) if not stepped and num_dir == 2 else 1
+    )
+    split_pool = lowering.pool if halves > 1 else None
+    by_direction = [(kernel, d) for kernel, d0, d1 in kernels for d in range(d0, d1)]
+    own_scratch = [scratch[1:]] + [
+        [np.empty_like(a) for a in scratch[1:]] for _ in range(num_dir - 1)
+    ]
+    project_tail = (seq, batch, layout, reverse, True, *flags, 0, 0, lim, tied) if project else None
 
     in_slots = [(k, lowering.slot(v), shape, dt) for k, v, shape, dt, _ in inputs if _dyn(v)]
     out_slots = [None if v is None else lowering.slot(v) for v in outputs]
@@ -317,6 +330,10 @@ def _layer_step(
                             )
                     for module, d0, d1 in modules:
                         module.end(args[11], args[12], hs, cs, layout, has_yh, has_yc, d0, d1)
+            elif split_pool is not None:
+                bad = _layer_directions_on_pool(split_pool, by_direction, direction_items, args,
+                                                own_scratch, project_tail,
+                                                (seq, batch, layout, reverse, flags, lim, tied))  # fmt: skip
             else:
                 for kernel, tail in calls:
                     bad = max(bad, kernel(*args, *tail))
@@ -370,6 +387,31 @@ def _directions_on_pool(pool: Any, directions: list[tuple[Any, int]], items: lis
 
     pool.map(direction, items)
     return max(begun)
+
+
+def _layer_directions_on_pool(pool: Any, by_direction: list[tuple[Any, int]], items: list[int],
+                              args: list[Any], own_scratch: list[list[np.ndarray]],
+                              project_tail: tuple[Any, ...] | None, form: tuple[Any, ...]) -> int:  # fmt: skip
+    """The unstepped layer kernel once per direction, each a chunk of ``pool`` with its own h,
+    c and gate scratch (arguments 14-18), after a call that only projects the inputs (its
+    direction range empty) when the kernel does the projection. Returns the first bad batch row
+    of ``sequence_lens`` (-1: none)."""
+    seq, batch, layout, reverse, flags, lim, tied = form
+    if project_tail is not None:
+        bad = by_direction[0][0](*args, *project_tail)
+        if bad >= 0:
+            return int(bad)
+    results = [-1] * len(by_direction)
+
+    def direction(i: int, worker: int) -> None:
+        kernel, d = by_direction[i]
+        mine = list(args)
+        mine[14:19] = own_scratch[i]
+        tail = (seq, batch, layout, reverse, False, *flags, d, d + 1, lim, tied)
+        results[i] = kernel(*mine, *tail)
+
+    pool.map(direction, items)
+    return max(results)
 
 
 def _compile_steps(

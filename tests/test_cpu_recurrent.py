@@ -194,6 +194,35 @@ def test_stepped_directions_on_two_threads(monkeypatch: pytest.MonkeyPatch, layo
             exe.run({**feeds, "sequence_lens": np.array([4] * (batch - 1) + [7], np.int32)})
 
 
+@pytest.mark.parametrize(
+    ("op", "attrs", "seq"),
+    [("LSTM", {}, 3), ("LSTM", {"layout": 1}, 12), ("GRU", {}, 12),
+     ("GRU", {"linear_before_reset": 1}, 3), ("RNN", {"activations": ["Tanh", "Relu"]}, 3)],
+)  # fmt: skip
+def test_layer_directions_on_two_threads(
+    monkeypatch: pytest.MonkeyPatch, op: str, attrs: dict[str, Any], seq: int
+) -> None:
+    """Unstepped (a few batch rows), a bidirectional layer with threads runs each direction's
+    kernel as a chunk of the pool, on scratch of its own, after the input projection (the
+    kernel's own for a few rows, BLAS's for more: seq 12)."""
+    from eqsat.lowering import cpu
+
+    sizes = record_pool_maps(monkeypatch)
+    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+    graph, feeds = layer(op, {"direction": "bidirectional", **attrs}, seq=seq, lengths=[seq, 2, 1])
+    want = eqsat.compile(graph, target="numpy").run(feeds)
+    exe = cpu.compile(graph, threads=2)
+    sizes.clear()
+    for _ in range(2):
+        got = exe.run(feeds)
+        for name, expected in want.items():
+            np.testing.assert_allclose(got[name], expected, rtol=1e-4, atol=1e-5)
+    assert sizes == [2, 2]
+    bad = np.array([seq, seq + 1, 1], np.int32)
+    with pytest.raises(InputError, match="sequence_lens"):
+        exe.run({**feeds, "sequence_lens": bad})
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float16])
 def test_stepped_dtypes_and_read_only_input(dtype: Any) -> None:
     # The stepped path reads X in its kernels (each step's rows go next to h): float16 through
