@@ -158,7 +158,9 @@ class _Job:
     """One ``map``: its chunks, the next index to hand out, how many have finished; workers
     1..``helpers`` may take part."""
 
-    __slots__ = ("count", "error", "finished", "fn", "helpers", "items", "serial", "take", "waiter")
+    __slots__ = (
+        "count", "done", "error", "finished", "fn", "helpers", "items", "serial", "take", "waiter",
+    )  # fmt: skip
 
     def __init__(self, fn: Callable[[Any, int], None], items: Sequence[Any], helpers: int):
         self.fn = fn
@@ -170,10 +172,10 @@ class _Job:
         self.take = itertools.count().__next__
         self.finished = itertools.count(1).__next__
         self.error: BaseException | None = None
+        # Every chunk has finished (its slot of _DONE says so too, for polling; the slot is a
+        # hint only, which a 1024th later job could overwrite).
+        self.done = False
         self.waiter: threading.Event | None = None  # made by a caller that stops polling
-
-    def complete(self) -> bool:
-        return bool(_DONE[_slot(self.serial)] == self.serial)
 
     def work(self, worker: int) -> None:
         if worker > self.helpers:
@@ -190,21 +192,22 @@ class _Job:
                     if self.error is None:
                         self.error = error
             if self.finished() == count:
-                # The flag first, then the waiter: a caller makes its waiter before it looks at
-                # the flag a last time (both under the GIL), so one of them sees the other.
+                # done, then the waiter: a caller makes its waiter before it looks at done a
+                # last time (both under the GIL), so one of them sees the other.
+                self.done = True
                 _DONE[_slot(self.serial)] = self.serial
                 if self.waiter is not None:
                     self.waiter.set()
 
     def wait(self, loads: int, settle: int) -> None:
         """Until every chunk has finished: polling ``loads`` times at most, then blocking."""
-        if self.complete():
+        if self.done:
             return
         cpu_spin.spin_until(_DONE, _slot(self.serial), self.serial, loads, settle)
-        if self.complete():
+        if self.done:
             return
         self.waiter = threading.Event()
-        if not self.complete():
+        if not self.done:
             self.waiter.wait()
 
 

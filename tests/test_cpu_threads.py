@@ -265,7 +265,18 @@ def test_caller_stops_polling_for_a_slow_worker(monkeypatch: pytest.MonkeyPatch)
 
     pool.map(fn, [0, 1])
     assert sorted(done) == [0, 1]
-    assert jobs[-1].waiter is not None and jobs[-1].complete()
+    assert jobs[-1].waiter is not None and jobs[-1].done
+
+
+def test_a_done_job_whose_slot_was_reused_still_returns() -> None:
+    """A job's slot in the ring of done flags is a hint for polling: a later job reusing it
+    (1024 maps later, from other threads) must not leave the finished job's caller waiting."""
+    job = cpu_threads._Job(lambda item, worker: None, [0, 1], 1)
+    job.work(0)
+    cpu_threads._DONE[cpu_threads._slot(job.serial)] = job.serial + cpu_threads._DONE_SLOTS
+    started = time.perf_counter()
+    job.wait(100, 1)  # returns at once: no poll to time out, no event to wait on
+    assert job.done and time.perf_counter() - started < 1.0
 
 
 def test_maps_from_several_threads_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
