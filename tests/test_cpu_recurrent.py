@@ -166,32 +166,42 @@ def test_stepped_large_batch(op: str, layout: int) -> None:
         check(*layer(op, {"input_forget": 1}, seq=3, batch=batch, outputs=["", "", "Y_c"]))
 
 
-@pytest.mark.parametrize("layout", [0, 1])
-def test_stepped_directions_on_two_threads(monkeypatch: pytest.MonkeyPatch, layout: int) -> None:
-    """With threads, a bidirectional stepped layer runs each direction as a chunk of the pool:
-    the same numbers as the numpy reference (and one thread), sequence_lens and a bad one
-    included, with one kernel for both directions or one each."""
+def directions_on_two_threads(
+    monkeypatch: pytest.MonkeyPatch, graph: eqsat.Graph, feeds: dict[str, np.ndarray],
+    bad_lengths: np.ndarray,
+) -> None:  # fmt: skip
+    """Compiled for two threads (every step big enough to split), the layer runs its two
+    directions as one map of two chunks per run, matches the numpy reference run after run, and
+    a bad ``sequence_lens`` is an InputError."""
     from eqsat.lowering import cpu
 
     sizes = record_pool_maps(monkeypatch)
     monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+    want = eqsat.compile(graph, target="numpy").run(feeds)
+    exe = cpu.compile(graph, threads=2)
+    sizes.clear()
+    for _ in range(3):
+        got = exe.run(feeds)
+        for name, expected in want.items():
+            np.testing.assert_allclose(got[name], expected, rtol=1e-4, atol=1e-5)
+    assert sizes == [2, 2, 2]
+    with pytest.raises(InputError, match="sequence_lens"):
+        exe.run({**feeds, "sequence_lens": bad_lengths})
+
+
+@pytest.mark.parametrize("layout", [0, 1])
+def test_stepped_directions_on_two_threads(monkeypatch: pytest.MonkeyPatch, layout: int) -> None:
+    """A bidirectional stepped layer (many batch rows) runs each direction's whole sequence as a
+    chunk, with one kernel for both directions or one each."""
     batch = cpu_recurrent.SMALL_ROWS + 2
     lengths = [4, 0, 2, 4, 1, 3, 4, 4, 2, 1]
+    bad = np.array([4] * (batch - 1) + [7], np.int32)
     for op, attrs in (
         ("LSTM", {"direction": "bidirectional", "layout": layout}),
         ("RNN", {"direction": "bidirectional", "layout": layout, "activations": ["Tanh", "Relu"]}),
     ):
         graph, feeds = layer(op, attrs, seq=4, batch=batch, lengths=lengths)
-        want = eqsat.compile(graph, target="numpy").run(feeds)
-        exe = cpu.compile(graph, threads=2)
-        sizes.clear()
-        for _ in range(3):
-            got = exe.run(feeds)
-            for name, expected in want.items():
-                np.testing.assert_allclose(got[name], expected, rtol=1e-4, atol=1e-5)
-        assert sizes == [2, 2, 2]  # one map of the two directions per run
-        with pytest.raises(InputError, match="sequence_lens"):
-            exe.run({**feeds, "sequence_lens": np.array([4] * (batch - 1) + [7], np.int32)})
+        directions_on_two_threads(monkeypatch, graph, feeds, bad)
 
 
 @pytest.mark.parametrize(
@@ -202,25 +212,10 @@ def test_stepped_directions_on_two_threads(monkeypatch: pytest.MonkeyPatch, layo
 def test_layer_directions_on_two_threads(
     monkeypatch: pytest.MonkeyPatch, op: str, attrs: dict[str, Any], seq: int
 ) -> None:
-    """Unstepped (a few batch rows), a bidirectional layer with threads runs each direction's
-    kernel as a chunk of the pool, on scratch of its own, after the input projection (the
-    kernel's own for a few rows, BLAS's for more: seq 12)."""
-    from eqsat.lowering import cpu
-
-    sizes = record_pool_maps(monkeypatch)
-    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+    """Unstepped (a few batch rows), each direction's kernel is a chunk, on scratch of its own,
+    after the input projection (the kernel's own for a few rows, BLAS's for more: seq 12)."""
     graph, feeds = layer(op, {"direction": "bidirectional", **attrs}, seq=seq, lengths=[seq, 2, 1])
-    want = eqsat.compile(graph, target="numpy").run(feeds)
-    exe = cpu.compile(graph, threads=2)
-    sizes.clear()
-    for _ in range(2):
-        got = exe.run(feeds)
-        for name, expected in want.items():
-            np.testing.assert_allclose(got[name], expected, rtol=1e-4, atol=1e-5)
-    assert sizes == [2, 2]
-    bad = np.array([seq, seq + 1, 1], np.int32)
-    with pytest.raises(InputError, match="sequence_lens"):
-        exe.run({**feeds, "sequence_lens": bad})
+    directions_on_two_threads(monkeypatch, graph, feeds, np.array([seq, seq + 1, 1], np.int32))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float16])
