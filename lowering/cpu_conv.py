@@ -79,10 +79,6 @@ SMALL_POSITIONS = 64
 # 512-channel 3x3 conv on 7x7: 5.2 ms blocked dot products, 4.4 im2col + GEMM; even at 256
 # channels, 1.26 ms both ways; 128 channels on 8x8: 0.39 ms against 0.47).
 SMALL_WEIGHTS = 1 << 19
-# 1x1 convs need no patches, and BLAS on the input itself beat the dot products from 32
-# positions on (a 512x512 1x1 conv on 7x7: 382 us against 465; 256x256: 104 against 129; on 4
-# positions 85 against 33).
-SMALL_POINTWISE_POSITIONS = 16
 MAX_SPLIT_STRIDE = 4
 # Convs whose positions make a single block split their output channels over the pool instead,
 # in spans of at least this many (multiples of 8): MobileNet's 1x1 convs on 14x14 and 7x7 made
@@ -132,11 +128,7 @@ class Geometry:
             1, 1, 1, 1, 0, 0,
         ) and (self.oh, self.ow) == (self.h, self.w)  # fmt: skip
         self.wq = -(-self.w // self.sw)
-        self.small = (
-            self.p <= (SMALL_POINTWISE_POSITIONS if self.pointwise else SMALL_POSITIONS)
-            and group == 1
-            and self.m * self.k <= SMALL_WEIGHTS
-        )
+        self.small = self.p <= SMALL_POSITIONS and group == 1 and self.m * self.k <= SMALL_WEIGHTS
         # Patches on the phase planes' width WQ (see :func:`im2col_wide`) when the extra
         # columns cost little: each tap's patch row is then one copy (with outputs 10 wide,
         # copying rows of 10 took as long as the GEMM; stride 2 needed a split and short rows).

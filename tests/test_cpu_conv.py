@@ -118,7 +118,7 @@ def test_small_output_2d_float64_without_bias(rng: np.random.Generator) -> None:
         ((1, 4, 16, 16), 6, (3, 3), {"strides": [2, 2], "pads": [1, 0, 0, 1]}, F32),  # 64
         ((1, 3, 5, 6), 4, (2, 3), {"dilations": [2, 1]}, np.float64),
         # K = 512: channel tiles of 64 (SMALL_TILE_BYTES), the last one 3 channels (odd).
-        ((1, 512, 4, 4), 131, (1, 1), {}, F32),  # 1x1: small up to 16 positions
+        ((1, 512, 5, 5), 131, (1, 1), {}, F32),
     ],
     ids=["odd-m", "63-positions", "64-positions-s2", "float64-dilated", "channel-tiles"],
 )
