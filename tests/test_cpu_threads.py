@@ -236,6 +236,26 @@ def test_a_run_wakes_sleeping_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu_threads.shutdown()
 
 
+def test_workers_stop_polling_on_a_crowded_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker off its core for most of a long poll (its thread CPU time standing still, as
+    when other processes' threads take the core) makes every worker block at once for
+    QUIET_SECONDS, and the caller not poll; maps still run every item."""
+    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
+    monkeypatch.setattr(cpu_threads._Quiet, "until", 0.0)
+    cpu_threads.shutdown()
+    monkeypatch.setattr(cpu_threads.time, "thread_time", lambda: 0.0)
+    pool = cpu_threads.Pool(2)
+    pool.map(lambda item, worker: None, [0, 1])  # starts the worker, which then polls 2 ms
+    deadline = time.perf_counter() + 5
+    while cpu_threads._Quiet.until == 0.0 and time.perf_counter() < deadline:
+        time.sleep(0.001)
+    assert cpu_threads._Quiet.until > 0.0
+    hits = [0] * 10
+    pool.map(lambda item, worker: hits.__setitem__(item, hits[item] + 1), list(range(10)))
+    assert hits == [1] * 10
+    cpu_threads.shutdown()  # later workers read the real clock
+
+
 def test_caller_stops_polling_for_a_slow_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker's chunk that outlasts the caller's polls (a worker descheduled on a busy machine)
     makes the caller block on the job's event, and the map still returns every chunk done."""
