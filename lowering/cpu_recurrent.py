@@ -145,11 +145,12 @@ def _layer_step(
         lowering.kernels += 1
     # LSTM and RNN with a large batch step in Python around numpy's BLAS (see _STEPS).
     stepped = op != "GRU" and batch > SMALL_ROWS
-    # Their two directions are independent: with threads, each runs its whole sequence as one
-    # chunk of the pool (oskut_scads' 48-row layer took ~13 ms of products per direction).
-    step_flops = 2.0 * seq * batch * (hidden + size + 1) * gates * num_dir
-    halves = lowering.split(step_flops, grain=step_flops / 2) if stepped and num_dir == 2 else 1
-    pool = lowering.pool if halves > 1 else None
+    # The two directions of a layer are independent: with threads, each runs its whole sequence
+    # as one chunk of the pool once the layer is big enough (its products' FLOPs; the stepped
+    # path's fold in the input projection). oskut_scads' 48-row layer took ~13 ms of products
+    # per direction; ddddocr's one-row 512-wide layer streams 4 MiB of R^T per direction and step.
+    flops = 2.0 * seq * batch * (hidden + (size + 1 if stepped else 0)) * gates * num_dir
+    pool = lowering.pool if num_dir == 2 and lowering.split(flops, grain=flops / 2) > 1 else None
     directions = [(module, d) for module, d0, d1 in modules for d in range(d0, d1)]
     direction_items = list(range(len(directions)))
 
@@ -211,18 +212,13 @@ def _layer_step(
         (kernel, (seq, batch, layout, reverse, project and k == 0, *flags, d0, d1, lim, tied))
         for k, (kernel, d0, d1) in enumerate(kernels)
     )
-    # Unstepped (a few batch rows), the two directions of a layer big enough for threads run as
-    # two chunks too, each on scratch of its own, once the input projection is done (ddddocr's
-    # 512-wide layer streams 4 MiB of R^T per direction and step).
-    layer_flops = 2.0 * seq * batch * hidden * gates * num_dir
-    halves = (
-        lowering.split(layer_flops, grain=layer_flops / 2) if not stepped and num_dir == 2 else 1
+    # Unstepped on the pool: each direction's kernel on scratch of its own, after a call that
+    # only projects the inputs when the kernel does that.
+    own_scratch = (
+        [scratch[1:], [np.empty_like(a) for a in scratch[1:]]]
+        if pool is not None and not stepped
+        else []
     )
-    split_pool = lowering.pool if halves > 1 else None
-    by_direction = [(kernel, d) for kernel, d0, d1 in kernels for d in range(d0, d1)]
-    own_scratch = [scratch[1:]] + [
-        [np.empty_like(a) for a in scratch[1:]] for _ in range(num_dir - 1)
-    ]
     project_tail = (seq, batch, layout, reverse, True, *flags, 0, 0, lim, tied) if project else None
 
     in_slots = [(k, lowering.slot(v), shape, dt) for k, v, shape, dt, _ in inputs if _dyn(v)]
@@ -307,20 +303,21 @@ def _layer_step(
             if not project:
                 matmul(args[0], args[1], out=gx)
             bad = -1
-            if stepped and pool is not None:
-                bad = _directions_on_pool(pool, directions, direction_items, args, steps_scratch,
-                                          (seq, layout, reverse, has_y, has_yh, has_yc, lim, tied))  # fmt: skip
-            elif stepped:
+            if stepped:
                 wr, lengths, x = args[1], args[9], args[0]
                 if not x.flags.writeable:  # a read-only feed would need a kernel of its own
                     x = x.copy()
+                step_args = (x, args[2], args[6], lengths, args[10], hs, cs, gs)
+            if stepped and pool is not None:
+                bad = _directions_on_pool(pool, directions, direction_items, args, step_args,
+                                          (seq, layout, reverse, has_y, has_yh, has_yc, lim, tied))  # fmt: skip
+            elif stepped:
                 for module, d0, d1 in modules:
                     begun = module.begin(
                         x, args[7], args[8], lengths, hs, cs, seq, layout, reverse, d0, d1
                     )
                     bad = max(bad, begun)
                 if bad < 0:
-                    step_args = (x, args[2], args[6], lengths, args[10], hs, cs, gs)
                     for s in range(seq):
                         for d in range(num_dir):
                             dot(hs[d], wr[d], gs[d])
@@ -330,8 +327,8 @@ def _layer_step(
                             )
                     for module, d0, d1 in modules:
                         module.end(args[11], args[12], hs, cs, layout, has_yh, has_yc, d0, d1)
-            elif split_pool is not None:
-                bad = _layer_directions_on_pool(split_pool, by_direction, direction_items, args,
+            elif pool is not None:
+                bad = _layer_directions_on_pool(pool, directions, direction_items, args,
                                                 own_scratch, project_tail,
                                                 (seq, batch, layout, reverse, flags, lim, tied))  # fmt: skip
             else:
@@ -358,16 +355,14 @@ def _layer_step(
 
 
 def _directions_on_pool(pool: Any, directions: list[tuple[Any, int]], items: list[int],
-                        args: list[Any], scratch: list[np.ndarray], form: tuple[Any, ...]) -> int:  # fmt: skip
+                        args: list[Any], step_args: tuple[Any, ...], form: tuple[Any, ...]) -> int:  # fmt: skip
     """The stepped path with each direction's whole sequence a chunk of ``pool``: its
-    ``begin``, every step's product and cell, its ``end``. Returns the first bad batch row of
-    ``sequence_lens`` (-1: none)."""
+    ``begin``, every step's product and cell, its ``end``. ``step_args`` are the cells' leading
+    arguments (x, ..., h, c, gates). Returns the first bad batch row of ``sequence_lens`` (-1:
+    none)."""
     seq, layout, reverse, has_y, has_yh, has_yc, lim, tied = form
-    hs, cs, gs = scratch
-    wr, lengths, x = args[1], args[9], args[0]
-    if not x.flags.writeable:
-        x = x.copy()
-    step_args = (x, args[2], args[6], lengths, args[10], hs, cs, gs)
+    x, lengths, hs, cs, gs = step_args[0], step_args[3], *step_args[5:]
+    wr = args[1]
     begun = [-1] * len(directions)
     dot = np.dot
 
@@ -389,7 +384,7 @@ def _directions_on_pool(pool: Any, directions: list[tuple[Any, int]], items: lis
     return max(begun)
 
 
-def _layer_directions_on_pool(pool: Any, by_direction: list[tuple[Any, int]], items: list[int],
+def _layer_directions_on_pool(pool: Any, directions: list[tuple[Any, int]], items: list[int],
                               args: list[Any], own_scratch: list[list[np.ndarray]],
                               project_tail: tuple[Any, ...] | None, form: tuple[Any, ...]) -> int:  # fmt: skip
     """The unstepped layer kernel once per direction, each a chunk of ``pool`` with its own h,
@@ -398,17 +393,17 @@ def _layer_directions_on_pool(pool: Any, by_direction: list[tuple[Any, int]], it
     of ``sequence_lens`` (-1: none)."""
     seq, batch, layout, reverse, flags, lim, tied = form
     if project_tail is not None:
-        bad = by_direction[0][0](*args, *project_tail)
+        bad = directions[0][0].kernel(*args, *project_tail)
         if bad >= 0:
             return int(bad)
-    results = [-1] * len(by_direction)
+    results = [-1] * len(directions)
 
     def direction(i: int, worker: int) -> None:
-        kernel, d = by_direction[i]
+        module, d = directions[i]
         mine = list(args)
         mine[14:19] = own_scratch[i]
         tail = (seq, batch, layout, reverse, False, *flags, d, d + 1, lim, tied)
-        results[i] = kernel(*mine, *tail)
+        results[i] = module.kernel(*mine, *tail)
 
     pool.map(direction, items)
     return max(results)
