@@ -62,6 +62,13 @@ def _pause(typingctx):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
+def _settle(flags, index, settle):  # type: ignore[no-untyped-def]
+    for _ in range(settle):
+        _load_acquire(flags, index)
+        _pause()
+
+
+@njit(cache=True, nogil=True)
 def spin_while(flags, index, seen, loads, settle):  # type: ignore[no-untyped-def]
     """Poll ``flags[index]`` (int64) while it equals ``seen``, ``loads`` times at most; once it
     differs, poll ``settle`` more times. Returns the last value read (``seen`` on time-out)."""
@@ -72,9 +79,7 @@ def spin_while(flags, index, seen, loads, settle):  # type: ignore[no-untyped-de
             break
         _pause()
     if value != seen:
-        for _ in range(settle):
-            _load_acquire(flags, index)
-            _pause()
+        _settle(flags, index, settle)
     return value
 
 
@@ -84,9 +89,7 @@ def spin_until(flags, index, target, loads, settle):  # type: ignore[no-untyped-
     poll ``settle`` more times. Returns whether it did."""
     for _ in range(loads):
         if _load_acquire(flags, index) == target:
-            for _ in range(settle):
-                _load_acquire(flags, index)
-                _pause()
+            _settle(flags, index, settle)
             return True
         _pause()
     return False

@@ -90,11 +90,12 @@ SPIN_SECONDS = 2e-3 if _SPINS else 0.0
 WAIT_SPIN_SECONDS = 20e-3 if _SPINS else 0.0
 MIN_WAIT_SPIN_SECONDS = 100e-6 if _SPINS else 0.0
 WORKER_SETTLE_SECONDS = 4e-6
-# How long workers stop polling after one of them was off its core for most of a poll (see
-# _Quiet): 2 processes of 2 threads each on the 2-core VM had run magika 27% fewer times in 10 s
-# polling than sleeping.
-QUIET_SECONDS = 0.05
 CALLER_SETTLE_SECONDS = 2e-6
+# How long workers stop polling after one of them was off its core for most of a poll of at
+# least QUIET_POLL_SECONDS (see _Quiet): 2 processes of 2 threads each on the 2-core VM had run
+# magika 27% fewer times in 10 s polling than sleeping.
+QUIET_SECONDS = 0.05
+QUIET_POLL_SECONDS = 1e-3
 # A map where the caller waits for the workers' chunks for more than half its wall time plus this
 # is a stall (on an idle machine it computes all along but for the end of their last chunks).
 # A worker descheduled by another process costs a time slice, milliseconds; a slow wake-up costs
@@ -239,7 +240,7 @@ def _worker(queue: SimpleQueue[Any], worker: int, asleep: list[bool]) -> None:
         posted = cpu_spin.spin_while(_POSTED, 0, seen, spin, settle)
         if spin:
             wall = clock() - began
-            if wall > 1e-3 and wall - (thread_time() - cpu) > 0.5 * wall:
+            if wall > QUIET_POLL_SECONDS and wall - (thread_time() - cpu) > 0.5 * wall:
                 _Quiet.until = clock() + QUIET_SECONDS
         if posted != seen:
             seen = posted
@@ -261,6 +262,14 @@ def _worker(queue: SimpleQueue[Any], worker: int, asleep: list[bool]) -> None:
             return
         seen = int(_POSTED[0])
         job.work(worker)
+
+
+def _post_to_sleepers(job: _Job, count: int) -> None:
+    """Put ``job`` on the queues of workers 1..``count`` that are blocked on theirs (polling
+    ones take it from the posted-job counter)."""
+    for queue, asleep in zip(_QUEUES[:count], _ASLEEP, strict=False):
+        if asleep[0]:
+            queue.put(job)
 
 
 def _ensure_workers(count: int) -> list[SimpleQueue[Any]]:
@@ -368,9 +377,7 @@ class Pool:
     def wake(self) -> None:
         """Gets this pool's sleeping workers up to poll for jobs (a run calls it first): its first
         maps then find them ready, rather than paying each one's wake-up."""
-        for queue, asleep in zip(_QUEUES[: self.threads - 1], _ASLEEP, strict=False):
-            if asleep[0]:
-                queue.put(_WAKE)
+        _post_to_sleepers(_WAKE, self.threads - 1)
 
     def map(self, fn: Callable[[T, int], None], items: Sequence[T]) -> None:
         """``fn(item, worker)`` for every item, in any order, on up to ``threads`` threads.
@@ -396,10 +403,8 @@ class Pool:
                 site.best[1] = min(site.best[1], clock() - start)
             return
         job = _Job(fn, items, helpers)
-        queues = _ensure_workers(helpers)
-        for queue, asleep in zip(queues[:helpers], _ASLEEP, strict=False):
-            if asleep[0]:
-                queue.put(job)
+        _ensure_workers(helpers)
+        _post_to_sleepers(job, helpers)
         _POSTED_JOB[0] = job
         _POSTED[0] = job.serial  # last: spinning workers take the job from here
         job.work(0)
