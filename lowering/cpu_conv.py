@@ -37,7 +37,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import codegen, cpu_conv_batch
+from eqsat.lowering import codegen, cpu_conv_batch, cpu_lanes
 from eqsat.lowering.cpu import Env, Lowering, Step, StepFn
 from eqsat.lowering.cpu_conv_epilogue import (
     classify_operands,
@@ -252,7 +252,9 @@ def make_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels: Any
             epilogue(out, 0, geo.p, zero, *operands)
 
         return conv_small
-    return _blocked_conv(geo, filters, bias, kernels, cols, split, wide, pool or Serial())
+    pool = pool or Serial()
+    lanes = cpu_lanes.blocked_conv(geo, filters, bias, kernels, cols, split, wide, pool)
+    return lanes or _blocked_conv(geo, filters, bias, kernels, cols, split, wide, pool)
 
 
 def _small_by_channels(geo: Geometry, w0: np.ndarray, bias: np.ndarray, kernels: Any,

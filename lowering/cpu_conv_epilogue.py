@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import codegen, kernel_cache
+from eqsat.lowering import codegen, cpu_lanes, kernel_cache
 
 _VERSION = "conv 2"
 
@@ -84,6 +84,9 @@ def epilogue_source(dtype: np.dtype, epilogue: str, kinds: list[str]) -> str:
         "                x0 = src[p] + b",
         *(f"                {line}" for line in loads),
         f"                row[p] = {code}",
+        "",
+        "",
+        *cpu_lanes.conv_lanes(len(kinds)),
     ]
     return "\n".join(lines) + "\n"
 

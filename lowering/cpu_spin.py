@@ -62,8 +62,9 @@ def _pause(typingctx):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def _settle(flags, index, settle):  # type: ignore[no-untyped-def]
-    for _ in range(settle):
+def linger(flags, index, loads):  # type: ignore[no-untyped-def]
+    """Poll ``flags[index]`` ``loads`` times: a pause that holds no GIL and stays on the core."""
+    for _ in range(loads):
         _load_acquire(flags, index)
         _pause()
 
@@ -79,7 +80,7 @@ def spin_while(flags, index, seen, loads, settle):  # type: ignore[no-untyped-de
             break
         _pause()
     if value != seen:
-        _settle(flags, index, settle)
+        linger(flags, index, settle)
     return value
 
 
@@ -89,7 +90,7 @@ def spin_until(flags, index, target, loads, settle):  # type: ignore[no-untyped-
     poll ``settle`` more times. Returns whether it did."""
     for _ in range(loads):
         if _load_acquire(flags, index) == target:
-            _settle(flags, index, settle)
+            linger(flags, index, settle)
             return True
         _pause()
     return False
@@ -113,4 +114,4 @@ def loads_per_second() -> float:
     return _RATE[0]
 
 
-__all__ = ["loads_per_second", "spin_until", "spin_while"]
+__all__ = ["linger", "loads_per_second", "spin_until", "spin_while"]

@@ -65,6 +65,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 from eqsat.lowering import cpu_spin
+from eqsat.lowering.cpu_blas import FINISHED
 
 T = TypeVar("T")
 
@@ -264,6 +265,18 @@ def _worker(queue: SimpleQueue[Any], worker: int, asleep: list[bool]) -> None:
         job.work(worker)
 
 
+def lane_wait() -> tuple[np.ndarray, np.ndarray]:
+    """What a worker's lane (:mod:`eqsat.lowering.cpu_lanes`) out of chunks polls before it
+    returns: the posted-job counter and [its value now, polls, settle polls], for
+    :func:`eqsat.lowering.cpu_spin.spin_while`. The worker so stays in native code until the
+    next job is posted (or :data:`SPIN_SECONDS` pass), rather than taking the GIL back at once
+    while the calling thread runs on in Python: the two then queued for the GIL in turn, and
+    each wait ended with a wake-up (20-50 us on the 2-core VM)."""
+    rate = cpu_spin.loads_per_second()
+    loads = int(SPIN_SECONDS * rate) if time.perf_counter() >= _Quiet.until else 0
+    return _POSTED, np.array([_POSTED[0], loads, int(WORKER_SETTLE_SECONDS * rate)], np.int64)
+
+
 def _post_to_sleepers(job: _Job, count: int) -> None:
     """Put ``job`` on the queues of workers 1..``count`` that are blocked on theirs (polling
     ones take it from the posted-job counter)."""
@@ -379,15 +392,22 @@ class Pool:
         maps then find them ready, rather than paying each one's wake-up."""
         _post_to_sleepers(_WAKE, self.threads - 1)
 
-    def map(self, fn: Callable[[T, int], None], items: Sequence[T]) -> None:
+    def map(self, fn: Callable[[T, int], None], items: Sequence[T], chunks: int = 0,
+            counter: np.ndarray | None = None) -> None:  # fmt: skip
         """``fn(item, worker)`` for every item, in any order, on up to ``threads`` threads.
 
         ``worker`` is 0 on the calling thread and 1..threads-1 on the workers: an index into
         per-thread scratch buffers (a worker runs one chunk at a time). Returns once every chunk
         has finished; raises the first exception a chunk raised.
+
+        Lanes (:mod:`eqsat.lowering.cpu_lanes`): each item is one thread's native loop over
+        ``chunks`` chunks that the items share, counting those it finished in
+        ``counter[FINISHED]``. ``chunks`` then sizes how many workers to wake, and once its own
+        items are done the calling thread returns as soon as that count says every chunk has
+        finished, without waiting for the workers to get back to Python.
         """
         count = len(items)
-        helpers = min(self.threads - 1, count - 1, worth_waking(count))
+        helpers = min(self.threads - 1, count - 1, worth_waking(chunks or count))
         clock = time.perf_counter
         start = clock() if helpers > 0 else 0.0
         if helpers <= 0 or start < _Backoff.serial_until:
@@ -416,7 +436,11 @@ class Pool:
         polling = min(WAIT_SPIN_SECONDS, max(MIN_WAIT_SPIN_SECONDS, waited - start))
         if waited < _Quiet.until:
             polling = 0.0
-        job.wait(int(polling * rate), int(CALLER_SETTLE_SECONDS * rate))
+        loads = int(polling * rate)
+        # A lane's worker stays in native code after its last chunk (lane_wait), so this
+        # thread takes the GIL at once rather than queueing behind the worker's bookkeeping.
+        if counter is None or not cpu_spin.spin_until(counter, FINISHED, chunks, loads, 0):
+            job.wait(loads, int(CALLER_SETTLE_SECONDS * rate))
         now = clock()
         wall = now - start
         # A stall: the caller waited for the workers' chunks for much of the map (a worker
@@ -434,7 +458,7 @@ class Serial:
 
     threads = 1
 
-    def map(self, fn: Callable[[T, int], None], items: Sequence[T]) -> None:
+    def map(self, fn: Callable[[T, int], None], items: Sequence[T], chunks: int = 0) -> None:
         for item in items:
             fn(item, 0)
 
@@ -470,6 +494,7 @@ __all__ = [
     "backing_off",
     "chunk_count",
     "chunks",
+    "lane_wait",
     "note_gemm",
     "shutdown",
     "worth_waking",

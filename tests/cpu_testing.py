@@ -32,17 +32,24 @@ def matches_numpy(
     return exe
 
 
-def record_pool_maps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The number of chunks of every ``Pool.map`` from now on (the pool never backs off to the
-    calling thread, so that two threads really split the work)."""
+def record_pool_maps(
+    monkeypatch: pytest.MonkeyPatch, in_lanes: list[bool] | None = None
+) -> list[int]:
+    """The number of chunks of every ``Pool.map`` from now on (its ``chunks`` where given: the
+    native lanes' maps have an item per thread). The pool never backs off to the calling
+    thread, so that two threads really split the work. ``in_lanes`` gets, for every map, whether
+    it ran native lanes (:mod:`eqsat.lowering.cpu_lanes`: a chunk counter was passed)."""
     monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 1e9)
     monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
     sizes: list[int] = []
     real = cpu_threads.Pool.map
 
-    def spy(self: cpu_threads.Pool, fn: Any, items: Any) -> None:
-        sizes.append(len(items))
-        real(self, fn, items)
+    def spy(self: cpu_threads.Pool, fn: Any, items: Any, chunks: int = 0, counter: Any = None
+            ) -> None:  # fmt: skip
+        sizes.append(chunks or len(items))
+        if in_lanes is not None:
+            in_lanes.append(counter is not None)
+        real(self, fn, items, chunks, counter)
 
     monkeypatch.setattr(cpu_threads.Pool, "map", spy)
     return sizes

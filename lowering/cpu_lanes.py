@@ -1,0 +1,289 @@
+"""Native chunk loops ("lanes") of the im2col + GEMM convs: each thread of a map runs one Numba
+call that takes blocks from a shared atomic counter and computes each block's patches, GEMM
+(:func:`eqsat.lowering.cpu_blas.gemm`) and fused epilogue, all without the GIL.
+
+The Python chunks they replace (:mod:`eqsat.lowering.cpu_conv`) took the GIL two or three
+times per block: around ``np.matmul`` and each kernel call. With two threads those hand-overs
+collide, and a thread that finds the GIL held sleeps and pays a wake-up; a map of 8 blocks of
+a 32-channel 3x3 conv on 28x28 took 420 us in Python chunks and 346 us in lanes on the 2-core
+VM (one thread: 579 against 522: a lane also skips numpy's per-call checks).
+
+The lanes are generated into each epilogue module (:mod:`eqsat.lowering.cpu_conv_epilogue`),
+since they call its epilogue kernels; their source names the hash of the kernels they call and
+the BLAS flavour, so a change to either recompiles them rather than loading stale machine code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from eqsat.lowering import cpu_blas, cpu_conv_kernels, cpu_spin, cpu_threads
+from eqsat.lowering.cpu_conv_kernels import fill_phases, im2col_block, im2col_wide, phase_split
+
+_CALLEES_HASH = hashlib.sha256(
+    "".join(inspect.getsource(m) for m in (cpu_blas, cpu_conv_kernels, cpu_spin)).encode()
+).hexdigest()[:16]
+
+
+def available(dtype: np.dtype) -> bool:
+    """Whether convs of ``dtype`` run their blocks in lanes (else in Python chunks)."""
+    return cpu_blas.AVAILABLE and np.dtype(dtype) in (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def lane(name: str, params: str, chunks: str, prologue: list[str], body: list[str]) -> list[str]:
+    """The source of lane ``name(counter, posted, wait, <params>)``: ``prologue`` once, then
+    ``body`` (which sees the chunk's index as ``j``) for every chunk it claims, ``chunks`` the
+    expression of their count. Chunks are claimed from the counter's CLAIMED slot and counted,
+    once done, in its FINISHED slot, which the calling thread polls (``Pool.map``'s
+    ``counter``). Out of chunks, a worker's lane polls for the pool's next job before it takes
+    the GIL back (``cpu_threads.lane_wait``); the calling thread's lane returns at once."""
+    return [
+        "",
+        "",
+        "@njit(cache=True, error_model='numpy', nogil=True)",
+        f"def {name}(counter, posted, wait, {params}):",
+        *(f"    {line}" for line in prologue),
+        "    while True:",
+        f"        j = lane_increment(counter, {cpu_blas.CLAIMED})",
+        f"        if j >= {chunks}:",
+        "            lane_spin_while(posted, 0, wait[0], wait[1], wait[2])",
+        "            return",
+        *(f"        {line}" for line in body),
+        f"        lane_increment(counter, {cpu_blas.FINISHED})",
+    ]
+
+
+def imports() -> list[str]:
+    """The imports :func:`lane` needs, and the hash of what lanes call (a generated module that
+    has them recompiles when one changes, rather than loading stale machine code)."""
+    return [
+        f"# lanes {_CALLEES_HASH}; blas {cpu_blas.FLAVOR}",
+        "from eqsat.lowering.cpu_blas import increment as lane_increment",
+        "from eqsat.lowering.cpu_spin import spin_while as lane_spin_while",
+    ]
+
+
+def conv_lanes(count: int) -> list[str]:
+    """The conv lanes of an epilogue module whose kernels take ``count`` operands."""
+    args = "".join(f", t{i + 1}" for i in range(count))
+    rows = "".join(f", t{i + 1}[m0:m1]" for i in range(count))
+    # Each group's GEMM: filters (G, M/G, K/G) by its rows of the patches into its output rows.
+    groups = [
+        "for gi in range(g):",
+        "    gemm(filters[gi], cols_[gi * kg : (gi + 1) * kg], dest[gi * mg : (gi + 1) * mg])",
+    ]
+    shape = ["g, mg, kg = filters.shape"]
+    return [
+        *imports(),
+        "from eqsat.lowering.cpu_blas import gemm",
+        "from eqsat.lowering.cpu_conv_kernels import im2col_block, im2col_wide",
+        *lane(
+            "lane_cols", f"blocks, source, cols, worker, filters, out, bias, params{args}",
+            "blocks.shape[0]", shape,
+            [
+                "r0, r1, c0, c1 = blocks[j, 0], blocks[j, 1], blocks[j, 2], blocks[j, 3]",
+                "cols_ = cols[worker, : g * kg * (c1 - c0)].reshape(g * kg, c1 - c0)",
+                "im2col_block(source, cols_, r0, r1, params)",
+                "dest = out[:, c0:c1]",
+                *groups,
+                f"epilogue(out, c0, c1, bias{args})",
+            ],
+        ),
+        *lane(
+            "lane_pointwise", f"blocks, x, filters, out, bias{args}", "blocks.shape[0]", shape,
+            [
+                "c0, c1 = blocks[j, 0], blocks[j, 1]",
+                "cols_ = x[:, c0:c1]",
+                "dest = out[:, c0:c1]",
+                *groups,
+                f"epilogue(out, c0, c1, bias{args})",
+            ],
+        ),
+        *lane(
+            "lane_wide", f"blocks, phases, cols, wide, worker, filters, out, bias, taps{args}",
+            "blocks.shape[0]", [*shape, "kh, kw, dh, dw, ow_, wp = taps"],
+            [
+                "r0, r1 = blocks[j, 0], blocks[j, 1]",
+                "n = (r1 - r0) * wp",
+                "cols_ = cols[worker, : g * kg * n].reshape(g * kg, n)",
+                "dest = wide[worker, : g * mg * n].reshape(g * mg, n)",
+                "im2col_wide(phases, cols_, r0, r1, kh, kw, dh, dw)",
+                *groups,
+                f"epilogue_wide(out, dest, r0, r1, ow_, wp, bias{args})",
+            ],
+        ),
+        *lane(
+            "lane_channels", f"spans, cols_, w0, out, bias{args}", "spans.shape[0]",
+            ["p_ = out.shape[1]"],
+            [
+                "m0, m1 = spans[j, 0], spans[j, 1]",
+                "gemm(w0[m0:m1], cols_, out[m0:m1])",
+                f"epilogue(out[m0:m1], 0, p_, bias[m0:m1]{rows})",
+            ],
+        ),
+        *lane(
+            "lane_channels_wide", f"spans, cols_, w0, wide, out, bias, taps{args}",
+            "spans.shape[0]", ["r0, r1, ow_, wp = taps"],
+            [
+                "m0, m1 = spans[j, 0], spans[j, 1]",
+                "gemm(w0[m0:m1], cols_, wide[m0:m1])",
+                f"epilogue_wide(out[m0:m1], wide[m0:m1], r0, r1, ow_, wp, bias[m0:m1]{rows})",
+            ],
+        ),
+    ]  # fmt: skip
+
+
+Conv = Callable[..., None]
+
+
+def runner(pool: Any, chunks: int) -> Callable[..., None]:
+    """``run(lane, *args)``: ``lane(counter, posted, wait, *args)`` on enough threads of
+    ``pool`` for ``chunks`` chunks, the ``worker`` index (for per-thread buffers) replacing
+    ``None`` in ``args``; on the calling thread alone when the pool has one thread."""
+    new_counter = cpu_blas.counter
+    posted, no_wait = np.zeros(8, np.int64), np.zeros(3, np.int64)
+    if pool.threads <= 1 or chunks <= 1:
+
+        def alone(lane: Callable[..., None], *args: Any) -> None:
+            lane(new_counter(), posted, no_wait, *(0 if a is None else a for a in args))
+
+        return alone
+    lanes = list(range(min(pool.threads, chunks)))
+    pool_map = pool.map
+    lane_wait = cpu_threads.lane_wait
+
+    def spread(lane: Callable[..., None], *args: Any) -> None:
+        counter = new_counter()
+        at = [i for i, a in enumerate(args) if a is None]
+
+        def one(_: int, worker: int) -> None:
+            mine = list(args)
+            for i in at:
+                mine[i] = worker
+            if worker:
+                lane(counter, *lane_wait(), *mine)
+            else:
+                lane(counter, posted, no_wait, *mine)
+
+        pool_map(one, lanes, chunks, counter)
+
+    return spread
+
+
+def blocked_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: Any,
+                 cols: np.ndarray, split: np.ndarray, wide: np.ndarray,
+                 pool: Any) -> Conv | None:  # fmt: skip
+    """:func:`eqsat.lowering.cpu_conv.make_conv`'s blocked conv (``geo`` a ``Geometry``) run in
+    lanes on ``pool``, or None where lanes do not serve: no native BLAS, an integer dtype, or
+    a conv that one thread computes. Compiling a lane costs about a second per epilogue (the
+    kernels it calls are linked into it); Python chunks on one thread cost a few microseconds
+    per block, and the models ran no faster on one thread in lanes."""
+    chunks = len(geo.channel_spans) or len(geo.blocks)
+    if not available(filters.dtype) or pool.threads <= 1 or chunks <= 1:
+        return None
+    threads = pool.threads
+    w0 = filters[0]
+    channel_spans = np.array(geo.channel_spans, np.int64).reshape(-1, 2)
+    lane_channels = kernels.lane_channels
+    if geo.pointwise:
+        if len(channel_spans):
+            run = runner(pool, len(channel_spans))
+
+            def pointwise_channels(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+                run(lane_channels, channel_spans, x, w0, out, bias, *operands)
+
+            return pointwise_channels
+        blocks = np.array([(r0 * geo.ow, r1 * geo.ow) for r0, r1 in geo.blocks], np.int64)
+        run = runner(pool, len(blocks))
+        lane_pointwise = kernels.lane_pointwise
+
+        def pointwise(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+            run(lane_pointwise, blocks, x, filters, out, bias, *operands)
+
+        return pointwise
+    cols_size = geo.cols_size()
+    per_thread = cols[: threads * cols_size].reshape(threads, cols_size)
+    if geo.wide:
+        return _wide_conv(geo, filters, bias, kernels, per_thread, wide, pool, channel_spans)
+    params = geo.params()
+    shape = (geo.c, geo.h, geo.w)
+    xs = split[: geo.split_size()].reshape(geo.c, geo.h, geo.sw, geo.wq) if geo.split else None
+
+    def source_of(x: np.ndarray) -> np.ndarray:
+        if xs is not None:
+            phase_split(x.reshape(shape), xs)
+            return xs
+        return x.reshape(geo.c, geo.h, 1, geo.w)
+
+    if len(channel_spans):  # one block: its patches once, then spans of channels
+        k_all, p_ = geo.c * geo.kh * geo.kw, geo.p
+        patches = per_thread[0, : k_all * p_].reshape(k_all, p_)
+        run = runner(pool, len(channel_spans))
+
+        def cols_channels(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+            im2col_block(source_of(x), patches, 0, geo.oh, params)
+            run(lane_channels, channel_spans, patches, w0, out, bias, *operands)
+
+        return cols_channels
+    blocks = np.array([(r0, r1, r0 * geo.ow, r1 * geo.ow) for r0, r1 in geo.blocks], np.int64)
+    run = runner(pool, len(blocks))
+    lane_cols = kernels.lane_cols
+
+    def cols_conv(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+        source = source_of(x)
+        run(lane_cols, blocks, source, per_thread, None, filters, out, bias, params, *operands)
+
+    return cols_conv
+
+
+def _wide_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: Any,
+               cols: np.ndarray, wide: np.ndarray, pool: Any,
+               channel_spans: np.ndarray) -> Conv:  # fmt: skip
+    """The conv on the phase planes' width (``geo.wide``), in lanes."""
+    wide_size = geo.wide_size()
+    gemm_out = wide[: pool.threads * wide_size].reshape(pool.threads, wide_size)
+    phases = np.zeros((geo.c, geo.sh, geo.sw, geo.rp, geo.wp), cols.dtype)
+    interior = phases[:, 0, 0, geo.ph : geo.ph + geo.h, geo.pw : geo.pw + geo.w]
+    strided = (geo.sh, geo.sw) != (1, 1)
+    shape = (geo.c, geo.h, geo.w)
+    kh, kw, dh, dw, ow, wp = geo.kh, geo.kw, geo.dh, geo.dw, geo.ow, geo.wp
+
+    def fill(x: np.ndarray) -> None:
+        if strided:
+            fill_phases(x.reshape(shape), phases, geo.ph, geo.pw)
+        else:
+            np.copyto(interior, x.reshape(shape))
+
+    if len(channel_spans):  # one block: its patches once, then spans of channels
+        r0, r1 = geo.blocks[0]
+        n = (r1 - r0) * wp
+        patches = cols[0, : geo.c * kh * kw * n].reshape(-1, n)
+        block_out = gemm_out[0, : geo.m * n].reshape(geo.m, n)
+        run = runner(pool, len(channel_spans))
+        lane_channels_wide, w0 = kernels.lane_channels_wide, filters[0]
+        taps = (r0, r1, ow, wp)
+
+        def wide_channels(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+            fill(x)
+            im2col_wide(phases, patches, r0, r1, kh, kw, dh, dw)
+            run(lane_channels_wide, channel_spans, patches, w0, block_out, out, bias, taps,
+                *operands)  # fmt: skip
+
+        return wide_channels
+    blocks = np.array(geo.blocks, np.int64)
+    run = runner(pool, len(blocks))
+    lane_wide = kernels.lane_wide
+    taps = (kh, kw, dh, dw, ow, wp)
+
+    def wide_conv(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+        fill(x)
+        run(lane_wide, blocks, phases, cols, gemm_out, None, filters, out, bias, taps, *operands)
+
+    return wide_conv
+
+
+__all__ = ["available", "blocked_conv", "conv_lanes", "imports", "lane", "runner"]

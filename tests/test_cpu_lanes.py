@@ -1,0 +1,185 @@
+"""Native chunk loops on the pool (:mod:`eqsat.lowering.cpu_lanes`): numpy's BLAS called from
+Numba (:mod:`eqsat.lowering.cpu_blas`), the atomic chunk counter shared by threads, the pool's
+wait on a lane counter, and the convs and depthwise convs that run their blocks in lanes on two
+threads, each against numpy and against the Python chunks they replace."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+from eqsat.lowering import cpu, cpu_blas, cpu_conv, cpu_threads
+from numba import njit
+
+import eqsat
+from tests.cpu_testing import record_pool_maps
+
+F32 = np.float32
+
+needs_blas = pytest.mark.skipif(
+    not cpu_blas.AVAILABLE, reason="numpy's BLAS is not OpenBLAS: convs keep Python chunks"
+)
+
+
+@needs_blas
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    ("m", "k", "n"),
+    [(30, 40, 100), (30, 40, 1), (1, 40, 100), (1, 1, 1), (1, 40, 1), (5, 1, 7), (7, 3, 1)],
+)
+def test_gemm_on_slices_matches_numpy(m: int, k: int, n: int, dtype: type) -> None:
+    """Views with row strides of their own (as the convs pass blocks of larger buffers) and the
+    matrix-vector shapes that go to GEMV; nothing outside the output view is written."""
+    rng = np.random.default_rng(m * 100 + n)
+    a = rng.standard_normal((m, k + 5)).astype(dtype)[:, 2 : 2 + k]
+    b = rng.standard_normal((k, 2 * n + 3)).astype(dtype)[:, 3 : 3 + n]
+    c = np.full((m, 3 * n), 7, dtype)
+    cpu_blas_gemm(a, b, c[:, n : 2 * n])
+    np.testing.assert_allclose(c[:, n : 2 * n], a @ b, rtol=1e-5 if dtype == F32 else 1e-12)
+    assert (c[:, :n] == 7).all() and (c[:, 2 * n :] == 7).all()
+
+
+@needs_blas
+def test_gemm_empty_and_mismatched() -> None:
+    c = np.ones((3, 4), F32)
+    cpu_blas_gemm(np.ones((3, 0), F32), np.ones((0, 4), F32), c)
+    assert (c == 0).all()  # a product over no terms
+    with pytest.raises(ValueError, match="shapes"):
+        cpu_blas_gemm(np.ones((3, 2), F32), np.ones((3, 4), F32), c)
+    with pytest.raises(ValueError, match="contiguous"):
+        cpu_blas_gemm(np.ones((3, 4), F32)[:, ::2], np.ones((2, 4), F32), c)
+
+
+@njit(nogil=True)
+def cpu_blas_gemm(a: Any, b: Any, c: Any) -> None:
+    cpu_blas.gemm(a, b, c)
+
+
+@njit(nogil=True)
+def _claim_all(counter: Any, taken: Any, chunks: int) -> None:
+    while True:
+        j = cpu_blas.increment(counter, cpu_blas.CLAIMED)
+        if j >= chunks:
+            return
+        taken[j] += 1
+        cpu_blas.increment(counter, cpu_blas.FINISHED)
+
+
+def test_threads_claim_every_chunk_once() -> None:
+    """Four threads share one counter: every index is claimed by exactly one of them."""
+    counter, taken = cpu_blas.counter(), np.zeros(200_000, np.int64)
+    threads = [
+        threading.Thread(target=_claim_all, args=(counter, taken, taken.size)) for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (taken == 1).all() and counter[cpu_blas.FINISHED] == taken.size
+
+
+def _bound_lane(counter: np.ndarray, taken: np.ndarray, chunks: int) -> Any:
+    # A worker may reach its lane after the map returned: it must see this map's counter.
+    return lambda _, worker: _claim_all(counter, taken, chunks)
+
+
+def test_pool_returns_once_every_lane_chunk_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A map of lanes returns when the counter says every chunk finished (workers may still be
+    on their way back to Python); many maps in a row each see all their chunks done."""
+    record_pool_maps(monkeypatch)
+    pool = cpu_threads.Pool(2)
+    lanes = [0, 1]
+    for chunks in [1, 2, 3, 7, 64, 1000] * 30:
+        counter, taken = cpu_blas.counter(), np.zeros(chunks, np.int64)
+        lane = _bound_lane(counter, taken, chunks)
+        pool.map(lane, lanes, chunks, counter)
+        assert (taken == 1).all()
+
+
+@njit(nogil=True)
+def _claim(counter: Any) -> int:
+    return cpu_blas.increment(counter, cpu_blas.CLAIMED)
+
+
+def test_pool_raises_a_lane_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lane that fails never counts its chunk: the caller stops polling, waits for the items
+    and raises the error."""
+    record_pool_maps(monkeypatch)
+    pool = cpu_threads.Pool(2)
+    counter = cpu_blas.counter()
+
+    def lane(_: int, worker: int) -> None:
+        if _claim(counter) == 0:
+            raise RuntimeError("lane failed")
+
+    with pytest.raises(RuntimeError, match="lane failed"):
+        pool.map(lane, [0, 1], 4, counter)
+
+
+def _conv(shape: tuple, m: int, kernel: tuple, attrs: dict, epilogue: str) -> eqsat.Graph:
+    rng = np.random.default_rng(3)
+    g = eqsat.Graph("lanes")
+    x = g.input("x", shape)
+    group = int(attrs.get("group", 1))
+    w = g.constant(rng.standard_normal((m, shape[1] // group, *kernel)).astype(F32), "w")
+    b = g.constant(rng.standard_normal((m,)).astype(F32), "b")
+    y = g.op("Conv", x, w, b, **attrs)
+    r = g.input("r", y.shape)
+    z = g.op("FusedConv", x, w, b, r, num_base_inputs=3, epilogue=epilogue, **attrs)
+    g.output(y, "y")
+    g.output(z, "z")
+    return g
+
+
+@needs_blas
+@pytest.mark.parametrize(
+    ("shape", "m", "kernel", "attrs", "spans"),
+    [
+        ((1, 4, 12, 11), 6, (3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}, False),
+        ((1, 4, 9, 9), 6, (3, 3), {"strides": [1, 5], "pads": [2, 2, 2, 2]}, False),
+        ((1, 4, 10, 10), 6, (3, 3), {"pads": [1, 1, 1, 1]}, False),
+        ((1, 6, 8, 7), 4, (3, 3), {"group": 2, "pads": [1, 1, 1, 1]}, False),
+        ((1, 6, 6, 7), 4, (1, 1), {"group": 2}, False),
+        ((1, 5, 9, 8), 6, (1, 1), {}, False),
+        ((1, 5, 9, 8), 40, (1, 1), {}, True),
+        ((1, 4, 9, 8), 40, (3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}, True),
+        ((1, 4, 9, 8), 40, (3, 3), {"pads": [1, 1, 1, 1]}, True),
+    ],
+    ids=["split", "gather", "wide", "grouped-wide", "1x1-grouped", "1x1", "1x1-channels",
+         "cols-channels", "wide-channels"],
+)  # fmt: skip
+def test_convs_in_lanes_on_two_threads(
+    monkeypatch: pytest.MonkeyPatch, shape: tuple, m: int, kernel: tuple, attrs: dict,
+    spans: bool,
+) -> None:  # fmt: skip
+    """Every blocked conv path, each block (or span of output channels) a chunk of two threads'
+    lanes, with a fused residual epilogue: the same as numpy, and as the Python chunks."""
+    monkeypatch.setattr(cpu_conv, "DIRECT_CHANNELS", 0)
+    monkeypatch.setattr(cpu_conv, "SMALL_POSITIONS", 0)
+    monkeypatch.setattr(cpu_conv, "MIN_CHANNEL_SPAN", 8)
+    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
+    if not spans:  # one output row per block
+        monkeypatch.setattr(cpu_conv, "BLOCK_BYTES", 1)
+        monkeypatch.setattr(cpu_conv, "OUTPUT_BLOCK_BYTES", 1)
+        monkeypatch.setattr(cpu_conv, "MIN_BLOCK_COLUMNS", 1)
+        monkeypatch.setattr(cpu_conv, "MIN_POINTWISE_COLUMNS", 1)
+    graph = _conv(shape, m, kernel, attrs, "max(({0} + {1}), 0)")
+    rng = np.random.default_rng(5)
+    feeds = {v.name: rng.standard_normal(v.shape).astype(F32) for v in graph.inputs}
+    want = eqsat.compile(graph, target="numpy").run(feeds)
+    in_lanes: list[bool] = []
+    sizes = record_pool_maps(monkeypatch, in_lanes)
+    exe = cpu.compile(graph, threads=2)
+    got = [exe.run(feeds) for _ in range(3)]
+    assert in_lanes and all(in_lanes) and min(sizes) > 1
+    monkeypatch.setattr(cpu_blas, "AVAILABLE", False)
+    in_lanes.clear()
+    python = cpu.compile(graph, threads=2).run(feeds)
+    assert in_lanes and not any(in_lanes)
+    for name, expected in want.items():
+        for run in got:
+            np.testing.assert_allclose(run[name], expected, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(python[name], got[0][name], rtol=1e-5, atol=1e-5)
