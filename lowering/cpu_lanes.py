@@ -1,16 +1,20 @@
-"""Native chunk loops ("lanes") of the im2col + GEMM convs: each thread of a map runs one Numba
-call that takes blocks from a shared atomic counter and computes each block's patches, GEMM
-(:func:`eqsat.lowering.cpu_blas.gemm`) and fused epilogue, all without the GIL.
+"""Native chunk loops ("lanes") for steps split over eqsat's pool: each thread of a map runs one
+``nogil`` Numba call that claims chunks from a shared atomic counter and computes them, taking
+the GIL once per map rather than per chunk. Blocked im2col + GEMM convs compute each block's
+patches, GEMM (:func:`eqsat.lowering.cpu_blas.gemm`) and fused epilogue in a lane; depthwise
+convs their channel blocks (:mod:`eqsat.lowering.cpu_depthwise`).
 
-The Python chunks they replace (:mod:`eqsat.lowering.cpu_conv`) took the GIL two or three
-times per block: around ``np.matmul`` and each kernel call. With two threads those hand-overs
-collide, and a thread that finds the GIL held sleeps and pays a wake-up; a map of 8 blocks of
-a 32-channel 3x3 conv on 28x28 took 420 us in Python chunks and 346 us in lanes on the 2-core
-VM (one thread: 579 against 522: a lane also skips numpy's per-call checks).
+The Python chunks they replace took the GIL two or three times per block: around ``np.matmul``
+and each kernel call. With two threads those hand-overs collide, and a thread that finds the
+GIL held sleeps and pays a wake-up; a map of 8 blocks of a 32-channel 3x3 conv on 28x28 took
+420 us in Python chunks and 346 us in lanes on the 2-core VM. The calling thread returns as soon
+as the counter says every chunk has finished, and a worker's lane, out of chunks, polls for the
+pool's next job before it takes the GIL back (:func:`eqsat.lowering.cpu_threads.lane_wait`).
 
-The lanes are generated into each epilogue module (:mod:`eqsat.lowering.cpu_conv_epilogue`),
-since they call its epilogue kernels; their source names the hash of the kernels they call and
-the BLAS flavour, so a change to either recompiles them rather than loading stale machine code.
+:func:`lane` writes a lane's source into a generated kernel module, next to the kernels it
+calls; :func:`imports` names the hash of the modules lanes call and the BLAS flavour, so a change
+to either recompiles them rather than loading stale machine code. :func:`runner` runs a lane on
+a pool.
 """
 
 from __future__ import annotations
