@@ -118,19 +118,67 @@ def test_pool_raises_a_lane_error(monkeypatch: pytest.MonkeyPatch) -> None:
         pool.map(lane, [0, 1], 4, counter)
 
 
-def _conv(shape: tuple, m: int, kernel: tuple, attrs: dict, epilogue: str) -> eqsat.Graph:
+def _conv(
+    shape: tuple, m: int, kernel: tuple, attrs: dict, epilogue: str, dtype: type = F32
+) -> eqsat.Graph:
     rng = np.random.default_rng(3)
     g = eqsat.Graph("lanes")
-    x = g.input("x", shape)
+    x = g.input("x", shape, dtype)
     group = int(attrs.get("group", 1))
-    w = g.constant(rng.standard_normal((m, shape[1] // group, *kernel)).astype(F32), "w")
-    b = g.constant(rng.standard_normal((m,)).astype(F32), "b")
+    w = g.constant(rng.standard_normal((m, shape[1] // group, *kernel)).astype(dtype), "w")
+    b = g.constant(rng.standard_normal((m,)).astype(dtype), "b")
     y = g.op("Conv", x, w, b, **attrs)
-    r = g.input("r", y.shape)
+    r = g.input("r", y.shape, dtype)
     z = g.op("FusedConv", x, w, b, r, num_base_inputs=3, epilogue=epilogue, **attrs)
     g.output(y, "y")
     g.output(z, "z")
     return g
+
+
+def _lanes_and_python_chunks(
+    monkeypatch: pytest.MonkeyPatch, graph: eqsat.Graph, dtype: type, tolerance: float
+) -> None:
+    """``graph`` on two threads in lanes (three runs) and in Python chunks, against numpy."""
+    rng = np.random.default_rng(5)
+    feeds = {v.name: rng.standard_normal(v.shape).astype(dtype) for v in graph.inputs}
+    want = eqsat.compile(graph, target="numpy").run(feeds)
+    in_lanes: list[bool] = []
+    sizes = record_pool_maps(monkeypatch, in_lanes)
+    exe = cpu.compile(graph, threads=2)
+    got = [exe.run(feeds) for _ in range(3)]
+    assert in_lanes and all(in_lanes) and min(sizes) > 1
+    monkeypatch.setattr(cpu_blas, "AVAILABLE", False)
+    in_lanes.clear()
+    python = cpu.compile(graph, threads=2).run(feeds)
+    assert in_lanes and not any(in_lanes)
+    for name, expected in want.items():
+        for run in got:
+            assert run[name].dtype == expected.dtype
+            np.testing.assert_allclose(run[name], expected, rtol=tolerance, atol=tolerance)
+        np.testing.assert_allclose(python[name], got[0][name], rtol=tolerance, atol=tolerance)
+
+
+def _split_everything(monkeypatch: pytest.MonkeyPatch, spans: bool) -> None:
+    monkeypatch.setattr(cpu_conv, "DIRECT_CHANNELS", 0)
+    monkeypatch.setattr(cpu_conv, "SMALL_POSITIONS", 0)
+    monkeypatch.setattr(cpu_conv, "MIN_CHANNEL_SPAN", 8)
+    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
+    if not spans:  # one output row per block
+        monkeypatch.setattr(cpu_conv, "BLOCK_BYTES", 1)
+        monkeypatch.setattr(cpu_conv, "OUTPUT_BLOCK_BYTES", 1)
+        monkeypatch.setattr(cpu_conv, "MIN_BLOCK_COLUMNS", 1)
+        monkeypatch.setattr(cpu_conv, "MIN_POINTWISE_COLUMNS", 1)
+
+
+@needs_blas
+@pytest.mark.parametrize("spans", [False, True], ids=["blocks", "channels"])
+def test_float64_convs_in_lanes(monkeypatch: pytest.MonkeyPatch, spans: bool) -> None:
+    """Lanes call BLAS's double-precision GEMM for float64 convs."""
+    _split_everything(monkeypatch, spans)
+    shape, attrs = (1, 4, 9, 8), {"pads": [1, 1, 1, 1]}
+    graph = _conv(shape, 40 if spans else 6, (3, 3), attrs, "({0} + {1})", np.float64)
+    _lanes_and_python_chunks(monkeypatch, graph, np.float64, 1e-12)
 
 
 @needs_blas
@@ -156,30 +204,6 @@ def test_convs_in_lanes_on_two_threads(
 ) -> None:  # fmt: skip
     """Every blocked conv path, each block (or span of output channels) a chunk of two threads'
     lanes, with a fused residual epilogue: the same as numpy, and as the Python chunks."""
-    monkeypatch.setattr(cpu_conv, "DIRECT_CHANNELS", 0)
-    monkeypatch.setattr(cpu_conv, "SMALL_POSITIONS", 0)
-    monkeypatch.setattr(cpu_conv, "MIN_CHANNEL_SPAN", 8)
-    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
-    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
-    if not spans:  # one output row per block
-        monkeypatch.setattr(cpu_conv, "BLOCK_BYTES", 1)
-        monkeypatch.setattr(cpu_conv, "OUTPUT_BLOCK_BYTES", 1)
-        monkeypatch.setattr(cpu_conv, "MIN_BLOCK_COLUMNS", 1)
-        monkeypatch.setattr(cpu_conv, "MIN_POINTWISE_COLUMNS", 1)
+    _split_everything(monkeypatch, spans)
     graph = _conv(shape, m, kernel, attrs, "max(({0} + {1}), 0)")
-    rng = np.random.default_rng(5)
-    feeds = {v.name: rng.standard_normal(v.shape).astype(F32) for v in graph.inputs}
-    want = eqsat.compile(graph, target="numpy").run(feeds)
-    in_lanes: list[bool] = []
-    sizes = record_pool_maps(monkeypatch, in_lanes)
-    exe = cpu.compile(graph, threads=2)
-    got = [exe.run(feeds) for _ in range(3)]
-    assert in_lanes and all(in_lanes) and min(sizes) > 1
-    monkeypatch.setattr(cpu_blas, "AVAILABLE", False)
-    in_lanes.clear()
-    python = cpu.compile(graph, threads=2).run(feeds)
-    assert in_lanes and not any(in_lanes)
-    for name, expected in want.items():
-        for run in got:
-            np.testing.assert_allclose(run[name], expected, rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(python[name], got[0][name], rtol=1e-5, atol=1e-5)
+    _lanes_and_python_chunks(monkeypatch, graph, F32, 1e-4)
