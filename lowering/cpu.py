@@ -242,8 +242,11 @@ class ElementwiseKernel:
                 def chunk(part: tuple[Any, ...], worker: int) -> None:
                     call(*part)
 
+                def whole() -> None:
+                    call(*fixed)
+
                 pool_map = pool.map
-                return lambda env: pool_map(chunk, parts)
+                return lambda env: pool_map(chunk, parts, whole=whole)
 
             def run_fixed(env: Env) -> None:
                 call(*fixed)
@@ -268,7 +271,7 @@ class ElementwiseKernel:
                 def part(r: tuple[int, int], worker: int) -> None:
                     fn(*(a[r[0] : r[1]] if c else a for a, c in zip(call, cut, strict=True)))
 
-                pool.map(part, ranges)
+                pool.map(part, ranges, whole=lambda: fn(*call))
             else:
                 fn(*call)
 

@@ -300,7 +300,7 @@ def _attention(lowering: Lowering, node: Node) -> Step | None:
                 kernel(sc, m, mask_index[a:b], scale, nan_to_zero)
                 matmul(sc, vs[a:b], out=result[a:b])
 
-            pool.map(part, ranges)
+            pool.map(part, ranges, whole=lambda: part((0, batch), 0))
             return
         matmul(qs, ks.transpose(0, 2, 1), out=scores)
         kernel(scores, m, mask_index, scale, nan_to_zero)
@@ -368,7 +368,7 @@ def _pool(lowering: Lowering, node: Node) -> Step | None:
                 i, c0, c1 = p
                 kernel(data[i : i + 1, c0:c1], result[i : i + 1, c0:c1], *extra)
 
-            pool.map(part, parts)
+            pool.map(part, parts, whole=lambda: kernel(data, result, *extra))
             return
         kernel(data, result, *extra)
 

@@ -108,6 +108,8 @@ def parallel_matmul(pool: Any, parts: list[tuple[Index, Index, Index]]) -> Any:
         def part(p: tuple[Index, Index, Index], worker: int) -> None:
             matmul(x[p[0]], y[p[1]], out=out[p[2]])
 
+        # (No ``whole``: one product rounds differently from its parts, and a run's results
+        # must not depend on whether the pool split it.)
         pool.map(part, parts)
 
     return mm

@@ -44,12 +44,12 @@ def record_pool_maps(
     sizes: list[int] = []
     real = cpu_threads.Pool.map
 
-    def spy(self: cpu_threads.Pool, fn: Any, items: Any, chunks: int = 0, counter: Any = None
-            ) -> None:  # fmt: skip
+    def spy(self: cpu_threads.Pool, fn: Any, items: Any, chunks: int = 0, counter: Any = None,
+            whole: Any = None) -> None:  # fmt: skip
         sizes.append(chunks or len(items))
         if in_lanes is not None:
             in_lanes.append(counter is not None)
-        real(self, fn, items, chunks, counter)
+        real(self, fn, items, chunks, counter, whole)
 
     monkeypatch.setattr(cpu_threads.Pool, "map", spy)
     return sizes

@@ -133,6 +133,31 @@ def test_chunk_error_reaches_caller_without_deadlock() -> None:
     assert sorted(out) == list(range(10))
 
 
+def test_a_map_alone_makes_one_whole_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the calling thread alone (one thread, or backing off) a map with ``whole`` calls it
+    once instead of its items; on several threads it runs the items."""
+    monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 1e9)
+    calls: list[Any] = []
+    items = list(range(6))
+
+    def item(i: int, worker: int) -> None:
+        calls.append(i)
+
+    def whole() -> None:
+        calls.append("whole")
+
+    cpu_threads.Serial().map(item, items, whole=whole)
+    assert calls == ["whole"]
+    calls.clear()
+    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", float("inf"))
+    cpu_threads.Pool(2).map(item, items, whole=whole)
+    assert calls == ["whole"]
+    calls.clear()
+    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
+    cpu_threads.Pool(2).map(item, list(items), whole=whole)  # a fresh site: its first map splits
+    assert sorted(calls) == items
+
+
 def test_chunks_cover_the_range() -> None:
     for total, count, align in [(10, 3, 1), (7, 16, 1), (256, 4, 16), (100, 5, 16), (1, 4, 1)]:
         parts = cpu_threads.chunks(total, count, align)
@@ -341,11 +366,19 @@ def _same(graph: eqsat.Graph, rng: np.random.Generator, sizes: list[int]) -> Non
     two = exe.run(feeds)
     assert sizes and max(sizes) > 1  # the pool took the work
     again = exe.run(feeds)
+    # The pool backing off: each map on the calling thread alone (a whole call where a step
+    # has one) computes the same bits.
+    cpu_threads._Backoff.serial_until = float("inf")
+    try:
+        alone = exe.run(feeds)
+    finally:
+        cpu_threads._Backoff.serial_until = 0.0
     want = eqsat.compile(graph, target="numpy").run(feeds)
     for name, expected in want.items():
         np.testing.assert_allclose(one[name], expected, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(two[name], one[name], rtol=1e-4, atol=1e-4)
         np.testing.assert_array_equal(again[name], two[name])
+        np.testing.assert_array_equal(alone[name], two[name])
     assert exe.report["reference_ops"] == {}
 
 
