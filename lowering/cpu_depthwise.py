@@ -41,7 +41,7 @@ import re
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import codegen, cpu_lanes, kernel_cache
+from eqsat.lowering import codegen, kernel_cache
 
 _OPERAND = re.compile(r"\{(\d+)\}")
 
@@ -372,19 +372,6 @@ def source(
             "    for nc in range(n_ * c_):",
             "        plane(x, w, b, out, scratch, nc // c_, nc % c_, wq, ps, np_)",
         ]
-    # Chunks of (image, first channel, end channel) on a pool's threads, each thread with its
-    # own row of ``scratch`` (see :mod:`eqsat.lowering.cpu_lanes`).
-    lines += [
-        *cpu_lanes.imports(),
-        *cpu_lanes.lane(
-            "lane", "parts, x, w, b, out, scratch, worker", "parts.shape[0]",
-            ["n_, c_, h_, w_ = x.shape", "oh_, ow_ = out.shape[2], out.shape[3]", *taps.layout()],
-            [
-                "for c in range(parts[j, 1], parts[j, 2]):",
-                "    plane(x, w, b, out, scratch[worker], parts[j, 0], c, wq, ps, np_)",
-            ],
-        ),
-    ]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -404,12 +391,7 @@ def scratch_shape(
 
 def load(*args: object) -> object:
     """The compiled ``kernel`` for :func:`source` of ``args``."""
-    return load_module(*args).kernel
-
-
-def load_module(*args: object) -> Any:
-    """The module of :func:`source` of ``args``: its ``kernel`` and its ``lane``."""
-    return kernel_cache.load(source(*args))  # type: ignore[arg-type]
+    return kernel_cache.load(source(*args)).kernel  # type: ignore[arg-type]
 
 
 # Past this many taps along an axis the unrolled max chains compile slowly; the generic kernel
@@ -599,7 +581,6 @@ __all__ = [
     "load",
     "load_average_pool",
     "load_max_pool",
-    "load_module",
     "load_spread",
     "max_pool_source",
     "scalar_constants",

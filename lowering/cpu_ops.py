@@ -29,7 +29,7 @@ import re
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import codegen, cpu, cpu_conv, cpu_lanes, cpu_threads, cpu_winograd
+from eqsat.lowering import codegen, cpu, cpu_conv, cpu_threads, cpu_winograd
 from eqsat.lowering.cpu import GEMM_CHUNKS_PER_THREAD as GEMM_CHUNKS
 from eqsat.lowering.cpu import ElementwiseKernel, Env, Lowering, Step, StepFn
 from eqsat.lowering.cpu_gemm import few_rows_matmul, gemm_runner, matmul_parts
@@ -419,13 +419,12 @@ def _depthwise(
     fused = cpu_depthwise.inline_scalars(epilogue, scalars)
     geometry = (window.kernel, window.strides, window.dilations, window.begin)
     try:
-        module = cpu_depthwise.load_module(out.dtype, *geometry, fused, False)
+        kernel = cpu_depthwise.load(out.dtype, *geometry, fused, False)
         epi: Epilogue | None = None
         bias = folded
     except codegen.Unsupported:  # tensor operands in the epilogue: a pass of its own
-        module = cpu_depthwise.load_module(out.dtype, *geometry, "{0}", False)
+        kernel = cpu_depthwise.load(out.dtype, *geometry, "{0}", False)
         epi = Epilogue(lowering, node, "{0}", extras, [])
-    kernel = module.kernel
     lowering.kernels += 1
     plane = cpu_depthwise.scratch_shape(x.shape[2:], window.out, *geometry)
     # Chunks of (image, channel block) on the pool, each thread with its own padded plane (the
@@ -437,18 +436,23 @@ def _depthwise(
     work = out.size * max(1.0, kh * kw / 9)
     count = lowering.split(work, cpu.PARALLEL_ELEMENTS, cpu.GRAIN_ELEMENTS)
     blocks = cpu_threads.chunks(c_, -(-count // n_)) if count > 1 else []
-    parts = np.array([(i, c0, c1) for i in range(n_) for c0, c1 in blocks], np.int64)
-    scratch = np.zeros((lowering.workers if len(parts) else 1, int(np.prod(plane))), out.dtype)
-    spread = cpu_lanes.runner(lowering.pool, len(parts)) if lowering.pool is not None else None
-    lane = module.lane
+    parts = [(i, c0, c1) for i in range(n_) for c0, c1 in blocks]
+    scratch = [np.zeros(plane, out.dtype) for _ in range(lowering.workers if parts else 1)]
+    pool = lowering.pool
     x_const, x_slot = _operand(lowering, x)
     o = lowering.slot(out)
 
     def run(env: Env) -> None:
         data = np.ascontiguousarray(x_const if x_const is not None else env[x_slot])
         result = env[o]
-        if len(parts) and spread is not None:
-            spread(lane, parts, data, taps, bias, result, scratch, None)
+        if parts and pool is not None:
+
+            def part(p: tuple[int, int, int], worker: int) -> None:
+                i, c0, c1 = p
+                kernel(data[i : i + 1, c0:c1], taps[c0:c1], bias[c0:c1],
+                       result[i : i + 1, c0:c1], scratch[worker])  # fmt: skip
+
+            pool.map(part, parts, whole=lambda: kernel(data, taps, bias, result, scratch[0]))
         else:
             kernel(data, taps, bias, result, scratch[0])
         if epi is not None:
