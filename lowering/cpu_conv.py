@@ -213,6 +213,31 @@ class Geometry:
     def split_size(self) -> int:
         return self.c * self.h * self.sw * self.wq if self.split and not self.small else 0
 
+    def source_reader(self, split: np.ndarray) -> Any:
+        """``source(x)``: one image x (C, H*W) as :func:`im2col_block` reads it, phase split
+        into ``split`` (:meth:`split_size` elements) where :attr:`split`, else viewed as
+        (C, H, 1, W)."""
+        shape = (self.c, self.h, self.w)
+        if not self.split:
+            return lambda x: x.reshape(self.c, self.h, 1, self.w)
+        xs = split[: self.split_size()].reshape(self.c, self.h, self.sw, self.wq)
+
+        def source(x: np.ndarray) -> np.ndarray:
+            phase_split(x.reshape(shape), xs)
+            return xs
+
+        return source
+
+    def phase_planes(self, dtype: np.dtype) -> tuple[np.ndarray, Any]:
+        """The zero-bordered phase planes of a :attr:`wide` conv and ``fill(x)``, which copies
+        one image x (C, H*W) into their interior (the borders stay zero)."""
+        phases = np.zeros((self.c, self.sh, self.sw, self.rp, self.wp), dtype)
+        interior = phases[:, 0, 0, self.ph : self.ph + self.h, self.pw : self.pw + self.w]
+        shape = (self.c, self.h, self.w)
+        if (self.sh, self.sw) == (1, 1):
+            return phases, lambda x: np.copyto(interior, x.reshape(shape))
+        return phases, lambda x: fill_phases(x.reshape(shape), phases, self.ph, self.pw)
+
 
 def make_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels: Any,
               cols: np.ndarray, split: np.ndarray, wide: np.ndarray,
@@ -294,7 +319,7 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
     g, mg, cg = geo.group, geo.m // geo.group, geo.c // geo.group
     epilogue, epilogue_wide = kernels.epilogue, kernels.epilogue_wide
     params = geo.params()
-    matmul, copyto = np.matmul, np.copyto
+    matmul = np.matmul
     w0, single = filters[0], g == 1
     k_all = geo.c * geo.kh * geo.kw
     cols_size, wide_size = geo.cols_size(), geo.wide_size()
@@ -337,9 +362,7 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
 
         return conv_pointwise
     if geo.wide:
-        phases = np.zeros((geo.c, geo.sh, geo.sw, geo.rp, geo.wp), cols.dtype)
-        interior = phases[:, 0, 0, geo.ph : geo.ph + geo.h, geo.pw : geo.pw + geo.w]
-        strided = (geo.sh, geo.sw) != (1, 1)
+        phases, fill = geo.phase_planes(cols.dtype)
         views = []
         for c, o in mine:  # per thread: each block's column buffer and GEMM output
             per = []
@@ -349,15 +372,8 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
                 per.append((blk, ob, blk.reshape(g, geo.k, n), ob.reshape(g, mg, n)))
             views.append(per)
         kh, kw, dh, dw = geo.kh, geo.kw, geo.dh, geo.dw
-        ph, pw, ow, wp = geo.ph, geo.pw, geo.ow, geo.wp
-        shape = (geo.c, geo.h, geo.w)
+        ow, wp = geo.ow, geo.wp
         indices = list(range(len(geo.blocks)))
-
-        def fill(x: np.ndarray) -> None:
-            if strided:
-                fill_phases(x.reshape(shape), phases, ph, pw)
-            else:
-                copyto(interior, x.reshape(shape))
 
         if spans:  # one block: its patches once, then the channels' GEMMs on the pool
             blk, ob = views[0][0][:2]
@@ -395,9 +411,7 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
             pool_map(block, indices)
 
         return conv_wide
-    strided = geo.split
-    shape3 = (geo.c, geo.h, geo.w)
-    xs = split[: geo.split_size()].reshape(geo.c, geo.h, geo.sw, geo.wq) if strided else None
+    source_of = geo.source_reader(split)
     bufs = [
         [
             c[: k_all * (r1 - r0) * geo.ow].reshape(k_all, (r1 - r0) * geo.ow)
@@ -405,12 +419,6 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
         ]
         for c, _ in mine
     ]
-
-    def source_of(x: np.ndarray) -> np.ndarray:
-        if strided:
-            phase_split(x.reshape(shape3), xs)
-            return xs
-        return x.reshape(geo.c, geo.h, 1, geo.w)
 
     if spans:  # one block: its patches once, then the channels' GEMMs on the pool
         buf = bufs[0][0]

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 from eqsat.lowering import cpu_blas, cpu_conv_kernels, cpu_spin, cpu_threads
-from eqsat.lowering.cpu_conv_kernels import fill_phases, im2col_block, im2col_wide, phase_split
+from eqsat.lowering.cpu_conv_kernels import im2col_block, im2col_wide
 
 _CALLEES_HASH = hashlib.sha256(
     "".join(inspect.getsource(m) for m in (cpu_blas, cpu_conv_kernels, cpu_spin)).encode()
@@ -151,16 +151,10 @@ Conv = Callable[..., None]
 
 def runner(pool: Any, chunks: int) -> Callable[..., None]:
     """``run(lane, *args)``: ``lane(counter, posted, wait, *args)`` on enough threads of
-    ``pool`` for ``chunks`` chunks, the ``worker`` index (for per-thread buffers) replacing
-    ``None`` in ``args``; on the calling thread alone when the pool has one thread."""
+    ``pool`` (more than one) for ``chunks`` (more than one) chunks, the ``worker`` index (for
+    per-thread buffers) replacing ``None`` in ``args``."""
     new_counter = cpu_blas.counter
     posted, no_wait = np.zeros(8, np.int64), np.zeros(3, np.int64)
-    if pool.threads <= 1 or chunks <= 1:
-
-        def alone(lane: Callable[..., None], *args: Any) -> None:
-            lane(new_counter(), posted, no_wait, *(0 if a is None else a for a in args))
-
-        return alone
     lanes = list(range(min(pool.threads, chunks)))
     pool_map = pool.map
     lane_wait = cpu_threads.lane_wait
@@ -219,14 +213,7 @@ def blocked_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: Any,
     if geo.wide:
         return _wide_conv(geo, filters, bias, kernels, per_thread, wide, pool, channel_spans)
     params = geo.params()
-    shape = (geo.c, geo.h, geo.w)
-    xs = split[: geo.split_size()].reshape(geo.c, geo.h, geo.sw, geo.wq) if geo.split else None
-
-    def source_of(x: np.ndarray) -> np.ndarray:
-        if xs is not None:
-            phase_split(x.reshape(shape), xs)
-            return xs
-        return x.reshape(geo.c, geo.h, 1, geo.w)
+    source_of = geo.source_reader(split)
 
     if len(channel_spans):  # one block: its patches once, then spans of channels
         k_all, p_ = geo.c * geo.kh * geo.kw, geo.p
@@ -255,17 +242,8 @@ def _wide_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: Any,
     """The conv on the phase planes' width (``geo.wide``), in lanes."""
     wide_size = geo.wide_size()
     gemm_out = wide[: pool.threads * wide_size].reshape(pool.threads, wide_size)
-    phases = np.zeros((geo.c, geo.sh, geo.sw, geo.rp, geo.wp), cols.dtype)
-    interior = phases[:, 0, 0, geo.ph : geo.ph + geo.h, geo.pw : geo.pw + geo.w]
-    strided = (geo.sh, geo.sw) != (1, 1)
-    shape = (geo.c, geo.h, geo.w)
+    phases, fill = geo.phase_planes(cols.dtype)
     kh, kw, dh, dw, ow, wp = geo.kh, geo.kw, geo.dh, geo.dw, geo.ow, geo.wp
-
-    def fill(x: np.ndarray) -> None:
-        if strided:
-            fill_phases(x.reshape(shape), phases, geo.ph, geo.pw)
-        else:
-            np.copyto(interior, x.reshape(shape))
 
     if len(channel_spans):  # one block: its patches once, then spans of channels
         r0, r1 = geo.blocks[0]

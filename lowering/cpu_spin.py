@@ -62,9 +62,8 @@ def _pause(typingctx):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def linger(flags, index, loads):  # type: ignore[no-untyped-def]
-    """Poll ``flags[index]`` ``loads`` times: a pause that holds no GIL and stays on the core."""
-    for _ in range(loads):
+def _settle(flags, index, settle):  # type: ignore[no-untyped-def]
+    for _ in range(settle):
         _load_acquire(flags, index)
         _pause()
 
@@ -80,7 +79,7 @@ def spin_while(flags, index, seen, loads, settle):  # type: ignore[no-untyped-de
             break
         _pause()
     if value != seen:
-        linger(flags, index, settle)
+        _settle(flags, index, settle)
     return value
 
 
@@ -90,7 +89,7 @@ def spin_until(flags, index, target, loads, settle):  # type: ignore[no-untyped-
     poll ``settle`` more times. Returns whether it did."""
     for _ in range(loads):
         if _load_acquire(flags, index) == target:
-            linger(flags, index, settle)
+            _settle(flags, index, settle)
             return True
         _pause()
     return False
@@ -114,4 +113,4 @@ def loads_per_second() -> float:
     return _RATE[0]
 
 
-__all__ = ["linger", "loads_per_second", "spin_until", "spin_while"]
+__all__ = ["loads_per_second", "spin_until", "spin_while"]
