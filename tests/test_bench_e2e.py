@@ -88,3 +88,12 @@ def test_settle_waits_for_spinning_threads_of_the_process() -> None:
     spinner.join()
     assert 0.15 <= waited < 4.0
     assert e2e._settle(most=5.0) < 1.0  # nothing spins: back after a poll or a few
+
+
+def test_kernel_bandwidth_times_the_kernel_alone_and_as_a_pooled_step() -> None:
+    bw = e2e.kernel_bandwidth(threads=2, elements=1 << 18, runs=2)
+    assert bw["threads"] == 2
+    for key in ("kernel_gbs", "step_gbs", "copy_gbs", "fraction", "step_fraction"):
+        assert bw[key] > 0
+    line = e2e.format_bandwidth(bw)
+    assert "on one thread" in line and "as a step on 2 thread(s)" in line
