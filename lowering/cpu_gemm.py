@@ -1,7 +1,7 @@
 """How a GEMM step's product runs with several threads: on BLAS's own threads (big products from
 ``cpu.BLAS_GEMM_THREADS`` threads on), in independent parts on eqsat's pool
 (:func:`matmul_parts`), or, for a few rows by constant weights, on the BLAS-free dot-product
-kernel (:func:`few_rows_matmul`). Each is a ``mm(x, y, out)`` the steps of
+kernel (:func:`few_rows_matmul`, split over the pool by weight tiles). Each is a ``mm(x, y, out)`` the steps of
 :mod:`eqsat.lowering.cpu_ops` call in place of ``np.matmul``."""
 
 from __future__ import annotations
@@ -115,22 +115,47 @@ def parallel_matmul(pool: Any, parts: list[tuple[Index, Index, Index]]) -> Any:
     return mm
 
 
-def few_rows_matmul(weights: np.ndarray, rows: int, parts: list[Any]) -> Any:
+def few_rows_matmul(weights: np.ndarray, rows: int, pool: Any = None, count: int = 1) -> Any:
     """``mm(x, y, out)`` through :func:`cpu_kernels.rows_matmul` for ``rows`` <= FEW_ROWS rows
-    times constant ``weights`` (K, N), or None where BLAS is the better choice (more rows, a
-    product split over threads, K too short for the dot products to vectorize)."""
+    times constant ``weights`` (K, N), or None where BLAS is the better choice (more rows, K too
+    short for the dot products to vectorize).
+
+    With a ``pool`` and ``count`` > 1 the product runs as up to ``count`` column ranges of whole
+    weight tiles (tiles narrowed so that there are enough of them): each thread streams its own
+    share of the weights, which bound these products, and the bits are those of a single call,
+    which a map on the calling thread alone makes instead.
+    """
     from eqsat.lowering import cpu_kernels
 
-    if parts or rows > FEW_ROWS or weights.ndim != 2 or weights.shape[0] < 16:
+    if rows > FEW_ROWS or weights.ndim != 2 or weights.shape[0] < 16:
         return None
+    k, n = weights.shape
     transposed = np.ascontiguousarray(weights.T)  # (N, K): each output a dot product over K
-    zeros = np.zeros(weights.shape[1], weights.dtype)
+    zeros = np.zeros(n, weights.dtype)
     kernel = cpu_kernels.rows_matmul
+    tile = cpu_kernels.rows_tile(k, weights.itemsize)
+    if pool is None or count <= 1 or n < 8:
 
-    def mm(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
-        kernel(np.ascontiguousarray(x), transposed, zeros, out)
+        def mm(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+            kernel(np.ascontiguousarray(x), transposed, zeros, out, tile)
 
-    return mm
+        return mm
+    tile = min(tile, -(-n // count + 3) // 4 * 4)
+    tiles = -(-n // tile)
+    spans = [(a * tile, min(b * tile, n)) for a, b in cpu_threads.chunks(tiles, count)]
+    shares = [(transposed[a:b], zeros[a:b], a, b) for a, b in spans]
+    pool_map = pool.map
+
+    def split_mm(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+        x = np.ascontiguousarray(x)
+
+        def part(share: tuple[Any, ...], worker: int) -> None:
+            w, start, a, b = share
+            kernel(x, w, start, out[:, a:b], tile)
+
+        pool_map(part, shares, whole=lambda: kernel(x, transposed, zeros, out, tile))
+
+    return split_mm
 
 
 __all__ = [

@@ -268,8 +268,13 @@ def _store_rows(out, r0, n, last, s0, s1, s2):  # type: ignore[no-untyped-def]
 ROWS_TILE_BYTES = 128 * 1024
 
 
+def rows_tile(k: int, itemsize: int) -> int:
+    """Rows of w per tile of :func:`rows_matmul` for dot products over ``k``: a multiple of 4."""
+    return max(4, ROWS_TILE_BYTES // (k * itemsize) // 4 * 4)
+
+
 @njit(**{**JIT, "fastmath": {"contract", "reassoc"}})
-def rows_matmul(x, w, start, out):  # type: ignore[no-untyped-def]
+def rows_matmul(x, w, start, out, tile):  # type: ignore[no-untyped-def]
     """out (R, S) = start (S,) + x (R, K) @ w (S, K)^T, as dot products over contiguous K.
 
     Blocks of 4 rows of x x 2 rows of w keep eight sums in registers, each w value loaded
@@ -277,6 +282,9 @@ def rows_matmul(x, w, start, out):  # type: ignore[no-untyped-def]
     over take 4 rows of w at a time. w is taken in tiles of ROWS_TILE_BYTES that every block of
     rows of x reuses while the tile is in cache: weights larger than the cache are then read
     from memory once, not once per block (7 rows by GPT-2's 768x2304 weights: 705 -> ~250 us).
+    ``tile`` (a multiple of 4, :func:`rows_tile`) also fixes which loop computes each output: a
+    call on the tiles ``w[a:b]`` (``a`` a multiple of ``tile``) gives the same bits there as one
+    call on all of ``w``, which is how a product split over threads matches its unsplit run.
     For GEMMs of a few rows by constant weights (a batch-8 MLP: BLAS packs all of w on every
     call, 80 us for 8 rows by 784x256 weights, 58 here) and convs of a few output positions
     (:func:`eqsat.lowering.cpu_conv_kernels.small_conv`, with ``out`` the transposed view of its
@@ -288,7 +296,6 @@ def rows_matmul(x, w, start, out):  # type: ignore[no-untyped-def]
     # the last row (computed, not stored): a row on its own streams the tile once per row.
     fours = r_ - r_ % 4 + (4 if r_ % 4 >= 2 else 0)
     last = r_ - 1
-    tile = max(4, ROWS_TILE_BYTES // (k_ * w.itemsize) // 4 * 4)
     for n0 in range(0, s_, tile):
         n1 = min(n0 + tile, s_)
         pairs = n1 - (n1 - n0) % 2

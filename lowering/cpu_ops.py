@@ -143,11 +143,13 @@ def _matmul(lowering: Lowering, node: Node) -> Step | None:
     x_shape = (int(np.prod(a.shape[:-1])), k) if flat else a.shape
     o_shape = (x_shape[0], n) if flat else out.shape
     flops = 2.0 * out.size * k
-    parts = matmul_parts(x_shape, b.shape, o_shape, lowering.split(flops, most=GEMM_CHUNKS))
+    count = lowering.split(flops, most=GEMM_CHUNKS)
+    parts = matmul_parts(x_shape, b.shape, o_shape, count)
 
     # (a vector times a matrix, or a stack of them, has no rows to block: BLAS's gemv does it)
-    few = None if b_const is None or a.rank < 2 else few_rows_matmul(b_const, x_shape[-2], parts)
-    few = few if flat or a.rank == 2 else None
+    few = None
+    if b_const is not None and (flat or a.rank == 2):
+        few = few_rows_matmul(b_const, x_shape[-2], lowering.pool, count)
 
     def bind(arrays: dict[int, np.ndarray]) -> StepFn:
         epilogue = epi.bound(o, arrays)
@@ -225,11 +227,10 @@ def _gemm(lowering: Lowering, node: Node) -> Step | None:
     k_ = a.shape[0] if trans_a else a.shape[1]
     x_shape = (out.shape[0], k_)
     flops = 2.0 * out.size * k_
-    parts = matmul_parts(
-        x_shape, (k_, out.shape[1]), out.shape, lowering.split(flops, most=GEMM_CHUNKS)
-    )
+    count = lowering.split(flops, most=GEMM_CHUNKS)
+    parts = matmul_parts(x_shape, (k_, out.shape[1]), out.shape, count)
 
-    few = None if b_const is None else few_rows_matmul(b_const, out.shape[0], parts)
+    few = None if b_const is None else few_rows_matmul(b_const, out.shape[0], lowering.pool, count)
 
     def bind(arrays: dict[int, np.ndarray]) -> StepFn:
         epilogue = epi.bound(o, arrays)

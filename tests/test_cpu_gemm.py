@@ -23,9 +23,9 @@ def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     calls: list[tuple[int, int]] = []
     real = cpu_kernels.rows_matmul
 
-    def spy(x: np.ndarray, w: np.ndarray, zero: Any, out: np.ndarray) -> None:
+    def spy(x: np.ndarray, w: np.ndarray, zero: Any, out: np.ndarray, tile: int) -> None:
         calls.append((x.shape[0], w.shape[0]))
-        real(x, w, zero, out)
+        real(x, w, zero, out, tile)
 
     monkeypatch.setattr(cpu_kernels, "rows_matmul", spy)
     return calls

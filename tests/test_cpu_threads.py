@@ -385,8 +385,10 @@ def _same(graph: eqsat.Graph, rng: np.random.Generator, sizes: list[int]) -> Non
 @pytest.mark.parametrize(
     ("a", "b"),
     [((96, 40), (40, 24)), ((8, 40), (40, 200)), ((3, 5, 16, 8), (3, 5, 8, 6)),
-     ((1, 4, 20, 8), (8, 12)), ((2, 1, 16, 8), (4, 8, 5)), ((6, 48, 16), (16, 16))],
-    ids=["rows", "columns", "batched", "flat-stack", "broadcast-batch", "flat-rows"],
+     ((1, 4, 20, 8), (8, 12)), ((2, 1, 16, 8), (4, 8, 5)), ((6, 48, 16), (16, 16)),
+     ((7, 1100), (1100, 201)), ((3, 2, 300), (300, 37))],
+    ids=["rows", "columns", "batched", "flat-stack", "broadcast-batch", "flat-rows",
+         "few-rows-tiles", "few-rows-flat"],
 )  # fmt: skip
 def test_matmul(rng: np.random.Generator, eager: list[int], a: tuple, b: tuple) -> None:
     g = eqsat.Graph("mm")
