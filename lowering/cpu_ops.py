@@ -41,6 +41,8 @@ from eqsat.ops.conv import window_geometry
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # Depthwise convs with more taps go to the direct conv of :mod:`~eqsat.lowering.cpu_conv`.
 DEPTHWISE_TAPS = 49
+# Chunks per thread of a depthwise conv split over the pool (see _depthwise).
+DEPTHWISE_CHUNKS = 1
 
 
 def build_step(lowering: Lowering, node: Node) -> Step | None:
@@ -434,8 +436,11 @@ def _depthwise(
     # Sized like elementwise work, not as FLOPs: the kernel makes about one 3x3 output per ns
     # (16x112x112 outputs: 0.2 ms), some 20x fewer FLOPs per second than a GEMM, so the GEMMs'
     # threshold kept every depthwise conv of MobileNetV3 on one thread.
+    # One chunk per thread: the chunks are Python calls, and with more of them the threads
+    # hand the GIL back and forth between chunks (2 threads, 16x112x112 3x3: 145 us in 2
+    # chunks, 167 in 8, 178 on one thread; 128x28x28: 105 against 132 and 154).
     work = out.size * max(1.0, kh * kw / 9)
-    count = lowering.split(work, cpu.PARALLEL_ELEMENTS, cpu.GRAIN_ELEMENTS)
+    count = lowering.split(work, cpu.PARALLEL_ELEMENTS, cpu.GRAIN_ELEMENTS, DEPTHWISE_CHUNKS)
     blocks = cpu_threads.chunks(c_, -(-count // n_)) if count > 1 else []
     parts = [(i, c0, c1) for i in range(n_) for c0, c1 in blocks]
     scratch = [np.zeros(plane, out.dtype) for _ in range(lowering.workers if parts else 1)]
