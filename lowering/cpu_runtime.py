@@ -92,6 +92,8 @@ class CpuExecutable(Executable):
             s.kind not in NO_BLAS_KINDS if getattr(s, "blas", None) is None else s.blas
             for s in steps
         )
+        if pin:
+            prime_blas()
         self._quiet = any(s.kind == "reference" for s in steps)
         self.entry_source, entry, self._run_fed = _build_entry(self, pin, self._quiet)
         # An instance attribute: ``exe.run(feeds)`` calls the generated function itself.
@@ -328,6 +330,28 @@ class BlasPin:
                     set_(threads)
 
         return on_count
+
+
+@functools.cache
+def prime_blas() -> None:
+    """Runs one mid-sized float32 GEMM on one BLAS thread, once per process.
+
+    On the 2-vCPU Zen 1 development VM, numpy's OpenBLAS (0.3.31) ran small products at about
+    half speed in a fresh process until some product of at least ~64 rows by ~512 columns had
+    run: 48x144 by 144x612 at 21 GFLOP/s, then 36-42 for good, on any thread (a product of 16
+    rows or 64 columns did not do it). The likely cause is the part of OpenBLAS's shared packing
+    buffer that small products never write (unconfirmed). openWakeWord's embedding model, whose
+    convs are all small GEMMs, ran 10% faster in a fresh process after this (3.3 -> 2.9 ms, one
+    thread). Elsewhere it costs the product: about a millisecond, once.
+    """
+    pin = one_thread_pin()
+    a = np.ones((64, 256), np.float32)
+    b = np.ones((256, 1024), np.float32)
+    pin.enter()
+    try:
+        np.matmul(a, b)
+    finally:
+        pin.exit()
 
 
 @functools.cache

@@ -411,3 +411,34 @@ def test_blas_pin_runs_a_step_on_one_thread() -> None:
     finally:
         pin.exit()
     assert seen == [{1}, {2}]
+
+
+def test_blas_is_primed_once_for_executables_that_call_it(
+    monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator
+) -> None:
+    """An executable whose steps may call BLAS runs prime_blas (cached: once per process) while
+    BLAS is pinned to one thread, and restores BLAS's thread count; one without BLAS steps does
+    not call it."""
+    from eqsat.lowering import cpu_runtime
+
+    calls: list[int] = []
+    real = np.matmul
+
+    def spy(a: np.ndarray, b: np.ndarray, *args: object, **kwargs: object) -> np.ndarray:
+        calls.append(a.shape[0])
+        return real(a, b, *args, **kwargs)
+
+    cpu_runtime.prime_blas.cache_clear()
+    monkeypatch.setattr(np, "matmul", spy)
+    g = eqsat.Graph("relu")
+    g.output(g.op("Relu", g.input("x", (4,))), "y")
+    eqsat.compile(g, target="cpu")
+    assert calls == []
+    g = eqsat.Graph("mm")
+    x = g.input("x", (3, 5))
+    g.output(
+        g.op("MatMul", x, g.constant(rng.standard_normal((5, 2)).astype(np.float32), "w")), "y"
+    )
+    eqsat.compile(g, target="cpu")
+    eqsat.compile(g, target="cpu")
+    assert calls == [64]  # the priming product, once
