@@ -60,8 +60,11 @@ from eqsat.tail import with_tail
 # Elementwise kernels: output elements (about 1 element/ns on one core).
 PARALLEL_ELEMENTS = 1 << 16
 GRAIN_ELEMENTS = 1 << 14
-# GEMMs, convs, attention: FLOPs (about 50-100 GFLOP/s on one core).
-PARALLEL_FLOPS = float(1 << 23)
+# GEMMs, convs, attention: FLOPs (about 25-100 GFLOP/s on one core). From 4 MFLOP (2^23
+# before): openWakeWord's embedding convs of 7-8 MFLOP took 300-450 us each on a 1.7 GHz Zen 1
+# core and stayed on one thread (2 threads: 3.9 -> 3.3 ms median; other zoo models even or
+# 1-3% faster). Where a split does not pay, its call site's probes keep it on one thread.
+PARALLEL_FLOPS = float(1 << 22)
 GRAIN_FLOPS = float(1 << 21)
 # GEMM steps (MatMul, Gemm) of at least BLAS_GEMM_FLOPS run on BLAS's own threads, at most
 # MAX_THREADS of them, when at least BLAS_GEMM_THREADS can run at once: OpenBLAS splits one

@@ -27,6 +27,7 @@ depthwise, copy and view), and only for libraries whose count differs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Callable, Mapping
@@ -93,7 +94,7 @@ class CpuExecutable(Executable):
             for s in steps
         )
         if pin:
-            prime_blas()
+            prime_blas(pool)
         self._quiet = any(s.kind == "reference" for s in steps)
         self.entry_source, entry, self._run_fed = _build_entry(self, pin, self._quiet)
         # An instance attribute: ``exe.run(feeds)`` calls the generated function itself.
@@ -332,24 +333,51 @@ class BlasPin:
         return on_count
 
 
-@functools.cache
-def prime_blas() -> None:
-    """Runs one mid-sized float32 GEMM on one BLAS thread, once per process.
+_PRIMED = [0]  # BLAS buffers primed so far: as many as products ran at once
 
-    On the 2-vCPU Zen 1 development VM, numpy's OpenBLAS (0.3.31) ran small products at about
-    half speed in a fresh process until some product of at least ~64 rows by ~512 columns had
-    run: 48x144 by 144x612 at 21 GFLOP/s, then 36-42 for good, on any thread (a product of 16
-    rows or 64 columns did not do it). The likely cause is the part of OpenBLAS's shared packing
-    buffer that small products never write (unconfirmed). openWakeWord's embedding model, whose
-    convs are all small GEMMs, ran 10% faster in a fresh process after this (3.3 -> 2.9 ms, one
-    thread). Elsewhere it costs the product: about a millisecond, once.
+
+def prime_blas(pool: Any = None) -> None:
+    """Runs a mid-sized float32 GEMM on one BLAS thread in each of ``pool``'s threads at once
+    (the calling thread alone without a pool), once per process and thread count.
+
+    On the 2-vCPU Zen 1 development VM, numpy's OpenBLAS (0.3.31) ran products at a third to
+    half their speed until a product of at least ~64 rows by ~512 columns had run: 48x144 by
+    144x612 at 21 GFLOP/s, then 36-42 for good; 128x256 by 256x256 in 1.4-1.8 ms, then 0.45 (a
+    product of 16 rows or 64 columns did not do it). Products that run at once get buffers of
+    their own, and a pool thread's part of a GEMM beside the caller's stayed slow after a
+    product on one thread: transformer_encoder's 128x256 by 256x1024 product in 4 parts on 2
+    threads took 1.9 ms (the worker's one part 1.85 of it); after products on the pool's own
+    threads at once, 1.0-1.1 ms (1.2-1.4 when other threads ran them). The likely cause is the
+    part of each packing buffer that small products never write (unconfirmed). openWakeWord's
+    embedding model, whose convs are all small GEMMs, ran 10% faster in a fresh process after
+    this (3.3 -> 2.9 ms, one thread). Elsewhere it costs the products: a few ms, once.
     """
-    pin = one_thread_pin()
+    import threading
+
+    from eqsat.lowering import cpu_threads
+
+    count = pool.threads if pool is not None else 1
+    if count <= _PRIMED[0] or cpu_threads.backing_off():
+        return
+    _PRIMED[0] = count
     a = np.ones((64, 256), np.float32)
     b = np.ones((256, 1024), np.float32)
+    together = threading.Barrier(count)
+
+    def product(item: int, worker: int) -> None:
+        # All at once, so that each gets a buffer of its own.
+        with contextlib.suppress(threading.BrokenBarrierError):
+            together.wait(0.5)
+        for _ in range(2):
+            np.matmul(a, b)
+
+    pin = one_thread_pin()
     pin.enter()
     try:
-        np.matmul(a, b)
+        if pool is None:
+            product(0, 0)
+        else:  # a map that wakes every thread (chunks), its items taken one per thread
+            pool.map(product, list(range(count)), chunks=1 << 20)
     finally:
         pin.exit()
 

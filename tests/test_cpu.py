@@ -416,10 +416,9 @@ def test_blas_pin_runs_a_step_on_one_thread() -> None:
 def test_blas_is_primed_once_for_executables_that_call_it(
     monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator
 ) -> None:
-    """An executable whose steps may call BLAS runs prime_blas (cached: once per process) while
-    BLAS is pinned to one thread, and restores BLAS's thread count; one without BLAS steps does
-    not call it."""
-    from eqsat.lowering import cpu_runtime
+    """An executable whose steps may call BLAS primes it (prime_blas): a product on each of its
+    pool's threads, once per process and thread count; one without BLAS steps does not."""
+    from eqsat.lowering import cpu, cpu_runtime
 
     calls: list[int] = []
     real = np.matmul
@@ -428,17 +427,19 @@ def test_blas_is_primed_once_for_executables_that_call_it(
         calls.append(a.shape[0])
         return real(a, b, *args, **kwargs)
 
-    cpu_runtime.prime_blas.cache_clear()
+    monkeypatch.setattr(cpu_runtime, "_PRIMED", [0])
     monkeypatch.setattr(np, "matmul", spy)
     g = eqsat.Graph("relu")
     g.output(g.op("Relu", g.input("x", (4,))), "y")
-    eqsat.compile(g, target="cpu")
+    cpu.compile(g, threads=2)
     assert calls == []
     g = eqsat.Graph("mm")
     x = g.input("x", (3, 5))
-    g.output(
-        g.op("MatMul", x, g.constant(rng.standard_normal((5, 2)).astype(np.float32), "w")), "y"
-    )
-    eqsat.compile(g, target="cpu")
-    eqsat.compile(g, target="cpu")
-    assert calls == [64]  # the priming product, once
+    g.output(g.op("MatMul", x, g.constant(rng.standard_normal((5, 2)).astype(np.float32), "w")), "y")
+    cpu.compile(g, threads=1)
+    assert calls == [64, 64]  # the priming product, twice on the calling thread
+    cpu.compile(g, threads=2)
+    assert calls == [64] * 6  # and on two threads at once
+    cpu.compile(g, threads=2)
+    cpu.compile(g, threads=1)
+    assert len(calls) == 6
