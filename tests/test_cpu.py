@@ -435,7 +435,9 @@ def test_blas_is_primed_once_for_executables_that_call_it(
     assert calls == []
     g = eqsat.Graph("mm")
     x = g.input("x", (3, 5))
-    g.output(g.op("MatMul", x, g.constant(rng.standard_normal((5, 2)).astype(np.float32), "w")), "y")
+    g.output(
+        g.op("MatMul", x, g.constant(rng.standard_normal((5, 2)).astype(np.float32), "w")), "y"
+    )
     cpu.compile(g, threads=1)
     assert calls == [64, 64]  # the priming product, twice on the calling thread
     cpu.compile(g, threads=2)
