@@ -94,6 +94,8 @@ def _interleaved(fns: list[Any], runs: int, warmup: int = 3, block: int = 1) -> 
     """
     for _ in range(warmup):
         for fn in fns:
+            if block > 1:  # warm-up runs too: an executable's first runs tune its thread pool
+                _settle()
             fn()
     times: list[list[float]] = [[] for _ in fns]
     clock = time.perf_counter

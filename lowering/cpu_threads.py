@@ -341,10 +341,16 @@ if hasattr(os, "register_at_fork"):
 # Each call site of :meth:`Pool.map` (a step's list of chunks, made once when the step is bound)
 # learns whether waking workers pays for it: its first PROBE_RUNS maps alternate between the
 # workers and the calling thread alone, then it runs the way whose fastest probe was faster,
-# probing again every RETUNE_RUNS maps. Whether a map of 100 us pays depends on the machine:
-# wake-ups took ~13 us a worker on a 16-core Xeon and ~60 us on the 2-core VM, where 2 threads
-# ran ppocr_rec's 33 elementwise steps in 2.4 ms against 1.1 on one thread.
+# probing again after EARLY_RETUNE_RUNS maps and then every RETUNE_RUNS maps. Whether a map of
+# 100 us pays depends on the machine: wake-ups took ~13 us a worker on a 16-core Xeon and ~60 us
+# on the 2-core VM, where 2 threads ran ppocr_rec's 33 elementwise steps in 2.4 ms against 1.1
+# on one thread. The early second round is for first runs that share the machine with
+# something else (a program's start-up, another engine's threads: benchmarked beside
+# onnxruntime on 2 threads, openWakeWord's embedding kept 3-4 of its 10 split convs on one
+# thread where alone they all paid on two; with the second round at 12 maps it ran 3.3 ms
+# against 3.8-4.0, MobileNetV2's block 2.2 against 2.8-3.0, MobileNetV3 9.2 against 11.1).
 PROBE_RUNS = 6
+EARLY_RETUNE_RUNS = 12
 RETUNE_RUNS = 1000
 MAX_SITES = 4096
 
@@ -363,6 +369,8 @@ class _Site:
     def parallel(self) -> tuple[bool, bool]:
         """(run this map on the workers, record its time as a probe)."""
         phase = self.runs % RETUNE_RUNS
+        if self.runs < RETUNE_RUNS and self.runs >= EARLY_RETUNE_RUNS:
+            phase = self.runs - EARLY_RETUNE_RUNS
         self.runs += 1
         if phase == 0:
             self.best = [math.inf, math.inf]

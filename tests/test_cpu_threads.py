@@ -89,6 +89,28 @@ def test_each_call_site_learns_whether_the_workers_pay(monkeypatch: pytest.Monke
             assert all(1 in u for u in after)  # still shared
 
 
+def test_a_site_probes_again_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers slow only during a site's first probes (a busy start-up) keep its maps on the
+    calling thread until the early second round of probes, which puts them back on the pool."""
+    monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 1e9)
+    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
+    monkeypatch.setattr(cpu_threads, "EARLY_RETUNE_RUNS", 10)
+    pool = cpu_threads.Pool(2)
+    used: list[set[int]] = []
+
+    def chunk(item: int, worker: int) -> None:
+        used[-1].add(worker)
+        busy_start = len(used) <= cpu_threads.PROBE_RUNS
+        time.sleep(0.02 if worker and busy_start else 0.004)
+
+    items = [0, 1, 2, 3]
+    for _ in range(10 + cpu_threads.PROBE_RUNS + 4):
+        used.append(set())
+        pool.map(chunk, items)
+    assert all(u == {0} for u in used[cpu_threads.PROBE_RUNS : 10])  # alone after the first
+    assert all(1 in u for u in used[10 + cpu_threads.PROBE_RUNS :])  # shared after the second
+
+
 def test_sites_of_fresh_lists_do_not_pile_up(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cpu_threads, "MAX_SITES", 8)
     monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
