@@ -6,6 +6,7 @@ kernel (:func:`few_rows_matmul`, split over the pool by weight tiles). Each is a
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -101,16 +102,83 @@ def gemm_runner(lowering: Lowering, parts: list[tuple[Index, Index, Index]], flo
 
 
 def parallel_matmul(pool: Any, parts: list[tuple[Index, Index, Index]]) -> Any:
-    """``mm(x, y, out)``: ``np.matmul(x, y, out=out)`` by ``parts`` on ``pool``."""
+    """``mm(x, y, out)``: ``np.matmul(x, y, out=out)`` by ``parts`` on ``pool``: in native lanes
+    (:func:`lane_matmul`) for 2-D products of float rows, else one Python chunk per part."""
     matmul = np.matmul
 
-    def mm(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+    def python_parts(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
         def part(p: tuple[Index, Index, Index], worker: int) -> None:
             matmul(x[p[0]], y[p[1]], out=out[p[2]])
 
         # (No ``whole``: one product rounds differently from its parts, and a run's results
         # must not depend on whether the pool split it.)
         pool.map(part, parts)
+
+    blocks = _lane_blocks(parts)
+    if blocks is None:
+        return python_parts
+    return lane_matmul(pool, blocks, python_parts)
+
+
+def _lane_blocks(parts: list[tuple[Index, Index, Index]]) -> np.ndarray | None:
+    """The (r0, r1, c0, c1) output block of every part of a 2-D product cut by rows or columns
+    (rows of x, columns of y), or None for parts of a batch."""
+    blocks = []
+    for ix, iy, io in parts:
+        if len(io) > 2 or len(ix) > 1 or (iy and len(iy) != 2):
+            return None
+        rows = io[0] if io else slice(None)
+        cols = io[1] if len(io) == 2 else slice(None)
+        blocks.append((rows.start or 0, -1 if rows.stop is None else rows.stop,
+                       cols.start or 0, -1 if cols.stop is None else cols.stop))  # fmt: skip
+    return np.array(blocks, np.int64).reshape(-1, 4)
+
+
+@functools.cache
+def _matmul_lane() -> Any:
+    """The lane of 2-D GEMM blocks (``blocks`` rows (r0, r1, c0, c1), -1: to the end)."""
+    from eqsat.lowering import cpu_lanes, kernel_cache
+
+    source = [
+        "from numba import njit",
+        *cpu_lanes.imports(),
+        "from eqsat.lowering.cpu_blas import gemm",
+        *cpu_lanes.lane(
+            "lane_matmul", "blocks, x, y, out", "blocks.shape[0]",
+            ["m_, n_ = out.shape"],
+            [
+                "r0, r1, c0, c1 = blocks[j, 0], blocks[j, 1], blocks[j, 2], blocks[j, 3]",
+                "r1 = m_ if r1 < 0 else r1",
+                "c1 = n_ if c1 < 0 else c1",
+                "gemm(x[r0:r1], y[:, c0:c1], out[r0:r1, c0:c1])",
+            ],
+        ),
+    ]  # fmt: skip
+    return kernel_cache.load("\n".join(source) + "\n").lane_matmul
+
+
+def lane_matmul(pool: Any, blocks: np.ndarray, fallback: Any) -> Any:
+    """``mm(x, y, out)`` computing the output ``blocks`` of ``x @ y`` in native lanes on
+    ``pool``: each thread's share one ``nogil`` call that claims blocks and calls BLAS, with no
+    GIL hand-over per block. Products whose operands are not 2-D rows of float32/float64 (a
+    transposed view, a batch) go to ``fallback``. The blocks' GEMMs are the same calls either
+    way, so the bits do not depend on the path or on how many threads took part."""
+    from eqsat.lowering import cpu_lanes
+
+    if not cpu_lanes.available(np.dtype(np.float32)):
+        return fallback
+    run = cpu_lanes.runner(pool, len(blocks))
+
+    def mm(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+        dtype = out.dtype
+        if (
+            x.ndim == y.ndim == out.ndim == 2 and x.dtype == dtype and y.dtype == dtype
+            and cpu_lanes.available(dtype) and x.strides[1] == dtype.itemsize
+            and y.strides[1] == dtype.itemsize and out.strides[1] == dtype.itemsize
+        ):  # fmt: skip
+            run(_matmul_lane(), blocks, x, y, out)
+        else:
+            fallback(x, y, out)
 
     return mm
 
@@ -160,5 +228,5 @@ def few_rows_matmul(weights: np.ndarray, rows: int, pool: Any = None, count: int
 
 __all__ = [
     "FEW_ROWS", "MIN_PART_COLUMNS", "MIN_PART_ROWS", "few_rows_matmul", "gemm_runner",
-    "matmul_parts", "parallel_matmul", "threaded_matmul",
+    "lane_matmul", "matmul_parts", "parallel_matmul", "threaded_matmul",
 ]  # fmt: skip

@@ -207,3 +207,37 @@ def test_convs_in_lanes_on_two_threads(
     _split_everything(monkeypatch, spans)
     graph = _conv(shape, m, kernel, attrs, "max(({0} + {1}), 0)")
     _lanes_and_python_chunks(monkeypatch, graph, F32, 1e-4)
+
+
+@needs_blas
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_parts_in_lanes(monkeypatch: pytest.MonkeyPatch, dtype: type) -> None:
+    """GEMM steps cut by rows (96x40 by 40x24) and by columns (96x24 by 24x300) run their parts
+    in lanes on two threads, and match numpy and the Python chunks."""
+    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
+    rng = np.random.default_rng(3)
+    g = eqsat.Graph("gemms")
+    x = g.input("x", (96, 40), dtype)
+    w1 = g.constant(rng.standard_normal((40, 24)).astype(dtype), "w1")
+    w2 = g.constant(rng.standard_normal((24, 300)).astype(dtype), "w2")
+    g.output(g.op("MatMul", g.op("MatMul", x, w1), w2), "y")
+    _lanes_and_python_chunks(monkeypatch, g, dtype, 1e-4 if dtype == F32 else 1e-10)
+
+
+@needs_blas
+def test_transposed_gemm_parts_keep_python_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Gemm whose A is transposed (a view without contiguous rows) splits in Python chunks."""
+    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
+    rng = np.random.default_rng(4)
+    g = eqsat.Graph("gemm_t")
+    x = g.input("x", (40, 96))
+    w = g.constant(rng.standard_normal((40, 24)).astype(F32), "w")
+    g.output(g.op("Gemm", x, w, transA=1), "y")
+    feeds = {"x": rng.standard_normal((40, 96)).astype(F32)}
+    in_lanes: list[bool] = []
+    sizes = record_pool_maps(monkeypatch, in_lanes)
+    got = cpu.compile(g, threads=2).run(feeds)
+    assert sizes and max(sizes) > 1 and in_lanes and not any(in_lanes)
+    np.testing.assert_allclose(got["y"], feeds["x"].T @ w.const, rtol=1e-4, atol=1e-4)
