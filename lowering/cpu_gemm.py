@@ -208,7 +208,8 @@ def few_rows_matmul(weights: np.ndarray, rows: int, pool: Any = None, count: int
             kernel(np.ascontiguousarray(x), transposed, zeros, out, tile)
 
         return mm
-    tile = min(tile, -(-n // count + 3) // 4 * 4)
+    share = -(-n // count)  # columns per chunk, rounded up to whole blocks of 4 below
+    tile = min(tile, -(-share // 4) * 4)
     tiles = -(-n // tile)
     spans = [(a * tile, min(b * tile, n)) for a, b in cpu_threads.chunks(tiles, count)]
     shares = [(transposed[a:b], zeros[a:b], a, b) for a, b in spans]
