@@ -165,7 +165,8 @@ def lane_matmul(pool: Any, blocks: np.ndarray, fallback: Any) -> Any:
     way, so the bits do not depend on the path or on how many threads took part."""
     from eqsat.lowering import cpu_lanes
 
-    if not cpu_lanes.available(np.dtype(np.float32)):
+    floats = [d for d in (np.dtype(np.float32), np.dtype(np.float64)) if cpu_lanes.available(d)]
+    if not floats:
         return fallback
     run = cpu_lanes.runner(pool, len(blocks))
 
@@ -173,7 +174,7 @@ def lane_matmul(pool: Any, blocks: np.ndarray, fallback: Any) -> Any:
         dtype = out.dtype
         if (
             x.ndim == y.ndim == out.ndim == 2 and x.dtype == dtype and y.dtype == dtype
-            and cpu_lanes.available(dtype) and x.strides[1] == dtype.itemsize
+            and dtype in floats and x.strides[1] == dtype.itemsize
             and y.strides[1] == dtype.itemsize and out.strides[1] == dtype.itemsize
         ):  # fmt: skip
             run(_matmul_lane(), blocks, x, y, out)
