@@ -61,6 +61,23 @@ def _pause(typingctx):  # type: ignore[no-untyped-def]
     return signature, codegen
 
 
+@intrinsic
+def _cycles(typingctx):  # type: ignore[no-untyped-def]
+    """The x86 time-stamp counter (0 elsewhere: other CPUs' cycle counters may trap in user
+    mode): a clock that native code can read without the GIL."""
+    signature = types.int64()
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        if not _X86:
+            return context.get_constant(types.int64, 0)
+        counter = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(64), []), "llvm.readcyclecounter"
+        )
+        return builder.call(counter, [])
+
+    return signature, codegen
+
+
 @njit(cache=True, nogil=True)
 def _settle(flags, index, settle):  # type: ignore[no-untyped-def]
     for _ in range(settle):
@@ -84,6 +101,24 @@ def spin_while(flags, index, seen, loads, settle):  # type: ignore[no-untyped-de
 
 
 @njit(cache=True, nogil=True)
+def spin_while_timed(flags, index, seen, loads, settle, cycles):  # type: ignore[no-untyped-def]
+    """:func:`spin_while`, also storing in ``cycles[0]`` the time-stamp counter cycles its polls
+    took (0 where there is no counter): the poll's own wall time, which a clock read in Python
+    after it would overstate by however long the thread then waits for the GIL."""
+    start = _cycles()
+    value = seen
+    for _ in range(loads):
+        value = _load_acquire(flags, index)
+        if value != seen:
+            break
+        _pause()
+    cycles[0] = _cycles() - start
+    if value != seen:
+        _settle(flags, index, settle)
+    return value
+
+
+@njit(cache=True, nogil=True)
 def spin_until(flags, index, target, loads, settle):  # type: ignore[no-untyped-def]
     """Poll ``flags[index]`` until it equals ``target``, ``loads`` times at most; once it does,
     poll ``settle`` more times. Returns whether it did."""
@@ -95,22 +130,36 @@ def spin_until(flags, index, target, loads, settle):  # type: ignore[no-untyped-
     return False
 
 
-_RATE: list[float] = []
+_RATE: list[float] = []  # [polls per second, time-stamp counter cycles per second (0: none)]
+
+
+def _measure() -> list[float]:
+    if not _RATE:
+        flags, cycles = np.zeros(1, np.int64), np.zeros(1, np.int64)
+        spin_while(flags, 0, 0, 1, 0)  # compile (or load from the cache) first
+        spin_while_timed(flags, 0, 0, 1, 0, cycles)
+        loads = 100_000
+        best, per_second = float("inf"), 0.0
+        for _ in range(3):
+            start = time.perf_counter()
+            spin_while_timed(flags, 0, 0, loads, 0, cycles)
+            seconds = max(time.perf_counter() - start, 1e-6)
+            if seconds < best:
+                best, per_second = seconds, cycles[0] / seconds
+        _RATE.extend([loads / best, per_second])
+    return _RATE
 
 
 def loads_per_second() -> float:
     """How many polls :func:`spin_while` makes in a second on this machine (measured once)."""
-    if not _RATE:
-        flags = np.zeros(1, np.int64)
-        spin_while(flags, 0, 0, 1, 0)  # compile (or load from the cache) first
-        loads = 100_000
-        best = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
-            spin_while(flags, 0, 0, loads, 0)
-            best = min(best, time.perf_counter() - start)
-        _RATE.append(loads / max(best, 1e-6))
-    return _RATE[0]
+    return _measure()[0]
 
 
-__all__ = ["loads_per_second", "spin_until", "spin_while"]
+def cycles_per_second() -> float:
+    """The rate of :func:`spin_while_timed`'s cycles (measured once); 0 where it has none."""
+    return _measure()[1]
+
+
+__all__ = [
+    "cycles_per_second", "loads_per_second", "spin_until", "spin_while", "spin_while_timed",
+]  # fmt: skip

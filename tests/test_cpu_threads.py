@@ -303,6 +303,41 @@ def test_workers_stop_polling_on_a_crowded_machine(monkeypatch: pytest.MonkeyPat
     cpu_threads.shutdown()  # later workers read the real clock
 
 
+def test_waiting_for_the_gil_after_a_poll_is_no_crowding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that sees a job and then waits for the GIL (the caller holding it in Python)
+    stays polling: only time off its core while it polls counts (the poll is timed in native
+    code, where the clock read after it in Python would include the wait)."""
+    if cpu_spin.cycles_per_second() <= 0:
+        pytest.skip("no native clock on this CPU: the poll is timed from Python")
+    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
+    monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 1e9)
+    monkeypatch.setattr(cpu_threads._Site, "parallel", lambda self: (True, False))
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(0.02)  # the worker then waits up to 20 ms for the caller's GIL
+    cpu_threads.shutdown()
+    try:
+        pool = cpu_threads.Pool(2)
+        clean = 0
+        for _ in range(3):  # a machine busy elsewhere may really take the worker's core once
+            monkeypatch.setattr(cpu_threads._Quiet, "until", 0.0)
+            pool.map(lambda item, worker: None, [0, 1])  # the worker polls after this
+
+            def hold(item: int, worker: int) -> None:
+                if worker == 0:  # the caller spins in Python, holding the GIL, for 10 ms
+                    end = time.perf_counter() + 0.01
+                    while time.perf_counter() < end:
+                        pass
+
+            time.sleep(0.0015)  # polls of more than QUIET_POLL_SECONDS
+            pool.map(hold, [0, 1])
+            time.sleep(0.01)
+            clean += cpu_threads._Quiet.until == 0.0
+        assert clean > 0
+    finally:
+        sys.setswitchinterval(switch)
+        cpu_threads.shutdown()
+
+
 def test_caller_stops_polling_for_a_slow_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker's chunk that outlasts the caller's polls (a worker descheduled on a busy machine)
     makes the caller block on the job's event, and the map still returns every chunk done."""
