@@ -45,6 +45,29 @@ def test_translate_uses_float32_literals_and_fast_math() -> None:
         codegen.kernel_source("mod({0}, {1})", [np.dtype(F32)] * 2, np.dtype(F32), (), False)
 
 
+def test_division_by_a_literal_multiplies_by_its_reciprocal(rng: np.random.Generator) -> None:
+    """x / c becomes x * (1 / c) where 1 / c is a normal number (within an ulp of the quotient,
+    the same at zero, infinities and NaN); a variable, zero or subnormal divisor stays a
+    division."""
+    f32 = np.dtype(F32)
+    code, constants = codegen.translate("({0} * min(max({0} / 6 + 0.5, 0), 1))", f32)
+    assert "/" not in code and F32(constants["C0"]) == F32(1) / F32(6)
+    assert codegen.translate("{0} / -4", f32) == ("x0 * C0", {"C0": -0.25})
+    for kept in ("{0} / {1}", "{0} / 0", "{0} / 1e-40", "{0} / 3e38"):
+        assert "/" in codegen.translate(kept, f32)[0], kept
+    g = eqsat.Graph("hard-swish")
+    x = g.input("x", (4, 64))
+    six = g.constant(np.array(6, F32))
+    g.output(g.op("Mul", x, g.op("Div", g.op("Relu", g.op("Add", x, g.constant(np.array(3, F32)))), six)), "y")
+    g.output(g.op("Div", x, g.constant(np.array(0, F32))), "by_zero")
+    feeds = {"x": rng.standard_normal((4, 64)).astype(F32) * 4}
+    feeds["x"][0, :4] = [0, np.inf, -np.inf, np.nan]
+    got = eqsat.compile(g, target="cpu").run(feeds)
+    want = eqsat.compile(g, target="numpy").run(feeds)
+    np.testing.assert_array_max_ulp(got["y"], want["y"], maxulp=2)
+    np.testing.assert_array_equal(got["by_zero"], want["by_zero"])
+
+
 def test_elementwise_chain_with_broadcasting(rng: np.random.Generator) -> None:
     g = eqsat.Graph("chain")
     x = g.input("x", (2, 3, 4, 5))
