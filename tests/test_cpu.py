@@ -58,7 +58,12 @@ def test_division_by_a_literal_multiplies_by_its_reciprocal(rng: np.random.Gener
     g = eqsat.Graph("hard-swish")
     x = g.input("x", (4, 64))
     six = g.constant(np.array(6, F32))
-    g.output(g.op("Mul", x, g.op("Div", g.op("Relu", g.op("Add", x, g.constant(np.array(3, F32)))), six)), "y")
+    g.output(
+        g.op(
+            "Mul", x, g.op("Div", g.op("Relu", g.op("Add", x, g.constant(np.array(3, F32)))), six)
+        ),
+        "y",
+    )
     g.output(g.op("Div", x, g.constant(np.array(0, F32))), "by_zero")
     feeds = {"x": rng.standard_normal((4, 64)).astype(F32) * 4}
     feeds["x"][0, :4] = [0, np.inf, -np.inf, np.nan]
