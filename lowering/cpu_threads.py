@@ -90,7 +90,13 @@ _SPINS = os.environ.get("EQSAT_SPIN", "1").strip() not in ("0", "false", "no", "
 SPIN_SECONDS = 2e-3 if _SPINS else 0.0
 WAIT_SPIN_SECONDS = 20e-3 if _SPINS else 0.0
 MIN_WAIT_SPIN_SECONDS = 100e-6 if _SPINS else 0.0
-WORKER_SETTLE_SECONDS = 4e-6
+# A worker waits 15 us: between posting a job and entering its first chunk's kernel the caller
+# runs ~5-15 us of Python (the map, the chunk's call, Numba's dispatch), and a worker that asks
+# for the GIL meanwhile sleeps on it and pays a wake-up (60 us to milliseconds on the 2-core VM).
+# Benchmark-style blocks on 2 threads, 4 us against 20 us: orientation_mnv3 median 10.1 against
+# 8.9 ms (p90 17.7 against 10.6), openWakeWord's embedding 3.8 against 3.3, transformer_encoder
+# 5.9 against 4.9, ppocr_cls even; 10 us about as 20, 50 us worse (10.1).
+WORKER_SETTLE_SECONDS = 15e-6
 CALLER_SETTLE_SECONDS = 2e-6
 # How long workers stop polling after one of them was off its core for most of a poll of at
 # least QUIET_POLL_SECONDS (see _Quiet): 2 processes of 2 threads each on the 2-core VM had run
