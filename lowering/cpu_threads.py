@@ -64,7 +64,7 @@ from queue import SimpleQueue
 from typing import Any, TypeVar
 
 import numpy as np
-from eqsat.lowering import cpu_spin
+from eqsat.lowering import cpu_affinity, cpu_spin
 from eqsat.lowering.cpu_blas import FINISHED
 
 T = TypeVar("T")
@@ -272,6 +272,7 @@ def _worker(queue: SimpleQueue[Any], worker: int, asleep: list[bool]) -> None:
         asleep[0] = False
         if job is None:
             return
+        cpu_affinity.leave_callers_cpu()
         seen = int(_POSTED[0])
         job.work(worker)
 
@@ -291,8 +292,12 @@ def lane_wait() -> tuple[np.ndarray, np.ndarray]:
 def _post_to_sleepers(job: _Job, count: int) -> None:
     """Put ``job`` on the queues of workers 1..``count`` that are blocked on theirs (polling
     ones take it from the posted-job counter)."""
+    noted = False
     for queue, asleep in zip(_QUEUES[:count], _ASLEEP, strict=False):
         if asleep[0]:
+            if not noted:  # where the woken workers should not stay (cpu_affinity)
+                cpu_affinity.note_caller()
+                noted = True
             queue.put(job)
 
 

@@ -338,6 +338,33 @@ def test_waiting_for_the_gil_after_a_poll_is_no_crowding(monkeypatch: pytest.Mon
         cpu_threads.shutdown()
 
 
+def test_a_woken_worker_leaves_the_callers_cpu() -> None:
+    """A worker that wakes on the CPU its caller posted from moves to another allowed CPU and is
+    left pinned to nothing; a worker on another CPU stays where it is."""
+    from eqsat.lowering import cpu_affinity
+
+    if cpu_affinity.current_cpu() < 0 or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs sched_getcpu and two CPUs")
+    allowed = os.sched_getaffinity(0)
+    seen: dict[str, Any] = {}
+
+    def woken() -> None:
+        cpu = cpu_affinity.current_cpu()
+        cpu_affinity.CALLER_CPU[0] = cpu  # as if the caller had been right here
+        seen["moved"] = cpu_affinity.leave_callers_cpu()
+        seen["before"], seen["after"] = cpu, cpu_affinity.current_cpu()
+        seen["affinity"] = os.sched_getaffinity(0)
+        cpu_affinity.CALLER_CPU[0] = next(c for c in allowed if c != seen["after"])
+        seen["stayed"] = not cpu_affinity.leave_callers_cpu()
+
+    thread = threading.Thread(target=woken)
+    thread.start()
+    thread.join()
+    cpu_affinity.CALLER_CPU[0] = -1
+    assert seen["moved"] and seen["after"] != seen["before"] and seen["after"] in allowed
+    assert seen["affinity"] == allowed and seen["stayed"]
+
+
 def test_caller_stops_polling_for_a_slow_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker's chunk that outlasts the caller's polls (a worker descheduled on a busy machine)
     makes the caller block on the job's event, and the map still returns every chunk done."""
