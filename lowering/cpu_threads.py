@@ -402,6 +402,10 @@ class Pool:
     def __init__(self, threads: int):
         self.threads = max(1, min(threads, MAX_THREADS))
         self._sites: dict[int, _Site] = {}
+        # Whether a map has handed work to the workers since the last wake: a run whose maps
+        # all stay on the calling thread (steps below the split thresholds, sites whose probes
+        # chose it) does not wake them for the next run either.
+        self._handed = True
 
     def _site(self, items: Sequence[Any]) -> _Site:
         site = self._sites.get(id(items))
@@ -413,8 +417,12 @@ class Pool:
 
     def wake(self) -> None:
         """Gets this pool's sleeping workers up to poll for jobs (a run calls it first): its first
-        maps then find them ready, rather than paying each one's wake-up."""
-        _post_to_sleepers(_WAKE, self.threads - 1)
+        maps then find them ready, rather than paying each one's wake-up. Not after a run that
+        handed them nothing: openWakeWord's melspectrogram on 2 threads (no step splits) woke a
+        worker every run, which then took the caller's CPU to move off it (cpu_affinity)."""
+        if self._handed:
+            self._handed = False
+            _post_to_sleepers(_WAKE, self.threads - 1)
 
     def map(self, fn: Callable[[T, int], None], items: Sequence[T], chunks: int = 0,
             counter: np.ndarray | None = None,
@@ -452,6 +460,7 @@ class Pool:
                 site.best[1] = min(site.best[1], clock() - start)
             return
         job = _Job(fn, items, helpers)
+        self._handed = True
         _ensure_workers(helpers)
         _post_to_sleepers(job, helpers)
         _POSTED_JOB[0] = job

@@ -265,7 +265,8 @@ def test_polling_workers_take_jobs_without_their_queue(monkeypatch: pytest.Monke
 
 
 def test_a_run_wakes_sleeping_workers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``Pool.wake`` (the first thing a run does) gets sleeping workers polling again."""
+    """``Pool.wake`` (the first thing a run does) gets sleeping workers polling again, unless
+    no map handed them work since the last wake."""
     monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
     monkeypatch.setattr(cpu_threads, "SPIN_SECONDS", 0.0)
     cpu_threads.shutdown()
@@ -280,6 +281,16 @@ def test_a_run_wakes_sleeping_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     while cpu_threads._ASLEEP[0][0] and time.perf_counter() < deadline:
         time.sleep(0.001)
     assert not cpu_threads._ASLEEP[0][0]
+    # A run that handed the workers nothing does not wake them for the next one.
+    monkeypatch.setattr(cpu_threads, "SPIN_SECONDS", 0.0)
+    cpu_threads._POSTED[0] = cpu_threads._SERIALS()  # ends the worker's 5 s poll
+    while not cpu_threads._ASLEEP[0][0] and time.perf_counter() < deadline:
+        time.sleep(0.001)
+    assert cpu_threads._ASLEEP[0][0]
+    monkeypatch.setattr(cpu_threads, "SPIN_SECONDS", 5.0)
+    pool.wake()
+    time.sleep(0.05)
+    assert cpu_threads._ASLEEP[0][0]
     cpu_threads.shutdown()
 
 
