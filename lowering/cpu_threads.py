@@ -244,6 +244,8 @@ def _worker(queue: SimpleQueue[Any], worker: int, asleep: list[bool]) -> None:
         began = clock()
         polling = SPIN_SECONDS if began >= _Quiet.until else 0.0
         spin, settle = int(polling * rate), int(WORKER_SETTLE_SECONDS * rate)
+        if spin:
+            cpu_affinity.note_worker(worker)
         cpu = thread_time() if spin else 0.0
         posted = cpu_spin.spin_while_timed(_POSTED, 0, seen, spin, settle, cycles)
         if spin:
@@ -461,6 +463,7 @@ class Pool:
             return
         job = _Job(fn, items, helpers)
         self._handed = True
+        cpu_affinity.leave_workers_cpus(helpers)
         _ensure_workers(helpers)
         _post_to_sleepers(job, helpers)
         _POSTED_JOB[0] = job

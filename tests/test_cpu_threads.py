@@ -351,7 +351,8 @@ def test_waiting_for_the_gil_after_a_poll_is_no_crowding(monkeypatch: pytest.Mon
 
 def test_a_woken_worker_leaves_the_callers_cpu() -> None:
     """A worker that wakes on the CPU its caller posted from moves to another allowed CPU and is
-    left pinned to nothing; a worker on another CPU stays where it is."""
+    left pinned to nothing; a worker on another CPU stays where it is. A caller on a polling
+    worker's CPU moves off it likewise."""
     from eqsat.lowering import cpu_affinity
 
     if cpu_affinity.current_cpu() < 0 or len(os.sched_getaffinity(0)) < 2:
@@ -367,6 +368,13 @@ def test_a_woken_worker_leaves_the_callers_cpu() -> None:
         seen["affinity"] = os.sched_getaffinity(0)
         cpu_affinity.CALLER_CPU[0] = next(c for c in allowed if c != seen["after"])
         seen["stayed"] = not cpu_affinity.leave_callers_cpu()
+        # A caller on the CPU of a polling worker moves off it the same way before it posts.
+        here = cpu_affinity.current_cpu()
+        cpu_affinity.WORKER_CPUS[1] = here
+        seen["caller moved"] = cpu_affinity.leave_workers_cpus(1)
+        seen["caller now"] = cpu_affinity.current_cpu()
+        seen["caller stayed"] = not cpu_affinity.leave_workers_cpus(1)
+        cpu_affinity.WORKER_CPUS[1] = -1
 
     thread = threading.Thread(target=woken)
     thread.start()
@@ -374,6 +382,7 @@ def test_a_woken_worker_leaves_the_callers_cpu() -> None:
     cpu_affinity.CALLER_CPU[0] = -1
     assert seen["moved"] and seen["after"] != seen["before"] and seen["after"] in allowed
     assert seen["affinity"] == allowed and seen["stayed"]
+    assert seen["caller moved"] and seen["caller now"] != seen["after"] and seen["caller stayed"]
 
 
 def test_caller_stops_polling_for_a_slow_worker(monkeypatch: pytest.MonkeyPatch) -> None:
