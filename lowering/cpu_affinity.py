@@ -15,8 +15,10 @@ once) and then back to all of them, so it is pinned to nothing and the OS stays 
 later. The other way round, a caller woken onto the CPU of a worker that is polling for jobs
 (after it waited for the GIL, say) moves itself the same way before it posts a map: in the
 benchmark's blocks that was so for 0.6% of orientation_mnv3's maps and 5.5% of
-transformer_encoder's, each costing the caller a time slice while the worker polled. Nothing happens elsewhere (no ``sched_getcpu``: macOS, Windows) or when the process may
-only use one CPU.
+transformer_encoder's, each costing the caller a time slice while the worker polled.
+
+Nothing happens where the C library has no ``sched_getcpu`` (macOS, Windows) or where the
+process may use one CPU only.
 """
 
 from __future__ import annotations
@@ -72,6 +74,12 @@ def note_worker(worker: int) -> None:
         WORKER_CPUS[worker] = _GETCPU()
 
 
+def forget_worker(worker: int) -> None:
+    """Pool worker ``worker`` stops polling (it blocks on its queue): no CPU to keep off."""
+    if worker < len(WORKER_CPUS):
+        WORKER_CPUS[worker] = -1
+
+
 def leave_workers_cpus(workers: int) -> bool:
     """Called by a map's caller before it posts: moves it off the CPU it shares with one of
     workers 1..``workers`` (polling, as :func:`note_worker` recorded), if it does. Returns
@@ -99,6 +107,6 @@ def _move_off(cpu: int) -> bool:
 
 
 __all__ = [
-    "CALLER_CPU", "WORKER_CPUS", "current_cpu", "leave_callers_cpu", "leave_workers_cpus",
-    "note_caller", "note_worker",
+    "CALLER_CPU", "WORKER_CPUS", "current_cpu", "forget_worker", "leave_callers_cpu",
+    "leave_workers_cpus", "note_caller", "note_worker",
 ]  # fmt: skip

@@ -269,6 +269,7 @@ def _worker(queue: SimpleQueue[Any], worker: int, asleep: list[bool]) -> None:
                     return
                 job.work(worker)
             continue
+        cpu_affinity.forget_worker(worker)
         asleep[0] = True
         job = queue.get()
         asleep[0] = False

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from eqsat.lowering import cpu, cpu_conv, cpu_spin, cpu_threads
+from eqsat.lowering import cpu, cpu_affinity, cpu_conv, cpu_spin, cpu_threads
 
 import eqsat
 from tests.cpu_testing import record_pool_maps
@@ -276,6 +276,7 @@ def test_a_run_wakes_sleeping_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     while not cpu_threads._ASLEEP[0][0] and time.perf_counter() < deadline:
         time.sleep(0.001)
     assert cpu_threads._ASLEEP[0][0]
+    assert cpu_affinity.WORKER_CPUS[1] == -1  # asleep: no CPU for a caller to keep off
     monkeypatch.setattr(cpu_threads, "SPIN_SECONDS", 5.0)
     pool.wake()
     while cpu_threads._ASLEEP[0][0] and time.perf_counter() < deadline:
@@ -353,8 +354,6 @@ def test_a_woken_worker_leaves_the_callers_cpu() -> None:
     """A worker that wakes on the CPU its caller posted from moves to another allowed CPU and is
     left pinned to nothing; a worker on another CPU stays where it is. A caller on a polling
     worker's CPU moves off it likewise."""
-    from eqsat.lowering import cpu_affinity
-
     if cpu_affinity.current_cpu() < 0 or len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs sched_getcpu and two CPUs")
     allowed = os.sched_getaffinity(0)
