@@ -85,16 +85,22 @@ def _settle(flags, index, settle):  # type: ignore[no-untyped-def]
         _pause()
 
 
-@njit(cache=True, nogil=True)
-def spin_while(flags, index, seen, loads, settle):  # type: ignore[no-untyped-def]
-    """Poll ``flags[index]`` (int64) while it equals ``seen``, ``loads`` times at most; once it
-    differs, poll ``settle`` more times. Returns the last value read (``seen`` on time-out)."""
+@njit(cache=True, nogil=True, inline="always")
+def _poll(flags, index, seen, loads):  # type: ignore[no-untyped-def]
     value = seen
     for _ in range(loads):
         value = _load_acquire(flags, index)
         if value != seen:
             break
         _pause()
+    return value
+
+
+@njit(cache=True, nogil=True)
+def spin_while(flags, index, seen, loads, settle):  # type: ignore[no-untyped-def]
+    """Poll ``flags[index]`` (int64) while it equals ``seen``, ``loads`` times at most; once it
+    differs, poll ``settle`` more times. Returns the last value read (``seen`` on time-out)."""
+    value = _poll(flags, index, seen, loads)
     if value != seen:
         _settle(flags, index, settle)
     return value
@@ -106,12 +112,7 @@ def spin_while_timed(flags, index, seen, loads, settle, cycles):  # type: ignore
     took (0 where there is no counter): the poll's own wall time, which a clock read in Python
     after it would overstate by however long the thread then waits for the GIL."""
     start = _cycles()
-    value = seen
-    for _ in range(loads):
-        value = _load_acquire(flags, index)
-        if value != seen:
-            break
-        _pause()
+    value = _poll(flags, index, seen, loads)
     cycles[0] = _cycles() - start
     if value != seen:
         _settle(flags, index, settle)
