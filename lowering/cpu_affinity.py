@@ -93,10 +93,12 @@ def leave_workers_cpus(workers: int) -> bool:
 
 
 def _move_off(cpu: int) -> bool:
-    """Moves the calling thread off ``cpu`` and leaves it free to run on every allowed CPU."""
+    """Moves the calling thread off ``cpu`` to an allowed CPU where no worker polls, and leaves
+    it free to run on every allowed CPU; stays where there is none (more threads than CPUs:
+    moving would only trade one shared CPU for another, at every map)."""
     try:
         allowed = os.sched_getaffinity(0)
-        others = allowed - {cpu}
+        others = allowed - {cpu} - set(WORKER_CPUS)
         if not others:
             return False
         os.sched_setaffinity(0, others)  # the calling thread (pid 0): migrated at once

@@ -350,13 +350,14 @@ def test_waiting_for_the_gil_after_a_poll_is_no_crowding(monkeypatch: pytest.Mon
         cpu_threads.shutdown()
 
 
-def test_a_woken_worker_leaves_the_callers_cpu() -> None:
+def test_a_woken_worker_leaves_the_callers_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker that wakes on the CPU its caller posted from moves to another allowed CPU and is
     left pinned to nothing; a worker on another CPU stays where it is. A caller on a polling
     worker's CPU moves off it likewise."""
     if cpu_affinity.current_cpu() < 0 or len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs sched_getcpu and two CPUs")
     allowed = os.sched_getaffinity(0)
+    monkeypatch.setattr(cpu_affinity, "WORKER_CPUS", [-1] * 65)  # no worker polls anywhere
     seen: dict[str, Any] = {}
 
     def woken() -> None:
@@ -373,7 +374,9 @@ def test_a_woken_worker_leaves_the_callers_cpu() -> None:
         seen["caller moved"] = cpu_affinity.leave_workers_cpus(1)
         seen["caller now"] = cpu_affinity.current_cpu()
         seen["caller stayed"] = not cpu_affinity.leave_workers_cpus(1)
-        cpu_affinity.WORKER_CPUS[1] = -1
+        # Polling workers on every other CPU (more threads than CPUs): moving would not help.
+        cpu_affinity.WORKER_CPUS[: len(allowed) + 1] = [-1, *sorted(allowed)]
+        seen["crowded stayed"] = not cpu_affinity.leave_workers_cpus(len(allowed))
 
     thread = threading.Thread(target=woken)
     thread.start()
@@ -382,6 +385,7 @@ def test_a_woken_worker_leaves_the_callers_cpu() -> None:
     assert seen["moved"] and seen["after"] != seen["before"] and seen["after"] in allowed
     assert seen["affinity"] == allowed and seen["stayed"]
     assert seen["caller moved"] and seen["caller now"] != seen["after"] and seen["caller stayed"]
+    assert seen["crowded stayed"]
 
 
 def test_caller_stops_polling_for_a_slow_worker(monkeypatch: pytest.MonkeyPatch) -> None:
