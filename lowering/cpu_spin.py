@@ -137,8 +137,7 @@ _RATE: list[float] = []  # [polls per second, time-stamp counter cycles per seco
 def _measure() -> list[float]:
     if not _RATE:
         flags, cycles = np.zeros(1, np.int64), np.zeros(1, np.int64)
-        spin_while(flags, 0, 0, 1, 0)  # compile (or load from the cache) first
-        spin_while_timed(flags, 0, 0, 1, 0, cycles)
+        spin_while_timed(flags, 0, 0, 1, 0, cycles)  # compile (or load from the cache) first
         loads = 100_000
         best, per_second = float("inf"), 0.0
         for _ in range(3):
