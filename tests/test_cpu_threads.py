@@ -358,6 +358,7 @@ def test_a_woken_worker_leaves_the_callers_cpu(monkeypatch: pytest.MonkeyPatch) 
         pytest.skip("needs sched_getcpu and two CPUs")
     allowed = os.sched_getaffinity(0)
     monkeypatch.setattr(cpu_affinity, "WORKER_CPUS", [-1] * 65)  # no worker polls anywhere
+    monkeypatch.setattr(cpu_affinity, "CALLER_CPU", [-1])
     seen: dict[str, Any] = {}
 
     def woken() -> None:
@@ -369,7 +370,7 @@ def test_a_woken_worker_leaves_the_callers_cpu(monkeypatch: pytest.MonkeyPatch) 
         cpu_affinity.CALLER_CPU[0] = next(c for c in allowed if c != seen["after"])
         seen["stayed"] = not cpu_affinity.leave_callers_cpu()
         # A caller on the CPU of a polling worker moves off it the same way before it posts.
-        here = cpu_affinity.current_cpu()
+        here = seen["here"] = cpu_affinity.current_cpu()
         cpu_affinity.WORKER_CPUS[1] = here
         seen["caller moved"] = cpu_affinity.leave_workers_cpus(1)
         seen["caller now"] = cpu_affinity.current_cpu()
@@ -381,10 +382,9 @@ def test_a_woken_worker_leaves_the_callers_cpu(monkeypatch: pytest.MonkeyPatch) 
     thread = threading.Thread(target=woken)
     thread.start()
     thread.join()
-    cpu_affinity.CALLER_CPU[0] = -1
     assert seen["moved"] and seen["after"] != seen["before"] and seen["after"] in allowed
     assert seen["affinity"] == allowed and seen["stayed"]
-    assert seen["caller moved"] and seen["caller now"] != seen["after"] and seen["caller stayed"]
+    assert seen["caller moved"] and seen["caller now"] != seen["here"] and seen["caller stayed"]
     assert seen["crowded stayed"]
 
 
