@@ -54,6 +54,8 @@ def inline_scalars(epilogue: str, scalars: dict[int, float]) -> str:
         if i not in scalars:
             return match.group(0)
         value = scalars[i]
+        if np.isnan(value):
+            return "nan"
         return f"({value!r})" if np.isfinite(value) else ("inf" if value > 0 else "(-inf)")
 
     return _OPERAND.sub(sub, epilogue)

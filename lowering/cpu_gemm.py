@@ -114,13 +114,13 @@ def parallel_matmul(pool: Any, parts: list[tuple[Index, Index, Index]]) -> Any:
         # must not depend on whether the pool split it.)
         pool.map(part, parts)
 
-    blocks = _lane_blocks(parts)
+    blocks = lane_blocks(parts)
     if blocks is None:
         return python_parts
     return lane_matmul(pool, blocks, python_parts)
 
 
-def _lane_blocks(parts: list[tuple[Index, Index, Index]]) -> np.ndarray | None:
+def lane_blocks(parts: list[tuple[Index, Index, Index]]) -> np.ndarray | None:
     """The (r0, r1, c0, c1) output block of every part of a 2-D product cut by rows or columns
     (rows of x, columns of y), or None for parts of a batch."""
     blocks = []
@@ -230,5 +230,5 @@ def few_rows_matmul(weights: np.ndarray, rows: int, pool: Any = None, count: int
 
 __all__ = [
     "FEW_ROWS", "MIN_PART_COLUMNS", "MIN_PART_ROWS", "few_rows_matmul", "gemm_runner",
-    "lane_matmul", "matmul_parts", "parallel_matmul", "threaded_matmul",
+    "lane_blocks", "lane_matmul", "matmul_parts", "parallel_matmul", "threaded_matmul",
 ]  # fmt: skip

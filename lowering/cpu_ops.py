@@ -33,6 +33,12 @@ from eqsat.lowering import codegen, cpu, cpu_conv, cpu_threads, cpu_winograd
 from eqsat.lowering.cpu import GEMM_CHUNKS_PER_THREAD as GEMM_CHUNKS
 from eqsat.lowering.cpu import ElementwiseKernel, Env, Lowering, Step, StepFn
 from eqsat.lowering.cpu_gemm import few_rows_matmul, gemm_runner, matmul_parts
+from eqsat.lowering.cpu_gemm_epilogue import (
+    BlockEpilogue,
+    block_epilogue,
+    fused_gemm_runner,
+    then_epilogue,
+)
 from eqsat.lowering.memory import Usage
 
 from eqsat.ir import Node, Value
@@ -84,19 +90,27 @@ class Epilogue:
         expr = re.sub(r"\{0\}", lambda _: base, epilogue)
         self.kernel: ElementwiseKernel | None = None
         self.slots: list[int | None] = []
+        self.expr, self.out = expr, out
+        self.inputs: list[tuple[tuple[int, ...], np.dtype, np.ndarray | None]] = []
         if expr == "{0}":
             return
-        inputs: list[tuple[tuple[int, ...], np.dtype, np.ndarray | None]] = [
-            (out.shape, out.dtype, None)
-        ]
         for v in extras:
-            inputs.append((v.shape, v.dtype, v.const))
+            self.inputs.append((v.shape, v.dtype, v.const))
             self.slots.append(None if v.const is not None else lowering.slot(v))
         for value, const, shape in tail:
-            inputs.append((shape, out.dtype, const))
+            self.inputs.append((shape, out.dtype, const))
             self.slots.append(None if value is None else lowering.slot(value))
         # Operand 0 is the output itself: the update is in place.
-        self.kernel = ElementwiseKernel(lowering, expr, inputs, out.shape, out.dtype, alias=0)
+        self.kernel = ElementwiseKernel(
+            lowering, expr, [(out.shape, out.dtype, None), *self.inputs], out.shape, out.dtype,
+            alias=0,
+        )  # fmt: skip
+
+    def block(self) -> BlockEpilogue | None:
+        """This epilogue in the form GEMM lanes apply block by block, or None."""
+        if self.kernel is None:
+            return None
+        return block_epilogue(self.expr, self.inputs, self.slots, self.out.shape, self.out.dtype)
 
     def reads(self) -> list[int]:
         return [s for s in self.slots if s is not None]
@@ -154,8 +168,12 @@ def _matmul(lowering: Lowering, node: Node) -> Step | None:
         few = few_rows_matmul(b_const, x_shape[-2], lowering.pool, count)
 
     def bind(arrays: dict[int, np.ndarray]) -> StepFn:
-        epilogue = epi.bound(o, arrays)
+        pass_after = None if epi.kernel is None else epi.bound(o, arrays)
         matmul = few or (gemm_runner(lowering, parts, flops) if parts else np.matmul)
+        if few is None and parts:
+            matmul = fused_gemm_runner(lowering, parts, flops, epi.block(), matmul, pass_after)
+        else:
+            matmul = then_epilogue(matmul, pass_after)
         fixed_out = arrays.get(o)
         if flat and fixed_out is not None:
             fixed_out = fixed_out.reshape(-1, n)
@@ -165,8 +183,7 @@ def _matmul(lowering: Lowering, node: Node) -> Step | None:
                 x = a_const if a_const is not None else env[a_slot]
                 if flat:
                     x = np.ascontiguousarray(x).reshape(-1, k)
-                matmul(x, b_const, fixed_out)
-                epilogue(env)
+                matmul(x, b_const, fixed_out, env)
 
             return run_fixed
 
@@ -175,10 +192,9 @@ def _matmul(lowering: Lowering, node: Node) -> Step | None:
             y = b_const if b_const is not None else env[b_slot]
             result = env[o]
             if flat:
-                matmul(np.ascontiguousarray(x).reshape(-1, k), y, result.reshape(-1, n))
+                matmul(np.ascontiguousarray(x).reshape(-1, k), y, result.reshape(-1, n), env)
             else:
-                matmul(x, y, result)
-            epilogue(env)
+                matmul(x, y, result, env)
 
         return run_bound
 
@@ -235,14 +251,17 @@ def _gemm(lowering: Lowering, node: Node) -> Step | None:
     few = None if b_const is None else few_rows_matmul(b_const, out.shape[0], lowering.pool, count)
 
     def bind(arrays: dict[int, np.ndarray]) -> StepFn:
-        epilogue = epi.bound(o, arrays)
+        pass_after = None if epi.kernel is None else epi.bound(o, arrays)
         matmul = few or (gemm_runner(lowering, parts, flops) if parts else np.matmul)
+        if few is None and parts:
+            matmul = fused_gemm_runner(lowering, parts, flops, epi.block(), matmul, pass_after)
+        else:
+            matmul = then_epilogue(matmul, pass_after)
 
         def run_bound(env: Env) -> None:
             x = a_const if a_const is not None else (env[a_slot].T if trans_a else env[a_slot])
             y = b_const if b_const is not None else (env[b_slot].T if trans_b else env[b_slot])
-            matmul(x, y, env[o])
-            epilogue(env)
+            matmul(x, y, env[o], env)
 
         return run_bound
 

@@ -1,0 +1,143 @@
+"""GEMM steps whose fused epilogue runs block by block in their lanes
+(:mod:`eqsat.lowering.cpu_gemm_epilogue`): which epilogues take that path, and MatMul and Gemm
+products on two threads, cut by rows and by columns, with bias, residual, activation and scalar
+epilogues, against the numpy reference, in one pool map per step (no pass after it)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from eqsat.lowering import cpu, cpu_blas
+from eqsat.lowering.cpu_gemm_epilogue import COLUMN, FULL, block_epilogue
+
+import eqsat
+from tests.cpu_testing import record_pool_maps
+
+F32 = np.float32
+needs_blas = pytest.mark.skipif(
+    not cpu_blas.AVAILABLE, reason="numpy's BLAS is not OpenBLAS: GEMMs keep Python chunks"
+)
+
+
+def _input(shape: tuple[int, ...], const: np.ndarray | None = None, dtype: type = F32) -> tuple:
+    return (shape, np.dtype(dtype), const)
+
+
+def test_which_epilogues_run_in_blocks() -> None:
+    out = (2, 6, 10)
+    bias = np.arange(10, dtype=F32)
+    block = block_epilogue(
+        "max({0} + {1}, 0) * {2} + {3} + {4}",
+        [_input((10,), bias), _input((), np.array(0.5, F32)), _input(out), _input((1, 1, 10))],
+        [None, None, 7, 8],
+        out,
+        np.dtype(F32),
+    )
+    assert block is not None
+    assert block.expr == "max({0} + {1}, 0) * (0.5) + {2} + {3}"
+    assert [o.kind for o in block.operands] == [COLUMN, FULL, COLUMN]
+    assert block.operands[0].const is not None and block.operands[0].const.shape == (10,)
+    assert [o.slot for o in block.operands] == [None, 7, 8]
+    # Non-finite scalars are written as the names the code generator reads.
+    nan = block_epilogue(
+        "{0} + {1} * {2}",
+        [_input((1,), np.array([np.nan], F32)), _input((1, 1), np.array([[-np.inf]], F32))],
+        [None, None],
+        out,
+        np.dtype(F32),
+    )
+    assert nan is not None and nan.expr == "{0} + nan * (-inf)"
+    for inputs in (
+        [_input((2, 6, 1))],  # one value per row
+        [_input((6, 10))],  # output-shaped in its last two axes only
+        [_input((10,), dtype=np.float64)],  # another dtype
+        [_input((3, 2, 6, 10))],  # a higher rank
+    ):
+        assert block_epilogue("{0} + {1}", inputs, [3], out, np.dtype(F32)) is None
+    assert block_epilogue("{0}", [], [], out, np.dtype(F32)) is None
+    assert block_epilogue("{0} % 3", [], [], out, np.dtype(F32)) is None  # not generated
+
+
+def _graph(op: str, x_shape: tuple, k: int, n: int, epilogue: str, dtype: type) -> eqsat.Graph:
+    rng = np.random.default_rng(11)
+    g = eqsat.Graph("gemm_epilogue")
+    x = g.input("x", x_shape, dtype)
+    w = g.constant(rng.standard_normal((k, n)).astype(dtype), "w")
+    bias = g.constant(rng.standard_normal((n,)).astype(dtype), "bias")
+    out_shape = (*x_shape[:-1], n)
+    residual = g.input("r", out_shape, dtype)
+    half = g.constant(np.array(0.5, dtype), "half")
+    if op == "FusedGemm":  # C is Gemm's own bias: the epilogue sees it already added
+        base = [x, w, bias]
+        y = g.op(op, *base, residual, half, num_base_inputs=3, epilogue=epilogue, beta=0.75)
+    else:
+        y = g.op(op, x, w, bias, residual, half, num_base_inputs=2, epilogue=epilogue)
+    g.output(y, "y")
+    return g
+
+
+@needs_blas
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    ("op", "x_shape", "k", "n", "epilogue"),
+    [
+        ("FusedMatMul", (96, 40), 40, 24, "max({0} + {1}, 0) + {2} * {3}"),  # cut by rows
+        ("FusedMatMul", (24, 40), 40, 300, "({0} + {1}) * (1 + erf(({0} + {1}) * {3}))"),
+        ("FusedMatMul", (2, 48, 40), 40, 24, "{2} - ({0} + {1}) * {3}"),  # a stack of rows
+        ("FusedGemm", (96, 40), 40, 24, "{0} * {2} + {1}"),  # C and beta before the epilogue
+        ("FusedGemm", (24, 40), 40, 300, "tanh({0}) + {1} * {2}"),
+    ],
+    ids=["rows", "columns-gelu", "stacked", "gemm-rows", "gemm-columns"],
+)
+def test_epilogues_in_gemm_lanes(
+    monkeypatch: pytest.MonkeyPatch, op: str, x_shape: tuple, k: int, n: int, epilogue: str,
+    dtype: type,
+) -> None:  # fmt: skip
+    """Each GEMM step is one map of lanes (with element-wise kernels split from one element
+    on, a separate epilogue pass would be a second map), and its output matches numpy's."""
+    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
+    monkeypatch.setattr(cpu, "PARALLEL_ELEMENTS", 1)
+    monkeypatch.setattr(cpu, "GRAIN_ELEMENTS", 1)
+    graph = _graph(op, x_shape, k, n, epilogue, dtype)
+    rng = np.random.default_rng(5)
+    feeds = {v.name: rng.standard_normal(v.shape).astype(dtype) for v in graph.inputs}
+    want = eqsat.compile(graph, target="numpy").run(feeds)["y"]
+    in_lanes: list[bool] = []
+    sizes = record_pool_maps(monkeypatch, in_lanes)
+    exe = cpu.compile(graph, threads=2)
+    in_lanes.clear()
+    sizes.clear()
+    got = [exe.run(feeds)["y"] for _ in range(3)]
+    assert in_lanes == [True] * 3 and min(sizes) > 1
+    tolerance = 1e-4 if dtype == F32 else 1e-10
+    for run in got:
+        assert run.dtype == want.dtype
+        np.testing.assert_allclose(run, want, rtol=tolerance, atol=tolerance)
+        np.testing.assert_array_equal(run, got[0])
+
+
+@needs_blas
+def test_an_epilogue_the_blocks_cannot_take_is_a_pass_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A per-row operand (96, 1) is not a column nor output-shaped: the GEMM's lanes, then the
+    epilogue's own map."""
+    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
+    monkeypatch.setattr(cpu, "PARALLEL_ELEMENTS", 1)
+    monkeypatch.setattr(cpu, "GRAIN_ELEMENTS", 1)
+    rng = np.random.default_rng(2)
+    g = eqsat.Graph("row_scale")
+    x = g.input("x", (96, 40))
+    w = g.constant(rng.standard_normal((40, 24)).astype(F32), "w")
+    s = g.input("s", (96, 1))
+    g.output(g.op("FusedMatMul", x, w, s, num_base_inputs=2, epilogue="{0} * {1}"), "y")
+    feeds = {"x": rng.standard_normal((96, 40)).astype(F32), "s": rng.random((96, 1), F32)}
+    in_lanes: list[bool] = []
+    record_pool_maps(monkeypatch, in_lanes)
+    exe = cpu.compile(g, threads=2)
+    in_lanes.clear()
+    got = exe.run(feeds)["y"]
+    assert in_lanes == [True, False]
+    np.testing.assert_allclose(got, (feeds["x"] @ w.const) * feeds["s"], rtol=1e-4, atol=1e-4)
