@@ -170,7 +170,10 @@ def encode(graph: Graph) -> Encoding:
 
     def let(expr: Any) -> tuple[str, Any]:
         nonlocal counter
-        name = f"v{counter}"
+        # Ends in "_": egglog mints fresh names as a hint plus a count, so "v25" plus "1" and
+        # "v251" could be one name, and the two lets were conflated (ConvNeXt-T's Mul(0.5, x)
+        # was encoded as Mul(x, x)). No name here is another followed by digits.
+        name = f"v{counter}_"
         counter += 1
         return name, prog.let(name, expr)
 
