@@ -118,13 +118,17 @@ for _k in WAYS:
             return _merge(ys, merged, 1, conditions)
 
     @horizontal.rule(f"concat-of-split-{_k}", caveat=EXACT)
-    def _(y: T, z: T, sizes: T, ax: i64, ax2: i64, no: Attr, sy: Vec[i64], _k: int = _k) -> Any:
-        parts = make("Split", z, sizes, axis=Attr.int(ax2), num_outputs=no, outs="1" * _k)
+    def _(
+        y: T, z: T, sizes: T, ax: i64, split_ax: i64, no: Attr, sy: Vec[i64], _k: int = _k
+    ) -> Any:
+        # (No variable is another's name followed by digits: egglog mints fresh names as a
+        # name plus a count, see eqsat.encode.)
+        parts = make("Split", z, sizes, axis=Attr.int(split_ax), num_outputs=no, outs="1" * _k)
         n = sy.length()
         return rule(
             eq(y).to(make("Concat", *(parts.out(i) for i in range(_k)), axis=Attr.int(ax))),
             eq(shape(y)).to(sy),
-            eq(ax + n * _neg(ax)).to(ax2 + n * _neg(ax2)),
+            eq(ax + n * _neg(ax)).to(split_ax + n * _neg(split_ax)),
         ).then(union(y).with_(z))
 
 
