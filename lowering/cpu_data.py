@@ -14,7 +14,8 @@ parsing, a fresh array) and fused attention ~90 us; here:
 * ``Attention(Q, K, V[, mask])`` is two batched GEMMs into preallocated scratch with one Numba pass
   in between that scales, adds the mask and takes the softmax of each row
   (:func:`eqsat.lowering.cpu_kernels.masked_softmax_rows`);
-* MaxPool over 2-D NCHW windows: a kernel generated per window geometry, separable row and
+* MaxPool over 1-D and 2-D NCHW windows (1-D ones as planes one row high): a kernel generated
+  per window geometry, separable row and
   column passes with the taps unrolled (:func:`eqsat.lowering.cpu_depthwise.max_pool_source`;
   windows wider than 16 taps: :func:`eqsat.lowering.cpu_kernels.max_pool2d`), (image, channel
   block) chunks on the thread pool; AveragePool the same with sums
@@ -313,15 +314,24 @@ def _attention(lowering: Lowering, node: Node) -> Step | None:
 def _pool(lowering: Lowering, node: Node) -> Step | None:
     x, out = node.inputs[0], node.outputs[0]
     assert x is not None and out is not None
-    if x.rank != 4 or out.dtype not in FLOATS or any(v is not None for v in node.outputs[1:]):
+    if (
+        x.rank not in (3, 4)
+        or out.dtype not in FLOATS
+        or any(v is not None for v in node.outputs[1:])
+    ):
         return None
     attrs = node.attrs
     kernel_shape = tuple(int(k) for k in attrs["kernel_shape"])
     window = window_geometry(x.shape[2:], kernel_shape, attrs, ceil_mode=bool(attrs["ceil_mode"]))
     if tuple(window.out) != out.shape[2:]:
         return None
-    geometry = (*window.kernel, *window.strides, *window.dilations, *window.begin)
-    form = (out.dtype, window.kernel, window.strides, window.dilations, window.begin)
+    # A 1-D pool (N, C, L) is the 2-D kernel's over planes one row high: (N, C, 1, L).
+    lift: tuple[int, ...] = (1,) if x.rank == 3 else ()
+    shape_2d, out_2d = x.shape[:2] + lift + x.shape[2:], out.shape[:2] + lift + out.shape[2:]
+    kernel_2d, strides_2d = lift + tuple(window.kernel), lift + tuple(window.strides)
+    dilations_2d, begin_2d = lift + tuple(window.dilations), (0,) * len(lift) + tuple(window.begin)
+    geometry = (*kernel_2d, *strides_2d, *dilations_2d, *begin_2d)
+    form = (out.dtype, kernel_2d, strides_2d, dilations_2d, begin_2d)
     xs, o = lowering.slot(x), lowering.slot(out)
     extra: tuple[np.ndarray, ...] = ()
     if node.op == "MaxPool":
@@ -342,7 +352,7 @@ def _pool(lowering: Lowering, node: Node) -> Step | None:
             starts = np.arange(window.out[a]) * window.strides[a] - window.begin[a]
             pos = starts[:, None] + np.arange(window.kernel[a]) * window.dilations[a]
             count = np.multiply.outer(count, ((pos >= lo) & (pos < hi)).sum(axis=1))
-        inverse = np.ascontiguousarray(1.0 / count, out.dtype)
+        inverse = np.ascontiguousarray(1.0 / count, out.dtype).reshape(out_2d[2:])
         extra = (inverse,)
         try:
             kernel = cpu_depthwise.load_average_pool(*form)
@@ -360,8 +370,8 @@ def _pool(lowering: Lowering, node: Node) -> Step | None:
     pool = lowering.pool if len(parts) > 1 else None
 
     def run(env: Env) -> None:
-        data = np.ascontiguousarray(env[xs])
-        result = env[o]
+        data = np.ascontiguousarray(env[xs]).reshape(shape_2d)
+        result = env[o].reshape(out_2d)
         if pool is not None:
 
             def part(p: tuple[int, int, int], worker: int) -> None:

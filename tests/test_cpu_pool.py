@@ -35,6 +35,10 @@ MAX_POOLS = [
     ((1, 1, 7, 9), {"kernel_shape": [7, 9], "auto_pad": "VALID"}),
     ((1, 2, 8, 8), {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [0, 2, 1, 0]}),
     ((3, 1, 5, 6), {"kernel_shape": [1, 4], "strides": [1, 4], "ceil_mode": 1}),
+    # 1-D pools (an audio net's Conv1d stack), run as planes one row high:
+    ((1, 4, 4001), {"kernel_shape": [4], "strides": [4]}),
+    ((2, 3, 50), {"kernel_shape": [3], "strides": [2], "pads": [1, 1], "ceil_mode": 1}),
+    ((1, 2, 31), {"kernel_shape": [3], "dilations": [2], "auto_pad": "SAME_UPPER"}),
 ]
 
 
@@ -117,6 +121,8 @@ AVERAGE_GEOMETRIES = [
     ((1, 3, 12, 13), {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1]}),
     ((2, 2, 11, 10), {"kernel_shape": [2, 3], "strides": [2, 1], "dilations": [2, 2]}),
     ((1, 2, 9, 20), {"kernel_shape": [2, 18], "strides": [1, 1]}),  # too wide: generic kernel
+    ((2, 3, 41), {"kernel_shape": [3], "strides": [2], "pads": [1, 2]}),  # 1-D
+    ((1, 2, 40), {"kernel_shape": [20], "strides": [1]}),  # 1-D, too wide: generic kernel
 ]
 
 
