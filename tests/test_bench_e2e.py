@@ -97,3 +97,22 @@ def test_kernel_bandwidth_times_the_kernel_alone_and_as_a_pooled_step() -> None:
         assert bw[key] > 0
     line = e2e.format_bandwidth(bw)
     assert "on one thread" in line and "as a step on 2 thread(s)" in line
+
+
+def test_window_convs_check_and_time_each_shape(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bench/window_convs.py: a depthwise and a grouped conv, checked against onnxruntime and
+    timed; a row per shape and the geometric mean of the ratios."""
+    from bench import window_convs
+
+    monkeypatch.setattr(window_convs, "SHAPES", [(8, 12, 3, 2, 1), (16, 10, 3, 1, 8)])
+    window_convs.main(["--runs", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines if line.split()[:1] in (["8"], ["16"])]
+    assert [row[:5] for row in rows] == [
+        ["8", "12", "3x3", "2", "1"],
+        ["16", "10", "3x3", "1", "8"],
+    ]
+    assert all(float(row[5]) > 0 and float(row[6]) > 0 for row in rows)
+    assert lines[-1].startswith("geo-mean ratio: ")
