@@ -19,6 +19,13 @@ needs_blas = pytest.mark.skipif(
 )
 
 
+def _split_every_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GEMMs and element-wise kernels split over the pool from one FLOP or element on."""
+    for name, value in (("PARALLEL_FLOPS", 1.0), ("GRAIN_FLOPS", 1.0), ("PARALLEL_ELEMENTS", 1),
+                        ("GRAIN_ELEMENTS", 1)):  # fmt: skip
+        monkeypatch.setattr(cpu, name, value)
+
+
 def _input(shape: tuple[int, ...], const: np.ndarray | None = None, dtype: type = F32) -> tuple:
     return (shape, np.dtype(dtype), const)
 
@@ -95,10 +102,7 @@ def test_epilogues_in_gemm_lanes(
 ) -> None:  # fmt: skip
     """Each GEMM step is one map of lanes (with element-wise kernels split from one element
     on, a separate epilogue pass would be a second map), and its output matches numpy's."""
-    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
-    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
-    monkeypatch.setattr(cpu, "PARALLEL_ELEMENTS", 1)
-    monkeypatch.setattr(cpu, "GRAIN_ELEMENTS", 1)
+    _split_every_step(monkeypatch)
     graph = _graph(op, x_shape, k, n, epilogue, dtype)
     rng = np.random.default_rng(5)
     feeds = {v.name: rng.standard_normal(v.shape).astype(dtype) for v in graph.inputs}
@@ -123,10 +127,7 @@ def test_an_epilogue_the_blocks_cannot_take_is_a_pass_after(
 ) -> None:
     """A per-row operand (96, 1) is not a column nor output-shaped: the GEMM's lanes, then the
     epilogue's own map."""
-    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
-    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
-    monkeypatch.setattr(cpu, "PARALLEL_ELEMENTS", 1)
-    monkeypatch.setattr(cpu, "GRAIN_ELEMENTS", 1)
+    _split_every_step(monkeypatch)
     rng = np.random.default_rng(2)
     g = eqsat.Graph("row_scale")
     x = g.input("x", (96, 40))
