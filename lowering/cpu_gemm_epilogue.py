@@ -8,8 +8,9 @@ thread alone while the workers waited, for outputs under the kernels' split thre
 transformer layer has six such products; each paid the second pass and its hand-over.
 
 The epilogue is generated from the fused node's expression (:func:`eqsat.lowering.codegen.translate`,
-as the elementwise kernels are, so the values are the same) over the output viewed as rows
-(every leading axis) by columns (the last axis). Its operands are one of three kinds: scalar
+as the elementwise kernels are) over the output viewed as rows (every leading axis) by columns
+(the last axis). Its values are the elementwise kernel's, but for a division by a scalar
+constant: written in as a literal, it becomes a multiplication by the reciprocal (within an ulp). Its operands are one of three kinds: scalar
 constants (written into the code as literals), ``column`` operands broadcast along the rows (a
 bias ``[N]``), and ``full`` operands shaped like the output (a residual). Anything else (a
 per-row operand, an operand of another dtype) leaves the epilogue as a pass of its own.
