@@ -93,7 +93,9 @@ class RuntimeTail:
             else:  # too large to fold, or shapes that depend on the tail's own data: run it
                 exe = compile_graph(graph, "numpy")
                 result = exe.run({})
-                made = [result[v.name] for v in graph.outputs]
+                # By the model's names: a tail that splits again lists its own boundary values
+                # among graph.outputs, and its run returns the model's outputs only.
+                made = [result[vi.name] for vi in self.model.graph.output]
         computed = dict(zip((vi.name for vi in self.model.graph.output), made, strict=True))
         return {
             name: computed[name] if index is None else static[index] for name, index in self.outputs

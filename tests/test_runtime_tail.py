@@ -497,3 +497,31 @@ def test_tail_runs_do_not_trigger_garbage_collections(monkeypatch):
         assert seen == [False, False] and not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_a_tail_that_splits_again(monkeypatch):
+    """Bound to its boundary values, a tail can hold a node too large to fold feeding a
+    data-dependent one, and so split again (Mask R-CNN's tail). Its outputs are read by the
+    model's names: reading the inner split's list raised a bare KeyError for its boundary."""
+    monkeypatch.setattr(eqsat.ir, "FOLD_LIMIT_ELEMENTS", 1000)
+    consts = [
+        helper.make_node("Constant", [], [name], value=numpy_helper.from_array(array, name))
+        for name, array in (("zero", np.float32(0)), ("wide", np.array([300, 8], np.int64)))
+    ]
+    nodes = [
+        *consts,
+        helper.make_node("Greater", ["x", "zero"], ["pos"]),
+        helper.make_node("NonZero", ["pos"], ["nz"]),  # the tail starts here
+        helper.make_node("Cast", ["nz"], ["nzf"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["nzf"], ["k"], keepdims=0),
+        helper.make_node("Expand", ["x", "wide"], ["xb"]),  # 2400 elements: not folded
+        helper.make_node("Add", ["xb", "k"], ["big"]),
+        helper.make_node("ReduceMean", ["big"], ["m"], keepdims=0),
+        helper.make_node("Less", ["x", "m"], ["sel"]),
+        helper.make_node("NonZero", ["sel"], ["y"]),  # data-dependent again, inside the tail
+    ]
+    model = _model(nodes, [("x", TensorProto.FLOAT, [8])], [("y", TensorProto.INT64)], opset=17)
+    feeds = {"x": np.array([3, -1, 2, 0.5, -2, 4, 1, -3], np.float32)}
+    want = _ort(model, feeds)
+    for target in ("numpy", "cpu"):
+        _check(eqsat.compile(eqsat.load(model), target=target).run(feeds), want)
