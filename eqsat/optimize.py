@@ -179,7 +179,15 @@ def optimize(
     )
     lap("saturate")
     serialized = prune(json.loads(enc.egraph._serialize().to_json()))
-    view = View(serialized, enc)
+    try:
+        view = View(serialized, enc)
+    except EqsatError as exc:  # the input is not in the e-graph as encoded: an internal fault
+        report.kept_input = f"reading the saturated e-graph failed: {exc}"
+        warnings.warn(
+            f"eqsat.optimize: {report.kept_input}; returning the input graph", stacklevel=2
+        )
+        lap("analyze")
+        return result
     report.eclasses = len(view.classes)
     report.enodes = len(view.nodes)
     report.invalid_enodes = len(view.invalid)

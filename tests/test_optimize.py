@@ -67,6 +67,26 @@ def test_no_rules_keeps_the_graph() -> None:
     assert result.report.cost_after == result.report.cost_before
 
 
+def test_an_input_missing_from_the_e_graph_keeps_the_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the input graph cannot be found in the saturated e-graph (an encoding fault, such
+    as egglog conflating two let names did to ConvNeXt), optimize warns and returns the input
+    graph, which still runs, with the reason in its report."""
+    from eqsat import decode
+    from eqsat.errors import EqsatError
+
+    def lost(self: Any, graph: Graph) -> None:
+        raise EqsatError("node 'n' (Mul) not found in the e-graph")
+
+    monkeypatch.setattr(decode.View, "locate", lost)
+    g = _small()
+    with pytest.warns(UserWarning, match="not found in the e-graph"):
+        result = optimize(g, target="numpy")
+    assert result.graph is g
+    assert "reading the saturated e-graph failed" in result.report.kept_input
+    x = np.ones((4, 8), np.float32)
+    np.testing.assert_array_equal(result.run({"x": x})["y"], eqsat.compile(g).run({"x": x})["y"])
+
+
 def test_matmul_chain_picks_cheaper_order() -> None:
     g = Graph("chain")
     a = g.input("a", (64, 2))
