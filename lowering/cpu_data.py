@@ -327,7 +327,9 @@ def _pool(lowering: Lowering, node: Node) -> Step | None:
         return None
     # A 1-D pool (N, C, L) is the 2-D kernel's over planes one row high: (N, C, 1, L).
     lift: tuple[int, ...] = (1,) if x.rank == 3 else ()
-    shape_2d, out_2d = x.shape[:2] + lift + x.shape[2:], out.shape[:2] + lift + out.shape[2:]
+    # (Indexing, not reshape: a view of the output even where its buffer is a slice of another.)
+    rows: tuple[Any, ...] = (slice(None), slice(None), None) if lift else ()
+    out_2d = out.shape[:2] + lift + out.shape[2:]
     kernel_2d, strides_2d = lift + tuple(window.kernel), lift + tuple(window.strides)
     dilations_2d, begin_2d = lift + tuple(window.dilations), (0,) * len(lift) + tuple(window.begin)
     geometry = (*kernel_2d, *strides_2d, *dilations_2d, *begin_2d)
@@ -370,8 +372,8 @@ def _pool(lowering: Lowering, node: Node) -> Step | None:
     pool = lowering.pool if len(parts) > 1 else None
 
     def run(env: Env) -> None:
-        data = np.ascontiguousarray(env[xs]).reshape(shape_2d)
-        result = env[o].reshape(out_2d)
+        data = np.ascontiguousarray(env[xs][rows])
+        result = env[o][rows]
         if pool is not None:
 
             def part(p: tuple[int, int, int], worker: int) -> None:
