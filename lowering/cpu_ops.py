@@ -26,6 +26,7 @@ columns), convs by blocks of output rows, output channels or tile rows (in
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -131,6 +132,19 @@ def _operand(lowering: Lowering, value: Value) -> tuple[np.ndarray | None, int |
 
 
 # ------------------------------------------------------------------------------ MatMul / Gemm
+def _product(
+    lowering: Lowering, parts: list[Any], flops: float, few: Any, epi: Epilogue, bound: StepFn
+) -> Callable[..., None]:
+    """``mm(x, y, out, env)`` of a GEMM step: the few-rows kernel, BLAS's threads, the pool's
+    parts or numpy, then ``epi`` (``bound``: its pass over the output; in the parts' lanes
+    instead, block by block, where they run them)."""
+    after = None if epi.kernel is None else bound
+    if few is None and parts:
+        runner = gemm_runner(lowering, parts, flops)
+        return fused_gemm_runner(lowering, parts, flops, epi.block(), runner, after)
+    return then_epilogue(few or np.matmul, after)
+
+
 def _matmul(lowering: Lowering, node: Node) -> Step | None:
     (a, b), extras = _split(node)
     out = node.outputs[0]
@@ -168,12 +182,7 @@ def _matmul(lowering: Lowering, node: Node) -> Step | None:
         few = few_rows_matmul(b_const, x_shape[-2], lowering.pool, count)
 
     def bind(arrays: dict[int, np.ndarray]) -> StepFn:
-        pass_after = None if epi.kernel is None else epi.bound(o, arrays)
-        matmul = few or (gemm_runner(lowering, parts, flops) if parts else np.matmul)
-        if few is None and parts:
-            matmul = fused_gemm_runner(lowering, parts, flops, epi.block(), matmul, pass_after)
-        else:
-            matmul = then_epilogue(matmul, pass_after)
+        matmul = _product(lowering, parts, flops, few, epi, epi.bound(o, arrays))
         fixed_out = arrays.get(o)
         if flat and fixed_out is not None:
             fixed_out = fixed_out.reshape(-1, n)
@@ -251,12 +260,7 @@ def _gemm(lowering: Lowering, node: Node) -> Step | None:
     few = None if b_const is None else few_rows_matmul(b_const, out.shape[0], lowering.pool, count)
 
     def bind(arrays: dict[int, np.ndarray]) -> StepFn:
-        pass_after = None if epi.kernel is None else epi.bound(o, arrays)
-        matmul = few or (gemm_runner(lowering, parts, flops) if parts else np.matmul)
-        if few is None and parts:
-            matmul = fused_gemm_runner(lowering, parts, flops, epi.block(), matmul, pass_after)
-        else:
-            matmul = then_epilogue(matmul, pass_after)
+        matmul = _product(lowering, parts, flops, few, epi, epi.bound(o, arrays))
 
         def run_bound(env: Env) -> None:
             x = a_const if a_const is not None else (env[a_slot].T if trans_a else env[a_slot])
