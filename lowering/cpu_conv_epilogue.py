@@ -5,7 +5,6 @@ node's extra operands into the kinds those kernels take (output-shaped, per chan
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
@@ -96,16 +95,13 @@ def load_epilogue(dtype: np.dtype, epilogue: str, kinds: list[str]) -> Any:
     return kernel_cache.load(epilogue_source(dtype, epilogue, kinds))
 
 
-_OPERAND = re.compile(r"\{(\d+)\}")
-
-
 def classify_operands(
     out_shape: tuple[int, ...], epilogue: str, extras: list[Any], dtype: np.dtype
 ) -> tuple[str, list[tuple[Any, str]]] | None:
     """The epilogue with scalar constants inlined and the other operands renumbered 1, 2, ...,
     each with its kind: "full" (shaped like the output, batch 1 or N) or "channel" (one value
     per output channel). None when an operand is neither (it then needs a pass of its own)."""
-    from eqsat.lowering.cpu_depthwise import inline_scalars
+    from eqsat.lowering.cpu_depthwise import inline_and_renumber
 
     rank = len(out_shape)
     n_, m_ = out_shape[:2]
@@ -127,9 +123,7 @@ def classify_operands(
             return None
         numbers[i] = len(operands) + 1
         operands.append((v, kind))
-    expr = inline_scalars(epilogue, scalars)
-    expr = _OPERAND.sub(lambda mt: f"{{{numbers.get(int(mt.group(1)), 0)}}}", expr)
-    return expr, operands
+    return inline_and_renumber(epilogue, scalars, numbers), operands
 
 
 def operand_array(a: np.ndarray, kind: str, out_shape: tuple[int, ...], dtype: np.dtype) -> Any:

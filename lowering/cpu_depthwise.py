@@ -61,6 +61,15 @@ def inline_scalars(epilogue: str, scalars: dict[int, float]) -> str:
     return _OPERAND.sub(sub, epilogue)
 
 
+def inline_and_renumber(epilogue: str, scalars: dict[int, float], numbers: dict[int, int]) -> str:
+    """``epilogue`` with the operands in ``scalars`` written in as literals
+    (:func:`inline_scalars`) and every other operand ``{i}`` renumbered ``{numbers[i]}``; the
+    base ``{0}`` stays ``{0}``."""
+    return _OPERAND.sub(
+        lambda m: f"{{{numbers.get(int(m.group(1)), 0)}}}", inline_scalars(epilogue, scalars)
+    )
+
+
 def scalar_constants(extras: list[Any]) -> dict[int, float]:
     """Operand number (1-based, as the epilogue names them) -> value, for the epilogue operands
     that are one-element constants: what :func:`inline_scalars` writes in as literals."""

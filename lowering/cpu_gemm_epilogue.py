@@ -18,17 +18,16 @@ per-row operand, an operand of another dtype) leaves the epilogue as a pass of i
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from eqsat.lowering import codegen, cpu_lanes, kernel_cache
-from eqsat.lowering.cpu_depthwise import inline_scalars
+from eqsat.lowering.cpu import StepFn
+from eqsat.lowering.cpu_depthwise import inline_and_renumber
 
 _VERSION = "gemm epilogue 1"
-_OPERAND = re.compile(r"\{(\d+)\}")
 FULL, COLUMN = "full", "column"
 
 
@@ -88,9 +87,7 @@ def block_epilogue(
         numbers[i] = len(operands) + 1
         operands.append(Operand(kind, array, None if const is not None else slot))
 
-    renumbered = _OPERAND.sub(
-        lambda m: f"{{{numbers.get(int(m.group(1)), 0)}}}", inline_scalars(expr, scalars)
-    )
+    renumbered = inline_and_renumber(expr, scalars, numbers)
     block = BlockEpilogue(renumbered, tuple(operands), np.dtype(out_dtype))
     try:
         codegen.translate(block.expr, block.dtype)
@@ -151,7 +148,6 @@ def epilogue_source(dtype: np.dtype, expr: str, kinds: list[str]) -> str:
 
 
 MatMul = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
-StepFn = Callable[[Any], None]
 
 
 def then_epilogue(matmul: MatMul, epilogue: StepFn | None) -> Callable[..., None]:

@@ -355,9 +355,7 @@ def _winograd_epilogue(
             return None
         numbers[i] = len(operands) + 1
         operands.append((v, const, kind))
-    expr = cpu_depthwise.inline_scalars(epilogue, scalars)
-    expr = re.sub(r"\{(\d+)\}", lambda mt: f"{{{numbers.get(int(mt.group(1)), 0)}}}", expr)
-    return expr, operands
+    return cpu_depthwise.inline_and_renumber(epilogue, scalars, numbers), operands
 
 
 def _winograd(
