@@ -59,6 +59,30 @@ def test_map_runs_every_item_once_on_several_threads(monkeypatch: pytest.MonkeyP
     assert {w for _, w in seen} <= {0, 1, 2} and len(threads) >= 2
 
 
+class _WorkerJoins:
+    """Makes a pooled map wait for a worker deterministically: the calling thread's first chunk
+    of each map waits (up to ``seconds``) until a worker has started a chunk. On a loaded machine
+    a worker can take longer to wake than the caller takes to run every chunk alone, and then a
+    map the pool should share ran on one thread by chance. A map that runs serially pays the
+    whole wait once, so the pool still wins its probes by a wide margin."""
+
+    def __init__(self, seconds: float = 0.2) -> None:
+        self.seconds = seconds
+        self.started = threading.Event()
+        self.caller_waited = False
+
+    def next_map(self) -> None:
+        self.started.clear()
+        self.caller_waited = False
+
+    def chunk_starts(self, worker: int) -> None:
+        if worker:
+            self.started.set()
+        elif not self.caller_waited:
+            self.caller_waited = True
+            self.started.wait(self.seconds)
+
+
 def test_each_call_site_learns_whether_the_workers_pay(monkeypatch: pytest.MonkeyPatch) -> None:
     """A site whose maps run slower on the workers (here: a worker's chunk sleeps) runs on the
     calling thread after its probes; one whose chunks the workers share stays on the pool."""
@@ -66,6 +90,7 @@ def test_each_call_site_learns_whether_the_workers_pay(monkeypatch: pytest.Monke
     monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
     pool = cpu_threads.Pool(2)
     used: list[set[int]] = []
+    joins = _WorkerJoins()
 
     def slow_on_workers(item: int, worker: int) -> None:
         used[-1].add(worker)
@@ -73,6 +98,7 @@ def test_each_call_site_learns_whether_the_workers_pay(monkeypatch: pytest.Monke
 
     def sleeps(item: int, worker: int) -> None:
         used[-1].add(worker)
+        joins.chunk_starts(worker)
         time.sleep(0.004)
 
     for fn in (slow_on_workers, sleeps):
@@ -80,6 +106,7 @@ def test_each_call_site_learns_whether_the_workers_pay(monkeypatch: pytest.Monke
         used.clear()
         for _ in range(cpu_threads.PROBE_RUNS + 4):
             used.append(set())
+            joins.next_map()
             pool.map(fn, items)
         probes, after = used[: cpu_threads.PROBE_RUNS], used[cpu_threads.PROBE_RUNS :]
         assert {1} <= set().union(*probes[::2]) and all(u == {0} for u in probes[1::2])
@@ -97,15 +124,19 @@ def test_a_site_probes_again_early(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cpu_threads, "EARLY_RETUNE_RUNS", 10)
     pool = cpu_threads.Pool(2)
     used: list[set[int]] = []
+    joins = _WorkerJoins()
 
     def chunk(item: int, worker: int) -> None:
         used[-1].add(worker)
         busy_start = len(used) <= cpu_threads.PROBE_RUNS
+        if not busy_start:
+            joins.chunk_starts(worker)
         time.sleep(0.02 if worker and busy_start else 0.004)
 
     items = [0, 1, 2, 3]
     for _ in range(10 + cpu_threads.PROBE_RUNS + 4):
         used.append(set())
+        joins.next_map()
         pool.map(chunk, items)
     assert all(u == {0} for u in used[cpu_threads.PROBE_RUNS : 10])  # alone after the first
     assert all(1 in u for u in used[10 + cpu_threads.PROBE_RUNS :])  # shared after the second
