@@ -120,6 +120,17 @@ def spin_while_timed(flags, index, seen, loads, settle, cycles):  # type: ignore
 
 
 @njit(cache=True, nogil=True)
+def store_then_spin_while_timed(store, at, value, flags, index, seen, loads, settle, cycles):  # type: ignore[no-untyped-def]
+    """``store[at] = value`` (where ``at`` >= 0), then :func:`spin_while_timed`. The store is
+    made here, once the calling thread has let go of the GIL: a thread polling ``store`` for
+    it then takes the GIL at once, where a store made from Python woke it while the GIL was
+    still held, and it slept on the GIL until the storing thread entered native code."""
+    if at >= 0:
+        store[at] = value
+    return spin_while_timed(flags, index, seen, loads, settle, cycles)
+
+
+@njit(cache=True, nogil=True)
 def spin_until(flags, index, target, loads, settle):  # type: ignore[no-untyped-def]
     """Poll ``flags[index]`` until it equals ``target``, ``loads`` times at most; once it does,
     poll ``settle`` more times. Returns whether it did."""
@@ -162,4 +173,5 @@ def cycles_per_second() -> float:
 
 __all__ = [
     "cycles_per_second", "loads_per_second", "spin_until", "spin_while", "spin_while_timed",
+    "store_then_spin_while_timed",
 ]  # fmt: skip

@@ -189,14 +189,21 @@ class _Job:
         self.done = False
         self.waiter: threading.Event | None = None  # made by a caller that stops polling
 
-    def work(self, worker: int) -> None:
+    def work(self, worker: int, defer: bool = False) -> int:
+        """Runs chunks until none are left. Returns -1, or with ``defer`` where this thread
+        finished the last chunk, the index in ``_DONE`` where ``self.serial`` is still to be
+        stored: a worker stores it from native code, without the GIL
+        (:func:`eqsat.lowering.cpu_spin.store_then_spin_while_timed`). Stored from Python, it
+        woke the polling caller while the worker still held the GIL for its bookkeeping; the
+        caller then slept on the GIL, and a map of two chunks ended 17 us after its last one
+        on the 2-core VM."""
         if worker > self.helpers:
-            return
+            return -1
         count, items, fn, take = self.count, self.items, self.fn, self.take
         while True:
             i = take()
             if i >= count:
-                return
+                return -1
             if self.error is None:
                 try:
                     fn(items[i], worker)
@@ -207,9 +214,14 @@ class _Job:
                 # done, then the waiter: a caller makes its waiter before it looks at done a
                 # last time (both under the GIL), so one of them sees the other.
                 self.done = True
-                _DONE[_slot(self.serial)] = self.serial
                 if self.waiter is not None:
+                    _DONE[_slot(self.serial)] = self.serial
                     self.waiter.set()
+                    return -1
+                if defer:
+                    return _slot(self.serial)
+                _DONE[_slot(self.serial)] = self.serial
+                return -1
 
     def wait(self, loads: int, settle: int) -> None:
         """Until every chunk has finished: polling ``loads`` times at most, then blocking."""
@@ -240,6 +252,8 @@ def _worker(queue: SimpleQueue[Any], worker: int, asleep: list[bool]) -> None:
     cycles = np.zeros(1, np.int64)
     seen = int(_POSTED[0])
     clock, thread_time = time.perf_counter, time.thread_time
+    # (index into _DONE, serial) of a job this worker finished, stored on the way into its poll
+    done_at, done_serial = -1, 0
     while True:
         began = clock()
         polling = SPIN_SECONDS if began >= _Quiet.until else 0.0
@@ -247,7 +261,10 @@ def _worker(queue: SimpleQueue[Any], worker: int, asleep: list[bool]) -> None:
         if spin:
             cpu_affinity.note_worker(worker)
         cpu = thread_time() if spin else 0.0
-        posted = cpu_spin.spin_while_timed(_POSTED, 0, seen, spin, settle, cycles)
+        posted = cpu_spin.store_then_spin_while_timed(
+            _DONE, done_at, done_serial, _POSTED, 0, seen, spin, settle, cycles
+        )
+        done_at = -1
         if spin:
             # The poll's own wall time: after it the worker may sleep until the caller lets go
             # of the GIL, which says nothing of other threads on its core. Timed from here,
@@ -260,14 +277,17 @@ def _worker(queue: SimpleQueue[Any], worker: int, asleep: list[bool]) -> None:
             seen = posted
             job = _POSTED_JOB[0]
             if job is not None:
-                job.work(worker)
+                done_at, done_serial = job.work(worker, True), job.serial
             # Jobs put on the queue while this worker spun are over or being finished by others;
             # taking them now keeps the queue short (and honours a shutdown).
             while not queue.empty():
+                if done_at >= 0:  # the one before first
+                    _DONE[done_at] = done_serial
+                    done_at = -1
                 job = queue.get()
                 if job is None:
                     return
-                job.work(worker)
+                done_at, done_serial = job.work(worker, True), job.serial
             continue
         cpu_affinity.forget_worker(worker)
         asleep[0] = True
@@ -277,7 +297,7 @@ def _worker(queue: SimpleQueue[Any], worker: int, asleep: list[bool]) -> None:
             return
         cpu_affinity.leave_callers_cpu()
         seen = int(_POSTED[0])
-        job.work(worker)
+        done_at, done_serial = job.work(worker, True), job.serial
 
 
 def lane_wait() -> tuple[np.ndarray, np.ndarray]:

@@ -462,6 +462,30 @@ def test_a_done_job_whose_slot_was_reused_still_returns() -> None:
     assert job.done and time.perf_counter() - started < 1.0
 
 
+def test_a_worker_leaves_the_done_flag_to_its_native_poll() -> None:
+    """A worker that finishes a job's last chunk does not store the job's done flag from Python
+    (its caller, polling the flag, would wake while the worker still held the GIL): it returns
+    the flag's index, and its next poll stores it; a caller blocked on its event is told at once."""
+    job = cpu_threads._Job(lambda item, worker: None, [0], 1)
+    slot = cpu_threads._slot(job.serial)
+    cpu_threads._DONE[slot] = 0
+    assert job.work(1, True) == slot and job.done
+    assert cpu_threads._DONE[slot] == 0
+    cycles = np.zeros(1, np.int64)
+    cpu_spin.store_then_spin_while_timed(
+        cpu_threads._DONE, slot, job.serial, np.zeros(1, np.int64), 0, 0, 1, 0, cycles
+    )
+    assert cpu_threads._DONE[slot] == job.serial
+
+    waited = cpu_threads._Job(lambda item, worker: None, [0], 1)
+    waited.waiter = threading.Event()
+    assert waited.work(1, True) == -1 and waited.waiter.is_set()
+    assert cpu_threads._DONE[cpu_threads._slot(waited.serial)] == waited.serial
+    caller = cpu_threads._Job(lambda item, worker: None, [0], 1)
+    assert caller.work(0) == -1
+    assert cpu_threads._DONE[cpu_threads._slot(caller.serial)] == caller.serial
+
+
 def test_maps_from_several_threads_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Callers on several Python threads share the workers (one posted job at a time, the rest
     through the queues or on the callers alone): every map runs each of its items once."""
