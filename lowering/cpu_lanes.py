@@ -49,12 +49,16 @@ def lane(name: str, params: str, chunks: str, prologue: list[str], body: list[st
     expression of their count. Chunks are claimed from the counter's CLAIMED slot and counted,
     once done, in its FINISHED slot, which the calling thread polls (``Pool.map``'s
     ``counter``). Out of chunks, a worker's lane polls for the pool's next job before it takes
-    the GIL back (``cpu_threads.lane_wait``); the calling thread's lane returns at once."""
+    the GIL back (``cpu_threads.lane_wait``); the calling thread's lane posts the map's job
+    on entry (``cpu_threads.caller_wait``) and returns at once when out of chunks."""
     return [
         "",
         "",
         "@njit(cache=True, error_model='numpy', nogil=True)",
         f"def {name}(counter, posted, wait, {params}):",
+        "    if wait[3] != 0:",  # the calling thread posts its map's job (cpu_threads.Pool.map)
+        "        lane_post(posted, wait[3])",
+        "        wait[3] = 0",
         *(f"    {line}" for line in prologue),
         "    while True:",
         f"        j = lane_increment(counter, {cpu_blas.CLAIMED})",
@@ -72,6 +76,7 @@ def imports() -> list[str]:
     return [
         f"# lanes {_CALLEES_HASH}; blas {cpu_blas.FLAVOR}",
         "from eqsat.lowering.cpu_blas import increment as lane_increment",
+        "from eqsat.lowering.cpu_spin import post_from_native as lane_post",
         "from eqsat.lowering.cpu_spin import spin_while as lane_spin_while",
     ]
 
@@ -154,10 +159,9 @@ def runner(pool: Any, chunks: int) -> Callable[..., None]:
     ``pool`` (more than one) for ``chunks`` (more than one) chunks, the ``worker`` index (for
     per-thread buffers) replacing ``None`` in ``args``."""
     new_counter = cpu_blas.counter
-    posted, no_wait = np.zeros(8, np.int64), np.zeros(3, np.int64)
     lanes = list(range(min(pool.threads, chunks)))
     pool_map = pool.map
-    lane_wait = cpu_threads.lane_wait
+    lane_wait, caller_wait = cpu_threads.lane_wait, cpu_threads.caller_wait
 
     def spread(lane: Callable[..., None], *args: Any) -> None:
         counter = new_counter()
@@ -167,10 +171,7 @@ def runner(pool: Any, chunks: int) -> Callable[..., None]:
             mine = list(args)
             for i in at:
                 mine[i] = worker
-            if worker:
-                lane(counter, *lane_wait(), *mine)
-            else:
-                lane(counter, posted, no_wait, *mine)
+            lane(counter, *(lane_wait() if worker else caller_wait()), *mine)
 
         pool_map(one, lanes, chunks, counter)
 

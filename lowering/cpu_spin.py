@@ -45,6 +45,23 @@ def _load_acquire(typingctx, array, index):  # type: ignore[no-untyped-def]
 
 
 @intrinsic
+def _store_release(typingctx, array, index, value):  # type: ignore[no-untyped-def]
+    """``array[index] = value`` as an atomic store: stores before it become visible first."""
+    signature = types.void(array, index, value)
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        array_type = sig.args[0]
+        view = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(
+            context, builder, array_type, view, [args[1]], wraparound=False
+        )
+        builder.store_atomic(args[2], pointer, "release", 8)
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@intrinsic
 def _pause(typingctx):  # type: ignore[no-untyped-def]
     """The CPU's spin-wait hint (x86 ``pause``): a polling loop then leaves the core's pipeline
     (and an SMT sibling) mostly idle and exits without a memory-order mis-speculation."""
@@ -80,9 +97,21 @@ def _cycles(typingctx):  # type: ignore[no-untyped-def]
 
 @njit(cache=True, nogil=True)
 def _settle(flags, index, settle):  # type: ignore[no-untyped-def]
+    # No settling for a value posted from native code (see post_from_native): its poster let
+    # go of the GIL before it posted.
+    if index + 1 < flags.shape[0] and _load_acquire(flags, index + 1) == flags[index]:
+        return
     for _ in range(settle):
         _load_acquire(flags, index)
         _pause()
+
+
+@njit(cache=True, nogil=True, inline="always")
+def post_from_native(flags, value):  # type: ignore[no-untyped-def]
+    """``flags[0] = value``, marked (``flags[1] = value``, stored first) as posted by a thread
+    that holds no GIL: a poller that sees it takes the GIL at once rather than settling."""
+    _store_release(flags, 1, value)
+    _store_release(flags, 0, value)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -172,6 +201,6 @@ def cycles_per_second() -> float:
 
 
 __all__ = [
-    "cycles_per_second", "loads_per_second", "spin_until", "spin_while", "spin_while_timed",
-    "store_then_spin_while_timed",
+    "cycles_per_second", "loads_per_second", "post_from_native", "spin_until", "spin_while",
+    "spin_while_timed", "store_then_spin_while_timed",
 ]  # fmt: skip

@@ -309,7 +309,23 @@ def lane_wait() -> tuple[np.ndarray, np.ndarray]:
     each wait ended with a wake-up (20-50 us on the 2-core VM)."""
     rate = cpu_spin.loads_per_second()
     loads = int(SPIN_SECONDS * rate) if time.perf_counter() >= _Quiet.until else 0
-    return _POSTED, np.array([_POSTED[0], loads, int(WORKER_SETTLE_SECONDS * rate)], np.int64)
+    wait = np.array([_POSTED[0], loads, int(WORKER_SETTLE_SECONDS * rate), 0], np.int64)
+    return _POSTED, wait
+
+
+# The lane map this thread is the caller of, if any: [0, 0, 0, the serial its lane is to post].
+_CALLER = threading.local()
+_NOT_POSTING = np.zeros(4, np.int64)
+
+
+def caller_wait() -> tuple[np.ndarray, np.ndarray]:
+    """The ``posted, wait`` arguments of a calling thread's lane: it returns once out of
+    chunks, and the first lane of a map (:meth:`Pool.map` with a ``counter``) posts the map's
+    job on entering, from native code (:func:`eqsat.lowering.cpu_spin.post_from_native`).
+    Posted from Python before the call, a polling worker saw the job while the caller still
+    held the GIL for the call's few microseconds: it waited WORKER_SETTLE_SECONDS for it, and
+    without that wait slept on the GIL. Posted from the lane, the GIL is free."""
+    return _POSTED, getattr(_CALLER, "wait", _NOT_POSTING)
 
 
 def _post_to_sleepers(job: _Job, count: int) -> None:
@@ -460,7 +476,10 @@ class Pool:
         ``chunks`` chunks that the items share, counting those it finished in
         ``counter[FINISHED]``. ``chunks`` then sizes how many workers to wake, and once its own
         items are done the calling thread returns as soon as that count says every chunk has
-        finished, without waiting for the workers to get back to Python.
+        finished, without waiting for the workers to get back to Python. The calling thread's
+        lane posts the job for the workers, from native code (its ``posted, wait`` arguments
+        are :func:`caller_wait`'s); where none of its items calls one, the job is posted
+        once they are done.
 
         ``whole()``, where given, computes all the items in one call, to the bit (elementwise
         kernels, independent matrices of a batch): a map that runs on the calling thread alone
@@ -488,8 +507,17 @@ class Pool:
         _ensure_workers(helpers)
         _post_to_sleepers(job, helpers)
         _POSTED_JOB[0] = job
-        _POSTED[0] = job.serial  # last: spinning workers take the job from here
-        job.work(0)
+        if counter is None:
+            _POSTED[0] = job.serial  # last: spinning workers take the job from here
+            job.work(0)
+        else:  # lanes: the caller's lane posts it (caller_wait)
+            wait = _CALLER.wait = np.array([0, 0, 0, job.serial], np.int64)
+            try:
+                job.work(0)
+            finally:
+                _CALLER.wait = _NOT_POSTING
+            if wait[3] != 0:  # no lane of the caller's ran (a worker woken from sleep took all)
+                _POSTED[0] = job.serial
         waited = clock()
         # Poll for about as long as the map has taken so far (a worker's chunk should end by
         # then): longer, and a worker descheduled by a busy machine would wait for the core
@@ -565,6 +593,7 @@ __all__ = [
     "Pool",
     "Serial",
     "backing_off",
+    "caller_wait",
     "chunk_count",
     "chunks",
     "lane_wait",

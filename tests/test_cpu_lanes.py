@@ -6,11 +6,12 @@ threads, each against numpy and against the Python chunks they replace."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import numpy as np
 import pytest
-from eqsat.lowering import cpu, cpu_blas, cpu_conv, cpu_threads
+from eqsat.lowering import cpu, cpu_blas, cpu_conv, cpu_spin, cpu_threads
 from numba import njit
 
 import eqsat
@@ -80,9 +81,22 @@ def test_threads_claim_every_chunk_once() -> None:
     assert (taken == 1).all() and counter[cpu_blas.FINISHED] == taken.size
 
 
+@njit(nogil=True)
+def _claim_all_posting(counter: Any, posted: Any, wait: Any, taken: Any, chunks: int) -> None:
+    """_claim_all, posting the map's job on entry as generated lanes do (cpu_lanes.lane)."""
+    if wait[3] != 0:
+        cpu_spin.post_from_native(posted, wait[3])
+        wait[3] = 0
+    _claim_all(counter, taken, chunks)
+
+
 def _bound_lane(counter: np.ndarray, taken: np.ndarray, chunks: int) -> Any:
     # A worker may reach its lane after the map returned: it must see this map's counter.
-    return lambda _, worker: _claim_all(counter, taken, chunks)
+    def lane(_: int, worker: int) -> None:
+        posted, wait = cpu_threads.lane_wait() if worker else cpu_threads.caller_wait()
+        _claim_all_posting(counter, posted, wait, taken, chunks)
+
+    return lane
 
 
 def test_pool_returns_once_every_lane_chunk_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,6 +110,42 @@ def test_pool_returns_once_every_lane_chunk_is_counted(monkeypatch: pytest.Monke
         lane = _bound_lane(counter, taken, chunks)
         pool.map(lane, lanes, chunks, counter)
         assert (taken == 1).all()
+
+
+def test_the_callers_lane_posts_the_job_from_native_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A map of lanes is posted by the calling thread's lane once it runs without the GIL
+    (marked so in the posted counter's second slot, and the workers take part), and by the map
+    itself where the caller's items never reach a lane."""
+    monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 1e9)
+    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
+    monkeypatch.setattr(cpu_threads._Site, "parallel", lambda self: (True, False))
+    pool = cpu_threads.Pool(2)
+    chunks, shared = 400, 0
+    for _ in range(20):
+        counter, taken = cpu_blas.counter(), np.zeros(chunks, np.int64)
+        pool.map(_bound_lane(counter, taken, chunks), [0, 1], chunks, counter)
+        assert (taken == 1).all()
+        assert cpu_threads._POSTED[0] == cpu_threads._POSTED[1]  # posted from native code
+        shared += counter[cpu_blas.CLAIMED] > chunks + 1  # a worker's lane claimed too
+    assert shared > 0
+    assert cpu_threads.caller_wait()[1][3] == 0  # the caller's next lane posts nothing
+
+    def python_items(_: int, worker: int) -> None:
+        pass
+
+    pool.map(python_items, [0, 1], 2, cpu_blas.counter())
+    assert cpu_threads._POSTED[0] != cpu_threads._POSTED[1]  # posted by the map, from Python
+
+
+def test_a_poller_does_not_settle_after_a_native_post() -> None:
+    """spin_while settles (polls on) after a change posted from Python, where the poster may
+    still hold the GIL, and returns at once after one posted from native code."""
+    flags = np.zeros(8, np.int64)
+    cpu_spin.post_from_native(flags, 5)
+    assert flags[0] == flags[1] == 5
+    start = time.perf_counter()
+    assert cpu_spin.spin_while(flags, 0, 4, 10, 10**8) == 5  # settling: seconds
+    assert time.perf_counter() - start < 0.5
 
 
 @njit(nogil=True)
