@@ -81,10 +81,10 @@ _ASLEEP: list[list[bool]] = []
 _SERIALS = itertools.count(1).__next__
 # How long an idle worker polls for the next job before it blocks, and how long the caller polls
 # for the workers' last chunks before it blocks (as long as the map has taken so far, within
-# these bounds). A thread that saw the flag it polls change waits a little before it asks for
-# the GIL, which the other thread holds until it enters a kernel (or its poll): a worker for the
-# caller to reach its first chunk's kernel, the caller for the worker that finished the job to
-# reach its poll. EQSAT_SPIN=0 turns polling off: threads then sleep at once, which a machine
+# these bounds). A worker that saw a job posted from Python waits a little before it asks for
+# the GIL, which the caller holds until it enters its first chunk's kernel; jobs posted from a
+# caller's lane (caller_wait) and done flags, which workers store from their poll, are seen only
+# once the other thread has let go of the GIL, and need no wait. EQSAT_SPIN=0 turns polling off: threads then sleep at once, which a machine
 # shared with other busy processes may prefer.
 _SPINS = os.environ.get("EQSAT_SPIN", "1").strip() not in ("0", "false", "no", "off")
 SPIN_SECONDS = 2e-3 if _SPINS else 0.0
@@ -97,7 +97,6 @@ MIN_WAIT_SPIN_SECONDS = 100e-6 if _SPINS else 0.0
 # 8.9 ms (p90 17.7 against 10.6), openWakeWord's embedding 3.8 against 3.3, transformer_encoder
 # 5.9 against 4.9, ppocr_cls even; 10 us about as 20, 50 us worse (10.1).
 WORKER_SETTLE_SECONDS = 15e-6
-CALLER_SETTLE_SECONDS = 2e-6
 # How long workers stop polling after one of them was off its core for most of a poll of at
 # least QUIET_POLL_SECONDS (see _Quiet): 2 processes of 2 threads each on the 2-core VM had run
 # magika 27% fewer times in 10 s polling than sleeping.
@@ -527,10 +526,11 @@ class Pool:
         if waited < _Quiet.until:
             polling = 0.0
         loads = int(polling * rate)
-        # A lane's worker stays in native code after its last chunk (lane_wait), so this
-        # thread takes the GIL at once rather than queueing behind the worker's bookkeeping.
+        # A lane's worker stays in native code after its last chunk (lane_wait), and a worker
+        # stores a job's done flag from its poll (_Job.work): either way this thread takes the
+        # GIL at once, with no settling, rather than queueing behind the worker's bookkeeping.
         if counter is None or not cpu_spin.spin_until(counter, FINISHED, chunks, loads, 0):
-            job.wait(loads, int(CALLER_SETTLE_SECONDS * rate))
+            job.wait(loads, 0)
         now = clock()
         wall = now - start
         # A stall: the caller waited for the workers' chunks for much of the map (a worker
