@@ -436,9 +436,12 @@ elementwise(
     dtypes=FLOAT,
     attrs={"approximate": "none"},
     check=_check_gelu,
+    # 0.5 x (1 + tanh(u)) is x * sigmoid(2u), exactly: one exp and one division, where the tanh
+    # form took 2x as long on the cpu target (its tanh computes a polynomial and an exp, then
+    # picks one).
     variants={
         ("approximate", "tanh"): (
-            "(0.5 * {0} * (1 + tanh(0.7978845608028654 * ({0} + 0.044715 * {0} * {0} * {0}))))"
+            "({0} / (1 + exp(-1.5957691216057308 * ({0} + 0.044715 * {0} * {0} * {0}))))"
         )
     },
 )
