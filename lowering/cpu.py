@@ -453,23 +453,9 @@ def _flops(node: Node) -> float:
     return float(opdef.cost(node.inputs, node.outputs, node.attrs).flops)
 
 
-def compile(graph: Graph, threads: int | None = None) -> Executable:
-    """Compile ``graph`` for the CPU; ``threads`` defaults to $EQSAT_THREADS, else the CPUs this
-    process may run on. On a machine busy with other work the pool falls back to the calling
-    thread by itself (see :mod:`eqsat.lowering.cpu_threads`), so the default is safe there."""
-    from eqsat.lowering import cpu_data, cpu_half, cpu_misc, cpu_ops, cpu_taps
+def _build_steps(lowering: Lowering, graph: Graph) -> list[Step]:
+    from eqsat.lowering import cpu_data, cpu_misc, cpu_ops
 
-    started = time.perf_counter()
-    threads = threads or int(os.environ.get("EQSAT_THREADS") or 0) or usable_cpus()
-    _check_ops(graph)
-    tail = graph.tail
-    graph = cpu_taps.prune(cpu_half.widen(graph))
-    lowering = Lowering(threads)
-    template_values: dict[int, Any] = {}
-    for v in graph.inputs:
-        slot = lowering.slot(v)
-        if v.const is not None:
-            template_values[slot] = v.const
     steps: list[Step] = []
     for node in graph.nodes:
         step = (
@@ -482,6 +468,37 @@ def compile(graph: Graph, threads: int | None = None) -> Executable:
             step = _reference_step(lowering, node)
         step.flops = _flops(node)
         steps.append(step)
+    return steps
+
+
+def _compile_new_kernels_in_parallel(graph: Graph, threads: int) -> None:
+    """Builds and binds the steps once with the kernel cache collecting the modules it has not
+    compiled yet, and compiles those in several processes (:mod:`eqsat.lowering.kernel_prefetch`).
+    Binding too: an elementwise kernel's source depends on whether it runs in place, which
+    memory planning decides."""
+    from eqsat.lowering import kernel_prefetch
+
+    count = kernel_prefetch.processes(usable_cpus())
+    if count < 2:
+        return
+    # An error ends the collection there: it is the real build's to report.
+    with kernel_prefetch.collecting() as sources, contextlib.suppress(Exception):
+        _bind_steps(graph, threads)
+    kernel_prefetch.compile_in_parallel(sources, count)
+
+
+def _bind_steps(
+    graph: Graph, threads: int
+) -> tuple[Lowering, list[Step], Any, list[int], dict[int, Any]]:
+    """The steps of ``graph``, bound to their planned buffers: (lowering, steps, memory plan,
+    output slots, constant values by slot)."""
+    lowering = Lowering(threads)
+    template_values: dict[int, Any] = {}
+    for v in graph.inputs:
+        slot = lowering.slot(v)
+        if v.const is not None:
+            template_values[slot] = v.const
+    steps = _build_steps(lowering, graph)
     out_slots = []
     for v in graph.outputs:
         slot = lowering.slot(v)
@@ -498,6 +515,22 @@ def compile(graph: Graph, threads: int | None = None) -> Executable:
             run = step.bind(plan.arrays)
             if run is not None:
                 step.run = run
+    return lowering, steps, plan, out_slots, template_values
+
+
+def compile(graph: Graph, threads: int | None = None) -> Executable:
+    """Compile ``graph`` for the CPU; ``threads`` defaults to $EQSAT_THREADS, else the CPUs this
+    process may run on. On a machine busy with other work the pool falls back to the calling
+    thread by itself (see :mod:`eqsat.lowering.cpu_threads`), so the default is safe there."""
+    from eqsat.lowering import cpu_half, cpu_taps
+
+    started = time.perf_counter()
+    threads = threads or int(os.environ.get("EQSAT_THREADS") or 0) or usable_cpus()
+    _check_ops(graph)
+    tail = graph.tail
+    graph = cpu_taps.prune(cpu_half.widen(graph))
+    _compile_new_kernels_in_parallel(graph, threads)
+    lowering, steps, plan, out_slots, template_values = _bind_steps(graph, threads)
     template: Env = [None] * len(lowering.slots)
     for slot, array in template_values.items():
         template[slot] = array

@@ -28,6 +28,44 @@ import numba
 
 _LOADED: dict[str, ModuleType] = {}
 _LOCK = threading.Lock()
+# While a thread collects (kernel_prefetch.collecting), the sources of modules not compiled on
+# this machine yet that it loads go here (by thread id), and load() hands back a stand-in.
+COLLECTING: dict[int, list[str]] = {}
+
+
+class _StandIn(ModuleType):
+    """Stands for a kernel module that is being compiled elsewhere while a build collects
+    sources: each attribute is a function that, called, loads the real module (compiling it here
+    if need be) and calls the real one. A stand-in that a cache kept past the collection so
+    still computes the right thing."""
+
+    def __init__(self, source: str):
+        super().__init__(f"eqsat_kernel_{source_key(source)}")
+        self.__source = source
+
+    def __getattr__(self, name: str) -> object:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        source = self.__source
+
+        def resolved(*args: object, **kwargs: object) -> object:
+            return getattr(load(source, collect=False), name)(*args, **kwargs)
+
+        return resolved
+
+
+def compiled_here(source: str) -> bool:
+    """Whether a process has compiled ``source``'s module into this cache (or this one loaded
+    it): its marker file ``k_<hash>.ok`` is written once an import of it succeeded."""
+    key = source_key(source)
+    return key in _LOADED or (cache_dir() / f"k_{key}.ok").is_file()
+
+
+def publish(source: str) -> Path:
+    """Writes ``source``'s module file into the cache (if it is not there yet); its path."""
+    path = cache_dir() / f"k_{source_key(source)}.py"
+    _publish(path, source)
+    return path
 
 
 def cache_dir() -> Path:
@@ -61,7 +99,7 @@ def _publish(path: Path, source: str) -> None:
         os.unlink(tmp)
 
 
-def load(source: str) -> ModuleType:
+def load(source: str, collect: bool = True) -> ModuleType:
     """Import the module with ``source`` from the cache, writing it first if needed.
 
     Importing compiles the module's eagerly-typed kernels or loads them from Numba's cache.
@@ -71,6 +109,10 @@ def load(source: str) -> ModuleType:
         module = _LOADED.get(key)
         if module is not None:
             return module
+        sources = COLLECTING.get(threading.get_ident()) if collect and COLLECTING else None
+        if sources is not None and not (cache_dir() / f"k_{key}.ok").is_file():
+            sources.append(source)
+            return _StandIn(source)
         path = cache_dir() / f"k_{key}.py"
         _publish(path, source)
         # A top-level name in sys.modules before executing: Numba's cached objects refer to
@@ -86,6 +128,8 @@ def load(source: str) -> ModuleType:
             del sys.modules[name]
             raise
         _LOADED[key] = module
+        with contextlib.suppress(OSError):
+            (cache_dir() / f"k_{key}.ok").touch()
         return module
 
 
@@ -110,3 +154,10 @@ def compile_stats() -> dict[str, int]:
                 compiled += sum(item.stats.cache_misses.values())
                 hits += sum(item.stats.cache_hits.values())
     return {"modules": len(modules), "compiled": compiled, "cache_hits": hits}
+
+
+if __name__ == "__main__":  # kernel_prefetch's children: python -m ... --claim BATCH FILE...
+    from eqsat.lowering.kernel_prefetch import compile_claimed
+
+    if sys.argv[1:2] == ["--claim"] and len(sys.argv) > 3:
+        compile_claimed(sys.argv[3:], sys.argv[2])

@@ -23,6 +23,8 @@ def batched(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     yields the images per group of each batched conv."""
     monkeypatch.setattr(cpu_conv_batch, "MIN_COLUMNS", 32)
     monkeypatch.setattr(cpu_conv_batch, "GROUP_BYTES", 1)
+    # One build per compile: with compiling processes on, a first build collects the sources.
+    monkeypatch.setenv("EQSAT_COMPILE_PROCESSES", "1")
     groups: list[int] = []
     real = cpu_conv_batch.make_batched_conv
 

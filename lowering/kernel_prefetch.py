@@ -1,0 +1,140 @@
+"""Compiling a graph's new kernels in several processes at once, before the graph is bound.
+
+Numba compiles one function at a time per process (a global compiler lock), and a kernel module
+takes 0.5-6 s (a depthwise conv's unrolled plane kernel 4-6 s on the 2-core VM): MobileNetV3's
+14 new modules took 40 s to compile in one process on an empty kernel cache. So
+:func:`eqsat.lowering.cpu.compile` first builds its steps with the cache collecting
+(:func:`collecting`): every module not yet compiled on this machine is recorded, and a stand-in
+takes its place. :func:`compile_in_parallel` then compiles the recorded modules in up to ``processes``
+processes: this one and children (``python -m eqsat.lowering.kernel_cache --claim BATCH
+FILE...``), each taking the next module that none has taken and writing Numba's cache; the real
+build then loads them from there in milliseconds.
+
+It is best effort throughout. A stand-in that the build calls compiles its module there and
+then (the collection goes on); a build that fails ends the collection, leaving the error to the
+real build; a child that fails or runs past its time leaves its modules to the real build, which
+compiles them itself and reports any error as it would have. Functions that Numba compiles lazily, on their first call (the lanes' native chunk loops),
+are compiled by the first run as before. ``$EQSAT_COMPILE_PROCESSES`` sets the number of
+processes (default: the CPUs this process may use, at most :data:`MAX_PROCESSES`); 1 turns this
+off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from eqsat.lowering import kernel_cache
+
+MAX_PROCESSES = 8
+# New modules of fewer source characters than this in all compile in this process: a child's
+# start (importing Numba and eqsat) takes ~1.7 s on the 2-core VM, and a module about 1 ms per
+# character of its source (an elementwise kernel's 700: 0.3-0.6 s; a depthwise conv's 5200:
+# 4-6 s), so a child pays only past several seconds of compiling.
+MIN_SOURCE_CHARS = 8000
+# A child past this is killed; the real build compiles what it left.
+TIMEOUT_SECONDS = 900.0
+
+
+def processes(cpus: int) -> int:
+    """How many compiling processes to use: ``$EQSAT_COMPILE_PROCESSES``, else ``cpus`` (at most
+    :data:`MAX_PROCESSES`)."""
+    explicit = os.environ.get("EQSAT_COMPILE_PROCESSES", "").strip()
+    if explicit:
+        try:
+            return max(1, int(explicit))
+        except ValueError:
+            return 1
+    return max(1, min(cpus, MAX_PROCESSES))
+
+
+@contextlib.contextmanager
+def collecting() -> Iterator[list[str]]:
+    """Within it, :func:`eqsat.lowering.kernel_cache.load` called on this thread records the
+    sources of modules not compiled on this machine yet in the list it yields, and returns
+    stand-ins for them."""
+    sources: list[str] = []
+    thread = threading.get_ident()
+    outer = kernel_cache.COLLECTING.get(thread)
+    kernel_cache.COLLECTING[thread] = sources
+    try:
+        yield sources
+    finally:
+        if outer is None:
+            del kernel_cache.COLLECTING[thread]
+        else:
+            kernel_cache.COLLECTING[thread] = outer
+
+
+def claim(path: str, batch: str) -> bool:
+    """Whether this process takes module file ``path`` of compile batch ``batch``: the first to
+    create its claim file does."""
+    try:
+        os.close(os.open(f"{path}.{batch}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    except OSError:
+        return True  # a read-only cache: compile it (the others may too; the result is the same)
+    return True
+
+
+def compile_claimed(paths: list[str], batch: str) -> None:
+    """Compiles (loads) each module file of ``paths`` that this process claims first, in order:
+    the processes of a batch share the list, and each takes the next module no other took."""
+    for path in paths:
+        if claim(path, batch):
+            with contextlib.suppress(Exception):  # the build loads it again and reports it
+                kernel_cache.load(Path(path).read_text())
+
+
+def compile_in_parallel(sources: list[str], count: int) -> int:
+    """Compiles the modules of ``sources`` in ``count`` processes at most: this one and child
+    processes, each taking the next module none has taken, largest first (source length stands
+    in for compile time), and waits for them. Returns how many children ran (0: too little to
+    compile, or one process asked for: the build then compiles them as it goes)."""
+    unique = [s for s in dict.fromkeys(sources) if not kernel_cache.compiled_here(s)]
+    count = min(count, len(unique))
+    if count < 2 or sum(map(len, unique)) < MIN_SOURCE_CHARS:
+        return 0
+    paths = [str(kernel_cache.publish(s)) for s in sorted(unique, key=len, reverse=True)]
+    batch = f"{os.getpid()}-{time.monotonic_ns()}"
+    command = [sys.executable, "-m", "eqsat.lowering.kernel_cache", "--claim", batch, *paths]
+    children = []
+    for _ in range(count - 1):
+        with contextlib.suppress(OSError):
+            children.append(
+                subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+    compile_claimed(paths, batch)
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    for child in children:
+        try:
+            child.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(f"{path}.{batch}.claim")
+    return len(children)
+
+
+__all__ = [
+    "MAX_PROCESSES",
+    "claim",
+    "collecting",
+    "compile_claimed",
+    "compile_in_parallel",
+    "processes",
+]
