@@ -7,6 +7,11 @@ optimizations on the same model, both on the same thread count, interleaved in o
 
 Prints per shape eqsat's and onnxruntime's best time and their ratio, then the geometric mean of
 the ratios; outputs are checked against onnxruntime first (a wrong kernel is not timed).
+
+A one-node model makes onnxruntime convert to and from its blocked NCHWc layout around the conv,
+which a whole network pays once: inside MobileNetV3, onnxruntime's depthwise convs ran 1.5-3x
+faster than here alone (``docs/benchmarks.md``, twelfth round). Read these ratios as the kernels
+against onnxruntime's kernel plus its layout conversions.
 """
 
 from __future__ import annotations
