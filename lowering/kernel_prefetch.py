@@ -38,8 +38,10 @@ MAX_PROCESSES = 8
 # character of its source (an elementwise kernel's 700: 0.3-0.6 s; a depthwise conv's 5200:
 # 4-6 s), so a child pays only past several seconds of compiling.
 MIN_SOURCE_CHARS = 8000
-# A child past this is killed; the real build compiles what it left.
-TIMEOUT_SECONDS = 900.0
+# Children still running this long after they started (plus this much per module) are
+# killed; the real build compiles what they left.
+TIMEOUT_SECONDS = 120.0
+TIMEOUT_PER_MODULE_SECONDS = 20.0
 
 
 def processes(cpus: int) -> int:
@@ -72,6 +74,13 @@ def collecting() -> Iterator[list[str]]:
             kernel_cache.COLLECTING[thread] = outer
 
 
+def _python_interpreter() -> bool:
+    """Whether ``sys.executable`` is a Python interpreter that children can be started with (an
+    embedding program's own binary is not)."""
+    name = os.path.basename(sys.executable or "").lower()
+    return name.startswith(("python", "pypy"))
+
+
 def claim(path: str, batch: str) -> bool:
     """Whether this process takes module file ``path`` of compile batch ``batch``: the first to
     create its claim file does."""
@@ -100,7 +109,7 @@ def compile_in_parallel(sources: list[str], count: int) -> int:
     compile, or one process asked for: the build then compiles them as it goes)."""
     unique = [s for s in dict.fromkeys(sources) if not kernel_cache.compiled_here(s)]
     count = min(count, len(unique))
-    if count < 2 or sum(map(len, unique)) < MIN_SOURCE_CHARS:
+    if count < 2 or sum(map(len, unique)) < MIN_SOURCE_CHARS or not _python_interpreter():
         return 0
     paths = [str(kernel_cache.publish(s)) for s in sorted(unique, key=len, reverse=True)]
     batch = f"{os.getpid()}-{time.monotonic_ns()}"
@@ -117,7 +126,7 @@ def compile_in_parallel(sources: list[str], count: int) -> int:
                 )
             )
     compile_claimed(paths, batch)
-    deadline = time.monotonic() + TIMEOUT_SECONDS
+    deadline = time.monotonic() + TIMEOUT_SECONDS + TIMEOUT_PER_MODULE_SECONDS * len(paths)
     for child in children:
         try:
             child.wait(max(0.0, deadline - time.monotonic()))
