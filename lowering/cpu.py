@@ -478,7 +478,7 @@ def _compile_new_kernels_in_parallel(graph: Graph, threads: int) -> None:
     memory planning decides."""
     from eqsat.lowering import kernel_prefetch
 
-    count = kernel_prefetch.processes(usable_cpus())
+    count = kernel_prefetch.processes(min(threads, usable_cpus()))
     if count < 2:
         return
     # An error ends the collection there: it is the real build's to report.

@@ -15,8 +15,8 @@ then (the collection goes on); a build that fails ends the collection, leaving t
 real build; a child that fails or runs past its time leaves its modules to the real build, which
 compiles them itself and reports any error as it would have. Functions that Numba compiles lazily, on their first call (the lanes' native chunk loops),
 are compiled by the first run as before. ``$EQSAT_COMPILE_PROCESSES`` sets the number of
-processes (default: the CPUs this process may use, at most :data:`MAX_PROCESSES`); 1 turns this
-off.
+processes (default: the compile's threads, within the CPUs this process may use, at most
+:data:`MAX_PROCESSES`); 1 turns this off.
 """
 
 from __future__ import annotations

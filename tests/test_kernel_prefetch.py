@@ -72,7 +72,7 @@ def test_a_child_compiles_claimed_modules_into_the_shared_cache(cache: Path) -> 
 
 def test_the_number_of_processes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EQSAT_COMPILE_PROCESSES", raising=False)
-    assert kernel_prefetch.processes(2) == 2
+    assert kernel_prefetch.processes(2) == 2 and kernel_prefetch.processes(1) == 1
     assert kernel_prefetch.processes(64) == kernel_prefetch.MAX_PROCESSES
     monkeypatch.setenv("EQSAT_COMPILE_PROCESSES", "1")
     assert kernel_prefetch.processes(16) == 1
