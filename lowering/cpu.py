@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -481,10 +482,13 @@ def _compile_new_kernels_in_parallel(graph: Graph, threads: int) -> None:
     count = kernel_prefetch.processes(min(threads, usable_cpus()))
     if count < 2:
         return
-    # An error ends the collection there: it is the real build's to report.
+    # An error ends the collection there: it is the real build's to report. Compiling ahead is
+    # an optimization only: whatever fails in it (an unwritable cache, say) fails again in the
+    # real build, which reports it.
     with kernel_prefetch.collecting() as sources, contextlib.suppress(Exception):
         _bind_steps(graph, threads)
-    kernel_prefetch.compile_in_parallel(sources, count)
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        kernel_prefetch.compile_in_parallel(sources, count)
 
 
 def _bind_steps(

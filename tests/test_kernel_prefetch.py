@@ -111,3 +111,22 @@ def test_a_compile_with_child_processes_matches_numpy(
     got = exe.run(feed)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+
+
+def test_a_failing_compile_ahead_leaves_the_build_to_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Compiling ahead is an optimization: an error in it (here: children that cannot start)
+    does not fail the compile."""
+    monkeypatch.setenv("EQSAT_COMPILE_PROCESSES", "2")
+
+    def broken(sources: list[str], count: int) -> int:
+        raise OSError("no processes here")
+
+    monkeypatch.setattr(kernel_prefetch, "compile_in_parallel", broken)
+    g = eqsat.Graph("one")
+    x = g.input("x", (3, 5))
+    g.output(g.op("Tanh", x), "y")
+    feed = {"x": np.linspace(-2, 2, 15, dtype=F32).reshape(3, 5)}
+    got = cpu.compile(eqsat.optimize(g, target="cpu").graph, threads=2).run(feed)["y"]
+    np.testing.assert_allclose(got, np.tanh(feed["x"]), rtol=1e-5, atol=1e-6)
