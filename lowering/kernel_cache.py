@@ -54,16 +54,22 @@ class _StandIn(ModuleType):
         return resolved
 
 
+def _file(key: str, suffix: str) -> Path:
+    """The cache's file of module ``key``: ``.py`` its source, ``.ok`` the marker that a process
+    imported it (so compiled it, or loaded it from Numba's cache)."""
+    return cache_dir() / f"k_{key}{suffix}"
+
+
 def compiled_here(source: str) -> bool:
     """Whether a process has compiled ``source``'s module into this cache (or this one loaded
     it): its marker file ``k_<hash>.ok`` is written once an import of it succeeded."""
     key = source_key(source)
-    return key in _LOADED or (cache_dir() / f"k_{key}.ok").is_file()
+    return key in _LOADED or _file(key, ".ok").is_file()
 
 
 def publish(source: str) -> Path:
     """Writes ``source``'s module file into the cache (if it is not there yet); its path."""
-    path = cache_dir() / f"k_{source_key(source)}.py"
+    path = _file(source_key(source), ".py")
     _publish(path, source)
     return path
 
@@ -110,10 +116,10 @@ def load(source: str, collect: bool = True) -> ModuleType:
         if module is not None:
             return module
         sources = COLLECTING.get(threading.get_ident()) if collect and COLLECTING else None
-        if sources is not None and not (cache_dir() / f"k_{key}.ok").is_file():
+        if sources is not None and not _file(key, ".ok").is_file():
             sources.append(source)
             return _StandIn(source)
-        path = cache_dir() / f"k_{key}.py"
+        path = _file(key, ".py")
         _publish(path, source)
         # A top-level name in sys.modules before executing: Numba's cached objects refer to
         # their module by name and import it when loaded.
@@ -129,7 +135,7 @@ def load(source: str, collect: bool = True) -> ModuleType:
             raise
         _LOADED[key] = module
         with contextlib.suppress(OSError):
-            (cache_dir() / f"k_{key}.ok").touch()
+            _file(key, ".ok").touch()
         return module
 
 
