@@ -84,8 +84,8 @@ _SERIALS = itertools.count(1).__next__
 # these bounds). A worker that saw a job posted from Python waits a little before it asks for
 # the GIL, which the caller holds until it enters its first chunk's kernel; jobs posted from a
 # caller's lane (caller_wait) and done flags, which workers store from their poll, are seen only
-# once the other thread has let go of the GIL, and need no wait. EQSAT_SPIN=0 turns polling off: threads then sleep at once, which a machine
-# shared with other busy processes may prefer.
+# once the other thread has let go of the GIL, and need no wait. EQSAT_SPIN=0 turns polling
+# off: threads then sleep at once, which a machine shared with other busy processes may prefer.
 _SPINS = os.environ.get("EQSAT_SPIN", "1").strip() not in ("0", "false", "no", "off")
 SPIN_SECONDS = 2e-3 if _SPINS else 0.0
 WAIT_SPIN_SECONDS = 20e-3 if _SPINS else 0.0
@@ -290,6 +290,15 @@ def _worker(queue: SimpleQueue[Any], worker: int, asleep: list[bool]) -> None:
             continue
         cpu_affinity.forget_worker(worker)
         asleep[0] = True
+        posted = int(_POSTED[0])
+        if posted != seen:
+            # Posted after this worker's poll ended but before it said it sleeps: its caller
+            # saw it awake and did not queue the job for it. Take it from the counter.
+            asleep[0] = False
+            seen, job = posted, _POSTED_JOB[0]
+            if job is not None:
+                done_at, done_serial = job.work(worker, True), job.serial
+            continue
         job = queue.get()
         asleep[0] = False
         if job is None:

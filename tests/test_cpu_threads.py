@@ -116,6 +116,32 @@ def test_each_call_site_learns_whether_the_workers_pay(monkeypatch: pytest.Monke
             assert all(1 in u for u in after)  # still shared
 
 
+def test_a_worker_going_to_sleep_does_not_miss_a_posted_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job posted while a worker stops polling (here: every time, workers in quiet mode do not
+    poll) but before it says it sleeps is not queued for it; the worker must take it from the
+    posted-job counter rather than sleep through it (2-5 maps in 200 lost their worker so)."""
+    monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 1e9)
+    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
+    monkeypatch.setattr(cpu_threads._Quiet, "until", time.perf_counter() + 1e6)
+    monkeypatch.setattr(cpu_threads._Site, "parallel", lambda self: (True, False))
+    pool = cpu_threads.Pool(2)
+    joins = _WorkerJoins(seconds=2.0)
+    used: list[set[int]] = []
+
+    def chunk(item: int, worker: int) -> None:
+        used[-1].add(worker)
+        joins.chunk_starts(worker)
+        time.sleep(0.001)
+
+    for _ in range(200):
+        used.append(set())
+        joins.next_map()
+        pool.map(chunk, [0, 1, 2, 3])
+    assert all(1 in u for u in used)
+
+
 def test_a_site_probes_again_early(monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers slow only during a site's first probes (a busy start-up) keep its maps on the
     calling thread until the early second round of probes, which puts them back on the pool."""
