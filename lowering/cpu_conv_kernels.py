@@ -39,6 +39,26 @@ def phase_split(x, xs):  # type: ignore[no-untyped-def]
 
 
 @njit(**JIT)
+def _gather_inside(x, cols, oh0, oh1, geometry):  # type: ignore[no-untyped-def]
+    """:func:`im2col_block` for an unsplit input whose taps all fall inside it (no padding: a
+    ViT's patch embedding, kernel = stride = 16 or 32). Each input row is sliced once for all
+    of its taps, and the gather indexes it directly: slicing per tap and output row, with the
+    zero fills around each, cost 40-50 ns a row, and CLIP's 32x32 patches (7 outputs a row)
+    took 1 ms to gather against 2.5 ms for the GEMM."""
+    ow_, kh_, kw_, sh, sw, dh, dw, _, _, _ = geometry
+    for c in range(x.shape[0]):
+        for kh in range(kh_):
+            first = (c * kh_ + kh) * kw_
+            for oh in range(oh0, oh1):
+                src = x[c, oh * sh + kh * dh, 0]
+                base = (oh - oh0) * ow_
+                for kw in range(kw_):
+                    row, off = first + kw, kw * dw
+                    for i in range(ow_):
+                        cols[row, base + i] = src[off + i * sw]
+
+
+@njit(**JIT)
 def im2col_block(xs, cols, oh0, oh1, geometry):  # type: ignore[no-untyped-def]
     """Output rows oh0 <= oh < oh1 of the patches of xs (C, H, SW, WQ) (the phase split input;
     (C, H, 1, W), the input itself, when not split) into cols (C*KH*KW, (oh1-oh0)*OW).
@@ -50,6 +70,10 @@ def im2col_block(xs, cols, oh0, oh1, geometry):  # type: ignore[no-untyped-def]
     ow_, kh_, kw_, sh, sw, dh, dw, ph, pw, w_ = geometry
     c_, h_ = xs.shape[0], xs.shape[1]
     split = xs.shape[2] == sw
+    inside = (oh1 - 1) * sh + (kh_ - 1) * dh < h_ and (ow_ - 1) * sw + (kw_ - 1) * dw < w_
+    if not split and ph == 0 and pw == 0 and inside:
+        _gather_inside(xs, cols, oh0, oh1, geometry)
+        return
     for c in range(c_):
         for kh in range(kh_):
             for kw in range(kw_):

@@ -3,9 +3,9 @@
 
 Every case compiles a tiny graph for the cpu target and compares it with the numpy reference
 target: 1-D and 2-D convs, strides (phase split and direct gather), pads, dilations, groups, 1x1
-convs, stride-1 convs on the padded width, convs by several row blocks, the BLAS-free path for
-few output positions, and fused epilogues with output-shaped, per-channel and scalar operands
-(and one that needs its own pass).
+convs, stride-1 convs on the padded width, patches that tile the input, convs by several row
+blocks, the BLAS-free path for few output positions, and fused epilogues with output-shaped,
+per-channel and scalar operands (and one that needs its own pass).
 """
 
 from __future__ import annotations
@@ -69,10 +69,16 @@ def _conv_graph(
         ((1, 6, 6, 7), 4, (1, 1), {"group": 2}),
         ((1, 5, 9, 8), 3, (1, 1), {"strides": [2, 2]}),
         ((1, 3, 20, 20), 4, (5, 5), {"auto_pad": "SAME_UPPER"}),
+        # Patches that tile the input (kernel = stride): gathered, no phase split.
+        ((1, 3, 72, 80), 6, (8, 8), {"strides": [8, 8]}),
+        ((2, 2, 35, 37), 7, (4, 4), {"strides": [4, 4]}),  # rows and columns left over
+        ((1, 3, 38, 38), 5, (4, 4), {"strides": [4, 4], "pads": [0, 0, 2, 2]}),  # end padding
+        ((1, 3, 27, 60), 5, (3, 6), {"strides": [3, 6]}),
     ],
     ids=[
         "s2-first-layer", "s3x2-dilated", "s1x5-gather", "grouped-dilated", "grouped-s2",
-        "1x1-batch", "1x1-grouped", "1x1-strided", "5x5-same",
+        "1x1-batch", "1x1-grouped", "1x1-strided", "5x5-same", "patches-8", "patches-4-batch",
+        "patches-4-end-pads", "patches-3x6",
     ],
 )  # fmt: skip
 def test_conv_2d(
@@ -93,8 +99,9 @@ def test_conv_2d(
         ((2, 6, 40), 6, (5,), {"strides": [3], "pads": [2, 1], "dilations": [2], "group": 3}),
         ((1, 4, 50), 6, (3,), {"pads": [1, 1]}),
         ((1, 6, 30), 6, (1,), {"group": 6}),
+        ((1, 4, 400), 6, (5,), {"strides": [5]}),  # patches
     ],
-    ids=["small", "small-s2", "stft", "grouped-dilated-s3", "blas", "depthwise-1x1"],
+    ids=["small", "small-s2", "stft", "grouped-dilated-s3", "blas", "depthwise-1x1", "patches"],
 )
 def test_conv_1d(
     rng: np.random.Generator, path: str, x_shape: tuple, m: int, kernel: tuple, attrs: dict
@@ -166,6 +173,46 @@ def test_row_blocks(
     geo = cpu_conv.Geometry(x_shape, (4, x_shape[1] // node.attrs["group"], 3, 3), window,
                             node.attrs["group"], 4)  # fmt: skip
     assert geo.wide == wide and len(geo.blocks) == geo.oh
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "kernel", "attrs"),
+    [
+        ((1, 3, 38, 38), (4, 4), {"strides": [4, 4], "pads": [0, 0, 2, 2]}),
+        ((1, 2, 12, 40), (2, 8), {"strides": [2, 8]}),
+    ],
+    ids=["end-pads", "2x8"],
+)
+def test_patches_in_row_blocks(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, x_shape: tuple, kernel: tuple,
+    attrs: dict,
+) -> None:  # fmt: skip
+    """Patches that tile the input are gathered block by block, without a phase split; with end
+    padding the last row's taps fall outside, and its block takes the general copy."""
+    monkeypatch.setattr(cpu_conv, "DIRECT_CHANNELS", 0)
+    monkeypatch.setattr(cpu_conv, "SMALL_POSITIONS", 0)
+    monkeypatch.setattr(cpu_conv, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(cpu_conv, "MIN_BLOCK_COLUMNS", 1)
+    g, y = _conv_graph(rng, x_shape, 5, kernel, attrs)
+    g.output(y, "y")
+    _check(g, rng)
+    window = window_geometry(x_shape[2:], kernel, next(n for n in g.nodes if n.op == "Conv").attrs)
+    geo = cpu_conv.Geometry(x_shape, (5, x_shape[1], *kernel), window, 1, 4)
+    assert geo.patches and not geo.wide and not geo.split and len(geo.blocks) == geo.oh
+
+
+def test_patch_gather_matches_numpy(rng: np.random.Generator) -> None:
+    """im2col_block's gather of patches that lie inside the input, against numpy's reshape of
+    the same patches (rows and columns past the last whole patch are not read)."""
+    c, h, w, k = 3, 13, 30, 4
+    oh, ow = h // k, w // k
+    x = rng.standard_normal((c, h, 1, w)).astype(F32)
+    cols = np.full((c * k * k, (oh - 1) * ow), np.nan, F32)
+    cpu_conv_kernels.im2col_block(x, cols, 1, oh, (ow, k, k, k, k, 1, 1, 0, 0, w))
+    tiles = x[:, : oh * k, 0, : ow * k].reshape(c, oh, k, ow, k).transpose(0, 2, 4, 1, 3)
+    np.testing.assert_array_equal(
+        cols, tiles.reshape(c * k * k, oh, ow)[:, 1:].reshape(-1, (oh - 1) * ow)
+    )
 
 
 def _fused(

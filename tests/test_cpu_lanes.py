@@ -244,9 +244,11 @@ def test_float64_convs_in_lanes(monkeypatch: pytest.MonkeyPatch, spans: bool) ->
         ((1, 5, 9, 8), 40, (1, 1), {}, True),
         ((1, 4, 9, 8), 40, (3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}, True),
         ((1, 4, 9, 8), 40, (3, 3), {"pads": [1, 1, 1, 1]}, True),
+        ((1, 3, 40, 48), 6, (8, 8), {"strides": [8, 8]}, False),
+        ((1, 3, 17, 18), 40, (4, 4), {"strides": [4, 4], "pads": [0, 0, 3, 2]}, True),
     ],
     ids=["split", "gather", "wide", "grouped-wide", "1x1-grouped", "1x1", "1x1-channels",
-         "cols-channels", "wide-channels"],
+         "cols-channels", "wide-channels", "patches", "patches-channels-end-pads"],
 )  # fmt: skip
 def test_convs_in_lanes_on_two_threads(
     monkeypatch: pytest.MonkeyPatch, shape: tuple, m: int, kernel: tuple, attrs: dict,
