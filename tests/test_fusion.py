@@ -109,6 +109,57 @@ def test_bias_less_conv_with_activation_fuses() -> None:
     onnx.checker.check_model(result.to_onnx())
 
 
+def _twice_listed(base: str) -> Graph:
+    """A kernel over two kernels of one Conv (or MatMul + bias) output: splicing their input
+    lists lists the base op twice."""
+    g = Graph("twice")
+    if base == "Conv":
+        x = g.input("x", (1, 3, 8, 8))
+        y = g.op("Conv", x, g.constant(_rand(4, 3, 3, 3), "w"), g.constant(_rand(4), "b"))
+        g.output(g.op("Mul", g.op("Relu", y), g.op("Sigmoid", y)), "z")
+        return g
+    x = g.input("x", (1, 5, 16))
+    t = g.op("Add", g.op("MatMul", x, g.constant(_rand(16, 24), "w")), g.constant(_rand(24), "b"))
+    k = g.constant(np.array(1.702, np.float32), "k")
+    g.output(g.op("Mul", t, g.op("Sigmoid", g.op("Mul", t, k))), "z")  # CLIP's QuickGELU
+    return g
+
+
+@pytest.mark.parametrize("base", ["Conv", "MatMul"])
+def test_epilogue_absorbs_a_kernel_listing_its_base_twice(base: str) -> None:
+    result = optimize(_twice_listed(base), rules=fusion_rules(), target="cpu", verify=True)
+    assert result.report.verified and not result.report.kept_input
+    assert result.graph.op_counts() == {f"Fused{base}": 1}
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "twice"),
+    [
+        ("fusion-epilogue/Conv-epilogue-again-1", "(max({0}, 0) * {1})", lambda c, b: [c, c]),
+        ("fusion-epilogue/MatMul-epilogue-again-1", "(({0} * {1}) + {2})", lambda c, b: [c, c, b]),
+        (
+            "fusion-epilogue/MatMul-epilogue-again-2",
+            "(({0} + {1}) * tanh(({2} + {3})))",
+            lambda c, b: [c, b, c, b],
+        ),
+    ],
+)
+def test_epilogue_again_rules_are_sound(name: str, body: str, twice: Any) -> None:
+    from eqsat.rulecheck import RuleCheck, _check_instance
+
+    g = Graph("again")
+    if "Conv" in name:
+        x = g.input("x", (1, 3, 6, 6))
+        base, b = g.op("Conv", x, g.constant(_rand(4, 3, 3, 3), "w")), None
+    else:
+        x = g.input("x", (2, 3, 5))
+        base, b = g.op("MatMul", x, g.constant(_rand(5, 4), "w")), g.input("b", (4,))
+    g.output(g.op("FusedElementwise", *twice(base, b), body=body, dtype="float32"))
+    check = RuleCheck(name, "")
+    assert _check_instance(_fusion_rule(name), g, check) == ""
+    assert check.fired == 1 and check.compared >= 1
+
+
 def test_fused_matmul_gemm_convtranspose() -> None:
     a, b, c = _rand(2, 5, 3), _rand(3, 4), _rand(4)
     got = _run("FusedMatMul", [a, b, c], num_base_inputs=2, epilogue="tanh(({0} + {1}))")
