@@ -246,6 +246,28 @@ class _Quiet:
     until = 0.0
 
 
+_STOP = -2  # what _take returns for a shutdown
+
+
+def _take(job: _Job | None, queue: SimpleQueue[Any], worker: int) -> tuple[int, int]:
+    """Works on the posted ``job`` (if any), then on the jobs put on this worker's queue while
+    it polled: they are over or being finished by others, and taking them now keeps the queue
+    short (and honours a shutdown). Returns where to store the last one's done flag (-1: stored
+    already; :data:`_STOP`: shut down) and its serial."""
+    done_at, done_serial = -1, 0
+    if job is not None:
+        done_at, done_serial = job.work(worker, True), job.serial
+    while not queue.empty():
+        if done_at >= 0:  # the one before first
+            _DONE[done_at] = done_serial
+            done_at = -1
+        job = queue.get()
+        if job is None:
+            return _STOP, 0
+        done_at, done_serial = job.work(worker, True), job.serial
+    return done_at, done_serial
+
+
 def _worker(queue: SimpleQueue[Any], worker: int, asleep: list[bool]) -> None:
     rate, cycle_rate = cpu_spin.loads_per_second(), cpu_spin.cycles_per_second()
     cycles = np.zeros(1, np.int64)
@@ -254,6 +276,21 @@ def _worker(queue: SimpleQueue[Any], worker: int, asleep: list[bool]) -> None:
     # (index into _DONE, serial) of a job this worker finished, stored on the way into its poll
     done_at, done_serial = -1, 0
     while True:
+        posted = int(_POSTED[0])
+        if posted != seen:
+            # The next job is posted already (this worker's lane returned for it): no poll, whose
+            # clock reads, CPU note and native call put 10-30 us between a map's post and this
+            # worker's first chunk on the 2-core VM. The last job's done flag is stored here;
+            # its caller, having posted since, no longer waits for it (another thread's caller
+            # may, and finds it).
+            if done_at >= 0:
+                _DONE[done_at] = done_serial
+                done_at = -1
+            seen = posted
+            done_at, done_serial = _take(_POSTED_JOB[0], queue, worker)
+            if done_at == _STOP:
+                return
+            continue
         began = clock()
         polling = SPIN_SECONDS if began >= _Quiet.until else 0.0
         spin, settle = int(polling * rate), int(WORKER_SETTLE_SECONDS * rate)
@@ -274,19 +311,9 @@ def _worker(queue: SimpleQueue[Any], worker: int, asleep: list[bool]) -> None:
                 _Quiet.until = clock() + QUIET_SECONDS
         if posted != seen:
             seen = posted
-            job = _POSTED_JOB[0]
-            if job is not None:
-                done_at, done_serial = job.work(worker, True), job.serial
-            # Jobs put on the queue while this worker spun are over or being finished by others;
-            # taking them now keeps the queue short (and honours a shutdown).
-            while not queue.empty():
-                if done_at >= 0:  # the one before first
-                    _DONE[done_at] = done_serial
-                    done_at = -1
-                job = queue.get()
-                if job is None:
-                    return
-                done_at, done_serial = job.work(worker, True), job.serial
+            done_at, done_serial = _take(_POSTED_JOB[0], queue, worker)
+            if done_at == _STOP:
+                return
             continue
         cpu_affinity.forget_worker(worker)
         asleep[0] = True

@@ -137,6 +137,46 @@ def test_the_callers_lane_posts_the_job_from_native_code(monkeypatch: pytest.Mon
     assert cpu_threads._POSTED[0] != cpu_threads._POSTED[1]  # posted by the map, from Python
 
 
+@njit(nogil=True)
+def _claim_all_then_poll(counter: Any, posted: Any, wait: Any, taken: Any, chunks: int) -> None:
+    """_claim_all_posting, then polling for the pool's next job as generated lanes do."""
+    _claim_all_posting(counter, posted, wait, taken, chunks)
+    cpu_spin.spin_while(posted, 0, wait[0], wait[1], wait[2])
+
+
+def test_a_worker_takes_the_job_its_lane_returned_for_without_polling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker's lane returns once the next map is posted; the worker then goes straight to
+    that job, without another poll (one that finds the job posted already)."""
+    monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 1e9)
+    monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
+    monkeypatch.setattr(cpu_threads._Quiet, "until", 0.0)
+    monkeypatch.setattr(cpu_threads._Site, "parallel", lambda self: (True, False))
+    polls: list[bool] = []  # per poll of a worker: whether the job it polls for was posted
+    real = cpu_spin.store_then_spin_while_timed
+
+    def poll(store: Any, at: int, value: int, flags: Any, index: int, seen: int, *rest: Any) -> int:
+        if threading.current_thread().name.startswith("eqsat-cpu"):
+            polls.append(int(flags[index]) != seen)
+        return real(store, at, value, flags, index, seen, *rest)
+
+    monkeypatch.setattr(cpu_spin, "store_then_spin_while_timed", poll)
+    pool, chunks, maps, shared = cpu_threads.Pool(2), 400, 100, 0
+    for _ in range(maps):
+        counter, taken = cpu_blas.counter(), np.zeros(chunks, np.int64)
+
+        def lane(_: int, worker: int, counter: Any = counter, taken: Any = taken) -> None:
+            posted, wait = cpu_threads.lane_wait() if worker else cpu_threads.caller_wait()
+            _claim_all_then_poll(counter, posted, wait, taken, chunks)
+
+        pool.map(lane, [0, 1], chunks, counter)
+        assert (taken == 1).all()
+        shared += counter[cpu_blas.CLAIMED] > chunks + 1  # a worker's lane claimed too
+    assert shared > maps // 2
+    assert sum(polls) <= maps // 10, f"{sum(polls)} of {len(polls)} polls found the job posted"
+
+
 def test_a_poller_does_not_settle_after_a_native_post() -> None:
     """spin_while settles (polls on) after a change posted from Python, where the poster may
     still hold the GIL, and returns at once after one posted from native code."""
