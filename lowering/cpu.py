@@ -472,16 +472,16 @@ def _build_steps(lowering: Lowering, graph: Graph) -> list[Step]:
     return steps
 
 
-def _compile_new_kernels_in_parallel(graph: Graph, threads: int) -> None:
+def _compile_new_kernels_in_parallel(graph: Graph, threads: int) -> bool:
     """Builds and binds the steps once with the kernel cache collecting the modules it has not
     compiled yet, and compiles those in several processes (:mod:`eqsat.lowering.kernel_prefetch`).
     Binding too: an elementwise kernel's source depends on whether it runs in place, which
-    memory planning decides."""
+    memory planning decides. Returns whether there were new modules."""
     from eqsat.lowering import kernel_prefetch
 
     count = kernel_prefetch.processes(min(threads, usable_cpus()))
     if count < 2:
-        return
+        return False
     # An error ends the collection there: it is the real build's to report. Compiling ahead is
     # an optimization only: whatever fails in it (an unwritable cache, say) fails again in the
     # real build, which reports it.
@@ -489,6 +489,18 @@ def _compile_new_kernels_in_parallel(graph: Graph, threads: int) -> None:
         _bind_steps(graph, threads)
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         kernel_prefetch.compile_in_parallel(sources, count)
+    return bool(sources)
+
+
+def _compile_lanes_in_parallel(exe: CpuExecutable, graph: Graph, threads: int) -> None:
+    """Compiles the lanes ``exe``'s first run would compile, in several processes
+    (:mod:`eqsat.lowering.lane_prefetch`): a dry run on zero inputs names them."""
+    from eqsat.lowering import kernel_prefetch, lane_prefetch
+
+    count = kernel_prefetch.processes(min(threads, usable_cpus()))
+    feeds = {v.name: np.zeros(v.shape, v.dtype) for v in graph.inputs if v.const is None}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        lane_prefetch.compile_lanes_ahead(lambda: exe.run(feeds), count)
 
 
 def _bind_steps(
@@ -533,7 +545,7 @@ def compile(graph: Graph, threads: int | None = None) -> Executable:
     _check_ops(graph)
     tail = graph.tail
     graph = cpu_taps.prune(cpu_half.widen(graph))
-    _compile_new_kernels_in_parallel(graph, threads)
+    new_kernels = _compile_new_kernels_in_parallel(graph, threads)
     lowering, steps, plan, out_slots, template_values = _bind_steps(graph, threads)
     template: Env = [None] * len(lowering.slots)
     for slot, array in template_values.items():
@@ -560,6 +572,9 @@ def compile(graph: Graph, threads: int | None = None) -> Executable:
     exe = CpuExecutable(
         graph, steps, template, feed_slots, out_slots, plan, threads, report, lowering.pool
     )
+    if new_kernels and lowering.pool is not None:  # new modules: their lanes are new too
+        _compile_lanes_in_parallel(exe, graph, threads)
+        report["compile_s"] = time.perf_counter() - started
     return with_tail(exe, tail, lambda static: _compile_tail(static, threads), exe._blas)
 
 

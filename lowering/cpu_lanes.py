@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -152,6 +153,10 @@ def conv_lanes(count: int) -> list[str]:
 
 
 Conv = Callable[..., None]
+# Thread id -> the (lane, arguments) of the lane calls a dry run on that thread made, for
+# compiling them ahead (eqsat.lowering.kernel_prefetch.compile_lanes_ahead): a lane compiles on
+# its first call, which is the first run's.
+RECORDING: dict[int, list[tuple[Any, tuple[Any, ...]]]] = {}
 
 
 def runner(pool: Any, chunks: int) -> Callable[..., None]:
@@ -166,6 +171,12 @@ def runner(pool: Any, chunks: int) -> Callable[..., None]:
     def spread(lane: Callable[..., None], *args: Any) -> None:
         counter = new_counter()
         at = [i for i, a in enumerate(args) if a is None]
+        if RECORDING:  # a dry run notes the lane's argument types and computes nothing
+            recorded = RECORDING.get(threading.get_ident())
+            if recorded is not None:
+                mine = [0 if i in at else a for i, a in enumerate(args)]
+                recorded.append((lane, (counter, *caller_wait(), *mine)))
+                return
 
         def one(_: int, worker: int) -> None:
             mine = list(args)

@@ -162,8 +162,14 @@ def compile_stats() -> dict[str, int]:
     return {"modules": len(modules), "compiled": compiled, "cache_hits": hits}
 
 
-if __name__ == "__main__":  # kernel_prefetch's children: python -m ... --claim BATCH FILE...
-    from eqsat.lowering.kernel_prefetch import compile_claimed
-
+if __name__ == "__main__":
+    # kernel_prefetch's children: python -m ... --claim BATCH FILE...
+    # lane_prefetch's: python -m ... --lanes BATCH LISTING
     if sys.argv[1:2] == ["--claim"] and len(sys.argv) > 3:
+        from eqsat.lowering.kernel_prefetch import compile_claimed
+
         compile_claimed(sys.argv[3:], sys.argv[2])
+    elif sys.argv[1:2] == ["--lanes"] and len(sys.argv) == 4:
+        from eqsat.lowering import lane_prefetch
+
+        lane_prefetch.compile_claimed(sys.argv[3], sys.argv[2])

@@ -13,8 +13,8 @@ build then loads them from there in milliseconds.
 It is best effort throughout. A stand-in that the build calls compiles its module there and
 then (the collection goes on); a build that fails ends the collection, leaving the error to the
 real build; a child that fails or runs past its time leaves its modules to the real build, which
-compiles them itself and reports any error as it would have. Functions that Numba compiles lazily, on their first call (the lanes' native chunk loops),
-are compiled by the first run as before. ``$EQSAT_COMPILE_PROCESSES`` sets the number of
+compiles them itself and reports any error as it would have. The lanes' native chunk loops, which
+Numba compiles on their first call, are compiled ahead by :mod:`eqsat.lowering.lane_prefetch`. ``$EQSAT_COMPILE_PROCESSES`` sets the number of
 processes (default: the compile's threads, within the CPUs this process may use, at most
 :data:`MAX_PROCESSES`); 1 turns this off.
 """
@@ -74,7 +74,7 @@ def collecting() -> Iterator[list[str]]:
             kernel_cache.COLLECTING[thread] = outer
 
 
-def _python_interpreter() -> bool:
+def python_interpreter() -> bool:
     """Whether ``sys.executable`` is a Python interpreter that children can be started with (an
     embedding program's own binary is not)."""
     name = os.path.basename(sys.executable or "").lower()
@@ -109,7 +109,7 @@ def compile_in_parallel(sources: list[str], count: int) -> int:
     compile, or one process asked for: the build then compiles them as it goes)."""
     unique = [s for s in dict.fromkeys(sources) if not kernel_cache.compiled_here(s)]
     count = min(count, len(unique))
-    if count < 2 or sum(map(len, unique)) < MIN_SOURCE_CHARS or not _python_interpreter():
+    if count < 2 or sum(map(len, unique)) < MIN_SOURCE_CHARS or not python_interpreter():
         return 0
     paths = [str(kernel_cache.publish(s)) for s in sorted(unique, key=len, reverse=True)]
     batch = f"{os.getpid()}-{time.monotonic_ns()}"
@@ -146,4 +146,5 @@ __all__ = [
     "compile_claimed",
     "compile_in_parallel",
     "processes",
+    "python_interpreter",
 ]
