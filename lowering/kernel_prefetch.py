@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from eqsat.lowering import kernel_cache
@@ -112,12 +112,32 @@ def compile_in_parallel(sources: list[str], count: int) -> int:
     if count < 2 or sum(map(len, unique)) < MIN_SOURCE_CHARS or not python_interpreter():
         return 0
     paths = [str(kernel_cache.publish(s)) for s in sorted(unique, key=len, reverse=True)]
-    batch = f"{os.getpid()}-{time.monotonic_ns()}"
-    command = [sys.executable, "-m", "eqsat.lowering.kernel_cache", "--claim", batch, *paths]
-    children = []
-    for _ in range(count - 1):
+    batch = new_batch()
+    seconds = TIMEOUT_SECONDS + TIMEOUT_PER_MODULE_SECONDS * len(paths)
+    children = beside_children(
+        ["--claim", batch, *paths], count - 1, lambda: compile_claimed(paths, batch), seconds
+    )
+    for path in paths:
         with contextlib.suppress(OSError):
-            children.append(
+            os.unlink(f"{path}.{batch}.claim")
+    return children
+
+
+def new_batch() -> str:
+    """A name for one compile's claims, unique across processes."""
+    return f"{os.getpid()}-{time.monotonic_ns()}"
+
+
+def beside_children(arguments: list[str], children: int, work: Callable[[], None],
+                    seconds: float) -> int:  # fmt: skip
+    """Runs ``work()`` here while ``children`` processes run ``python -m
+    eqsat.lowering.kernel_cache <arguments>``, then waits for them, killing those still running
+    ``seconds`` after they started. Returns how many started."""
+    command = [sys.executable, "-m", "eqsat.lowering.kernel_cache", *arguments]
+    started = []
+    for _ in range(children):
+        with contextlib.suppress(OSError):
+            started.append(
                 subprocess.Popen(
                     command,
                     stdin=subprocess.DEVNULL,
@@ -125,26 +145,25 @@ def compile_in_parallel(sources: list[str], count: int) -> int:
                     stderr=subprocess.DEVNULL,
                 )
             )
-    compile_claimed(paths, batch)
-    deadline = time.monotonic() + TIMEOUT_SECONDS + TIMEOUT_PER_MODULE_SECONDS * len(paths)
-    for child in children:
+    deadline = time.monotonic() + seconds
+    work()
+    for child in started:
         try:
             child.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
-    for path in paths:
-        with contextlib.suppress(OSError):
-            os.unlink(f"{path}.{batch}.claim")
-    return len(children)
+    return len(started)
 
 
 __all__ = [
     "MAX_PROCESSES",
+    "beside_children",
     "claim",
     "collecting",
     "compile_claimed",
     "compile_in_parallel",
+    "new_batch",
     "processes",
     "python_interpreter",
 ]

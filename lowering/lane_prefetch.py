@@ -22,11 +22,9 @@ import contextlib
 import hashlib
 import os
 import pickle
-import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -111,31 +109,15 @@ def compile_lanes_ahead(run: Callable[[], object], count: int) -> int:
     try:
         with os.fdopen(fd, "wb") as f:
             pickle.dump(lanes, f)
-        batch = f"{os.getpid()}-{time.monotonic_ns()}"
-        command = [sys.executable, "-m", "eqsat.lowering.kernel_cache", "--lanes", batch, listing]
-        children = []
-        for _ in range(count - 1):
-            with contextlib.suppress(OSError):
-                children.append(
-                    subprocess.Popen(
-                        command,
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                    )
-                )
-        compile_claimed(listing, batch)
-        deadline = time.monotonic() + TIMEOUT_SECONDS + TIMEOUT_PER_LANE_SECONDS * len(lanes)
-        for child in children:
-            try:
-                child.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        batch = kernel_prefetch.new_batch()
+        seconds = TIMEOUT_SECONDS + TIMEOUT_PER_LANE_SECONDS * len(lanes)
+        children = kernel_prefetch.beside_children(
+            ["--lanes", batch, listing], count - 1, lambda: compile_claimed(listing, batch), seconds
+        )
         for i in range(len(lanes)):
             with contextlib.suppress(OSError):
                 os.unlink(f"{listing}.{i}.{batch}.claim")
-        return len(children)
+        return children
     finally:
         with contextlib.suppress(OSError):
             os.unlink(listing)

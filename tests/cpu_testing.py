@@ -1,5 +1,6 @@
 """Helpers for the cpu-target tests: compile a graph for ``cpu`` and check it against the numpy
-reference target on random feeds; record the chunk counts of eqsat's thread pool."""
+reference target on random feeds; record the chunk counts of eqsat's thread pool; split every
+conv into the pool's smallest chunks."""
 
 from __future__ import annotations
 
@@ -55,3 +56,20 @@ def record_pool_maps(
 
     monkeypatch.setattr(cpu_threads.Pool, "map", spy)
     return sizes
+
+
+def split_every_conv(monkeypatch: pytest.MonkeyPatch, spans: bool = False) -> None:
+    """Every conv on the pool in as many chunks as it has: blocks of one output row each (or,
+    with ``spans``, spans of 8 output channels), whatever its size."""
+    from eqsat.lowering import cpu, cpu_conv
+
+    monkeypatch.setattr(cpu_conv, "DIRECT_CHANNELS", 0)
+    monkeypatch.setattr(cpu_conv, "SMALL_POSITIONS", 0)
+    monkeypatch.setattr(cpu_conv, "MIN_CHANNEL_SPAN", 8)
+    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
+    if not spans:  # one output row per block
+        monkeypatch.setattr(cpu_conv, "BLOCK_BYTES", 1)
+        monkeypatch.setattr(cpu_conv, "OUTPUT_BLOCK_BYTES", 1)
+        monkeypatch.setattr(cpu_conv, "MIN_BLOCK_COLUMNS", 1)
+        monkeypatch.setattr(cpu_conv, "MIN_POINTWISE_COLUMNS", 1)

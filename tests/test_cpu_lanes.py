@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from eqsat.lowering import cpu, cpu_blas, cpu_conv, cpu_spin, cpu_threads
+from eqsat.lowering import cpu, cpu_blas, cpu_spin, cpu_threads
 from numba import njit
 
 import eqsat
-from tests.cpu_testing import record_pool_maps
+from tests.cpu_testing import record_pool_maps, split_every_conv
 
 F32 = np.float32
 
@@ -248,24 +248,11 @@ def _lanes_and_python_chunks(
         np.testing.assert_allclose(python[name], got[0][name], rtol=tolerance, atol=tolerance)
 
 
-def _split_everything(monkeypatch: pytest.MonkeyPatch, spans: bool) -> None:
-    monkeypatch.setattr(cpu_conv, "DIRECT_CHANNELS", 0)
-    monkeypatch.setattr(cpu_conv, "SMALL_POSITIONS", 0)
-    monkeypatch.setattr(cpu_conv, "MIN_CHANNEL_SPAN", 8)
-    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
-    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
-    if not spans:  # one output row per block
-        monkeypatch.setattr(cpu_conv, "BLOCK_BYTES", 1)
-        monkeypatch.setattr(cpu_conv, "OUTPUT_BLOCK_BYTES", 1)
-        monkeypatch.setattr(cpu_conv, "MIN_BLOCK_COLUMNS", 1)
-        monkeypatch.setattr(cpu_conv, "MIN_POINTWISE_COLUMNS", 1)
-
-
 @needs_blas
 @pytest.mark.parametrize("spans", [False, True], ids=["blocks", "channels"])
 def test_float64_convs_in_lanes(monkeypatch: pytest.MonkeyPatch, spans: bool) -> None:
     """Lanes call BLAS's double-precision GEMM for float64 convs."""
-    _split_everything(monkeypatch, spans)
+    split_every_conv(monkeypatch, spans)
     shape, attrs = (1, 4, 9, 8), {"pads": [1, 1, 1, 1]}
     graph = _conv(shape, 40 if spans else 6, (3, 3), attrs, "({0} + {1})", np.float64)
     _lanes_and_python_chunks(monkeypatch, graph, np.float64, 1e-12)
@@ -296,7 +283,7 @@ def test_convs_in_lanes_on_two_threads(
 ) -> None:  # fmt: skip
     """Every blocked conv path, each block (or span of output channels) a chunk of two threads'
     lanes, with a fused residual epilogue: the same as numpy, and as the Python chunks."""
-    _split_everything(monkeypatch, spans)
+    split_every_conv(monkeypatch, spans)
     graph = _conv(shape, m, kernel, attrs, "max(({0} + {1}), 0)")
     _lanes_and_python_chunks(monkeypatch, graph, F32, 1e-4)
 

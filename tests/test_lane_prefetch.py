@@ -9,10 +9,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from eqsat.lowering import cpu, cpu_blas, cpu_conv, cpu_lanes, lane_prefetch
+from eqsat.lowering import cpu, cpu_blas, cpu_lanes, lane_prefetch
 from numba.core.dispatcher import Dispatcher
 
 import eqsat
+from tests.cpu_testing import split_every_conv
 
 F32 = np.float32
 
@@ -24,14 +25,7 @@ def lanes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         pytest.skip("numpy's BLAS is not OpenBLAS: convs keep Python chunks")
     monkeypatch.setenv("EQSAT_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setenv("EQSAT_COMPILE_PROCESSES", "2")
-    monkeypatch.setattr(cpu_conv, "DIRECT_CHANNELS", 0)
-    monkeypatch.setattr(cpu_conv, "SMALL_POSITIONS", 0)
-    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
-    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
-    monkeypatch.setattr(cpu_conv, "BLOCK_BYTES", 1)
-    monkeypatch.setattr(cpu_conv, "OUTPUT_BLOCK_BYTES", 1)
-    monkeypatch.setattr(cpu_conv, "MIN_BLOCK_COLUMNS", 1)
-    monkeypatch.setattr(cpu_conv, "MIN_POINTWISE_COLUMNS", 1)
+    split_every_conv(monkeypatch)
     return tmp_path
 
 
