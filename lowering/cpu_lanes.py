@@ -154,7 +154,7 @@ def conv_lanes(count: int) -> list[str]:
 
 Conv = Callable[..., None]
 # Thread id -> the (lane, arguments) of the lane calls a dry run on that thread made, for
-# compiling them ahead (eqsat.lowering.kernel_prefetch.compile_lanes_ahead): a lane compiles on
+# compiling them ahead (eqsat.lowering.lane_prefetch.compile_lanes_ahead): a lane compiles on
 # its first call, which is the first run's.
 RECORDING: dict[int, list[tuple[Any, tuple[Any, ...]]]] = {}
 

@@ -283,14 +283,16 @@ def _epilogue_rule(fused: str, base: str, k: int, again: int | None = None) -> N
             items = TList.cons(x, items)
         # {k} (and {again}) become the base result {0}; inputs before {k} move up by one, those
         # after {again} down by one.
-        epi: Any = body.replace(String(f"{{{k}}}"), String("{@}"))
-        if again is not None:
-            epi = epi.replace(String(f"{{{again}}}"), String("{@}"))
-            for j in range(again + 1, MAX_FUSED_INPUTS):
-                epi = epi.replace(String(f"{{{j}}}"), String(f"{{{j - 1}}}"))
-        for j in reversed(range(k)):
-            epi = epi.replace(String(f"{{{j}}}"), String(f"{{{j + 1}}}"))
-        epi = epi.replace(String("{@}"), String("{0}"))
+        epi: Any = body
+        if k or again is not None:
+            epi = epi.replace(String(f"{{{k}}}"), String("{@}"))
+            if again is not None:
+                epi = epi.replace(String(f"{{{again}}}"), String("{@}"))
+                for j in range(again + 1, MAX_FUSED_INPUTS):
+                    epi = epi.replace(String(f"{{{j}}}"), String(f"{{{j - 1}}}"))
+            for j in reversed(range(k)):
+                epi = epi.replace(String(f"{{{j}}}"), String(f"{{{j + 1}}}"))
+            epi = epi.replace(String("{@}"), String("{0}"))
         fattrs = [*attrs.values(), Attr.int(bdef.max_inputs), Attr.str(epi)]
         return rule(
             eq(y).to(fe(kernel_items, body, dn)),
