@@ -472,16 +472,17 @@ def _build_steps(lowering: Lowering, graph: Graph) -> list[Step]:
     return steps
 
 
-def _compile_new_kernels_in_parallel(graph: Graph, threads: int) -> bool:
+def _compile_new_kernels_in_parallel(graph: Graph, threads: int) -> int:
     """Builds and binds the steps once with the kernel cache collecting the modules it has not
     compiled yet, and compiles those in several processes (:mod:`eqsat.lowering.kernel_prefetch`).
     Binding too: an elementwise kernel's source depends on whether it runs in place, which
-    memory planning decides. Returns whether there were new modules."""
+    memory planning decides. Returns the number of compiling processes where there were new
+    modules, else 0."""
     from eqsat.lowering import kernel_prefetch
 
     count = kernel_prefetch.processes(min(threads, usable_cpus()))
     if count < 2:
-        return False
+        return 0
     # An error ends the collection there: it is the real build's to report. Compiling ahead is
     # an optimization only: whatever fails in it (an unwritable cache, say) fails again in the
     # real build, which reports it.
@@ -489,15 +490,14 @@ def _compile_new_kernels_in_parallel(graph: Graph, threads: int) -> bool:
         _bind_steps(graph, threads)
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         kernel_prefetch.compile_in_parallel(sources, count)
-    return bool(sources)
+    return count if sources else 0
 
 
-def _compile_lanes_in_parallel(exe: CpuExecutable, graph: Graph, threads: int) -> None:
-    """Compiles the lanes ``exe``'s first run would compile, in several processes
+def _compile_lanes_in_parallel(exe: CpuExecutable, graph: Graph, count: int) -> None:
+    """Compiles the lanes ``exe``'s first run would compile, in ``count`` processes
     (:mod:`eqsat.lowering.lane_prefetch`): a dry run on zero inputs names them."""
-    from eqsat.lowering import kernel_prefetch, lane_prefetch
+    from eqsat.lowering import lane_prefetch
 
-    count = kernel_prefetch.processes(min(threads, usable_cpus()))
     feeds = {v.name: np.zeros(v.shape, v.dtype) for v in graph.inputs if v.const is None}
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         lane_prefetch.compile_lanes_ahead(lambda: exe.run(feeds), count)
@@ -545,7 +545,7 @@ def compile(graph: Graph, threads: int | None = None) -> Executable:
     _check_ops(graph)
     tail = graph.tail
     graph = cpu_taps.prune(cpu_half.widen(graph))
-    new_kernels = _compile_new_kernels_in_parallel(graph, threads)
+    processes = _compile_new_kernels_in_parallel(graph, threads)
     lowering, steps, plan, out_slots, template_values = _bind_steps(graph, threads)
     template: Env = [None] * len(lowering.slots)
     for slot, array in template_values.items():
@@ -572,8 +572,8 @@ def compile(graph: Graph, threads: int | None = None) -> Executable:
     exe = CpuExecutable(
         graph, steps, template, feed_slots, out_slots, plan, threads, report, lowering.pool
     )
-    if new_kernels and lowering.pool is not None:  # new modules: their lanes are new too
-        _compile_lanes_in_parallel(exe, graph, threads)
+    if processes and lowering.pool is not None:  # new modules: their lanes are new too
+        _compile_lanes_in_parallel(exe, graph, processes)
         report["compile_s"] = time.perf_counter() - started
     return with_tail(exe, tail, lambda static: _compile_tail(static, threads), exe._blas)
 

@@ -278,11 +278,11 @@ def _worker(queue: SimpleQueue[Any], worker: int, asleep: list[bool]) -> None:
     while True:
         posted = int(_POSTED[0])
         if posted != seen:
-            # The next job is posted already (this worker's lane returned for it): no poll, whose
-            # clock reads, CPU note and native call put 10-30 us between a map's post and this
-            # worker's first chunk on the 2-core VM. The last job's done flag is stored here;
-            # its caller, having posted since, no longer waits for it (another thread's caller
-            # may, and finds it).
+            # A job is posted: the poll below saw it, or this worker's lane returned for it (then
+            # without a poll, whose clock reads, CPU note and native call put 10-30 us between a
+            # map's post and this worker's first chunk on the 2-core VM). The last job's done
+            # flag is stored here if the poll did not; its caller, having posted since, no
+            # longer waits for it (another thread's caller may, and finds it).
             if done_at >= 0:
                 _DONE[done_at] = done_serial
                 done_at = -1
@@ -309,22 +309,16 @@ def _worker(queue: SimpleQueue[Any], worker: int, asleep: list[bool]) -> None:
             wall = cycles[0] / cycle_rate if cycle_rate > 0 else clock() - began
             if wall > QUIET_POLL_SECONDS and wall - (thread_time() - cpu) > 0.5 * wall:
                 _Quiet.until = clock() + QUIET_SECONDS
-        if posted != seen:
-            seen = posted
-            done_at, done_serial = _take(_POSTED_JOB[0], queue, worker)
-            if done_at == _STOP:
-                return
+        if posted != seen:  # taken at the top of the loop
             continue
         cpu_affinity.forget_worker(worker)
         asleep[0] = True
         posted = int(_POSTED[0])
         if posted != seen:
             # Posted after this worker's poll ended but before it said it sleeps: its caller
-            # saw it awake and did not queue the job for it. Take it from the counter.
+            # saw it awake and did not queue the job for it. Take it from the counter (at the top
+            # of the loop).
             asleep[0] = False
-            seen, job = posted, _POSTED_JOB[0]
-            if job is not None:
-                done_at, done_serial = job.work(worker, True), job.serial
             continue
         job = queue.get()
         asleep[0] = False

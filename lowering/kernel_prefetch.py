@@ -14,9 +14,9 @@ It is best effort throughout. A stand-in that the build calls compiles its modul
 then (the collection goes on); a build that fails ends the collection, leaving the error to the
 real build; a child that fails or runs past its time leaves its modules to the real build, which
 compiles them itself and reports any error as it would have. The lanes' native chunk loops, which
-Numba compiles on their first call, are compiled ahead by :mod:`eqsat.lowering.lane_prefetch`. ``$EQSAT_COMPILE_PROCESSES`` sets the number of
-processes (default: the compile's threads, within the CPUs this process may use, at most
-:data:`MAX_PROCESSES`); 1 turns this off.
+Numba compiles on their first call, are compiled ahead by :mod:`eqsat.lowering.lane_prefetch`.
+``$EQSAT_COMPILE_PROCESSES`` sets the number of processes (default: the compile's threads, within
+the CPUs this process may use, at most :data:`MAX_PROCESSES`); 1 turns this off.
 """
 
 from __future__ import annotations
@@ -93,6 +93,13 @@ def claim(path: str, batch: str) -> bool:
     return True
 
 
+def release(names: list[str], batch: str) -> None:
+    """Removes the claim files of ``names`` in compile batch ``batch`` (see :func:`claim`)."""
+    for name in names:
+        with contextlib.suppress(OSError):
+            os.unlink(f"{name}.{batch}.claim")
+
+
 def compile_claimed(paths: list[str], batch: str) -> None:
     """Compiles (loads) each module file of ``paths`` that this process claims first, in order:
     the processes of a batch share the list, and each takes the next module no other took."""
@@ -117,9 +124,7 @@ def compile_in_parallel(sources: list[str], count: int) -> int:
     children = beside_children(
         ["--claim", batch, *paths], count - 1, lambda: compile_claimed(paths, batch), seconds
     )
-    for path in paths:
-        with contextlib.suppress(OSError):
-            os.unlink(f"{path}.{batch}.claim")
+    release(paths, batch)
     return children
 
 
@@ -166,4 +171,5 @@ __all__ = [
     "new_batch",
     "processes",
     "python_interpreter",
+    "release",
 ]

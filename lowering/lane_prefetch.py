@@ -114,9 +114,7 @@ def compile_lanes_ahead(run: Callable[[], object], count: int) -> int:
         children = kernel_prefetch.beside_children(
             ["--lanes", batch, listing], count - 1, lambda: compile_claimed(listing, batch), seconds
         )
-        for i in range(len(lanes)):
-            with contextlib.suppress(OSError):
-                os.unlink(f"{listing}.{i}.{batch}.claim")
+        kernel_prefetch.release([f"{listing}.{i}" for i in range(len(lanes))], batch)
         return children
     finally:
         with contextlib.suppress(OSError):
