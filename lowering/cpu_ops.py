@@ -377,14 +377,22 @@ def _winograd(
     flops = 2.0 * out.size // x.shape[0] * x.shape[1] * 9 / 4  # per image, ~2.25 C MACs per output
     parts = lowering.split(flops)
     plan = cpu_winograd.Winograd(
-        w.const, bias, x.shape[2:], window.out, window.begin, out.dtype, output=output, parts=parts
+        w.const,
+        bias,
+        x.shape[2:],
+        window.out,
+        window.begin,
+        out.dtype,
+        output=output,
+        parts=parts,
+        threads=lowering.workers,
     )
-    pool = lowering.pool if parts > 1 and plan.th > plan.chunk_rows else None
-    workers = pool.threads if pool is not None else 1
+    pool = lowering.pool if parts > 1 and plan.parallel else None
+    size = plan.scratch_size(pool.threads if pool is not None else 1)
     # An epilogue the output transform cannot apply is a pass of its own.
     epi = Epilogue(lowering, node, "{0}", extras, []) if fused is None else None
     scratch = _scratch(lowering, "winograd")
-    scratch.get(out.dtype, plan.scratch_size() * workers)
+    scratch.get(out.dtype, size)
     x_const, x_slot = _operand(lowering, x)
     o = lowering.slot(out)
     images = x.shape[0]
@@ -399,7 +407,7 @@ def _winograd(
     ]
 
     def bind(arrays: dict[int, np.ndarray]) -> StepFn:
-        conv = plan.bind(scratch.get(out.dtype, plan.scratch_size() * workers), pool)
+        conv = plan.bind(scratch.get(out.dtype, size), pool)
         epilogue = _nothing if epi is None else epi.bound(o, arrays)
         fixed = arrays.get(o)
 

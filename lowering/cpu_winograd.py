@@ -25,7 +25,10 @@ are laid out with a stride of an odd number of cache lines: with a power-of-two-
 
 With several threads, the chunks of tile rows of an image (each through all three stages) are
 the chunks of eqsat's pool (:mod:`eqsat.lowering.cpu_threads`), each thread with its own V, M
-and transform scratch; the padded input is filled once per image, before them.
+and transform scratch; the padded input is filled once per image, before them. A plane too small
+for two chunks of tile rows (20x20 and below: 25 tiles) is split by filters instead: the calling
+thread transforms the input once, then each thread takes a span of filters through its GEMMs and
+output transform (YOLOv8's 64- and 128-channel 20x20 convs ran on one thread at 2 threads).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from eqsat.lowering.cpu_threads import chunks
 from numba import njit
 
 JIT = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
@@ -44,6 +48,8 @@ F8 = np.float32(8.0)
 CHUNK_BYTES = 256 << 10
 MIN_CHUNK_TILES = 64
 MIN_TILES = 16
+# Fewest filters a thread takes where a plane is split by filters.
+MIN_SPAN_FILTERS = 16
 # Part of generated modules' source, so that they are regenerated when the kernels they call change.
 _VERSION = "winograd 2"
 
@@ -300,6 +306,7 @@ class Winograd:
         chunk_bytes: int | None = None,
         output: Any = None,
         parts: int = 1,
+        threads: int = 1,
     ):
         self.filters, self.channels = weights.shape[:2]
         self.u = filter_transform(weights, dtype)
@@ -315,6 +322,13 @@ class Winograd:
         if parts > 1:  # at least ``parts`` chunks for the pool, of half the minimum at least
             least = -(-MIN_CHUNK_TILES // (2 * self.tw))
             self.chunk_rows = min(self.chunk_rows, max(least, -(-self.th // parts)))
+        # One chunk of tile rows: the pool takes spans of filters instead, all tiles at once, one
+        # span per thread (each span's GEMMs are as many BLAS calls; more, thinner ones ran slower).
+        self.filter_spans: list[tuple[int, int]] = []
+        if parts > 1 and self.th <= self.chunk_rows:
+            count = min(parts, threads, self.filters // MIN_SPAN_FILTERS)
+            if count > 1:
+                self.filter_spans = chunks(self.filters, count, 8)
         # Borders stay zero: runs only write the interior.
         self.padded = np.zeros((self.channels, 4 * self.th + 2, 4 * self.tw + 4), dtype)
         (ph, pw), (h, w) = pads, in_hw
@@ -326,16 +340,26 @@ class Winograd:
     def chunk_tiles(self) -> int:
         return self.chunk_rows * self.tw
 
-    def scratch_size(self) -> int:
-        """Elements of one chunk's V and M planes together."""
+    @property
+    def parallel(self) -> bool:
+        """Whether the conv has chunks (of tile rows, or spans of filters) for a pool."""
+        return self.th > self.chunk_rows or len(self.filter_spans) > 1
+
+    def scratch_size(self, threads: int = 1) -> int:
+        """Elements of the V and M planes that ``threads`` threads use together: per thread,
+        one chunk's, or where the pool takes spans of filters, one set for the whole plane."""
         t = self.chunk_tiles
-        return 36 * (plane_stride(self.channels, t) + plane_stride(self.filters, t))
+        if threads > 1 and self.filter_spans:
+            return 36 * (plane_stride(self.channels, t) + plane_stride(self.filters, t))
+        return threads * 36 * (plane_stride(self.channels, t) + plane_stride(self.filters, t))
 
     def bind(self, scratch: np.ndarray, pool: Any = None) -> Any:
-        """``conv(x, out, *operands)`` for one image (C, H, W) -> (M, OH, OW), using ``scratch``;
-        ``operands`` are the fused output transform's ``t1, t2, ...``. With ``pool`` (a
-        :class:`~eqsat.lowering.cpu_threads.Pool`) ``scratch`` holds :meth:`scratch_size`
-        elements per thread and the chunks run on the pool."""
+        """``conv(x, out, *operands)`` for one image (C, H, W) -> (M, OH, OW), using ``scratch``
+        (:meth:`scratch_size` elements for the pool's threads); ``operands`` are the fused
+        output transform's ``t1, t2, ...``. With ``pool`` (a
+        :class:`~eqsat.lowering.cpu_threads.Pool`) the chunks run on the pool."""
+        if pool is not None and self.filter_spans:
+            return self._bind_filters(scratch, pool)
         if pool is not None and self.th > self.chunk_rows:
             return self._bind_parallel(scratch, pool)
         t = self.chunk_tiles
@@ -387,6 +411,37 @@ class Winograd:
                 output(mc, bias, out, th0, th1, tw, s, *operands)
 
             pool_map(chunk, rows)
+
+        return conv
+
+    def _bind_filters(self, scratch: np.ndarray, pool: Any) -> Any:
+        t = self.chunk_tiles
+        v = planes(36, self.channels, t, scratch)
+        m = planes(36, self.filters, t, scratch[36 * plane_stride(self.channels, t) :])
+        u, bias, padded, interior = self.u, self.bias, self.padded, self.interior
+        th, tw, tq, copyto, matmul, output = (
+            self.th,
+            self.tw,
+            self.tq,
+            np.copyto,
+            np.matmul,
+            self.output,
+        )
+        spans = [(m0, m1, u[:, m0:m1], m[:, m0:m1], bias[m0:m1]) for m0, m1 in self.filter_spans]
+        transform_scratch = [np.empty_like(self.s) for _ in range(pool.threads)]
+        pool_map = pool.map
+
+        def conv(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+            copyto(interior, x)
+            input_transform(padded, v, 0, th, tw, tq)
+
+            def span(part: tuple[Any, ...], worker: int) -> None:
+                m0, m1, us, ms, bs = part
+                matmul(us, v, out=ms)
+                output(ms, bs, out[m0:m1], 0, th, tw, transform_scratch[worker],
+                       *[o[m0:m1] for o in operands])  # fmt: skip
+
+            pool_map(span, spans)
 
         return conv
 

@@ -657,6 +657,45 @@ def test_mobilenet_sized_convs_split_at_default_sizes(
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_winograd_small_plane_splits_by_filters(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Winograd conv whose plane is one chunk of tile rows (YOLOv8's 64-channel 20x20 convs)
+    ran on one thread with two; at the default sizes it now splits by spans of filters, each
+    thread with its rows of the fused epilogue's operands (a residual and a per-channel scale)."""
+    from eqsat.lowering import cpu_winograd
+
+    sizes = record_pool_maps(monkeypatch)
+    spans: list[list[tuple[int, int]]] = []
+    real = cpu_winograd.Winograd._bind_filters
+
+    def bind_filters(self: cpu_winograd.Winograd, scratch: np.ndarray, pool: object) -> object:
+        spans.append(self.filter_spans)
+        return real(self, scratch, pool)
+
+    monkeypatch.setattr(cpu_winograd.Winograd, "_bind_filters", bind_filters)
+    g = eqsat.Graph("wino")
+    x = g.input("x", (1, 64, 20, 20))
+    res = g.input("res", (1, 64, 20, 20))
+    w = rng.standard_normal((64, 64, 3, 3)) / np.sqrt(64 * 9)
+    scale = g.constant(rng.standard_normal((1, 64, 1, 1)).astype(F32))
+    y = g.op(
+        "FusedConv", x, g.constant(w.astype(F32)), g.constant(rng.standard_normal(64).astype(F32)),
+        res, scale, pads=[1, 1, 1, 1], num_base_inputs=3, epilogue="max((({0} * {2}) + {1}), 0)",
+    )  # fmt: skip
+    g.output(y, "y")
+    feeds = {n: rng.standard_normal((1, 64, 20, 20)).astype(F32) for n in ("x", "res")}
+    one = cpu.compile(g, threads=1).run(feeds)["y"]
+    assert not sizes and not spans
+    exe = cpu.compile(g, threads=2)
+    got = exe.run(feeds)["y"]
+    assert spans and len(spans[-1]) > 1 and spans[-1][-1][1] == 64
+    assert sizes and min(sizes) > 1
+    want = eqsat.compile(g, target="numpy").run(feeds)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got, one, rtol=1e-5, atol=1e-5)
+
+
 def test_attention_and_elementwise(rng: np.random.Generator, eager: list[int]) -> None:
     g = eqsat.Graph("attention")
     q, k, v = (g.input(n, (2, 3, 10, 8)) for n in "qkv")
