@@ -15,7 +15,8 @@
 * ConvTranspose whose stride equals its kernel (no overlap: upsampling heads) as one GEMM and a
   generated scatter that adds the bias and applies the fused epilogue as it stores (epilogues
   with tensor operands: a strided copy, then the epilogue in place; depthwise ones as one
-  broadcast multiply);
+  broadcast multiply); on several threads, each takes a span of output channels through both
+  (PP-OCR's 24-channel 80x80 -> 160x160 head, 1.5 ms, ran on one thread);
 * Softmax over another axis: :func:`eqsat.lowering.cpu_softmax.softmax_axis`;
 * LSTM, GRU and RNN: one generated kernel per layer (:mod:`eqsat.lowering.cpu_recurrent`).
 
@@ -27,7 +28,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import cpu_deform, cpu_kernels, cpu_moves, cpu_recurrent, cpu_softmax
+from eqsat.lowering import (
+    cpu_deform,
+    cpu_kernels,
+    cpu_moves,
+    cpu_recurrent,
+    cpu_softmax,
+    cpu_threads,
+)
 from eqsat.lowering.cpu import ElementwiseKernel, Env, Lowering, Step
 from eqsat.lowering.memory import Usage
 
@@ -35,6 +43,8 @@ from eqsat import ops
 from eqsat.ir import Node, Value
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+# Fewest output channels a thread takes in a ConvTranspose split by channels.
+MIN_SPAN_CHANNELS = 8
 
 
 def build_step(lowering: Lowering, node: Node) -> Step | None:
@@ -315,6 +325,10 @@ def _conv_transpose(lowering: Lowering, node: Node) -> Step | None:
     spread = _fused_spread(lowering, node, extras, b, co, (kh, kw))
     if spread is not None:
         kernel, bias = spread
+        flops = 2.0 * co * kh * kw * ci * h_ * w_
+        spans = cpu_threads.chunks(co, min(lowering.split(flops), co // MIN_SPAN_CHANNELS))
+        if len(spans) > 1:
+            return _spread_in_spans(lowering, node, x, weights, blocks, kernel, bias, spans)
 
         def run_fused(env: Env) -> None:
             data = np.ascontiguousarray(env[xs])
@@ -337,6 +351,45 @@ def _conv_transpose(lowering: Lowering, node: Node) -> Step | None:
         epi(env, result)
 
     return Step(run, Usage([xs, *epi.reads()], [o], True), "conv", node.name)
+
+
+def _spread_in_spans(
+    lowering: Lowering,
+    node: Node,
+    x: Value,
+    weights: np.ndarray,
+    blocks: np.ndarray,
+    kernel: Any,
+    bias: np.ndarray,
+    spans: list[tuple[int, int]],
+) -> Step:
+    """The fused stride = kernel ConvTranspose on the pool: a span of output channels per
+    chunk, each through its rows of the GEMM and its part of the scatter."""
+    n_, ci, h_, w_ = x.shape
+    taps = blocks.shape[1] * blocks.shape[2]
+    tmp = blocks.reshape(-1, h_ * w_)
+    parts = []
+    for c0, c1 in spans:
+        rows = slice(c0 * taps, c1 * taps)
+        parts.append((weights[rows], tmp[rows], blocks[c0:c1], bias[c0:c1], c0, c1))
+    xs, o = lowering.slot(x), lowering.slot(node.outputs[0])
+    pool = lowering.pool
+    assert pool is not None
+    pool_map, matmul = pool.map, np.matmul
+
+    def span(item: tuple[Any, ...], worker: int) -> None:
+        (rows, dest, block, b, c0, c1), image, out = item
+        matmul(rows, image, out=dest)
+        kernel(block, b, out[c0:c1])
+
+    def run(env: Env) -> None:
+        data = np.ascontiguousarray(env[xs])
+        result = env[o]
+        for i in range(n_):
+            image, out = data[i].reshape(ci, h_ * w_), result[i]
+            pool_map(span, [(part, image, out) for part in parts])
+
+    return Step(run, Usage([xs], [o], True), "conv", node.name)
 
 
 def _fused_spread(

@@ -657,6 +657,23 @@ def test_mobilenet_sized_convs_split_at_default_sizes(
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_upsampling_conv_transpose_splits_by_channels(
+    rng: np.random.Generator, eager: list[int]
+) -> None:
+    """A stride = kernel ConvTranspose with a fused epilogue (PP-OCR's detector head) takes spans
+    of output channels on the pool: its GEMM rows and its part of the scatter."""
+    g = eqsat.Graph("deconv")
+    x = g.input("x", (2, 12, 9, 7))
+    w = g.constant((rng.standard_normal((12, 16, 2, 2)) / np.sqrt(12)).astype(F32))
+    b = g.constant(rng.standard_normal(16).astype(F32))
+    y = g.op(
+        "FusedConvTranspose", x, w, b, strides=[2, 2], num_base_inputs=3,
+        epilogue="(1 / (1 + exp(-{0})))",
+    )  # fmt: skip
+    g.output(y, "y")
+    _same(g, rng, eager)
+
+
 def test_winograd_small_plane_splits_by_filters(
     rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
