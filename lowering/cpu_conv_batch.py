@@ -31,10 +31,23 @@ def im2col_images(x, cols, i0, i1, geometry):  # type: ignore[no-untyped-def]
     geometry: (OH, OW, KH, KW, SH, SW, DH, DW, PH, PW).
 
     Each tap's valid range is found once for all images (for 14 outputs per image, finding it
-    per row cost more than the copy)."""
+    per row cost more than the copy). Rows are copied element by element from indices rather
+    than through slices: with rows of 7-17 values, making the two slices of each row cost more
+    than copying it (1x1 convs of MobileNetV3 at batch 2 on 7x9: 320 us -> 60 with the
+    pointwise path below, 3x3 ones 440 -> 220).
+    """
     oh_, ow_, kh_, kw_, sh, sw, dh, dw, ph, pw = geometry
     c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
     p_ = oh_ * ow_
+    if (kh_, kw_, sh, sw, ph, pw, oh_, ow_) == (1, 1, 1, 1, 0, 0, h_, w_):  # each plane whole
+        planes = x.reshape(x.shape[0], c_, p_)
+        for i in range(i0, i1):
+            base = (i - i0) * p_
+            for c in range(c_):
+                src = planes[i, c]
+                for j in range(p_):
+                    cols[c, base + j] = src[j]
+        return
     for c in range(c_):
         for kh in range(kh_):
             for kw in range(kw_):
@@ -42,22 +55,25 @@ def im2col_images(x, cols, i0, i1, geometry):  # type: ignore[no-untyped-def]
                 off = kw * dw - pw
                 lo, hi = _valid(off, sw, w_, ow_)
                 for i in range(i0, i1):
+                    plane = x[i, c]
                     for oh in range(oh_):
                         ih = oh * sh - ph + kh * dh
                         base = (i - i0) * p_ + oh * ow_
                         if ih < 0 or ih >= h_:
-                            dst[base : base + ow_] = 0
+                            for j in range(ow_):
+                                dst[base + j] = 0
                             continue
-                        dst[base : base + lo] = 0
-                        d = dst[base + lo : base + hi]
-                        s = x[i, c, ih, lo * sw + off :]
+                        for j in range(lo):
+                            dst[base + j] = 0
+                        first = lo * sw + off
                         if sw == 1:
                             for j in range(hi - lo):
-                                d[j] = s[j]
+                                dst[base + lo + j] = plane[ih, first + j]
                         else:
                             for j in range(hi - lo):
-                                d[j] = s[j * sw]
-                        dst[base + hi : base + ow_] = 0
+                                dst[base + lo + j] = plane[ih, first + j * sw]
+                        for j in range(hi, ow_):
+                            dst[base + j] = 0
 
 
 def worth_batching(geo: Any) -> bool:
