@@ -22,6 +22,8 @@ MIN_COLUMNS = 256
 # ... and the column buffer of one group should stay in L2 (512 KiB per core here) between the
 # copy that writes it and the GEMM that reads it.
 GROUP_BYTES = 320 << 10
+# Rows of patches at least this long are copied between slices (see :func:`im2col_images`).
+SLICED_ROW = 16
 
 
 @njit(**JIT)
@@ -31,23 +33,58 @@ def im2col_images(x, cols, i0, i1, geometry):  # type: ignore[no-untyped-def]
     geometry: (OH, OW, KH, KW, SH, SW, DH, DW, PH, PW).
 
     Each tap's valid range is found once for all images (for 14 outputs per image, finding it
-    per row cost more than the copy). Rows are copied element by element from indices rather
-    than through slices: with rows of 7-17 values, making the two slices of each row cost more
-    than copying it (1x1 convs of MobileNetV3 at batch 2 on 7x9: 320 us -> 60 with the
-    pointwise path below, 3x3 ones 440 -> 220).
-    """
+    per row cost more than the copy)."""
     oh_, ow_, kh_, kw_, sh, sw, dh, dw, ph, pw = geometry
     c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
     p_ = oh_ * ow_
-    if (kh_, kw_, sh, sw, ph, pw, oh_, ow_) == (1, 1, 1, 1, 0, 0, h_, w_):  # each plane whole
-        planes = x.reshape(x.shape[0], c_, p_)
-        for i in range(i0, i1):
-            base = (i - i0) * p_
-            for c in range(c_):
-                src = planes[i, c]
-                for j in range(p_):
-                    cols[c, base + j] = src[j]
-        return
+    for c in range(c_):
+        for kh in range(kh_):
+            for kw in range(kw_):
+                dst = cols[(c * kh_ + kh) * kw_ + kw]
+                off = kw * dw - pw
+                lo, hi = _valid(off, sw, w_, ow_)
+                for i in range(i0, i1):
+                    for oh in range(oh_):
+                        ih = oh * sh - ph + kh * dh
+                        base = (i - i0) * p_ + oh * ow_
+                        if ih < 0 or ih >= h_:
+                            dst[base : base + ow_] = 0
+                            continue
+                        dst[base : base + lo] = 0
+                        d = dst[base + lo : base + hi]
+                        s = x[i, c, ih, lo * sw + off :]
+                        if sw == 1:
+                            for j in range(hi - lo):
+                                d[j] = s[j]
+                        else:
+                            for j in range(hi - lo):
+                                d[j] = s[j * sw]
+                        dst[base + hi : base + ow_] = 0
+
+
+@njit(**JIT)
+def planes_images(x, cols, i0, i1, geometry):  # type: ignore[no-untyped-def]
+    """:func:`im2col_images` of a 1x1 conv without stride or padding: each image's planes are
+    its patches, copied whole (MobileNetV3's 1x1 convs at batch 2 on 7x9: 320 us -> 60)."""
+    c_, p_ = x.shape[1], x.shape[2] * x.shape[3]
+    planes = x.reshape(x.shape[0], c_, p_)
+    for i in range(i0, i1):
+        base = (i - i0) * p_
+        for c in range(c_):
+            src = planes[i, c]
+            for j in range(p_):
+                cols[c, base + j] = src[j]
+
+
+@njit(**JIT)
+def im2col_short_rows(x, cols, i0, i1, geometry):  # type: ignore[no-untyped-def]
+    """:func:`im2col_images` for output rows shorter than :data:`SLICED_ROW`: each row copied
+    from indices, where making its two slices cost more than the copy (3x3 convs at batch 2 on
+    7x9: 440 us -> 220). Longer rows need the slices: indexed from a computed offset, the loop
+    keeps Numba's negative-index wraparound and does not vectorize (rows of 200: 4x slower)."""
+    oh_, ow_, kh_, kw_, sh, sw, dh, dw, ph, pw = geometry
+    c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
+    p_ = oh_ * ow_
     for c in range(c_):
         for kh in range(kh_):
             for kw in range(kw_):
@@ -66,14 +103,18 @@ def im2col_images(x, cols, i0, i1, geometry):  # type: ignore[no-untyped-def]
                         for j in range(lo):
                             dst[base + j] = 0
                         first = lo * sw + off
-                        if sw == 1:
-                            for j in range(hi - lo):
-                                dst[base + lo + j] = plane[ih, first + j]
-                        else:
-                            for j in range(hi - lo):
-                                dst[base + lo + j] = plane[ih, first + j * sw]
+                        for j in range(hi - lo):
+                            dst[base + lo + j] = plane[ih, first + j * sw]
                         for j in range(hi, ow_):
                             dst[base + j] = 0
+
+
+def gather_kernel(geo: Any) -> Any:
+    """The patch gather for a batched conv's geometry: :func:`planes_images`,
+    :func:`im2col_short_rows` or :func:`im2col_images`."""
+    if geo.pointwise:
+        return planes_images
+    return im2col_short_rows if geo.ow < SLICED_ROW else im2col_images
 
 
 def worth_batching(geo: Any) -> bool:
@@ -110,6 +151,7 @@ def make_batched_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: 
     geometry = (geo.oh, geo.ow, geo.kh, geo.kw, geo.sh, geo.sw, geo.dh, geo.dw, geo.ph, geo.pw)
     w0 = filters[0]
     epilogue_images = kernels.epilogue_images
+    gather = gather_kernel(geo)
     groups = [(i, min(n_, i + per_group)) for i in range(0, n_, per_group)]
     width = per_group * p_
     buffers = [
@@ -129,7 +171,7 @@ def make_batched_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: 
             i0, i1 = span
             block, result = buffers[worker]
             used = (i1 - i0) * p_
-            im2col_images(images, block, i0, i1, geometry)
+            gather(images, block, i0, i1, geometry)
             matmul(w0, block[:, :used], out=result[:, :used])
             epilogue_images(out, result, i0, i1, bias, *operands)
 
@@ -138,4 +180,7 @@ def make_batched_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: 
     return conv
 
 
-__all__ = ["im2col_images", "images_per_group", "make_batched_conv", "worth_batching"]
+__all__ = [
+    "gather_kernel", "im2col_images", "im2col_short_rows", "images_per_group", "make_batched_conv",
+    "planes_images", "worth_batching",
+]  # fmt: skip

@@ -128,3 +128,42 @@ def test_only_narrow_images_of_a_batch_are_batched() -> None:
     assert cpu_conv_batch.images_per_group(48, 14, 256, 4, 1) == 16
     assert cpu_conv_batch.images_per_group(3, 14, 256, 4, 1) == 3
     assert cpu_conv_batch.images_per_group(48, 14, 256, 4, 2) == 16
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "kernel", "stride", "pad", "name"),
+    [
+        ((5, 6, 7, 9), (1, 1), 1, 0, "planes_images"),
+        ((5, 4, 7, 9), (3, 3), 1, 1, "im2col_short_rows"),
+        ((4, 3, 13, 17), (5, 5), 2, 2, "im2col_short_rows"),
+        ((3, 2, 1, 40), (1, 3), 1, 1, "im2col_images"),
+    ],
+    ids=["pointwise", "3x3-short", "5x5-s2-short", "1x3-long"],
+)
+def test_gathers_copy_the_same_patches(
+    rng: np.random.Generator, x_shape: tuple, kernel: tuple, stride: int, pad: int, name: str
+) -> None:
+    """Each gather that :func:`cpu_conv_batch.gather_kernel` picks copies what the general one
+    does, for a group of images that does not start at the batch's first."""
+    n_, c_, h_, w_ = x_shape
+    kh, kw = kernel
+    oh, ow = (h_ + 2 * pad - kh) // stride + 1, (w_ + 2 * pad - kw) // stride + 1
+    if kh == 1:
+        pad_h, oh = 0, h_
+    else:
+        pad_h = pad
+    geometry = (oh, ow, kh, kw, stride, stride, 1, 1, pad_h, pad)
+
+    class Geo:
+        pointwise = (kh, kw, stride, pad) == (1, 1, 1, 0)
+
+    Geo.ow = ow
+    gather = cpu_conv_batch.gather_kernel(Geo())
+    assert gather is getattr(cpu_conv_batch, name)
+    x = rng.standard_normal(x_shape).astype(F32)
+    want = np.full((c_ * kh * kw, (n_ - 1) * oh * ow), np.nan, F32)
+    got = want.copy()
+    cpu_conv_batch.im2col_images(x, want, 1, n_, geometry)
+    gather(x, got, 1, n_, geometry)
+    np.testing.assert_array_equal(got, want)
+    assert not np.isnan(want).any()
