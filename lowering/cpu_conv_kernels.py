@@ -146,14 +146,16 @@ def im2col_wide(phases, cols, r0, r1, kh_, kw_, dh, dw):  # type: ignore[no-unty
     the epilogue skips (with stride 1, the planes are just the padded input)."""
     c_, sh, sw, rq, wq = phases.shape
     n = (r1 - r0) * wq
+    # One view of every plane, flattened, made once: a reshape per row cost more than copying
+    # rows of 63 values (ResNet's and RegNet's 7x7 convs: 185 us -> 84 for 400 channels).
+    planes = phases.reshape(c_ * sh * sw, rq * wq)
     for c in range(c_):
         for kh in range(kh_):
             a, i = (kh * dh) % sh, (kh * dh) // sh
             for kw in range(kw_):
                 b, j = (kw * dw) % sw, (kw * dw) // sw
-                plane = phases[c, a, b].reshape(rq * wq)
                 start = (r0 + i) * wq + j
-                src = plane[start : start + n]
+                src = planes[(c * sh + a) * sw + b, start : start + n]
                 dst = cols[(c * kh_ + kh) * kw_ + kw]
                 for t in range(n):
                     dst[t] = src[t]
