@@ -25,11 +25,13 @@ import pickle
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numba
+import numpy as np
 from eqsat.lowering import cpu_lanes, kernel_cache, kernel_prefetch
 
 # A lane takes ~1 s to compile on the 2-core VM; past this, the children are killed and the
@@ -41,13 +43,20 @@ Lane = tuple[str, str, tuple[Any, ...]]  # (module file, lane name, Numba signat
 
 def record(run: Callable[[], object]) -> list[tuple[Any, tuple[Any, ...]]]:
     """The (lane, arguments) of the lane calls ``run()`` makes on this thread, the lanes not
-    running; an error ends the run there."""
+    running; an error ends the run there.
+
+    The steps after a skipped lane read whatever its output buffer held, NaN and infinities
+    among it, so numpy's floating-point warnings are silenced for the run, on every thread (the
+    pool's workers run chunks too: YOLOv8n's dry run on two threads warned "invalid value
+    encountered in matmul" from them)."""
     thread = threading.get_ident()
     calls: list[tuple[Any, tuple[Any, ...]]] = []
     cpu_lanes.RECORDING[thread] = calls
     try:
-        with contextlib.suppress(Exception):
-            run()
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            with contextlib.suppress(Exception):
+                run()
     finally:
         del cpu_lanes.RECORDING[thread]
     return calls

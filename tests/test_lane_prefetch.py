@@ -4,6 +4,8 @@ kernel cache, and the first run then compiles no lane and computes what the nump
 
 from __future__ import annotations
 
+import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +96,22 @@ def test_a_dry_run_that_fails_records_what_it_reached() -> None:
 
     assert lane_prefetch.record(run) == [] and calls == ["ran"]
     assert not cpu_lanes.RECORDING  # recording is over for this thread
+
+
+def test_the_dry_run_is_quiet_on_every_thread() -> None:
+    """A dry run computes on what skipped lanes left in their buffers (NaN among it): numpy's
+    floating-point warnings are silenced for it, on the pool's threads as on the caller's."""
+
+    def run() -> None:
+        np.divide(np.zeros(2, np.float32), np.zeros(2, np.float32))  # 0/0: "invalid value"
+        worker = threading.Thread(
+            target=lambda: np.divide(np.zeros(2, np.float32), np.zeros(2, np.float32))
+        )
+        worker.start()
+        worker.join()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert lane_prefetch.record(run) == []
+        np.divide(np.zeros(1, np.float32), np.zeros(1, np.float32))  # warns again after it
+    assert [str(w.message) for w in caught] == ["invalid value encountered in divide"]
