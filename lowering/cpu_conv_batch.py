@@ -22,44 +22,74 @@ MIN_COLUMNS = 256
 # ... and the column buffer of one group should stay in L2 (512 KiB per core here) between the
 # copy that writes it and the GEMM that reads it.
 GROUP_BYTES = 320 << 10
-# Rows of patches at least this long are copied between slices (see :func:`im2col_images`).
+# Rows of patches at least this long are copied between slices (see :func:`_indexed_row`).
 SLICED_ROW = 16
 
 
 @njit(**JIT)
-def im2col_images(x, cols, i0, i1, geometry):  # type: ignore[no-untyped-def]
-    """The patches of images i0 <= i < i1 of x (N, C, H, W) side by side into cols
-    (C*KH*KW, >= (i1-i0)*OH*OW): image i's outputs are columns (i-i0)*P to (i-i0+1)*P.
-    geometry: (OH, OW, KH, KW, SH, SW, DH, DW, PH, PW).
+def _sliced_row(plane, ih, first, sw, dst, start, n):  # type: ignore[no-untyped-def]
+    """dst[start : start+n] = plane[ih, first :: sw][:n] between slices indexed from 0, which
+    LLVM vectorizes."""
+    d = dst[start : start + n]
+    s = plane[ih, first:]
+    if sw == 1:
+        for j in range(n):
+            d[j] = s[j]
+    else:
+        for j in range(n):
+            d[j] = s[j * sw]
+
+
+@njit(**JIT)
+def _indexed_row(plane, ih, first, sw, dst, start, n):  # type: ignore[no-untyped-def]
+    """:func:`_sliced_row` from indices, with no slices to make: a loop indexed from a computed
+    offset keeps Numba's negative-index wraparound and does not vectorize (rows of 200: 4x
+    slower), but for rows of a few values the two slices cost more than the copy."""
+    for j in range(n):
+        dst[start + j] = plane[ih, first + j * sw]
+
+
+def _patch_gather(copy_row: Any) -> Any:
+    """``gather(x, cols, i0, i1, geometry)``: the patches of images i0 <= i < i1 of x (N, C, H,
+    W) side by side into cols (C*KH*KW, >= (i1-i0)*OH*OW), image i's outputs in columns
+    (i-i0)*P to (i-i0+1)*P, each row's valid part copied by ``copy_row``. geometry: (OH, OW, KH,
+    KW, SH, SW, DH, DW, PH, PW).
 
     Each tap's valid range is found once for all images (for 14 outputs per image, finding it
     per row cost more than the copy)."""
-    oh_, ow_, kh_, kw_, sh, sw, dh, dw, ph, pw = geometry
-    c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
-    p_ = oh_ * ow_
-    for c in range(c_):
-        for kh in range(kh_):
-            for kw in range(kw_):
-                dst = cols[(c * kh_ + kh) * kw_ + kw]
-                off = kw * dw - pw
-                lo, hi = _valid(off, sw, w_, ow_)
-                for i in range(i0, i1):
-                    for oh in range(oh_):
-                        ih = oh * sh - ph + kh * dh
-                        base = (i - i0) * p_ + oh * ow_
-                        if ih < 0 or ih >= h_:
-                            dst[base : base + ow_] = 0
-                            continue
-                        dst[base : base + lo] = 0
-                        d = dst[base + lo : base + hi]
-                        s = x[i, c, ih, lo * sw + off :]
-                        if sw == 1:
-                            for j in range(hi - lo):
-                                d[j] = s[j]
-                        else:
-                            for j in range(hi - lo):
-                                d[j] = s[j * sw]
-                        dst[base + hi : base + ow_] = 0
+
+    @njit(**JIT)
+    def gather(x, cols, i0, i1, geometry):  # type: ignore[no-untyped-def]
+        oh_, ow_, kh_, kw_, sh, sw, dh, dw, ph, pw = geometry
+        c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
+        p_ = oh_ * ow_
+        for c in range(c_):
+            for kh in range(kh_):
+                for kw in range(kw_):
+                    dst = cols[(c * kh_ + kh) * kw_ + kw]
+                    off = kw * dw - pw
+                    lo, hi = _valid(off, sw, w_, ow_)
+                    for i in range(i0, i1):
+                        plane = x[i, c]
+                        for oh in range(oh_):
+                            ih = oh * sh - ph + kh * dh
+                            base = (i - i0) * p_ + oh * ow_
+                            if ih < 0 or ih >= h_:
+                                for j in range(ow_):
+                                    dst[base + j] = 0
+                                continue
+                            for j in range(lo):
+                                dst[base + j] = 0
+                            copy_row(plane, ih, lo * sw + off, sw, dst, base + lo, hi - lo)
+                            for j in range(hi, ow_):
+                                dst[base + j] = 0
+
+    return gather
+
+
+# Rows of at least SLICED_ROW values; shorter ones (3x3 convs at batch 2 on 7x9: 440 us -> 220).
+im2col_images = _patch_gather(_sliced_row)
+im2col_short_rows = _patch_gather(_indexed_row)
 
 
 @njit(**JIT)
@@ -74,39 +104,6 @@ def planes_images(x, cols, i0, i1, geometry):  # type: ignore[no-untyped-def]
             src = planes[i, c]
             for j in range(p_):
                 cols[c, base + j] = src[j]
-
-
-@njit(**JIT)
-def im2col_short_rows(x, cols, i0, i1, geometry):  # type: ignore[no-untyped-def]
-    """:func:`im2col_images` for output rows shorter than :data:`SLICED_ROW`: each row copied
-    from indices, where making its two slices cost more than the copy (3x3 convs at batch 2 on
-    7x9: 440 us -> 220). Longer rows need the slices: indexed from a computed offset, the loop
-    keeps Numba's negative-index wraparound and does not vectorize (rows of 200: 4x slower)."""
-    oh_, ow_, kh_, kw_, sh, sw, dh, dw, ph, pw = geometry
-    c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
-    p_ = oh_ * ow_
-    for c in range(c_):
-        for kh in range(kh_):
-            for kw in range(kw_):
-                dst = cols[(c * kh_ + kh) * kw_ + kw]
-                off = kw * dw - pw
-                lo, hi = _valid(off, sw, w_, ow_)
-                for i in range(i0, i1):
-                    plane = x[i, c]
-                    for oh in range(oh_):
-                        ih = oh * sh - ph + kh * dh
-                        base = (i - i0) * p_ + oh * ow_
-                        if ih < 0 or ih >= h_:
-                            for j in range(ow_):
-                                dst[base + j] = 0
-                            continue
-                        for j in range(lo):
-                            dst[base + j] = 0
-                        first = lo * sw + off
-                        for j in range(hi - lo):
-                            dst[base + lo + j] = plane[ih, first + j * sw]
-                        for j in range(hi, ow_):
-                            dst[base + j] = 0
 
 
 def gather_kernel(geo: Any) -> Any:

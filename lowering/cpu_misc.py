@@ -327,17 +327,7 @@ def _conv_transpose(lowering: Lowering, node: Node) -> Step | None:
         kernel, bias = spread
         flops = 2.0 * co * kh * kw * ci * h_ * w_
         spans = cpu_threads.chunks(co, min(lowering.split(flops), co // MIN_SPAN_CHANNELS))
-        if len(spans) > 1:
-            return _spread_in_spans(lowering, node, x, weights, blocks, kernel, bias, spans)
-
-        def run_fused(env: Env) -> None:
-            data = np.ascontiguousarray(env[xs])
-            result = env[o]
-            for i in range(n_):
-                np.matmul(weights, data[i].reshape(ci, h_ * w_), out=tmp)
-                kernel(blocks, bias, result[i])
-
-        return Step(run_fused, Usage([xs], [o], True), "conv", node.name)
+        return _fused_spread_step(lowering, node, x, weights, blocks, kernel, bias, spans)
     tail = [] if b is None else [(None, b.const.astype(out.dtype), (1, co, 1, 1))]
     expr = "{0}" if b is None else f"({{0}} + {{{len(extras) + 1}}})"
     epi = Epilogue(lowering, node, expr, extras, tail)
@@ -353,7 +343,7 @@ def _conv_transpose(lowering: Lowering, node: Node) -> Step | None:
     return Step(run, Usage([xs, *epi.reads()], [o], True), "conv", node.name)
 
 
-def _spread_in_spans(
+def _fused_spread_step(
     lowering: Lowering,
     node: Node,
     x: Value,
@@ -363,8 +353,9 @@ def _spread_in_spans(
     bias: np.ndarray,
     spans: list[tuple[int, int]],
 ) -> Step:
-    """The fused stride = kernel ConvTranspose on the pool: a span of output channels per
-    chunk, each through its rows of the GEMM and its part of the scatter."""
+    """The fused stride = kernel ConvTranspose: per image, the GEMM into ``blocks`` and the
+    generated scatter ``kernel``; with several ``spans`` of output channels, each is a chunk of
+    the pool, through its rows of the GEMM and its part of the scatter."""
     n_, ci, h_, w_ = x.shape
     taps = blocks.shape[1] * blocks.shape[2]
     tmp = blocks.reshape(-1, h_ * w_)
@@ -373,21 +364,31 @@ def _spread_in_spans(
         rows = slice(c0 * taps, c1 * taps)
         parts.append((weights[rows], tmp[rows], blocks[c0:c1], bias[c0:c1], c0, c1))
     xs, o = lowering.slot(x), lowering.slot(node.outputs[0])
-    pool = lowering.pool
-    assert pool is not None
-    pool_map, matmul = pool.map, np.matmul
+    matmul = np.matmul
 
     def span(item: tuple[Any, ...], worker: int) -> None:
         (rows, dest, block, b, c0, c1), image, out = item
         matmul(rows, image, out=dest)
         kernel(block, b, out[c0:c1])
 
-    def run(env: Env) -> None:
-        data = np.ascontiguousarray(env[xs])
-        result = env[o]
-        for i in range(n_):
-            image, out = data[i].reshape(ci, h_ * w_), result[i]
-            pool_map(span, [(part, image, out) for part in parts])
+    if len(parts) > 1:
+        assert lowering.pool is not None
+        pool_map = lowering.pool.map
+
+        def run(env: Env) -> None:
+            data = np.ascontiguousarray(env[xs])
+            result = env[o]
+            for i in range(n_):
+                image, out = data[i].reshape(ci, h_ * w_), result[i]
+                pool_map(span, [(part, image, out) for part in parts])
+    else:
+        whole = parts[0]
+
+        def run(env: Env) -> None:
+            data = np.ascontiguousarray(env[xs])
+            result = env[o]
+            for i in range(n_):
+                span((whole, data[i].reshape(ci, h_ * w_), result[i]), 0)
 
     return Step(run, Usage([xs], [o], True), "conv", node.name)
 

@@ -419,14 +419,8 @@ class Winograd:
         v = planes(36, self.channels, t, scratch)
         m = planes(36, self.filters, t, scratch[36 * plane_stride(self.channels, t) :])
         u, bias, padded, interior = self.u, self.bias, self.padded, self.interior
-        th, tw, tq, copyto, matmul, output = (
-            self.th,
-            self.tw,
-            self.tq,
-            np.copyto,
-            np.matmul,
-            self.output,
-        )
+        th, tw, tq = self.th, self.tw, self.tq
+        copyto, matmul, output = np.copyto, np.matmul, self.output
         spans = [(m0, m1, u[:, m0:m1], m[:, m0:m1], bias[m0:m1]) for m0, m1 in self.filter_spans]
         transform_scratch = [np.empty_like(self.s) for _ in range(pool.threads)]
         pool_map = pool.map
