@@ -37,7 +37,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import codegen, cpu_conv_batch, cpu_lanes
+from eqsat.lowering import codegen, cpu_conv_batch, cpu_lanes, cpu_microkernel
 from eqsat.lowering.cpu import Env, Lowering, Step, StepFn
 from eqsat.lowering.cpu_conv_epilogue import (
     classify_operands,
@@ -324,6 +324,29 @@ def _small_by_channels(geo: Geometry, w0: np.ndarray, bias: np.ndarray, kernels:
     return conv_small_channels
 
 
+def _gemm_epilogue(kernels: Any, gemm: Any, dtype: np.dtype, patches: bool) -> Any:
+    """``gemm_epilogue(w, b, out, c0, c1, bias, *operands)``: out[:, c0:c1] = the epilogue of
+    w @ b, column tile by column tile where the tiled GEMM computes it (the epilogue module's
+    own; ``patches``: b is im2col's), else ``gemm`` and then the epilogue's pass."""
+    if cpu_microkernel.ENABLED and cpu_lanes.available(dtype):
+        fused = kernels.gemm_epilogue
+        depth = cpu_microkernel.PATCH_MAX_DEPTH if patches else cpu_microkernel.MAX_DEPTH
+
+        def tiled_then_epilogue(w: np.ndarray, b: np.ndarray, out: np.ndarray, c0: int, c1: int,
+                                bias: np.ndarray, *operands: np.ndarray) -> None:  # fmt: skip
+            fused(w, b, out, c0, c1, depth, bias, *operands)
+
+        return tiled_then_epilogue
+    epilogue = kernels.epilogue
+
+    def gemm_then_epilogue(w: np.ndarray, b: np.ndarray, out: np.ndarray, c0: int, c1: int,
+                           bias: np.ndarray, *operands: np.ndarray) -> None:  # fmt: skip
+        gemm(w, b, out[:, c0:c1])
+        epilogue(out, c0, c1, bias, *operands)
+
+    return gemm_then_epilogue
+
+
 def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels: Any,
                    cols: np.ndarray, split: np.ndarray, wide: np.ndarray,
                    pool: Any) -> Any:  # fmt: skip
@@ -331,7 +354,10 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
     g, mg, cg = geo.group, geo.m // geo.group, geo.c // geo.group
     epilogue, epilogue_wide = kernels.epilogue, kernels.epilogue_wide
     params = geo.params()
-    matmul = np.matmul
+    matmul = np.matmul  # grouped convs: a batch of GEMMs
+    patches = not geo.pointwise
+    gemm = cpu_microkernel.conv_matmul(filters.dtype, patches)
+    gemm_epilogue = _gemm_epilogue(kernels, gemm, filters.dtype, patches)
     w0, single = filters[0], g == 1
     k_all = geo.c * geo.kh * geo.kw
     cols_size, wide_size = geo.cols_size(), geo.wide_size()
@@ -348,8 +374,9 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
 
             def part(span: tuple[int, int], worker: int) -> None:
                 m0, m1 = span
-                matmul(w0[m0:m1], b, out=out[m0:m1])
-                epilogue(out[m0:m1], 0, geo.p, bias[m0:m1], *(t[m0:m1] for t in operands))
+                gemm_epilogue(
+                    w0[m0:m1], b, out[m0:m1], 0, geo.p, bias[m0:m1], *(t[m0:m1] for t in operands)
+                )
 
             pool_map(part, spans)
 
@@ -365,10 +392,10 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
             def block(b: tuple[int, int], worker: int) -> None:
                 c0, c1 = b
                 if single:
-                    matmul(w0, x[:, c0:c1], out=out[:, c0:c1])
+                    gemm_epilogue(w0, x[:, c0:c1], out, c0, c1, bias, *operands)
                 else:
                     matmul(filters, xg[:, :, c0:c1], out=og[:, :, c0:c1])
-                epilogue(out, c0, c1, bias, *operands)
+                    epilogue(out, c0, c1, bias, *operands)
 
             pool_map(block, blocks)
 
@@ -397,7 +424,7 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
 
                 def part(span: tuple[int, int], worker: int) -> None:
                     m0, m1 = span
-                    matmul(w0[m0:m1], blk, out=ob[m0:m1])
+                    gemm(w0[m0:m1], blk, ob[m0:m1])
                     epilogue_wide(
                         out[m0:m1], ob[m0:m1], r0, r1, ow, wp, bias[m0:m1],
                         *(t[m0:m1] for t in operands),
@@ -415,7 +442,7 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
                 blk, ob, grouped, grouped_out = views[worker][j]
                 im2col_wide(phases, blk, r0, r1, kh, kw, dh, dw)
                 if single:
-                    matmul(w0, blk, out=ob)
+                    gemm(w0, blk, ob)
                 else:
                     matmul(filters, grouped, out=grouped_out)
                 epilogue_wide(out, ob, r0, r1, ow, wp, bias, *operands)
@@ -452,10 +479,10 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
             buf = bufs[worker][j]
             im2col_block(source, buf, r0, r1, params)
             if single:
-                matmul(w0, buf, out=out[:, c0:c1])
+                gemm_epilogue(w0, buf, out, c0, c1, bias, *operands)
             else:
                 matmul(filters, buf.reshape(g, geo.k, c1 - c0), out=og[:, :, c0:c1])
-            epilogue(out, c0, c1, bias, *operands)
+                epilogue(out, c0, c1, bias, *operands)
 
         pool_map(block, indices)
 

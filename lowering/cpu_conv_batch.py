@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from eqsat.lowering import cpu_microkernel
 from eqsat.lowering.cpu_conv_kernels import JIT, _valid
 from numba import njit
 
@@ -158,7 +159,7 @@ def make_batched_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: 
         )
         for t in range(pool.threads)
     ]
-    matmul = np.matmul
+    gemm = cpu_microkernel.conv_matmul(w0.dtype, not geo.pointwise)
     shape = (n_, geo.c, geo.h, geo.w)
 
     def conv(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
@@ -169,7 +170,7 @@ def make_batched_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: 
             block, result = buffers[worker]
             used = (i1 - i0) * p_
             gather(images, block, i0, i1, geometry)
-            matmul(w0, block[:, :used], out=result[:, :used])
+            gemm(w0, block[:, :used], result[:, :used])
             epilogue_images(out, result, i0, i1, bias, *operands)
 
         pool.map(run_group, groups)

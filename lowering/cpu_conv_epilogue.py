@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import codegen, cpu_lanes, kernel_cache
+from eqsat.lowering import codegen, cpu_lanes, cpu_microkernel, kernel_cache
 
 _VERSION = "conv 2"
 
@@ -83,6 +83,7 @@ def epilogue_source(dtype: np.dtype, epilogue: str, kinds: list[str]) -> str:
         "                x0 = src[p] + b",
         *(f"                {line}" for line in loads),
         f"                row[p] = {code}",
+        *cpu_microkernel.fused_source(args),
         "",
         "",
         *cpu_lanes.conv_lanes(len(kinds)),

@@ -31,11 +31,13 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import cpu_blas, cpu_conv_kernels, cpu_spin, cpu_threads
+from eqsat.lowering import cpu_blas, cpu_conv_kernels, cpu_microkernel, cpu_spin, cpu_threads
 from eqsat.lowering.cpu_conv_kernels import im2col_block, im2col_wide
 
 _CALLEES_HASH = hashlib.sha256(
-    "".join(inspect.getsource(m) for m in (cpu_blas, cpu_conv_kernels, cpu_spin)).encode()
+    "".join(
+        inspect.getsource(m) for m in (cpu_blas, cpu_conv_kernels, cpu_microkernel, cpu_spin)
+    ).encode()
 ).hexdigest()[:16]
 
 
@@ -91,10 +93,23 @@ def conv_lanes(count: int) -> list[str]:
         "for gi in range(g):",
         "    gemm(filters[gi], cols_[gi * kg : (gi + 1) * kg], dest[gi * mg : (gi + 1) * mg])",
     ]
+    # One group: the GEMM and its epilogue by column tiles (the epilogue module's gemm_epilogue)
+    # up to ``depth`` deep (cpu_microkernel.suits).
+    fused = cpu_microkernel.ENABLED
+    then = [*groups, f"epilogue(out, c0, c1, bias{args})"]
+    if fused:
+        then = [
+            "if g == 1:",
+            f"    gemm_epilogue(filters[0], cols_, out, c0, c1, depth, bias{args})",
+            "else:",
+            *(f"    {line}" for line in then),
+        ]
     shape = ["g, mg, kg = filters.shape"]
     return [
         *imports(),
-        "from eqsat.lowering.cpu_blas import gemm",
+        cpu_microkernel.lane_gemm_import(),
+        f"PATCH_DEPTH = {cpu_microkernel.PATCH_MAX_DEPTH}",
+        f"POINTWISE_DEPTH = {cpu_microkernel.MAX_DEPTH}",
         "from eqsat.lowering.cpu_conv_kernels import im2col_block, im2col_wide",
         *lane(
             "lane_cols", f"blocks, source, cols, worker, filters, out, bias, params{args}",
@@ -104,8 +119,8 @@ def conv_lanes(count: int) -> list[str]:
                 "cols_ = cols[worker, : g * kg * (c1 - c0)].reshape(g * kg, c1 - c0)",
                 "im2col_block(source, cols_, r0, r1, params)",
                 "dest = out[:, c0:c1]",
-                *groups,
-                f"epilogue(out, c0, c1, bias{args})",
+                "depth = PATCH_DEPTH",
+                *then,
             ],
         ),
         *lane(
@@ -114,8 +129,8 @@ def conv_lanes(count: int) -> list[str]:
                 "c0, c1 = blocks[j, 0], blocks[j, 1]",
                 "cols_ = x[:, c0:c1]",
                 "dest = out[:, c0:c1]",
-                *groups,
-                f"epilogue(out, c0, c1, bias{args})",
+                "depth = POINTWISE_DEPTH",
+                *then,
             ],
         ),
         *lane(
@@ -132,12 +147,18 @@ def conv_lanes(count: int) -> list[str]:
             ],
         ),
         *lane(
-            "lane_channels", f"spans, cols_, w0, out, bias{args}", "spans.shape[0]",
+            "lane_channels", f"spans, cols_, w0, out, depth, bias{args}", "spans.shape[0]",
             ["p_ = out.shape[1]"],
             [
                 "m0, m1 = spans[j, 0], spans[j, 1]",
-                "gemm(w0[m0:m1], cols_, out[m0:m1])",
-                f"epilogue(out[m0:m1], 0, p_, bias[m0:m1]{rows})",
+                *(
+                    [f"gemm_epilogue(w0[m0:m1], cols_, out[m0:m1], 0, p_, depth, bias[m0:m1]{rows})"]
+                    if fused
+                    else [
+                        "gemm(w0[m0:m1], cols_, out[m0:m1])",  # BLAS's (tiles disabled)
+                        f"epilogue(out[m0:m1], 0, p_, bias[m0:m1]{rows})",
+                    ]
+                ),
             ],
         ),
         *lane(
@@ -209,7 +230,16 @@ def blocked_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: Any,
             run = runner(pool, len(channel_spans))
 
             def pointwise_channels(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
-                run(lane_channels, channel_spans, x, w0, out, bias, *operands)
+                run(
+                    lane_channels,
+                    channel_spans,
+                    x,
+                    w0,
+                    out,
+                    cpu_microkernel.MAX_DEPTH,
+                    bias,
+                    *operands,
+                )
 
             return pointwise_channels
         blocks = np.array([(r0 * geo.ow, r1 * geo.ow) for r0, r1 in geo.blocks], np.int64)
@@ -234,7 +264,16 @@ def blocked_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: Any,
 
         def cols_channels(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
             im2col_block(source_of(x), patches, 0, geo.oh, params)
-            run(lane_channels, channel_spans, patches, w0, out, bias, *operands)
+            run(
+                lane_channels,
+                channel_spans,
+                patches,
+                w0,
+                out,
+                cpu_microkernel.PATCH_MAX_DEPTH,
+                bias,
+                *operands,
+            )
 
         return cols_channels
     blocks = np.array([(r0, r1, r0 * geo.ow, r1 * geo.ow) for r0, r1 in geo.blocks], np.int64)

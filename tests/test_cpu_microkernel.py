@@ -1,0 +1,136 @@
+"""The register-tiled GEMM of thin convs (:mod:`eqsat.lowering.cpu_microkernel`): the tiles
+against float64 products over shapes that hit every partial tile (rows left over, whole and
+masked last vectors), row-strided views, the generated GEMM + epilogue by column tiles, and
+convs that take them on one and two threads against the numpy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from eqsat.lowering import cpu_conv, cpu_lanes, cpu_microkernel
+from eqsat.lowering.cpu_conv_epilogue import load_epilogue
+from eqsat.lowering.cpu_microkernel import tiled_gemm
+
+import eqsat
+
+F32 = np.float32
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tiled_gemm_matches_float64_products(rng: np.random.Generator, dtype: type) -> None:
+    lanes = 32 // np.dtype(dtype).itemsize
+    widths = sorted({1, lanes - 1, lanes, lanes + 1, 3 * lanes, 3 * lanes + 5, 7 * lanes + 3, 300})
+    for m in (1, 2, 3, 4, 5, 9):
+        for n in widths:
+            for k in (1, 3, 17):
+                a = rng.standard_normal((m, k)).astype(dtype)
+                b = rng.standard_normal((k, n)).astype(dtype)
+                c = np.full((m, n), np.nan, dtype)
+                tiled_gemm(a, b, c)
+                want = a.astype(np.float64) @ b.astype(np.float64)
+                np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5, err_msg=f"{m}x{k}x{n}")
+
+
+def test_tiled_gemm_on_row_strided_views(rng: np.random.Generator) -> None:
+    """Slices of larger arrays keep their row strides; nothing outside c's view is written."""
+    big_a = rng.standard_normal((12, 40)).astype(F32)
+    big_b = rng.standard_normal((30, 500)).astype(F32)
+    big_c = np.zeros((9, 520), F32)
+    a, b, c = big_a[2:9, 5:26], big_b[3:24, 100:401], big_c[1:8, 7:308]
+    tiled_gemm(a, b, c)
+    np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
+    outside = big_c.copy()
+    outside[1:8, 7:308] = 0
+    assert not outside.any()
+
+
+def test_tiled_gemm_rejects_what_it_cannot_compute(rng: np.random.Generator) -> None:
+    a, b = rng.standard_normal((4, 6)).astype(F32), rng.standard_normal((6, 30)).astype(F32)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        tiled_gemm(a, b, np.empty((4, 31), F32))
+    with pytest.raises(ValueError, match="rows must be contiguous"):
+        tiled_gemm(a, np.asfortranarray(b), np.empty((4, 30), F32))
+    c = np.full((4, 30), np.nan, F32)
+    tiled_gemm(a[:, :0], b[:0], c)  # K = 0: zeros
+    assert not c.any()
+
+
+def test_gemm_epilogue_by_column_tiles(rng: np.random.Generator) -> None:
+    """The epilogue module's GEMM + epilogue over columns c0..c1 of a wider output, in several
+    column tiles (300 rows: 216 columns per tile), with a per-channel bias and an output-shaped
+    residual; and the same through BLAS where the depth rules the tiles out."""
+    kernels = load_epilogue(np.dtype(F32), "max(({0} + {1}), 0)", ["full"])
+    m, k, p, c0, c1 = 300, 24, 1200, 150, 1100
+    w = rng.standard_normal((m, k)).astype(F32)
+    x = rng.standard_normal((k, p)).astype(F32)
+    bias = rng.standard_normal(m).astype(F32)
+    residual = rng.standard_normal((m, p)).astype(F32)
+    want = np.maximum(w.astype(np.float64) @ x[:, c0:c1] + bias[:, None] + residual[:, c0:c1], 0)
+    for depth in (cpu_microkernel.MAX_DEPTH, 0):
+        out = np.full((m, p), np.nan, F32)
+        kernels.gemm_epilogue(w, x[:, c0:c1], out, c0, c1, depth, bias, residual)
+        np.testing.assert_allclose(out[:, c0:c1], want, rtol=1e-4, atol=1e-4)
+        assert np.isnan(out[:, :c0]).all() and np.isnan(out[:, c1:]).all()
+
+
+def _fused_conv(
+    rng: np.random.Generator, x_shape: tuple[int, ...], m: int, kernel: tuple[int, int],
+    attrs: dict[str, object],
+) -> eqsat.Graph:  # fmt: skip
+    weights = rng.standard_normal((m, x_shape[1], *kernel)).astype(F32)
+    probe = eqsat.Graph("shape")
+    shape = probe.op("Conv", probe.input("x", x_shape), probe.constant(weights, "w"), **attrs).shape
+    g = eqsat.Graph("tiled_conv")
+    x = g.input("x", x_shape)
+    w = g.constant(weights, "w")
+    b = g.constant(rng.standard_normal(m).astype(F32), "b")
+    res = g.input("res", shape)
+    y = g.op(
+        "FusedConv", x, w, b, res, num_base_inputs=3, epilogue="({1} + max({0}, 0))", **attrs
+    )
+    g.output(y, "y")
+    return g
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    ("x_shape", "m", "kernel", "attrs"),
+    [
+        ((1, 16, 20, 21), 22, (1, 1), {}),
+        ((1, 3, 41, 40), 13, (3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+        ((2, 8, 17, 18), 9, (1, 1), {}),
+    ],
+    ids=["pointwise", "stem-patches", "pointwise-batch"],
+)
+def test_convs_through_the_tiles(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, threads: int,
+    x_shape: tuple[int, ...], m: int, kernel: tuple[int, int], attrs: dict[str, object],
+) -> None:  # fmt: skip
+    """Convs with enough output positions for the tiles (and K within their depth) take them,
+    with the epilogue column tile by column tile, and match the numpy reference on one thread
+    and on two (the lanes, with the pool splitting even these small convs)."""
+    from eqsat.lowering import cpu
+
+    monkeypatch.setattr(cpu_conv, "DIRECT_CHANNELS", 0)
+    monkeypatch.setattr(cpu_conv, "MIN_POINTWISE_COLUMNS", 256)
+    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
+    chosen: list[str] = []
+    choose = cpu_conv._gemm_epilogue
+
+    def recording(*args: object) -> object:
+        fn = choose(*args)  # type: ignore[arg-type]
+        chosen.append(fn.__name__)
+        return fn
+
+    monkeypatch.setattr(cpu_conv, "_gemm_epilogue", recording)
+    g = _fused_conv(rng, x_shape, m, kernel, attrs)
+    feeds = {v.name: rng.standard_normal(v.shape).astype(F32) for v in g.inputs}
+    want = eqsat.compile(g, target="numpy").run(feeds)["y"]
+    got = cpu.compile(g, threads=threads).run(feeds)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    if threads == 1 and cpu_lanes.available(np.dtype(F32)):
+        assert chosen == ["tiled_then_epilogue"]
+    monkeypatch.setattr(cpu_microkernel, "ENABLED", False)
+    blas = cpu.compile(g, threads=threads).run(feeds)["y"]
+    np.testing.assert_allclose(got, blas, rtol=1e-4, atol=1e-4)
