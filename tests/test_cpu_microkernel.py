@@ -85,9 +85,7 @@ def _fused_conv(
     w = g.constant(weights, "w")
     b = g.constant(rng.standard_normal(m).astype(F32), "b")
     res = g.input("res", shape)
-    y = g.op(
-        "FusedConv", x, w, b, res, num_base_inputs=3, epilogue="({1} + max({0}, 0))", **attrs
-    )
+    y = g.op("FusedConv", x, w, b, res, num_base_inputs=3, epilogue="({1} + max({0}, 0))", **attrs)
     g.output(y, "y")
     return g
 
