@@ -1,8 +1,9 @@
 """How a GEMM step's product runs with several threads: on BLAS's own threads (big products from
 ``cpu.BLAS_GEMM_THREADS`` threads on), in independent parts on eqsat's pool
-(:func:`matmul_parts`), or, for a few rows by constant weights, on the BLAS-free dot-product
-kernel (:func:`few_rows_matmul`, split over the pool by weight tiles). Each is a ``mm(x, y, out)`` the steps of
-:mod:`eqsat.lowering.cpu_ops` call in place of ``np.matmul``."""
+(:func:`matmul_parts`), or, by constant weights, BLAS-free: for a few rows the dot-product kernel
+(:func:`few_rows_matmul`, split over the pool by weight tiles), for more the register tiles over
+weights packed once at compile time (:func:`packed_matmul`, split by panels). Each is a
+``mm(x, y, out)`` the steps of :mod:`eqsat.lowering.cpu_ops` call in place of ``np.matmul``."""
 
 from __future__ import annotations
 
@@ -20,6 +21,15 @@ MIN_PART_ROWS = 16
 # Products of at most this many rows by constant weights skip BLAS: :func:`few_rows_matmul`.
 FEW_ROWS = 8
 MIN_PART_COLUMNS = 64
+# Constant weights with fewer columns than this stay with BLAS (a 10-class head: one partial
+# panel, 1.2x BLAS's time) ...
+MIN_PACKED_COLUMNS = 16
+# ... and with at most FEW_ROWS rows, fewer than this with the dot products (at 2 to 8 rows
+# the packed tiles were 3-17% faster with 256 to 3072 columns; with one row, or 10 columns,
+# slower).
+MIN_PACKED_FEW_ROWS_COLUMNS = 64
+# Read when a GEMM step is compiled (False: constant weights stay with BLAS; for A/B runs).
+PACKED_WEIGHTS = True
 
 Index = tuple[slice, ...]
 
@@ -228,7 +238,53 @@ def few_rows_matmul(weights: np.ndarray, rows: int, pool: Any = None, count: int
     return split_mm
 
 
+def packed_matmul(
+    weights: np.ndarray, rows: int, pool: Any = None, count: int = 1, blas_threads: int = 1
+) -> Any:
+    """``mm(x, y, out)`` through :func:`cpu_microkernel.packed_gemm` for ``rows`` times constant
+    2-D float ``weights`` (K, N), packed here once, or None where BLAS or the dot products
+    (:func:`few_rows_matmul`) stay: the tiles disabled, one row, few columns, or a product big
+    enough for BLAS's own ``blas_threads`` (> 1, :meth:`Lowering.blas_threads`), which split it
+    by rows too. One thread or BLAS as packed by OpenBLAS on every call:
+    31-34 GFLOP/s on a transformer's 128 x 256 x 1024 product on the 2-core VM, the packed
+    tiles 36-38 (onnxruntime's MLAS, which also packs once, 38-40).
+
+    With a ``pool`` and ``count`` > 1 the panels are split between up to ``count`` threads; the
+    bits are the same however they are split."""
+    from eqsat.lowering import cpu_microkernel
+
+    floats = (np.dtype(np.float32), np.dtype(np.float64))
+    if (
+        not (PACKED_WEIGHTS and cpu_microkernel.ENABLED) or weights.ndim != 2 or weights.dtype not in floats
+        or blas_threads > 1 or rows < 2 or weights.shape[1] < MIN_PACKED_COLUMNS
+        or (rows <= FEW_ROWS and weights.shape[1] < MIN_PACKED_FEW_ROWS_COLUMNS)
+    ):  # fmt: skip
+        return None
+    panels = cpu_microkernel.pack_panels(weights)
+    kernel, total = cpu_microkernel.packed_gemm, panels.shape[0]
+    contiguous = np.ascontiguousarray
+    if pool is None or count <= 1 or total < 2:
+
+        def mm(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+            kernel(contiguous(x), panels, out, 0, total)
+
+        return mm
+    spans = cpu_threads.chunks(total, count)
+    pool_map = pool.map
+
+    def split_mm(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+        x = contiguous(x)
+
+        def part(span: tuple[int, int], worker: int) -> None:
+            kernel(x, panels, out, span[0], span[1])
+
+        pool_map(part, spans, whole=lambda: kernel(x, panels, out, 0, total))
+
+    return split_mm
+
+
 __all__ = [
-    "FEW_ROWS", "MIN_PART_COLUMNS", "MIN_PART_ROWS", "few_rows_matmul", "gemm_runner",
-    "lane_blocks", "lane_matmul", "matmul_parts", "parallel_matmul", "threaded_matmul",
+    "FEW_ROWS", "MIN_PACKED_COLUMNS", "MIN_PART_COLUMNS", "MIN_PART_ROWS", "few_rows_matmul",
+    "gemm_runner", "lane_blocks", "lane_matmul", "matmul_parts", "packed_matmul",
+    "parallel_matmul", "threaded_matmul",
 ]  # fmt: skip

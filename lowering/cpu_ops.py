@@ -33,7 +33,7 @@ import numpy as np
 from eqsat.lowering import codegen, cpu, cpu_conv, cpu_threads, cpu_winograd
 from eqsat.lowering.cpu import GEMM_CHUNKS_PER_THREAD as GEMM_CHUNKS
 from eqsat.lowering.cpu import ElementwiseKernel, Env, Lowering, Step, StepFn
-from eqsat.lowering.cpu_gemm import few_rows_matmul, gemm_runner, matmul_parts
+from eqsat.lowering.cpu_gemm import few_rows_matmul, gemm_runner, matmul_parts, packed_matmul
 from eqsat.lowering.cpu_gemm_epilogue import (
     BlockEpilogue,
     block_epilogue,
@@ -179,7 +179,10 @@ def _matmul(lowering: Lowering, node: Node) -> Step | None:
     # (a vector times a matrix, or a stack of them, has no rows to block: BLAS's gemv does it)
     few = None
     if b_const is not None and (flat or a.rank == 2):
-        few = few_rows_matmul(b_const, x_shape[-2], lowering.pool, count)
+        rows = x_shape[-2]
+        blas = lowering.blas_threads(flops)
+        few = packed_matmul(b_const, rows, lowering.pool, count, blas)
+        few = few or few_rows_matmul(b_const, rows, lowering.pool, count)
 
     def bind(arrays: dict[int, np.ndarray]) -> StepFn:
         matmul = _product(lowering, parts, flops, few, epi, epi.bound(o, arrays))
@@ -257,7 +260,11 @@ def _gemm(lowering: Lowering, node: Node) -> Step | None:
     count = lowering.split(flops, most=GEMM_CHUNKS)
     parts = matmul_parts(x_shape, (k_, out.shape[1]), out.shape, count)
 
-    few = None if b_const is None else few_rows_matmul(b_const, out.shape[0], lowering.pool, count)
+    few = None
+    if b_const is not None:
+        blas = lowering.blas_threads(flops)
+        few = packed_matmul(b_const, out.shape[0], lowering.pool, count, blas)
+        few = few or few_rows_matmul(b_const, out.shape[0], lowering.pool, count)
 
     def bind(arrays: dict[int, np.ndarray]) -> StepFn:
         matmul = _product(lowering, parts, flops, few, epi, epi.bound(o, arrays))

@@ -1,7 +1,9 @@
 """MatMul and Gemm by constant weights with a few rows (:func:`eqsat.lowering.cpu_gemm.few_rows_matmul`,
 :func:`eqsat.lowering.cpu_kernels.rows_matmul`): every row/column remainder of the kernel's blocks,
 Gemm's transposes, alpha, beta and bias, stacked rows, float64 and fused epilogues, against the numpy
-reference; and BLAS where the kernel does not apply."""
+reference; and BLAS where the kernel does not apply. The packed tiles, which take most of these
+products by default (:func:`eqsat.lowering.cpu_gemm.packed_matmul`), are off here:
+tests/test_cpu_microkernel.py covers them."""
 
 from __future__ import annotations
 
@@ -9,12 +11,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from eqsat.lowering import cpu_kernels
+from eqsat.lowering import cpu_gemm, cpu_kernels
 
 import eqsat
 from tests.cpu_testing import matches_numpy
 
 F32 = np.float32
+
+
+@pytest.fixture(autouse=True)
+def _without_packed_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu_gemm, "PACKED_WEIGHTS", False)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from eqsat.lowering import cpu, cpu_blas
+from eqsat.lowering import cpu, cpu_blas, cpu_gemm
 from eqsat.lowering.cpu_gemm_epilogue import COLUMN, FULL, block_epilogue
 
 import eqsat
@@ -20,10 +20,13 @@ needs_blas = pytest.mark.skipif(
 
 
 def _split_every_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    """GEMMs and element-wise kernels split over the pool from one FLOP or element on."""
+    """GEMMs and element-wise kernels split over the pool from one FLOP or element on; constant
+    weights through BLAS's lanes like any other operand, not the packed tiles
+    (tests/test_cpu_microkernel.py has those)."""
     for name, value in (("PARALLEL_FLOPS", 1.0), ("GRAIN_FLOPS", 1.0), ("PARALLEL_ELEMENTS", 1),
                         ("GRAIN_ELEMENTS", 1)):  # fmt: skip
         monkeypatch.setattr(cpu, name, value)
+    monkeypatch.setattr(cpu_gemm, "PACKED_WEIGHTS", False)
 
 
 def _input(shape: tuple[int, ...], const: np.ndarray | None = None, dtype: type = F32) -> tuple:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from eqsat.lowering import cpu, cpu_blas, cpu_spin, cpu_threads
+from eqsat.lowering import cpu, cpu_blas, cpu_gemm, cpu_spin, cpu_threads
 from numba import njit
 
 import eqsat
@@ -292,7 +292,9 @@ def test_convs_in_lanes_on_two_threads(
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gemm_parts_in_lanes(monkeypatch: pytest.MonkeyPatch, dtype: type) -> None:
     """GEMM steps cut by rows (96x40 by 40x24) and by columns (96x24 by 24x300) run their parts
-    in lanes on two threads, and match numpy and the Python chunks."""
+    in lanes on two threads, and match numpy and the Python chunks. (Constant weights, which
+    the packed tiles take by default, through BLAS here.)"""
+    monkeypatch.setattr(cpu_gemm, "PACKED_WEIGHTS", False)
     monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
     monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
     rng = np.random.default_rng(3)
@@ -306,7 +308,9 @@ def test_gemm_parts_in_lanes(monkeypatch: pytest.MonkeyPatch, dtype: type) -> No
 
 @needs_blas
 def test_transposed_gemm_parts_keep_python_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A Gemm whose A is transposed (a view without contiguous rows) splits in Python chunks."""
+    """A Gemm whose A is transposed (a view without contiguous rows) splits in Python chunks
+    (constant weights through BLAS, not the packed tiles)."""
+    monkeypatch.setattr(cpu_gemm, "PACKED_WEIGHTS", False)
     monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
     monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
     rng = np.random.default_rng(4)

@@ -132,3 +132,69 @@ def test_convs_through_the_tiles(
     monkeypatch.setattr(cpu_microkernel, "ENABLED", False)
     blas = cpu.compile(g, threads=threads).run(feeds)["y"]
     np.testing.assert_allclose(got, blas, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_packed_gemm_matches_float64_products(rng: np.random.Generator, dtype: type) -> None:
+    """Weights packed into panels (the last one partial), rows in several chunks, and any split
+    of the panels giving the same bits as one call."""
+    width = cpu_microkernel.panel_width(np.dtype(dtype))
+    for m, k, n in [(1, 1, 1), (5, 3, width - 1), (9, 17, width), (13, 33, 2 * width + 5),
+                    (150, 1000, 3 * width + 1), (70, 2, 61)]:  # fmt: skip
+        a = rng.standard_normal((m, k)).astype(dtype)
+        weights = rng.standard_normal((k, n)).astype(dtype)
+        panels = cpu_microkernel.pack_panels(weights)
+        assert panels.shape == (-(-n // width), k, width)
+        c = np.full((m, n), np.nan, dtype)
+        cpu_microkernel.packed_gemm(a, panels, c, 0, panels.shape[0])
+        want = a.astype(np.float64) @ weights.astype(np.float64)
+        np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-4, err_msg=f"{m}x{k}x{n}")
+        split = np.full((m, n), np.nan, dtype)
+        half = panels.shape[0] // 2
+        cpu_microkernel.packed_gemm(a, panels, split, half, panels.shape[0])
+        cpu_microkernel.packed_gemm(a, panels, split, 0, half)
+        np.testing.assert_array_equal(split, c)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        cpu_microkernel.packed_gemm(a, panels, np.empty((m, n + width), dtype), 0, 1)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_products_by_constant_weights_take_the_packed_tiles(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    """A transformer's linear layers (MatMul of a stack of rows by constant weights with a bias
+    and ReLU epilogue; Gemm with transB, alpha and C) run on weights packed at compile time,
+    match numpy on one thread and two, and the BLAS path within rounding."""
+    from eqsat.lowering import cpu, cpu_gemm, cpu_ops
+
+    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
+    packed: list[bool] = []
+    choose = cpu_ops.packed_matmul
+
+    def recording(*args: object, **kwargs: object) -> object:
+        mm = choose(*args, **kwargs)  # type: ignore[arg-type]
+        packed.append(mm is not None)
+        return mm
+
+    monkeypatch.setattr(cpu_ops, "packed_matmul", recording)
+    g = eqsat.Graph("linear")
+    x = g.input("x", (2, 37, 48))
+    w1 = g.constant(rng.standard_normal((48, 100)).astype(F32), "w1")
+    b1 = g.constant(rng.standard_normal(100).astype(F32), "b1")
+    hidden = g.op("FusedMatMul", x, w1, b1, num_base_inputs=2, epilogue="max({0} + {1}, 0)")
+    flat = g.op("Reshape", hidden, g.constant(np.array([74, 100], np.int64), "shape"))
+    w2 = g.constant(rng.standard_normal((30, 100)).astype(F32), "w2")
+    b2 = g.constant(rng.standard_normal(30).astype(F32), "b2")
+    g.output(g.op("Gemm", flat, w2, b2, transB=1, alpha=0.5), "y")
+    feeds = {"x": rng.standard_normal((2, 37, 48)).astype(F32)}
+    want = eqsat.compile(g, target="numpy").run(feeds)["y"]
+    got = cpu.compile(g, threads=threads).run(feeds)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    if cpu_lanes.available(np.dtype(F32)):
+        assert packed and all(packed)  # both products (steps may be built more than once)
+    monkeypatch.setattr(cpu_gemm, "PACKED_WEIGHTS", False)
+    packed.clear()
+    blas = cpu.compile(g, threads=threads).run(feeds)["y"]
+    assert packed and not any(packed)
+    np.testing.assert_allclose(got, blas, rtol=1e-4, atol=1e-4)

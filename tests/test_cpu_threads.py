@@ -781,6 +781,8 @@ def test_big_gemms_run_on_blas_threads(
 
     monkeypatch.setattr(cpu, "BLAS_GEMM_THREADS", 2)
     monkeypatch.setattr(cpu, "BLAS_GEMM_FLOPS", 1.0)
+    # One thread's numbers through BLAS too (by default the packed tiles take these weights).
+    monkeypatch.setattr(cpu_gemm, "PACKED_WEIGHTS", False)
     monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
     monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
     monkeypatch.setattr(cpu, "usable_cpus", lambda: 2)
