@@ -429,3 +429,39 @@ def fused_source(args: str) -> list[str]:
         "        tiled_columns(w, b, dest, q0, q1)",
         f"        epilogue(out, c0 + q0, c0 + q1, bias{args})",
     ]
+
+
+@njit(**_JIT)
+def batched_gemm(a, b, c):  # type: ignore[no-untyped-def]
+    """c[i] = a[i] @ b[i] for every i (3-D arrays whose rows are contiguous), each product on
+    the tiles: a Winograd conv's 36 products of transformed filters by transformed tiles."""
+    for i in range(a.shape[0]):
+        tiled_gemm(a[i], b[i], c[i])
+
+
+# Winograd's 36 products (transformed filters (M, C) by transformed tiles (C, n)) take the tiles
+# from this many tiles (columns) on, or with M or C from WINOGRAD_WIDE on. Against numpy's matmul
+# over the planes (OpenBLAS), one thread: 64 channels on 56-64 tiles 1.1-1.9x faster, 128 on 64
+# 1.1-1.3x; on 25-49 tiles of 32-192 channels 0.6-0.8x; but OpenBLAS ran products of 256 or more
+# channels at 5-14 GFLOP/s, the tiles at 12-28 (ResNet's 256- and 512-channel convs on 14x14
+# and 7x7: 16 tiles, 3.3x faster).
+WINOGRAD_MIN_TILES = 56
+WINOGRAD_WIDE = 256
+
+
+def winograd_matmul(dtype: np.dtype, filters: int, channels: int) -> Any:
+    """``matmul(u, v, out)`` for a Winograd conv's 36 products (u (36, M, C), v (36, C, n)):
+    :func:`batched_gemm` where the tiles are the faster (see WINOGRAD_MIN_TILES), else
+    ``np.matmul``."""
+    floats = (np.dtype(np.float32), np.dtype(np.float64))
+    if not ENABLED or np.dtype(dtype) not in floats or channels > MAX_DEPTH:
+        return lambda u, v, out: np.matmul(u, v, out=out)
+    least = 0 if max(filters, channels) >= WINOGRAD_WIDE else WINOGRAD_MIN_TILES
+
+    def matmul(u: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
+        if v.shape[2] >= least:
+            batched_gemm(u, v, out)
+        else:
+            np.matmul(u, v, out=out)
+
+    return matmul

@@ -36,6 +36,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from eqsat.lowering import cpu_microkernel
 from eqsat.lowering.cpu_threads import chunks
 from numba import njit
 
@@ -372,13 +373,14 @@ class Winograd:
             th1 = min(self.th, th0 + self.chunk_rows)
             n = (th1 - th0) * tw
             chunks.append((th0, th1, v[:, :, :n], m[:, :, :n]))
-        copyto, matmul, output = np.copyto, np.matmul, self.output
+        copyto, output = np.copyto, self.output
+        matmul = cpu_microkernel.winograd_matmul(self.u.dtype, self.filters, self.channels)
 
         def conv(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
             copyto(interior, x)
             for th0, th1, vc, mc in chunks:
                 input_transform(padded, vc, th0, th1, tw, tq)
-                matmul(u, vc, out=mc)
+                matmul(u, vc, mc)
                 output(mc, bias, out, th0, th1, tw, s, *operands)
 
         return conv
@@ -386,7 +388,8 @@ class Winograd:
     def _bind_parallel(self, scratch: np.ndarray, pool: Any) -> Any:
         t, size = self.chunk_tiles, self.scratch_size()
         u, bias, padded, interior = self.u, self.bias, self.padded, self.interior
-        tw, copyto, matmul, output = self.tw, np.copyto, np.matmul, self.output
+        tw, copyto, output = self.tw, np.copyto, self.output
+        matmul = cpu_microkernel.winograd_matmul(self.u.dtype, self.filters, self.channels)
         mine = []  # per thread: V and M planes, transform scratch
         for k in range(pool.threads):
             flat = scratch[k * size : (k + 1) * size]
@@ -407,7 +410,7 @@ class Winograd:
                 n = (th1 - th0) * tw
                 vc, mc = v[:, :, :n], m[:, :, :n]
                 input_transform(padded, vc, th0, th1, tw, tq)
-                matmul(u, vc, out=mc)
+                matmul(u, vc, mc)
                 output(mc, bias, out, th0, th1, tw, s, *operands)
 
             pool_map(chunk, rows)
@@ -420,7 +423,8 @@ class Winograd:
         m = planes(36, self.filters, t, scratch[36 * plane_stride(self.channels, t) :])
         u, bias, padded, interior = self.u, self.bias, self.padded, self.interior
         th, tw, tq = self.th, self.tw, self.tq
-        copyto, matmul, output = np.copyto, np.matmul, self.output
+        copyto, output = np.copyto, self.output
+        matmul = cpu_microkernel.winograd_matmul(self.u.dtype, self.filters, self.channels)
         spans = [(m0, m1, u[:, m0:m1], m[:, m0:m1], bias[m0:m1]) for m0, m1 in self.filter_spans]
         transform_scratch = [np.empty_like(self.s) for _ in range(pool.threads)]
         pool_map = pool.map
@@ -431,7 +435,7 @@ class Winograd:
 
             def span(part: tuple[Any, ...], worker: int) -> None:
                 m0, m1, us, ms, bs = part
-                matmul(us, v, out=ms)
+                matmul(us, v, ms)
                 output(ms, bs, out[m0:m1], 0, th, tw, transform_scratch[worker],
                        *[o[m0:m1] for o in operands])  # fmt: skip
 

@@ -198,3 +198,33 @@ def test_products_by_constant_weights_take_the_packed_tiles(
     blas = cpu.compile(g, threads=threads).run(feeds)["y"]
     assert packed and not any(packed)
     np.testing.assert_allclose(got, blas, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_winograd_products_on_the_tiles(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, threads: int, dtype: type
+) -> None:
+    """A Winograd conv with enough tiles (64x64: 256, in chunks of 64 on one thread) runs its
+    36 products on the tiles and matches numpy's reference."""
+    from eqsat.lowering import cpu
+
+    calls: list[tuple[int, ...]] = []
+    real = cpu_microkernel.batched_gemm
+
+    def spy(u: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
+        calls.append(v.shape)
+        real(u, v, out)
+
+    monkeypatch.setattr(cpu_microkernel, "batched_gemm", spy)
+    g = eqsat.Graph("wino_tiles")
+    x = g.input("x", (1, 32, 64, 64), dtype)
+    w = g.constant((rng.standard_normal((24, 32, 3, 3)) / 17).astype(dtype), "w")
+    b = g.constant(rng.standard_normal(24).astype(dtype), "b")
+    g.output(g.op("Relu", g.op("Conv", x, w, b, pads=[1, 1, 1, 1])), "y")
+    feeds = {"x": rng.standard_normal((1, 32, 64, 64)).astype(dtype)}
+    want = eqsat.compile(g, target="numpy").run(feeds)["y"]
+    got = cpu.compile(g, threads=threads).run(feeds)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    if threads == 1:  # (two threads cut the planes into chunks of 32 tiles: BLAS)
+        assert calls and all(shape[0] == 36 and shape[2] >= 56 for shape in calls)
