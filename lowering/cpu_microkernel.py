@@ -338,8 +338,26 @@ PACKED_CHUNK_BYTES = 192 << 10
 PACKED_MIN_CHUNK = 64
 # Bytes of output per column tile where an epilogue follows each tile (fused_source).
 EPILOGUE_TILE_BYTES = 256 << 10
-# Read when a conv is compiled (False: every conv GEMM is BLAS's; for A/B measurements).
-ENABLED = True
+
+
+def _fused_multiply_add() -> bool:
+    """Whether this CPU has vector fused multiply-add (x86 FMA3, or any aarch64): without it
+    LLVM computes ``llvm.fma`` one element at a time through libm, and BLAS is the faster."""
+    import platform
+
+    from llvmlite import binding
+
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return True
+    try:
+        return bool(binding.get_host_cpu_features().get("fma", False))
+    except RuntimeError:  # features unknown: keep BLAS
+        return False
+
+
+# Read when a conv or GEMM step is compiled (False: BLAS for every product; for A/B runs, and
+# on CPUs without vector fused multiply-add).
+ENABLED = _fused_multiply_add()
 
 
 @njit(**{**_JIT, "inline": "always"})

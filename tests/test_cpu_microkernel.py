@@ -127,7 +127,7 @@ def test_convs_through_the_tiles(
     want = eqsat.compile(g, target="numpy").run(feeds)["y"]
     got = cpu.compile(g, threads=threads).run(feeds)["y"]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    if threads == 1 and cpu_lanes.available(np.dtype(F32)):
+    if threads == 1 and cpu_lanes.available(np.dtype(F32)) and cpu_microkernel.ENABLED:
         assert chosen == ["tiled_then_epilogue"]
     monkeypatch.setattr(cpu_microkernel, "ENABLED", False)
     blas = cpu.compile(g, threads=threads).run(feeds)["y"]
@@ -191,7 +191,7 @@ def test_products_by_constant_weights_take_the_packed_tiles(
     want = eqsat.compile(g, target="numpy").run(feeds)["y"]
     got = cpu.compile(g, threads=threads).run(feeds)["y"]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    if cpu_lanes.available(np.dtype(F32)):
+    if cpu_lanes.available(np.dtype(F32)) and cpu_microkernel.ENABLED:
         assert packed and all(packed)  # both products (steps may be built more than once)
     monkeypatch.setattr(cpu_gemm, "PACKED_WEIGHTS", False)
     packed.clear()
@@ -226,5 +226,21 @@ def test_winograd_products_on_the_tiles(
     want = eqsat.compile(g, target="numpy").run(feeds)["y"]
     got = cpu.compile(g, threads=threads).run(feeds)["y"]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    if threads == 1:  # (two threads cut the planes into chunks of 32 tiles: BLAS)
+    if threads == 1 and cpu_microkernel.ENABLED:  # (two threads: chunks of 32 tiles, BLAS)
         assert calls and all(shape[0] == 36 and shape[2] >= 56 for shape in calls)
+
+
+def test_the_tiles_need_vector_fused_multiply_add(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without FMA (an x86 CPU before Haswell) LLVM would compute each tile's fused
+    multiply-adds through libm one element at a time: the tiles are then off and BLAS stays."""
+    import platform
+
+    from llvmlite import binding
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(binding, "get_host_cpu_features", lambda: {"fma": False, "avx": True})
+    assert not cpu_microkernel._fused_multiply_add()
+    monkeypatch.setattr(binding, "get_host_cpu_features", lambda: {"fma": True, "avx2": True})
+    assert cpu_microkernel._fused_multiply_add()
+    monkeypatch.setattr(platform, "machine", lambda: "arm64")
+    assert cpu_microkernel._fused_multiply_add()
