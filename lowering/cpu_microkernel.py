@@ -1,5 +1,7 @@
-"""A register-tiled GEMM for products whose right-hand side is long and thin: c = a @ b where a
-(M, K) is a conv's filters and b (K, P) its input planes (a 1x1 conv) or patches (im2col).
+"""Register-tiled GEMMs: c = a @ b for a conv's filters a (M, K) by its input planes (a 1x1 conv),
+im2col's patches or Winograd's transformed tiles b (K, P) (:func:`tiled_gemm`, the conv epilogue
+modules' generated ``gemm_epilogue``, :func:`batched_gemm`), and for rows a by constant weights
+packed once into panels (:func:`pack_panels`, :func:`packed_gemm`: a transformer's linear layers).
 
 BLAS packs both operands on every call: for a 1x1 conv that is a copy of the whole input per
 product, and with K of 16-100 (MobileNets' pointwise convs) the copy and the short inner loops
@@ -15,7 +17,8 @@ innermost loop. Partial tiles (the last rows, the last columns) are the same IR 
 or vectors, and a masked load/store for the last vector's lanes.
 
 Sums are accumulated in k order, one fused multiply-add per term: the result is within the
-usual GEMM rounding of BLAS's (the tests compare both against float64 products).
+usual GEMM rounding of BLAS's (the tests compare both against float64 products). Where the CPU
+lacks vector fused multiply-add, :data:`ENABLED` is False and every product stays with BLAS.
 """
 
 from __future__ import annotations
