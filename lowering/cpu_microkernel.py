@@ -30,9 +30,11 @@ from typing import Any
 import numpy as np
 from eqsat.lowering import cpu_blas
 from llvmlite import ir
-from numba import njit, types
+from llvmlite import binding as llvm
+from numba import cfunc, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+from numba.np.arrayobj import populate_array
 
 # Rows of a and SIMD vectors (32 bytes: 8 float32 or 4 float64) of b per tile: 12 sums, 3
 # vectors of b and a broadcast filter value fill 16 AVX2 registers.
@@ -219,7 +221,7 @@ _block1, _block2, _block3, _block4 = (_row_block(r) for r in (1, 2, 3, 4))
 @njit(**_JIT)
 def _tile_rows(a, b, c, r0, r1, q0, q1, shift):  # type: ignore[no-untyped-def]
     """Rows r0 <= m < r1 and columns q0 <= p < q1 of c = a @ b (b's columns from q0 - shift),
-    by blocks of ROWS rows of a (the last block smaller)."""
+    by blocks of ROWS rows of a (the last block smaller). Callers take :func:`_native_rows`."""
     k = a.shape[1]
     m0 = r0
     while m0 + ROWS <= r1:
@@ -234,10 +236,84 @@ def _tile_rows(a, b, c, r0, r1, q0, q1, shift):  # type: ignore[no-untyped-def]
         _block1(a, b, c, m0, q0, q1, k, shift)
 
 
+@intrinsic
+def _view(typingctx, pointer, rows, columns, row_stride):  # type: ignore[no-untyped-def]
+    """The 2-D array (rows, columns) at ``pointer`` whose rows are ``row_stride`` elements
+    apart (any sign) and contiguous: numba.carray with a row stride."""
+    if not isinstance(pointer, types.CPointer):
+        return None
+    array_type = types.Array(pointer.dtype, 2, "A")
+    signature = array_type(pointer, types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        pointer_, rows_, columns_, stride_ = args
+        view = context.make_array(array_type)(context, builder)
+        item = ir.Constant(ir.IntType(64), context.get_abi_sizeof(pointer_.type.pointee))
+        populate_array(view, data=pointer_, shape=[rows_, columns_],
+                       strides=[builder.mul(stride_, item), item], itemsize=item, meminfo=None)  # fmt: skip
+        return view._getvalue()
+
+    return signature, codegen
+
+
+def _native_name(dtype: types.Type) -> str:
+    return f"eqsat_tile_rows_{dtype}_{_SOURCE_HASH}"
+
+
+def _compile_native(dtype: types.Type) -> int:
+    """Address of the C-callable ``tile_rows`` of ``dtype`` (compiled once per machine, then
+    loaded from Numba's cache): :func:`_tile_rows` on pointers and row strides."""
+    pointer = types.CPointer(dtype)
+    signature = types.void(pointer, pointer, pointer, *([types.int64] * 9))
+
+    def tile_rows(a, b, c, k, lda, ldb, ldc, r0, r1, q0, q1, shift):  # type: ignore[no-untyped-def]
+        _tile_rows(_view(a, r1, k, lda), _view(b, k, q1 - shift, ldb), _view(c, r1, q1, ldc),
+                   r0, r1, q0, q1, shift)  # fmt: skip
+
+    tile_rows.__qualname__ = tile_rows.__name__ = f"tile_rows_{dtype}"
+    return cfunc(signature, cache=True, error_model="numpy")(tile_rows).address
+
+
+# Every caller reaches the tiles through these C symbols. Linked into each caller instead, the
+# tiles' 24 variants were compiled again into every generated conv module (1-2 s each, the
+# whole of MobileNetV2's first run on one thread with an empty cache). Registered even where
+# ENABLED is off, so that the kernels below stay callable (and tested) everywhere.
+for _dtype in (types.float32, types.float64):
+    llvm.add_symbol(_native_name(_dtype), _compile_native(_dtype))
+
+
+@intrinsic
+def _native_rows(typingctx, a, b, c, r0, r1, q0, q1, shift):  # type: ignore[no-untyped-def]
+    """:func:`_tile_rows` through its C symbol (a, b and c with contiguous rows)."""
+    arrays = (a, b, c)
+    if not all(isinstance(t, types.Array) and t.ndim == 2 for t in arrays):
+        return None
+    if a.dtype not in (types.float32, types.float64) or not a.dtype == b.dtype == c.dtype:
+        return None
+    signature = types.void(a, b, c, *([types.int64] * 5))
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        i64 = ir.IntType(64)
+        real = context.get_value_type(a.dtype)
+        item = ir.Constant(i64, context.get_abi_sizeof(real))
+        views = [
+            context.make_array(t)(context, builder, v)
+            for t, v in zip(sig.args[:3], args[:3], strict=True)
+        ]
+        strides = [builder.sdiv(cgutils.unpack_tuple(builder, v.strides, 2)[0], item) for v in views]
+        k = cgutils.unpack_tuple(builder, views[0].shape, 2)[1]
+        fnty = ir.FunctionType(ir.VoidType(), [real.as_pointer()] * 3 + [i64] * 9)
+        fn = cgutils.get_or_insert_function(builder.module, fnty, _native_name(a.dtype))
+        builder.call(fn, [v.data for v in views] + [k, *strides, *args[3:]])
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
 @njit(**_JIT)
 def tiled_columns(a, b, c, q0, q1):  # type: ignore[no-untyped-def]
     """Columns q0 <= p < q1 of c = a @ b."""
-    _tile_rows(a, b, c, 0, a.shape[0], q0, q1, 0)
+    _native_rows(a, b, c, 0, a.shape[0], q0, q1, 0)
 
 
 def panel_width(dtype: np.dtype) -> int:
@@ -291,7 +367,7 @@ def packed_panel(a, panels, c, r0, r1, q):  # type: ignore[no-untyped-def]
     """Rows r0 <= m < r1 of panel q's columns of c = a @ weights (:func:`packed_gemm`)."""
     width = panels.shape[2]
     p0 = q * width
-    _tile_rows(a, panels[q], c, r0, r1, p0, min(p0 + width, c.shape[1]), p0)
+    _native_rows(a, panels[q], c, r0, r1, p0, min(p0 + width, c.shape[1]), p0)
 
 
 @njit(**{**_JIT, "inline": "always"})
