@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 from eqsat.lowering import cpu_blas
-from llvmlite import ir
 from llvmlite import binding as llvm
+from llvmlite import ir
 from numba import cfunc, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -300,7 +300,9 @@ def _native_rows(typingctx, a, b, c, r0, r1, q0, q1, shift):  # type: ignore[no-
             context.make_array(t)(context, builder, v)
             for t, v in zip(sig.args[:3], args[:3], strict=True)
         ]
-        strides = [builder.sdiv(cgutils.unpack_tuple(builder, v.strides, 2)[0], item) for v in views]
+        strides = [
+            builder.sdiv(cgutils.unpack_tuple(builder, v.strides, 2)[0], item) for v in views
+        ]
         k = cgutils.unpack_tuple(builder, views[0].shape, 2)[1]
         fnty = ir.FunctionType(ir.VoidType(), [real.as_pointer()] * 3 + [i64] * 9)
         fn = cgutils.get_or_insert_function(builder.module, fnty, _native_name(a.dtype))
