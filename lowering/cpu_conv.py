@@ -37,7 +37,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import codegen, cpu_conv_batch, cpu_lanes, cpu_microkernel
+from eqsat.lowering import codegen, cpu_conv_batch, cpu_conv_packed, cpu_lanes, cpu_microkernel
 from eqsat.lowering.cpu import Env, Lowering, Step, StepFn
 from eqsat.lowering.cpu_conv_epilogue import (
     classify_operands,
@@ -269,15 +269,14 @@ def make_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels: Any
             bias, kernels.epilogue, geo.spans, (geo.sh, geo.sw, geo.rp, geo.wp),
             (geo.ow, geo.kw, geo.dh, geo.dw, geo.ph, geo.pw), pool,
         )  # fmt: skip
+    if cpu_conv_packed.suits(geo, filters.dtype):
+        return cpu_conv_packed.make_packed_conv(geo, filters, bias, kernels, cols, pool or Serial())
     if geo.small:
         ct = cols[: geo.p * geo.k].reshape(geo.p, geo.k)
         xt = cols[geo.p * geo.k : geo.cols_size()].reshape(geo.h, geo.w, geo.c)
         shape = (geo.c, geo.h, geo.w)
         params = geo.params()
-        # Weights in the patches' (kh, kw, c) order.
-        w0 = np.ascontiguousarray(
-            filters[0].reshape(geo.m, geo.c, geo.kh * geo.kw).transpose(0, 2, 1)
-        ).reshape(geo.m, geo.k)
+        w0 = cpu_conv_packed.filters_by_taps(geo, filters)
         zero, epilogue = np.zeros_like(bias), kernels.epilogue
         if geo.channel_spans:
             return _small_by_channels(geo, w0, bias, kernels, cols, plain, pool or Serial())

@@ -268,27 +268,20 @@ def direct_conv(phases, w, out, p0, p1, ow_, kw_, dh, dw):  # type: ignore[no-un
 SMALL_TILE_BYTES = 128 * 1024
 
 
-@njit(cache=True, error_model="numpy", fastmath={"contract", "reassoc"}, nogil=True)
-def small_conv(x, w, bias, ct, xt, out, geometry):  # type: ignore[no-untyped-def]
-    """out (M, P) = w (M, K) @ patches + bias for convs with few output positions (P <= 64).
-
-    BLAS spends more on packing the weights than on the multiply at these sizes (a 128x387x4
-    GEMM ran at 25 GFLOP/s). Here the input (C, H, W) is first transposed into xt (H, W, C), so
-    that each tap of each position copies C contiguous values into ct (P, K) (gathered straight
-    from x, with a stride of H*W per value, the copies took as long as the multiply); K is
-    ordered (kh, kw, c), and w must be too. Each output is then a dot product over contiguous K;
-    reassociation lets the dot products vectorize.
-    """
+@njit(cache=True, error_model="numpy", nogil=True)
+def small_patches(x, ct, xt, geometry):  # type: ignore[no-untyped-def]
+    """The patches ct (P, K) of x (C, H, W), K ordered (kh, kw, c), for convs with few output
+    positions: x is first transposed into xt (H, W, C), so that each tap of each position
+    copies C contiguous values (gathered straight from x, with a stride of H*W per value, the
+    copies took as long as :func:`small_conv`'s multiply)."""
     ow_, kh_, kw_, sh, sw, dh, dw, ph, pw, w_ = geometry
     c_, h_ = x.shape[0], x.shape[1]
-    p_ = out.shape[1]
-    k_ = w.shape[1]
     for ih in range(h_):
         for iw in range(w_):
             dst = xt[ih, iw]
             for c in range(c_):
                 dst[c] = x[c, ih, iw]
-    for p in range(p_):
+    for p in range(ct.shape[0]):
         oh = p // ow_
         ow = p - oh * ow_
         row = ct[p]
@@ -304,6 +297,20 @@ def small_conv(x, w, bias, ct, xt, out, geometry):  # type: ignore[no-untyped-de
                     src = xt[ih, iw]
                     for c in range(c_):
                         seg[c] = src[c]
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract", "reassoc"}, nogil=True)
+def small_conv(x, w, bias, ct, xt, out, geometry):  # type: ignore[no-untyped-def]
+    """out (M, P) = w (M, K) @ patches + bias for convs with few output positions (P <= 64).
+
+    BLAS spends more on packing the weights than on the multiply at these sizes (a 128x387x4
+    GEMM ran at 25 GFLOP/s). The patches are gathered first (:func:`small_patches`: ct (P, K),
+    K ordered (kh, kw, c), and w must be too); each output is then a dot product over
+    contiguous K; reassociation lets the dot products vectorize.
+    """
+    p_ = out.shape[1]
+    k_ = w.shape[1]
+    small_patches(x, ct[:p_], xt, geometry)
     # Blocks of 4 positions x 2 output channels: each weight loaded serves four positions and
     # each patch value two channels, eight sums in registers (55-88 GFLOP/s, more than BLAS for
     # up to ~64 positions; 8 positions x 1 channel reached 41-86, 4 x 4 spilled: 16).

@@ -28,294 +28,37 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import cpu_blas
-from llvmlite import binding as llvm
-from llvmlite import ir
-from numba import cfunc, njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
-from numba.np.arrayobj import populate_array
+from eqsat.lowering import cpu_blas, cpu_tile_ir
+from eqsat.lowering.cpu_tile_ir import (
+    ROWS,
+    VECTOR_BYTES,
+    VECTORS,
+    native_rows,
+    native_rows_transposed,
+)
+from numba import njit
 
-# Rows of a and SIMD vectors (32 bytes: 8 float32 or 4 float64) of b per tile: 12 sums, 3
-# vectors of b and a broadcast filter value fill 16 AVX2 registers.
-ROWS, VECTORS = 4, 3
-VECTOR_BYTES = 32
+# cpu_tile_ir's calling convention that this file's cached kernels were compiled against.
+_TILE_ABI = 1
+if cpu_tile_ir.ABI != _TILE_ABI:
+    raise ImportError(f"cpu_tile_ir's ABI {cpu_tile_ir.ABI} is not {_TILE_ABI}: update both")
+
 # Bytes of b per column tile (K x columns), read from L2 by every block of rows of a.
 COLUMN_TILE_BYTES = 96 << 10
 
 _JIT = {"cache": True, "error_model": "numpy", "nogil": True}
 # Generated modules that call these kernels carry this hash, so that they recompile (rather
-# than load stale machine code from Numba's cache) when this module or the BLAS call changes.
+# than load stale machine code from Numba's cache) when these kernels or the BLAS call change.
 _SOURCE_HASH = hashlib.sha256(
-    Path(__file__).read_bytes() + Path(cpu_blas.__file__).read_bytes()
+    b"".join(Path(m.__file__).read_bytes() for m in (cpu_tile_ir, cpu_blas))
+    + Path(__file__).read_bytes()
 ).hexdigest()[:16]
-
-
-def _lanes(dtype: types.Type) -> int:
-    return VECTOR_BYTES // (4 if dtype == types.float32 else 8)
-
-
-def _tile(rows: int, vectors: int, masked: bool):  # type: ignore[no-untyped-def]
-    """An intrinsic ``tile(a, b, c, m0, p0, k, last, shift)``: c[m0 : m0+rows, p0 : p0+width]
-    = a[m0 : m0+rows, :k] @ b[:k, p0-shift : p0-shift+width], width = ``vectors`` SIMD
-    vectors, the last of them only its first ``last`` lanes when ``masked``; all three with
-    contiguous rows. (``shift``: b is a panel of packed weights starting at c's column shift.)"""
-
-    @intrinsic
-    def tile(typingctx, a, b, c, m0, p0, k, last, shift):  # type: ignore[no-untyped-def]
-        arrays = (a, b, c)
-        if not all(isinstance(t, types.Array) and t.ndim == 2 for t in arrays):
-            return None
-        if a.dtype not in (types.float32, types.float64) or not a.dtype == b.dtype == c.dtype:
-            return None
-        signature = types.void(a, b, c, *([types.int64] * 5))
-
-        def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-            ir_ = _TileIR(context, builder, sig, args)
-            m0_, p0_, k_, last_, shift_ = args[3:]
-            mask = ir_.mask(last_) if masked else None
-            sums = [
-                [cgutils.alloca_once_value(builder, ir_.zero) for _ in range(vectors)]
-                for _ in range(rows)
-            ]
-            a_rows = [ir_.element(0, ir_.plus(m0_, r), None) for r in range(rows)]
-            b_column = builder.sub(p0_, shift_)
-            with cgutils.for_range(builder, k_) as loop:
-                kk = loop.index
-                b_row = ir_.element(1, kk, b_column)
-                b_vectors = [
-                    ir_.load(ir_.vector_at(b_row, j), mask if j == vectors - 1 else None)
-                    for j in range(vectors)
-                ]
-                for r in range(rows):
-                    broadcast = ir_.broadcast(builder.load(builder.gep(a_rows[r], [kk])))
-                    for j in range(vectors):
-                        total = builder.call(
-                            ir_.fma, [broadcast, b_vectors[j], builder.load(sums[r][j])]
-                        )
-                        builder.store(total, sums[r][j])
-            for r in range(rows):
-                for j in range(vectors):
-                    c_row = ir_.element(2, ir_.plus(m0_, r), p0_)
-                    total = builder.load(sums[r][j])
-                    ir_.store(total, ir_.vector_at(c_row, j), mask if j == vectors - 1 else None)
-            return context.get_dummy_value()
-
-        return signature, codegen
-
-    return tile
-
-
-class _TileIR:
-    """LLVM IR pieces of a tile: the arrays' data and row strides (in elements), SIMD vectors
-    of the dtype (32 bytes), loads and stores (masked to the first ``last`` lanes)."""
-
-    def __init__(self, context, builder, sig, args):  # type: ignore[no-untyped-def]
-        self.builder = builder
-        real = context.get_value_type(sig.args[0].dtype)
-        self.lanes = _lanes(sig.args[0].dtype)
-        self.vec = vec = ir.VectorType(real, self.lanes)
-        self.i64, self.i32 = ir.IntType(64), ir.IntType(32)
-        item = ir.Constant(self.i64, context.get_abi_sizeof(real))
-        views = [
-            context.make_array(t)(context, builder, v)
-            for t, v in zip(sig.args[:3], args[:3], strict=True)
-        ]
-        self.data = [v.data for v in views]
-        self.row_stride = [
-            builder.sdiv(cgutils.unpack_tuple(builder, v.strides, 2)[0], item) for v in views
-        ]
-        name = f"v{self.lanes}f{8 * context.get_abi_sizeof(real)}"
-        module = builder.module
-        bits = ir.VectorType(ir.IntType(1), self.lanes)
-        self.fma = cgutils.get_or_insert_function(
-            module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.{name}"
-        )
-        self.masked_load = cgutils.get_or_insert_function(
-            module, ir.FunctionType(vec, [vec.as_pointer(), self.i32, bits, vec]),
-            f"llvm.masked.load.{name}.p0{name}",
-        )  # fmt: skip
-        self.masked_store = cgutils.get_or_insert_function(
-            module, ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), self.i32, bits]),
-            f"llvm.masked.store.{name}.p0{name}",
-        )  # fmt: skip
-        self.zero = ir.Constant(vec, [0.0] * self.lanes)
-
-    def plus(self, value, constant: int):  # type: ignore[no-untyped-def]
-        return self.builder.add(value, ir.Constant(self.i64, constant))
-
-    def element(self, array: int, row, column):  # type: ignore[no-untyped-def]
-        """Pointer to [row, column] of array 0 (a), 1 (b) or 2 (c); column None: 0."""
-        offset = self.builder.mul(row, self.row_stride[array])
-        if column is not None:
-            offset = self.builder.add(offset, column)
-        return self.builder.gep(self.data[array], [offset])
-
-    def vector_at(self, start, j: int):  # type: ignore[no-untyped-def]
-        ptr = self.builder.gep(start, [ir.Constant(self.i64, self.lanes * j)])
-        return self.builder.bitcast(ptr, self.vec.as_pointer())
-
-    def splat(self, value, vector_type):  # type: ignore[no-untyped-def]
-        undefined = ir.Constant(vector_type, ir.Undefined)
-        one = self.builder.insert_element(undefined, value, ir.Constant(self.i32, 0))
-        zeros = ir.Constant(ir.VectorType(self.i32, self.lanes), [0] * self.lanes)
-        return self.builder.shuffle_vector(one, undefined, zeros)
-
-    def broadcast(self, value):  # type: ignore[no-untyped-def]
-        return self.splat(value, self.vec)
-
-    def mask(self, last):  # type: ignore[no-untyped-def]
-        """Lanes below ``last``."""
-        index = ir.Constant(ir.VectorType(self.i64, self.lanes), list(range(self.lanes)))
-        limit = self.splat(last, ir.VectorType(self.i64, self.lanes))
-        return self.builder.icmp_signed("<", index, limit)
-
-    def load(self, ptr, mask):  # type: ignore[no-untyped-def]
-        if mask is None:
-            return self.builder.load(ptr, align=4)
-        align = ir.Constant(self.i32, 4)
-        return self.builder.call(self.masked_load, [ptr, align, mask, self.zero])
-
-    def store(self, value, ptr, mask) -> None:  # type: ignore[no-untyped-def]
-        if mask is None:
-            self.builder.store(value, ptr, align=4)
-        else:
-            self.builder.call(self.masked_store, [value, ptr, ir.Constant(self.i32, 4), mask])
-
-
-def _row_block(rows: int):  # type: ignore[no-untyped-def]
-    """``block(a, b, c, m0, q0, q1, k, shift)``: rows m0 .. m0+rows of the product, columns
-    q0 .. q1 (of b: from q0 - shift), by tiles of ``rows`` rows (:func:`_tile`): whole tiles of
-    VECTORS vectors, then one partial tile."""
-    whole = _tile(rows, VECTORS, False)
-    one, two = _tile(rows, 1, False), _tile(rows, 2, False)
-    one_masked, two_masked, three_masked = (_tile(rows, v, True) for v in (1, 2, 3))
-
-    @njit(**_JIT)
-    def block(a, b, c, m0, q0, q1, k, shift):  # type: ignore[no-untyped-def]
-        lanes = VECTOR_BYTES // b.itemsize
-        width = VECTORS * lanes
-        p = q0
-        while p + width <= q1:
-            whole(a, b, c, m0, p, k, 0, shift)
-            p += width
-        vectors, last = divmod(q1 - p, lanes)
-        if last == 0:
-            if vectors == 1:
-                one(a, b, c, m0, p, k, 0, shift)
-            elif vectors == 2:
-                two(a, b, c, m0, p, k, 0, shift)
-        elif vectors == 0:
-            one_masked(a, b, c, m0, p, k, last, shift)
-        elif vectors == 1:
-            two_masked(a, b, c, m0, p, k, last, shift)
-        else:
-            three_masked(a, b, c, m0, p, k, last, shift)
-
-    return block
-
-
-_block1, _block2, _block3, _block4 = (_row_block(r) for r in (1, 2, 3, 4))
-
-
-@njit(**_JIT)
-def _tile_rows(a, b, c, r0, r1, q0, q1, shift):  # type: ignore[no-untyped-def]
-    """Rows r0 <= m < r1 and columns q0 <= p < q1 of c = a @ b (b's columns from q0 - shift),
-    by blocks of ROWS rows of a (the last block smaller). Callers take :func:`_native_rows`."""
-    k = a.shape[1]
-    m0 = r0
-    while m0 + ROWS <= r1:
-        _block4(a, b, c, m0, q0, q1, k, shift)
-        m0 += ROWS
-    left = r1 - m0
-    if left == 3:
-        _block3(a, b, c, m0, q0, q1, k, shift)
-    elif left == 2:
-        _block2(a, b, c, m0, q0, q1, k, shift)
-    elif left == 1:
-        _block1(a, b, c, m0, q0, q1, k, shift)
-
-
-@intrinsic
-def _view(typingctx, pointer, rows, columns, row_stride):  # type: ignore[no-untyped-def]
-    """The 2-D array (rows, columns) at ``pointer`` whose rows are ``row_stride`` elements
-    apart (any sign) and contiguous: numba.carray with a row stride."""
-    if not isinstance(pointer, types.CPointer):
-        return None
-    array_type = types.Array(pointer.dtype, 2, "A")
-    signature = array_type(pointer, types.int64, types.int64, types.int64)
-
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        pointer_, rows_, columns_, stride_ = args
-        view = context.make_array(array_type)(context, builder)
-        item = ir.Constant(ir.IntType(64), context.get_abi_sizeof(pointer_.type.pointee))
-        populate_array(view, data=pointer_, shape=[rows_, columns_],
-                       strides=[builder.mul(stride_, item), item], itemsize=item, meminfo=None)  # fmt: skip
-        return view._getvalue()
-
-    return signature, codegen
-
-
-def _native_name(dtype: types.Type) -> str:
-    return f"eqsat_tile_rows_{dtype}_{_SOURCE_HASH}"
-
-
-def _compile_native(dtype: types.Type) -> int:
-    """Address of the C-callable ``tile_rows`` of ``dtype`` (compiled once per machine, then
-    loaded from Numba's cache): :func:`_tile_rows` on pointers and row strides."""
-    pointer = types.CPointer(dtype)
-    signature = types.void(pointer, pointer, pointer, *([types.int64] * 9))
-
-    def tile_rows(a, b, c, k, lda, ldb, ldc, r0, r1, q0, q1, shift):  # type: ignore[no-untyped-def]
-        _tile_rows(_view(a, r1, k, lda), _view(b, k, q1 - shift, ldb), _view(c, r1, q1, ldc),
-                   r0, r1, q0, q1, shift)  # fmt: skip
-
-    tile_rows.__qualname__ = tile_rows.__name__ = f"tile_rows_{dtype}"
-    return cfunc(signature, cache=True, error_model="numpy")(tile_rows).address
-
-
-# Every caller reaches the tiles through these C symbols. Linked into each caller instead, the
-# tiles' 24 variants were compiled again into every generated conv module (1-2 s each, the
-# whole of MobileNetV2's first run on one thread with an empty cache). Registered even where
-# ENABLED is off, so that the kernels below stay callable (and tested) everywhere.
-for _dtype in (types.float32, types.float64):
-    llvm.add_symbol(_native_name(_dtype), _compile_native(_dtype))
-
-
-@intrinsic
-def _native_rows(typingctx, a, b, c, r0, r1, q0, q1, shift):  # type: ignore[no-untyped-def]
-    """:func:`_tile_rows` through its C symbol (a, b and c with contiguous rows)."""
-    arrays = (a, b, c)
-    if not all(isinstance(t, types.Array) and t.ndim == 2 for t in arrays):
-        return None
-    if a.dtype not in (types.float32, types.float64) or not a.dtype == b.dtype == c.dtype:
-        return None
-    signature = types.void(a, b, c, *([types.int64] * 5))
-
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        i64 = ir.IntType(64)
-        real = context.get_value_type(a.dtype)
-        item = ir.Constant(i64, context.get_abi_sizeof(real))
-        views = [
-            context.make_array(t)(context, builder, v)
-            for t, v in zip(sig.args[:3], args[:3], strict=True)
-        ]
-        strides = [
-            builder.sdiv(cgutils.unpack_tuple(builder, v.strides, 2)[0], item) for v in views
-        ]
-        k = cgutils.unpack_tuple(builder, views[0].shape, 2)[1]
-        fnty = ir.FunctionType(ir.VoidType(), [real.as_pointer()] * 3 + [i64] * 9)
-        fn = cgutils.get_or_insert_function(builder.module, fnty, _native_name(a.dtype))
-        builder.call(fn, [v.data for v in views] + [k, *strides, *args[3:]])
-        return context.get_dummy_value()
-
-    return signature, codegen
 
 
 @njit(**_JIT)
 def tiled_columns(a, b, c, q0, q1):  # type: ignore[no-untyped-def]
     """Columns q0 <= p < q1 of c = a @ b."""
-    _native_rows(a, b, c, 0, a.shape[0], q0, q1, 0)
+    native_rows(a, b, c, 0, a.shape[0], q0, q1, 0)
 
 
 def panel_width(dtype: np.dtype) -> int:
@@ -369,7 +112,34 @@ def packed_panel(a, panels, c, r0, r1, q):  # type: ignore[no-untyped-def]
     """Rows r0 <= m < r1 of panel q's columns of c = a @ weights (:func:`packed_gemm`)."""
     width = panels.shape[2]
     p0 = q * width
-    _native_rows(a, panels[q], c, r0, r1, p0, min(p0 + width, c.shape[1]), p0)
+    native_rows(a, panels[q], c, r0, r1, p0, min(p0 + width, c.shape[1]), p0)
+
+
+@njit(**_JIT)
+def transposed_gemm(panels, b, out, first):  # type: ignore[no-untyped-def]
+    """out = w[first * width : first * width + M] @ b for filters w (packed as
+    ``pack_panels(w.T)``, panels of ``width`` filters each) and b (K, n) with any strides; out
+    (M, n) with contiguous rows.
+
+    Computed as out.T = b.T @ w.T: the filters are the tiles' vector lanes and the n columns
+    (a 1x1 conv's positions) its rows, so few columns (49 on a 7x7 plane) waste no partial
+    tiles: 36 GFLOP/s where tiles over the columns ran 24 and OpenBLAS 14-33 (one thread)."""
+    m, n = out.shape
+    k = b.shape[0]
+    width = panels.shape[2]
+    count = -(-m // width)
+    if panels.shape[1] != k or b.shape[1] != n or first < 0 or first + count > panels.shape[0]:
+        raise ValueError("transposed_gemm: shapes do not match")
+    size = out.itemsize
+    if out.strides[1] != size or b.itemsize != size or panels.itemsize != size:
+        raise ValueError("transposed_gemm: out's rows must be contiguous")
+    a, c = b.T, out.T
+    chunk = max(PACKED_MIN_CHUNK, PACKED_CHUNK_BYTES // max(1, k * size) // ROWS * ROWS)
+    for r0 in range(0, n, chunk):
+        r1 = min(r0 + chunk, n)
+        for q in range(count):
+            p0 = q * width
+            native_rows_transposed(a, panels[first + q], c, r0, r1, p0, min(p0 + width, m), p0)
 
 
 @njit(**{**_JIT, "inline": "always"})

@@ -1,0 +1,421 @@
+"""The register tile of :mod:`eqsat.lowering.cpu_microkernel`'s GEMMs, in LLVM IR, and the C
+symbols through which every caller reaches it.
+
+A tile of ``ROWS`` rows of a by ``VECTORS`` SIMD vectors of b's columns keeps its ``ROWS x
+VECTORS`` sums in registers: for each k it loads the vectors of b's row k, broadcasts the
+``ROWS`` values a[m, k], and issues one fused multiply-add per sum. It is an
+:func:`numba.extending.intrinsic` because nothing in Numba's Python keeps twelve vector sums in
+registers across a loop (the vectorizer vectorizes only the innermost loop). Partial tiles (the
+last rows, the last columns) are the same IR with fewer rows or vectors and a masked last vector.
+
+Two drivers run the tiles over a block of rows and columns:
+
+- :func:`native_rows`: a, b and c with contiguous rows (c's columns are the vector lanes);
+- :func:`native_rows_transposed`: c^T's layout, for products whose columns are few (a 1x1 conv
+  on a 7x7 plane: 49 positions, 3 partial tiles of 24 for 2 whole): a is any strided view (the
+  tile broadcasts its values one by one), b a panel of packed weights padded to whole tiles, and
+  c a view with contiguous columns (c = out.T: each tile stores its ROWS sums per column as one
+  short vector into out's rows).
+
+Both are compiled once per machine into C-callable functions (Numba's cache keeps them) and
+registered as LLVM symbols: callers declare and call them. Linked into each caller instead, the
+24 tile variants were compiled again into every generated conv module (1-2 s each: the whole of
+MobileNetV2's first run on one thread with an empty cache).
+"""
+
+from __future__ import annotations
+
+from llvmlite import binding as llvm
+from llvmlite import ir
+from numba import cfunc, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+from numba.np.arrayobj import populate_array
+
+# Rows of a and SIMD vectors (32 bytes: 8 float32 or 4 float64) of b per tile: 12 sums, 3
+# vectors of b and a broadcast value fill 16 AVX2 registers.
+ROWS, VECTORS = 4, 3
+VECTOR_BYTES = 32
+
+_JIT = {"cache": True, "error_model": "numpy", "nogil": True}
+# The symbols' calling convention, in their names. Callers compiled into Numba's cache keep the
+# name they were compiled with while only this file changes (Numba's cache tracks a function's
+# own file, not its callees'): the names stay, the code behind them is this file's. Changing
+# the convention means a new number here and in cpu_microkernel (which checks it), so that its
+# cached callers recompile rather than call a symbol no longer registered.
+ABI = 1
+
+
+def _lanes(dtype: types.Type) -> int:
+    return VECTOR_BYTES // (4 if dtype == types.float32 else 8)
+
+
+def _float_matrices(a, b, c) -> bool:  # type: ignore[no-untyped-def]
+    arrays = (a, b, c)
+    return (
+        all(isinstance(t, types.Array) and t.ndim == 2 for t in arrays)
+        and a.dtype in (types.float32, types.float64)
+        and a.dtype == b.dtype == c.dtype
+    )
+
+
+def _tile(rows: int, vectors: int, masked: bool):  # type: ignore[no-untyped-def]
+    """An intrinsic ``tile(a, b, c, m0, p0, k, last, shift)``: c[m0 : m0+rows, p0 : p0+width]
+    = a[m0 : m0+rows, :k] @ b[:k, p0-shift : p0-shift+width], width = ``vectors`` SIMD
+    vectors, the last of them only its first ``last`` lanes when ``masked``; all three with
+    contiguous rows. (``shift``: b is a panel of packed weights starting at c's column shift.)"""
+
+    @intrinsic
+    def tile(typingctx, a, b, c, m0, p0, k, last, shift):  # type: ignore[no-untyped-def]
+        if not _float_matrices(a, b, c):
+            return None
+        signature = types.void(a, b, c, *([types.int64] * 5))
+
+        def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+            ir_ = _TileIR(context, builder, sig, args)
+            m0_, p0_, k_, last_, shift_ = args[3:]
+            mask = ir_.mask(last_) if masked else None
+            sums = [
+                [cgutils.alloca_once_value(builder, ir_.zero) for _ in range(vectors)]
+                for _ in range(rows)
+            ]
+            a_rows = [ir_.element(0, ir_.plus(m0_, r), None) for r in range(rows)]
+            b_column = builder.sub(p0_, shift_)
+            with cgutils.for_range(builder, k_) as loop:
+                kk = loop.index
+                b_row = ir_.element(1, kk, b_column)
+                b_vectors = [
+                    ir_.load(ir_.vector_at(b_row, j), mask if j == vectors - 1 else None)
+                    for j in range(vectors)
+                ]
+                for r in range(rows):
+                    broadcast = ir_.broadcast(builder.load(builder.gep(a_rows[r], [kk])))
+                    for j in range(vectors):
+                        total = builder.call(
+                            ir_.fma, [broadcast, b_vectors[j], builder.load(sums[r][j])]
+                        )
+                        builder.store(total, sums[r][j])
+            for r in range(rows):
+                for j in range(vectors):
+                    c_row = ir_.element(2, ir_.plus(m0_, r), p0_)
+                    total = builder.load(sums[r][j])
+                    ir_.store(total, ir_.vector_at(c_row, j), mask if j == vectors - 1 else None)
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return tile
+
+
+def _tile_transposed(rows: int):  # type: ignore[no-untyped-def]
+    """An intrinsic ``tile(a, b, c, m0, p0, k, last, shift)``: :func:`_tile` of VECTORS vectors
+    (b a packed panel, padded: every lane can be loaded) storing only c's first ``last`` columns
+    of the tile; a with any strides, c with contiguous columns (c[m, p] and c[m + 1, p] adjacent:
+    the ``rows`` sums of a column are stored as one vector)."""
+
+    @intrinsic
+    def tile(typingctx, a, b, c, m0, p0, k, last, shift):  # type: ignore[no-untyped-def]
+        if not _float_matrices(a, b, c):
+            return None
+        signature = types.void(a, b, c, *([types.int64] * 5))
+
+        def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+            ir_ = _TileIR(context, builder, sig, args)
+            m0_, p0_, k_, last_, shift_ = args[3:]
+            sums = [
+                [cgutils.alloca_once_value(builder, ir_.zero) for _ in range(VECTORS)]
+                for _ in range(rows)
+            ]
+            a_rows = [ir_.element(0, ir_.plus(m0_, r), None) for r in range(rows)]
+            b_column = builder.sub(p0_, shift_)
+            with cgutils.for_range(builder, k_) as loop:
+                kk = builder.mul(loop.index, ir_.column_stride[0])
+                b_row = ir_.element(1, loop.index, b_column)
+                b_vectors = [ir_.load(ir_.vector_at(b_row, j), None) for j in range(VECTORS)]
+                for r in range(rows):
+                    broadcast = ir_.broadcast(builder.load(builder.gep(a_rows[r], [kk])))
+                    for j in range(VECTORS):
+                        total = builder.call(
+                            ir_.fma, [broadcast, b_vectors[j], builder.load(sums[r][j])]
+                        )
+                        builder.store(total, sums[r][j])
+            column_type = ir.VectorType(ir_.real, rows) if rows > 1 else ir_.real
+            totals = [[builder.load(sums[r][j]) for j in range(VECTORS)] for r in range(rows)]
+            top = ir_.element(2, m0_, None)
+            for j in range(VECTORS):
+                for lane in range(ir_.lanes):
+                    column = j * ir_.lanes + lane
+                    inside = builder.icmp_signed("<", ir.Constant(ir_.i64, column), last_)
+                    with builder.if_then(inside, likely=True):
+                        index = ir.Constant(ir_.i32, lane)
+                        values = [builder.extract_element(totals[r][j], index) for r in range(rows)]
+                        if rows > 1:
+                            value = ir.Constant(column_type, ir.Undefined)
+                            for r, v in enumerate(values):
+                                value = builder.insert_element(value, v, ir.Constant(ir_.i32, r))
+                        else:
+                            value = values[0]
+                        at = ir_.plus(p0_, column)
+                        offset = builder.mul(at, ir_.column_stride[2])
+                        ptr = builder.bitcast(builder.gep(top, [offset]), column_type.as_pointer())
+                        builder.store(value, ptr, align=4)
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return tile
+
+
+class _TileIR:
+    """LLVM IR pieces of a tile: the arrays' data and strides (in elements), SIMD vectors
+    of the dtype (32 bytes), loads and stores (masked to the first ``last`` lanes)."""
+
+    def __init__(self, context, builder, sig, args):  # type: ignore[no-untyped-def]
+        self.builder = builder
+        real = context.get_value_type(sig.args[0].dtype)
+        self.lanes = _lanes(sig.args[0].dtype)
+        self.vec = vec = ir.VectorType(real, self.lanes)
+        self.i64, self.i32 = ir.IntType(64), ir.IntType(32)
+        item = ir.Constant(self.i64, context.get_abi_sizeof(real))
+        views = [
+            context.make_array(t)(context, builder, v)
+            for t, v in zip(sig.args[:3], args[:3], strict=True)
+        ]
+        self.data = [v.data for v in views]
+        strides = [cgutils.unpack_tuple(builder, v.strides, 2) for v in views]
+        self.row_stride = [builder.sdiv(s[0], item) for s in strides]
+        self.column_stride = [builder.sdiv(s[1], item) for s in strides]
+        self.real = real
+        name = f"v{self.lanes}f{8 * context.get_abi_sizeof(real)}"
+        module = builder.module
+        bits = ir.VectorType(ir.IntType(1), self.lanes)
+        self.fma = cgutils.get_or_insert_function(
+            module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.{name}"
+        )
+        self.masked_load = cgutils.get_or_insert_function(
+            module, ir.FunctionType(vec, [vec.as_pointer(), self.i32, bits, vec]),
+            f"llvm.masked.load.{name}.p0{name}",
+        )  # fmt: skip
+        self.masked_store = cgutils.get_or_insert_function(
+            module, ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), self.i32, bits]),
+            f"llvm.masked.store.{name}.p0{name}",
+        )  # fmt: skip
+        self.zero = ir.Constant(vec, [0.0] * self.lanes)
+
+    def plus(self, value, constant: int):  # type: ignore[no-untyped-def]
+        return self.builder.add(value, ir.Constant(self.i64, constant))
+
+    def element(self, array: int, row, column):  # type: ignore[no-untyped-def]
+        """Pointer to [row, column] of array 0 (a), 1 (b) or 2 (c) (its columns taken as
+        contiguous: the column stride is the caller's); column None: 0."""
+        offset = self.builder.mul(row, self.row_stride[array])
+        if column is not None:
+            offset = self.builder.add(offset, column)
+        return self.builder.gep(self.data[array], [offset])
+
+    def vector_at(self, start, j: int):  # type: ignore[no-untyped-def]
+        ptr = self.builder.gep(start, [ir.Constant(self.i64, self.lanes * j)])
+        return self.builder.bitcast(ptr, self.vec.as_pointer())
+
+    def splat(self, value, vector_type):  # type: ignore[no-untyped-def]
+        undefined = ir.Constant(vector_type, ir.Undefined)
+        one = self.builder.insert_element(undefined, value, ir.Constant(self.i32, 0))
+        zeros = ir.Constant(ir.VectorType(self.i32, self.lanes), [0] * self.lanes)
+        return self.builder.shuffle_vector(one, undefined, zeros)
+
+    def broadcast(self, value):  # type: ignore[no-untyped-def]
+        return self.splat(value, self.vec)
+
+    def mask(self, last):  # type: ignore[no-untyped-def]
+        """Lanes below ``last``."""
+        index = ir.Constant(ir.VectorType(self.i64, self.lanes), list(range(self.lanes)))
+        limit = self.splat(last, ir.VectorType(self.i64, self.lanes))
+        return self.builder.icmp_signed("<", index, limit)
+
+    def load(self, ptr, mask):  # type: ignore[no-untyped-def]
+        if mask is None:
+            return self.builder.load(ptr, align=4)
+        align = ir.Constant(self.i32, 4)
+        return self.builder.call(self.masked_load, [ptr, align, mask, self.zero])
+
+    def store(self, value, ptr, mask) -> None:  # type: ignore[no-untyped-def]
+        if mask is None:
+            self.builder.store(value, ptr, align=4)
+        else:
+            self.builder.call(self.masked_store, [value, ptr, ir.Constant(self.i32, 4), mask])
+
+
+def _row_block(rows: int):  # type: ignore[no-untyped-def]
+    """``block(a, b, c, m0, q0, q1, k, shift)``: rows m0 .. m0+rows of the product, columns
+    q0 .. q1 (of b: from q0 - shift), by tiles of ``rows`` rows (:func:`_tile`): whole tiles of
+    VECTORS vectors, then one partial tile."""
+    whole = _tile(rows, VECTORS, False)
+    one, two = _tile(rows, 1, False), _tile(rows, 2, False)
+    one_masked, two_masked, three_masked = (_tile(rows, v, True) for v in (1, 2, 3))
+
+    @njit(**_JIT)
+    def block(a, b, c, m0, q0, q1, k, shift):  # type: ignore[no-untyped-def]
+        lanes = VECTOR_BYTES // b.itemsize
+        width = VECTORS * lanes
+        p = q0
+        while p + width <= q1:
+            whole(a, b, c, m0, p, k, 0, shift)
+            p += width
+        vectors, last = divmod(q1 - p, lanes)
+        if last == 0:
+            if vectors == 1:
+                one(a, b, c, m0, p, k, 0, shift)
+            elif vectors == 2:
+                two(a, b, c, m0, p, k, 0, shift)
+        elif vectors == 0:
+            one_masked(a, b, c, m0, p, k, last, shift)
+        elif vectors == 1:
+            two_masked(a, b, c, m0, p, k, last, shift)
+        else:
+            three_masked(a, b, c, m0, p, k, last, shift)
+
+    return block
+
+
+_block1, _block2, _block3, _block4 = (_row_block(r) for r in (1, 2, 3, 4))
+
+
+@njit(**_JIT)
+def _tile_rows(a, b, c, r0, r1, q0, q1, shift):  # type: ignore[no-untyped-def]
+    """Rows r0 <= m < r1 and columns q0 <= p < q1 of c = a @ b (b's columns from q0 - shift),
+    by blocks of ROWS rows of a (the last block smaller). Callers take :func:`native_rows`."""
+    k = a.shape[1]
+    m0 = r0
+    while m0 + ROWS <= r1:
+        _block4(a, b, c, m0, q0, q1, k, shift)
+        m0 += ROWS
+    left = r1 - m0
+    if left == 3:
+        _block3(a, b, c, m0, q0, q1, k, shift)
+    elif left == 2:
+        _block2(a, b, c, m0, q0, q1, k, shift)
+    elif left == 1:
+        _block1(a, b, c, m0, q0, q1, k, shift)
+
+
+def _transposed_block(rows: int):  # type: ignore[no-untyped-def]
+    tile = _tile_transposed(rows)
+
+    @njit(**_JIT)
+    def block(a, b, c, m0, q0, q1, k, shift):  # type: ignore[no-untyped-def]
+        width = VECTORS * (VECTOR_BYTES // b.itemsize)
+        for p in range(q0, q1, width):
+            tile(a, b, c, m0, p, k, min(width, q1 - p), shift)
+
+    return block
+
+
+_transposed1, _transposed2, _transposed3, _transposed4 = (
+    _transposed_block(r) for r in (1, 2, 3, 4)
+)
+
+
+@njit(**_JIT)
+def _tile_rows_transposed(a, b, c, r0, r1, q0, q1, shift):  # type: ignore[no-untyped-def]
+    """:func:`_tile_rows` by :func:`_tile_transposed`'s tiles (see there for the layouts)."""
+    k = a.shape[1]
+    m0 = r0
+    while m0 + ROWS <= r1:
+        _transposed4(a, b, c, m0, q0, q1, k, shift)
+        m0 += ROWS
+    left = r1 - m0
+    if left == 3:
+        _transposed3(a, b, c, m0, q0, q1, k, shift)
+    elif left == 2:
+        _transposed2(a, b, c, m0, q0, q1, k, shift)
+    elif left == 1:
+        _transposed1(a, b, c, m0, q0, q1, k, shift)
+
+
+@intrinsic
+def _view(typingctx, pointer, rows, columns, row_stride, column_stride):  # type: ignore[no-untyped-def]
+    """The 2-D array (rows, columns) at ``pointer`` with these strides in elements (any
+    sign): numba.carray with strides."""
+    if not isinstance(pointer, types.CPointer):
+        return None
+    array_type = types.Array(pointer.dtype, 2, "A")
+    signature = array_type(pointer, *([types.int64] * 4))
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        pointer_, rows_, columns_, row_stride_, column_stride_ = args
+        view = context.make_array(array_type)(context, builder)
+        item = ir.Constant(ir.IntType(64), context.get_abi_sizeof(pointer_.type.pointee))
+        strides = [builder.mul(row_stride_, item), builder.mul(column_stride_, item)]
+        populate_array(view, data=pointer_, shape=[rows_, columns_], strides=strides,
+                       itemsize=item, meminfo=None)  # fmt: skip
+        return view._getvalue()
+
+    return signature, codegen
+
+
+_DRIVERS = {"rows": _tile_rows, "transposed": _tile_rows_transposed}
+
+
+def _symbol(driver: str, dtype: types.Type) -> str:
+    return f"eqsat_tile_{driver}_{dtype}_abi{ABI}"
+
+
+def _compile_symbol(driver: str, dtype: types.Type) -> int:
+    """Address of the C-callable form of ``_DRIVERS[driver]`` for ``dtype`` (compiled once per
+    machine, then loaded from Numba's cache): the driver on pointers and strides."""
+    pointer, inner = types.CPointer(dtype), _DRIVERS[driver]
+    signature = types.void(pointer, pointer, pointer, *([types.int64] * 11))
+
+    def entry(a, b, c, k, lda, a_step, ldb, ldc, c_step, r0, r1, q0, q1, shift):  # type: ignore[no-untyped-def]
+        inner(_view(a, r1, k, lda, a_step), _view(b, k, q1 - shift, ldb, 1),
+              _view(c, r1, q1, ldc, c_step), r0, r1, q0, q1, shift)  # fmt: skip
+
+    entry.__qualname__ = entry.__name__ = f"tile_{driver}_{dtype}"
+    return cfunc(signature, cache=True, error_model="numpy")(entry).address
+
+
+for _driver in _DRIVERS:
+    for _dtype in (types.float32, types.float64):
+        llvm.add_symbol(_symbol(_driver, _dtype), _compile_symbol(_driver, _dtype))
+
+
+def _native(driver: str):  # type: ignore[no-untyped-def]
+    @intrinsic
+    def call(typingctx, a, b, c, r0, r1, q0, q1, shift):  # type: ignore[no-untyped-def]
+        if not _float_matrices(a, b, c):
+            return None
+        signature = types.void(a, b, c, *([types.int64] * 5))
+
+        def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+            i64 = ir.IntType(64)
+            real = context.get_value_type(a.dtype)
+            item = ir.Constant(i64, context.get_abi_sizeof(real))
+            views = [
+                context.make_array(t)(context, builder, v)
+                for t, v in zip(sig.args[:3], args[:3], strict=True)
+            ]
+            strides = [
+                [builder.sdiv(s, item) for s in cgutils.unpack_tuple(builder, v.strides, 2)]
+                for v in views
+            ]
+            k = cgutils.unpack_tuple(builder, views[0].shape, 2)[1]
+            fnty = ir.FunctionType(ir.VoidType(), [real.as_pointer()] * 3 + [i64] * 11)
+            fn = cgutils.get_or_insert_function(builder.module, fnty, _symbol(driver, a.dtype))
+            (lda, a_step), (ldb, _), (ldc, c_step) = strides
+            operands = [v.data for v in views] + [k, lda, a_step, ldb, ldc, c_step, *args[3:]]
+            builder.call(fn, operands)
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return call
+
+
+native_rows = _native("rows")
+native_rows.__doc__ = """``native_rows(a, b, c, r0, r1, q0, q1, shift)``: rows r0 <= m < r1 and
+columns q0 <= p < q1 of c = a @ b (b's columns from q0 - shift), a, b and c with contiguous
+rows (unchecked: callers check)."""
+native_rows_transposed = _native("transposed")
+native_rows_transposed.__doc__ = """``native_rows_transposed(a, b, c, r0, r1, q0, q1, shift)``:
+:func:`native_rows` for a with any strides, b a packed panel padded to whole tiles and c with
+contiguous columns (unchecked: callers check)."""
