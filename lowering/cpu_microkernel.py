@@ -1,20 +1,17 @@
 """Register-tiled GEMMs: c = a @ b for a conv's filters a (M, K) by its input planes (a 1x1 conv),
 im2col's patches or Winograd's transformed tiles b (K, P) (:func:`tiled_gemm`, the conv epilogue
-modules' generated ``gemm_epilogue``, :func:`batched_gemm`), and for rows a by constant weights
-packed once into panels (:func:`pack_panels`, :func:`packed_gemm`: a transformer's linear layers).
+modules' generated ``gemm_epilogue``, :func:`batched_gemm`); for rows a by constant weights
+packed once into panels (:func:`pack_panels`, :func:`packed_gemm`: a transformer's linear
+layers); and for convs with few output positions, out.T = b.T @ w.T on the filters packed
+(:func:`transposed_gemm`, used by :mod:`eqsat.lowering.cpu_conv_packed`).
 
 BLAS packs both operands on every call: for a 1x1 conv that is a copy of the whole input per
 product, and with K of 16-100 (MobileNets' pointwise convs) the copy and the short inner loops
-cost more than the multiply-adds. Here nothing is packed. A tile of ``ROWS`` rows of a by
-``VECTORS`` SIMD vectors of b's columns keeps its ``ROWS x VECTORS`` sums in registers: for each
-k it loads the vectors of b's row k (contiguous, since b is row-major), broadcasts the ``ROWS``
-filter values a[m, k], and issues one fused multiply-add per sum. Columns come in tiles whose
-K x columns of b stay in L2 while every block of rows of a reuses them.
-
-The tile is written in LLVM IR (an :func:`numba.extending.intrinsic`) because nothing in Numba's
-Python keeps twelve vector sums in registers across a loop: the vectorizer vectorizes only the
-innermost loop. Partial tiles (the last rows, the last columns) are the same IR with fewer rows
-or vectors, and a masked load/store for the last vector's lanes.
+cost more than the multiply-adds. Here nothing is packed per call. The register tile itself
+(:mod:`eqsat.lowering.cpu_tile_ir`: ROWS rows of a by VECTORS SIMD vectors of b's columns, the
+sums in registers, in LLVM IR) is reached through a C symbol; these drivers walk it over blocks
+of rows and column tiles whose K x columns of b stay in L2 while every block of rows of a
+reuses them.
 
 Sums are accumulated in k order, one fused multiply-add per term: the result is within the
 usual GEMM rounding of BLAS's (the tests compare both against float64 products). Where the CPU
