@@ -4,8 +4,8 @@ Each MatMul/Gemm step writes the base op's result straight into its planned outp
 numpy's ``matmul`` (BLAS sgemm/dgemm), then applies everything elementwise that follows (Gemm's
 alpha and beta*C, and a fused node's ``epilogue`` over its extra inputs) with one generated
 kernel, in place over the output while it is still in cache. Convs (1-D and 2-D) take one of
-three paths: depthwise 2-D convs with up to 7x7 taps a generated kernel (:mod:`eqsat.lowering.cpu_depthwise`) with
-the bias and scalar epilogues applied on the fly; 3x3 stride-1 convs with enough tiles Winograd
+three paths: depthwise 2-D convs with up to 7x7 taps a generated kernel
+(:mod:`eqsat.lowering.cpu_depthwise_step`) with the bias and scalar epilogues applied on the fly; 3x3 stride-1 convs with enough tiles Winograd
 F(4x4, 3x3) (:mod:`eqsat.lowering.cpu_winograd`, ~4x fewer multiply-adds, the epilogue applied
 as the output is stored); every other conv im2col + GEMM by blocks of output rows with the bias
 and epilogue applied per block, or a BLAS-free kernel for a few output positions
@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import codegen, cpu, cpu_conv, cpu_threads, cpu_winograd
+from eqsat.lowering import codegen, cpu_conv, cpu_depthwise_step, cpu_winograd
 from eqsat.lowering.cpu import GEMM_CHUNKS_PER_THREAD as GEMM_CHUNKS
 from eqsat.lowering.cpu import ElementwiseKernel, Env, Lowering, Step, StepFn
 from eqsat.lowering.cpu_gemm import few_rows_matmul, gemm_runner, matmul_parts, packed_matmul
@@ -48,8 +48,6 @@ from eqsat.ops.conv import window_geometry
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # Depthwise convs with more taps go to the direct conv of :mod:`~eqsat.lowering.cpu_conv`.
 DEPTHWISE_TAPS = 49
-# Chunks per thread of a depthwise conv split over the pool (see _depthwise).
-DEPTHWISE_CHUNKS = 1
 
 
 def build_step(lowering: Lowering, node: Node) -> Step | None:
@@ -315,7 +313,7 @@ def _conv(lowering: Lowering, node: Node) -> Step | None:
     # Depthwise kernels unroll every tap: past ~7x7 they compile slowly and run slower than the
     # direct conv (basic-pitch's single-channel 1x256 stride-2 conv: 1.2 GFLOP/s, 20 direct).
     if x.rank == 4 and group == c_ and m_ == c_ and np.prod(window.kernel) <= DEPTHWISE_TAPS:
-        return _depthwise(lowering, node, x, extras, bias, window)
+        return cpu_depthwise_step.build(lowering, node, x, extras, bias, window)
     if x.rank == 4 and cpu_winograd.applies(
         window.kernel, window.strides, window.dilations, group, c_, m_, window.out
     ):
@@ -437,71 +435,6 @@ def _winograd(
     reads = ([x_slot] if x_slot is not None else []) + ([] if epi is None else epi.reads())
     reads += [slot for _, slot, _ in items if slot is not None]
     return Step(unbound, Usage(reads, [o], True), "conv", node.name, bind)
-
-
-def _depthwise(
-    lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: np.ndarray, window: Any
-) -> Step:
-    """Depthwise conv as a generated kernel; scalar-constant epilogues are fused into it."""
-    from eqsat.lowering import cpu_depthwise
-
-    out = node.outputs[0]
-    c_ = x.shape[1]
-    kh, kw = window.kernel
-    w = node.inputs[1]
-    assert w is not None and w.const is not None
-    taps = np.ascontiguousarray(w.const.reshape(c_, kh * kw), out.dtype)
-    epilogue = str(node.attrs.get("epilogue", "{0}"))
-    # A per-channel constant the epilogue adds (a bias after the fact) goes into the bias.
-    epilogue, folded = cpu_depthwise.fold_channel_add(epilogue, [v.const for v in extras], bias)
-    scalars = cpu_depthwise.scalar_constants(extras)
-    fused = cpu_depthwise.inline_scalars(epilogue, scalars)
-    geometry = (window.kernel, window.strides, window.dilations, window.begin)
-    try:
-        kernel = cpu_depthwise.load(out.dtype, *geometry, fused, False)
-        epi: Epilogue | None = None
-        bias = folded
-    except codegen.Unsupported:  # tensor operands in the epilogue: a pass of its own
-        kernel = cpu_depthwise.load(out.dtype, *geometry, "{0}", False)
-        epi = Epilogue(lowering, node, "{0}", extras, [])
-    lowering.kernels += 1
-    plane = cpu_depthwise.scratch_shape(x.shape[2:], window.out, *geometry)
-    # Chunks of (image, channel block) on the pool, each thread with its own padded plane (the
-    # borders stay zero: the kernel writes the interior only).
-    n_ = x.shape[0]
-    # Sized like elementwise work, not as FLOPs: the kernel makes about one 3x3 output per ns
-    # (16x112x112 outputs: 0.2 ms), some 20x fewer FLOPs per second than a GEMM, so the GEMMs'
-    # threshold kept every depthwise conv of MobileNetV3 on one thread.
-    # One chunk per thread: the chunks are Python calls, and with more of them the threads
-    # hand the GIL back and forth between chunks (2 threads, 16x112x112 3x3: 145 us in 2
-    # chunks, 167 in 8, 178 on one thread; 128x28x28: 105 against 132 and 154).
-    work = out.size * max(1.0, kh * kw / 9)
-    count = lowering.split(work, cpu.PARALLEL_ELEMENTS, cpu.GRAIN_ELEMENTS, DEPTHWISE_CHUNKS)
-    blocks = cpu_threads.chunks(c_, -(-count // n_)) if count > 1 else []
-    parts = [(i, c0, c1) for i in range(n_) for c0, c1 in blocks]
-    scratch = [np.zeros(plane, out.dtype) for _ in range(lowering.workers if parts else 1)]
-    pool = lowering.pool
-    x_const, x_slot = _operand(lowering, x)
-    o = lowering.slot(out)
-
-    def run(env: Env) -> None:
-        data = np.ascontiguousarray(x_const if x_const is not None else env[x_slot])
-        result = env[o]
-        if parts and pool is not None:
-
-            def part(p: tuple[int, int, int], worker: int) -> None:
-                i, c0, c1 = p
-                kernel(data[i : i + 1, c0:c1], taps[c0:c1], bias[c0:c1],
-                       result[i : i + 1, c0:c1], scratch[worker])  # fmt: skip
-
-            pool.map(part, parts, whole=lambda: kernel(data, taps, bias, result, scratch[0]))
-        else:
-            kernel(data, taps, bias, result, scratch[0])
-        if epi is not None:
-            epi(env, result)
-
-    reads = ([x_slot] if x_slot is not None else []) + (epi.reads() if epi else [])
-    return Step(run, Usage(reads, [o], True), "depthwise", node.name)
 
 
 def _fused_reference_base(lowering: Lowering, node: Node) -> Step | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from eqsat.lowering import cpu, cpu_depthwise
+from eqsat.lowering import cpu, cpu_depthwise, cpu_depthwise_lanes
 
 import eqsat
 from tests.cpu_testing import record_pool_maps
@@ -104,6 +104,29 @@ def test_passes_and_small_scratch() -> None:
             np.zeros(size - 1, F32))  # fmt: skip
 
 
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("dtype", [F32, np.float64])
+def test_lanes_kernel_matches_direct_conv(geometry: Any, dtype: type) -> None:
+    """Channels as the vector lanes: blocks of 8 (float32) or 4 (float64) channels, the last
+    one partial (13 channels), planes shorter and longer than a vector, two images."""
+    x, w, b, geo, in_hw, out_hw, want = _case(geometry, dtype, channels=13)
+    run = cpu_depthwise_lanes.load(np.dtype(dtype), *geo, "max({0}, (0.0))")
+    wv, bv = cpu_depthwise_lanes.pack_taps(w, b)
+    buffers = cpu_depthwise_lanes.buffers(np.dtype(dtype), in_hw, out_hw, *geo)
+    out = np.full((*x.shape[:2], *out_hw), np.nan, dtype)
+    tol = 1e-5 if dtype == F32 else 1e-12
+    for _ in range(2):  # the buffer's border stays zero from call to call
+        run(x, wv, bv, out, *buffers)
+        np.testing.assert_allclose(out, np.maximum(want, 0), rtol=tol, atol=tol)
+    # One image's span of blocks of channels, as the pool's chunks run it: only its channels
+    # are written.
+    lanes = wv.shape[2]
+    out[:] = np.nan
+    run(x[:1, lanes:], wv[1:], bv[1:], out[:1, lanes:], *buffers)
+    np.testing.assert_allclose(out[0, lanes:], np.maximum(want, 0)[0, lanes:], rtol=tol, atol=tol)
+    assert np.isnan(out[0, :lanes]).all() and np.isnan(out[1]).all()
+
+
 def _graph(shape: tuple[int, ...], kernel: int, attrs: dict, dtype: type) -> eqsat.Graph:
     rng = np.random.default_rng(7)
     c_ = shape[1]
@@ -126,9 +149,20 @@ def _graph(shape: tuple[int, ...], kernel: int, attrs: dict, dtype: type) -> eqs
     ],
     ids=["5x5-s2-asymmetric", "s3x2-dilated", "7x7-f64", "wide-f64"],
 )
+@pytest.mark.parametrize("lanes", [True, False], ids=["lanes", "planes"])
 def test_graph_on_one_and_two_threads(
-    monkeypatch: pytest.MonkeyPatch, shape: tuple, kernel: int, attrs: dict, dtype: type
-) -> None:
+    monkeypatch: pytest.MonkeyPatch, shape: tuple, kernel: int, attrs: dict, dtype: type,
+    lanes: bool,
+) -> None:  # fmt: skip
+    """Both kernels (the channels as lanes where the planes are small, on CPUs with the
+    tiles' fused multiply-add; each plane's positions otherwise) through the graph."""
+    monkeypatch.setattr(cpu_depthwise_lanes, "ENABLED", lanes)
+    loads: list[str] = []
+    for module in (cpu_depthwise, cpu_depthwise_lanes):
+        real = module.load
+        monkeypatch.setattr(
+            module, "load", lambda *a, r=real, m=module: loads.append(m.__name__) or r(*a)
+        )
     graph = _graph(shape, kernel, attrs, dtype)
     feeds = {"x": np.random.default_rng(8).standard_normal(shape).astype(dtype)}
     want = eqsat.compile(graph, target="numpy").run(feeds)["y"]
@@ -144,3 +178,8 @@ def test_graph_on_one_and_two_threads(
         assert got.dtype == want.dtype
         np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol)
     assert sizes and max(sizes) > 1  # two threads: chunks of channels on the pool
+    from eqsat.lowering import cpu_microkernel
+
+    # Rows as wide as ROW_WISE keep the plane kernel ("wide-f64").
+    lanes_taken = lanes and cpu_microkernel.ENABLED and shape[-1] < cpu_depthwise.ROW_WISE
+    assert set(loads) == {(cpu_depthwise_lanes if lanes_taken else cpu_depthwise).__name__}

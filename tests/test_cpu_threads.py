@@ -606,7 +606,7 @@ def test_gemm(rng: np.random.Generator, eager: list[int], trans: tuple[int, int]
         ((1, 16, 24, 24), 12, (1, 1), {}),  # pointwise
         ((1, 8, 16, 16), 8, (3, 3), {"group": 2, "pads": [1, 1, 1, 1], "dilations": [2, 2]}),
         ((2, 8, 16, 16), 8, (3, 3), {"group": 8, "pads": [1, 1, 1, 1]}),  # depthwise
-        ((1, 8, 16, 16), 8, (5, 5), {"group": 8, "pads": [2, 2, 2, 2], "strides": [2, 2]}),
+        ((1, 16, 16, 16), 16, (5, 5), {"group": 16, "pads": [2, 2, 2, 2], "strides": [2, 2]}),
     ],
     ids=["winograd", "wide-s2", "gather", "split", "1x1", "grouped", "depthwise", "dw-5x5-s2"],
 )

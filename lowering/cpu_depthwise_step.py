@@ -1,0 +1,103 @@
+"""The step of a depthwise conv on the cpu target: a generated kernel, either the plane kernel of
+:mod:`eqsat.lowering.cpu_depthwise` (each channel's output positions as the vector lanes) or,
+for small planes, :mod:`eqsat.lowering.cpu_depthwise_lanes` (blocks of channels as the lanes),
+with the epilogue's scalar-constant parts fused into it, chunks of channels on the pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from eqsat.lowering import codegen, cpu, cpu_depthwise, cpu_depthwise_lanes, cpu_threads
+from eqsat.lowering.cpu import Env, Lowering, Step
+from eqsat.lowering.memory import Usage
+
+from eqsat.ir import Node, Value
+
+# Chunks per thread of a depthwise conv split over the pool.
+DEPTHWISE_CHUNKS = 1
+
+
+def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: np.ndarray,
+          window: Any) -> Step:  # fmt: skip
+    """Depthwise conv as a generated kernel; scalar-constant epilogues are fused into it, others
+    are a pass of their own (``cpu_ops.Epilogue``)."""
+    from eqsat.lowering.cpu_ops import Epilogue
+
+    out = node.outputs[0]
+    n_, c_ = x.shape[0], x.shape[1]
+    kh, kw = window.kernel
+    w = node.inputs[1]
+    assert w is not None and w.const is not None
+    taps = np.ascontiguousarray(w.const.reshape(c_, kh * kw), out.dtype)
+    epilogue = str(node.attrs.get("epilogue", "{0}"))
+    # A per-channel constant the epilogue adds (a bias after the fact) goes into the bias.
+    epilogue, folded = cpu_depthwise.fold_channel_add(epilogue, [v.const for v in extras], bias)
+    scalars = cpu_depthwise.scalar_constants(extras)
+    fused = cpu_depthwise.inline_scalars(epilogue, scalars)
+    geometry = (window.kernel, window.strides, window.dilations, window.begin)
+    lanes = cpu_depthwise_lanes.suits(out.dtype, window.out)
+    loader: Callable[..., Any] = (
+        cpu_depthwise_lanes.load if lanes else lambda *form: cpu_depthwise.load(*form, False)
+    )
+    try:
+        kernel = loader(out.dtype, *geometry, fused)
+        epi: Epilogue | None = None
+        bias = folded
+    except codegen.Unsupported:  # tensor operands in the epilogue: a pass of its own
+        kernel = loader(out.dtype, *geometry, "{0}")
+        epi = Epilogue(lowering, node, "{0}", extras, [])
+    lowering.kernels += 1
+    # The kernel's weights, cut by units of ``width`` channels, and each thread's scratch (the
+    # borders of its padded planes stay zero: the kernels write the interior only).
+    if lanes:
+        weights = cpu_depthwise_lanes.pack_taps(taps, bias)
+        width = weights[0].shape[2]
+
+        def scratch_of() -> tuple[Any, ...]:
+            return cpu_depthwise_lanes.buffers(out.dtype, x.shape[2:], window.out, *geometry)
+
+    else:
+        weights, width = (taps, bias), 1
+        plane = cpu_depthwise.scratch_shape(x.shape[2:], window.out, *geometry)
+
+        def scratch_of() -> tuple[Any, ...]:
+            return (np.zeros(plane, out.dtype),)
+
+    units = weights[0].shape[0]
+    # Sized like elementwise work, not as FLOPs: the kernel makes about one 3x3 output per ns
+    # (16x112x112 outputs: 0.2 ms), some 20x fewer FLOPs per second than a GEMM, so the GEMMs'
+    # threshold kept every depthwise conv of MobileNetV3 on one thread.
+    # One chunk per thread: the chunks are Python calls, and with more of them the threads
+    # hand the GIL back and forth between chunks (2 threads, 16x112x112 3x3: 145 us in 2
+    # chunks, 167 in 8, 178 on one thread; 128x28x28: 105 against 132 and 154).
+    work = out.size * max(1.0, kh * kw / 9)
+    count = lowering.split(work, cpu.PARALLEL_ELEMENTS, cpu.GRAIN_ELEMENTS, DEPTHWISE_CHUNKS)
+    spans = cpu_threads.chunks(units, -(-count // n_)) if count > 1 else []
+    parts = [(i, u0, u1) for i in range(n_) for u0, u1 in spans]
+    scratch = [scratch_of() for _ in range(lowering.workers if parts else 1)]
+    pool = lowering.pool
+    x_slot = None if x.const is not None else lowering.slot(x)
+    o = lowering.slot(out)
+
+    def run(env: Env) -> None:
+        data = np.ascontiguousarray(x.const if x_slot is None else env[x_slot])
+        result = env[o]
+        if parts and pool is not None:
+
+            def part(p: tuple[int, int, int], worker: int) -> None:
+                i, u0, u1 = p
+                c0, c1 = u0 * width, min(u1 * width, c_)
+                kernel(data[i : i + 1, c0:c1], *(a[u0:u1] for a in weights),
+                       result[i : i + 1, c0:c1], *scratch[worker])  # fmt: skip
+
+            pool.map(part, parts, whole=lambda: kernel(data, *weights, result, *scratch[0]))
+        else:
+            kernel(data, *weights, result, *scratch[0])
+        if epi is not None:
+            epi(env, result)
+
+    reads = ([x_slot] if x_slot is not None else []) + (epi.reads() if epi else [])
+    return Step(run, Usage(reads, [o], True), "depthwise", node.name)
