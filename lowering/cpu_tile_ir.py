@@ -353,7 +353,19 @@ def _view(typingctx, pointer, rows, columns, row_stride, column_stride):  # type
     return signature, codegen
 
 
-_DRIVERS = {"rows": _tile_rows, "transposed": _tile_rows_transposed}
+def _rows_entry(a, b, c, k, lda, a_step, ldb, ldc, c_step, r0, r1, q0, q1, shift):  # type: ignore[no-untyped-def]
+    _tile_rows(_view(a, r1, k, lda, a_step), _view(b, k, q1 - shift, ldb, 1),
+               _view(c, r1, q1, ldc, c_step), r0, r1, q0, q1, shift)  # fmt: skip
+
+
+def _transposed_entry(a, b, c, k, lda, a_step, ldb, ldc, c_step, r0, r1, q0, q1, shift):  # type: ignore[no-untyped-def]
+    _tile_rows_transposed(_view(a, r1, k, lda, a_step), _view(b, k, q1 - shift, ldb, 1),
+                          _view(c, r1, q1, ldc, c_step), r0, r1, q0, q1, shift)  # fmt: skip
+
+
+# The drivers' C-callable forms: module-level functions, not closures, so that Numba's cache
+# finds them again (a closure's cache key pickles its cells: a new key in every process).
+_ENTRIES = {"rows": _rows_entry, "transposed": _transposed_entry}
 
 
 def _symbol(driver: str, dtype: types.Type) -> str:
@@ -361,20 +373,14 @@ def _symbol(driver: str, dtype: types.Type) -> str:
 
 
 def _compile_symbol(driver: str, dtype: types.Type) -> int:
-    """Address of the C-callable form of ``_DRIVERS[driver]`` for ``dtype`` (compiled once per
-    machine, then loaded from Numba's cache): the driver on pointers and strides."""
-    pointer, inner = types.CPointer(dtype), _DRIVERS[driver]
+    """Address of the C-callable driver for ``dtype`` (compiled once per machine, then loaded
+    from Numba's cache): the driver on pointers and strides."""
+    pointer = types.CPointer(dtype)
     signature = types.void(pointer, pointer, pointer, *([types.int64] * 11))
-
-    def entry(a, b, c, k, lda, a_step, ldb, ldc, c_step, r0, r1, q0, q1, shift):  # type: ignore[no-untyped-def]
-        inner(_view(a, r1, k, lda, a_step), _view(b, k, q1 - shift, ldb, 1),
-              _view(c, r1, q1, ldc, c_step), r0, r1, q0, q1, shift)  # fmt: skip
-
-    entry.__qualname__ = entry.__name__ = f"tile_{driver}_{dtype}"
-    return cfunc(signature, cache=True, error_model="numpy")(entry).address
+    return cfunc(signature, cache=True, error_model="numpy")(_ENTRIES[driver]).address
 
 
-for _driver in _DRIVERS:
+for _driver in _ENTRIES:
     for _dtype in (types.float32, types.float64):
         llvm.add_symbol(_symbol(_driver, _dtype), _compile_symbol(_driver, _dtype))
 
