@@ -277,25 +277,28 @@ def _row_block(rows: int):  # type: ignore[no-untyped-def]
     return block
 
 
-_block1, _block2, _block3, _block4 = (_row_block(r) for r in (1, 2, 3, 4))
+def _rows_driver(blocks: list):  # type: ignore[no-untyped-def]
+    """``rows(a, b, c, r0, r1, q0, q1, shift)``: rows r0 <= m < r1 and columns q0 <= p < q1 of
+    c = a @ b (b's columns from q0 - shift), by ``blocks[3]`` (ROWS rows of a) and, for the
+    rows left over, ``blocks[left - 1]``."""
+    one, two, three, four = blocks
 
+    @njit(**_JIT)
+    def rows(a, b, c, r0, r1, q0, q1, shift):  # type: ignore[no-untyped-def]
+        k = a.shape[1]
+        m0 = r0
+        while m0 + ROWS <= r1:
+            four(a, b, c, m0, q0, q1, k, shift)
+            m0 += ROWS
+        left = r1 - m0
+        if left == 3:
+            three(a, b, c, m0, q0, q1, k, shift)
+        elif left == 2:
+            two(a, b, c, m0, q0, q1, k, shift)
+        elif left == 1:
+            one(a, b, c, m0, q0, q1, k, shift)
 
-@njit(**_JIT)
-def _tile_rows(a, b, c, r0, r1, q0, q1, shift):  # type: ignore[no-untyped-def]
-    """Rows r0 <= m < r1 and columns q0 <= p < q1 of c = a @ b (b's columns from q0 - shift),
-    by blocks of ROWS rows of a (the last block smaller). Callers take :func:`native_rows`."""
-    k = a.shape[1]
-    m0 = r0
-    while m0 + ROWS <= r1:
-        _block4(a, b, c, m0, q0, q1, k, shift)
-        m0 += ROWS
-    left = r1 - m0
-    if left == 3:
-        _block3(a, b, c, m0, q0, q1, k, shift)
-    elif left == 2:
-        _block2(a, b, c, m0, q0, q1, k, shift)
-    elif left == 1:
-        _block1(a, b, c, m0, q0, q1, k, shift)
+    return rows
 
 
 def _transposed_block(rows: int):  # type: ignore[no-untyped-def]
@@ -310,26 +313,11 @@ def _transposed_block(rows: int):  # type: ignore[no-untyped-def]
     return block
 
 
-_transposed1, _transposed2, _transposed3, _transposed4 = (
-    _transposed_block(r) for r in (1, 2, 3, 4)
-)
-
-
-@njit(**_JIT)
-def _tile_rows_transposed(a, b, c, r0, r1, q0, q1, shift):  # type: ignore[no-untyped-def]
-    """:func:`_tile_rows` by :func:`_tile_transposed`'s tiles (see there for the layouts)."""
-    k = a.shape[1]
-    m0 = r0
-    while m0 + ROWS <= r1:
-        _transposed4(a, b, c, m0, q0, q1, k, shift)
-        m0 += ROWS
-    left = r1 - m0
-    if left == 3:
-        _transposed3(a, b, c, m0, q0, q1, k, shift)
-    elif left == 2:
-        _transposed2(a, b, c, m0, q0, q1, k, shift)
-    elif left == 1:
-        _transposed1(a, b, c, m0, q0, q1, k, shift)
+# The rows by the plain tiles (callers take native_rows), and by the transposed tiles (see
+# _tile_transposed for the layouts; callers take native_rows_transposed). Compiled only into
+# the C entries below.
+_tile_rows = _rows_driver([_row_block(r) for r in (1, 2, 3, 4)])
+_tile_rows_transposed = _rows_driver([_transposed_block(r) for r in (1, 2, 3, 4)])
 
 
 @intrinsic

@@ -73,3 +73,22 @@ def split_every_conv(monkeypatch: pytest.MonkeyPatch, spans: bool = False) -> No
         monkeypatch.setattr(cpu_conv, "OUTPUT_BLOCK_BYTES", 1)
         monkeypatch.setattr(cpu_conv, "MIN_BLOCK_COLUMNS", 1)
         monkeypatch.setattr(cpu_conv, "MIN_POINTWISE_COLUMNS", 1)
+
+
+def fused_conv_graph(
+    rng: np.random.Generator, x_shape: tuple[int, ...], m: int, kernel: tuple[int, int],
+    attrs: dict[str, Any],
+) -> eqsat.Graph:  # fmt: skip
+    """A float32 FusedConv of ``m`` filters with a bias, ReLU and a residual input in its
+    epilogue: ``y = res + max(conv(x) + b, 0)``."""
+    weights = rng.standard_normal((m, x_shape[1], *kernel)).astype(np.float32)
+    probe = eqsat.Graph("shape")
+    shape = probe.op("Conv", probe.input("x", x_shape), probe.constant(weights, "w"), **attrs).shape
+    g = eqsat.Graph("fused_conv")
+    x = g.input("x", x_shape)
+    w = g.constant(weights, "w")
+    b = g.constant(rng.standard_normal(m).astype(np.float32), "b")
+    res = g.input("res", shape)
+    y = g.op("FusedConv", x, w, b, res, num_base_inputs=3, epilogue="({1} + max({0}, 0))", **attrs)
+    g.output(y, "y")
+    return g

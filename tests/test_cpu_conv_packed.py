@@ -11,6 +11,7 @@ from eqsat.lowering import cpu_conv_packed, cpu_microkernel
 from eqsat.lowering.cpu_microkernel import pack_panels, transposed_gemm
 
 import eqsat
+from tests.cpu_testing import fused_conv_graph
 
 F32 = np.float32
 
@@ -65,24 +66,6 @@ def test_transposed_gemm_rejects_what_it_cannot_compute(rng: np.random.Generator
         transposed_gemm(panels, b, np.empty((5, 30), F32).T, 0)
 
 
-def _conv_graph(
-    rng: np.random.Generator, x_shape: tuple[int, ...], m: int, kernel: tuple[int, int],
-    attrs: dict[str, object],
-) -> eqsat.Graph:  # fmt: skip
-    """A conv with a bias, ReLU and a residual in its epilogue."""
-    weights = rng.standard_normal((m, x_shape[1], *kernel)).astype(F32)
-    probe = eqsat.Graph("shape")
-    shape = probe.op("Conv", probe.input("x", x_shape), probe.constant(weights, "w"), **attrs).shape
-    g = eqsat.Graph("packed_conv")
-    x = g.input("x", x_shape)
-    w = g.constant(weights, "w")
-    b = g.constant(rng.standard_normal(m).astype(F32), "b")
-    res = g.input("res", shape)
-    y = g.op("FusedConv", x, w, b, res, num_base_inputs=3, epilogue="({1} + max({0}, 0))", **attrs)
-    g.output(y, "y")
-    return g
-
-
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize(
     ("x_shape", "m", "kernel", "attrs"),
@@ -112,7 +95,7 @@ def test_convs_with_few_positions_take_the_packed_filters(
         inner(panels, b, out, first)
 
     monkeypatch.setattr(cpu_microkernel, "transposed_gemm", counted)
-    g = _conv_graph(rng, x_shape, m, kernel, attrs)
+    g = fused_conv_graph(rng, x_shape, m, kernel, attrs)
     feeds = {v.name: rng.standard_normal(v.shape).astype(F32) for v in g.inputs}
     want = eqsat.compile(g, target="numpy").run(feeds)["y"]
     got = cpu.compile(g, threads=threads).run(feeds)["y"]

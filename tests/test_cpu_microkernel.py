@@ -12,6 +12,7 @@ from eqsat.lowering.cpu_conv_epilogue import load_epilogue
 from eqsat.lowering.cpu_microkernel import tiled_gemm
 
 import eqsat
+from tests.cpu_testing import fused_conv_graph
 
 F32 = np.float32
 
@@ -73,23 +74,6 @@ def test_gemm_epilogue_by_column_tiles(rng: np.random.Generator) -> None:
         assert np.isnan(out[:, :c0]).all() and np.isnan(out[:, c1:]).all()
 
 
-def _fused_conv(
-    rng: np.random.Generator, x_shape: tuple[int, ...], m: int, kernel: tuple[int, int],
-    attrs: dict[str, object],
-) -> eqsat.Graph:  # fmt: skip
-    weights = rng.standard_normal((m, x_shape[1], *kernel)).astype(F32)
-    probe = eqsat.Graph("shape")
-    shape = probe.op("Conv", probe.input("x", x_shape), probe.constant(weights, "w"), **attrs).shape
-    g = eqsat.Graph("tiled_conv")
-    x = g.input("x", x_shape)
-    w = g.constant(weights, "w")
-    b = g.constant(rng.standard_normal(m).astype(F32), "b")
-    res = g.input("res", shape)
-    y = g.op("FusedConv", x, w, b, res, num_base_inputs=3, epilogue="({1} + max({0}, 0))", **attrs)
-    g.output(y, "y")
-    return g
-
-
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize(
     ("x_shape", "m", "kernel", "attrs"),
@@ -122,7 +106,7 @@ def test_convs_through_the_tiles(
         return fn
 
     monkeypatch.setattr(cpu_conv, "_gemm_epilogue", recording)
-    g = _fused_conv(rng, x_shape, m, kernel, attrs)
+    g = fused_conv_graph(rng, x_shape, m, kernel, attrs)
     feeds = {v.name: rng.standard_normal(v.shape).astype(F32) for v in g.inputs}
     want = eqsat.compile(g, target="numpy").run(feeds)["y"]
     got = cpu.compile(g, threads=threads).run(feeds)["y"]
