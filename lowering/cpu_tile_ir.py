@@ -59,11 +59,36 @@ def _float_matrices(a, b, c) -> bool:  # type: ignore[no-untyped-def]
     )
 
 
-def _tile(rows: int, vectors: int, masked: bool):  # type: ignore[no-untyped-def]
-    """An intrinsic ``tile(a, b, c, m0, p0, k, last, shift)``: c[m0 : m0+rows, p0 : p0+width]
-    = a[m0 : m0+rows, :k] @ b[:k, p0-shift : p0-shift+width], width = ``vectors`` SIMD
-    vectors, the last of them only its first ``last`` lanes when ``masked``; all three with
-    contiguous rows. (``shift``: b is a panel of packed weights starting at c's column shift.)"""
+def _sums(ir_, args, rows: int, vectors: int, mask, strided: bool) -> list:  # type: ignore[no-untyped-def]
+    """The tile's ``rows`` x ``vectors`` sums over k (loaded into values): for each k the
+    vectors of b's row k (the last one masked by ``mask``, if any), ``rows`` broadcast values
+    of a's column k (a's columns ``strided``: any column stride) and one fused multiply-add
+    per sum."""
+    builder = ir_.builder
+    m0_, p0_, k_, _, shift_ = args[3:]
+    sums = [
+        [cgutils.alloca_once_value(builder, ir_.zero) for _ in range(vectors)] for _ in range(rows)
+    ]
+    a_rows = [ir_.element(0, ir_.plus(m0_, r), None) for r in range(rows)]
+    b_column = builder.sub(p0_, shift_)
+    with cgutils.for_range(builder, k_) as loop:
+        kk = builder.mul(loop.index, ir_.column_stride[0]) if strided else loop.index
+        b_row = ir_.element(1, loop.index, b_column)
+        b_vectors = [
+            ir_.load(ir_.vector_at(b_row, j), mask if j == vectors - 1 else None)
+            for j in range(vectors)
+        ]
+        for r in range(rows):
+            broadcast = ir_.broadcast(builder.load(builder.gep(a_rows[r], [kk])))
+            for j in range(vectors):
+                total = builder.call(ir_.fma, [broadcast, b_vectors[j], builder.load(sums[r][j])])
+                builder.store(total, sums[r][j])
+    return [[builder.load(sums[r][j]) for j in range(vectors)] for r in range(rows)]
+
+
+def _intrinsic(codegen_of):  # type: ignore[no-untyped-def]
+    """An intrinsic ``tile(a, b, c, m0, p0, k, last, shift)`` on 2-D float arrays of one dtype
+    whose IR ``codegen_of(ir_, args)`` emits (``ir_`` a :class:`_TileIR`)."""
 
     @intrinsic
     def tile(typingctx, a, b, c, m0, p0, k, last, shift):  # type: ignore[no-untyped-def]
@@ -72,39 +97,30 @@ def _tile(rows: int, vectors: int, masked: bool):  # type: ignore[no-untyped-def
         signature = types.void(a, b, c, *([types.int64] * 5))
 
         def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-            ir_ = _TileIR(context, builder, sig, args)
-            m0_, p0_, k_, last_, shift_ = args[3:]
-            mask = ir_.mask(last_) if masked else None
-            sums = [
-                [cgutils.alloca_once_value(builder, ir_.zero) for _ in range(vectors)]
-                for _ in range(rows)
-            ]
-            a_rows = [ir_.element(0, ir_.plus(m0_, r), None) for r in range(rows)]
-            b_column = builder.sub(p0_, shift_)
-            with cgutils.for_range(builder, k_) as loop:
-                kk = loop.index
-                b_row = ir_.element(1, kk, b_column)
-                b_vectors = [
-                    ir_.load(ir_.vector_at(b_row, j), mask if j == vectors - 1 else None)
-                    for j in range(vectors)
-                ]
-                for r in range(rows):
-                    broadcast = ir_.broadcast(builder.load(builder.gep(a_rows[r], [kk])))
-                    for j in range(vectors):
-                        total = builder.call(
-                            ir_.fma, [broadcast, b_vectors[j], builder.load(sums[r][j])]
-                        )
-                        builder.store(total, sums[r][j])
-            for r in range(rows):
-                for j in range(vectors):
-                    c_row = ir_.element(2, ir_.plus(m0_, r), p0_)
-                    total = builder.load(sums[r][j])
-                    ir_.store(total, ir_.vector_at(c_row, j), mask if j == vectors - 1 else None)
+            codegen_of(_TileIR(context, builder, sig, args), args)
             return context.get_dummy_value()
 
         return signature, codegen
 
     return tile
+
+
+def _tile(rows: int, vectors: int, masked: bool):  # type: ignore[no-untyped-def]
+    """An intrinsic ``tile(a, b, c, m0, p0, k, last, shift)``: c[m0 : m0+rows, p0 : p0+width]
+    = a[m0 : m0+rows, :k] @ b[:k, p0-shift : p0-shift+width], width = ``vectors`` SIMD
+    vectors, the last of them only its first ``last`` lanes when ``masked``; all three with
+    contiguous rows. (``shift``: b is a panel of packed weights starting at c's column shift.)"""
+
+    def codegen(ir_, args) -> None:  # type: ignore[no-untyped-def]
+        m0_, p0_, _, last_, _ = args[3:]
+        mask = ir_.mask(last_) if masked else None
+        totals = _sums(ir_, args, rows, vectors, mask, strided=False)
+        for r in range(rows):
+            c_row = ir_.element(2, ir_.plus(m0_, r), p0_)
+            for j in range(vectors):
+                ir_.store(totals[r][j], ir_.vector_at(c_row, j), mask if j == vectors - 1 else None)
+
+    return _intrinsic(codegen)
 
 
 def _tile_transposed(rows: int):  # type: ignore[no-untyped-def]
@@ -113,57 +129,29 @@ def _tile_transposed(rows: int):  # type: ignore[no-untyped-def]
     of the tile; a with any strides, c with contiguous columns (c[m, p] and c[m + 1, p] adjacent:
     the ``rows`` sums of a column are stored as one vector)."""
 
-    @intrinsic
-    def tile(typingctx, a, b, c, m0, p0, k, last, shift):  # type: ignore[no-untyped-def]
-        if not _float_matrices(a, b, c):
-            return None
-        signature = types.void(a, b, c, *([types.int64] * 5))
+    def codegen(ir_, args) -> None:  # type: ignore[no-untyped-def]
+        builder = ir_.builder
+        m0_, p0_, _, last_, _ = args[3:]
+        totals = _sums(ir_, args, rows, VECTORS, None, strided=True)
+        column_type = ir.VectorType(ir_.real, rows) if rows > 1 else ir_.real
+        top = ir_.element(2, m0_, None)
+        for j in range(VECTORS):
+            for lane in range(ir_.lanes):
+                column = j * ir_.lanes + lane
+                inside = builder.icmp_signed("<", ir.Constant(ir_.i64, column), last_)
+                with builder.if_then(inside, likely=True):
+                    index = ir.Constant(ir_.i32, lane)
+                    values = [builder.extract_element(totals[r][j], index) for r in range(rows)]
+                    value = values[0]
+                    if rows > 1:
+                        value = ir.Constant(column_type, ir.Undefined)
+                        for r, v in enumerate(values):
+                            value = builder.insert_element(value, v, ir.Constant(ir_.i32, r))
+                    offset = builder.mul(ir_.plus(p0_, column), ir_.column_stride[2])
+                    ptr = builder.bitcast(builder.gep(top, [offset]), column_type.as_pointer())
+                    builder.store(value, ptr, align=4)
 
-        def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-            ir_ = _TileIR(context, builder, sig, args)
-            m0_, p0_, k_, last_, shift_ = args[3:]
-            sums = [
-                [cgutils.alloca_once_value(builder, ir_.zero) for _ in range(VECTORS)]
-                for _ in range(rows)
-            ]
-            a_rows = [ir_.element(0, ir_.plus(m0_, r), None) for r in range(rows)]
-            b_column = builder.sub(p0_, shift_)
-            with cgutils.for_range(builder, k_) as loop:
-                kk = builder.mul(loop.index, ir_.column_stride[0])
-                b_row = ir_.element(1, loop.index, b_column)
-                b_vectors = [ir_.load(ir_.vector_at(b_row, j), None) for j in range(VECTORS)]
-                for r in range(rows):
-                    broadcast = ir_.broadcast(builder.load(builder.gep(a_rows[r], [kk])))
-                    for j in range(VECTORS):
-                        total = builder.call(
-                            ir_.fma, [broadcast, b_vectors[j], builder.load(sums[r][j])]
-                        )
-                        builder.store(total, sums[r][j])
-            column_type = ir.VectorType(ir_.real, rows) if rows > 1 else ir_.real
-            totals = [[builder.load(sums[r][j]) for j in range(VECTORS)] for r in range(rows)]
-            top = ir_.element(2, m0_, None)
-            for j in range(VECTORS):
-                for lane in range(ir_.lanes):
-                    column = j * ir_.lanes + lane
-                    inside = builder.icmp_signed("<", ir.Constant(ir_.i64, column), last_)
-                    with builder.if_then(inside, likely=True):
-                        index = ir.Constant(ir_.i32, lane)
-                        values = [builder.extract_element(totals[r][j], index) for r in range(rows)]
-                        if rows > 1:
-                            value = ir.Constant(column_type, ir.Undefined)
-                            for r, v in enumerate(values):
-                                value = builder.insert_element(value, v, ir.Constant(ir_.i32, r))
-                        else:
-                            value = values[0]
-                        at = ir_.plus(p0_, column)
-                        offset = builder.mul(at, ir_.column_stride[2])
-                        ptr = builder.bitcast(builder.gep(top, [offset]), column_type.as_pointer())
-                        builder.store(value, ptr, align=4)
-            return context.get_dummy_value()
-
-        return signature, codegen
-
-    return tile
+    return _intrinsic(codegen)
 
 
 class _TileIR:
