@@ -12,10 +12,10 @@ Two drivers run the tiles over a block of rows and columns:
 
 - :func:`native_rows`: a, b and c with contiguous rows (c's columns are the vector lanes);
 - :func:`native_rows_transposed`: c^T's layout, for products whose columns are few (a 1x1 conv
-  on a 7x7 plane: 49 positions, 3 partial tiles of 24 for 2 whole): a is any strided view (the
-  tile broadcasts its values one by one), b a panel of packed weights padded to whole tiles, and
-  c a view with contiguous columns (c = out.T: each tile stores its ROWS sums per column as one
-  short vector into out's rows).
+  on a 7x7 plane: 49 positions, two whole tiles of 24 and one of a single column): a is any
+  strided view (the tile broadcasts its values one by one), b a panel of packed weights padded
+  to whole tiles, and c a view with contiguous columns (c = out.T: each tile stores its ROWS sums
+  per column as one short vector into out's rows).
 
 Both are compiled once per machine into C-callable functions (Numba's cache keeps them) and
 registered as LLVM symbols: callers declare and call them. Linked into each caller instead, the
