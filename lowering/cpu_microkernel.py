@@ -21,6 +21,7 @@ lacks vector fused multiply-add, :data:`ENABLED` is False and every product stay
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -203,9 +204,16 @@ def _fused_multiply_add() -> bool:
         return False
 
 
-# Read when a conv or GEMM step is compiled (False: BLAS for every product; for A/B runs, and
-# on CPUs without vector fused multiply-add).
-ENABLED = _fused_multiply_add()
+# Read when a conv or GEMM step is compiled (False: BLAS for every product; for A/B runs, on
+# CPUs without vector fused multiply-add, and where the tiles failed to compile).
+ENABLED = _fused_multiply_add() and cpu_tile_ir.FAILED is None
+if cpu_tile_ir.FAILED is not None:
+    warnings.warn(
+        f"eqsat: the register tiles did not compile ({cpu_tile_ir.FAILED}); "
+        "every product takes BLAS",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 
 @njit(**{**_JIT, "inline": "always"})

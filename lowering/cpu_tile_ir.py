@@ -356,9 +356,19 @@ def _compile_symbol(driver: str, dtype: types.Type) -> int:
     return cfunc(signature, cache=True, error_model="numpy")(_ENTRIES[driver]).address
 
 
-for _driver in _ENTRIES:
-    for _dtype in (types.float32, types.float64):
-        llvm.add_symbol(_symbol(_driver, _dtype), _compile_symbol(_driver, _dtype))
+def register() -> str | None:
+    """Compiles (or loads) every entry and registers its symbol; None, or why it failed (the
+    tiles are then off: cpu_microkernel.ENABLED is False and every product takes BLAS)."""
+    try:
+        for driver in _ENTRIES:
+            for dtype in (types.float32, types.float64):
+                llvm.add_symbol(_symbol(driver, dtype), _compile_symbol(driver, dtype))
+    except Exception as error:  # any Numba or LLVM failure: the products fall back to BLAS
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+FAILED = register()
 
 
 def _native(driver: str):  # type: ignore[no-untyped-def]

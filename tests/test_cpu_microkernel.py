@@ -228,3 +228,36 @@ def test_the_tiles_need_vector_fused_multiply_add(monkeypatch: pytest.MonkeyPatc
     assert cpu_microkernel._fused_multiply_add()
     monkeypatch.setattr(platform, "machine", lambda: "arm64")
     assert cpu_microkernel._fused_multiply_add()
+
+
+def test_tiles_that_fail_to_compile_leave_blas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Numba or LLVM failure compiling the tiles' C entries is reported, not raised: the
+    module then turns the tiles off with a warning (every product on BLAS), and a process
+    importing it afresh says why."""
+    import subprocess
+    import sys
+
+    from eqsat.lowering import cpu_tile_ir
+
+    assert cpu_tile_ir.FAILED is None  # this machine compiles them
+    real = cpu_tile_ir._compile_symbol
+
+    def broken(driver: str, dtype: object) -> int:
+        raise RuntimeError("no such intrinsic")
+
+    monkeypatch.setattr(cpu_tile_ir, "_compile_symbol", broken)
+    assert cpu_tile_ir.register() == "RuntimeError: no such intrinsic"
+    monkeypatch.setattr(cpu_tile_ir, "_compile_symbol", real)
+    assert cpu_tile_ir.register() is None
+    script = (
+        "import warnings, eqsat.lowering.cpu_tile_ir as t\n"
+        "t.register = lambda: 'RuntimeError: no such intrinsic'\n"
+        "t.FAILED = t.register()\n"
+        "import eqsat.lowering.cpu_microkernel as m\n"
+        "print(m.ENABLED)\n"
+    )
+    run = subprocess.run([sys.executable, "-W", "always", "-c", script], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False"
+    assert "register tiles did not compile (RuntimeError: no such intrinsic)" in run.stderr
