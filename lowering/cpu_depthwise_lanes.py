@@ -39,6 +39,10 @@ VECTOR_BYTES = 32
 # Output rows of ROW_WISE or more keep the plane kernel (PP-OCR's recognizer, 5x5 on 3x80
 # planes: 1-2.5% slower with these, or within noise).
 MAX_POSITIONS = 400
+# ... and with more than 9 taps at most this many: 5x5 on 7x7 outputs 0.48-0.58x, on 14x14
+# 0.96x, on 20x20 1.07x (the 25 taps' weights no longer fit in registers); 7x7 on 7x7 0.51x,
+# on 14x14 0.89x.
+MAX_POSITIONS_WIDE = 196
 # Read when a depthwise step is compiled (False: the plane kernel only; for A/B runs).
 ENABLED = True
 # Taps per independent partial sum of an output (see lane_conv).
@@ -325,16 +329,18 @@ def scatter_block(typingctx, res, out, c0):  # type: ignore[no-untyped-def]
 _SOURCE_HASH = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
 
-def suits(dtype: np.dtype, out_hw: tuple[int, ...]) -> bool:
-    """Whether a depthwise conv of ``dtype`` with output planes ``out_hw`` takes these kernels
-    (where the CPU has vector fused multiply-add: see cpu_microkernel.ENABLED)."""
+def suits(dtype: np.dtype, out_hw: tuple[int, ...], taps: int) -> bool:
+    """Whether a depthwise conv of ``dtype`` with output planes ``out_hw`` and ``taps`` taps
+    takes these kernels (where the CPU has vector fused multiply-add: see
+    cpu_microkernel.ENABLED)."""
     positions = int(np.prod(out_hw))
+    most = MAX_POSITIONS if taps <= 9 else MAX_POSITIONS_WIDE
     floats = (np.dtype(np.float32), np.dtype(np.float64))
     return (
         ENABLED
         and cpu_microkernel.ENABLED
         and np.dtype(dtype) in floats
-        and positions <= MAX_POSITIONS
+        and positions <= most
         and out_hw[-1] < ROW_WISE  # rows that wide are long loops in the plane kernel
     )
 

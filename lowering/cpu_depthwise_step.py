@@ -38,7 +38,7 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
     scalars = cpu_depthwise.scalar_constants(extras)
     fused = cpu_depthwise.inline_scalars(epilogue, scalars)
     geometry = (window.kernel, window.strides, window.dilations, window.begin)
-    lanes = cpu_depthwise_lanes.suits(out.dtype, window.out)
+    lanes = cpu_depthwise_lanes.suits(out.dtype, window.out, kh * kw)
     loader: Callable[..., Any] = (
         cpu_depthwise_lanes.load if lanes else lambda *form: cpu_depthwise.load(*form, False)
     )
