@@ -206,6 +206,12 @@ class Geometry:
             if count > 1:
                 self.channel_spans = chunks(self.m, count, 8)
 
+    def filters_by_taps(self, filters: np.ndarray) -> np.ndarray:
+        """Group 0's filters (M, K) of ``filters`` (G, M/G, K), K in the order of
+        :func:`small_patches`' patches: (kh, kw, c)."""
+        by_taps = filters[0].reshape(self.m, self.c, self.kh * self.kw).transpose(0, 2, 1)
+        return np.ascontiguousarray(by_taps).reshape(self.m, self.k)
+
     def params(self) -> tuple[int, ...]:
         return (self.ow, self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, self.ph, self.pw,
                 self.w)  # fmt: skip
@@ -276,7 +282,7 @@ def make_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels: Any
         xt = cols[geo.p * geo.k : geo.cols_size()].reshape(geo.h, geo.w, geo.c)
         shape = (geo.c, geo.h, geo.w)
         params = geo.params()
-        w0 = cpu_conv_packed.filters_by_taps(geo, filters)
+        w0 = geo.filters_by_taps(filters)
         zero, epilogue = np.zeros_like(bias), kernels.epilogue
         if geo.channel_spans:
             return _small_by_channels(geo, w0, bias, kernels, cols, plain, pool or Serial())

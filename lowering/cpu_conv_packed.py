@@ -58,19 +58,12 @@ def suits(geo: Any, dtype: np.dtype) -> bool:
     )
 
 
-def filters_by_taps(geo: Any, filters: np.ndarray) -> np.ndarray:
-    """The filters (M, K) with K in the gathered patches' (kh, kw, c) order."""
-    m, taps = geo.m, geo.kh * geo.kw
-    by_taps = filters[0].reshape(m, geo.c, taps).transpose(0, 2, 1)
-    return np.ascontiguousarray(by_taps).reshape(m, geo.k)
-
-
 def make_packed_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: Any,
                      cols: np.ndarray, pool: Any) -> Conv:  # fmt: skip
     """``conv(x, out, *operands)`` for one image (as ``cpu_conv.make_conv``): the GEMM on the
     filters packed here, then the epilogue module's pass (``kernels.epilogue``, which adds the
     bias), by ``geo.channel_spans`` on ``pool`` where there are several."""
-    weights = filters[0] if geo.pointwise else filters_by_taps(geo, filters)
+    weights = filters[0] if geo.pointwise else geo.filters_by_taps(filters)
     spans = geo.channel_spans or [(0, geo.m)]
     panels = [
         cpu_microkernel.pack_panels(np.ascontiguousarray(weights[m0:m1].T)) for m0, m1 in spans

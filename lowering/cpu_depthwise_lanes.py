@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 from eqsat.lowering import codegen, cpu_microkernel, kernel_cache
 from eqsat.lowering.cpu_depthwise import ROW_WISE
+from eqsat.lowering.cpu_tile_ir import VECTOR_BYTES, Vectors
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-VECTOR_BYTES = 32
 # Depthwise convs with at most this many output positions per channel take these kernels. One
 # thread, 3x3, against the plane kernel: 7x7 outputs 0.38-0.44x its time, 14x14 0.68-0.77x,
 # 28x28 1.02-1.05x (the transposes in and out cost what the plane kernel's short loops save).
@@ -50,64 +50,12 @@ SUM_GROUP = 3
 
 
 def lanes_of(itemsize: int) -> int:
-    """Channels per block: one SIMD vector's lanes."""
+    """Channels per block: one SIMD vector's lanes (the tiles' vectors)."""
     return VECTOR_BYTES // itemsize
 
 
-class _Vectors:
-    """SIMD vectors of ``dtype`` in LLVM IR: loads and stores (masked to the first ``count``
-    lanes), fused multiply-add, and the transpose of ``L`` vectors."""
-
-    def __init__(self, context, builder, dtype):  # type: ignore[no-untyped-def]
-        self.builder = builder
-        self.real = context.get_value_type(dtype)
-        size = context.get_abi_sizeof(self.real)
-        self.lanes = lanes_of(size)
-        self.vec = ir.VectorType(self.real, self.lanes)
-        self.i64, self.i32 = ir.IntType(64), ir.IntType(32)
-        name = f"v{self.lanes}f{8 * size}"
-        bits = ir.VectorType(ir.IntType(1), self.lanes)
-        module = builder.module
-        pointer = self.vec.as_pointer()
-        self.fma = cgutils.get_or_insert_function(
-            module, ir.FunctionType(self.vec, [self.vec] * 3), f"llvm.fma.{name}"
-        )
-        self.masked_load = cgutils.get_or_insert_function(
-            module, ir.FunctionType(self.vec, [pointer, self.i32, bits, self.vec]),
-            f"llvm.masked.load.{name}.p0{name}",
-        )  # fmt: skip
-        self.masked_store = cgutils.get_or_insert_function(
-            module, ir.FunctionType(ir.VoidType(), [self.vec, pointer, self.i32, bits]),
-            f"llvm.masked.store.{name}.p0{name}",
-        )  # fmt: skip
-        self.zero = ir.Constant(self.vec, [0.0] * self.lanes)
-
-    def const(self, value: int):  # type: ignore[no-untyped-def]
-        return ir.Constant(self.i64, value)
-
-    def at(self, base, offset):  # type: ignore[no-untyped-def]
-        """The vector pointer at element ``offset`` of ``base`` (a pointer to reals)."""
-        return self.builder.bitcast(self.builder.gep(base, [offset]), self.vec.as_pointer())
-
-    def mask(self, count):  # type: ignore[no-untyped-def]
-        index = ir.Constant(ir.VectorType(self.i64, self.lanes), list(range(self.lanes)))
-        undefined = ir.Constant(ir.VectorType(self.i64, self.lanes), ir.Undefined)
-        one = self.builder.insert_element(undefined, count, ir.Constant(self.i32, 0))
-        zeros = ir.Constant(ir.VectorType(self.i32, self.lanes), [0] * self.lanes)
-        limit = self.builder.shuffle_vector(one, undefined, zeros)
-        return self.builder.icmp_signed("<", index, limit)
-
-    def load(self, ptr, mask=None):  # type: ignore[no-untyped-def]
-        if mask is None:
-            return self.builder.load(ptr, align=4)
-        align = ir.Constant(self.i32, 4)
-        return self.builder.call(self.masked_load, [ptr, align, mask, self.zero])
-
-    def store(self, value, ptr, mask=None) -> None:  # type: ignore[no-untyped-def]
-        if mask is None:
-            self.builder.store(value, ptr, align=4)
-        else:
-            self.builder.call(self.masked_store, [value, ptr, ir.Constant(self.i32, 4), mask])
+class _Vectors(Vectors):
+    """:class:`~eqsat.lowering.cpu_tile_ir.Vectors` and the transpose of ``L`` of them."""
 
     def transpose(self, rows: list):  # type: ignore[no-untyped-def]
         """``L`` vectors as rows of a matrix -> its columns, by the shuffles x86 has cheaply:

@@ -46,10 +46,6 @@ _JIT = {"cache": True, "error_model": "numpy", "nogil": True}
 ABI = 1
 
 
-def _lanes(dtype: types.Type) -> int:
-    return VECTOR_BYTES // (4 if dtype == types.float32 else 8)
-
-
 def _float_matrices(a, b, c) -> bool:  # type: ignore[no-untyped-def]
     arrays = (a, b, c)
     return (
@@ -154,27 +150,19 @@ def _tile_transposed(rows: int):  # type: ignore[no-untyped-def]
     return _intrinsic(codegen)
 
 
-class _TileIR:
-    """LLVM IR pieces of a tile: the arrays' data and strides (in elements), SIMD vectors
-    of the dtype (32 bytes), loads and stores (masked to the first ``last`` lanes)."""
+class Vectors:
+    """SIMD vectors (VECTOR_BYTES) of ``dtype`` in LLVM IR: fused multiply-add, broadcasts, and
+    loads and stores masked to the first lanes (:meth:`mask`) where a mask is given. Also the
+    base of :mod:`eqsat.lowering.cpu_depthwise_lanes`' IR."""
 
-    def __init__(self, context, builder, sig, args):  # type: ignore[no-untyped-def]
+    def __init__(self, context, builder, dtype):  # type: ignore[no-untyped-def]
         self.builder = builder
-        real = context.get_value_type(sig.args[0].dtype)
-        self.lanes = _lanes(sig.args[0].dtype)
-        self.vec = vec = ir.VectorType(real, self.lanes)
+        self.real = context.get_value_type(dtype)
+        size = context.get_abi_sizeof(self.real)
+        self.lanes = VECTOR_BYTES // size
+        self.vec = vec = ir.VectorType(self.real, self.lanes)
         self.i64, self.i32 = ir.IntType(64), ir.IntType(32)
-        item = ir.Constant(self.i64, context.get_abi_sizeof(real))
-        views = [
-            context.make_array(t)(context, builder, v)
-            for t, v in zip(sig.args[:3], args[:3], strict=True)
-        ]
-        self.data = [v.data for v in views]
-        strides = [cgutils.unpack_tuple(builder, v.strides, 2) for v in views]
-        self.row_stride = [builder.sdiv(s[0], item) for s in strides]
-        self.column_stride = [builder.sdiv(s[1], item) for s in strides]
-        self.real = real
-        name = f"v{self.lanes}f{8 * context.get_abi_sizeof(real)}"
+        name = f"v{self.lanes}f{8 * size}"
         module = builder.module
         bits = ir.VectorType(ir.IntType(1), self.lanes)
         self.fma = cgutils.get_or_insert_function(
@@ -190,20 +178,15 @@ class _TileIR:
         )  # fmt: skip
         self.zero = ir.Constant(vec, [0.0] * self.lanes)
 
+    def const(self, value: int):  # type: ignore[no-untyped-def]
+        return ir.Constant(self.i64, value)
+
     def plus(self, value, constant: int):  # type: ignore[no-untyped-def]
-        return self.builder.add(value, ir.Constant(self.i64, constant))
+        return self.builder.add(value, self.const(constant))
 
-    def element(self, array: int, row, column):  # type: ignore[no-untyped-def]
-        """Pointer to [row, column] of array 0 (a), 1 (b) or 2 (c) (its columns taken as
-        contiguous: the column stride is the caller's); column None: 0."""
-        offset = self.builder.mul(row, self.row_stride[array])
-        if column is not None:
-            offset = self.builder.add(offset, column)
-        return self.builder.gep(self.data[array], [offset])
-
-    def vector_at(self, start, j: int):  # type: ignore[no-untyped-def]
-        ptr = self.builder.gep(start, [ir.Constant(self.i64, self.lanes * j)])
-        return self.builder.bitcast(ptr, self.vec.as_pointer())
+    def at(self, base, offset):  # type: ignore[no-untyped-def]
+        """The vector pointer at element ``offset`` of ``base`` (a pointer to reals)."""
+        return self.builder.bitcast(self.builder.gep(base, [offset]), self.vec.as_pointer())
 
     def splat(self, value, vector_type):  # type: ignore[no-untyped-def]
         undefined = ir.Constant(vector_type, ir.Undefined)
@@ -214,23 +197,51 @@ class _TileIR:
     def broadcast(self, value):  # type: ignore[no-untyped-def]
         return self.splat(value, self.vec)
 
-    def mask(self, last):  # type: ignore[no-untyped-def]
-        """Lanes below ``last``."""
+    def mask(self, count):  # type: ignore[no-untyped-def]
+        """Lanes below ``count``."""
         index = ir.Constant(ir.VectorType(self.i64, self.lanes), list(range(self.lanes)))
-        limit = self.splat(last, ir.VectorType(self.i64, self.lanes))
+        limit = self.splat(count, ir.VectorType(self.i64, self.lanes))
         return self.builder.icmp_signed("<", index, limit)
 
-    def load(self, ptr, mask):  # type: ignore[no-untyped-def]
+    def load(self, ptr, mask=None):  # type: ignore[no-untyped-def]
         if mask is None:
             return self.builder.load(ptr, align=4)
         align = ir.Constant(self.i32, 4)
         return self.builder.call(self.masked_load, [ptr, align, mask, self.zero])
 
-    def store(self, value, ptr, mask) -> None:  # type: ignore[no-untyped-def]
+    def store(self, value, ptr, mask=None) -> None:  # type: ignore[no-untyped-def]
         if mask is None:
             self.builder.store(value, ptr, align=4)
         else:
             self.builder.call(self.masked_store, [value, ptr, ir.Constant(self.i32, 4), mask])
+
+
+class _TileIR(Vectors):
+    """:class:`Vectors` of a tile's dtype, and the tile's arrays a, b and c: their data and
+    strides (in elements)."""
+
+    def __init__(self, context, builder, sig, args):  # type: ignore[no-untyped-def]
+        super().__init__(context, builder, sig.args[0].dtype)
+        item = self.const(context.get_abi_sizeof(self.real))
+        views = [
+            context.make_array(t)(context, builder, v)
+            for t, v in zip(sig.args[:3], args[:3], strict=True)
+        ]
+        self.data = [v.data for v in views]
+        strides = [cgutils.unpack_tuple(builder, v.strides, 2) for v in views]
+        self.row_stride = [builder.sdiv(s[0], item) for s in strides]
+        self.column_stride = [builder.sdiv(s[1], item) for s in strides]
+
+    def element(self, array: int, row, column):  # type: ignore[no-untyped-def]
+        """Pointer to [row, column] of array 0 (a), 1 (b) or 2 (c) (its columns taken as
+        contiguous: the column stride is the caller's); column None: 0."""
+        offset = self.builder.mul(row, self.row_stride[array])
+        if column is not None:
+            offset = self.builder.add(offset, column)
+        return self.builder.gep(self.data[array], [offset])
+
+    def vector_at(self, start, j: int):  # type: ignore[no-untyped-def]
+        return self.at(start, self.const(self.lanes * j))
 
 
 def _row_block(rows: int):  # type: ignore[no-untyped-def]
