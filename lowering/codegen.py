@@ -291,7 +291,9 @@ def plan_broadcast(out: tuple[int, ...], inputs: list[tuple[int, ...]]) -> Broad
     return Broadcast(tuple(shape), tuple(tuple(s) for s in spans))
 
 
-def _numba_type(dtype: np.dtype, rank: int, readonly: bool) -> str:
+def array_type(dtype: np.dtype, rank: int, readonly: bool) -> str:
+    """The Numba type, as source text, of a C-contiguous array of ``dtype`` and ``rank`` (for a
+    generated kernel's eager signature)."""
     # Inputs are typed read-only: writable arrays convert to that, and constants are read-only.
     name = "boolean" if dtype == BOOL else str(dtype)
     flag = ", readonly=True" if readonly else ""
@@ -337,8 +339,8 @@ def kernel_source(
         # An operand of another dtype than out's shares its bytes, not its values.
         source = "out" if i == alias and in_dtypes[i] == out_dtype else f"x{i}"
         loads.append(f"{source}[{index}]")
-    sig_types = [_numba_type(out_dtype, rank, False)]
-    sig_types += [_numba_type(d, rank, True) for d in in_dtypes]
+    sig_types = [array_type(out_dtype, rank, False)]
+    sig_types += [array_type(d, rank, True) for d in in_dtypes]
     signature = f"types.void({', '.join(sig_types)})"
     args = ", ".join(["out"] + [f"x{i}" for i in range(len(spans))])
     ctype = f"np.{dtype}"

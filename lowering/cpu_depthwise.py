@@ -38,6 +38,7 @@ Kernels go through :mod:`eqsat.lowering.kernel_cache`, so each form compiles onc
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -300,11 +301,10 @@ def source(
     ph, pw = pads
     taps = _Taps(kernel, strides, dilations, pads)
     ctype = f"np.{dtype}"
-    arr = f"types.Array(types.{dtype}, {{}}, 'C'{{}})"
-    flag = ", readonly=True"
+    arr = partial(codegen.array_type, dtype)
     signature = (
-        f"types.void({arr.format(4, flag)}, {arr.format(2, flag)}, {arr.format(1, flag)}, "
-        f"{arr.format(4, '')}, {arr.format(1, '')})"
+        f"types.void({arr(4, True)}, {arr(2, True)}, {arr(1, True)}, {arr(4, False)}, "
+        f"{arr(1, False)})"
     )
     comments = [
         f"depthwise kernel {kernel} strides {strides} dilations {dilations} pads {pads}",
@@ -463,10 +463,10 @@ def _pool_source(
     dh, dw = dilations
     ph, pw = pads
     ctype = f"np.{dtype}"
-    arr = f"types.Array(types.{dtype}, {{}}, 'C'{{}})"
-    args = [arr.format(4, ", readonly=True"), arr.format(4, "")]
+    arr = partial(codegen.array_type, dtype)
+    args = [arr(4, True), arr(4, False)]
     if average:
-        args.append(arr.format(2, ", readonly=True"))
+        args.append(arr(2, True))
     signature = f"types.void({', '.join(args)})"
     extra = ", inverse" if average else ""
     across = [f"p[q + {j * dw}]" if j else "p[q]" for j in range(kw_)]
@@ -542,11 +542,8 @@ def spread_source(dtype: np.dtype, kernel: tuple[int, int], epilogue: str) -> st
     acc_code = re.sub(r"\bx0\b", "acc", code)
     kh_, kw_ = kernel
     ctype = f"np.{dtype}"
-    arr = f"types.Array(types.{dtype}, {{}}, 'C'{{}})"
-    signature = (
-        f"types.void({arr.format(5, ', readonly=True')}, {arr.format(1, ', readonly=True')}, "
-        f"{arr.format(3, '')})"
-    )
+    arr = partial(codegen.array_type, dtype)
+    signature = f"types.void({arr(5, True)}, {arr(1, True)}, {arr(3, False)})"
     lines = codegen.module_header(
         [f"stride = kernel {kernel} ConvTranspose scatter", f"epilogue: {epilogue}"],
         ctype,

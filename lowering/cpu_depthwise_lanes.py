@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -340,11 +341,10 @@ def source(dtype: np.dtype, kernel: tuple[int, int], strides: tuple[int, int],
         raise codegen.Unsupported(f"epilogue with tensor operands: {epilogue!r}")
     (kh, kw), (sh, sw), (dh, dw), (ph, pw) = kernel, strides, dilations, pads
     ctype = f"np.{dtype}"
-    arr = f"types.Array(types.{dtype}, {{}}, 'C'{{}})"
-    flag = ", readonly=True"
+    arr = partial(codegen.array_type, dtype)
     signature = (
-        f"types.void({arr.format(4, flag)}, {arr.format(3, flag)}, {arr.format(2, flag)}, "
-        f"{arr.format(4, '')}, {arr.format(2, '')}, {arr.format(2, '')}, types.int64)"
+        f"types.void({arr(4, True)}, {arr(3, True)}, {arr(2, True)}, {arr(4, False)}, "
+        f"{arr(2, False)}, {arr(2, False)}, types.int64)"
     )
     comments = [
         f"depthwise lanes {kernel} strides {strides} dilations {dilations} pads {pads}",
