@@ -360,6 +360,10 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
     epilogue, epilogue_wide = kernels.epilogue, kernels.epilogue_wide
     params = geo.params()
     matmul = np.matmul  # grouped convs: a batch of GEMMs
+    grouped_wide_gemm = cpu_microkernel.grouped_wide_gemm
+    # grouped wide convs: each group's patches just before its product (needs BLAS from Numba)
+    by_group = cpu_lanes.available(filters.dtype)
+    tiles = cpu_microkernel.ENABLED
     patches = not geo.pointwise
     gemm = cpu_microkernel.conv_matmul(filters.dtype, patches)
     gemm_epilogue = _gemm_epilogue(kernels, gemm, filters.dtype, patches)
@@ -416,6 +420,7 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
                 per.append((blk, ob, blk.reshape(g, geo.k, n), ob.reshape(g, mg, n)))
             views.append(per)
         kh, kw, dh, dw = geo.kh, geo.kw, geo.dh, geo.dw
+        taps = (kh, kw, dh, dw)
         ow, wp = geo.ow, geo.wp
         indices = list(range(len(geo.blocks)))
 
@@ -445,10 +450,13 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
             def block(j: int, worker: int) -> None:
                 r0, r1 = geo.blocks[j]
                 blk, ob, grouped, grouped_out = views[worker][j]
-                im2col_wide(phases, blk, r0, r1, kh, kw, dh, dw)
                 if single:
+                    im2col_wide(phases, blk, r0, r1, kh, kw, dh, dw)
                     gemm(w0, blk, ob)
+                elif by_group:
+                    grouped_wide_gemm(phases, mine[worker][0], filters, ob, r0, r1, taps, tiles)
                 else:
+                    im2col_wide(phases, blk, r0, r1, kh, kw, dh, dw)
                     matmul(filters, grouped, out=grouped_out)
                 epilogue_wide(out, ob, r0, r1, ow, wp, bias, *operands)
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 from eqsat.lowering import cpu_blas, cpu_tile_ir
+from eqsat.lowering.cpu_conv_kernels import im2col_wide
 from eqsat.lowering.cpu_tile_ir import (
     ROWS,
     VECTOR_BYTES,
@@ -242,6 +243,31 @@ def conv_gemm(a, b, c):  # type: ignore[no-untyped-def]
 def patch_gemm(a, b, c):  # type: ignore[no-untyped-def]
     """:func:`conv_gemm` for im2col's patches."""
     _gemm(a, b, c, PATCH_MAX_DEPTH)
+
+
+@njit(**_JIT)
+def grouped_wide_gemm(phases, cols, filters, dest, r0, r1, taps, tiles):  # type: ignore[no-untyped-def]
+    """dest (G*MG, n) = each group's filters (G, MG, KG) @ that group's patches of output rows
+    r0 <= oh < r1 on the phase planes' width (``taps`` = (KH, KW, DH, DW); see
+    :func:`~eqsat.lowering.cpu_conv_kernels.im2col_wide`): a block of a grouped conv.
+
+    Each group's patches are gathered into ``cols`` (at least KG*n elements) right before its
+    product, which reads them from cache, where all groups' patches at once (a numpy matmul of
+    stacked products) came back from memory: RegNet's 16-channel groups ran 10-40% faster. The
+    products take the tiles (``tiles``: where :data:`ENABLED`) up to MAX_DEPTH deep whatever
+    their width (16 filters on 7x7 planes: as fast as BLAS; on 14x14: 1.2-2.5x), else BLAS."""
+    g, mg, kg = filters.shape
+    cg = phases.shape[0] // g
+    n = (r1 - r0) * phases.shape[4]
+    kh, kw, dh, dw = taps
+    patches = cols[: kg * n].reshape(kg, n)
+    for gi in range(g):
+        im2col_wide(phases[gi * cg : (gi + 1) * cg], patches, r0, r1, kh, kw, dh, dw)
+        out = dest[gi * mg : (gi + 1) * mg]
+        if tiles and kg <= MAX_DEPTH:
+            tiled_gemm(filters[gi], patches, out)
+        else:
+            cpu_blas.gemm(filters[gi], patches, out)
 
 
 def conv_matmul(dtype: np.dtype, patches: bool) -> Any:

@@ -288,7 +288,9 @@ def test_phase_split_and_gather_match_numpy(rng: np.random.Generator) -> None:
 @pytest.mark.parametrize(
     ("h", "w", "sh", "sw", "ph", "pw"),
     [(5, 7, 2, 2, 1, 1), (6, 8, 2, 2, 0, 0), (5, 9, 2, 2, 2, 3), (7, 10, 3, 3, 1, 2),
-     (4, 6, 1, 2, 0, 1), (4, 5, 2, 1, 1, 0)],
+     (4, 6, 1, 2, 0, 1), (4, 5, 2, 1, 1, 0),
+     # rows of at least SHORT_PAIRS column pairs: the vectorized deinterleave
+     (3, 101, 2, 2, 1, 1), (4, 120, 2, 2, 0, 3), (3, 97, 2, 2, 3, 0)],
 )  # fmt: skip
 def test_fill_phases_matches_numpy(
     rng: np.random.Generator, h: int, w: int, sh: int, sw: int, ph: int, pw: int
@@ -407,3 +409,48 @@ def test_channel_spans_on_two_threads(
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     assert spans == [2]
     np.testing.assert_allclose(cpu.compile(g, threads=1).run(feeds)["y"], got, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    ("x_shape", "attrs"),
+    [
+        ((1, 64, 14, 14), {"group": 4, "pads": [1, 1, 1, 1]}),
+        ((1, 64, 15, 15), {"group": 4, "pads": [1, 1, 1, 1], "strides": [2, 2]}),
+        ((2, 48, 12, 10), {"group": 3, "pads": [2, 1, 0, 2], "dilations": [2, 1]}),
+    ],
+    ids=["s1", "s2", "batch-dilated"],
+)
+def test_grouped_wide_conv(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, threads: int, x_shape: tuple,
+    attrs: dict,
+) -> None:  # fmt: skip
+    """RegNet-like convs of 16-channel groups on the planes' width: each group's patches
+    gathered right before its product (``grouped_wide_gemm``), on one thread and in lanes."""
+    from eqsat.lowering import cpu, cpu_microkernel
+
+    calls = []
+    real = cpu_microkernel.grouped_wide_gemm
+
+    def spy(*args: Any) -> None:
+        calls.append(args[2].shape)
+        real(*args)
+
+    monkeypatch.setattr(cpu_microkernel, "grouped_wide_gemm", spy)
+    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
+    g, y = _conv_graph(rng, x_shape, x_shape[1], (3, 3), attrs)
+    g.output(g.op("Relu", y), "y")
+    feeds = {v.name: rng.standard_normal(v.shape).astype(F32) for v in g.inputs}
+    want = eqsat.compile(g, target="numpy").run(feeds)["y"]
+    exe = cpu.compile(g, threads=threads)
+    for _ in range(2):
+        np.testing.assert_allclose(exe.run(feeds)["y"], want, rtol=1e-4, atol=1e-4)
+    node = next(nd for nd in exe.graph.nodes if nd.op in ("Conv", "FusedConv"))
+    window = window_geometry(x_shape[2:], (3, 3), node.attrs)
+    group = attrs["group"]
+    geo = cpu_conv.Geometry(x_shape, (x_shape[1], x_shape[1] // group, 3, 3), window, group, 4)
+    assert geo.wide
+    if threads == 1:  # the lanes call it from their generated module, where no spy reaches
+        assert calls and all(shape == (group, x_shape[1] // group, 9 * x_shape[1] // group)
+                             for shape in calls)  # fmt: skip

@@ -5,10 +5,13 @@ convs that take them on one and two threads against the numpy reference."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from eqsat.lowering import cpu_conv, cpu_lanes, cpu_microkernel
 from eqsat.lowering.cpu_conv_epilogue import load_epilogue
+from eqsat.lowering.cpu_conv_kernels import im2col_wide
 from eqsat.lowering.cpu_microkernel import tiled_gemm
 
 import eqsat
@@ -261,3 +264,45 @@ def test_tiles_that_fail_to_compile_leave_blas(monkeypatch: pytest.MonkeyPatch) 
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "False"
     assert "register tiles did not compile (RuntimeError: no such intrinsic)" in run.stderr
+
+
+@pytest.mark.parametrize("tiles", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    ("channels", "groups", "strides", "dilations", "rows"),
+    [
+        (64, 4, (1, 1), (1, 1), (0, 9)),
+        (48, 3, (2, 2), (1, 1), (2, 5)),
+        (24, 2, (1, 2), (2, 1), (1, 4)),
+    ],
+    ids=["s1", "s2-block", "dilated"],
+)
+def test_grouped_wide_gemm(
+    rng: np.random.Generator, tiles: bool, dtype: type, channels: int, groups: int,
+    strides: tuple, dilations: tuple, rows: tuple,
+) -> None:  # fmt: skip
+    """Each group's patches of a block of output rows, then its product: against im2col of all
+    channels and a float64 product per group."""
+    h = w = 11
+    out = tuple((h + 2 - dilations[i] * 2 - 1) // strides[i] + 1 for i in range(2))
+    window = SimpleNamespace(
+        kernel=(3, 3), strides=strides, dilations=dilations, begin=(1, 1), out=out
+    )
+    cg = channels // groups
+    geo = cpu_conv.Geometry((1, channels, h, w), (channels, cg, 3, 3), window, groups, 8)
+    phases, fill = geo.phase_planes(np.dtype(dtype))
+    fill(rng.standard_normal((channels, h * w)).astype(dtype))
+    r0, r1 = rows
+    n = (r1 - r0) * geo.wp
+    filters = rng.standard_normal((groups, cg, cg * 9)).astype(dtype)
+    cols = np.full(cg * 9 * n + 5, np.nan, dtype)  # longer than one group's patches
+    dest = np.full((channels, n), np.nan, dtype)
+    taps = (3, 3, *dilations)
+    cpu_microkernel.grouped_wide_gemm(phases, cols, filters, dest, r0, r1, taps, tiles)
+    patches = np.zeros((channels * 9, n), dtype)
+    im2col_wide(phases, patches, r0, r1, *taps)
+    want = np.concatenate([
+        filters[i].astype(np.float64) @ patches[i * cg * 9 : (i + 1) * cg * 9].astype(np.float64)
+        for i in range(groups)
+    ])  # fmt: skip
+    np.testing.assert_allclose(dest, want, rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-4)
