@@ -255,7 +255,9 @@ def grouped_wide_gemm(phases, cols, filters, dest, r0, r1, taps, tiles):  # type
     product, which reads them from cache, where all groups' patches at once (a numpy matmul of
     stacked products) came back from memory: RegNet's 16-channel groups ran 10-40% faster. The
     products take the tiles (``tiles``: where :data:`ENABLED`) up to MAX_DEPTH deep whatever
-    their width (16 filters on 7x7 planes: as fast as BLAS; on 14x14: 1.2-2.5x), else BLAS."""
+    their width (16 filters on 7x7 planes: as fast as BLAS; on 14x14: 1.2-2.5x), else BLAS.
+    Convs off the planes' width gained nothing this way (a 1-D conv of 8 groups, 19 taps, on 49
+    positions: its products dominate), and keep numpy's stacked products."""
     g, mg, kg = filters.shape
     cg = phases.shape[0] // g
     n = (r1 - r0) * phases.shape[4]
