@@ -212,12 +212,18 @@ def gather_axis(x, index, out):  # type: ignore[no-untyped-def]
     for k in range(index.size):
         if index[k] < -n or index[k] >= n:
             return k
+    # Rows copied element by element: a slice assignment pulls in Numba's broadcasting and its
+    # error messages, which took 4.5 s to compile on a machine's first transformer model.
+    inner = x.shape[2]
     for a in range(x.shape[0]):
         for k in range(index.size):
             j = index[k]
             if j < 0:
                 j += n
-            out[a, k, :] = x[a, j, :]
+            src = x[a, j]
+            dst = out[a, k]
+            for i in range(inner):
+                dst[i] = src[i]
     return -1
 
 
