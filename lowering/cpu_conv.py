@@ -37,7 +37,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import codegen, cpu_conv_batch, cpu_conv_packed, cpu_lanes, cpu_microkernel
+from eqsat.lowering import (
+    codegen,
+    cpu_conv_batch,
+    cpu_conv_groups,
+    cpu_conv_packed,
+    cpu_lanes,
+    cpu_microkernel,
+)
 from eqsat.lowering.cpu import Env, Lowering, Step, StepFn
 from eqsat.lowering.cpu_conv_epilogue import (
     classify_operands,
@@ -205,6 +212,13 @@ class Geometry:
             count = min(parts, threads, self.m // MIN_CHANNEL_SPAN)
             if count > 1:
                 self.channel_spans = chunks(self.m, count, 8)
+        # ... and for grouped convs on the planes' width, spans of whole groups (each group's
+        # patches and product are its own: nothing is gathered twice).
+        self.group_spans: list[tuple[int, int]] = []
+        if parts > 1 and group > 1 and self.wide and len(self.blocks) == 1:
+            count = min(parts, threads, group)
+            if count > 1:
+                self.group_spans = chunks(group, count)
 
     def filters_by_taps(self, filters: np.ndarray) -> np.ndarray:
         """Group 0's filters (M, K) of ``filters`` (G, M/G, K), K in the order of
@@ -424,6 +438,10 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
         ow, wp = geo.ow, geo.wp
         indices = list(range(len(geo.blocks)))
 
+        if geo.group_spans and by_group:  # one block: spans of groups on the pool
+            return cpu_conv_groups.wide_group_spans(
+                geo, filters, bias, kernels, phases, fill, mine, views[0][0][1], pool
+            )
         if spans:  # one block: its patches once, then the channels' GEMMs on the pool
             blk, ob = views[0][0][:2]
             r0, r1 = geo.blocks[0]
@@ -520,6 +538,7 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
     parts = lowering.split(flops)  # per image: the pool takes one image's blocks at a time
     geo = Geometry(x.shape, w.shape, window, group, dtype.itemsize, parts, lowering.workers)
     shared = len(geo.channel_spans) > 1 or (len(geo.blocks) > 1 and not geo.small)
+    shared = shared or len(geo.group_spans) > 1
     workers = lowering.workers if parts > 1 and shared else 1
     if geo.direct:
         workers = lowering.workers if parts > 1 and len(geo.spans) > 1 else 1

@@ -411,6 +411,7 @@ def test_channel_spans_on_two_threads(
     np.testing.assert_allclose(cpu.compile(g, threads=1).run(feeds)["y"], got, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("row_blocks", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize(
     ("x_shape", "attrs"),
@@ -422,14 +423,16 @@ def test_channel_spans_on_two_threads(
     ids=["s1", "s2", "batch-dilated"],
 )
 def test_grouped_wide_conv(
-    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, threads: int, x_shape: tuple,
-    attrs: dict,
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, threads: int, row_blocks: bool,
+    x_shape: tuple, attrs: dict,
 ) -> None:  # fmt: skip
     """RegNet-like convs of 16-channel groups on the planes' width: each group's patches
-    gathered right before its product (``grouped_wide_gemm``), on one thread and in lanes."""
+    gathered right before its product (``grouped_wide_gemm``). One thread takes the blocks in
+    turn; two take blocks of output rows in lanes, or, where the positions make one block,
+    spans of groups (``cpu_conv_groups``)."""
     from eqsat.lowering import cpu, cpu_microkernel
 
-    calls = []
+    calls: list[tuple[int, ...]] = []
     real = cpu_microkernel.grouped_wide_gemm
 
     def spy(*args: Any) -> None:
@@ -439,18 +442,30 @@ def test_grouped_wide_conv(
     monkeypatch.setattr(cpu_microkernel, "grouped_wide_gemm", spy)
     monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
     monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
+    if row_blocks:  # a block per output row
+        monkeypatch.setattr(cpu_conv, "BLOCK_BYTES", 1)
+        monkeypatch.setattr(cpu_conv, "MIN_BLOCK_COLUMNS", 1)
+    maps = record_pool_maps(monkeypatch)
     g, y = _conv_graph(rng, x_shape, x_shape[1], (3, 3), attrs)
     g.output(g.op("Relu", y), "y")
     feeds = {v.name: rng.standard_normal(v.shape).astype(F32) for v in g.inputs}
     want = eqsat.compile(g, target="numpy").run(feeds)["y"]
     exe = cpu.compile(g, threads=threads)
-    for _ in range(2):
+    for _ in range(3):  # the pool's probes run a map on the workers, then on one thread
         np.testing.assert_allclose(exe.run(feeds)["y"], want, rtol=1e-4, atol=1e-4)
     node = next(nd for nd in exe.graph.nodes if nd.op in ("Conv", "FusedConv"))
     window = window_geometry(x_shape[2:], (3, 3), node.attrs)
-    group = attrs["group"]
-    geo = cpu_conv.Geometry(x_shape, (x_shape[1], x_shape[1] // group, 3, 3), window, group, 4)
-    assert geo.wide
-    if threads == 1:  # the lanes call it from their generated module, where no spy reaches
-        assert calls and all(shape == (group, x_shape[1] // group, 9 * x_shape[1] // group)
-                             for shape in calls)  # fmt: skip
+    group, cg = attrs["group"], x_shape[1] // attrs["group"]
+    parts = 8 if threads > 1 else 1
+    geo = cpu_conv.Geometry(x_shape, (x_shape[1], cg, 3, 3), window, group, 4, parts, threads)
+    assert geo.wide and (len(geo.blocks) > 1) == row_blocks
+    if threads > 1 and row_blocks:  # lanes, from their generated module: no spy reaches it
+        assert not calls and maps
+        return
+    shapes = {shape for shape in calls}
+    if threads == 1:
+        assert shapes == {(group, cg, 9 * cg)}
+        return
+    assert geo.group_spans == [(0, 2), (2, group)]
+    assert shapes == {(2, cg, 9 * cg), (group - 2, cg, 9 * cg)}
+    assert set(maps) == {2}
