@@ -61,18 +61,18 @@ def record_pool_maps(
 def split_every_conv(monkeypatch: pytest.MonkeyPatch, spans: bool = False) -> None:
     """Every conv on the pool in as many chunks as it has: blocks of one output row each (or,
     with ``spans``, spans of 8 output channels), whatever its size."""
-    from eqsat.lowering import cpu, cpu_conv
+    from eqsat.lowering import cpu, cpu_conv_geometry
 
-    monkeypatch.setattr(cpu_conv, "DIRECT_CHANNELS", 0)
-    monkeypatch.setattr(cpu_conv, "SMALL_POSITIONS", 0)
-    monkeypatch.setattr(cpu_conv, "MIN_CHANNEL_SPAN", 8)
+    monkeypatch.setattr(cpu_conv_geometry, "DIRECT_CHANNELS", 0)
+    monkeypatch.setattr(cpu_conv_geometry, "SMALL_POSITIONS", 0)
+    monkeypatch.setattr(cpu_conv_geometry, "MIN_CHANNEL_SPAN", 8)
     monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
     monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
     if not spans:  # one output row per block
-        monkeypatch.setattr(cpu_conv, "BLOCK_BYTES", 1)
-        monkeypatch.setattr(cpu_conv, "OUTPUT_BLOCK_BYTES", 1)
-        monkeypatch.setattr(cpu_conv, "MIN_BLOCK_COLUMNS", 1)
-        monkeypatch.setattr(cpu_conv, "MIN_POINTWISE_COLUMNS", 1)
+        monkeypatch.setattr(cpu_conv_geometry, "BLOCK_BYTES", 1)
+        monkeypatch.setattr(cpu_conv_geometry, "OUTPUT_BLOCK_BYTES", 1)
+        monkeypatch.setattr(cpu_conv_geometry, "MIN_BLOCK_COLUMNS", 1)
+        monkeypatch.setattr(cpu_conv_geometry, "MIN_POINTWISE_COLUMNS", 1)
 
 
 def fused_conv_graph(

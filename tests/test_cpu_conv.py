@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from eqsat.lowering import cpu_conv, cpu_conv_kernels, cpu_conv_packed
+from eqsat.lowering import cpu_conv, cpu_conv_geometry, cpu_conv_kernels, cpu_conv_packed
 
 import eqsat
 from eqsat.ops.conv import window_geometry
@@ -27,8 +27,8 @@ F32 = np.float32
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Each case twice: through im2col + GEMM (or the small-output kernel) and the direct conv."""
     direct = request.param == "direct"
-    monkeypatch.setattr(cpu_conv, "DIRECT_CHANNELS", 1 << 20 if direct else 0)
-    monkeypatch.setattr(cpu_conv, "DIRECT_WIDTH", 1)
+    monkeypatch.setattr(cpu_conv_geometry, "DIRECT_CHANNELS", 1 << 20 if direct else 0)
+    monkeypatch.setattr(cpu_conv_geometry, "DIRECT_WIDTH", 1)
     return str(request.param)
 
 
@@ -163,10 +163,10 @@ def test_row_blocks(
     wide: bool,
 ) -> None:  # fmt: skip
     # A tiny block budget: each block is one row.
-    monkeypatch.setattr(cpu_conv, "DIRECT_CHANNELS", 0)
-    monkeypatch.setattr(cpu_conv, "SMALL_POSITIONS", 0)
-    monkeypatch.setattr(cpu_conv, "BLOCK_BYTES", 1)
-    monkeypatch.setattr(cpu_conv, "MIN_BLOCK_COLUMNS", 1)
+    monkeypatch.setattr(cpu_conv_geometry, "DIRECT_CHANNELS", 0)
+    monkeypatch.setattr(cpu_conv_geometry, "SMALL_POSITIONS", 0)
+    monkeypatch.setattr(cpu_conv_geometry, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(cpu_conv_geometry, "MIN_BLOCK_COLUMNS", 1)
     g, y = _conv_graph(rng, x_shape, 4, (3, 3), attrs)
     g.output(y, "y")
     _check(g, rng)
@@ -191,10 +191,10 @@ def test_patches_in_row_blocks(
 ) -> None:  # fmt: skip
     """Patches that tile the input are gathered block by block, without a phase split; with end
     padding the last row's taps fall outside, and its block takes the general copy."""
-    monkeypatch.setattr(cpu_conv, "DIRECT_CHANNELS", 0)
-    monkeypatch.setattr(cpu_conv, "SMALL_POSITIONS", 0)
-    monkeypatch.setattr(cpu_conv, "BLOCK_BYTES", 1)
-    monkeypatch.setattr(cpu_conv, "MIN_BLOCK_COLUMNS", 1)
+    monkeypatch.setattr(cpu_conv_geometry, "DIRECT_CHANNELS", 0)
+    monkeypatch.setattr(cpu_conv_geometry, "SMALL_POSITIONS", 0)
+    monkeypatch.setattr(cpu_conv_geometry, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(cpu_conv_geometry, "MIN_BLOCK_COLUMNS", 1)
     g, y = _conv_graph(rng, x_shape, 5, kernel, attrs)
     g.output(y, "y")
     _check(g, rng)
@@ -326,10 +326,10 @@ def test_direct(
     threads: both equal to the numpy reference and to each other."""
     from eqsat.lowering import cpu, cpu_threads
 
-    monkeypatch.setattr(cpu_conv, "DIRECT_BLOCK_BYTES", 1)
-    monkeypatch.setattr(cpu_conv, "DIRECT_WIDTH", 1)
-    monkeypatch.setattr(cpu_conv, "SMALL_POSITIONS", 0)
-    monkeypatch.setattr(cpu_conv, "MIN_BLOCK_COLUMNS", 7)
+    monkeypatch.setattr(cpu_conv_geometry, "DIRECT_BLOCK_BYTES", 1)
+    monkeypatch.setattr(cpu_conv_geometry, "DIRECT_WIDTH", 1)
+    monkeypatch.setattr(cpu_conv_geometry, "SMALL_POSITIONS", 0)
+    monkeypatch.setattr(cpu_conv_geometry, "MIN_BLOCK_COLUMNS", 7)
     monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
     monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
     monkeypatch.setattr(cpu_threads, "STALL_SECONDS", 1e9)
@@ -384,9 +384,9 @@ def test_channel_spans_on_two_threads(
     span with its own slice of the epilogue's per-channel and output-shaped operands."""
     from eqsat.lowering import cpu
 
-    monkeypatch.setattr(cpu_conv, "DIRECT_CHANNELS", 0)
-    monkeypatch.setattr(cpu_conv, "SMALL_POSITIONS", 64 if kind == "small" else 0)
-    monkeypatch.setattr(cpu_conv, "MIN_CHANNEL_SPAN", 8)
+    monkeypatch.setattr(cpu_conv_geometry, "DIRECT_CHANNELS", 0)
+    monkeypatch.setattr(cpu_conv_geometry, "SMALL_POSITIONS", 64 if kind == "small" else 0)
+    monkeypatch.setattr(cpu_conv_geometry, "MIN_CHANNEL_SPAN", 8)
     monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
     monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
     m = 40
@@ -443,8 +443,8 @@ def test_grouped_wide_conv(
     monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
     monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
     if row_blocks:  # a block per output row
-        monkeypatch.setattr(cpu_conv, "BLOCK_BYTES", 1)
-        monkeypatch.setattr(cpu_conv, "MIN_BLOCK_COLUMNS", 1)
+        monkeypatch.setattr(cpu_conv_geometry, "BLOCK_BYTES", 1)
+        monkeypatch.setattr(cpu_conv_geometry, "MIN_BLOCK_COLUMNS", 1)
     maps = record_pool_maps(monkeypatch)
     g, y = _conv_graph(rng, x_shape, x_shape[1], (3, 3), attrs)
     g.output(g.op("Relu", y), "y")

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from eqsat.lowering import cpu_conv, cpu_lanes, cpu_microkernel
+from eqsat.lowering import cpu_conv, cpu_conv_geometry, cpu_lanes, cpu_microkernel
 from eqsat.lowering.cpu_conv_epilogue import load_epilogue
 from eqsat.lowering.cpu_conv_kernels import im2col_wide
 from eqsat.lowering.cpu_microkernel import tiled_gemm
@@ -96,8 +96,8 @@ def test_convs_through_the_tiles(
     and on two (the lanes, with the pool splitting even these small convs)."""
     from eqsat.lowering import cpu
 
-    monkeypatch.setattr(cpu_conv, "DIRECT_CHANNELS", 0)
-    monkeypatch.setattr(cpu_conv, "MIN_POINTWISE_COLUMNS", 256)
+    monkeypatch.setattr(cpu_conv_geometry, "DIRECT_CHANNELS", 0)
+    monkeypatch.setattr(cpu_conv_geometry, "MIN_POINTWISE_COLUMNS", 256)
     monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
     monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
     chosen: list[str] = []

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from eqsat.lowering import cpu, cpu_affinity, cpu_conv, cpu_spin, cpu_threads
+from eqsat.lowering import cpu, cpu_affinity, cpu_conv_geometry, cpu_spin, cpu_threads
 
 import eqsat
 from tests.cpu_testing import record_pool_maps
@@ -32,8 +32,8 @@ def eager(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
     monkeypatch.setattr(cpu, "PARALLEL_ELEMENTS", 1)
     monkeypatch.setattr(cpu, "GRAIN_ELEMENTS", 1)
-    monkeypatch.setattr(cpu_conv, "MIN_BLOCK_COLUMNS", 16)  # small convs still have blocks
-    monkeypatch.setattr(cpu_conv, "MIN_POINTWISE_COLUMNS", 16)
+    monkeypatch.setattr(cpu_conv_geometry, "MIN_BLOCK_COLUMNS", 16)  # small convs still have blocks
+    monkeypatch.setattr(cpu_conv_geometry, "MIN_POINTWISE_COLUMNS", 16)
     return record_pool_maps(monkeypatch)
 
 
