@@ -455,7 +455,7 @@ def _flops(node: Node) -> float:
 
 
 def _build_steps(lowering: Lowering, graph: Graph) -> list[Step]:
-    from eqsat.lowering import cpu_data, cpu_misc, cpu_ops
+    from eqsat.lowering import cpu_data, cpu_misc, cpu_ops, cpu_quant
 
     steps: list[Step] = []
     for node in graph.nodes:
@@ -463,6 +463,7 @@ def _build_steps(lowering: Lowering, graph: Graph) -> list[Step]:
             cpu_ops.build_step(lowering, node)
             or cpu_misc.build_step(lowering, node)
             or cpu_data.build_step(lowering, node)
+            or cpu_quant.build_step(lowering, node)
             or _elementwise_step(lowering, node)
         )
         if step is None:

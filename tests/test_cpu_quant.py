@@ -1,0 +1,127 @@
+"""Dynamic quantization on the cpu target (:mod:`eqsat.lowering.cpu_quant`): DynamicQuantizeLinear's
+kernel gives the reference's bytes exactly, and MatMulInteger's float32 products, cut into chunks
+of K that keep every partial sum exact, give the exact int32 result, on one thread and two."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from eqsat.lowering import cpu, cpu_quant
+
+import eqsat
+from eqsat import ops
+
+
+def _reference_quantize(x: np.ndarray) -> list[np.ndarray]:
+    return ops.get("DynamicQuantizeLinear", "test").reference([x], {}, [None, None, None])
+
+
+@pytest.mark.parametrize(
+    "x",
+    [
+        np.random.default_rng(1).normal(0.3, 2.0, 5000),
+        np.random.default_rng(2).normal(0.0, 1e-3, 777),
+        np.random.default_rng(3).normal(0.0, 1e5, 300),
+        np.abs(np.random.default_rng(4).normal(0.0, 5.0, 64)),  # all positive
+        -np.abs(np.random.default_rng(5).normal(0.0, 0.01, 64)),  # all negative, tiny
+        np.zeros(9),  # no range: scale 1
+        np.arange(-300, 300) / 7,  # many values near halves of a step
+        np.array([-2.5, -0.5, 0.5, 1.5, 2.5, 127.5, 254.5]),  # halves round to even
+        # x / scale exactly a half where x * (1 / scale) is not: the division must be one
+        np.array([0.0, 45.6814, 36.992977, 30.0]),
+    ],
+    ids=[
+        "mixed",
+        "small",
+        "large",
+        "positive",
+        "negative",
+        "zeros",
+        "sevenths",
+        "halves",
+        "divided",
+    ],
+)
+def test_quantize_kernel_gives_the_reference_bytes(x: np.ndarray) -> None:
+    x = x.astype(np.float32)
+    y, scale_zp = np.empty(x.size, np.uint8), np.zeros(2, np.float32)
+    assert cpu_quant.quantize_dynamic(x, y, scale_zp)
+    want_y, want_scale, want_zp = _reference_quantize(x)
+    np.testing.assert_array_equal(y, want_y)
+    assert scale_zp[0] == want_scale and int(scale_zp[1]) == int(want_zp)
+
+
+def test_quantize_kernel_leaves_nan_to_the_reference() -> None:
+    x = np.array([1.0, np.nan, -2.0, 0.5], np.float32)
+    assert not cpu_quant.quantize_dynamic(x, np.empty(4, np.uint8), np.zeros(2, np.float32))
+    g = eqsat.Graph("nan")
+    for value, name in zip(g.op("DynamicQuantizeLinear", g.input("x", (4,)), outputs=3),
+                           ("y", "scale", "zp"), strict=True):  # fmt: skip
+        g.output(value, name)
+    want = eqsat.compile(g, target="numpy").run({"x": x})
+    got = cpu.compile(g, threads=1).run({"x": x})
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+        assert got[name].dtype == want[name].dtype
+
+
+def _quantized_matmul(x_shape: tuple[int, ...], weights: np.ndarray, b_zp: np.ndarray | None
+                      ) -> eqsat.Graph:  # fmt: skip
+    """x -> DynamicQuantizeLinear -> MatMulInteger(weights, b_zp) -> Cast -> * scale: what
+    onnxruntime's quantize_dynamic writes; outputs the int32 product and the rescaled floats."""
+    g = eqsat.Graph("quantized")
+    q, scale, zp = g.op("DynamicQuantizeLinear", g.input("x", x_shape), outputs=3)
+    b_zero = None if b_zp is None else g.constant(b_zp, "b_zp")
+    product = g.op("MatMulInteger", q, g.constant(weights, "w"), zp, b_zero)
+    g.output(product, "product")
+    g.output(g.op("Mul", g.op("Cast", product, to=1), scale), "y")
+    return g
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    ("x_shape", "weights", "b_zp"),
+    [
+        ((16, 96), np.random.default_rng(6).integers(-128, 128, (96, 40)).astype(np.int8), None),
+        # uint8 weights with a zero point: B - zp reaches 255, K = 1100 in chunks of 258
+        ((2, 3, 1100), np.random.default_rng(7).integers(0, 256, (1100, 33)).astype(np.uint8),
+         np.array(3, np.uint8)),
+        # one zero point per column, as per-channel weights have
+        ((7, 300), np.random.default_rng(8).integers(-128, 128, (300, 24)).astype(np.int8),
+         np.random.default_rng(9).integers(-5, 5, 24).astype(np.int8)),
+        ((300,), np.random.default_rng(10).integers(-128, 128, (300, 65)).astype(np.int8), None),
+    ],
+    ids=["int8", "uint8-chunks", "per-column", "vector"],
+)  # fmt: skip
+def test_matmul_integer_is_exact(
+    monkeypatch: pytest.MonkeyPatch, threads: int, x_shape: tuple, weights: np.ndarray,
+    b_zp: np.ndarray | None,
+) -> None:  # fmt: skip
+    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)  # two threads split every product
+    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
+    g = _quantized_matmul(x_shape, weights, b_zp)
+    feeds = {"x": np.random.default_rng(11).normal(0.2, 3.0, x_shape).astype(np.float32)}
+    want = eqsat.compile(g, target="numpy").run(feeds)
+    exe = cpu.compile(g, threads=threads)
+    assert exe.report["reference_ops"] == {}
+    for _ in range(2):
+        got = exe.run(feeds)
+        assert got["product"].dtype == np.int32
+        np.testing.assert_array_equal(got["product"], want["product"])
+        np.testing.assert_array_equal(got["y"], want["y"])
+
+
+def test_matmul_integer_sums_past_float32_exactness() -> None:
+    """Products whose sums pass 2**24 (uint8 255s against int8 -128s, K = 2000: -65 million):
+    one float32 GEMM would round them; the chunks keep them exact."""
+    k = 2000
+    a = np.full((3, k), 255, np.uint8)
+    a[1, ::2] = 254  # odd sums
+    weights = np.full((k, 5), -128, np.int8)
+    weights[::3, 1] = 127
+    g = eqsat.Graph("extreme")
+    g.output(g.op("MatMulInteger", g.input("a", a.shape, np.uint8), g.constant(weights)), "y")
+    got = cpu.compile(g, threads=1).run({"a": a})["y"]
+    want = a.astype(np.int64) @ weights.astype(np.int64)
+    assert np.abs(want).max() > 1 << 24
+    np.testing.assert_array_equal(got, want.astype(np.int32))
