@@ -155,9 +155,103 @@ def _matmul_integer(lowering: Lowering, node: Node) -> Step | None:
     return Step(run, Usage(reads, [o], True), "gemm", node.name)
 
 
+@njit(cache=True, error_model="numpy", nogil=True)
+def quantize_linear(x, scale, zero, lo, hi, out):  # type: ignore[no-untyped-def]
+    """out (A, C, B) = saturate(rint(x / scale[c]) + zero[c]) to [lo, hi], x float32 (A, C, B):
+    QuantizeLinear per tensor (C = 1) or per axis, in the reference's float32 steps."""
+    for a in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            s = scale[c]
+            z = zero[c]
+            src = x[a, c]
+            dst = out[a, c]
+            for b in range(src.shape[0]):
+                q = np.rint(src[b] / s) + z
+                dst[b] = min(max(q, lo), hi)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def dequantize_linear(x, scale, zero, out):  # type: ignore[no-untyped-def]
+    """out (A, C, B) float32 = (x - zero[c]) * scale[c]: DequantizeLinear of 8- or 16-bit x."""
+    for a in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            s = scale[c]
+            z = zero[c]
+            src = x[a, c]
+            dst = out[a, c]
+            for b in range(src.shape[0]):
+                dst[b] = F(np.int32(src[b]) - z) * s
+
+
+def _per_channel(node: Node, x: Any) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]] | None:
+    """A Q/DQ node's constant float32 scale and zero point, one per channel of the (outer,
+    channels, inner) view of x; None where they are not constant, blocked or not float32."""
+    scale = node.inputs[1]
+    zero = node.inputs[2] if len(node.inputs) > 2 else None
+    if scale is None or scale.const is None or scale.dtype != np.dtype(np.float32):
+        return None
+    if (zero is not None and zero.const is None) or int(node.attrs.get("block_size", 0)):
+        return None
+    if int(node.attrs.get("precision", 0)) not in (0, 1):
+        return None
+    channels = scale.size
+    if channels == 1:
+        view = (1, 1, x.size)
+    else:
+        axis = int(node.attrs.get("axis", 1)) % x.rank
+        outer = int(np.prod(x.shape[:axis], dtype=np.int64))
+        view = (outer, x.shape[axis], int(np.prod(x.shape[axis + 1 :], dtype=np.int64)))
+    zeros = np.zeros(channels) if zero is None else zero.const.reshape(-1).astype(np.float64)
+    return np.ascontiguousarray(scale.const.reshape(-1), np.float32), zeros, view
+
+
+def _linear_step(lowering: Lowering, node: Node, kernel: Any, extra: tuple) -> Step:
+    x, out = node.inputs[0], node.outputs[0]
+    xs, o = lowering.slot(x), lowering.slot(out)
+    view = extra[0]
+
+    def run(env: Env) -> None:
+        data = np.ascontiguousarray(env[xs]).reshape(view)
+        kernel(data, *extra[1:], env[o].reshape(view))
+
+    return Step(run, Usage([xs], [o], True), "kernel", node.name)
+
+
+def _quantize_linear(lowering: Lowering, node: Node) -> Step | None:
+    x, out = node.inputs[0], node.outputs[0]
+    if x is None or out is None or x.const is not None or x.dtype != np.dtype(np.float32):
+        return None
+    if out.dtype not in (np.dtype(np.uint8), np.dtype(np.int8)) or x.size == 0:
+        return None
+    params = _per_channel(node, x)
+    if params is None:
+        return None
+    scale, zeros, view = params
+    info = np.iinfo(out.dtype)
+    zero = zeros.astype(np.float32)
+    return _linear_step(
+        lowering, node, quantize_linear, (view, scale, zero, F(info.min), F(info.max))
+    )
+
+
+def _dequantize_linear(lowering: Lowering, node: Node) -> Step | None:
+    x, out = node.inputs[0], node.outputs[0]
+    if x is None or out is None or x.const is not None or out.dtype != np.dtype(np.float32):
+        return None
+    if x.dtype not in (np.dtype(np.uint8), np.dtype(np.int8)) or x.size == 0:
+        return None  # 16- and 32-bit inputs: the reference's int64 arithmetic
+    params = _per_channel(node, x)
+    if params is None:
+        return None
+    scale, zeros, view = params
+    return _linear_step(lowering, node, dequantize_linear, (view, scale, zeros.astype(np.int32)))
+
+
 _BUILDERS: dict[str, Any] = {
     "DynamicQuantizeLinear": _dynamic_quantize,
     "MatMulInteger": _matmul_integer,
+    "QuantizeLinear": _quantize_linear,
+    "DequantizeLinear": _dequantize_linear,
 }
 
 
@@ -166,4 +260,6 @@ def build_step(lowering: Lowering, node: Node) -> Step | None:
     return None if builder is None else builder(lowering, node)
 
 
-__all__ = ["add_integers", "build_step", "quantize_dynamic"]
+__all__ = [
+    "add_integers", "build_step", "dequantize_linear", "quantize_dynamic", "quantize_linear",
+]  # fmt: skip

@@ -125,3 +125,65 @@ def test_matmul_integer_sums_past_float32_exactness() -> None:
     want = a.astype(np.int64) @ weights.astype(np.int64)
     assert np.abs(want).max() > 1 << 24
     np.testing.assert_array_equal(got, want.astype(np.int32))
+
+
+def _exact_half(scale: np.float32) -> np.float32:
+    """An x with x / scale exactly k + 0.5 in float32 but x * (1 / scale) not."""
+    for k in range(1, 120):
+        x = np.float32((np.float32(k) + np.float32(0.5)) * scale)
+        if x / scale == k + 0.5 and np.rint(x / scale) != np.rint(x * (np.float32(1) / scale)):
+            return x
+    raise AssertionError(f"no exact half for scale {scale}")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    ("dtype", "axis", "channels"),
+    [(np.uint8, 1, 1), (np.int8, 1, 1), (np.uint8, 1, 6), (np.int8, -1, 5)],
+    ids=["uint8", "int8", "per-channel", "last-axis"],
+)
+def test_quantize_dequantize_give_the_reference_values(
+    threads: int, dtype: type, axis: int, channels: int
+) -> None:
+    """A QDQ model's activations: QuantizeLinear then DequantizeLinear with constant scales and
+    zero points, per tensor or per axis, bit for bit the reference's (halves round to even,
+    values past the range saturate)."""
+    shape = (2, 6, 3, 5)
+    rng = np.random.default_rng(12)
+    scale = rng.uniform(0.01, 0.05, channels).astype(np.float32)
+    scale[0] = np.float32(45.6814) / np.float32(255)  # has an exact half (_exact_half)
+    info = np.iinfo(dtype)
+    zero = rng.integers(info.min // 2, info.max // 2, channels).astype(dtype)
+    if channels == 1:
+        scale, zero = scale.reshape(()), zero.reshape(())
+    g = eqsat.Graph("qdq")
+    x = g.input("x", shape)
+    q = g.op("QuantizeLinear", x, g.constant(scale, "s"), g.constant(zero, "z"), axis=axis)
+    g.output(q, "q")
+    g.output(
+        g.op("DequantizeLinear", q, g.constant(scale, "s2"), g.constant(zero, "z2"), axis=axis), "y"
+    )
+    x_value = rng.normal(0.0, 3.0, shape).astype(np.float32)
+    x_value.reshape(-1)[:4] = [100.0, -100.0, 0.0, 0.0]  # saturate both ways
+    step = scale.reshape(-1)[0]
+    x_value[0, 0, 0, 2:4] = [np.float32(2.5) * step, np.float32(-0.5) * step]  # near halves
+    # An exact half of a step where multiplying by 1 / scale rounds the other way: the
+    # division must be one (the value of test_quantize_kernel_gives_the_reference_bytes).
+    x_value[0, 0, 0, 4] = _exact_half(step)
+    want = eqsat.compile(g, target="numpy").run({"x": x_value})
+    exe = cpu.compile(g, threads=threads)
+    assert exe.report["reference_ops"] == {}
+    got = exe.run({"x": x_value})
+    for name in ("q", "y"):
+        assert got[name].dtype == want[name].dtype
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_per_tensor_parameters_of_two_shapes_load() -> None:
+    """onnxruntime's quantizer writes a bias's DequantizeLinear with a (1,) scale and a ()
+    zero point: both mean per tensor (the ONNX checker and onnxruntime accept it)."""
+    from tests.onnx_testing import check_one_node
+
+    x = np.array([-300, -1, 0, 7, 1000], np.int32)
+    inputs = {"x": x, "s": np.array([0.5], np.float32), "z": np.array(3, np.int32)}
+    check_one_node("DequantizeLinear", inputs, consts=("s", "z"), rtol=0, atol=0)

@@ -36,7 +36,10 @@ DEQUANTIZABLE = (*QUANTIZED, np.dtype(np.int32))
 def _param_layout(x: Value, scale: Value, zero: Value | None, attrs: dict[str, Any]) -> None:
     """Check that scale (and zero point) fit per-tensor, per-axis or blocked quantization."""
     block = int(attrs["block_size"])
-    if zero is not None and zero.shape != scale.shape:
+    # A scalar and a one-element vector both mean per tensor: onnxruntime's own quantizer writes
+    # a (1,) scale with a () zero point for a bias.
+    per_tensor = all(p.size == 1 and p.rank <= 1 for p in (scale, zero) if p is not None)
+    if zero is not None and zero.shape != scale.shape and not per_tensor:
         raise ShapeError(f"zero point {zero.shape} must have the scale's shape {scale.shape}")
     if block < 0:
         raise ShapeError(f"block_size must be >= 0, got {block}")
