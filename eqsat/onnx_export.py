@@ -23,6 +23,7 @@ from eqsat.errors import EqsatError
 from eqsat.ir import Graph, Node, Value, subgraphs
 from eqsat.ops.fused import DOMAIN, FUSED_OPS
 from eqsat.ops.layout import LAYOUT_OPS
+from eqsat.ops.quant_tensor import QUANT_TENSOR_OPS
 
 EXPORT_OPSET = 21
 EXPORT_IR_VERSION = 10
@@ -62,7 +63,8 @@ def to_onnx(graph: Graph, *, opset: int = EXPORT_OPSET) -> onnx.ModelProto:
 def _domain(node: Node) -> str:
     """The domain a node is exported in: eqsat's own ops (fused, channels-last) in eqsat's, also
     when a graph built in Python left it empty (its Attention is not ONNX's Attention)."""
-    if not node.domain and (node.op in FUSED_OPS or node.op in LAYOUT_OPS):
+    own = FUSED_OPS | LAYOUT_OPS | QUANT_TENSOR_OPS
+    if not node.domain and node.op in own:
         return DOMAIN
     return node.domain
 

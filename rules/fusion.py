@@ -13,7 +13,9 @@ Families (each switchable by name, see :data:`FAMILY_NAMES`):
 * ``fusion-bn``: BatchNormalization after a Conv (or a Gemm) with constant parameters folds into
   the weights and bias (computed once at compile time).
 * ``fusion-composite``: decomposed exporter patterns as single ops: SiLU, HardSwish, GELU (erf
-  and tanh forms), LayerNorm, Softmax, attention.
+  and tanh forms), LayerNorm, Softmax, attention; and a QDQ model's per-tensor QuantizeLinear/
+  DequantizeLinear as the elementwise QuantizePerTensor/DequantizePerTensor, which the fusion
+  families then take into kernels and epilogues (exact: the same arithmetic).
 
 Floating point: fused kernels compute the same expressions in one pass (exact, except that
 float16 intermediates are no longer rounded); BN folding and the composite ops round differently
@@ -55,6 +57,7 @@ from eqsat.egraph import (
 )
 from eqsat.ops.elementwise import SCALAR_VARIANTS, VARIADIC
 from eqsat.ops.fused import EPILOGUE_BASES, MAX_FUSED_INPUTS
+from eqsat.ops.quant_tensor import INT8, RANGES, UINT8
 
 EXACT = "exact (float16 intermediates are not rounded)"
 ROUNDING = "changes rounding (a few ulp)"
@@ -582,4 +585,53 @@ for _form, _masked, _guard in itertools.product(SCALE_FORMS, (True, False), GUAR
     _attention_rule(_form, _masked, _guard)
 
 
-del _op, _def, _fused, _base, _k, _rank, _swap, _has_bias, _form, _masked, _guard
+# ------------------------------------------------------------------ per-tensor quantization
+# A QDQ model's QuantizeLinear/DequantizeLinear with a one-element constant scale and zero
+# point as elementwise ops (eqsat.ops.quant_tensor), which fusion then takes into kernels and
+# epilogues. Only float32 scales, and the other attributes at their defaults (no blocks, no
+# output_dtype or precision of their own): the new ops compute exactly what these do.
+def _quantize_rules(code: int, low: int, high: int) -> None:
+    @composite.rule(f"quantize-per-tensor-{dtype_names[code]}", caveat=EXACT)
+    def _(y: T, x: T, s: T, z: T, a: Attr, sv: f64, zv: f64) -> Any:
+        return rule(
+            eq(y).to(make("QuantizeLinear", x, s, z, axis=a)),
+            scalar_const(s),
+            eq(splat(s)).to(sv),
+            eq(splat(z)).to(zv),
+            eq(dtype(s)).to(i64(FLOAT32)),
+            eq(dtype(x)).to(i64(FLOAT32)),
+            eq(dtype(z)).to(i64(code)),
+        ).then(
+            union(y).with_(
+                make(
+                    "QuantizePerTensor", x, scale=Attr.float(sv), zero=Attr.float(zv),
+                    low=Attr.float(f64(float(low))), high=Attr.float(f64(float(high))),
+                    to=Attr.int(i64(code)),
+                )
+            )
+        )  # fmt: skip
+
+    @composite.rule(f"dequantize-per-tensor-{dtype_names[code]}", caveat=EXACT)
+    def _(y: T, q: T, s: T, z: T, a: Attr, sv: f64, zv: f64) -> Any:
+        return rule(
+            eq(y).to(make("DequantizeLinear", q, s, z, axis=a)),
+            scalar_const(s),
+            eq(splat(s)).to(sv),
+            eq(splat(z)).to(zv),
+            eq(dtype(s)).to(i64(FLOAT32)),
+            eq(dtype(q)).to(i64(code)),
+        ).then(
+            union(y).with_(
+                make("DequantizePerTensor", q, scale=Attr.float(sv), zero=Attr.float(zv))
+            )
+        )
+
+
+FLOAT32 = 1
+dtype_names = {UINT8: "uint8", INT8: "int8"}
+for _code, (_low, _high) in RANGES.items():
+    _quantize_rules(_code, _low, _high)
+
+
+del _op, _def, _fused, _base, _k, _rank, _swap, _has_bias, _form, _masked, _guard, _code, _low
+del _high

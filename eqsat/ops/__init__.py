@@ -253,6 +253,7 @@ def _load_families() -> None:
         norm,
         quant,
         quant_linear,
+        quant_tensor,
         recurrent,
         reduce,
         resize,
