@@ -28,6 +28,7 @@ from eqsat import ops
 from eqsat.errors import DataDependentShapeError, EqsatError, InputError, ModelLoadError, ShapeError
 from eqsat.errors import UnsupportedOperatorError as Unsupported
 from eqsat.ir import Graph, Value
+from eqsat.onnx_contrib import expand_contrib_ops
 from eqsat.onnx_export import EXPORT_OPSET, save, to_onnx
 from eqsat.onnx_functions import expand_standard_functions
 from eqsat.onnx_loop import unroll_loop, unroll_scan
@@ -109,6 +110,7 @@ def _load(
             model = onnx.inliner.inline_local_functions(model)
         except Exception as exc:
             raise ModelLoadError(f"cannot inline the model's local functions: {exc}") from None
+    model = expand_contrib_ops(model)
     if walks is None:
         model = expand_standard_functions(model, opset)
     else:  # a tail, loaded on every run: look for operators to expand once
