@@ -252,7 +252,14 @@ _BUILDERS: dict[str, Any] = {
     "MatMulInteger": _matmul_integer,
     "QuantizeLinear": _quantize_linear,
     "DequantizeLinear": _dequantize_linear,
+    "QLinearConv": lambda lowering, node: _qlinear_conv(lowering, node),
 }
+
+
+def _qlinear_conv(lowering: Lowering, node: Node) -> Step | None:
+    from eqsat.lowering import cpu_qlinear_conv
+
+    return cpu_qlinear_conv.build(lowering, node)
 
 
 def build_step(lowering: Lowering, node: Node) -> Step | None:

@@ -187,3 +187,45 @@ def test_per_tensor_parameters_of_two_shapes_load() -> None:
     x = np.array([-300, -1, 0, 7, 1000], np.int32)
     inputs = {"x": x, "s": np.array([0.5], np.float32), "z": np.array(3, np.int32)}
     check_one_node("DequantizeLinear", inputs, consts=("s", "z"), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "attrs"),
+    [
+        ((1, 8, 11, 11), (16, 8, 3, 3), {"pads": [1, 1, 1, 1]}),
+        ((2, 6, 9, 10), (4, 3, 3, 3), {"group": 2, "strides": [2, 2]}),  # batch, groups
+        ((1, 8, 12, 12), (8, 1, 3, 3), {"group": 8, "pads": [1, 1, 1, 1]}),  # depthwise
+        ((1, 4, 30), (5, 4, 5), {"pads": [2, 2]}),  # 1-D
+    ],
+    ids=["3x3", "batch-groups-s2", "depthwise", "1d"],
+)
+def test_qlinear_conv_gives_the_reference_bytes(
+    threads: int, x_shape: tuple, w_shape: tuple, attrs: dict
+) -> None:
+    """QLinearConv through a float64 conv (exact integer sums) and the requantizing kernel:
+    per-channel weight scales and zero points, an int32 bias, uint8 in and out."""
+    rng = np.random.default_rng(13)
+    m = w_shape[0]
+    g = eqsat.Graph("qlinearconv")
+    x = g.input("x", x_shape, np.uint8)
+    inputs = [
+        x,
+        g.constant(np.array(0.02, np.float32), "xs"),
+        g.constant(np.array(118, np.uint8), "xz"),
+        g.constant(rng.integers(-128, 128, w_shape).astype(np.int8), "w"),
+        g.constant(rng.uniform(0.005, 0.02, m).astype(np.float32), "ws"),
+        g.constant(np.zeros(m, np.int8), "wz"),
+        g.constant(np.array(0.1, np.float32), "ys"),
+        g.constant(np.array(128, np.uint8), "yz"),
+        g.constant(rng.integers(-3000, 3000, m).astype(np.int32), "b"),
+    ]
+    g.output(g.op("QLinearConv", *inputs, **attrs), "y")
+    feeds = {"x": rng.integers(0, 256, x_shape).astype(np.uint8)}
+    want = eqsat.compile(g, target="numpy").run(feeds)["y"]
+    exe = cpu.compile(g, threads=threads)
+    assert exe.report["reference_ops"] == {}
+    for _ in range(2):
+        got = exe.run(feeds)["y"]
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, want)
