@@ -27,7 +27,7 @@ from eqsat.lowering.cpu import Env, Lowering, Step
 from eqsat.lowering.memory import Usage
 from numba import njit
 
-from eqsat.ir import Node
+from eqsat.ir import Node, Value
 
 F = np.float32
 # Integers up to this magnitude are exact in float32, and so is every sum of them below it.
@@ -106,52 +106,116 @@ def add_integers(product, result, colsum, zp, first):  # type: ignore[no-untyped
                 r[j] = np.int32(r[j] + np.int64(p[j]))
 
 
-def _matmul_integer(lowering: Lowering, node: Node) -> Step | None:
+def _integer_product(lowering: Lowering, a: Value, a_zp: Value | None, b: Value,
+                     b_zp: Value | None) -> tuple[Any, list[int]] | None:  # fmt: skip
+    """``compute(env, result)``: result (rows, N) int32 = (A - a_zp) @ (B - b_zp) for A's rows
+    (read from env), and the slots it reads; None where B or its zero point is not constant,
+    B is not 2-D, or a_zp is not one value."""
     from eqsat.lowering import cpu_gemm
 
-    a, b = node.inputs[0], node.inputs[1]
-    a_zp = node.inputs[2] if len(node.inputs) > 2 else None
-    b_zp = node.inputs[3] if len(node.inputs) > 3 else None
-    out = node.outputs[0]
-    if a is None or b is None or out is None or b.const is None or b.rank != 2 or a.rank < 1:
+    if b.const is None or b.rank != 2 or a.rank < 1:
         return None
-    if a_zp is not None and a_zp.shape not in ((), (1,)):
+    if a_zp is not None and a_zp.size != 1:
         return None  # per-row zero points: the reference
     if b_zp is not None and b_zp.const is None:
         return None
     k, n = b.shape
-    weights = _weights(b.const, None if b_zp is None else b_zp.const)
-    colsum = weights.astype(np.int64).sum(axis=0)
-    largest_a = 255 if a.dtype == np.dtype(np.uint8) else 128
-    largest_b = max(1, int(np.abs(weights).max())) if weights.size else 1
-    chunk = max(1, min(k, int(EXACT_FLOAT32 // (largest_a * largest_b))))
-    spans = [(k0, min(k, k0 + chunk)) for k0 in range(0, k, chunk)]
     rows = int(np.prod(a.shape[:-1], dtype=np.int64)) if a.rank > 1 else 1
     if k == 0 or rows == 0 or n == 0:
         return None
+    weights = _weights(b.const, None if b_zp is None else b_zp.const)
+    colsum = weights.astype(np.int64).sum(axis=0)
+    largest_a = 255 if a.dtype == np.dtype(np.uint8) else 128
+    largest_b = max(1, int(np.abs(weights).max()))
+    chunk = max(1, min(k, int(EXACT_FLOAT32 // (largest_a * largest_b))))
     count = lowering.split(2.0 * rows * k * n)
     products = []  # per chunk of K: its float32 rows of A and its product
-    for k0, k1 in spans:
+    for k0 in range(0, k, chunk):
+        k1 = min(k, k0 + chunk)
         part = np.ascontiguousarray(weights[k0:k1])
         mm = cpu_gemm.packed_matmul(part, rows, lowering.pool, count)
         if mm is None:
             mm = lambda x, y, o, part=part: np.matmul(x, part, out=o)  # noqa: E731
         products.append((k0, k1, np.empty((rows, k1 - k0), np.float32), mm))
     product = np.empty((rows, n), np.float32)
-    a_slot, o = lowering.slot(a), lowering.slot(out)
+    a_slot = lowering.slot(a)
     zp_const = None if a_zp is None or a_zp.const is None else int(a_zp.const.reshape(-1)[0])
     zp_slot = None if a_zp is None or a_zp.const is not None else lowering.slot(a_zp)
 
-    def run(env: Env) -> None:
+    def compute(env: Env, result: np.ndarray) -> None:
         source = np.asarray(env[a_slot]).reshape(rows, k)
-        result = env[o].reshape(rows, n)
         zp = zp_const if zp_slot is None else int(np.asarray(env[zp_slot]).reshape(-1)[0])
         for i, (k0, k1, a_float, mm) in enumerate(products):
             np.copyto(a_float, source[:, k0:k1])
             mm(a_float, None, product)
             add_integers(product, result, colsum, zp or 0, i == 0)
 
-    reads = [a_slot] + ([zp_slot] if zp_slot is not None else [])
+    return compute, [a_slot] + ([zp_slot] if zp_slot is not None else [])
+
+
+def _matmul_integer(lowering: Lowering, node: Node) -> Step | None:
+    a, b, out = node.inputs[0], node.inputs[1], node.outputs[0]
+    a_zp = node.inputs[2] if len(node.inputs) > 2 else None
+    b_zp = node.inputs[3] if len(node.inputs) > 3 else None
+    if a is None or b is None or out is None:
+        return None
+    made = _integer_product(lowering, a, a_zp, b, b_zp)
+    if made is None:
+        return None
+    compute, reads = made
+    o, shape = lowering.slot(out), (-1, b.shape[1])
+
+    def run(env: Env) -> None:
+        compute(env, env[o].reshape(shape))
+
+    return Step(run, Usage(reads, [o], True), "gemm", node.name)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def requantize_columns(acc, multiplier, zero, lo, hi, out):  # type: ignore[no-untyped-def]
+    """out (R, N) = saturate(rint(float32(acc) * multiplier[n]) + zero) for the int32
+    accumulator acc (R, N): QLinearMatMul's requantization (eqsat.ops.quant_linear.requantize)."""
+    for r in range(acc.shape[0]):
+        src = acc[r]
+        dst = out[r]
+        for j in range(src.shape[0]):
+            scaled = np.rint(F(src[j]) * multiplier[j])
+            dst[j] = min(max(scaled, lo - zero), hi - zero) + zero
+
+
+def _qlinear_matmul(lowering: Lowering, node: Node) -> Step | None:
+    from eqsat.ops.quant_linear import _multiplier
+
+    a, a_scale, a_zero, b, b_scale, b_zero, y_scale, y_zero = node.inputs[:8]
+    out = node.outputs[0]
+    params = (a_scale, a_zero, b_scale, b_zero, y_scale, y_zero)
+    if a is None or b is None or out is None or any(p is None or p.const is None for p in params):
+        return None
+    if (
+        any(p.dtype != np.dtype(np.float32) for p in (a_scale, b_scale, y_scale))
+        or a_scale.size != 1
+    ):
+        return None
+    made = _integer_product(lowering, a, a_zero, b, b_zero)
+    if made is None:
+        return None
+    compute, reads = made
+    n = b.shape[1]
+    multiplier = np.ascontiguousarray(
+        np.broadcast_to(
+            _multiplier(a_scale.const.reshape(()), b_scale.const.reshape(-1), y_scale.const), (n,)
+        ),
+        np.float32,
+    )
+    accumulator = np.empty((out.size // n, n), np.int32)
+    info = np.iinfo(out.dtype)
+    zero, lo, hi = F(y_zero.const.reshape(())), F(info.min), F(info.max)
+    o = lowering.slot(out)
+
+    def run(env: Env) -> None:
+        compute(env, accumulator)
+        requantize_columns(accumulator, multiplier, zero, lo, hi, env[o].reshape(accumulator.shape))
+
     return Step(run, Usage(reads, [o], True), "gemm", node.name)
 
 
@@ -253,6 +317,7 @@ _BUILDERS: dict[str, Any] = {
     "QuantizeLinear": _quantize_linear,
     "DequantizeLinear": _dequantize_linear,
     "QLinearConv": lambda lowering, node: _qlinear_conv(lowering, node),
+    "QLinearMatMul": _qlinear_matmul,
 }
 
 
@@ -269,4 +334,5 @@ def build_step(lowering: Lowering, node: Node) -> Step | None:
 
 __all__ = [
     "add_integers", "build_step", "dequantize_linear", "quantize_dynamic", "quantize_linear",
+    "requantize_columns",
 ]  # fmt: skip

@@ -229,3 +229,34 @@ def test_qlinear_conv_gives_the_reference_bytes(
         got = exe.run(feeds)["y"]
         assert got.dtype == np.uint8
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("per_column", [False, True])
+def test_qlinear_matmul_gives_the_reference_bytes(threads: int, per_column: bool) -> None:
+    """QLinearMatMul by constant int8 weights: the exact int32 products of MatMulInteger's
+    kernel, requantized in the reference's float32 steps (K = 700: two chunks)."""
+    rng = np.random.default_rng(14)
+    k, n = 700, 24
+    g = eqsat.Graph("qlinearmatmul")
+    a = g.input("a", (2, 5, k), np.uint8)
+    b_scale = rng.uniform(0.002, 0.01, n if per_column else ()).astype(np.float32)
+    b_zero = np.zeros(n if per_column else (), np.int8)
+    inputs = [
+        a,
+        g.constant(np.array(0.03, np.float32), "as"),
+        g.constant(np.array(121, np.uint8), "az"),
+        g.constant(rng.integers(-128, 128, (k, n)).astype(np.int8), "b"),
+        g.constant(b_scale, "bs"),
+        g.constant(b_zero, "bz"),
+        g.constant(np.array(0.4, np.float32), "ys"),
+        g.constant(np.array(130, np.uint8), "yz"),
+    ]
+    g.output(g.op("QLinearMatMul", *inputs), "y")
+    feeds = {"a": rng.integers(0, 256, (2, 5, k)).astype(np.uint8)}
+    want = eqsat.compile(g, target="numpy").run(feeds)["y"]
+    exe = cpu.compile(g, threads=threads)
+    assert exe.report["reference_ops"] == {}
+    got = exe.run(feeds)["y"]
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, want)
