@@ -197,8 +197,10 @@ def test_per_tensor_parameters_of_two_shapes_load() -> None:
         ((2, 6, 9, 10), (4, 3, 3, 3), {"group": 2, "strides": [2, 2]}),  # batch, groups
         ((1, 8, 12, 12), (8, 1, 3, 3), {"group": 8, "pads": [1, 1, 1, 1]}),  # depthwise
         ((1, 4, 30), (5, 4, 5), {"pads": [2, 2]}),  # 1-D
+        # K = 648: sums may pass 2**24, so the conv runs in float64
+        ((1, 72, 6, 6), (8, 72, 3, 3), {"pads": [1, 1, 1, 1]}),
     ],
-    ids=["3x3", "batch-groups-s2", "depthwise", "1d"],
+    ids=["3x3", "batch-groups-s2", "depthwise", "1d", "deep-float64"],
 )
 def test_qlinear_conv_gives_the_reference_bytes(
     threads: int, x_shape: tuple, w_shape: tuple, attrs: dict
@@ -260,3 +262,15 @@ def test_qlinear_matmul_gives_the_reference_bytes(threads: int, per_column: bool
     got = exe.run(feeds)["y"]
     assert got.dtype == np.uint8
     np.testing.assert_array_equal(got, want)
+
+
+def test_qlinear_conv_takes_float32_only_where_every_sum_is_exact() -> None:
+    from eqsat.lowering.cpu_qlinear_conv import exact_in_float32
+
+    u8 = np.dtype(np.uint8)
+    full = np.full((8, 72, 3, 3), -128.0)  # K = 648: 648 * 255 * 128 = 21 million > 2**24
+    assert not exact_in_float32(u8, 0, full, None)
+    assert exact_in_float32(u8, 0, full[:, :8], None)  # K = 72
+    assert exact_in_float32(u8, 128, np.full((96, 500, 1, 1), 127.0), None)  # 1x1, 500 channels
+    assert not exact_in_float32(u8, 128, np.full((96, 500, 1, 1), 127.0), np.array([1e7]))
+    assert exact_in_float32(np.dtype(np.int8), 0, np.full((32, 1, 3, 3), -255.0), None)
