@@ -1,11 +1,12 @@
-"""QLinearConv on the cpu target: the exact integer accumulator by a float64 conv, then a
+"""QLinearConv on the cpu target: the exact integer accumulator by a float conv, then a
 requantizing kernel.
 
 QLinearConv (the QOperator format's conv) sums (x - x_zero) * (w - w_zero) over each window
 exactly, adds its int32 bias and requantizes: ``saturate(rint(float32(int32(acc)) * m) + y_zero)``
 with ``m = x_scale * w_scale / y_scale`` per output channel (see
 :func:`eqsat.ops.quant_linear.requantize`). Its numpy reference gathers patches in float64 and
-multiplies with numpy (a QOperator ResNet-18 took 3.2x onnxruntime's time). Here the shifted
+multiplies with numpy (a QOperator ResNet-18 took 3.2x onnxruntime's time). Depthwise convs take
+the depthwise kernels (:mod:`eqsat.lowering.cpu_depthwise_step`). Here the shifted
 input goes through :mod:`eqsat.lowering.cpu_conv`'s conv (im2col or the planes' width and the
 register tiles): in float32 where no sum of products of 8-bit values can pass 2**24 (depthwise
 convs, 1x1 convs of a few hundred channels), else in float64, exact up to 2**53; either way
@@ -14,6 +15,8 @@ not used. :func:`requantize_channels` then computes the reference's float32 step
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from eqsat.lowering.cpu import Env, Lowering, Step
@@ -25,8 +28,12 @@ from eqsat.ops.conv import window_geometry
 from eqsat.ops.quant_linear import _multiplier
 
 F = np.float32
+
+
 # Integers, and sums of them, are exact in float32 below this.
 EXACT_FLOAT32 = float(1 << 24)
+# At most this many float32 convs over chunks of input channels; deeper convs run in float64.
+MAX_CHUNKS = 16
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -45,24 +52,101 @@ def requantize_channels(acc, multiplier, zero, lo, hi, out):  # type: ignore[no-
                 dst[p] = min(max(scaled, lo - zero), hi - zero) + zero
 
 
+@njit(cache=True, error_model="numpy", nogil=True)
+def requantize_exact(acc, multiplier, zero, lo, hi, out):  # type: ignore[no-untyped-def]
+    """:func:`requantize_channels` for a float32 accumulator, whose integers are below 2**24:
+    int32 and float32 hold them alike, so no conversions (a loop that vectorizes)."""
+    for i in range(acc.shape[0]):
+        for m in range(acc.shape[1]):
+            scale = multiplier[m]
+            src = acc[i, m]
+            dst = out[i, m]
+            for p in range(src.shape[0]):
+                scaled = np.rint(src[p] * scale)
+                dst[p] = min(max(scaled, lo - zero), hi - zero) + zero
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def add_chunk(acc, total, bias, first):  # type: ignore[no-untyped-def]
+    """total (N, M, P) float64 = (bias[m] if ``first`` else total) + acc (float32 integers)."""
+    for i in range(acc.shape[0]):
+        for m in range(acc.shape[1]):
+            src = acc[i, m]
+            dst = total[i, m]
+            b = bias[m]
+            if first:
+                for p in range(src.shape[0]):
+                    dst[p] = b + src[p]
+            else:
+                for p in range(src.shape[0]):
+                    dst[p] += src[p]
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def shift(x, offset, out):  # type: ignore[no-untyped-def]
+    """out = x - offset, 8-bit integers to the conv's float type (flat arrays)."""
+    for i in range(x.size):
+        out[i] = x[i] - offset
+
+
+def _float_conv(lowering: Lowering, node: Node, images: int, span: tuple[int, int],
+                weights: np.ndarray, bias: np.ndarray, window: Any, out_shape: tuple[int, ...],
+                depthwise: bool) -> tuple[np.ndarray, np.ndarray, dict, Any]:  # fmt: skip
+    """The conv of input channels span[0]:span[1] (shifted) by ``weights`` as an ordinary float
+    Conv node of the step's own: its input and accumulator buffers, their slots, and its run."""
+    from eqsat.lowering import cpu_conv, cpu_depthwise_step, cpu_ops
+
+    real = weights.dtype
+    c0, c1 = span
+    x_shape = (images, c1 - c0, *window_input(node))
+    tag = f"{node.name}/{c0}"
+    xs = Value(f"{tag}/shifted", x_shape, real)
+    ws = Value(f"{tag}/weights", weights.shape, real, const=weights)
+    acc = Value(f"{tag}/accumulator", out_shape, real)
+    attrs = {k: v for k, v in node.attrs.items() if k != "epilogue"}
+    conv = Node("Conv", [xs, ws], [acc], attrs, f"{tag}/conv")
+    if depthwise:  # the depthwise kernels (float32: nine products never pass 2**24)
+        step = cpu_depthwise_step.build(lowering, conv, xs, [], bias, window)
+    else:
+        step = cpu_conv.build(
+            lowering, conv, xs, [], bias, window,
+            lambda purpose: cpu_ops._scratch(lowering, purpose),
+            lambda: None,
+        )  # fmt: skip
+    shifted, accumulator = np.empty(x_shape, real), np.empty(out_shape, real)
+    own = {lowering.slot(xs): shifted, lowering.slot(acc): accumulator}
+    run_conv = (step.bind(own) if step.bind is not None else None) or step.run
+    return shifted, accumulator, own, run_conv
+
+
+def window_input(node: Node) -> tuple[int, ...]:
+    """The spatial shape of a conv node's input."""
+    x = node.inputs[0]
+    assert x is not None
+    return tuple(x.shape[2:])
+
+
+def largest_product(x_dtype: np.dtype, x_zero: int, shifted_w: np.ndarray) -> float:
+    """The largest |(x - x_zero) * (w - w_zero)| a conv can sum."""
+    info = np.iinfo(x_dtype)
+    return max(x_zero - info.min, info.max - x_zero) * float(np.abs(shifted_w).max(initial=0))
+
+
 def exact_in_float32(x_dtype: np.dtype, x_zero: int, shifted_w: np.ndarray,
                      bias: np.ndarray | None) -> bool:  # fmt: skip
     """Whether no sum of a conv's products (input minus its zero point, by ``shifted_w``, the
     weights minus theirs, (M, C/G, ...)) plus its bias can pass 2**24, so float32 computes every
     sum exactly: a 1x1 conv of up to ~500 channels, any depthwise conv. float32 is 2-3x faster
     than float64 there, which is exact for any realistic depth."""
-    info = np.iinfo(x_dtype)
-    largest_x = max(x_zero - info.min, info.max - x_zero)
-    largest_w = float(np.abs(shifted_w).max(initial=0))
     depth = int(np.prod(shifted_w.shape[1:], dtype=np.int64))
     largest_bias = 0.0 if bias is None else float(np.abs(bias).max(initial=0))
-    return depth * largest_x * largest_w + largest_bias < EXACT_FLOAT32
+    return depth * largest_product(x_dtype, x_zero, shifted_w) + largest_bias < EXACT_FLOAT32
 
 
 def build(lowering: Lowering, node: Node) -> Step | None:
     """The step of a QLinearConv whose weights and quantization parameters are constants, or
     None (the reference runs it)."""
-    from eqsat.lowering import cpu_conv, cpu_ops
+    from eqsat.lowering.cpu_ops import DEPTHWISE_TAPS
 
     x, x_scale, x_zero, w, w_scale, w_zero, y_scale, y_zero = node.inputs[:8]
     bias = node.inputs[8] if len(node.inputs) > 8 else None
@@ -85,23 +169,26 @@ def build(lowering: Lowering, node: Node) -> Step | None:
     conv_bias = np.zeros(m) if bias is None else bias.const.astype(np.float64).reshape(-1)
     conv_bias = conv_bias.astype(real)
     shifted_w = shifted_w.astype(real)
-    # The conv on the shifted input, as an ordinary float64 Conv node of this step's own.
-    xs = Value(f"{node.name}/shifted", x.shape, real)
-    ws = Value(f"{node.name}/weights", w.shape, real, const=shifted_w)
-    acc = Value(f"{node.name}/accumulator", out.shape, real)
-    attrs = {k: v for k, v in node.attrs.items() if k != "epilogue"}
-    conv = Node("Conv", [xs, ws], [acc], attrs, f"{node.name}/conv")
-    step = cpu_conv.build(
-        lowering, conv, xs, [], conv_bias, window,
-        lambda purpose: cpu_ops._scratch(lowering, purpose),
-        lambda: None,
-    )  # fmt: skip
-    assert step.bind is not None
-    shifted = np.empty(x.shape, real)
-    accumulator = np.empty(out.shape, real)
-    own = {lowering.slot(xs): shifted, lowering.slot(acc): accumulator}
-    run_conv = step.bind(own)
-    assert run_conv is not None
+    channels, group = x.shape[1], int(node.attrs["group"])
+    depthwise = x.rank == 4 and group == channels == m and np.prod(window.kernel) <= DEPTHWISE_TAPS
+    spans = [(0, channels)]
+    if not exact32 and group == 1:
+        # float32 convs over chunks of input channels whose sums stay below 2**24, added up
+        # in float64: 2-3x faster than one float64 conv (ResNet's 3x3 convs: 2 to 9 chunks)
+        bound = largest_product(x.dtype, int(x_zero.const.reshape(())), shifted_w)
+        step_c = int(EXACT_FLOAT32 // max(1.0, bound * float(np.prod(shifted_w.shape[2:]))))
+        if step_c >= 1 and -(-channels // step_c) <= MAX_CHUNKS:
+            spans = [(c0, min(channels, c0 + step_c)) for c0 in range(0, channels, step_c)]
+            real = np.dtype(np.float32)
+    convs = [
+        _float_conv(lowering, node, x.shape[0], (c0, c1), shifted_w[:, c0:c1].astype(real),
+                    np.zeros(m, real) if len(spans) > 1 else conv_bias.astype(real),
+                    window, out.shape, depthwise)
+        for c0, c1 in spans
+    ]  # fmt: skip
+    chunked = len(spans) > 1
+    total = np.empty(out.shape, np.float64) if chunked else None
+    bias64 = conv_bias.astype(np.float64)
     multiplier = np.ascontiguousarray(
         np.broadcast_to(
             _multiplier(x_scale.const.reshape(()), w_scale.const.reshape(-1), y_scale.const), (m,)
@@ -110,21 +197,31 @@ def build(lowering: Lowering, node: Node) -> Step | None:
     )
     info = np.iinfo(out.dtype)
     zero = F(y_zero.const.reshape(()))
-    x_offset = float(x_zero.const.reshape(()))
+    x_offset = real.type(x_zero.const.reshape(()))
+    requantize = requantize_exact if exact32 else requantize_channels
     lo, hi = F(info.min), F(info.max)
     rows = (out.shape[0], m, int(np.prod(out.shape[2:], dtype=np.int64)))
     xi, o = lowering.slot(x), lowering.slot(out)
 
     def run(env: Env) -> None:
-        np.subtract(env[xi], x_offset, out=shifted)
-        for slot, array in own.items():  # for conv paths that read them from env (batches)
-            env[slot] = array
-        run_conv(env)
-        requantize_channels(
-            accumulator.reshape(rows), multiplier, zero, lo, hi, env[o].reshape(rows)
-        )
+        data = env[xi]
+        for i, ((c0, c1), (shifted, accumulator, own, run_conv)) in enumerate(
+            zip(spans, convs, strict=True)
+        ):
+            part = data if not chunked else np.ascontiguousarray(data[:, c0:c1])
+            shift(np.ascontiguousarray(part).reshape(-1), x_offset, shifted.reshape(-1))
+            for slot, array in own.items():  # for conv paths that read them from env (batches)
+                env[slot] = array
+            run_conv(env)
+            if chunked:
+                add_chunk(accumulator.reshape(rows), total.reshape(rows), bias64, i == 0)
+        result = total if chunked else convs[0][1]
+        requantize(result.reshape(rows), multiplier, zero, lo, hi, env[o].reshape(rows))
 
     return Step(run, Usage([xi], [o], True), "conv", node.name)
 
 
-__all__ = ["build", "exact_in_float32", "requantize_channels"]
+__all__ = [
+    "add_chunk", "build", "exact_in_float32", "largest_product", "requantize_channels",
+    "requantize_exact", "shift",
+]  # fmt: skip

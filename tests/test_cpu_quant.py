@@ -197,10 +197,12 @@ def test_per_tensor_parameters_of_two_shapes_load() -> None:
         ((2, 6, 9, 10), (4, 3, 3, 3), {"group": 2, "strides": [2, 2]}),  # batch, groups
         ((1, 8, 12, 12), (8, 1, 3, 3), {"group": 8, "pads": [1, 1, 1, 1]}),  # depthwise
         ((1, 4, 30), (5, 4, 5), {"pads": [2, 2]}),  # 1-D
-        # K = 648: sums may pass 2**24, so the conv runs in float64
-        ((1, 72, 6, 6), (8, 72, 3, 3), {"pads": [1, 1, 1, 1]}),
+        # K = 2304: sums may pass 2**24: float32 convs over 3 chunks of channels, added up
+        ((2, 256, 5, 5), (8, 256, 3, 3), {"pads": [1, 1, 1, 1]}),
+        # K = 15680: more chunks than MAX_CHUNKS, one float64 conv
+        ((1, 320, 6, 6), (4, 320, 7, 7), {"pads": [3, 3, 3, 3]}),
     ],
-    ids=["3x3", "batch-groups-s2", "depthwise", "1d", "deep-float64"],
+    ids=["3x3", "batch-groups-s2", "depthwise", "1d", "chunks", "float64"],
 )
 def test_qlinear_conv_gives_the_reference_bytes(
     threads: int, x_shape: tuple, w_shape: tuple, attrs: dict
