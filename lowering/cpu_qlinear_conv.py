@@ -37,32 +37,19 @@ MAX_CHUNKS = 16
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def requantize_channels(acc, multiplier, zero, lo, hi, out):  # type: ignore[no-untyped-def]
+def requantize_channels(acc, multiplier, zero, lo, hi, out, wrap):  # type: ignore[no-untyped-def]
     """out (N, M, P) = saturate(rint(float32(int32(acc)) * multiplier[m]) + zero) for the
-    exact integer accumulator acc (float32 or float64, N x M x P): the reference's steps, the
-    int32 wrap included."""
+    exact integer accumulator acc (N x M x P): the reference's steps, the int32 wrap included
+    where ``wrap``; without it (a float32 accumulator, whose integers are below 2**24 and so
+    the same in int32 and float32) the loop has no conversions and vectorizes."""
     for i in range(acc.shape[0]):
         for m in range(acc.shape[1]):
             scale = multiplier[m]
             src = acc[i, m]
             dst = out[i, m]
             for p in range(src.shape[0]):
-                wrapped = np.int32(np.int64(src[p]))
-                scaled = np.rint(F(wrapped) * scale)
-                dst[p] = min(max(scaled, lo - zero), hi - zero) + zero
-
-
-@njit(cache=True, error_model="numpy", nogil=True)
-def requantize_exact(acc, multiplier, zero, lo, hi, out):  # type: ignore[no-untyped-def]
-    """:func:`requantize_channels` for a float32 accumulator, whose integers are below 2**24:
-    int32 and float32 hold them alike, so no conversions (a loop that vectorizes)."""
-    for i in range(acc.shape[0]):
-        for m in range(acc.shape[1]):
-            scale = multiplier[m]
-            src = acc[i, m]
-            dst = out[i, m]
-            for p in range(src.shape[0]):
-                scaled = np.rint(src[p] * scale)
+                value = F(np.int32(np.int64(src[p]))) if wrap else F(src[p])
+                scaled = np.rint(value * scale)
                 dst[p] = min(max(scaled, lo - zero), hi - zero) + zero
 
 
@@ -198,7 +185,6 @@ def build(lowering: Lowering, node: Node) -> Step | None:
     info = np.iinfo(out.dtype)
     zero = F(y_zero.const.reshape(()))
     x_offset = real.type(x_zero.const.reshape(()))
-    requantize = requantize_exact if exact32 else requantize_channels
     lo, hi = F(info.min), F(info.max)
     rows = (out.shape[0], m, int(np.prod(out.shape[2:], dtype=np.int64)))
     xi, o = lowering.slot(x), lowering.slot(out)
@@ -216,12 +202,14 @@ def build(lowering: Lowering, node: Node) -> Step | None:
             if chunked:
                 add_chunk(accumulator.reshape(rows), total.reshape(rows), bias64, i == 0)
         result = total if chunked else convs[0][1]
-        requantize(result.reshape(rows), multiplier, zero, lo, hi, env[o].reshape(rows))
+        requantize_channels(
+            result.reshape(rows), multiplier, zero, lo, hi, env[o].reshape(rows), not exact32
+        )
 
     return Step(run, Usage([xi], [o], True), "conv", node.name)
 
 
 __all__ = [
     "add_chunk", "build", "exact_in_float32", "largest_product", "requantize_channels",
-    "requantize_exact", "shift",
+    "shift",
 ]  # fmt: skip
