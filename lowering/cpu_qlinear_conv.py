@@ -130,11 +130,71 @@ def exact_in_float32(x_dtype: np.dtype, x_zero: int, shifted_w: np.ndarray,
     return depth * largest_product(x_dtype, x_zero, shifted_w) + largest_bias < EXACT_FLOAT32
 
 
+def _exact_conv(lowering: Lowering, node: Node, x: Value, x_zero: int | None, w: np.ndarray,
+                w_zero: np.ndarray | None, bias: np.ndarray | None,
+                out_shape: tuple[int, ...]) -> tuple[Any, bool]:  # fmt: skip
+    """``compute(env, offset) -> acc``: the exact integer sums of ``node``'s conv of
+    (x - offset) by (w - w_zero), plus ``bias``, as a float array (N, M, P); and whether that
+    array is float32 (integers below 2**24) rather than float64. ``x_zero`` (None: known only
+    at run time) bounds the sums."""
+    from eqsat.lowering.cpu_ops import DEPTHWISE_TAPS
+
+    m = w.shape[0]
+    window = window_geometry(x.shape[2:], tuple(w.shape[2:]), node.attrs)
+    per_channel = (-1,) + (1,) * (w.ndim - 1)
+    shifted_w = w.astype(np.float64)
+    if w_zero is not None:
+        shifted_w = shifted_w - np.broadcast_to(
+            w_zero.reshape(-1).astype(np.float64), (m,)
+        ).reshape(per_channel)
+    info = np.iinfo(x.dtype)
+    # A zero point known only at run time may be either end of x's range: the widest shifts.
+    zeros = (info.min, info.max) if x_zero is None else (x_zero,)
+    exact32 = all(exact_in_float32(x.dtype, z, shifted_w, bias) for z in zeros)
+    real = np.dtype(np.float32 if exact32 else np.float64)
+    conv_bias = np.zeros(m) if bias is None else bias.astype(np.float64).reshape(-1)
+    channels, group = x.shape[1], int(node.attrs["group"])
+    depthwise = x.rank == 4 and group == channels == m and np.prod(window.kernel) <= DEPTHWISE_TAPS
+    spans = [(0, channels)]
+    if not exact32 and group == 1:
+        # float32 convs over chunks of input channels whose sums stay below 2**24, added up
+        # in float64: 2-3x faster than one float64 conv (ResNet's 3x3 convs: 2 to 9 chunks)
+        bound = max(largest_product(x.dtype, z, shifted_w) for z in zeros)
+        step_c = int(EXACT_FLOAT32 // max(1.0, bound * float(np.prod(shifted_w.shape[2:]))))
+        if step_c >= 1 and -(-channels // step_c) <= MAX_CHUNKS:
+            spans = [(c0, min(channels, c0 + step_c)) for c0 in range(0, channels, step_c)]
+            real = np.dtype(np.float32)
+    chunked = len(spans) > 1
+    convs = [
+        _float_conv(lowering, node, x.shape[0], (c0, c1), shifted_w[:, c0:c1].astype(real),
+                    np.zeros(m, real) if chunked else conv_bias.astype(real),
+                    window, out_shape, depthwise)
+        for c0, c1 in spans
+    ]  # fmt: skip
+    total = np.empty(out_shape, np.float64) if chunked else None
+    rows = (out_shape[0], m, int(np.prod(out_shape[2:], dtype=np.int64)))
+    xi = lowering.slot(x)
+
+    def compute(env: Env, offset: float) -> np.ndarray:
+        data = env[xi]
+        for i, ((c0, c1), (shifted, accumulator, own, run_conv)) in enumerate(
+            zip(spans, convs, strict=True)
+        ):
+            part = data if not chunked else data[:, c0:c1]
+            shift(np.ascontiguousarray(part).reshape(-1), real.type(offset), shifted.reshape(-1))
+            for slot, array in own.items():  # for conv paths that read them from env (batches)
+                env[slot] = array
+            run_conv(env)
+            if chunked:
+                add_chunk(accumulator.reshape(rows), total.reshape(rows), conv_bias, i == 0)
+        return (total if chunked else convs[0][1]).reshape(rows)
+
+    return compute, exact32
+
+
 def build(lowering: Lowering, node: Node) -> Step | None:
     """The step of a QLinearConv whose weights and quantization parameters are constants, or
     None (the reference runs it)."""
-    from eqsat.lowering.cpu_ops import DEPTHWISE_TAPS
-
     x, x_scale, x_zero, w, w_scale, w_zero, y_scale, y_zero = node.inputs[:8]
     bias = node.inputs[8] if len(node.inputs) > 8 else None
     out = node.outputs[0]
@@ -144,38 +204,11 @@ def build(lowering: Lowering, node: Node) -> Step | None:
     if any(p is not None and p.const is None for p in params) or None in params[:7]:
         return None
     m = w.shape[0]
-    window = window_geometry(x.shape[2:], tuple(w.shape[2:]), node.attrs)
-    per_channel = (-1,) + (1,) * (w.rank - 1)
-    shifted_w = w.const.astype(np.float64) - np.broadcast_to(
-        w_zero.const.reshape(-1).astype(np.float64), (m,)
-    ).reshape(per_channel)
-    exact32 = exact_in_float32(
-        x.dtype, int(x_zero.const.reshape(())), shifted_w, None if bias is None else bias.const
-    )
-    real = np.dtype(np.float32 if exact32 else np.float64)
-    conv_bias = np.zeros(m) if bias is None else bias.const.astype(np.float64).reshape(-1)
-    conv_bias = conv_bias.astype(real)
-    shifted_w = shifted_w.astype(real)
-    channels, group = x.shape[1], int(node.attrs["group"])
-    depthwise = x.rank == 4 and group == channels == m and np.prod(window.kernel) <= DEPTHWISE_TAPS
-    spans = [(0, channels)]
-    if not exact32 and group == 1:
-        # float32 convs over chunks of input channels whose sums stay below 2**24, added up
-        # in float64: 2-3x faster than one float64 conv (ResNet's 3x3 convs: 2 to 9 chunks)
-        bound = largest_product(x.dtype, int(x_zero.const.reshape(())), shifted_w)
-        step_c = int(EXACT_FLOAT32 // max(1.0, bound * float(np.prod(shifted_w.shape[2:]))))
-        if step_c >= 1 and -(-channels // step_c) <= MAX_CHUNKS:
-            spans = [(c0, min(channels, c0 + step_c)) for c0 in range(0, channels, step_c)]
-            real = np.dtype(np.float32)
-    convs = [
-        _float_conv(lowering, node, x.shape[0], (c0, c1), shifted_w[:, c0:c1].astype(real),
-                    np.zeros(m, real) if len(spans) > 1 else conv_bias.astype(real),
-                    window, out.shape, depthwise)
-        for c0, c1 in spans
-    ]  # fmt: skip
-    chunked = len(spans) > 1
-    total = np.empty(out.shape, np.float64) if chunked else None
-    bias64 = conv_bias.astype(np.float64)
+    offset = int(x_zero.const.reshape(()))
+    compute, exact32 = _exact_conv(
+        lowering, node, x, offset, w.const, w_zero.const,
+        None if bias is None else bias.const, out.shape,
+    )  # fmt: skip
     multiplier = np.ascontiguousarray(
         np.broadcast_to(
             _multiplier(x_scale.const.reshape(()), w_scale.const.reshape(-1), y_scale.const), (m,)
@@ -184,32 +217,56 @@ def build(lowering: Lowering, node: Node) -> Step | None:
     )
     info = np.iinfo(out.dtype)
     zero = F(y_zero.const.reshape(()))
-    x_offset = real.type(x_zero.const.reshape(()))
     lo, hi = F(info.min), F(info.max)
     rows = (out.shape[0], m, int(np.prod(out.shape[2:], dtype=np.int64)))
     xi, o = lowering.slot(x), lowering.slot(out)
 
     def run(env: Env) -> None:
-        data = env[xi]
-        for i, ((c0, c1), (shifted, accumulator, own, run_conv)) in enumerate(
-            zip(spans, convs, strict=True)
-        ):
-            part = data if not chunked else np.ascontiguousarray(data[:, c0:c1])
-            shift(np.ascontiguousarray(part).reshape(-1), x_offset, shifted.reshape(-1))
-            for slot, array in own.items():  # for conv paths that read them from env (batches)
-                env[slot] = array
-            run_conv(env)
-            if chunked:
-                add_chunk(accumulator.reshape(rows), total.reshape(rows), bias64, i == 0)
-        result = total if chunked else convs[0][1]
-        requantize_channels(
-            result.reshape(rows), multiplier, zero, lo, hi, env[o].reshape(rows), not exact32
-        )
+        acc = compute(env, offset)
+        requantize_channels(acc, multiplier, zero, lo, hi, env[o].reshape(rows), not exact32)
 
     return Step(run, Usage([xi], [o], True), "conv", node.name)
 
 
+@njit(cache=True, error_model="numpy", nogil=True)
+def to_int32(acc, out):  # type: ignore[no-untyped-def]
+    """out = int32(acc) for exact integers held as floats, wrapping like the reference."""
+    flat, dst = acc.reshape(-1), out.reshape(-1)
+    for i in range(flat.size):
+        dst[i] = np.int32(np.int64(flat[i]))
+
+
+def build_integer(lowering: Lowering, node: Node) -> Step | None:
+    """The step of a ConvInteger whose weights (and their zero point) are constants: the exact
+    sums, as int32. x's zero point may come at run time (a DynamicQuantizeLinear's)."""
+    x, w = node.inputs[0], node.inputs[1]
+    x_zero = node.inputs[2] if len(node.inputs) > 2 else None
+    w_zero = node.inputs[3] if len(node.inputs) > 3 else None
+    out = node.outputs[0]
+    if x is None or w is None or out is None or x.const is not None or x.rank not in (3, 4):
+        return None
+    if w.const is None or (w_zero is not None and w_zero.const is None):
+        return None
+    if x_zero is not None and x_zero.size != 1:
+        return None
+    known = None if x_zero is None else x_zero.const
+    offset = 0 if x_zero is None else (None if known is None else int(known.reshape(())))
+    compute, _ = _exact_conv(
+        lowering, node, x, offset if x_zero is None or known is not None else None, w.const,
+        None if w_zero is None else w_zero.const, None, out.shape,
+    )  # fmt: skip
+    zero_slot = None if x_zero is None or known is not None else lowering.slot(x_zero)
+    xi, o = lowering.slot(x), lowering.slot(out)
+
+    def run(env: Env) -> None:
+        at = offset if zero_slot is None else int(np.asarray(env[zero_slot]).reshape(()))
+        to_int32(compute(env, at), env[o])
+
+    reads = [xi] + ([zero_slot] if zero_slot is not None else [])
+    return Step(run, Usage(reads, [o], True), "conv", node.name)
+
+
 __all__ = [
-    "add_chunk", "build", "exact_in_float32", "largest_product", "requantize_channels",
-    "shift",
+    "add_chunk", "build", "build_integer", "exact_in_float32", "largest_product",
+    "requantize_channels", "shift", "to_int32",
 ]  # fmt: skip

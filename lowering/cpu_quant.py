@@ -317,6 +317,7 @@ _BUILDERS: dict[str, Any] = {
     "QuantizeLinear": _quantize_linear,
     "DequantizeLinear": _dequantize_linear,
     "QLinearConv": lambda lowering, node: _qlinear_conv(lowering, node),
+    "ConvInteger": lambda lowering, node: _conv_integer(lowering, node),
     "QLinearMatMul": _qlinear_matmul,
 }
 
@@ -336,3 +337,9 @@ __all__ = [
     "add_integers", "build_step", "dequantize_linear", "quantize_dynamic", "quantize_linear",
     "requantize_columns",
 ]  # fmt: skip
+
+
+def _conv_integer(lowering: Lowering, node: Node) -> Step | None:
+    from eqsat.lowering import cpu_qlinear_conv
+
+    return cpu_qlinear_conv.build_integer(lowering, node)

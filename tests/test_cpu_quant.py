@@ -276,3 +276,43 @@ def test_qlinear_conv_takes_float32_only_where_every_sum_is_exact() -> None:
     assert exact_in_float32(u8, 128, np.full((96, 500, 1, 1), 127.0), None)  # 1x1, 500 channels
     assert not exact_in_float32(u8, 128, np.full((96, 500, 1, 1), 127.0), np.array([1e7]))
     assert exact_in_float32(np.dtype(np.int8), 0, np.full((32, 1, 3, 3), -255.0), None)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "attrs", "zero"),
+    [
+        ((1, 8, 11, 11), (16, 8, 3, 3), {"pads": [1, 1, 1, 1]}, "run-time"),
+        ((2, 6, 9, 10), (4, 3, 3, 3), {"group": 2, "strides": [2, 2]}, "constant"),
+        ((1, 80, 40), (24, 80, 3), {"pads": [1, 1]}, "run-time"),  # Whisper's first conv, smaller
+        ((1, 256, 5, 5), (8, 256, 3, 3), {"pads": [1, 1, 1, 1]}, "none"),  # chunks of channels
+    ],
+    ids=["run-time-zero", "constant-zero-groups", "1d", "no-zero-chunks"],
+)
+def test_conv_integer_gives_the_reference_sums(
+    threads: int, x_shape: tuple, w_shape: tuple, attrs: dict, zero: str
+) -> None:
+    """ConvInteger (dynamic quantization's conv): the exact int32 sums of the float convs, with
+    x's zero point constant, omitted, or a DynamicQuantizeLinear's output."""
+    rng = np.random.default_rng(15)
+    g = eqsat.Graph("convinteger")
+    w = g.constant(rng.integers(-128, 128, w_shape).astype(np.int8), "w")
+    wz = g.constant(np.array(0, np.int8), "wz")
+    if zero == "run-time":
+        x = g.input("x", x_shape)
+        q, _, zp = g.op("DynamicQuantizeLinear", x, outputs=3)
+        y = g.op("ConvInteger", q, w, zp, None, **attrs)
+        feeds = {"x": rng.normal(0.3, 2.0, x_shape).astype(np.float32)}
+    else:
+        x = g.input("x", x_shape, np.uint8)
+        xz = g.constant(np.array(131, np.uint8), "xz") if zero == "constant" else None
+        y = g.op("ConvInteger", x, w, xz, wz if zero == "constant" else None, **attrs)
+        feeds = {"x": rng.integers(0, 256, x_shape).astype(np.uint8)}
+    g.output(y, "y")
+    want = eqsat.compile(g, target="numpy").run(feeds)["y"]
+    exe = cpu.compile(g, threads=threads)
+    assert exe.report["reference_ops"] == {}
+    for _ in range(2):
+        got = exe.run(feeds)["y"]
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, want)
