@@ -6,12 +6,14 @@ exactly, adds its int32 bias and requantizes: ``saturate(rint(float32(int32(acc)
 with ``m = x_scale * w_scale / y_scale`` per output channel (see
 :func:`eqsat.ops.quant_linear.requantize`). Its numpy reference gathers patches in float64 and
 multiplies with numpy (a QOperator ResNet-18 took 3.2x onnxruntime's time). Depthwise convs take
-the depthwise kernels (:mod:`eqsat.lowering.cpu_depthwise_step`). Here the shifted
-input goes through :mod:`eqsat.lowering.cpu_conv`'s conv (im2col or the planes' width and the
-register tiles): in float32 where no sum of products of 8-bit values can pass 2**24 (depthwise
-convs, 1x1 convs of a few hundred channels), else in float64, exact up to 2**53; either way
-exact whatever the order of the sums. The bias rides in as the conv's. Winograd, whose transforms round, is
-not used. :func:`requantize_channels` then computes the reference's float32 steps.
+the depthwise kernels (:mod:`eqsat.lowering.cpu_depthwise_step`); the others go through
+:mod:`eqsat.lowering.cpu_conv` (im2col or the planes' width and the register tiles), on the input
+minus its zero point. Every sum stays exact whatever its order: in float32 where no sum of
+products of 8-bit values can pass 2**24 (depthwise convs, 1x1 convs of a few hundred channels);
+else as float32 convs over chunks of input channels short enough for that, added up in float64;
+past :data:`MAX_CHUNKS` chunks, one float64 conv. The bias rides in as the conv's (in the float64
+total when chunked). Winograd, whose transforms round, is not used. ConvInteger takes the same
+sums as int32. :func:`requantize_channels` then computes the reference's float32 steps.
 """
 
 from __future__ import annotations
@@ -76,18 +78,19 @@ def shift(x, offset, out):  # type: ignore[no-untyped-def]
         out[i] = x[i] - offset
 
 
-def _float_conv(lowering: Lowering, node: Node, images: int, span: tuple[int, int],
+def _float_conv(lowering: Lowering, node: Node, x_shape: tuple[int, ...], span: tuple[int, int],
                 weights: np.ndarray, bias: np.ndarray, window: Any, out_shape: tuple[int, ...],
                 depthwise: bool) -> tuple[np.ndarray, np.ndarray, dict, Any]:  # fmt: skip
-    """The conv of input channels span[0]:span[1] (shifted) by ``weights`` as an ordinary float
-    Conv node of the step's own: its input and accumulator buffers, their slots, and its run."""
+    """The conv of input channels span[0]:span[1] of an input shaped ``x_shape`` (shifted) by
+    ``weights``, as an ordinary float Conv node of the step's own: its input and accumulator
+    buffers, their slots, and its run."""
     from eqsat.lowering import cpu_conv, cpu_depthwise_step, cpu_ops
 
     real = weights.dtype
     c0, c1 = span
-    x_shape = (images, c1 - c0, *window_input(node))
+    part_shape = (x_shape[0], c1 - c0, *x_shape[2:])
     tag = f"{node.name}/{c0}"
-    xs = Value(f"{tag}/shifted", x_shape, real)
+    xs = Value(f"{tag}/shifted", part_shape, real)
     ws = Value(f"{tag}/weights", weights.shape, real, const=weights)
     acc = Value(f"{tag}/accumulator", out_shape, real)
     attrs = {k: v for k, v in node.attrs.items() if k != "epilogue"}
@@ -100,17 +103,10 @@ def _float_conv(lowering: Lowering, node: Node, images: int, span: tuple[int, in
             lambda purpose: cpu_ops._scratch(lowering, purpose),
             lambda: None,
         )  # fmt: skip
-    shifted, accumulator = np.empty(x_shape, real), np.empty(out_shape, real)
+    shifted, accumulator = np.empty(part_shape, real), np.empty(out_shape, real)
     own = {lowering.slot(xs): shifted, lowering.slot(acc): accumulator}
     run_conv = (step.bind(own) if step.bind is not None else None) or step.run
     return shifted, accumulator, own, run_conv
-
-
-def window_input(node: Node) -> tuple[int, ...]:
-    """The spatial shape of a conv node's input."""
-    x = node.inputs[0]
-    assert x is not None
-    return tuple(x.shape[2:])
 
 
 def largest_product(x_dtype: np.dtype, x_zero: int, shifted_w: np.ndarray) -> float:
@@ -166,7 +162,7 @@ def _exact_conv(lowering: Lowering, node: Node, x: Value, x_zero: int | None, w:
             real = np.dtype(np.float32)
     chunked = len(spans) > 1
     convs = [
-        _float_conv(lowering, node, x.shape[0], (c0, c1), shifted_w[:, c0:c1].astype(real),
+        _float_conv(lowering, node, x.shape, (c0, c1), shifted_w[:, c0:c1].astype(real),
                     np.zeros(m, real) if chunked else conv_bias.astype(real),
                     window, out_shape, depthwise)
         for c0, c1 in spans
@@ -249,13 +245,20 @@ def build_integer(lowering: Lowering, node: Node) -> Step | None:
         return None
     if x_zero is not None and x_zero.size != 1:
         return None
-    known = None if x_zero is None else x_zero.const
-    offset = 0 if x_zero is None else (None if known is None else int(known.reshape(())))
+    # x's zero point: none (0), a constant, or a run-time value (None here: read per run)
+    runtime = x_zero is not None and x_zero.const is None
+    offset = None if runtime else 0 if x_zero is None else int(x_zero.const.reshape(()))
     compute, _ = _exact_conv(
-        lowering, node, x, offset if x_zero is None or known is not None else None, w.const,
-        None if w_zero is None else w_zero.const, None, out.shape,
-    )  # fmt: skip
-    zero_slot = None if x_zero is None or known is not None else lowering.slot(x_zero)
+        lowering,
+        node,
+        x,
+        offset,
+        w.const,
+        None if w_zero is None else w_zero.const,
+        None,
+        out.shape,
+    )
+    zero_slot = lowering.slot(x_zero) if runtime else None
     xi, o = lowering.slot(x), lowering.slot(out)
 
     def run(env: Env) -> None:

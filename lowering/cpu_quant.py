@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from eqsat.lowering import cpu_qlinear_conv
 from eqsat.lowering.cpu import Env, Lowering, Step
 from eqsat.lowering.memory import Usage
 from numba import njit
@@ -316,16 +317,10 @@ _BUILDERS: dict[str, Any] = {
     "MatMulInteger": _matmul_integer,
     "QuantizeLinear": _quantize_linear,
     "DequantizeLinear": _dequantize_linear,
-    "QLinearConv": lambda lowering, node: _qlinear_conv(lowering, node),
-    "ConvInteger": lambda lowering, node: _conv_integer(lowering, node),
+    "QLinearConv": cpu_qlinear_conv.build,
+    "ConvInteger": cpu_qlinear_conv.build_integer,
     "QLinearMatMul": _qlinear_matmul,
 }
-
-
-def _qlinear_conv(lowering: Lowering, node: Node) -> Step | None:
-    from eqsat.lowering import cpu_qlinear_conv
-
-    return cpu_qlinear_conv.build(lowering, node)
 
 
 def build_step(lowering: Lowering, node: Node) -> Step | None:
@@ -337,9 +332,3 @@ __all__ = [
     "add_integers", "build_step", "dequantize_linear", "quantize_dynamic", "quantize_linear",
     "requantize_columns",
 ]  # fmt: skip
-
-
-def _conv_integer(lowering: Lowering, node: Node) -> Step | None:
-    from eqsat.lowering import cpu_qlinear_conv
-
-    return cpu_qlinear_conv.build_integer(lowering, node)
