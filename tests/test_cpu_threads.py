@@ -292,6 +292,13 @@ def test_spin_polls_see_another_threads_store() -> None:
     assert not cpu_spin.spin_until(flags, 3, 43, 100, 5)
 
 
+def _never_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers keep polling however crowded the machine running the tests is (other processes'
+    threads taking their cores would otherwise send them to sleep, see ``_Quiet``)."""
+    monkeypatch.setattr(cpu_threads._Quiet, "until", 0.0)
+    monkeypatch.setattr(cpu_threads, "QUIET_POLL_SECONDS", float("inf"))
+
+
 def test_polling_workers_take_jobs_without_their_queue(monkeypatch: pytest.MonkeyPatch) -> None:
     """Right after a map the workers poll (not asleep on their queues) and take the next map's
     chunks; with polling off (EQSAT_SPIN=0) they sleep and are woken through their queues."""
@@ -299,6 +306,7 @@ def test_polling_workers_take_jobs_without_their_queue(monkeypatch: pytest.Monke
     monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
     monkeypatch.setattr(cpu_threads, "SPIN_SECONDS", 5.0)
     monkeypatch.setattr(cpu_threads._Site, "parallel", lambda self: (True, False))
+    _never_quiet(monkeypatch)
     cpu_threads.shutdown()
     pool = cpu_threads.Pool(2)
 
@@ -312,7 +320,10 @@ def test_polling_workers_take_jobs_without_their_queue(monkeypatch: pytest.Monke
     for spin in (5.0, 0.0):
         monkeypatch.setattr(cpu_threads, "SPIN_SECONDS", spin)
         pool.map(lambda item, worker: None, [0, 1])  # the workers start (and then poll)
-        time.sleep(0.05)
+        # A loaded machine may take a while to run the worker to its queue: wait for it there.
+        deadline = time.perf_counter() + (5 if spin == 0.0 else 0.05)
+        while not cpu_threads._ASLEEP[0][0] and time.perf_counter() < deadline:
+            time.sleep(0.001)
         assert cpu_threads._ASLEEP[0][0] is (spin == 0.0)
         seen: set[int] = set()
         release = threading.Event()
@@ -326,6 +337,7 @@ def test_a_run_wakes_sleeping_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     no map handed them work since the last wake."""
     monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
     monkeypatch.setattr(cpu_threads, "SPIN_SECONDS", 0.0)
+    _never_quiet(monkeypatch)
     cpu_threads.shutdown()
     pool = cpu_threads.Pool(2)
     pool.map(lambda item, worker: None, [0, 1])
@@ -358,6 +370,9 @@ def test_workers_stop_polling_on_a_crowded_machine(monkeypatch: pytest.MonkeyPat
     QUIET_SECONDS, and the caller not poll; maps still run every item."""
     monkeypatch.setattr(cpu_threads._Backoff, "serial_until", 0.0)
     monkeypatch.setattr(cpu_threads._Quiet, "until", 0.0)
+    # A 20 ms poll: the 2 ms default lasts ~1 ms (QUIET_POLL_SECONDS) where the poll rate was
+    # measured while another thread shared the core, and then proves nothing.
+    monkeypatch.setattr(cpu_threads, "SPIN_SECONDS", 20e-3)
     cpu_threads.shutdown()
     monkeypatch.setattr(cpu_threads.time, "thread_time", lambda: 0.0)
     pool = cpu_threads.Pool(2)
