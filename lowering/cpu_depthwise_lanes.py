@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from eqsat.lowering import codegen, cpu_microkernel, kernel_cache
 from eqsat.lowering.cpu_depthwise import ROW_WISE
-from eqsat.lowering.cpu_tile_ir import VECTOR_BYTES, Vectors
+from eqsat.lowering.cpu_tile_ir import Vectors
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -50,9 +50,14 @@ ENABLED = True
 SUM_GROUP = 3
 
 
+# Bytes of a block's vector: AVX2's, on AVX-512 machines too (the in-register transposes are
+# written for 4 and 8 lanes).
+LANE_BYTES = 32
+
+
 def lanes_of(itemsize: int) -> int:
-    """Channels per block: one SIMD vector's lanes (the tiles' vectors)."""
-    return VECTOR_BYTES // itemsize
+    """Channels per block: one SIMD vector's lanes."""
+    return LANE_BYTES // itemsize
 
 
 class _Vectors(Vectors):
@@ -124,7 +129,7 @@ def gather_block(typingctx, x, pad, c0, ph, pw, wp):  # type: ignore[no-untyped-
     signature = types.void(x, pad, *([types.int64] * 4))
 
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        v = _Vectors(context, builder, sig.args[0].dtype)
+        v = _Vectors(context, builder, sig.args[0].dtype, LANE_BYTES)
         lanes = v.lanes
         view = context.make_array(sig.args[0])(context, builder, args[0])
         channels, height, width = cgutils.unpack_tuple(builder, view.shape, 3)
@@ -189,7 +194,7 @@ def lane_conv(kh: int, kw: int, dh: int, dw: int):  # type: ignore[no-untyped-de
         signature = types.void(pad, taps, bias, res, *([types.int64] * 5))
 
         def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-            v = _Vectors(context, builder, sig.args[0].dtype)
+            v = _Vectors(context, builder, sig.args[0].dtype, LANE_BYTES)
             pad_, taps_, bias_, res_ = (
                 builder.bitcast(_data(context, builder, t, a), v.vec.as_pointer())
                 for t, a in zip(sig.args[:4], args[:4], strict=True)
@@ -243,7 +248,7 @@ def scatter_block(typingctx, res, out, c0):  # type: ignore[no-untyped-def]
     signature = types.void(res, out, types.int64)
 
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        v = _Vectors(context, builder, sig.args[0].dtype)
+        v = _Vectors(context, builder, sig.args[0].dtype, LANE_BYTES)
         lanes = v.lanes
         src = _data(context, builder, sig.args[0], args[0])
         view = context.make_array(sig.args[1])(context, builder, args[1])

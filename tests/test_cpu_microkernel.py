@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from eqsat.lowering import cpu_conv, cpu_conv_geometry, cpu_lanes, cpu_microkernel
+from eqsat.lowering import cpu_conv, cpu_conv_geometry, cpu_lanes, cpu_microkernel, cpu_tile_ir
 from eqsat.lowering.cpu_conv_epilogue import load_epilogue
 from eqsat.lowering.cpu_conv_kernels import im2col_wide
 from eqsat.lowering.cpu_microkernel import tiled_gemm
@@ -22,10 +22,15 @@ F32 = np.float32
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_tiled_gemm_matches_float64_products(rng: np.random.Generator, dtype: type) -> None:
-    lanes = 32 // np.dtype(dtype).itemsize
-    widths = sorted({1, lanes - 1, lanes, lanes + 1, 3 * lanes, 3 * lanes + 5, 7 * lanes + 3, 300})
-    for m in (1, 2, 3, 4, 5, 9):
-        for n in widths:
+    """Every count of rows left over after the whole tiles of ROWS, every count of whole and
+    masked vectors left over after the whole tiles of VECTORS (the host's tile: AVX2 or
+    AVX-512)."""
+    lanes = cpu_tile_ir.VECTOR_BYTES // np.dtype(dtype).itemsize
+    tile = cpu_tile_ir.VECTORS * lanes
+    widths = {1, lanes - 1, lanes, lanes + 1, tile, tile + 5, 2 * tile + lanes + 3, 300}
+    widths |= {tile + v * lanes for v in range(1, cpu_tile_ir.VECTORS)}
+    for m in sorted({*range(1, cpu_tile_ir.ROWS + 2), 2 * cpu_tile_ir.ROWS + 3}):
+        for n in sorted(widths):
             for k in (1, 3, 17):
                 a = rng.standard_normal((m, k)).astype(dtype)
                 b = rng.standard_normal((k, n)).astype(dtype)
