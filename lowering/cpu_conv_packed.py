@@ -9,7 +9,7 @@ of one tile's width and the positions as the tiles' rows, the same products ran 
 (MobileNetV2's 160 -> 960 on 7x7: 353 us against small_conv's 410 and BLAS's 890).
 
 Serves the convs that :func:`small_conv` would take (at most 64 positions; a KxK window's
-patches gathered first) and 1x1 convs with fewer than ``MIN_COLUMNS`` positions from
+patches gathered first) and 1x1 convs with fewer than ``TRANSPOSED_COLUMNS`` positions from
 ``MIN_POINTWISE_DEPTH`` deep; single group, float32 or float64, up to ``MAX_DEPTH`` deep (a panel
 stays in L2).
 """
@@ -50,7 +50,7 @@ def suits(geo: Any, dtype: np.dtype) -> bool:
             geo.small
             or (
                 geo.pointwise
-                and geo.p < cpu_microkernel.MIN_COLUMNS
+                and geo.p < cpu_microkernel.TRANSPOSED_COLUMNS
                 and geo.k >= MIN_POINTWISE_DEPTH
                 and not (SPANS_LANES and geo.channel_spans)
             )

@@ -173,16 +173,26 @@ def tiled_gemm(a, b, c):  # type: ignore[no-untyped-def]
         tiled_columns(a, b, c, q0, min(q0 + columns, n))
 
 
-# Where the tiles beat BLAS (conv shapes, one thread, interleaved with OpenBLAS's sgemm): K up
-# to ~1000 and at least a few tiles of columns. Deeper products spill a block's filter rows
-# from L1; narrow ones are mostly partial tiles.
-MAX_DEPTH = 1024
-MIN_COLUMNS = 256
-# ... and for im2col's patches only up to this K (3-channel stems: K = 27, 75). Deeper patch
-# GEMMs measured even to 13% slower in the convs (ResNet's 7x7 stem, K = 147): the patches,
-# just written by im2col, are not all in L2 when the tiles read them again for every block of
-# rows, where BLAS packs them once.
-PATCH_MAX_DEPTH = 80
+# Where the tiles beat BLAS (conv shapes, one thread, interleaved with OpenBLAS's sgemm). With
+# AVX2 tiles (a Zen 1 core): K up to ~1000 and at least a few tiles of columns; deeper products
+# spill a block's filter rows from L1, narrow ones are mostly partial tiles; and for im2col's
+# patches only up to K = 80 (3-channel stems: K = 27, 75): deeper patch GEMMs measured even to
+# 13% slower in the convs (ResNet's 7x7 stem, K = 147), the patches, just written by im2col,
+# not all in L2 when the tiles read them again for every block of rows, where BLAS packs them
+# once. With AVX-512 tiles (a Zen 5 core, against OpenBLAS 0.3.30, whose kernels there are its
+# AVX2 ones): the tiles everywhere from 16 columns, at any depth (128x576x16: 205 against 104
+# GFLOP/s; 256x256x196: 251 against 129; 512x4608x100: 159 against 119); below 16 the
+# transposed tiles (conv_packed) or BLAS.
+if VECTOR_BYTES == 64:
+    MAX_DEPTH = PATCH_MAX_DEPTH = 1 << 20
+    MIN_COLUMNS = 16
+else:
+    MAX_DEPTH, PATCH_MAX_DEPTH = 1024, 80
+    MIN_COLUMNS = 256
+# 1x1 convs with fewer positions than this (and deep enough: cpu_conv_packed) take the
+# transposed tiles. AVX-512, K >= 256: 49 positions 182-211 GFLOP/s there against 152-182 on
+# the tiles; 64 even.
+TRANSPOSED_COLUMNS = 64 if VECTOR_BYTES == 64 else MIN_COLUMNS
 # Bytes of a's rows per chunk of packed_gemm (rows in chunks of at least PACKED_MIN_CHUNK).
 PACKED_CHUNK_BYTES = 192 << 10
 PACKED_MIN_CHUNK = 64
