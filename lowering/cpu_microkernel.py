@@ -183,7 +183,9 @@ def tiled_gemm(a, b, c):  # type: ignore[no-untyped-def]
 # AVX2 ones): the tiles everywhere from 16 columns, at any depth (128x576x16: 205 against 104
 # GFLOP/s; 256x256x196: 251 against 129; 512x4608x100: 159 against 119); below 16 the
 # transposed tiles (conv_packed) or BLAS.
-if VECTOR_BYTES == 64:
+# Whether the tiles are AVX-512's (wider than BLAS's kernels, see above).
+WIDE_TILES = VECTOR_BYTES == 64
+if WIDE_TILES:
     MAX_DEPTH = PATCH_MAX_DEPTH = 1 << 20
     MIN_COLUMNS = 16
 else:
