@@ -590,15 +590,23 @@ for _form, _masked, _guard in itertools.product(SCALE_FORMS, (True, False), GUAR
 # point as elementwise ops (eqsat.ops.quant_tensor), which fusion then takes into kernels and
 # epilogues. Only float32 scales, and the other attributes at their defaults (no blocks, no
 # output_dtype or precision of their own): the new ops compute exactly what these do.
+def _per_tensor_parameters(s: T, z: T, sv: f64, zv: f64) -> tuple[Any, ...]:
+    """Premises: a constant one-element float32 scale s of value sv, and zero point z of value
+    zv."""
+    return (
+        scalar_const(s),
+        eq(splat(s)).to(sv),
+        eq(splat(z)).to(zv),
+        eq(dtype(s)).to(i64(FLOAT32)),
+    )
+
+
 def _quantize_rules(code: int, low: int, high: int) -> None:
     @composite.rule(f"quantize-per-tensor-{dtype_names[code]}", caveat=EXACT)
     def _(y: T, x: T, s: T, z: T, a: Attr, sv: f64, zv: f64) -> Any:
         return rule(
             eq(y).to(make("QuantizeLinear", x, s, z, axis=a)),
-            scalar_const(s),
-            eq(splat(s)).to(sv),
-            eq(splat(z)).to(zv),
-            eq(dtype(s)).to(i64(FLOAT32)),
+            *_per_tensor_parameters(s, z, sv, zv),
             eq(dtype(x)).to(i64(FLOAT32)),
             eq(dtype(z)).to(i64(code)),
         ).then(
@@ -615,10 +623,7 @@ def _quantize_rules(code: int, low: int, high: int) -> None:
     def _(y: T, q: T, s: T, z: T, a: Attr, sv: f64, zv: f64) -> Any:
         return rule(
             eq(y).to(make("DequantizeLinear", q, s, z, axis=a)),
-            scalar_const(s),
-            eq(splat(s)).to(sv),
-            eq(splat(z)).to(zv),
-            eq(dtype(s)).to(i64(FLOAT32)),
+            *_per_tensor_parameters(s, z, sv, zv),
             eq(dtype(q)).to(i64(code)),
         ).then(
             union(y).with_(
