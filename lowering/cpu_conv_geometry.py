@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from eqsat.lowering import cpu_microkernel
 from eqsat.lowering.cpu_conv_kernels import fill_phases, phase_split
 from eqsat.lowering.cpu_threads import chunks
-from eqsat.lowering.cpu_tile_ir import VECTOR_BYTES
 
 # Bytes of one block's column buffer, written by im2col and read (packed) by the GEMM. Blocks
 # that fit L2 (160 KiB) cut small convs into more, narrower GEMMs: with 640 KiB openWakeWord's
@@ -49,7 +49,7 @@ NARROW = 16
 # AVX-512 tiles the extra columns are cheaper than the row copies at any width (a Zen 5 core,
 # 3x3 convs: 256 channels on 10x10 0.89 -> 0.61 ms, 512 on 7x7 1.83 -> 1.34, 256 -> 512 with
 # stride 2 on 10x10 0.48 -> 0.30; 128 channels on 10x10 and 20x20 even).
-WIDE_EXTRA_COLUMNS = 1 << 40 if VECTOR_BYTES == 64 else 300
+WIDE_EXTRA_COLUMNS = 1 << 40 if cpu_microkernel.WIDE_TILES else 300
 # Convs with at most this many output channels per group (and more than one tap) skip im2col:
 # :func:`~eqsat.lowering.cpu_conv_kernels.direct_conv`. The GEMM is then too thin to pay for writing C*KH*KW values per output
 # (basic-pitch's 8-channel 3x39 conv: 51 GFLOP/s direct, 24 through im2col; with 32 channels

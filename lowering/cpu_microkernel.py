@@ -194,7 +194,7 @@ else:
 # 1x1 convs with fewer positions than this (and deep enough: cpu_conv_packed) take the
 # transposed tiles. AVX-512, K >= 256: 49 positions 182-211 GFLOP/s there against 152-182 on
 # the tiles; 64 even.
-TRANSPOSED_COLUMNS = 64 if VECTOR_BYTES == 64 else MIN_COLUMNS
+TRANSPOSED_COLUMNS = 64 if WIDE_TILES else MIN_COLUMNS
 # Bytes of a's rows per chunk of packed_gemm (rows in chunks of at least PACKED_MIN_CHUNK).
 PACKED_CHUNK_BYTES = 192 << 10
 PACKED_MIN_CHUNK = 64
@@ -203,18 +203,14 @@ EPILOGUE_TILE_BYTES = 256 << 10
 
 
 def _fused_multiply_add() -> bool:
-    """Whether this CPU has vector fused multiply-add (x86 FMA3, or any aarch64): without it
-    LLVM computes ``llvm.fma`` one element at a time through libm, and BLAS is the faster."""
+    """Whether the CPU Numba compiles for has vector fused multiply-add (x86 FMA3, or any
+    aarch64): without it LLVM computes ``llvm.fma`` one element at a time through libm, and
+    BLAS is the faster."""
     import platform
-
-    from llvmlite import binding
 
     if platform.machine().lower() in ("aarch64", "arm64"):
         return True
-    try:
-        return bool(binding.get_host_cpu_features().get("fma", False))
-    except RuntimeError:  # features unknown: keep BLAS
-        return False
+    return cpu_tile_ir.target_has("fma")
 
 
 # Read when a conv or GEMM step is compiled (False: BLAS for every product; for A/B runs, on

@@ -35,22 +35,24 @@ from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
 
 
-def _host_vector_bytes() -> int:
-    """64 where Numba compiles for AVX-512 (its CPU features, which NUMBA_CPU_FEATURES may
-    set), else 32 (AVX2)."""
+def target_has(feature: str) -> bool:
+    """Whether Numba compiles for a CPU with ``feature`` (an LLVM feature name such as "fma"):
+    its NUMBA_CPU_FEATURES where set, else the host's features (False where LLVM cannot tell)."""
     from numba.core import config
 
-    features = config.CPU_FEATURES
-    if features is None:
-        return 64 if llvm.get_host_cpu_features().get("avx512f", False) else 32
-    return 64 if "+avx512f" in features.split(",") else 32
+    if config.CPU_FEATURES is not None:
+        return f"+{feature}" in config.CPU_FEATURES.split(",")
+    try:
+        return bool(llvm.get_host_cpu_features().get(feature, False))
+    except RuntimeError:
+        return False
 
 
 # Rows of a and SIMD vectors of b per tile. AVX2 (32 bytes: 8 float32 or 4 float64): 12 sums,
 # 3 vectors of b and a broadcast value fill its 16 registers. AVX-512 (64 bytes) has 32: 24 sums.
 # GEMMs of conv shapes on a Zen 5 core (M 16-256, K 24-2304, 100-25600 columns), geo-mean
 # GFLOP/s by tile: 4x3 193, 8x3 255, 6x4 253, 14x2 241.
-VECTOR_BYTES = _host_vector_bytes()
+VECTOR_BYTES = 64 if target_has("avx512f") else 32
 ROWS, VECTORS = (8, 3) if VECTOR_BYTES == 64 else (4, 3)
 # The transposed tiles (a strided, each column's sums stored as one short vector) keep 4 rows:
 # with 8 of 64-byte vectors they ran at 95-120 GFLOP/s on a Zen 5 core, with 4 at up to 180.
