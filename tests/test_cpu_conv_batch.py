@@ -134,10 +134,10 @@ def test_only_narrow_images_of_a_batch_are_batched() -> None:
     ("x_shape", "kernel", "stride", "pad", "name"),
     [
         ((5, 6, 7, 9), (1, 1), 1, 0, "planes_images"),
-        ((5, 4, 7, 9), (3, 3), 1, 1, "im2col_unit_rows"),
+        ((5, 4, 7, 9), (3, 3), 1, 1, "im2col_short_rows"),
         ((4, 3, 13, 17), (5, 5), 2, 2, "im2col_short_rows"),
         ((3, 2, 1, 40), (1, 3), 1, 1, "im2col_images"),
-        ((6, 3, 1, 21), (1, 11), 1, 0, "im2col_unit_rows"),
+        ((6, 3, 1, 21), (1, 11), 1, 0, "im2col_short_rows"),
     ],
     ids=["pointwise", "3x3-short", "5x5-s2-short", "1x3-long", "1x11-unpadded"],
 )
@@ -157,7 +157,6 @@ def test_gathers_copy_the_same_patches(
 
     class Geo:
         pointwise = (kh, kw, stride, pad) == (1, 1, 1, 0)
-        sh = sw = stride
 
     Geo.ow = ow
     gather = cpu_conv_batch.gather_kernel(Geo())
