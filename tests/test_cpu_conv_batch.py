@@ -144,8 +144,9 @@ def test_only_narrow_images_of_a_batch_are_batched() -> None:
 def test_gathers_copy_the_same_patches(
     rng: np.random.Generator, x_shape: tuple, kernel: tuple, stride: int, pad: int, name: str
 ) -> None:
-    """Each gather that :func:`cpu_conv_batch.gather_kernel` picks copies what the general one
-    does, for a group of images that does not start at the batch's first."""
+    """Each gather that :func:`cpu_conv_batch.gather_kernel` picks, and the general one, copy
+    the patches that numpy slices out of the zero-padded input, for a group of images that does
+    not start at the batch's first."""
     n_, c_, h_, w_ = x_shape
     kh, kw = kernel
     oh, ow = (h_ + 2 * pad - kh) // stride + 1, (w_ + 2 * pad - kw) // stride + 1
@@ -162,9 +163,12 @@ def test_gathers_copy_the_same_patches(
     gather = cpu_conv_batch.gather_kernel(Geo())
     assert gather is getattr(cpu_conv_batch, name)
     x = rng.standard_normal(x_shape).astype(F32)
-    want = np.full((c_ * kh * kw, (n_ - 1) * oh * ow), np.nan, F32)
-    got = want.copy()
-    cpu_conv_batch.im2col_images(x, want, 1, n_, geometry)
-    gather(x, got, 1, n_, geometry)
-    np.testing.assert_array_equal(got, want)
-    assert not np.isnan(want).any()
+    padded = np.pad(x[1:], ((0, 0), (0, 0), (pad_h, kh + oh * stride), (pad, kw + ow * stride)))
+    want = np.stack([
+        padded[:, c, a : a + oh * stride : stride, b : b + ow * stride : stride][:, :oh, :ow].ravel()
+        for c in range(c_) for a in range(kh) for b in range(kw)
+    ])  # fmt: skip
+    for kernel_ in (gather, cpu_conv_batch.im2col_images):
+        got = np.full((c_ * kh * kw, (n_ - 1) * oh * ow), np.nan, F32)
+        kernel_(x, got, 1, n_, geometry)
+        np.testing.assert_array_equal(got, want)
