@@ -309,7 +309,7 @@ def _layer_step(
                     x = x.copy()
                 step_args = (x, args[2], args[6], lengths, args[10], hs, cs, gs)
             if stepped and pool is not None:
-                bad = _directions_on_pool(pool, directions, direction_items, args, step_args,
+                bad = _directions_on_pool(pool, directions, direction_items, args, step_args, dot,
                                           (seq, layout, reverse, has_y, has_yh, has_yc, lim, tied))  # fmt: skip
             elif stepped:
                 for module, d0, d1 in modules:
@@ -364,16 +364,16 @@ def step_product(dtype: np.dtype) -> Any:
 
 
 def _directions_on_pool(pool: Any, directions: list[tuple[Any, int]], items: list[int],
-                        args: list[Any], step_args: tuple[Any, ...], form: tuple[Any, ...]) -> int:  # fmt: skip
+                        args: list[Any], step_args: tuple[Any, ...], dot: Any,
+                        form: tuple[Any, ...]) -> int:  # fmt: skip
     """The stepped path with each direction's whole sequence a chunk of ``pool``: its
-    ``begin``, every step's product and cell, its ``end``. ``step_args`` are the cells' leading
-    arguments (x, ..., h, c, gates). Returns the first bad batch row of ``sequence_lens`` (-1:
-    none)."""
+    ``begin``, every step's product (``dot``: :func:`step_product`'s) and cell, its ``end``.
+    ``step_args`` are the cells' leading arguments (x, ..., h, c, gates). Returns the first bad
+    batch row of ``sequence_lens`` (-1: none)."""
     seq, layout, reverse, has_y, has_yh, has_yc, lim, tied = form
     x, lengths, hs, cs, gs = step_args[0], step_args[3], *step_args[5:]
     wr = args[1]
     begun = [-1] * len(directions)
-    dot = step_product(hs[0].dtype)
 
     def direction(i: int, worker: int) -> None:
         module, d = directions[i]
