@@ -309,20 +309,38 @@ def small_patches(x, ct, xt, geometry):  # type: ignore[no-untyped-def]
     """The patches ct (P, K) of x (C, H, W), K ordered (kh, kw, c), for convs with few output
     positions: x is first transposed into xt (H, W, C), so that each tap of each position
     copies C contiguous values (gathered straight from x, with a stride of H*W per value, the
-    copies took as long as :func:`small_conv`'s multiply)."""
+    copies took as long as :func:`small_conv`'s multiply). With no dilation along W, a window
+    row that lies inside the input is one run of KW*C values (an STFT's 512-tap 1-D conv on one
+    channel: 7.8 us tap by tap, 0.3 as runs)."""
     ow_, kh_, kw_, sh, sw, dh, dw, ph, pw, w_ = geometry
     c_, h_ = x.shape[0], x.shape[1]
+    rows = xt.reshape(h_, w_ * c_)
     for ih in range(h_):
+        dst = rows[ih]
+        if c_ == 1:  # a copy (channel by channel, the stores' stride slowed many channels)
+            src = x[0, ih]
+            for iw in range(w_):
+                dst[iw] = src[iw]
+            continue
         for iw in range(w_):
-            dst = xt[ih, iw]
+            pixel = xt[ih, iw]
             for c in range(c_):
-                dst[c] = x[c, ih, iw]
+                pixel[c] = x[c, ih, iw]
+    run = kw_ * c_
     for p in range(ct.shape[0]):
         oh = p // ow_
         ow = p - oh * ow_
         row = ct[p]
+        iw0 = ow * sw - pw
+        inside = dw == 1 and iw0 >= 0 and iw0 + kw_ <= w_
         for kh in range(kh_):
             ih = oh * sh - ph + kh * dh
+            if inside and 0 <= ih < h_:
+                src_run = rows[ih, iw0 * c_ : iw0 * c_ + run]
+                dst_run = row[kh * run : (kh + 1) * run]
+                for i in range(run):
+                    dst_run[i] = src_run[i]
+                continue
             for kw in range(kw_):
                 iw = ow * sw - pw + kw * dw
                 seg = row[(kh * kw_ + kw) * c_ : (kh * kw_ + kw + 1) * c_]

@@ -147,6 +147,46 @@ def test_small_output_kernel(
 
 
 @pytest.mark.parametrize(
+    ("c", "h", "w", "kernel", "strides", "dilations", "pads"),
+    [
+        (1, 1, 1760, (1, 512), (1, 160), (1, 1), (0, 0)),  # an STFT frame: runs of 512
+        (1, 5, 9, (3, 3), (1, 1), (1, 1), (1, 1)),  # one channel, border taps zeroed
+        (6, 7, 8, (3, 3), (2, 2), (1, 1), (1, 1)),  # runs of KW*C inside, taps at the border
+        (4, 6, 11, (2, 3), (1, 2), (2, 2), (1, 2)),  # dilated along W: tap by tap
+    ],
+    ids=["stft", "one-channel-padded", "strided-padded", "dilated"],
+)
+def test_small_patches_match_numpy_slices(
+    rng: np.random.Generator, c: int, h: int, w: int, kernel: tuple, strides: tuple,
+    dilations: tuple, pads: tuple,
+) -> None:  # fmt: skip
+    """small_patches' rows, ordered (kh, kw, c), are the windows numpy slices out of the
+    zero-padded input, whether a window row is copied as one run or tap by tap."""
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = kernel, strides, dilations, pads
+    x = rng.standard_normal((c, h, w)).astype(F32)
+    oh = (h + 2 * ph - (kh - 1) * dh - 1) // sh + 1
+    ow = (w + 2 * pw - (kw - 1) * dw - 1) // sw + 1
+    padded = np.pad(x, ((0, 0), (ph, ph), (pw, pw)))
+    expected = np.stack(
+        [
+            padded[
+                :,
+                i * sh : i * sh + (kh - 1) * dh + 1 : dh,
+                j * sw : j * sw + (kw - 1) * dw + 1 : dw,
+            ]
+            .transpose(1, 2, 0)
+            .ravel()
+            for i in range(oh)
+            for j in range(ow)
+        ]
+    )
+    ct = np.full((oh * ow, c * kh * kw), np.nan, F32)
+    xt = np.empty((h, w, c), F32)
+    cpu_conv_kernels.small_patches(x, ct, xt, (ow, kh, kw, sh, sw, dh, dw, ph, pw, w))
+    np.testing.assert_array_equal(ct, expected)
+
+
+@pytest.mark.parametrize(
     ("x_shape", "attrs", "wide"),
     [
         ((1, 3, 9, 55), {"strides": [2, 2], "dilations": [1, 8]}, False),
