@@ -342,8 +342,9 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
         threads = lowering.workers if lowering.split(flops * geo.n) > 1 else 1
         per_group = cpu_conv_batch.images_per_group(geo.n, geo.p, geo.k, dtype.itemsize, threads)
         workers = threads if per_group < geo.n else 1
-    cols_size = geo.k * per_group * geo.p if per_group else geo.cols_size()
-    gemm_size = geo.m * per_group * geo.p if per_group else geo.wide_size()
+    cols_size, gemm_size = geo.cols_size(), geo.wide_size()
+    if per_group:
+        cols_size, gemm_size = cpu_conv_batch.scratch_sizes(geo, per_group, dtype)
     filters = np.ascontiguousarray(w.const.reshape(group, geo.m // group, geo.k), dtype)
     fused = classify_operands(out.shape, str(node.attrs.get("epilogue", "{0}")), extras, dtype)
     kernel = None

