@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import codegen, cpu_threads, kernel_cache
+from eqsat.lowering import codegen, cpu_stream, cpu_threads, kernel_cache
 from eqsat.lowering.cpu_runtime import (
     BLAS_KINDS,
     SMALL_BLAS_FLOPS,
@@ -192,8 +192,12 @@ class ElementwiseKernel:
         self._form = (expr, [d for _, d, _ in inputs], out_dtype, plan.spans)
         self._parallel = lowering.parallel(size)
         self._lowering = lowering
+        touched = size * out_dtype.itemsize + sum(
+            int(np.prod(s, dtype=np.int64)) * d.itemsize for s, d, _ in inputs
+        )
+        self._stream = cpu_stream.worth_streaming(touched)
         # Generating the source checks that the expression is supported (cheap, no compile).
-        codegen.kernel_source(*self._form, self._parallel)
+        codegen.kernel_source(*self._form, self._parallel, stream=self._stream)
         self.fn: Callable[..., None] | None = None
         if not defer:
             self.load(alias)
@@ -206,7 +210,7 @@ class ElementwiseKernel:
 
     def load(self, alias: int | None = None) -> None:
         """Compile (or load from the cache) the kernel; ``alias``: the input that is ``out``."""
-        source = codegen.kernel_source(*self._form, self._parallel, alias)
+        source = codegen.kernel_source(*self._form, self._parallel, alias, self._stream)
         self.fn = kernel_cache.load(source).kernel
         self._lowering.kernels += 1
 
