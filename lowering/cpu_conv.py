@@ -237,17 +237,30 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
             return cpu_conv_groups.wide_group_spans(
                 geo, filters, bias, kernels, phases, fill, mine, views[0][0][1], pool
             )
+        # Patches read in place from the planes (no im2col) where the tiles take the product.
+        in_place = [
+            single and cpu_microkernel.taps_suit(filters.dtype, k_all, (r1 - r0) * wp)
+            for r0, r1 in geo.blocks
+        ]
+        w_taps = geo.filters_by_taps(filters) if any(in_place) else w0
+        offsets, planes = geo.tap_offsets(), phases.reshape(geo.c, -1)
+        taps_gemm = cpu_microkernel.taps_gemm
         if spans:  # one block: its patches once, then the channels' GEMMs on the pool
             blk, ob = views[0][0][:2]
             r0, r1 = geo.blocks[0]
+            block_planes = planes[:, r0 * wp :]
 
             def conv_wide_channels(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
                 fill(x)
-                im2col_wide(phases, blk, r0, r1, kh, kw, dh, dw)
+                if not in_place[0]:
+                    im2col_wide(phases, blk, r0, r1, kh, kw, dh, dw)
 
                 def part(span: tuple[int, int], worker: int) -> None:
                     m0, m1 = span
-                    gemm(w0[m0:m1], blk, ob[m0:m1])
+                    if in_place[0]:
+                        taps_gemm(w_taps[m0:m1], block_planes, ob[m0:m1], offsets)
+                    else:
+                        gemm(w0[m0:m1], blk, ob[m0:m1])
                     epilogue_wide(
                         out[m0:m1], ob[m0:m1], r0, r1, ow, wp, bias[m0:m1],
                         *(t[m0:m1] for t in operands),
@@ -263,7 +276,9 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
             def block(j: int, worker: int) -> None:
                 r0, r1 = geo.blocks[j]
                 blk, ob, grouped, grouped_out = views[worker][j]
-                if single:
+                if in_place[j]:
+                    taps_gemm(w_taps, planes[:, r0 * wp :], ob, offsets)
+                elif single:
                     im2col_wide(phases, blk, r0, r1, kh, kw, dh, dw)
                     gemm(w0, blk, ob)
                 elif by_group:

@@ -176,6 +176,21 @@ class Geometry:
         by_taps = filters[0].reshape(self.m, self.c, self.kh * self.kw).transpose(0, 2, 1)
         return np.ascontiguousarray(by_taps).reshape(self.m, self.k)
 
+    def tap_offsets(self) -> np.ndarray:
+        """Where each tap (kh, kw) of a :attr:`wide` conv reads its patch row, in elements of
+        one channel's phase planes (C, SH*SW*RP*WP) flattened, from the block's first row:
+        phase ((kh*dh) % SH, (kw*dw) % SW), (kh*dh) // SH rows and (kw*dw) // SW columns in
+        (as :func:`~eqsat.lowering.cpu_conv_kernels.im2col_wide` copies them)."""
+        offsets = [
+            (
+                ((kh * self.dh) % self.sh * self.sw + (kw * self.dw) % self.sw) * self.rp
+                + (kh * self.dh) // self.sh
+            ) * self.wp + (kw * self.dw) // self.sw
+            for kh in range(self.kh)
+            for kw in range(self.kw)
+        ]  # fmt: skip
+        return np.array(offsets, np.int64)
+
     def params(self) -> tuple[int, ...]:
         return (self.ow, self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, self.ph, self.pw,
                 self.w)  # fmt: skip

@@ -111,7 +111,7 @@ def conv_lanes(count: int) -> list[str]:
         f"PATCH_DEPTH = {cpu_microkernel.PATCH_MAX_DEPTH}",
         f"POINTWISE_DEPTH = {cpu_microkernel.MAX_DEPTH}",
         "from eqsat.lowering.cpu_conv_kernels import im2col_block, im2col_wide",
-        "from eqsat.lowering.cpu_microkernel import grouped_wide_gemm",
+        "from eqsat.lowering.cpu_microkernel import grouped_wide_gemm, taps_gemm",
         f"TILES = {cpu_microkernel.ENABLED}",
         *lane(
             "lane_cols", f"blocks, source, cols, worker, filters, out, bias, params{args}",
@@ -136,13 +136,17 @@ def conv_lanes(count: int) -> list[str]:
             ],
         ),
         *lane(
-            "lane_wide", f"blocks, phases, cols, wide, worker, filters, out, bias, taps{args}",
-            "blocks.shape[0]", [*shape, "kh, kw, dh, dw, ow_, wp = taps"],
+            "lane_wide",
+            f"blocks, phases, cols, wide, worker, filters, out, bias, taps, w_taps, offsets{args}",
+            "blocks.shape[0]",
+            [*shape, "kh, kw, dh, dw, ow_, wp = taps", "planes = phases.reshape(phases.shape[0], -1)"],
             [
                 "r0, r1 = blocks[j, 0], blocks[j, 1]",
                 "n = (r1 - r0) * wp",
                 "dest = wide[worker, : g * mg * n].reshape(g * mg, n)",
-                "if g == 1:",
+                "if blocks[j, 2]:  # the patches read in place",
+                "    taps_gemm(w_taps, planes[:, r0 * wp :], dest, offsets)",
+                "elif g == 1:",
                 "    cols_ = cols[worker, : kg * n].reshape(kg, n)",
                 "    im2col_wide(phases, cols_, r0, r1, kh, kw, dh, dw)",
                 "    gemm(filters[0], cols_, dest)",
@@ -167,11 +171,14 @@ def conv_lanes(count: int) -> list[str]:
             ],
         ),
         *lane(
-            "lane_channels_wide", f"spans, cols_, w0, wide, out, bias, taps{args}",
+            "lane_channels_wide", f"spans, cols_, w0, wide, out, bias, taps, offsets{args}",
             "spans.shape[0]", ["r0, r1, ow_, wp = taps"],
             [
                 "m0, m1 = spans[j, 0], spans[j, 1]",
-                "gemm(w0[m0:m1], cols_, wide[m0:m1])",
+                "if offsets.shape[0]:  # cols_ the planes, read in place (w0 by taps)",
+                "    taps_gemm(w0[m0:m1], cols_, wide[m0:m1], offsets)",
+                "else:",
+                "    gemm(w0[m0:m1], cols_, wide[m0:m1])",
                 f"epilogue_wide(out[m0:m1], wide[m0:m1], r0, r1, ow_, wp, bias[m0:m1]{rows})",
             ],
         ),
@@ -301,30 +308,55 @@ def _wide_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: Any,
     phases, fill = geo.phase_planes(cols.dtype)
     kh, kw, dh, dw, ow, wp = geo.kh, geo.kw, geo.dh, geo.dw, geo.ow, geo.wp
 
-    if len(channel_spans):  # one block: its patches once, then spans of channels
+    k_all = geo.c * kh * kw
+    single = geo.group == 1
+    offsets = geo.tap_offsets()
+    planes = phases.reshape(geo.c, -1)
+    if len(channel_spans):  # one block: its patches once (or in place), then spans of channels
         r0, r1 = geo.blocks[0]
         n = (r1 - r0) * wp
-        patches = cols[0, : geo.c * kh * kw * n].reshape(-1, n)
-        block_out = gemm_out[0, : geo.m * n].reshape(geo.m, n)
         run = runner(pool, len(channel_spans))
         lane_channels_wide, w0 = kernels.lane_channels_wide, filters[0]
+        block_out = gemm_out[0, : geo.m * n].reshape(geo.m, n)
         taps = (r0, r1, ow, wp)
+        if single and cpu_microkernel.taps_suit(filters.dtype, k_all, n):
+            w_taps, block_planes = geo.filters_by_taps(filters), planes[:, r0 * wp :]
+
+            def wide_channels_in_place(
+                x: np.ndarray, out: np.ndarray, *operands: np.ndarray
+            ) -> None:
+                fill(x)
+                run(lane_channels_wide, channel_spans, block_planes, w_taps, block_out, out, bias,
+                    taps, offsets, *operands)  # fmt: skip
+
+            return wide_channels_in_place
+        patches = cols[0, : k_all * n].reshape(-1, n)
+        no_taps = offsets[:0]
 
         def wide_channels(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
             fill(x)
             im2col_wide(phases, patches, r0, r1, kh, kw, dh, dw)
             run(lane_channels_wide, channel_spans, patches, w0, block_out, out, bias, taps,
-                *operands)  # fmt: skip
+                no_taps, *operands)  # fmt: skip
 
         return wide_channels
-    blocks = np.array(geo.blocks, np.int64)
+    # Each block: (r0, r1, whether its patches are read in place).
+    blocks = np.array(
+        [
+            (r0, r1, single and cpu_microkernel.taps_suit(filters.dtype, k_all, (r1 - r0) * wp))
+            for r0, r1 in geo.blocks
+        ],
+        np.int64,
+    )
+    w_taps = geo.filters_by_taps(filters) if single else filters[0]
     run = runner(pool, len(blocks))
     lane_wide = kernels.lane_wide
     taps = (kh, kw, dh, dw, ow, wp)
 
     def wide_conv(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
         fill(x)
-        run(lane_wide, blocks, phases, cols, gemm_out, None, filters, out, bias, taps, *operands)
+        run(lane_wide, blocks, phases, cols, gemm_out, None, filters, out, bias, taps, w_taps,
+            offsets, *operands)  # fmt: skip
 
     return wide_conv
 

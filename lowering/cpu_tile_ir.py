@@ -29,7 +29,7 @@ from typing import Any
 
 from llvmlite import binding as llvm
 from llvmlite import ir
-from numba import cfunc, njit, types
+from numba import carray, cfunc, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
@@ -76,21 +76,25 @@ def _float_matrices(a, b, c) -> bool:  # type: ignore[no-untyped-def]
     )
 
 
-def _sums(ir_, args, rows: int, vectors: int, mask, strided: bool) -> list:  # type: ignore[no-untyped-def]
+def _sums(ir_, position, rows: int, vectors: int, mask, strided: bool, taps=None) -> list:  # type: ignore[no-untyped-def]
     """The tile's ``rows`` x ``vectors`` sums over k (loaded into values): for each k the
     vectors of b's row k (the last one masked by ``mask``, if any), ``rows`` broadcast values
     of a's column k (a's columns ``strided``: any column stride) and one fused multiply-add
-    per sum."""
+    per sum. ``position`` is (m0, p0, k, shift).
+
+    ``taps`` (a pointer to T offsets, and T): b's rows are read T times, each pass at its tap's
+    offset, while a's columns go on (k = tap * K + row): a conv's patches of T taps read in
+    place from its (padded) input planes, the planes being b's rows (see
+    :func:`native_rows_taps`)."""
     builder = ir_.builder
-    m0_, p0_, k_, _, shift_ = args[3:]
+    m0_, p0_, k_, shift_ = position
     sums = [
         [cgutils.alloca_once_value(builder, ir_.zero) for _ in range(vectors)] for _ in range(rows)
     ]
     a_rows = [ir_.element(0, ir_.plus(m0_, r), None) for r in range(rows)]
     b_column = builder.sub(p0_, shift_)
-    with cgutils.for_range(builder, k_) as loop:
-        kk = builder.mul(loop.index, ir_.column_stride[0]) if strided else loop.index
-        b_row = ir_.element(1, loop.index, b_column)
+
+    def accumulate(kk, b_row) -> None:  # type: ignore[no-untyped-def]
         b_vectors = [
             ir_.load(ir_.vector_at(b_row, j), mask if j == vectors - 1 else None)
             for j in range(vectors)
@@ -100,6 +104,18 @@ def _sums(ir_, args, rows: int, vectors: int, mask, strided: bool) -> list:  # t
             for j in range(vectors):
                 total = builder.call(ir_.fma, [broadcast, b_vectors[j], builder.load(sums[r][j])])
                 builder.store(total, sums[r][j])
+
+    if taps is None:
+        with cgutils.for_range(builder, k_) as loop:
+            kk = builder.mul(loop.index, ir_.column_stride[0]) if strided else loop.index
+            accumulate(kk, ir_.element(1, loop.index, b_column))
+    else:
+        offsets, count = taps
+        with cgutils.for_range(builder, count) as tap:
+            column = builder.add(builder.load(builder.gep(offsets, [tap.index])), b_column)
+            first = builder.mul(tap.index, k_)
+            with cgutils.for_range(builder, k_) as loop:
+                accumulate(builder.add(first, loop.index), ir_.element(1, loop.index, column))
     return [[builder.load(sums[r][j]) for j in range(vectors)] for r in range(rows)]
 
 
@@ -129,15 +145,51 @@ def _tile(rows: int, vectors: int, masked: bool):  # type: ignore[no-untyped-def
     contiguous rows. (``shift``: b is a panel of packed weights starting at c's column shift.)"""
 
     def codegen(ir_, args) -> None:  # type: ignore[no-untyped-def]
-        m0_, p0_, _, last_, _ = args[3:]
+        m0_, p0_, k_, last_, shift_ = args[3:]
         mask = ir_.mask(last_) if masked else None
-        totals = _sums(ir_, args, rows, vectors, mask, strided=False)
-        for r in range(rows):
-            c_row = ir_.element(2, ir_.plus(m0_, r), p0_)
-            for j in range(vectors):
-                ir_.store(totals[r][j], ir_.vector_at(c_row, j), mask if j == vectors - 1 else None)
+        totals = _sums(ir_, (m0_, p0_, k_, shift_), rows, vectors, mask, strided=False)
+        _store_rows(ir_, totals, m0_, p0_, mask)
 
     return _intrinsic(codegen)
+
+
+def _store_rows(ir_, totals, m0_, p0_, mask) -> None:  # type: ignore[no-untyped-def]
+    """c[m0 + r, p0 + vector j] = totals[r][j], the last vector masked by ``mask`` (if any)."""
+    for r, row in enumerate(totals):
+        c_row = ir_.element(2, ir_.plus(m0_, r), p0_)
+        for j, total in enumerate(row):
+            ir_.store(total, ir_.vector_at(c_row, j), mask if j == len(row) - 1 else None)
+
+
+def _tile_taps(rows: int, vectors: int, masked: bool):  # type: ignore[no-untyped-def]
+    """An intrinsic ``tile(a, b, c, offsets, m0, p0, k, last, shift)``: :func:`_tile` of a by
+    the patches of ``len(offsets)`` taps read in place from b (see :func:`_sums`): a (M, T*k),
+    b's rows the k planes, offsets (T,) int64 in elements."""
+
+    @intrinsic
+    def tile(typingctx, a, b, c, offsets, m0, p0, k, last, shift):  # type: ignore[no-untyped-def]
+        if not (_float_matrices(a, b, c) and _offsets(offsets)):
+            return None
+        signature = types.void(a, b, c, offsets, *([types.int64] * 5))
+
+        def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+            ir_ = _TileIR(context, builder, sig, args)
+            m0_, p0_, k_, last_, shift_ = args[4:]
+            table = context.make_array(sig.args[3])(context, builder, args[3])
+            count = cgutils.unpack_tuple(builder, table.shape, 1)[0]
+            mask = ir_.mask(last_) if masked else None
+            position = (m0_, p0_, k_, shift_)
+            totals = _sums(ir_, position, rows, vectors, mask, False, (table.data, count))
+            _store_rows(ir_, totals, m0_, p0_, mask)
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return tile
+
+
+def _offsets(offsets) -> bool:  # type: ignore[no-untyped-def]
+    return isinstance(offsets, types.Array) and offsets.ndim == 1 and offsets.dtype == types.int64
 
 
 def _tile_transposed(rows: int):  # type: ignore[no-untyped-def]
@@ -148,8 +200,8 @@ def _tile_transposed(rows: int):  # type: ignore[no-untyped-def]
 
     def codegen(ir_, args) -> None:  # type: ignore[no-untyped-def]
         builder = ir_.builder
-        m0_, p0_, _, last_, _ = args[3:]
-        totals = _sums(ir_, args, rows, VECTORS, None, strided=True)
+        m0_, p0_, k_, last_, shift_ = args[3:]
+        totals = _sums(ir_, (m0_, p0_, k_, shift_), rows, VECTORS, None, strided=True)
         column_type = ir.VectorType(ir_.real, rows) if rows > 1 else ir_.real
         top = ir_.element(2, m0_, None)
         for j in range(VECTORS):
@@ -273,50 +325,54 @@ def _compile(source: str, name: str, tiles: dict[str, Any]):  # type: ignore[no-
     return njit(error_model="numpy", nogil=True)(namespace[name])
 
 
-def _row_block(rows: int):  # type: ignore[no-untyped-def]
+def _row_block(rows: int, taps: bool = False):  # type: ignore[no-untyped-def]
     """``block(a, b, c, m0, q0, q1, k, shift)``: rows m0 .. m0+rows of the product, columns
     q0 .. q1 (of b: from q0 - shift), by tiles of ``rows`` rows (:func:`_tile`): whole tiles of
-    VECTORS vectors, then one partial tile of fewer whole vectors or a masked last one."""
-    tiles = {"whole": _tile(rows, VECTORS, False)}
-    tiles |= {f"plain{v}": _tile(rows, v, False) for v in range(1, VECTORS)}
-    tiles |= {f"masked{v}": _tile(rows, v, True) for v in range(1, VECTORS + 1)}
+    VECTORS vectors, then one partial tile of fewer whole vectors or a masked last one.
+    ``taps``: ``block(a, b, c, offsets, ...)`` by :func:`_tile_taps`."""
+    make, abc = (_tile_taps, "a, b, c, offsets") if taps else (_tile, "a, b, c")
+    tiles = {"whole": make(rows, VECTORS, False)}
+    tiles |= {f"plain{v}": make(rows, v, False) for v in range(1, VECTORS)}
+    tiles |= {f"masked{v}": make(rows, v, True) for v in range(1, VECTORS + 1)}
     lines = [
-        "def block(a, b, c, m0, q0, q1, k, shift):",
+        f"def block({abc}, m0, q0, q1, k, shift):",
         "    lanes = VECTOR_BYTES // b.itemsize",
         f"    width = {VECTORS} * lanes",
         "    p = q0",
         "    while p + width <= q1:",
-        "        whole(a, b, c, m0, p, k, 0, shift)",
+        f"        whole({abc}, m0, p, k, 0, shift)",
         "        p += width",
         "    vectors, last = divmod(q1 - p, lanes)",
     ]
     for v in range(1, VECTORS):
         lines.append(f"    if last == 0 and vectors == {v}:")
-        lines.append(f"        plain{v}(a, b, c, m0, p, k, 0, shift)")
+        lines.append(f"        plain{v}({abc}, m0, p, k, 0, shift)")
     for v in range(VECTORS):
         lines.append(f"    if last != 0 and vectors == {v}:")
-        lines.append(f"        masked{v + 1}(a, b, c, m0, p, k, last, shift)")
+        lines.append(f"        masked{v + 1}({abc}, m0, p, k, last, shift)")
     return _compile("\n".join(lines) + "\n", "block", tiles)
 
 
-def _rows_driver(blocks: list):  # type: ignore[no-untyped-def]
+def _rows_driver(blocks: list, taps: bool = False):  # type: ignore[no-untyped-def]
     """``rows(a, b, c, r0, r1, q0, q1, shift)``: rows r0 <= m < r1 and columns q0 <= p < q1 of
     c = a @ b (b's columns from q0 - shift), by ``blocks[-1]`` (as many rows of a as there are
-    blocks) and, for the rows left over, ``blocks[left - 1]``."""
+    blocks) and, for the rows left over, ``blocks[left - 1]``. ``taps``: ``rows(a, b, c,
+    offsets, ...)``, a's columns T taps of b's rows each."""
     tile_rows = len(blocks)
     tiles = {f"block{r + 1}": block for r, block in enumerate(blocks)}
+    abc = "a, b, c, offsets" if taps else "a, b, c"
     lines = [
-        "def rows(a, b, c, r0, r1, q0, q1, shift):",
-        "    k = a.shape[1]",
+        f"def rows({abc}, r0, r1, q0, q1, shift):",
+        "    k = a.shape[1] // offsets.shape[0]" if taps else "    k = a.shape[1]",
         "    m0 = r0",
         f"    while m0 + {tile_rows} <= r1:",
-        f"        block{tile_rows}(a, b, c, m0, q0, q1, k, shift)",
+        f"        block{tile_rows}({abc}, m0, q0, q1, k, shift)",
         f"        m0 += {tile_rows}",
         "    left = r1 - m0",
     ]
     for r in range(1, tile_rows):
         lines.append(f"    if left == {r}:")
-        lines.append(f"        block{r}(a, b, c, m0, q0, q1, k, shift)")
+        lines.append(f"        block{r}({abc}, m0, q0, q1, k, shift)")
     return _compile("\n".join(lines) + "\n", "rows", tiles)
 
 
@@ -337,6 +393,7 @@ def _transposed_block(rows: int):  # type: ignore[no-untyped-def]
 # the C entries below.
 _tile_rows = _rows_driver([_row_block(r) for r in range(1, ROWS + 1)])
 _tile_rows_transposed = _rows_driver([_transposed_block(r) for r in range(1, TRANSPOSED_ROWS + 1)])
+_tile_rows_taps = _rows_driver([_row_block(r, taps=True) for r in range(1, ROWS + 1)], taps=True)
 
 
 @intrinsic
@@ -370,9 +427,15 @@ def _transposed_entry(a, b, c, k, lda, a_step, ldb, ldc, c_step, r0, r1, q0, q1,
                           _view(c, r1, q1, ldc, c_step), r0, r1, q0, q1, shift)  # fmt: skip
 
 
+def _taps_entry(a, b, c, offsets, taps, k, lda, a_step, ldb, ldc, c_step, r0, r1, q0, q1, shift):  # type: ignore[no-untyped-def]
+    _tile_rows_taps(_view(a, r1, k * taps, lda, a_step), _view(b, k, q1 - shift, ldb, 1),
+                    _view(c, r1, q1, ldc, c_step), carray(offsets, taps), r0, r1, q0, q1,
+                    shift)  # fmt: skip
+
+
 # The drivers' C-callable forms: module-level functions, not closures, so that Numba's cache
 # finds them again (a closure's cache key pickles its cells: a new key in every process).
-_ENTRIES = {"rows": _rows_entry, "transposed": _transposed_entry}
+_ENTRIES = {"rows": _rows_entry, "transposed": _transposed_entry, "taps": _taps_entry}
 
 
 def _symbol(driver: str, dtype: types.Type) -> str:
@@ -383,7 +446,12 @@ def _compile_symbol(driver: str, dtype: types.Type) -> int:
     """Address of the C-callable driver for ``dtype`` (compiled once per machine, then loaded
     from Numba's cache): the driver on pointers and strides."""
     pointer = types.CPointer(dtype)
-    signature = types.void(pointer, pointer, pointer, *([types.int64] * 11))
+    if driver == "taps":  # the offsets and their count before the others
+        signature = types.void(
+            pointer, pointer, pointer, types.CPointer(types.int64), *([types.int64] * 12)
+        )
+    else:
+        signature = types.void(pointer, pointer, pointer, *([types.int64] * 11))
     return cfunc(signature, cache=True, error_model="numpy")(_ENTRIES[driver]).address
 
 
@@ -402,6 +470,35 @@ def register() -> str | None:
 FAILED = register()
 
 
+def _call_entry(driver, context, builder, sig, args, taps: bool) -> None:  # type: ignore[no-untyped-def]
+    """Emit the call of ``driver``'s C entry for the arrays a, b, c (and the offsets, with
+    ``taps``) and the int64 arguments that follow them in ``args``."""
+    i64 = ir.IntType(64)
+    real = context.get_value_type(sig.args[0].dtype)
+    item = ir.Constant(i64, context.get_abi_sizeof(real))
+    views = [
+        context.make_array(t)(context, builder, v)
+        for t, v in zip(sig.args[:3], args[:3], strict=True)
+    ]
+    strides = [
+        [builder.sdiv(s, item) for s in cgutils.unpack_tuple(builder, v.strides, 2)] for v in views
+    ]
+    k = cgutils.unpack_tuple(builder, views[0].shape, 2)[1]
+    (lda, a_step), (ldb, _), (ldc, c_step) = strides
+    head: list = []
+    rest = args[3:]
+    if taps:
+        table = context.make_array(sig.args[3])(context, builder, args[3])
+        count = cgutils.unpack_tuple(builder, table.shape, 1)[0]
+        head, rest, k = [table.data, count], args[4:], builder.sdiv(k, count)
+    fnty = ir.FunctionType(
+        ir.VoidType(), [real.as_pointer()] * 3 + [h.type for h in head] + [i64] * 11
+    )
+    fn = cgutils.get_or_insert_function(builder.module, fnty, _symbol(driver, sig.args[0].dtype))
+    operands = [v.data for v in views] + head + [k, lda, a_step, ldb, ldc, c_step, *rest]
+    builder.call(fn, operands)
+
+
 def _native(driver: str):  # type: ignore[no-untyped-def]
     @intrinsic
     def call(typingctx, a, b, c, r0, r1, q0, q1, shift):  # type: ignore[no-untyped-def]
@@ -410,28 +507,35 @@ def _native(driver: str):  # type: ignore[no-untyped-def]
         signature = types.void(a, b, c, *([types.int64] * 5))
 
         def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-            i64 = ir.IntType(64)
-            real = context.get_value_type(a.dtype)
-            item = ir.Constant(i64, context.get_abi_sizeof(real))
-            views = [
-                context.make_array(t)(context, builder, v)
-                for t, v in zip(sig.args[:3], args[:3], strict=True)
-            ]
-            strides = [
-                [builder.sdiv(s, item) for s in cgutils.unpack_tuple(builder, v.strides, 2)]
-                for v in views
-            ]
-            k = cgutils.unpack_tuple(builder, views[0].shape, 2)[1]
-            fnty = ir.FunctionType(ir.VoidType(), [real.as_pointer()] * 3 + [i64] * 11)
-            fn = cgutils.get_or_insert_function(builder.module, fnty, _symbol(driver, a.dtype))
-            (lda, a_step), (ldb, _), (ldc, c_step) = strides
-            operands = [v.data for v in views] + [k, lda, a_step, ldb, ldc, c_step, *args[3:]]
-            builder.call(fn, operands)
+            _call_entry(driver, context, builder, sig, args, taps=False)
             return context.get_dummy_value()
 
         return signature, codegen
 
     return call
+
+
+@intrinsic
+def native_rows_taps(typingctx, a, b, c, offsets, r0, r1, q0, q1, shift):  # type: ignore[no-untyped-def]
+    """``native_rows_taps(a, b, c, offsets, r0, r1, q0, q1, shift)``: rows r0 <= m < r1 and
+    columns q0 <= p < q1 of c = a @ patches, a (M, T*K) with T = len(offsets), patches row
+    (t, r) = b's row r from column offsets[t] on (b's columns from q0 - shift); a, b and c
+    with contiguous rows, offsets int64 (unchecked: callers check, and every column read must
+    lie in b's buffer).
+
+    A stride-1 conv on its padded planes' width (see
+    :func:`~eqsat.lowering.cpu_conv_kernels.im2col_wide`) is then a product with no patches
+    copied: b's rows are the K input planes (phases) and tap (kh, kw) reads them
+    kh*WQ + kw columns further on."""
+    if not (_float_matrices(a, b, c) and _offsets(offsets)):
+        return None
+    signature = types.void(a, b, c, offsets, *([types.int64] * 5))
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        _call_entry("taps", context, builder, sig, args, taps=True)
+        return context.get_dummy_value()
+
+    return signature, codegen
 
 
 native_rows = _native("rows")

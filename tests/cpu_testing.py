@@ -58,6 +58,16 @@ def record_pool_maps(
     return sizes
 
 
+def take_winograd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every 3x3 stride-1 conv of 24 channels and more takes Winograd, however small its plane:
+    the thresholds depend on the CPU's vectors (see :mod:`eqsat.lowering.cpu_winograd`), the
+    tests of the transforms must not."""
+    from eqsat.lowering import cpu_winograd
+
+    monkeypatch.setattr(cpu_winograd, "MIN_CHANNELS", 24)
+    monkeypatch.setattr(cpu_winograd, "SMALL_PLANE_TILES", 0)
+
+
 def split_every_conv(monkeypatch: pytest.MonkeyPatch, spans: bool = False) -> None:
     """Every conv on the pool in as many chunks as it has: blocks of one output row each (or,
     with ``spans``, spans of 8 output channels), whatever its size."""

@@ -16,7 +16,7 @@ import pytest
 from eqsat.lowering import codegen, kernel_cache
 
 import eqsat
-from tests.cpu_testing import matches_numpy
+from tests.cpu_testing import matches_numpy, take_winograd
 
 F32 = np.float32
 
@@ -317,9 +317,13 @@ def test_fused_conv_transpose_runs_kernels(rng: np.random.Generator) -> None:
     ],
     ids=["batch-odd-sizes", "asymmetric-pads", "float64"],
 )
-def test_winograd_conv(rng: np.random.Generator, shape: tuple, pads: list, dtype: type) -> None:
+def test_winograd_conv(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, shape: tuple, pads: list,
+    dtype: type,
+) -> None:  # fmt: skip
     from eqsat.lowering import cpu_winograd
 
+    take_winograd(monkeypatch)
     assert cpu_winograd.applies((3, 3), (1, 1), (1, 1), 1, shape[1], 12)
     g = eqsat.Graph("wino")
     x = g.input("x", shape, dtype)

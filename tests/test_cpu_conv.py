@@ -217,6 +217,60 @@ def test_row_blocks(
     assert geo.wide == wide and len(geo.blocks) == geo.oh
 
 
+@pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "im2col"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    ("x_shape", "attrs"),
+    [
+        ((1, 5, 30, 34), {"pads": [1, 1, 1, 1]}),
+        ((1, 4, 41, 37), {"strides": [2, 2], "pads": [1, 0, 2, 1]}),
+        ((1, 3, 33, 36), {"dilations": [2, 3], "pads": [2, 3, 2, 3]}),
+        ((1, 6, 29, 40), {"strides": [2, 1], "dilations": [1, 2], "pads": [1, 2, 1, 2]}),
+        ((1, 8, 9, 12), {"pads": [1, 1, 1, 1]}),  # one block: spans of filters on two threads
+    ],
+    ids=["s1", "s2-uneven-pads", "dilated", "s2x1-dilated", "one-block"],
+)
+def test_wide_convs_read_their_patches_in_place(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, x_shape: tuple, attrs: dict,
+    threads: int, in_place: bool,
+) -> None:  # fmt: skip
+    """Convs on their phase planes' width read each tap's patch rows from the planes themselves
+    (cpu_microkernel.taps_gemm at the tap's offset), by blocks of rows or, on two threads, by
+    spans of filters of one block (in lanes); the same sums as im2col's copies, and numpy's.
+    (taps_gemm itself is not spied on: the lanes' module, compiled by Numba, imports it.)"""
+    from eqsat.lowering import cpu, cpu_microkernel
+
+    monkeypatch.setattr(cpu_conv_geometry, "DIRECT_CHANNELS", 0)
+    monkeypatch.setattr(cpu_conv_geometry, "SMALL_POSITIONS", 0)
+    if threads == 2:
+        monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+        monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
+        monkeypatch.setattr(cpu_conv_geometry, "MIN_CHANNEL_SPAN", 8)
+    else:  # blocks of about 5 output rows
+        monkeypatch.setattr(cpu_conv_geometry, "BLOCK_BYTES", 5 * 4 * 9 * x_shape[1] * 40)
+        monkeypatch.setattr(cpu_conv_geometry, "MIN_BLOCK_COLUMNS", 1)
+    chosen: list[bool] = []  # each block's (or span's) choice
+    real_suit = cpu_microkernel.taps_suit
+
+    def suit(*args: Any) -> bool:
+        chosen.append(in_place and real_suit(*args))
+        return chosen[-1]
+
+    monkeypatch.setattr(cpu_microkernel, "taps_suit", suit)
+    g, y = _conv_graph(rng, x_shape, 24, (3, 3), attrs)
+    g.output(g.op("Relu", y), "y")
+    feeds = {"x": rng.standard_normal(x_shape).astype(F32)}
+    want = eqsat.compile(g, target="numpy").run(feeds)["y"]
+    exe = cpu.compile(g, threads=threads)
+    for _ in range(2):
+        np.testing.assert_allclose(exe.run(feeds)["y"], want, rtol=1e-4, atol=1e-4)
+    assert exe.report["reference_ops"] == {}
+    assert chosen and (in_place or not any(chosen))
+    if in_place and cpu_microkernel.WIDE_TILES:  # (AVX2 tiles: patch products of K <= 80)
+        assert all(chosen)
+        assert x_shape[2] < 10 or len(chosen) > 2  # several blocks (one: spans of filters)
+
+
 @pytest.mark.parametrize(
     ("x_shape", "kernel", "attrs"),
     [

@@ -15,7 +15,7 @@ from eqsat.lowering.cpu_conv_kernels import im2col_wide
 from eqsat.lowering.cpu_microkernel import tiled_gemm
 
 import eqsat
-from tests.cpu_testing import fused_conv_graph
+from tests.cpu_testing import fused_conv_graph, take_winograd
 
 F32 = np.float32
 
@@ -38,6 +38,41 @@ def test_tiled_gemm_matches_float64_products(rng: np.random.Generator, dtype: ty
                 tiled_gemm(a, b, c)
                 want = a.astype(np.float64) @ b.astype(np.float64)
                 np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5, err_msg=f"{m}x{k}x{n}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_taps_gemm_matches_float64_products(rng: np.random.Generator, dtype: type) -> None:
+    """taps_gemm reads each tap's patch rows in place, from its offset on the planes: every
+    leftover row count and partial or masked vector of the host's tile, one tap and several,
+    on planes that are a strided slice of a larger array (nothing else of c written)."""
+    lanes = cpu_tile_ir.VECTOR_BYTES // np.dtype(dtype).itemsize
+    tile = cpu_tile_ir.VECTORS * lanes
+    for m in sorted({1, cpu_tile_ir.ROWS - 1, cpu_tile_ir.ROWS + 1, 2 * cpu_tile_ir.ROWS + 3}):
+        for n in sorted({1, lanes + 1, tile, tile + lanes + 3, 2 * tile + 5}):
+            for k, taps in ((1, 1), (3, 9), (17, 2)):
+                offsets = rng.integers(0, 40, taps).astype(np.int64)
+                big = rng.standard_normal((k + 2, n + 60)).astype(dtype)
+                planes = big[1 : k + 1, 3:]
+                a = rng.standard_normal((m, taps * k)).astype(dtype)
+                big_c = np.full((m + 1, n + 2), np.nan, dtype)
+                c = big_c[1:, 1 : n + 1]
+                cpu_microkernel.taps_gemm(a, planes, c, offsets)
+                want = sum(
+                    a[:, t * k : (t + 1) * k].astype(np.float64) @ planes[:, o : o + n]
+                    for t, o in enumerate(offsets)
+                )
+                np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5, err_msg=f"{m}x{k}x{n}")
+                assert np.isnan(big_c[0]).all() and np.isnan(big_c[:, [0, n + 1]]).all()
+
+
+def test_taps_gemm_refuses_taps_beyond_the_planes(rng: np.random.Generator) -> None:
+    planes = rng.standard_normal((4, 50)).astype(F32)
+    a = rng.standard_normal((8, 8)).astype(F32)
+    c = np.empty((8, 40), F32)
+    cpu_microkernel.taps_gemm(a, planes, c, np.array([0, 10], np.int64))
+    for offsets in ([0, 11], [-1, 0], [0, 1, 2]):
+        with pytest.raises(ValueError, match="taps_gemm"):
+            cpu_microkernel.taps_gemm(a, planes, c, np.array(offsets, np.int64))
 
 
 def test_tiled_gemm_on_row_strided_views(rng: np.random.Generator) -> None:
@@ -209,6 +244,7 @@ def test_winograd_products_on_the_tiles(
         real(u, v, out)
 
     monkeypatch.setattr(cpu_microkernel, "batched_gemm", spy)
+    take_winograd(monkeypatch)
     g = eqsat.Graph("wino_tiles")
     x = g.input("x", (1, 32, 64, 64), dtype)
     w = g.constant((rng.standard_normal((24, 32, 3, 3)) / 17).astype(dtype), "w")

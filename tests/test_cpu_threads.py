@@ -19,7 +19,7 @@ import pytest
 from eqsat.lowering import cpu, cpu_affinity, cpu_conv_geometry, cpu_spin, cpu_threads
 
 import eqsat
-from tests.cpu_testing import record_pool_maps
+from tests.cpu_testing import record_pool_maps, take_winograd
 
 F32 = np.float32
 ROOT = Path(__file__).resolve().parents[1]
@@ -697,6 +697,7 @@ def test_winograd_small_plane_splits_by_filters(
     thread with its rows of the fused epilogue's operands (a residual and a per-channel scale)."""
     from eqsat.lowering import cpu_winograd
 
+    take_winograd(monkeypatch)
     sizes = record_pool_maps(monkeypatch)
     spans: list[list[tuple[int, int]]] = []
     real = cpu_winograd.Winograd._bind_filters
