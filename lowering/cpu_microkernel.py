@@ -396,7 +396,10 @@ def batched_gemm(a, b, c):  # type: ignore[no-untyped-def]
 # 1.1-1.3x; on 25-49 tiles of 32-192 channels 0.6-0.8x; but OpenBLAS ran products of 256 or more
 # channels at 5-14 GFLOP/s, the tiles at 12-28 (ResNet's 256- and 512-channel convs on 14x14
 # and 7x7: 16 tiles, 3.3x faster).
-WINOGRAD_MIN_TILES = 56
+# With AVX-512 tiles, from MIN_COLUMNS tiles on: chains of six 3x3 convs (Zen 5, one thread),
+# Winograd's products on OpenBLAS against the tiles, 128 channels on 20x20 (25 tiles) 3.3 ms
+# against 1.85, 192 on 13x13 5.4 against 2.3, 128 on 28x28 5.4 against 3.5.
+WINOGRAD_MIN_TILES = MIN_COLUMNS if WIDE_TILES else 56
 WINOGRAD_WIDE = 256
 
 

@@ -73,17 +73,14 @@ _G = np.array(
 # 2.0). Few output channels with many input channels still gain (64 -> 16: 1.1 against 1.6 ms).
 # With AVX-512 tiles im2col + GEMM is the faster at 24 channels too (80x80: 0.38 ms against
 # 0.44; 32 channels even, 64 on 40x40 Winograd 0.46 against 0.59).
-# With the patches read in place (cpu_microkernel.taps_gemm) the GEMM path gained again on
-# AVX-512, GFLOP/s Winograd against taps (a Zen 5 core, conv + SiLU): 32 channels on 40x40
-# 154/206, 48 on 52x52 186/225 (but on 80x80 267/241), 64 on 40x40 266/228, 64 on 80x80 324/249.
+# With the patches read in place (cpu_microkernel.taps_gemm) and Winograd's products on the
+# AVX-512 tiles (cpu_microkernel.WINOGRAD_MIN_TILES), chains of six 3x3 convs on a Zen 5 core,
+# ms Winograd against taps: 32 channels on 40x40 0.93/0.80, on 80x80 3.41/3.02; 48 on 52x52
+# 3.11/3.06, on 80x80 5.9/6.8; 64 on 20x20 0.66/0.78, on 40x40 2.21/3.02; 96 on 13x13 0.80/0.87.
+# From 64 rather than 48 the zoo's models ran 1-4% faster (YOLOv8n, PP-OCR's detector, the
+# CDLA layout model).
 MIN_CHANNELS = 64 if cpu_microkernel.WIDE_TILES else 24
 MIN_FILTERS = 8
-# ... and on planes of fewer tiles than this, at least SMALL_PLANE_CHANNELS channels and filters:
-# the transforms' loops run over a tile row (5 tiles on 20x20), and there taps won with up to 96
-# (64 on 20x20 180/213, 96 on 13x13 154/182, 96 -> 24 on 20x20 147/195, 96 on 26x26 even),
-# Winograd from 128 (128 on 20x20 253/232, 256 on 14x14 396/234; 192 on 13x13 201/207).
-SMALL_PLANE_TILES = 64 if cpu_microkernel.WIDE_TILES else 0
-SMALL_PLANE_CHANNELS = 128
 
 
 def applies(kernel: tuple[int, ...], strides: tuple[int, ...], dilations: tuple[int, ...],
@@ -92,7 +89,7 @@ def applies(kernel: tuple[int, ...], strides: tuple[int, ...], dilations: tuple[
     """Whether a conv takes the Winograd path: 3x3, stride 1, undilated, ungrouped.
 
     With few channels the transforms (O(C + M) per tile) cost more than the GEMM they save
-    (O(C * M)): see :data:`MIN_CHANNELS` (and :data:`SMALL_PLANE_TILES`). With few tiles (``out``, the output's
+    (O(C * M)): see :data:`MIN_CHANNELS`. With few tiles (``out``, the output's
     height and width, under :data:`MIN_TILES` tiles) the transformed filters, 4x the weights,
     cost more to bring in from memory than the multiply-adds they save: in a network, where
     each layer's weights arrive cold, a 128-channel 10x10 conv (9 tiles) ran ~20% slower through
@@ -107,7 +104,6 @@ def applies(kernel: tuple[int, ...], strides: tuple[int, ...], dilations: tuple[
         and channels >= MIN_CHANNELS
         and filters >= MIN_FILTERS
         and tiles >= MIN_TILES
-        and (tiles >= SMALL_PLANE_TILES or min(channels, filters) >= SMALL_PLANE_CHANNELS)
     )
 
 
