@@ -227,13 +227,16 @@ def test_products_by_constant_weights_take_the_packed_tiles(
     np.testing.assert_allclose(got, blas, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("plane", [64, 20])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_winograd_products_on_the_tiles(
-    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, threads: int, dtype: type
-) -> None:
-    """A Winograd conv with enough tiles (64x64: 256, in chunks of 64 on one thread) runs its
-    36 products on the tiles and matches numpy's reference."""
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, threads: int, dtype: type,
+    plane: int,
+) -> None:  # fmt: skip
+    """A Winograd conv with enough tiles (64x64: 256, in chunks of 64 on one thread; 20x20: 25,
+    enough for AVX-512's tiles) runs its 36 products on the tiles and matches numpy's
+    reference."""
     from eqsat.lowering import cpu
 
     calls: list[tuple[int, ...]] = []
@@ -246,16 +249,18 @@ def test_winograd_products_on_the_tiles(
     monkeypatch.setattr(cpu_microkernel, "batched_gemm", spy)
     take_winograd(monkeypatch)
     g = eqsat.Graph("wino_tiles")
-    x = g.input("x", (1, 32, 64, 64), dtype)
+    x = g.input("x", (1, 32, plane, plane), dtype)
     w = g.constant((rng.standard_normal((24, 32, 3, 3)) / 17).astype(dtype), "w")
     b = g.constant(rng.standard_normal(24).astype(dtype), "b")
     g.output(g.op("Relu", g.op("Conv", x, w, b, pads=[1, 1, 1, 1])), "y")
-    feeds = {"x": rng.standard_normal((1, 32, 64, 64)).astype(dtype)}
+    feeds = {"x": rng.standard_normal((1, 32, plane, plane)).astype(dtype)}
     want = eqsat.compile(g, target="numpy").run(feeds)["y"]
     got = cpu.compile(g, threads=threads).run(feeds)["y"]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    if threads == 1 and cpu_microkernel.ENABLED:  # (two threads: chunks of 32 tiles, BLAS)
-        assert calls and all(shape[0] == 36 and shape[2] >= 56 for shape in calls)
+    least = cpu_microkernel.WINOGRAD_MIN_TILES
+    assert all(shape[0] == 36 and shape[2] >= least for shape in calls)
+    if cpu_microkernel.ENABLED and (cpu_microkernel.WIDE_TILES or (threads, plane) == (1, 64)):
+        assert calls  # (AVX2: from 56 tiles, which two threads' chunks of 32 are not)
 
 
 def test_the_tiles_need_vector_fused_multiply_add(monkeypatch: pytest.MonkeyPatch) -> None:
