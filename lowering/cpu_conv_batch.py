@@ -155,21 +155,36 @@ def images_per_group(n: int, p: int, k: int, itemsize: int, threads: int) -> int
 
 
 def window_rows_suit(geo: Any, dtype: np.dtype) -> bool:
-    """Whether a batched conv (:func:`worth_batching`) reads its windows in place: one row of
-    taps (KH = 1) without padding above or below, no dilation along W (a window is then one
-    run), float32 or float64 on the tiles, enough filters for their lanes and windows deep
-    enough to make their gather the larger cost."""
+    """Whether a batched conv (:func:`worth_batching`) reads its windows in place: a window that
+    is one run of the images transposed to (H, W, C): one row of taps (KH = 1) or taps across
+    the whole (padded) width (a text CNN's (k, embedding) filters: one output column), no
+    dilation along W, no padding above and no window below the input; float32 or float64 on
+    the tiles, enough filters for their lanes and windows deep enough to make their gather the
+    larger cost."""
+    full_width = geo.ow == 1 and geo.pw == 0 and geo.kw >= geo.w and geo.dh == 1
     return (
         cpu_microkernel.ENABLED
         and np.dtype(dtype) in (np.dtype(np.float32), np.dtype(np.float64))
-        and geo.kh == 1
+        and (geo.kh == 1 or full_width)
         and geo.ph == 0
+        and (geo.oh - 1) * geo.sh + (geo.kh - 1) * geo.dh < geo.h
         and geo.dw == 1
         and not geo.pointwise
         and geo.m >= WINDOW_ROWS_MIN_FILTERS
         and geo.k >= WINDOW_ROWS_DEPTH_PER_FILTER * geo.m
         and geo.k <= cpu_microkernel.MAX_DEPTH
     )
+
+
+def window_views(geo: Any) -> tuple[int, int, int, int]:
+    """How :func:`window_rows` walks one image transposed to (H, WX, C), in elements: (views,
+    windows per view, between windows, between views). KH = 1: a view per output row, its
+    windows SW*C apart; whole-width taps: one view, a window per output row (KH rows that lie
+    next to one another), SH*WX*C apart."""
+    row = padded_width(geo) * geo.c
+    if geo.kh == 1:
+        return geo.oh, geo.ow, geo.sw * geo.c, geo.sh * row
+    return 1, geo.oh, geo.sh * row, 0
 
 
 def padded_width(geo: Any) -> int:
@@ -206,24 +221,25 @@ def rows_channels_last(x, xt, i0, i1, pw):  # type: ignore[no-untyped-def]
 
 
 @njit(**JIT)
-def window_rows(xt, panels, out, oh_, ow_, sh, sw, m_):  # type: ignore[no-untyped-def]
-    """out (images*OH*OW, M) = each output position's window of xt (images, H, WX, C), a run of
-    KW*C values, by the filters packed as ``pack_panels`` (K ordered (kw, c), K x M): one
-    strided view per output row whose rows overlap, so nothing is gathered."""
-    n_, h_, wx, c_ = xt.shape
+def window_rows(xt, panels, out, views, count, stride, step, m_):  # type: ignore[no-untyped-def]
+    """out (images*views*count, M) = each output position's window of xt (images, H, WX, C), a
+    run of K values, by the filters packed as ``pack_panels`` (K ordered (kh, kw, c), K x M):
+    per image ``views`` strided views (``step`` elements apart) of ``count`` windows each
+    (``stride`` apart, overlapping), so nothing is gathered (see :func:`window_views`)."""
     k_ = panels.shape[1]
     width = panels.shape[2]
     flat = xt.reshape(-1)
+    image = flat.shape[0] // xt.shape[0]
     size = flat.itemsize
     for q in range(panels.shape[0]):  # each panel stays in cache over every image
         p0 = q * width
         p1 = min(p0 + width, m_)
-        for i in range(n_):
-            for oh in range(oh_):
-                start = ((i * h_ + oh * sh) * wx) * c_
-                windows = as_strided(flat[start:], shape=(ow_, k_), strides=(sw * c_ * size, size))
-                r0 = (i * oh_ + oh) * ow_
-                native_rows(windows, panels[q], out[r0 : r0 + ow_], 0, ow_, p0, p1, p0)
+        for i in range(xt.shape[0]):
+            for v in range(views):
+                start = i * image + v * step
+                windows = as_strided(flat[start:], shape=(count, k_), strides=(stride * size, size))
+                r0 = (i * views + v) * count
+                native_rows(windows, panels[q], out[r0 : r0 + count], 0, count, p0, p1, p0)
 
 
 def _window_rows_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: Any,
@@ -242,7 +258,8 @@ def _window_rows_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: 
         for t in range(pool.threads)
     ]
     shape = (geo.n, geo.c, geo.h, geo.w)
-    oh_, ow_, sh, sw, pw, m_, p_ = geo.oh, geo.ow, geo.sh, geo.sw, geo.pw, geo.m, geo.p
+    pw, m_, p_ = geo.pw, geo.m, geo.p
+    views = window_views(geo)
     epilogue_images = kernels.epilogue_images
 
     def conv(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
@@ -253,7 +270,7 @@ def _window_rows_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: 
             xt, result = buffers[worker]
             used = (i1 - i0) * p_
             rows_channels_last(images, xt, i0, i1, pw)
-            window_rows(xt[: i1 - i0], panels, result[:used], oh_, ow_, sh, sw, m_)
+            window_rows(xt[: i1 - i0], panels, result[:used], *views, m_)
             epilogue_images(out, result[:used].T, i0, i1, bias, *operands)
 
         pool.map(run_group, groups)
@@ -309,5 +326,5 @@ def make_batched_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: 
 __all__ = [
     "gather_kernel", "im2col_images", "im2col_short_rows", "images_per_group", "make_batched_conv",
     "padded_width", "planes_images", "rows_channels_last", "scratch_sizes", "window_rows",
-    "window_rows_suit", "worth_batching",
+    "window_rows_suit", "window_views", "worth_batching",
 ]  # fmt: skip

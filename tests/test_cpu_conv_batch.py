@@ -139,8 +139,12 @@ def windows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         ((9, 5, 12), 50, (3,), {"pads": [1, 2], "strides": [2]}, F32),  # 1-D, uneven pads
         ((5, 3, 4, 11), 6, (1, 3), {"strides": [2, 3], "pads": [0, 2, 0, 1]}, F32),  # rows 0, 2
         ((6, 2, 3, 10), 4, (1, 5), {"dilations": [2, 1], "pads": [0, 1, 0, 0]}, np.float64),
+        ((5, 1, 12, 16), 50, (3, 16), {}, F32),  # a text CNN's (k, embedding) filters
+        ((4, 2, 11, 8), 6, (3, 8), {"strides": [2, 1]}, F32),  # whole width, strided rows
+        ((3, 2, 9, 6), 5, (2, 8), {"pads": [0, 0, 0, 2]}, F32),  # wider than the input
     ],
-    ids=["1xk", "1d-strided-padded", "rows-strided-padded", "float64"],
+    ids=["1xk", "1d-strided-padded", "rows-strided-padded", "float64", "text-cnn",
+         "whole-width-strided", "whole-width-padded"],
 )  # fmt: skip
 def test_window_rows_match_numpy(
     rng: np.random.Generator, batched: list[int], windows: list[int], x_shape: tuple, m: int,
@@ -154,7 +158,26 @@ def test_window_rows_match_numpy(
                         atol=tol, runs=2)  # fmt: skip
     assert exe.report["reference_ops"] == {}
     assert len(batched) == 1 and windows and sum(windows) == 2 * x_shape[0]
-    assert len(windows) > 2  # several groups per run
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "kernel", "attrs"),
+    [
+        ((4, 3, 3, 6), (1, 3), {"pads": [0, 0, 2, 0]}),  # output rows below the input
+        ((4, 3, 3, 6), (1, 3), {"pads": [1, 0, 0, 0]}),  # ... and above it
+        ((4, 3, 6, 9), (2, 9), {"dilations": [2, 1]}),  # whole width, dilated rows
+        ((4, 3, 6, 9), (2, 9), {"pads": [0, 1, 0, 0]}),  # whole width, padded
+    ],
+    ids=["rows-below", "rows-above", "whole-width-dilated", "whole-width-padded-left"],
+)
+def test_windows_that_are_not_one_run_are_gathered(
+    rng: np.random.Generator, batched: list[int], windows: list[int], x_shape: tuple,
+    kernel: tuple, attrs: dict,
+) -> None:  # fmt: skip
+    """Windows that pass the input's edge, or whose rows are apart, take the patch gather."""
+    exe = matches_numpy(_conv(rng, x_shape, 8, kernel, attrs), rng, rtol=1e-4, atol=1e-4)
+    assert exe.report["reference_ops"] == {}
+    assert batched and not windows
 
 
 @pytest.mark.parametrize(
@@ -189,15 +212,24 @@ def test_window_rows_on_two_threads(
     assert sorted(windows) == [4, 5]
 
 
-def test_window_rows_suit_one_row_of_taps_only() -> None:
+def test_window_rows_suit_windows_of_one_run_only() -> None:
     class Geo:
-        kh, ph, dw, pointwise, m, k = 1, 0, 1, False, 64, 64 * 3
+        kh, kw, ph, pw, dh, dw, pointwise, m, k = 1, 3, 0, 0, 1, 1, False, 64, 64 * 3
+        h, w, oh, ow, sh = 4, 10, 4, 8, 1
 
     assert cpu_conv_batch.window_rows_suit(Geo(), np.dtype(F32))
     assert not cpu_conv_batch.window_rows_suit(Geo(), np.dtype(np.float16))
     for field, value in [("kh", 3), ("ph", 1), ("dw", 2), ("pointwise", True), ("m", 8),
-                         ("k", 32)]:  # fmt: skip
+                         ("k", 32), ("oh", 5)]:  # fmt: skip
         geo = Geo()
+        setattr(geo, field, value)
+        assert not cpu_conv_batch.window_rows_suit(geo, np.dtype(F32)), field
+    whole = Geo()
+    whole.kh, whole.kw, whole.ow, whole.oh = 3, 10, 1, 2  # taps across the whole width
+    assert cpu_conv_batch.window_rows_suit(whole, np.dtype(F32))
+    for field, value in [("dh", 2), ("pw", 1), ("ow", 2), ("kw", 9)]:
+        geo = Geo()
+        geo.kh, geo.kw, geo.ow, geo.oh = 3, 10, 1, 2
         setattr(geo, field, value)
         assert not cpu_conv_batch.window_rows_suit(geo, np.dtype(F32)), field
 

@@ -100,6 +100,40 @@ def test_max_pool_wide_window_falls_back(rng: np.random.Generator) -> None:
     assert exe.report["reference_ops"] == {}
 
 
+@pytest.mark.parametrize(
+    ("shape", "attrs", "whole"),
+    [
+        ((16, 10, 49), {"kernel_shape": [49]}, True),  # a text CNN's max over time
+        ((2, 3, 5, 7), {"kernel_shape": [5, 8], "pads": [0, 0, 0, 1]}, True),
+        ((2, 3, 6, 7), {"kernel_shape": [6, 7], "strides": [4, 4], "ceil_mode": 1}, True),
+        ((1, 2, 9), {"kernel_shape": [9], "pads": [1, 0]}, False),  # the window starts before
+        ((1, 2, 9), {"kernel_shape": [5], "dilations": [2]}, False),
+    ],
+)
+def test_max_pool_over_whole_planes_is_a_row_max(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, shape: tuple, attrs: dict,
+    whole: bool,
+) -> None:  # fmt: skip
+    from eqsat.lowering import cpu_moves
+
+    calls: list[str] = []
+    real = cpu_moves.global_max_pool
+    monkeypatch.setattr(
+        cpu_moves,
+        "global_max_pool",
+        lambda lowering, node: calls.append(node.op) or real(lowering, node),
+    )
+    g = eqsat.Graph("whole")
+    x = g.input("x", shape)
+    g.output(g.op("MaxPool", x, **attrs), "y")
+    data = rng.standard_normal(shape).astype(F32)
+    data.reshape(-1)[::23] = np.nan
+    want, got, exe = _run(g, {"x": data})
+    np.testing.assert_array_equal(got["y"], want["y"])
+    assert exe.report["reference_ops"] == {}
+    assert bool(calls) == whole
+
+
 def test_max_pool_source_unrolls_taps() -> None:
     text = cpu_depthwise.max_pool_source(np.dtype(F32), (3, 3), (2, 2), (1, 1), (1, 1))
     assert "p[q + 2]" in text and "r2 = rows[oh * 2 + 2]" in text
