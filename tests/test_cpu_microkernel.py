@@ -269,8 +269,10 @@ def test_the_tiles_need_vector_fused_multiply_add(monkeypatch: pytest.MonkeyPatc
     import platform
 
     from llvmlite import binding
+    from numba.core import config
 
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(config, "CPU_FEATURES", None)  # the host's features, not an override
     monkeypatch.setattr(binding, "get_host_cpu_features", lambda: {"fma": False, "avx": True})
     assert not cpu_microkernel._fused_multiply_add()
     monkeypatch.setattr(binding, "get_host_cpu_features", lambda: {"fma": True, "avx2": True})
