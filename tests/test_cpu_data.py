@@ -134,18 +134,27 @@ def test_global_max_pool_exact(shape: tuple[int, ...], dtype: type) -> None:
     _exact(g, {"x": data}, "kernel")
 
 
-def test_global_max_pool_propagates_nan_and_inf() -> None:
+@pytest.mark.parametrize("length", [40, 300], ids=["short-rows", "long-rows"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_global_max_pool_propagates_nan_and_inf(length: int, dtype: type) -> None:
+    """Rows shorter than cpu_moves.SHORT_ROWS (a Numba loop that finds NaN from the bits) and
+    longer ones (numpy's reduce) alike."""
+    from eqsat.lowering import cpu_moves
+
+    assert (length < cpu_moves.SHORT_ROWS) == (length == 40)
     g = eqsat.Graph("gmp_nan")
-    x = g.input("x", (1, 4, 40))
+    x = g.input("x", (1, 6, length), dtype)
     g.output(g.op("GlobalMaxPool", x), "y")
-    data = np.random.default_rng(4).standard_normal((1, 4, 40)).astype(F32)
+    data = np.random.default_rng(4).standard_normal((1, 6, length)).astype(dtype)
     data[0, 0, 17] = np.nan
     data[0, 1, 0] = np.nan
-    data[0, 2, 39] = np.inf
+    data[0, 2, length - 1] = np.inf
     data[0, 3, :] = -np.inf
+    data[0, 4, length - 1] = -np.nan  # a NaN with its sign bit set
     y = eqsat.compile(g, target="cpu").run({"x": data})["y"].reshape(-1)
-    assert np.isnan(y[0]) and np.isnan(y[1])
+    assert np.isnan(y[0]) and np.isnan(y[1]) and np.isnan(y[4])
     assert y[2] == np.inf and y[3] == -np.inf
+    assert y[5] == data[0, 5].max()
 
 
 @pytest.mark.parametrize(
