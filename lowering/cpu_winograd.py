@@ -107,6 +107,27 @@ def applies(kernel: tuple[int, ...], strides: tuple[int, ...], dilations: tuple[
     )
 
 
+# With several threads, a plane of fewer tiles than this, too small for two chunks of tile rows,
+# splits by filters after one thread's input transform; below SMALL_PLANE_CHANNELS channels the
+# GEMM path then splits better. Chains of six 3x3 convs on 2 threads (Zen 5), ms Winograd
+# against taps: 64 channels on 20x20 (25 tiles) 0.64/0.49; 96 on 26x26 (49) 1.83/2.05, 128 on
+# 20x20 1.31/1.69, 192 on 13x13 1.72/2.02, 64 on 40x40 (100) 1.59/1.74.
+SMALL_PLANE_TILES = 49
+SMALL_PLANE_CHANNELS = 96
+
+
+def threaded_small_plane(channels: int, out: tuple[int, ...], threads: int) -> bool:
+    """Whether a conv Winograd would take runs on ``threads`` threads faster through the GEMM
+    path: a small plane of few channels (see :data:`SMALL_PLANE_TILES`)."""
+    tiles = -(-out[0] // 4) * -(-out[1] // 4)
+    return (
+        cpu_microkernel.WIDE_TILES
+        and threads > 1
+        and tiles < SMALL_PLANE_TILES
+        and channels < SMALL_PLANE_CHANNELS
+    )
+
+
 def filter_transform(w: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """(M, C, 3, 3) weights -> U (36, M, C), computed in float64 then rounded once."""
     u = np.einsum("ai,mcij,bj->abmc", _G, w.astype(np.float64), _G)
@@ -454,5 +475,5 @@ class Winograd:
 
 __all__ = [
     "Winograd", "applies", "filter_transform", "fused_source", "input_transform", "load_fused",
-    "output_transform",
+    "output_transform", "threaded_small_plane",
 ]  # fmt: skip

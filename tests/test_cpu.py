@@ -308,6 +308,40 @@ def test_fused_conv_transpose_runs_kernels(rng: np.random.Generator) -> None:
     assert exe.report["steps"]["conv"] == 2
 
 
+def test_threads_leave_small_planes_of_few_channels_to_the_gemm(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With several threads (and AVX-512 tiles), a Winograd-sized conv on a plane too small for
+    two chunks of tile rows, with few channels, takes the GEMM path (spans of filters on the
+    tiles, its patches read in place); the same numbers."""
+    from eqsat.lowering import cpu, cpu_microkernel, cpu_ops, cpu_winograd
+
+    wide = cpu_microkernel.WIDE_TILES
+    assert cpu_winograd.threaded_small_plane(64, (20, 20), 2) == wide
+    assert not cpu_winograd.threaded_small_plane(64, (20, 20), 1)
+    assert not cpu_winograd.threaded_small_plane(128, (20, 20), 2)
+    assert not cpu_winograd.threaded_small_plane(64, (40, 40), 2)
+    calls: list[str] = []
+    real = cpu_ops._winograd
+    monkeypatch.setattr(
+        cpu_ops,
+        "_winograd",
+        lambda lowering, node, *a: calls.append(node.name) or real(lowering, node, *a),
+    )
+    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+    g = eqsat.Graph("small_plane")
+    x = g.input("x", (1, 64, 20, 20))
+    w = g.constant((rng.standard_normal((64, 64, 3, 3)) / 24).astype(F32), "w")
+    g.output(g.op("Relu", g.op("Conv", x, w, pads=[1, 1, 1, 1])), "y")
+    feeds = {"x": rng.standard_normal((1, 64, 20, 20)).astype(F32)}
+    want = eqsat.compile(g, target="numpy").run(feeds)["y"]
+    for threads in (1, 2):
+        calls.clear()
+        got = cpu.compile(g, threads=threads).run(feeds)["y"]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        assert bool(calls) == (threads == 1 or not wide)
+
+
 @pytest.mark.parametrize(
     ("shape", "pads", "dtype"),
     [
