@@ -65,6 +65,7 @@ def take_winograd(monkeypatch: pytest.MonkeyPatch) -> None:
     from eqsat.lowering import cpu_winograd
 
     monkeypatch.setattr(cpu_winograd, "MIN_CHANNELS", 24)
+    monkeypatch.setattr(cpu_winograd, "SMALL_PLANE_TILES", 0)  # on threads too
 
 
 def split_every_conv(monkeypatch: pytest.MonkeyPatch, spans: bool = False) -> None:
