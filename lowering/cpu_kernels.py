@@ -12,7 +12,7 @@ compiles each signature once per machine.
 from __future__ import annotations
 
 import numpy as np
-from eqsat.lowering.cpu_math import exp_f32, row_max, row_square_deviation, row_sum
+from eqsat.lowering.cpu_math import exp_f32, row_max, row_max_f32, row_square_deviation, row_sum
 from numba import njit
 
 JIT = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
@@ -187,7 +187,7 @@ def masked_softmax_rows_f32(s, mask, index, scale, nan_to_zero):  # type: ignore
                 add = mrow[0]
                 for i in range(row.shape[0]):
                     row[i] = row[i] * k + add
-            top = row_max(row)
+            top = row_max_f32(row)
             for i in range(row.shape[0]):
                 row[i] = exp_f32(row[i] - top)
             total = row_sum(row)

@@ -153,6 +153,23 @@ def row_max(x):  # type: ignore[no-untyped-def]
     return top
 
 
+@njit(cache=True, error_model="numpy", nogil=True)
+def row_max_f32(x):  # type: ignore[no-untyped-def]
+    """:func:`row_max` of a float32 row, as integers: a float's bits, with the magnitude bits of
+    a negative one flipped, order like the floats, and an integer max vectorizes where LLVM
+    keeps a float max chain scalar (ppocrv6_rec's 18710 logits a row: 8.9 -> 0.9 us). A NaN
+    with its sign bit clear is the max; one with it set is below every number; either way the
+    softmax that subtracts the max comes out NaN."""
+    bits = np.ascontiguousarray(x).view(np.int32)
+    flip = np.int32(0x7FFFFFFF)
+    top = np.int32(-2147483648)
+    for i in range(bits.size):
+        b = bits[i]
+        top = max(top, b if b >= 0 else b ^ flip)
+    top = top if top >= 0 else top ^ flip
+    return np.array([top], np.int32).view(np.float32)[0]
+
+
 @njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"}, nogil=True)
 def row_sum(x):  # type: ignore[no-untyped-def]
     total = 0.0  # float64 lanes

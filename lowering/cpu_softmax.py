@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 from eqsat.lowering.cpu import Env, Lowering, Step
-from eqsat.lowering.cpu_math import exp_f32, row_max, row_sum
+from eqsat.lowering.cpu_math import exp_f32, row_max, row_max_f32, row_sum
 from eqsat.lowering.memory import Usage
 from numba import njit
 
@@ -73,7 +73,7 @@ def softmax_rows_f32(x, out):  # type: ignore[no-untyped-def]
     for r in range(x.shape[0]):
         src = x[r]
         dst = out[r]
-        top = row_max(src)
+        top = row_max_f32(src)
         for i in range(src.size):
             dst[i] = exp_f32(src[i] - top)
         inv = np.float32(1.0 / row_sum(dst))
@@ -88,7 +88,7 @@ def log_softmax_rows_f32(x, out):  # type: ignore[no-untyped-def]
     for r in range(x.shape[0]):
         src = x[r]
         dst = out[r]
-        top = row_max(src)
+        top = row_max_f32(src)
         for i in range(src.size):
             dst[i] = exp_f32(src[i] - top)
         shift = np.float32(top + np.log(row_sum(dst)))

@@ -103,3 +103,28 @@ def test_float32_kernels_use_fast_math() -> None:
     assert {"tanh_f32", "erf_f32", "exp_f32"} <= set(code.replace("(", " ").split())
     code64, _ = codegen.translate("exp({0})", np.dtype(F64))
     assert code64 == "np.exp(x0)"
+
+
+def test_row_max_f32_orders_floats_by_their_bits() -> None:
+    """The integer-keyed max of float32 rows: every sign and magnitude, zeros, infinities,
+    denormals, rows of one value and of a few lanes; a NaN with its sign bit clear is the max,
+    one with it set is below every number (the softmaxes built on it come out NaN either way)."""
+    rng = np.random.default_rng(5)
+    tiny = np.float32(1e-45)
+    rows = [
+        rng.standard_normal(1000).astype(F32) * 50,
+        -np.abs(rng.standard_normal(37)).astype(F32) - 1,
+        np.array([-0.0, -tiny, -3.0], F32),
+        np.array([-np.inf, -np.inf], F32),
+        np.array([-np.inf, np.inf, 0.0], F32),
+        np.array([7.5], F32),
+        np.array([-0.0, 0.0], F32),
+    ]
+    for row in rows:
+        got = cpu_math.row_max_f32(row)
+        assert got == row.max() and np.signbit(got) == np.signbit(row.max()), row
+    positive_nan = np.array([1.0, np.nan, 3.0], F32)
+    assert np.isnan(cpu_math.row_max_f32(positive_nan))
+    negative_nan = np.array([1.0, -np.nan, 3.0], F32)
+    assert np.signbit(negative_nan[1]) and cpu_math.row_max_f32(negative_nan) == 3.0
+    assert cpu_math.row_max_f32(np.arange(10, dtype=F32)[::2]) == 8.0  # a strided row
