@@ -238,10 +238,7 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
                 geo, filters, bias, kernels, phases, fill, mine, views[0][0][1], pool
             )
         # Patches read in place from the planes (no im2col) where the tiles take the product.
-        in_place = [
-            single and cpu_microkernel.taps_suit(filters.dtype, k_all, (r1 - r0) * wp)
-            for r0, r1 in geo.blocks
-        ]
+        in_place = geo.patches_in_place(filters.dtype)
         w_taps = geo.filters_by_taps(filters) if any(in_place) else w0
         offsets, planes = geo.tap_offsets(), phases.reshape(geo.c, -1)
         taps_gemm = cpu_microkernel.taps_gemm

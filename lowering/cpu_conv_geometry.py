@@ -176,6 +176,16 @@ class Geometry:
         by_taps = filters[0].reshape(self.m, self.c, self.kh * self.kw).transpose(0, 2, 1)
         return np.ascontiguousarray(by_taps).reshape(self.m, self.k)
 
+    def patches_in_place(self, dtype: np.dtype) -> list[bool]:
+        """Per block of a :attr:`wide` conv: whether its product reads the patches in place
+        from the phase planes (:func:`~eqsat.lowering.cpu_microkernel.taps_gemm`, at
+        :meth:`tap_offsets`, the filters by :meth:`filters_by_taps`) rather than from
+        im2col_wide's copies: a single group, where the tiles take the product."""
+        return [
+            self.group == 1 and cpu_microkernel.taps_suit(dtype, self.k, (r1 - r0) * self.wp)
+            for r0, r1 in self.blocks
+        ]
+
     def tap_offsets(self) -> np.ndarray:
         """Where each tap (kh, kw) of a :attr:`wide` conv reads its patch row, in elements of
         one channel's phase planes (C, SH*SW*RP*WP) flattened, from the block's first row:

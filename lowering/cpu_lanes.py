@@ -308,8 +308,7 @@ def _wide_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: Any,
     phases, fill = geo.phase_planes(cols.dtype)
     kh, kw, dh, dw, ow, wp = geo.kh, geo.kw, geo.dh, geo.dw, geo.ow, geo.wp
 
-    k_all = geo.c * kh * kw
-    single = geo.group == 1
+    in_place = geo.patches_in_place(filters.dtype)
     offsets = geo.tap_offsets()
     planes = phases.reshape(geo.c, -1)
     if len(channel_spans):  # one block: its patches once (or in place), then spans of channels
@@ -319,7 +318,7 @@ def _wide_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: Any,
         lane_channels_wide, w0 = kernels.lane_channels_wide, filters[0]
         block_out = gemm_out[0, : geo.m * n].reshape(geo.m, n)
         taps = (r0, r1, ow, wp)
-        if single and cpu_microkernel.taps_suit(filters.dtype, k_all, n):
+        if in_place[0]:
             w_taps, block_planes = geo.filters_by_taps(filters), planes[:, r0 * wp :]
 
             def wide_channels_in_place(
@@ -330,7 +329,7 @@ def _wide_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: Any,
                     taps, offsets, *operands)  # fmt: skip
 
             return wide_channels_in_place
-        patches = cols[0, : k_all * n].reshape(-1, n)
+        patches = cols[0, : geo.c * kh * kw * n].reshape(-1, n)
         no_taps = offsets[:0]
 
         def wide_channels(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
@@ -342,13 +341,9 @@ def _wide_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: Any,
         return wide_channels
     # Each block: (r0, r1, whether its patches are read in place).
     blocks = np.array(
-        [
-            (r0, r1, single and cpu_microkernel.taps_suit(filters.dtype, k_all, (r1 - r0) * wp))
-            for r0, r1 in geo.blocks
-        ],
-        np.int64,
+        [(r0, r1, here) for (r0, r1), here in zip(geo.blocks, in_place, strict=True)], np.int64
     )
-    w_taps = geo.filters_by_taps(filters) if single else filters[0]
+    w_taps = geo.filters_by_taps(filters) if any(in_place) else filters[0]
     run = runner(pool, len(blocks))
     lane_wide = kernels.lane_wide
     taps = (kh, kw, dh, dw, ow, wp)
