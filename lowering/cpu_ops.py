@@ -314,13 +314,10 @@ def _conv(lowering: Lowering, node: Node) -> Step | None:
     # direct conv (basic-pitch's single-channel 1x256 stride-2 conv: 1.2 GFLOP/s, 20 direct).
     if x.rank == 4 and group == c_ and m_ == c_ and np.prod(window.kernel) <= DEPTHWISE_TAPS:
         return cpu_depthwise_step.build(lowering, node, x, extras, bias, window)
-    if (
-        x.rank == 4
-        and cpu_winograd.applies(
-            window.kernel, window.strides, window.dilations, group, c_, m_, window.out
-        )
-        and not cpu_winograd.threaded_small_plane(c_, window.out, lowering.workers)
-    ):
+    if x.rank == 4 and cpu_winograd.applies(
+        window.kernel, window.strides, window.dilations, group, c_, m_, window.out,
+        lowering.workers,
+    ):  # fmt: skip
         return _winograd(lowering, node, x, extras, bias, window)
     return cpu_conv.build(
         lowering,

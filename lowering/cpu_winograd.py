@@ -83,30 +83,6 @@ MIN_CHANNELS = 64 if cpu_microkernel.WIDE_TILES else 24
 MIN_FILTERS = 8
 
 
-def applies(kernel: tuple[int, ...], strides: tuple[int, ...], dilations: tuple[int, ...],
-            group: int, channels: int, filters: int,
-            out: tuple[int, ...] | None = None) -> bool:  # fmt: skip
-    """Whether a conv takes the Winograd path: 3x3, stride 1, undilated, ungrouped.
-
-    With few channels the transforms (O(C + M) per tile) cost more than the GEMM they save
-    (O(C * M)): see :data:`MIN_CHANNELS`. With few tiles (``out``, the output's
-    height and width, under :data:`MIN_TILES` tiles) the transformed filters, 4x the weights,
-    cost more to bring in from memory than the multiply-adds they save: in a network, where
-    each layer's weights arrive cold, a 128-channel 10x10 conv (9 tiles) ran ~20% slower through
-    Winograd than through im2col + GEMM, a 20x20 one (25 tiles) ~40% faster.
-    """
-    tiles = MIN_TILES if out is None else -(-out[0] // 4) * -(-out[1] // 4)
-    return (
-        kernel == (3, 3)
-        and strides == (1, 1)
-        and dilations == (1, 1)
-        and group == 1
-        and channels >= MIN_CHANNELS
-        and filters >= MIN_FILTERS
-        and tiles >= MIN_TILES
-    )
-
-
 # With several threads, a plane of fewer tiles than this, too small for two chunks of tile rows,
 # splits by filters after one thread's input transform; below SMALL_PLANE_CHANNELS channels the
 # GEMM path then splits better. Chains of six 3x3 convs on 2 threads (Zen 5), ms Winograd
@@ -116,15 +92,37 @@ SMALL_PLANE_TILES = 49
 SMALL_PLANE_CHANNELS = 96
 
 
-def threaded_small_plane(channels: int, out: tuple[int, ...], threads: int) -> bool:
-    """Whether a conv Winograd would take runs on ``threads`` threads faster through the GEMM
-    path: a small plane of few channels (see :data:`SMALL_PLANE_TILES`)."""
-    tiles = -(-out[0] // 4) * -(-out[1] // 4)
-    return (
+def applies(kernel: tuple[int, ...], strides: tuple[int, ...], dilations: tuple[int, ...],
+            group: int, channels: int, filters: int,
+            out: tuple[int, ...] | None = None, threads: int = 1) -> bool:  # fmt: skip
+    """Whether a conv takes the Winograd path: 3x3, stride 1, undilated, ungrouped.
+
+    With few channels the transforms (O(C + M) per tile) cost more than the GEMM they save
+    (O(C * M)): see :data:`MIN_CHANNELS`. With few tiles (``out``, the output's
+    height and width, under :data:`MIN_TILES` tiles) the transformed filters, 4x the weights,
+    cost more to bring in from memory than the multiply-adds they save: in a network, where
+    each layer's weights arrive cold, a 128-channel 10x10 conv (9 tiles) ran ~20% slower through
+    Winograd than through im2col + GEMM, a 20x20 one (25 tiles) ~40% faster. On several
+    ``threads`` (AVX-512 tiles), small planes of few channels split better on the GEMM path
+    (:data:`SMALL_PLANE_TILES`).
+    """
+    tiles = MIN_TILES if out is None else -(-out[0] // 4) * -(-out[1] // 4)
+    threaded_small_plane = (
         cpu_microkernel.WIDE_TILES
         and threads > 1
+        and out is not None
         and tiles < SMALL_PLANE_TILES
         and channels < SMALL_PLANE_CHANNELS
+    )
+    return (
+        kernel == (3, 3)
+        and strides == (1, 1)
+        and dilations == (1, 1)
+        and group == 1
+        and channels >= MIN_CHANNELS
+        and filters >= MIN_FILTERS
+        and tiles >= MIN_TILES
+        and not threaded_small_plane
     )
 
 
@@ -475,5 +473,5 @@ class Winograd:
 
 __all__ = [
     "Winograd", "applies", "filter_transform", "fused_source", "input_transform", "load_fused",
-    "output_transform", "threaded_small_plane",
+    "output_transform",
 ]  # fmt: skip

@@ -317,10 +317,14 @@ def test_threads_leave_small_planes_of_few_channels_to_the_gemm(
     from eqsat.lowering import cpu, cpu_microkernel, cpu_ops, cpu_winograd
 
     wide = cpu_microkernel.WIDE_TILES
-    assert cpu_winograd.threaded_small_plane(64, (20, 20), 2) == wide
-    assert not cpu_winograd.threaded_small_plane(64, (20, 20), 1)
-    assert not cpu_winograd.threaded_small_plane(128, (20, 20), 2)
-    assert not cpu_winograd.threaded_small_plane(64, (40, 40), 2)
+
+    def winograd(channels: int, hw: int, threads: int) -> bool:
+        return cpu_winograd.applies((3, 3), (1, 1), (1, 1), 1, channels, 64, (hw, hw), threads)
+
+    assert winograd(64, 20, 2) != wide
+    assert winograd(64, 20, 1)
+    assert winograd(128, 20, 2)
+    assert winograd(64, 40, 2)
     calls: list[str] = []
     real = cpu_ops._winograd
     monkeypatch.setattr(
