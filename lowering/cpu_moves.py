@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 from eqsat.lowering.cpu import Env, Lowering, Step, StepFn
+from eqsat.lowering.cpu_math import ordered_bits
 from eqsat.lowering.memory import Usage
 from numba import njit
 
@@ -166,21 +167,20 @@ _NAN_BITS = {
 @njit(cache=True, error_model="numpy", nogil=True)
 def _short_extremes(bits, out, largest, mask, infinity):  # type: ignore[no-untyped-def]
     """out[r] = the max (``largest``) or min of row r of the floats whose integer view is
-    ``bits``, NaN where the row holds one. Integers throughout, no float compare: a float's
-    bits with the magnitude bits of a negative one flipped order like the floats, and a NaN is
-    any value whose magnitude bits are above those of +inf."""
+    ``bits``, NaN where the row holds one. Integers throughout, no float compare: the max or
+    min of :func:`~eqsat.lowering.cpu_math.ordered_bits`, and a NaN is any value whose
+    magnitude bits (``mask``) are above those of +inf."""
     values = out.view(bits.dtype)
     for r in range(bits.shape[0]):
         row = bits[r]
-        first = row[0]
-        top = first if first >= 0 else first ^ mask
-        nan = (first & mask) > infinity
+        top = ordered_bits(row[0], mask)
+        nan = (row[0] & mask) > infinity
         for j in range(1, row.shape[0]):
             b = row[j]
-            key = b if b >= 0 else b ^ mask
+            key = ordered_bits(b, mask)
             top = max(top, key) if largest else min(top, key)
             nan |= (b & mask) > infinity
-        values[r] = infinity | (infinity >> 1) if nan else (top if top >= 0 else top ^ mask)
+        values[r] = infinity | (infinity >> 1) if nan else ordered_bits(top, mask)
 
 
 def _rows_reduce(lowering: Lowering, node: Node, reduce: np.ufunc, rows: int, length: int) -> Step:
