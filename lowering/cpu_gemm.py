@@ -240,17 +240,14 @@ def few_rows_matmul(weights: np.ndarray, rows: int, pool: Any = None, count: int
 
 def packed_matmul(
     weights: np.ndarray, rows: int, pool: Any = None, count: int = 1, blas_threads: int = 1
-) -> Any:
+) -> PackedMatMul | None:
     """``mm(x, y, out)`` through :func:`cpu_microkernel.packed_gemm` for ``rows`` times constant
-    2-D float ``weights`` (K, N), packed here once, or None where BLAS or the dot products
-    (:func:`few_rows_matmul`) stay: the tiles disabled, one row, few columns, or a product big
-    enough for BLAS's own ``blas_threads`` (> 1, :meth:`Lowering.blas_threads`), which split it
-    by rows too. One thread or BLAS as packed by OpenBLAS on every call:
-    31-34 GFLOP/s on a transformer's 128 x 256 x 1024 product on the 2-core VM, the packed
-    tiles 36-38 (onnxruntime's MLAS, which also packs once, 38-40).
-
-    With a ``pool`` and ``count`` > 1 the panels are split between up to ``count`` threads; the
-    bits are the same however they are split."""
+    2-D float ``weights`` (K, N), packed here once (a :class:`PackedMatMul`), or None where BLAS
+    or the dot products (:func:`few_rows_matmul`) stay: the tiles disabled, one row, few
+    columns, or a product big enough for BLAS's own ``blas_threads`` (> 1,
+    :meth:`Lowering.blas_threads`), which split it by rows too. One thread or BLAS as packed by
+    OpenBLAS on every call: 31-34 GFLOP/s on a transformer's 128 x 256 x 1024 product on the
+    2-core VM, the packed tiles 36-38 (onnxruntime's MLAS, which also packs once, 38-40)."""
     from eqsat.lowering import cpu_microkernel
 
     floats = (np.dtype(np.float32), np.dtype(np.float64))
@@ -260,31 +257,81 @@ def packed_matmul(
         or (rows <= FEW_ROWS and weights.shape[1] < MIN_PACKED_FEW_ROWS_COLUMNS)
     ):  # fmt: skip
         return None
-    panels = cpu_microkernel.pack_panels(weights)
-    kernel, total = cpu_microkernel.packed_gemm, panels.shape[0]
-    contiguous = np.ascontiguousarray
-    if pool is None or count <= 1 or total < 2:
+    return PackedMatMul(weights, rows, pool, count)
 
-        def mm(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
-            kernel(contiguous(x), panels, out, 0, total)
 
-        return mm
-    spans = cpu_threads.chunks(total, count)
-    pool_map = pool.map
+class PackedMatMul:
+    """``mm(x, y, out)``: ``out = x @ weights`` for x of ``rows`` rows by constant weights packed
+    once into panels (:func:`cpu_microkernel.pack_panels`), in :attr:`blocks` of rows by spans
+    of panels (r0, r1, q0, q1): rows in :func:`cpu_microkernel.packed_rows` chunks, panels in up
+    to ``count`` spans. With a ``pool`` and several blocks they run in a native lane on the
+    pool's threads (:func:`_packed_lane`), the calling thread alone when the pool says so.
+    Each output's sum is the tile's over k in order, so the bits are the same however the
+    blocks are split or shared. A fused epilogue can run in the same lane, block by block
+    (:func:`eqsat.lowering.cpu_gemm_epilogue.fused_packed_matmul`)."""
 
-    def split_mm(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
-        x = contiguous(x)
+    def __init__(self, weights: np.ndarray, rows: int, pool: Any, count: int) -> None:
+        from eqsat.lowering import cpu_lanes, cpu_microkernel
 
-        def part(span: tuple[int, int], worker: int) -> None:
-            kernel(x, panels, out, span[0], span[1])
+        self.panels = cpu_microkernel.pack_panels(weights)
+        self.rows, self.dtype = rows, weights.dtype
+        total = self.panels.shape[0]
+        chunk = int(cpu_microkernel.packed_rows(weights.shape[0], weights.itemsize))
+        spans = cpu_threads.chunks(total, max(1, count)) if pool is not None else [(0, total)]
+        self.blocks = np.array(
+            [
+                (r0, min(r0 + chunk, rows), q0, q1)
+                for r0 in range(0, rows, chunk)
+                for q0, q1 in spans
+            ],
+            np.int64,
+        ).reshape(-1, 4)
+        lanes = pool is not None and count > 1 and len(self.blocks) > 1
+        self.pool = pool if lanes and cpu_lanes.available(weights.dtype) else None
+        self._run = cpu_lanes.runner(pool, len(self.blocks)) if self.pool is not None else None
 
-        pool_map(part, spans, whole=lambda: kernel(x, panels, out, 0, total))
+    def suits(self, x: np.ndarray, out: np.ndarray) -> bool:
+        """Whether ``x`` and ``out`` are the rows the blocks were made for, C-contiguous rows."""
+        item = self.dtype.itemsize
+        return (
+            x.ndim == 2 and out.ndim == 2 and x.shape[0] == self.rows and x.dtype == self.dtype
+            and out.dtype == self.dtype and x.strides[1] == item and out.strides[1] == item
+        )  # fmt: skip
 
-    return split_mm
+    def __call__(self, x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+        from eqsat.lowering import cpu_microkernel
+
+        x = np.ascontiguousarray(x)
+        if self._run is None or not self.suits(x, out):
+            cpu_microkernel.packed_gemm(x, self.panels, out, 0, self.panels.shape[0])
+            return
+        self._run(_packed_lane(), self.blocks, x, self.panels, out)
+
+
+@functools.cache
+def _packed_lane() -> Any:
+    """The lane of :class:`PackedMatMul` blocks (r0, r1, q0, q1): rows r0 <= r < r1 of panels
+    q0 <= q < q1."""
+    from eqsat.lowering import cpu_lanes, kernel_cache
+
+    source = [
+        "from numba import njit",
+        *cpu_lanes.imports(),
+        "from eqsat.lowering.cpu_microkernel import packed_panel",
+        *cpu_lanes.lane(
+            "lane_packed", "blocks, x, panels, out", "blocks.shape[0]", [],
+            [
+                "r0, r1 = blocks[j, 0], blocks[j, 1]",
+                "for q in range(blocks[j, 2], blocks[j, 3]):",
+                "    packed_panel(x, panels, out, r0, r1, q)",
+            ],
+        ),
+    ]  # fmt: skip
+    return kernel_cache.load("\n".join(source) + "\n").lane_packed
 
 
 __all__ = [
-    "FEW_ROWS", "MIN_PACKED_COLUMNS", "MIN_PART_COLUMNS", "MIN_PART_ROWS", "few_rows_matmul",
-    "gemm_runner", "lane_blocks", "lane_matmul", "matmul_parts", "packed_matmul",
-    "parallel_matmul", "threaded_matmul",
+    "FEW_ROWS", "MIN_PACKED_COLUMNS", "MIN_PART_COLUMNS", "MIN_PART_ROWS", "PackedMatMul",
+    "few_rows_matmul", "gemm_runner", "lane_blocks", "lane_matmul", "matmul_parts",
+    "packed_matmul", "parallel_matmul", "threaded_matmul",
 ]  # fmt: skip

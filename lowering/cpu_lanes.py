@@ -222,6 +222,18 @@ def runner(pool: Any, chunks: int) -> Callable[..., None]:
     return spread
 
 
+def alone(lane: Callable[..., None], *args: Any) -> None:
+    """``lane(counter, posted, wait, *args)`` on the calling thread alone, for a step that no
+    pool splits; during a dry run recorded rather than run, as :func:`runner`'s are."""
+    full = (cpu_blas.counter(), *cpu_threads.caller_wait(), *args)
+    if RECORDING:
+        recorded = RECORDING.get(threading.get_ident())
+        if recorded is not None:
+            recorded.append((lane, full))
+            return
+    lane(*full)
+
+
 def blocked_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: Any,
                  cols: np.ndarray, split: np.ndarray, wide: np.ndarray,
                  pool: Any) -> Conv | None:  # fmt: skip
@@ -356,4 +368,4 @@ def _wide_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: Any,
     return wide_conv
 
 
-__all__ = ["available", "blocked_conv", "conv_lanes", "imports", "lane", "runner"]
+__all__ = ["alone", "available", "blocked_conv", "conv_lanes", "imports", "lane", "runner"]

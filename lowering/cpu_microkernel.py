@@ -104,7 +104,14 @@ def packed_check(a, panels, c):  # type: ignore[no-untyped-def]
     size = a.itemsize
     if a.strides[1] != size or c.strides[1] != size or panels.itemsize != size:
         raise ValueError("packed_gemm: rows must be contiguous")
-    return max(PACKED_MIN_CHUNK, PACKED_CHUNK_BYTES // (k * size) // ROWS * ROWS)
+    return packed_rows(k, size)
+
+
+@njit(**_JIT)
+def packed_rows(k, size):  # type: ignore[no-untyped-def]
+    """Rows of a per chunk of :func:`packed_gemm` (``k`` deep, ``size``-byte elements): whose
+    part of a stays in L2 while it meets every panel."""
+    return max(PACKED_MIN_CHUNK, PACKED_CHUNK_BYTES // max(1, k * size) // ROWS * ROWS)
 
 
 @njit(**_JIT)
@@ -134,7 +141,7 @@ def transposed_gemm(panels, b, out, first):  # type: ignore[no-untyped-def]
     if out.strides[1] != size or b.itemsize != size or panels.itemsize != size:
         raise ValueError("transposed_gemm: out's rows must be contiguous")
     a, c = b.T, out.T
-    chunk = max(PACKED_MIN_CHUNK, PACKED_CHUNK_BYTES // max(1, k * size) // ROWS * ROWS)
+    chunk = packed_rows(k, size)
     for r0 in range(0, n, chunk):
         r1 = min(r0 + chunk, n)
         for q in range(count):

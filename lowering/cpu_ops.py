@@ -33,11 +33,18 @@ import numpy as np
 from eqsat.lowering import codegen, cpu_conv, cpu_depthwise_step, cpu_winograd
 from eqsat.lowering.cpu import GEMM_CHUNKS_PER_THREAD as GEMM_CHUNKS
 from eqsat.lowering.cpu import ElementwiseKernel, Env, Lowering, Step, StepFn
-from eqsat.lowering.cpu_gemm import few_rows_matmul, gemm_runner, matmul_parts, packed_matmul
+from eqsat.lowering.cpu_gemm import (
+    PackedMatMul,
+    few_rows_matmul,
+    gemm_runner,
+    matmul_parts,
+    packed_matmul,
+)
 from eqsat.lowering.cpu_gemm_epilogue import (
     BlockEpilogue,
     block_epilogue,
     fused_gemm_runner,
+    fused_packed_matmul,
     then_epilogue,
 )
 from eqsat.lowering.memory import Usage
@@ -137,6 +144,10 @@ def _product(
     parts or numpy, then ``epi`` (``bound``: its pass over the output; in the parts' lanes
     instead, block by block, where they run them)."""
     after = None if epi.kernel is None else bound
+    if isinstance(few, PackedMatMul) and after is not None:
+        fused = fused_packed_matmul(few, epi.block(), after)
+        if fused is not None:
+            return fused
     if few is None and parts:
         runner = gemm_runner(lowering, parts, flops)
         return fused_gemm_runner(lowering, parts, flops, epi.block(), runner, after)

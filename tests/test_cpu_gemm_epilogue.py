@@ -145,3 +145,45 @@ def test_an_epilogue_the_blocks_cannot_take_is_a_pass_after(
     got = exe.run(feeds)["y"]
     assert in_lanes == [True, False]
     np.testing.assert_allclose(got, (feeds["x"] @ w.const) * feeds["s"], rtol=1e-4, atol=1e-4)
+
+
+@needs_blas
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_epilogues_in_packed_lanes(monkeypatch: pytest.MonkeyPatch, dtype: type) -> None:
+    """Products by constant weights packed at compile time (:class:`cpu_gemm.PackedMatMul`) run
+    their epilogue panel by panel in the product's lane: on two threads one map of lanes per
+    step, rows in several chunks (K = 1024: 64 rows each) by spans of panels; on one thread the
+    same lane on the calling thread. Both match numpy, and each other to the bit."""
+    from eqsat.lowering import cpu_microkernel
+
+    if not cpu_microkernel.ENABLED:
+        pytest.skip("no vector fused multiply-add: products stay with BLAS")
+    for name, value in (("PARALLEL_FLOPS", 1.0), ("GRAIN_FLOPS", 1.0)):
+        monkeypatch.setattr(cpu, name, value)
+    kinds: list[str] = []
+    real = cpu_gemm.PackedMatMul.__init__
+
+    def noting(self: cpu_gemm.PackedMatMul, *args: object) -> None:
+        real(self, *args)  # type: ignore[arg-type]
+        kinds.append("lanes" if self.pool is not None else "alone")
+
+    monkeypatch.setattr(cpu_gemm.PackedMatMul, "__init__", noting)
+    gelu = "({0} + {1}) * (1 + erf(({0} + {1}) * {3})) + {2}"
+    graph = _graph("FusedMatMul", (150, 1024), 1024, 100, gelu, dtype)
+    rng = np.random.default_rng(8)
+    feeds = {v.name: rng.standard_normal(v.shape).astype(dtype) for v in graph.inputs}
+    want = eqsat.compile(graph, target="numpy").run(feeds)["y"]
+    one = cpu.compile(graph, threads=1).run(feeds)["y"]
+    assert kinds and set(kinds) == {"alone"}
+    in_lanes: list[bool] = []
+    record_pool_maps(monkeypatch, in_lanes)
+    kinds.clear()
+    exe = cpu.compile(graph, threads=2)
+    assert kinds and set(kinds) == {"lanes"}
+    in_lanes.clear()
+    two = [exe.run(feeds)["y"] for _ in range(3)]
+    assert in_lanes == [True] * 3
+    tolerance = 1e-3 if dtype == F32 else 1e-9
+    np.testing.assert_allclose(one, want, rtol=tolerance, atol=tolerance)
+    for run in two:
+        np.testing.assert_array_equal(run, one)
