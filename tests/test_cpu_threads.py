@@ -907,3 +907,34 @@ def test_a_stalled_blas_product_backs_off(monkeypatch: pytest.MonkeyPatch) -> No
         assert cpu_threads._Backoff.stalls == 1 and cpu_threads.backing_off()
         mm(a, a, out)
     assert seen == [2, 1]
+
+
+def test_winograd_tile_rows_even_over_threads(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, eager: list[int]
+) -> None:
+    """YOLOv8's 64-channel 40x40 conv (10 tile rows) on two threads: its chunks of tile rows
+    cover the plane once, come in a multiple of the threads and differ by a row at most, so both
+    threads get the same share (it was 4, 4 and 2 rows: one thread computed 60% of the tiles);
+    the conv matches one thread and numpy's reference."""
+    from eqsat.lowering import cpu_winograd
+
+    take_winograd(monkeypatch)
+    w = (rng.standard_normal((64, 64, 3, 3)) / np.sqrt(64 * 9)).astype(F32)
+    bias = np.zeros(64, F32)
+    for threads, parts in ((2, 8), (2, 3), (3, 8), (1, 1)):
+        plan = cpu_winograd.Winograd(w, bias, (40, 40), (40, 40), (1, 1), np.dtype(F32),
+                                     parts=parts, threads=threads)  # fmt: skip
+        spans = plan.row_spans
+        assert spans[0][0] == 0 and spans[-1][1] == plan.th
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+        assert plan.chunk_rows == max(b - a for a, b in spans)
+        if threads > 1:
+            sizes = [b - a for a, b in spans]
+            assert len(spans) % threads == 0 and max(sizes) - min(sizes) <= 1
+    g = eqsat.Graph("wino")
+    x = g.input("x", (1, 64, 40, 40))
+    b = g.constant(rng.standard_normal((64,)).astype(F32), "b")
+    y = g.op("FusedConv", x, g.constant(w, "w"), b, num_base_inputs=3, pads=[1, 1, 1, 1],
+             epilogue="max({0}, 0)")  # fmt: skip
+    g.output(y, "y")
+    _same(g, rng, eager)
