@@ -56,6 +56,7 @@ from eqsat.lowering.cpu_conv_epilogue import (
 from eqsat.lowering.cpu_conv_geometry import Geometry
 from eqsat.lowering.cpu_conv_kernels import (
     direct_runner,
+    fill_phase_rows,
     im2col_block,
     im2col_wide,
     small_conv,
@@ -267,11 +268,18 @@ def _blocked_conv(geo: Geometry, filters: np.ndarray, bias: np.ndarray, kernels:
 
             return conv_wide_channels
 
+        # Each block fills the input rows its taps read, then computes while they are in cache
+        # (the phases of YOLOv8's 16-channel 160x160 stride-2 conv are 1.6 MB): rows two
+        # blocks share are filled by both, with the same values.
+        rows = [geo.input_rows(r0, r1) for r0, r1 in geo.blocks]
+        image, ph, pw = (geo.c, geo.h, geo.w), geo.ph, geo.pw
+
         def conv_wide(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
-            fill(x)
+            xi = x.reshape(image)
 
             def block(j: int, worker: int) -> None:
                 r0, r1 = geo.blocks[j]
+                fill_phase_rows(xi, phases, ph, pw, *rows[j])
                 blk, ob, grouped, grouped_out = views[worker][j]
                 if in_place[j]:
                     taps_gemm(w_taps, planes[:, r0 * wp :], ob, offsets)

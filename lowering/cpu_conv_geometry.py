@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from eqsat.lowering import cpu_microkernel
 from eqsat.lowering.cpu_conv_kernels import fill_phases, phase_split
-from eqsat.lowering.cpu_threads import chunks
+from eqsat.lowering.cpu_threads import chunks, even_spans
 
 # Bytes of one block's column buffer, written by im2col and read (packed) by the GEMM. Blocks
 # that fit L2 (160 KiB) cut small convs into more, narrower GEMMs: with 640 KiB openWakeWord's
@@ -142,10 +142,15 @@ class Geometry:
         if parts > 1:
             rows = min(rows, max(least, -(-self.oh // parts)))
         rows = max(1, min(self.oh, rows))
-        # Even blocks: a short last block would make a slow small GEMM.
+        # Even blocks: a short last block would make a slow small GEMM; on the pool, as many
+        # per thread (up to twice the rows the budget asks for, where that makes fewer).
         count = -(-self.oh // rows)
-        rows = -(-self.oh // count)
-        self.blocks = [(r, min(self.oh, r + rows)) for r in range(0, self.oh, rows)]
+        if parts > 1 and threads > 1 and count > 1:
+            self.blocks = even_spans(self.oh, count, threads, 2 * rows)
+            rows = max(b - a for a, b in self.blocks)
+        else:
+            rows = -(-self.oh // count)
+            self.blocks = [(r, min(self.oh, r + rows)) for r in range(0, self.oh, rows)]
         self.rows = rows
         # Direct convs: spans of output columns (any, not whole rows: 1-D convs have one).
         span = max(MIN_BLOCK_COLUMNS, DIRECT_BLOCK_BYTES // (self.m * itemsize))
@@ -234,6 +239,13 @@ class Geometry:
             return xs
 
         return source
+
+    def input_rows(self, r0: int, r1: int) -> tuple[int, int]:
+        """The input rows (h0, h1) the taps of output rows r0 <= oh < r1 read (before clipping
+        to the input): what a block of a :attr:`wide` conv fills into the phase planes
+        (:func:`~eqsat.lowering.cpu_conv_kernels.fill_phase_rows`) before its product."""
+        first = r0 * self.sh - self.ph
+        return first, (r1 - 1) * self.sh + (self.kh - 1) * self.dh - self.ph + 1
 
     def phase_planes(self, dtype: np.dtype) -> tuple[np.ndarray, Any]:
         """The zero-bordered phase planes of a :attr:`wide` conv and ``fill(x)``, which copies

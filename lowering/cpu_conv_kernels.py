@@ -112,17 +112,35 @@ SHORT_PAIRS = 48
 def fill_phases(x, phases, ph, pw):  # type: ignore[no-untyped-def]
     """x (C, H, W) into the zero-bordered phase planes (C, SH, SW, RQ, WQ): element (h, w) of
     the input padded by (ph, pw) goes to phase (h % SH, w % SW), position (h // SH, w // SW)."""
+    fill_phase_rows(x, phases, ph, pw, 0, x.shape[1])
+
+
+@njit(**JIT)
+def fill_phase_rows(x, phases, ph, pw, h0, h1):  # type: ignore[no-untyped-def]
+    """:func:`fill_phases` for input rows h0 <= h < h1 only (a block of a wide conv fills the
+    rows its taps read just before its product, while they stay in cache; with stride 1 the
+    planes are the padded input and each row a plain copy)."""
     c_, h_, w_ = x.shape
     sh, sw = phases.shape[1], phases.shape[2]
+    h0, h1 = max(0, h0), min(h_, h1)
+    if sw == 1:
+        for c in range(c_):
+            for h in range(h0, h1):
+                a, i = (h + ph) % sh, (h + ph) // sh
+                src = x[c, h]
+                dst = phases[c, a, 0, i, pw : pw + w_]
+                for t in range(w_):
+                    dst[t] = src[t]
+        return
     # Columns first + 2t are phase 0, first + 2t + 1 phase 1, both at position j0 + t.
     first = (-pw) % 2
     j0 = (first + pw) // 2
     pairs = (w_ - first) // 2
     if sw == 2 and pairs < SHORT_PAIRS:
-        _fill_short_pairs(x, phases, ph, pw)
+        _fill_short_pairs(x, phases, ph, pw, h0, h1)
         return
     for c in range(c_):
-        for h in range(h_):
+        for h in range(h0, h1):
             a, i = (h + ph) % sh, (h + ph) // sh
             src = x[c, h]
             if sw == 2:
@@ -146,20 +164,20 @@ def fill_phases(x, phases, ph, pw):  # type: ignore[no-untyped-def]
 
 
 @njit(**JIT)
-def _fill_short_pairs(x, phases, ph, pw):  # type: ignore[no-untyped-def]
-    """:func:`fill_phases` for two column phases and short rows: indexed stores, no row views
-    and no division per row."""
-    c_, h_, w_ = x.shape
+def _fill_short_pairs(x, phases, ph, pw, h0, h1):  # type: ignore[no-untyped-def]
+    """:func:`fill_phase_rows` for two column phases and short rows: indexed stores, no row
+    views and no division per row."""
+    c_, _, w_ = x.shape
     sh = phases.shape[1]
     first = (-pw) % 2
     j0 = (first + pw) // 2
     pairs = (w_ - first) // 2
     odd = (w_ - first) % 2 == 1
     for c in range(c_):
-        a, i = ph % sh, ph // sh
+        a, i = (h0 + ph) % sh, (h0 + ph) // sh
         xc = x[c]
         pc = phases[c]
-        for h in range(h_):
+        for h in range(h0, h1):
             if first == 1:
                 pc[a, 1, i, pw // 2] = xc[h, 0]
             for t in range(pairs):
@@ -458,6 +476,7 @@ def direct_runner(shape: tuple[int, int, int], weights: np.ndarray, bias: np.nda
 __all__ = [
     "direct_conv",
     "direct_runner",
+    "fill_phase_rows",
     "fill_phases",
     "im2col_block",
     "im2col_wide",

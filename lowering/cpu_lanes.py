@@ -110,7 +110,7 @@ def conv_lanes(count: int) -> list[str]:
         cpu_microkernel.lane_gemm_import(),
         f"PATCH_DEPTH = {cpu_microkernel.PATCH_MAX_DEPTH}",
         f"POINTWISE_DEPTH = {cpu_microkernel.MAX_DEPTH}",
-        "from eqsat.lowering.cpu_conv_kernels import im2col_block, im2col_wide",
+        "from eqsat.lowering.cpu_conv_kernels import fill_phase_rows, im2col_block, im2col_wide",
         "from eqsat.lowering.cpu_microkernel import grouped_wide_gemm, taps_gemm",
         f"TILES = {cpu_microkernel.ENABLED}",
         *lane(
@@ -137,11 +137,12 @@ def conv_lanes(count: int) -> list[str]:
         ),
         *lane(
             "lane_wide",
-            f"blocks, phases, cols, wide, worker, filters, out, bias, taps, w_taps, offsets{args}",
+            f"blocks, phases, cols, wide, worker, filters, out, bias, taps, w_taps, offsets, image, pads{args}",
             "blocks.shape[0]",
             [*shape, "kh, kw, dh, dw, ow_, wp = taps", "planes = phases.reshape(phases.shape[0], -1)"],
             [
                 "r0, r1 = blocks[j, 0], blocks[j, 1]",
+                "fill_phase_rows(image, phases, pads[0], pads[1], blocks[j, 3], blocks[j, 4])",
                 "n = (r1 - r0) * wp",
                 "dest = wide[worker, : g * mg * n].reshape(g * mg, n)",
                 "if blocks[j, 2]:  # the patches read in place",
@@ -351,19 +352,24 @@ def _wide_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: Any,
                 no_taps, *operands)  # fmt: skip
 
         return wide_channels
-    # Each block: (r0, r1, whether its patches are read in place).
+    # Each block: (r0, r1, whether its patches are read in place, the input rows it fills
+    # into the phase planes before its product, as cpu_conv's wide blocks do).
     blocks = np.array(
-        [(r0, r1, here) for (r0, r1), here in zip(geo.blocks, in_place, strict=True)], np.int64
+        [
+            (r0, r1, here, *geo.input_rows(r0, r1))
+            for (r0, r1), here in zip(geo.blocks, in_place, strict=True)
+        ],
+        np.int64,
     )
     w_taps = geo.filters_by_taps(filters) if any(in_place) else filters[0]
     run = runner(pool, len(blocks))
     lane_wide = kernels.lane_wide
     taps = (kh, kw, dh, dw, ow, wp)
+    image, pads = (geo.c, geo.h, geo.w), (geo.ph, geo.pw)
 
     def wide_conv(x: np.ndarray, out: np.ndarray, *operands: np.ndarray) -> None:
-        fill(x)
         run(lane_wide, blocks, phases, cols, gemm_out, None, filters, out, bias, taps, w_taps,
-            offsets, *operands)  # fmt: skip
+            offsets, x.reshape(image), pads, *operands)  # fmt: skip
 
     return wide_conv
 

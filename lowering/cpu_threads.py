@@ -611,6 +611,23 @@ def chunks(total: int, count: int, align: int = 1) -> list[tuple[int, int]]:
     return [(a, min(total, a + size)) for a in range(0, total, size)]
 
 
+def even_spans(total: int, count: int, threads: int, most: int) -> list[tuple[int, int]]:
+    """``[0, total)`` in a multiple of ``threads`` near ``count`` ranges (fewer where ranges of
+    at most ``most`` allow, else more), as even as whole units go, so that every thread of a
+    map gets the same share: chunks of tile rows or output rows made in a count that the
+    threads do not divide left one thread with most of the work (YOLOv8's 64-channel 40x40
+    Winograd convs: 4, 4 and 2 tile rows on 2 threads; ResNet's 64 -> 128 stride-2 conv on
+    56x56: 10, 10 and 8 output rows)."""
+    fewer = count // threads * threads
+    if fewer >= threads and -(-total // fewer) <= most:
+        count = fewer
+    else:
+        count = -(-count // threads) * threads
+    count = max(1, min(count, total))
+    bounds = [total * i // count for i in range(count + 1)]
+    return list(itertools.pairwise(bounds))
+
+
 def chunk_count(work: float, grain: float, threads: int, most: int = 8) -> int:
     """How many chunks ``work`` (FLOPs, or elements) splits into: pieces of at least ``grain``,
     at most ``most`` per thread (more pieces balance better, each costs ~2 us of Python)."""
@@ -626,6 +643,7 @@ __all__ = [
     "caller_wait",
     "chunk_count",
     "chunks",
+    "even_spans",
     "lane_wait",
     "note_gemm",
     "shutdown",

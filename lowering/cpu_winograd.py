@@ -33,12 +33,11 @@ output transform (YOLOv8's 64- and 128-channel 20x20 convs ran on one thread at 
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import numpy as np
 from eqsat.lowering import cpu_microkernel
-from eqsat.lowering.cpu_threads import chunks
+from eqsat.lowering.cpu_threads import chunks, even_spans
 from numba import njit
 
 JIT = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}, "nogil": True}
@@ -315,22 +314,6 @@ def load_fused(dtype: np.dtype, epilogue: str, kinds: list[str]) -> Any:
     return kernel_cache.load(fused_source(dtype, epilogue, kinds)).output_transform
 
 
-def _even_spans(rows: int, count: int, threads: int, most: int) -> list[tuple[int, int]]:
-    """``rows`` tile rows in a multiple of ``threads`` near ``count`` chunks (fewer where
-    chunks of at most ``most`` rows allow, else more), as even as whole rows go, so that every
-    thread gets the same share: YOLOv8's 64-channel 40x40 convs on 2 threads made 3 chunks of
-    tile rows (4, 4, 2), one thread computing 60% of the tiles (400 us on one thread, 285 on
-    two)."""
-    fewer = count // threads * threads
-    if fewer >= threads and -(-rows // fewer) <= most:
-        count = fewer
-    else:
-        count = -(-count // threads) * threads
-    count = min(count, rows)
-    bounds = [rows * i // count for i in range(count + 1)]
-    return list(itertools.pairwise(bounds))
-
-
 class Winograd:
     """A conv's Winograd geometry, transformed filters and padded input buffer.
 
@@ -371,7 +354,7 @@ class Winograd:
             (th0, min(self.th, th0 + self.chunk_rows)) for th0 in range(0, self.th, self.chunk_rows)
         ]
         if parts > 1 and threads > 1 and len(self.row_spans) > 1:
-            self.row_spans = _even_spans(self.th, len(self.row_spans), threads, tiles // self.tw)
+            self.row_spans = even_spans(self.th, len(self.row_spans), threads, tiles // self.tw)
             self.chunk_rows = max(b - a for a, b in self.row_spans)
         # One chunk of tile rows: the pool takes spans of filters instead, all tiles at once, one
         # span per thread (each span's GEMMs are as many BLAS calls; more, thinner ones ran slower).

@@ -10,6 +10,7 @@ per-channel and scalar operands (and one that needs its own pass).
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -382,7 +383,7 @@ def test_phase_split_and_gather_match_numpy(rng: np.random.Generator) -> None:
 @pytest.mark.parametrize(
     ("h", "w", "sh", "sw", "ph", "pw"),
     [(5, 7, 2, 2, 1, 1), (6, 8, 2, 2, 0, 0), (5, 9, 2, 2, 2, 3), (7, 10, 3, 3, 1, 2),
-     (4, 6, 1, 2, 0, 1), (4, 5, 2, 1, 1, 0),
+     (4, 6, 1, 2, 0, 1), (4, 5, 2, 1, 1, 0), (6, 9, 1, 1, 1, 2),
      # rows of at least SHORT_PAIRS column pairs: the vectorized deinterleave
      (3, 101, 2, 2, 1, 1), (4, 120, 2, 2, 0, 3), (3, 97, 2, 2, 3, 0)],
 )  # fmt: skip
@@ -398,6 +399,11 @@ def test_fill_phases_matches_numpy(
     for a in range(sh):
         for b in range(sw):
             np.testing.assert_array_equal(got[:, a, b], padded[:, a::sh, b::sw])
+    # By overlapping ranges of rows, as a wide conv's blocks fill them (and past the input).
+    rows = np.zeros_like(got)
+    for h0, h1 in ((-1, h // 2 + 1), (h // 2, h // 2), (h // 2 - 1, h + 2)):
+        cpu_conv_kernels.fill_phase_rows(x, rows, ph, pw, h0, h1)
+    np.testing.assert_array_equal(rows, got)
 
 
 @pytest.mark.parametrize(
@@ -563,3 +569,33 @@ def test_grouped_wide_conv(
     assert geo.group_spans == [(0, 2), (2, group)]
     assert shapes == {(2, cg, 9 * cg), (group - 2, cg, 9 * cg)}
     assert set(maps) == {2}
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "m", "strides", "threads", "parts"),
+    [((1, 64, 56, 56), 128, (2, 2), 2, 8), ((1, 16, 160, 160), 32, (2, 2), 2, 8),
+     ((1, 32, 40, 40), 32, (1, 1), 2, 8), ((1, 64, 56, 56), 128, (2, 2), 3, 12)],
+    ids=["resnet-s2", "yolo-s2", "yolo-s1", "three-threads"],
+)  # fmt: skip
+def test_row_blocks_even_over_threads(
+    x_shape: tuple, m: int, strides: tuple, threads: int, parts: int
+) -> None:
+    """On the pool a conv's blocks of output rows come in a multiple of the threads and differ
+    by a row at most (ResNet's 64 -> 128 stride-2 conv on 56x56 made blocks of 10, 10 and 8
+    rows: one thread computed 20 of 28); they cover the output once, and each fills the input
+    rows its taps read."""
+    attrs = {
+        "strides": list(strides),
+        "pads": [1, 1, 1, 1],
+        "dilations": [1, 1],
+        "auto_pad": "NOTSET",
+    }
+    window = window_geometry(x_shape[2:], (3, 3), attrs)
+    geo = cpu_conv.Geometry(x_shape, (m, x_shape[1], 3, 3), window, 1, 4, parts, threads)
+    sizes = [b - a for a, b in geo.blocks]
+    assert geo.blocks[0][0] == 0 and geo.blocks[-1][1] == geo.oh
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(geo.blocks))
+    assert len(sizes) % threads == 0 and max(sizes) - min(sizes) <= 1 and geo.rows == max(sizes)
+    for r0, r1 in geo.blocks:
+        h0, h1 = geo.input_rows(r0, r1)
+        assert h0 == r0 * geo.sh - geo.ph and h1 == (r1 - 1) * geo.sh + 2 - geo.ph + 1
