@@ -123,6 +123,15 @@ def fill_phase_rows(x, phases, ph, pw, h0, h1):  # type: ignore[no-untyped-def]
     c_, h_, w_ = x.shape
     sh, sw = phases.shape[1], phases.shape[2]
     h0, h1 = max(0, h0), min(h_, h1)
+    if sh == 1 and sw == 1 and pw == 0 and phases.shape[4] == w_:
+        # Rows that meet end to end (no padding on the left, none past them): one run per
+        # channel. Row by row, Magika's (256, 512, 1) input took 400 us, one value per row.
+        for c in range(c_):
+            src = x[c].reshape(-1)[h0 * w_ : h1 * w_]
+            dst = phases[c, 0, 0].reshape(-1)[(h0 + ph) * w_ : (h1 + ph) * w_]
+            for t in range(src.shape[0]):
+                dst[t] = src[t]
+        return
     if sw == 1:
         for c in range(c_):
             for h in range(h0, h1):

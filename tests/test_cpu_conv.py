@@ -19,7 +19,7 @@ from eqsat.lowering import cpu_conv, cpu_conv_geometry, cpu_conv_kernels, cpu_co
 
 import eqsat
 from eqsat.ops.conv import window_geometry
-from tests.cpu_testing import matches_numpy, record_pool_maps
+from tests.cpu_testing import fused_conv_graph, matches_numpy, record_pool_maps
 
 F32 = np.float32
 
@@ -406,6 +406,19 @@ def test_fill_phases_matches_numpy(
     np.testing.assert_array_equal(rows, got)
 
 
+@pytest.mark.parametrize("w", [1, 5])
+def test_fill_phase_rows_end_to_end(rng: np.random.Generator, w: int) -> None:
+    """Stride 1, no padding across: the planes' rows meet end to end (Magika's 5x1 conv over
+    (256, 512, 1)), and each channel's rows are one run, by ranges of rows as blocks fill them."""
+    x = rng.standard_normal((3, 9, w)).astype(F32)
+    got = np.zeros((3, 1, 1, 13, w), F32)
+    for h0, h1 in ((0, 4), (3, 9)):
+        cpu_conv_kernels.fill_phase_rows(x, got, 2, 0, h0, h1)
+    want = np.zeros_like(got)
+    want[:, 0, 0, 2:11] = x
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize(
     ("x_shape", "m", "kernel", "attrs"),
     [
@@ -599,3 +612,40 @@ def test_row_blocks_even_over_threads(
     for r0, r1 in geo.blocks:
         h0, h1 = geo.input_rows(r0, r1)
         assert h0 == r0 * geo.sh - geo.ph and h1 == (r1 - 1) * geo.sh + 2 - geo.ph + 1
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    ("x_shape", "kernel", "attrs"),
+    [((1, 16, 40, 1), (5, 1), {}), ((1, 8, 30, 4), (3, 1), {"pads": [1, 0, 1, 0]})],
+    ids=["magika-1d", "kx1-padded-rows"],
+)
+def test_wide_convs_without_extra_columns(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, x_shape: tuple, kernel: tuple,
+    attrs: dict, threads: int,
+) -> None:  # fmt: skip
+    """KHx1 convs on the phase planes' width with no extra columns (WP = OW, Magika's 5x1 conv
+    over (256, 512, 1)): each block fills its rows and applies its epilogue (a residual and
+    ReLU) as one run per channel; in blocks of a few rows on one thread or two, as numpy."""
+    from eqsat.lowering import cpu
+
+    monkeypatch.setattr(cpu_conv_geometry, "DIRECT_CHANNELS", 0)
+    monkeypatch.setattr(cpu_conv_geometry, "SMALL_POSITIONS", 0)
+    monkeypatch.setattr(
+        cpu_conv_geometry, "BLOCK_BYTES", 6 * 4 * x_shape[1] * kernel[0] * x_shape[3]
+    )
+    monkeypatch.setattr(cpu_conv_geometry, "MIN_BLOCK_COLUMNS", 1)
+    if threads == 2:
+        monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+        monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
+    g = fused_conv_graph(rng, x_shape, 12, kernel, attrs)
+    node = next(n for n in g.nodes if n.op == "FusedConv")
+    full = {"strides": [1, 1], "dilations": [1, 1], "pads": [0, 0, 0, 0], "auto_pad": "NOTSET"}
+    window = window_geometry(x_shape[2:], kernel, {**full, **attrs})
+    geo = cpu_conv.Geometry(x_shape, node.inputs[1].shape, window, 1, 4)
+    assert geo.wide and geo.wp == geo.ow and len(geo.blocks) > 2
+    feeds = {v.name: rng.standard_normal(v.shape).astype(F32) for v in g.inputs}
+    want = eqsat.compile(g, target="numpy").run(feeds)["y"]
+    exe = cpu.compile(g, threads=threads)
+    for _ in range(2):
+        np.testing.assert_allclose(exe.run(feeds)["y"], want, rtol=1e-4, atol=1e-4)
