@@ -167,8 +167,14 @@ def window_rows_suit(geo: Any, dtype: np.dtype) -> bool:
     the whole (padded) width (a text CNN's (k, embedding) filters: one output column), no
     dilation along W, no padding above and no window below the input; float32 or float64 on
     the tiles, enough filters for their lanes and windows deep enough to make their gather the
-    larger cost."""
+    larger cost. Whole-width windows take them at any count of filters: their gather copies
+    one value per output position and tap (a text CNN's (2, 64) conv over 16 sentences of 50
+    words: 16 filters 507 us gathered, 47 in window rows; 32: 576 against 60; 144: 620 against
+    162)."""
     full_width = geo.ow == 1 and geo.pw == 0 and geo.kw >= geo.w and geo.dh == 1
+    worth = full_width or (
+        geo.m >= WINDOW_ROWS_MIN_FILTERS and geo.k >= WINDOW_ROWS_DEPTH_PER_FILTER * geo.m
+    )
     return (
         cpu_microkernel.ENABLED
         and np.dtype(dtype) in (np.dtype(np.float32), np.dtype(np.float64))
@@ -177,8 +183,7 @@ def window_rows_suit(geo: Any, dtype: np.dtype) -> bool:
         and (geo.oh - 1) * geo.sh + (geo.kh - 1) * geo.dh < geo.h
         and geo.dw == 1
         and not geo.pointwise
-        and geo.m >= WINDOW_ROWS_MIN_FILTERS
-        and geo.k >= WINDOW_ROWS_DEPTH_PER_FILTER * geo.m
+        and worth
         and geo.k <= cpu_microkernel.MAX_DEPTH
     )
 

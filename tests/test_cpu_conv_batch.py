@@ -140,11 +140,14 @@ def windows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         ((5, 3, 4, 11), 6, (1, 3), {"strides": [2, 3], "pads": [0, 2, 0, 1]}, F32),  # rows 0, 2
         ((6, 2, 3, 10), 4, (1, 5), {"dilations": [2, 1], "pads": [0, 1, 0, 0]}, np.float64),
         ((5, 1, 12, 16), 50, (3, 16), {}, F32),  # a text CNN's (k, embedding) filters
+        ((5, 1, 12, 16), 8, (2, 16), {}, F32),  # ... few of them, fewer than the taps
+        ((5, 1, 12, 16), 80, (2, 16), {}, F32),  # ... more of them than the taps
         ((4, 2, 11, 8), 6, (3, 8), {"strides": [2, 1]}, F32),  # whole width, strided rows
         ((3, 2, 9, 6), 5, (2, 8), {"pads": [0, 0, 0, 2]}, F32),  # wider than the input
     ],
     ids=["1xk", "1d-strided-padded", "rows-strided-padded", "float64", "text-cnn",
-         "whole-width-strided", "whole-width-padded"],
+         "text-cnn-few-filters", "text-cnn-many-filters", "whole-width-strided",
+         "whole-width-padded"],
 )  # fmt: skip
 def test_window_rows_match_numpy(
     rng: np.random.Generator, batched: list[int], windows: list[int], x_shape: tuple, m: int,
@@ -226,6 +229,11 @@ def test_window_rows_suit_windows_of_one_run_only() -> None:
         assert not cpu_conv_batch.window_rows_suit(geo, np.dtype(F32)), field
     whole = Geo()
     whole.kh, whole.kw, whole.ow, whole.oh = 3, 10, 1, 2  # taps across the whole width
+    assert cpu_conv_batch.window_rows_suit(whole, np.dtype(F32))
+    # ... at any count of filters: their gather copies one value per position and tap
+    whole.m, whole.k = 8, 30
+    assert cpu_conv_batch.window_rows_suit(whole, np.dtype(F32))
+    whole.m = 200
     assert cpu_conv_batch.window_rows_suit(whole, np.dtype(F32))
     for field, value in [("dh", 2), ("pw", 1), ("ow", 2), ("kw", 9)]:
         geo = Geo()
