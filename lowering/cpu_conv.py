@@ -358,7 +358,7 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
     if geo.direct:
         workers = lowering.workers if parts > 1 and len(geo.spans) > 1 else 1
     per_group = 0
-    if cpu_conv_batch.worth_batching(geo):
+    if cpu_conv_batch.worth_batching(geo, dtype):
         threads = lowering.workers if lowering.split(flops * geo.n) > 1 else 1
         per_group = cpu_conv_batch.images_per_group(geo.n, geo.p, geo.k, dtype.itemsize, threads)
         workers = threads if per_group < geo.n else 1

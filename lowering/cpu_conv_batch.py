@@ -45,6 +45,9 @@ WINDOW_ROWS_MIN_FILTERS = 48
 # images of 32 channels on 21 columns to 200 filters: 1x2 171 us against 140 gathered, 1x3 218
 # against 202, 1x5 289 against 292, 1x8 342 against 477; 1x12 to 100 filters 227 against 395).
 WINDOW_ROWS_DEPTH_PER_FILTER = 1.0
+# Convs of several rows of taps that the taps (in place) or the small kernel take image by image
+# do not batch (see worth_batching; False: they do, for tests of the batched gather).
+PER_IMAGE_TAPS = True
 
 
 @njit(**JIT)
@@ -137,11 +140,34 @@ def gather_kernel(geo: Any) -> Any:
     return im2col_short_rows if geo.ow < SLICED_ROW else im2col_images
 
 
-def worth_batching(geo: Any) -> bool:
+def worth_batching(geo: Any, dtype: np.dtype | None = None) -> bool:
     """Whether a conv (its :class:`~eqsat.lowering.cpu_conv.Geometry`) should run as batched
-    GEMMs: several images too narrow for one good GEMM each. Grouped convs keep their per-group
-    GEMMs, and direct convs (few output channels) need no GEMM."""
-    return geo.n > 1 and geo.group == 1 and geo.p < MIN_COLUMNS and not geo.direct
+    GEMMs: several images too narrow for one good GEMM each, or (given the ``dtype``) windows
+    across the whole width that :func:`window_rows_suit`, at any batch: im2col copies their
+    patches one value at a time (one image of 8 channels on 112x112 by 1x112 filters: 1349 us,
+    onnxruntime 29). Grouped convs keep their per-group GEMMs, and direct convs (few output
+    channels) need no GEMM."""
+    if geo.group != 1 or geo.direct:
+        return False
+    if dtype is not None and whole_width(geo) and window_rows_suit(geo, dtype):
+        return True
+    in_place = dtype is not None and geo.wide and all(geo.patches_in_place(dtype))
+    if PER_IMAGE_TAPS and geo.kh > 1 and (in_place or geo.small):
+        # Image by image, the taps read each image's planes in place (or the small kernel
+        # gathers a few positions); batched, the gather copies every patch row by row (AVX-512,
+        # one thread: 8 images of 64 channels on 7x7, 3x3: 400 us batched, 210 not; of 128
+        # channels 1023 against 574; 16 of 8 channels on 12x12 150 against 70; 2 of 32 on
+        # 160x7, 5x5 stride 2: 745 against 113). 1-D and 1xk windows still batch (48 images of
+        # 32 channels on 21 columns, 1x8 to 200 filters: 333 against 495; 8 of 16 on 50, 1x5:
+        # 20 against 38; 8 of 64 on 7x7, 1x3: 54 against 72).
+        return False
+    return geo.n > 1 and geo.p < MIN_COLUMNS
+
+
+def whole_width(geo: Any) -> bool:
+    """Whether each window spans the whole (unpadded) width: one output column, windows of KH
+    rows that lie next to one another (a text CNN's (k, embedding) filters)."""
+    return geo.ow == 1 and geo.pw == 0 and geo.kw >= geo.w and geo.dh == 1
 
 
 def images_per_group(n: int, p: int, k: int, itemsize: int, threads: int) -> int:
@@ -171,7 +197,7 @@ def window_rows_suit(geo: Any, dtype: np.dtype) -> bool:
     one value per output position and tap (a text CNN's (2, 64) conv over 16 sentences of 50
     words: 16 filters 507 us gathered, 47 in window rows; 32: 576 against 60; 144: 620 against
     162)."""
-    full_width = geo.ow == 1 and geo.pw == 0 and geo.kw >= geo.w and geo.dh == 1
+    full_width = whole_width(geo)
     worth = full_width or (
         geo.m >= WINDOW_ROWS_MIN_FILTERS and geo.k >= WINDOW_ROWS_DEPTH_PER_FILTER * geo.m
     )
@@ -337,6 +363,6 @@ def make_batched_conv(geo: Any, filters: np.ndarray, bias: np.ndarray, kernels: 
 
 __all__ = [
     "gather_kernel", "im2col_images", "im2col_short_rows", "images_per_group", "make_batched_conv",
-    "padded_width", "planes_images", "rows_channels_last", "scratch_sizes", "window_rows",
-    "window_rows_suit", "window_views", "worth_batching",
+    "padded_width", "planes_images", "rows_channels_last", "scratch_sizes", "whole_width",
+    "window_rows", "window_rows_suit", "window_views", "worth_batching",
 ]  # fmt: skip

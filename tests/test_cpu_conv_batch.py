@@ -23,6 +23,7 @@ def batched(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     yields the images per group of each batched conv."""
     monkeypatch.setattr(cpu_conv_batch, "MIN_COLUMNS", 32)
     monkeypatch.setattr(cpu_conv_batch, "GROUP_BYTES", 1)
+    monkeypatch.setattr(cpu_conv_batch, "PER_IMAGE_TAPS", False)  # kxk convs batch too
     # One build per compile: with compiling processes on, a first build collects the sources.
     monkeypatch.setenv("EQSAT_COMPILE_PROCESSES", "1")
     groups: list[int] = []
@@ -244,7 +245,7 @@ def test_window_rows_suit_windows_of_one_run_only() -> None:
 
 def test_only_narrow_images_of_a_batch_are_batched() -> None:
     class Geo:
-        n, group, p, direct = 8, 1, 40, False
+        n, group, p, direct, kh, small, wide = 8, 1, 40, False, 1, False, False
 
     assert cpu_conv_batch.worth_batching(Geo())
     for field, value in [("n", 1), ("group", 2), ("p", 4096), ("direct", True)]:
@@ -301,3 +302,37 @@ def test_gathers_copy_the_same_patches(
         got = np.full((c_ * kh * kw, (n_ - 1) * oh * ow), np.nan, F32)
         kernel_(x, got, 1, n_, geometry)
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "m", "kernel", "attrs", "batches"),
+    [
+        ((8, 32, 7, 7), 32, (3, 3), {"pads": [1, 1, 1, 1]}, False),  # small: image by image
+        ((2, 32, 160, 7), 16, (5, 5), {"strides": [2, 2]}, False),  # taps in place
+        ((8, 16, 1, 50), 32, (1, 5), {}, True),  # a 1xk window: batched
+        ((6, 4, 12), 8, (3,), {}, True),  # 1-D
+    ],
+    ids=["small-3x3", "wide-5x5-s2", "1xk", "1d"],
+)
+def test_which_convs_batch(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, x_shape: tuple, m: int,
+    kernel: tuple, attrs: dict, batches: bool,
+) -> None:  # fmt: skip
+    """Convs with several rows of taps that the small kernel or the taps in place take image by
+    image do not batch (their batched gather copies every patch: 2 images of 32 channels on
+    160x7, 5x5 stride 2, 745 us batched against 113); 1-D and 1xk windows batch. Either way
+    the numbers are numpy's."""
+    from eqsat.lowering import cpu_microkernel
+
+    groups: list[int] = []
+    real = cpu_conv_batch.make_batched_conv
+
+    def spy(*args: Any) -> Any:
+        groups.append(args[6])
+        return real(*args)
+
+    monkeypatch.setattr(cpu_conv_batch, "make_batched_conv", spy)
+    monkeypatch.setenv("EQSAT_COMPILE_PROCESSES", "1")
+    matches_numpy(_conv(rng, x_shape, m, kernel, attrs), rng, rtol=1e-4, atol=1e-4)
+    if cpu_microkernel.WIDE_TILES or batches:  # (AVX2: the taps read in place only K <= 80)
+        assert bool(groups) == batches
