@@ -41,8 +41,12 @@ MAX_SPLIT_STRIDE = 4
 MIN_CHANNEL_SPAN = 16
 # Outputs at most this wide compute on the padded width whatever the extra columns: copying
 # rows of a few values one by one costs more (openWakeWord's 1x3 conv on 12x4 outputs: the
-# row copies took 2.5x the GEMM).
+# row copies took 2.5x the GEMM). With AVX-512 tiles (the taps reading the planes in place) any
+# output width does (a Zen 5 core, one thread, ms row copies against planes' width: 64 channels
+# on 14x14, 5x5: 0.48 / 0.20; 64 on 20x20, 7x7: 1.56 / 0.80; 16 on 30x30, 11x11: 1.18 / 0.29;
+# 2 images of 96 channels on 224x7, 1x7 to 32: 5.0 / 1.18).
 NARROW = 16
+WIDE_ANY_WIDTH = cpu_microkernel.WIDE_TILES
 # The wide layout's extra GEMM work, per output row and column buffer row: M/G times the extra
 # columns (WP - OW). Above this it costs more than copying patch rows one by one saves (ResNet's
 # 512-channel 3x3 conv on 7x7 outputs computed 9 columns for 7: 5.2 ms, 4.4 without). With
@@ -117,7 +121,11 @@ class Geometry:
             and self.kh * self.kw > 1
             and not self.small
             and not self.direct
-            and (self.wp * 4 <= self.ow * 5 or (self.ow <= NARROW and self.wp <= self.ow + 2))
+            and (
+                WIDE_ANY_WIDTH
+                or self.wp * 4 <= self.ow * 5
+                or (self.ow <= NARROW and self.wp <= self.ow + 2)
+            )
             and self.m * (self.wp - self.ow) <= WIDE_EXTRA_COLUMNS * group
         )
         # Strides above MAX_SPLIT_STRIDE gather directly: few outputs read little of each row
