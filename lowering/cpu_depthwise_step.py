@@ -2,6 +2,13 @@
 :mod:`eqsat.lowering.cpu_depthwise` (each channel's output positions as the vector lanes) or,
 for small planes, :mod:`eqsat.lowering.cpu_depthwise_lanes` (blocks of channels as the lanes),
 with the epilogue's scalar-constant parts fused into it, chunks of channels on the pool.
+
+On the pool the chunks run in a native lane (:mod:`eqsat.lowering.cpu_lanes`) generated into
+the kernel's module, ``lane_parts``, which calls the kernel on C-contiguous views of each
+chunk's channels: the types of its eager signature, so that the unrolled kernel is not compiled
+again for the lane's arguments. Python chunks made the worker wait ~15 us for the GIL before
+its first chunk (the calling thread holds it until it enters its own kernel), about what half
+of MobileNetV3's depthwise convs take, so their maps ran on the calling thread alone.
 """
 
 from __future__ import annotations
@@ -10,7 +17,15 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from eqsat.lowering import codegen, cpu, cpu_depthwise, cpu_depthwise_lanes, cpu_threads
+from eqsat.lowering import (
+    codegen,
+    cpu,
+    cpu_depthwise,
+    cpu_depthwise_lanes,
+    cpu_lanes,
+    cpu_threads,
+    kernel_cache,
+)
 from eqsat.lowering.cpu import Env, Lowering, Step
 from eqsat.lowering.memory import Usage
 
@@ -18,6 +33,32 @@ from eqsat.ir import Node, Value
 
 # Chunks per thread of a depthwise conv split over the pool.
 DEPTHWISE_CHUNKS = 1
+
+
+def lane_source(lanes: bool) -> str:
+    """``lane_parts(counter, posted, wait, parts, x, <weights>, out, <scratch stacks>, worker,
+    width[, wp])``, appended to a depthwise kernel's module: for each chunk (image i, units
+    u0 <= u < u1 of ``width`` channels) the kernel on C-contiguous views of its channels of x
+    and out, the weights' units and this thread's scratch (``lanes``: the channel-lanes
+    kernel's, else the plane kernel's)."""
+    weights, scratch, args = ("wv, bv", "pads, ress", "pads[worker], ress[worker], wp")
+    if not lanes:
+        weights, scratch, args = "w, b", "scratches", "scratches[worker]"
+    first, second = weights.split(", ")
+    params = f"parts, x, {weights}, out, {scratch}, worker, width" + (", wp" if lanes else "")
+    lines = cpu_lanes.lane(
+        "lane_parts", params, "parts.shape[0]",
+        ["c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]", "oh_, ow_ = out.shape[2], out.shape[3]"],
+        [
+            "i, u0, u1 = parts[j, 0], parts[j, 1], parts[j, 2]",
+            "c0, c1 = u0 * width, min(u1 * width, c_)",
+            "xs = x[i].reshape(-1)[c0 * h_ * w_ : c1 * h_ * w_].reshape((1, c1 - c0, h_, w_))",
+            "os = out[i].reshape(-1)[c0 * oh_ * ow_ : c1 * oh_ * ow_]"
+            ".reshape((1, c1 - c0, oh_, ow_))",
+            f"kernel(xs, {first}[u0:u1], {second}[u0:u1], os, {args})",
+        ],
+    )  # fmt: skip
+    return "\n".join(["", *cpu_lanes.imports(), *lines]) + "\n"
 
 
 def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: np.ndarray,
@@ -39,16 +80,17 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
     fused = cpu_depthwise.inline_scalars(epilogue, scalars)
     geometry = (window.kernel, window.strides, window.dilations, window.begin)
     lanes = cpu_depthwise_lanes.suits(out.dtype, window.out, kh * kw)
-    loader: Callable[..., Any] = (
-        cpu_depthwise_lanes.load if lanes else lambda *form: cpu_depthwise.load(*form, False)
+    source: Callable[..., str] = (
+        cpu_depthwise_lanes.source if lanes else lambda *form: cpu_depthwise.source(*form, False)
     )
     try:
-        kernel = loader(out.dtype, *geometry, fused)
+        module = kernel_cache.load(source(out.dtype, *geometry, fused) + lane_source(lanes))
         epi: Epilogue | None = None
         bias = folded
     except codegen.Unsupported:  # tensor operands in the epilogue: a pass of its own
-        kernel = loader(out.dtype, *geometry, "{0}")
+        module = kernel_cache.load(source(out.dtype, *geometry, "{0}") + lane_source(lanes))
         epi = Epilogue(lowering, node, "{0}", extras, [])
+    kernel = module.kernel
     lowering.kernels += 1
     # The kernel's weights, cut by units of ``width`` channels, and each thread's scratch (the
     # borders of its padded planes stay zero: the kernels write the interior only).
@@ -81,19 +123,24 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
     pool = lowering.pool
     x_slot = None if x.const is not None else lowering.slot(x)
     o = lowering.slot(out)
+    spread = None
+    if parts and pool is not None:
+        # Each thread's scratch stacked (worker, ...) for the lane; the channel-lanes kernel's
+        # row width ``wp`` (the same for every thread) last.
+        if lanes:
+            stacked = [np.stack([s[0] for s in scratch]), np.stack([s[1] for s in scratch])]
+            tail: tuple[int, ...] = (scratch[0][2],)
+        else:
+            stacked, tail = [np.stack([s[0] for s in scratch])], ()
+        table = np.array(parts, np.int64).reshape(-1, 3)
+        spread = cpu_lanes.runner(pool, len(parts))
+        lane = module.lane_parts
 
     def run(env: Env) -> None:
         data = np.ascontiguousarray(x.const if x_slot is None else env[x_slot])
         result = env[o]
-        if parts and pool is not None:
-
-            def part(p: tuple[int, int, int], worker: int) -> None:
-                i, u0, u1 = p
-                c0, c1 = u0 * width, min(u1 * width, c_)
-                kernel(data[i : i + 1, c0:c1], *(a[u0:u1] for a in weights),
-                       result[i : i + 1, c0:c1], *scratch[worker])  # fmt: skip
-
-            pool.map(part, parts, whole=lambda: kernel(data, *weights, result, *scratch[0]))
+        if spread is not None:
+            spread(lane, table, data, *weights, result, *stacked, None, width, *tail)
         else:
             kernel(data, *weights, result, *scratch[0])
         if epi is not None:

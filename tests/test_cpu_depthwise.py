@@ -159,9 +159,9 @@ def test_graph_on_one_and_two_threads(
     monkeypatch.setattr(cpu_depthwise_lanes, "ENABLED", lanes)
     loads: list[str] = []
     for module in (cpu_depthwise, cpu_depthwise_lanes):
-        real = module.load
+        real = module.source
         monkeypatch.setattr(
-            module, "load", lambda *a, r=real, m=module: loads.append(m.__name__) or r(*a)
+            module, "source", lambda *a, r=real, m=module: loads.append(m.__name__) or r(*a)
         )
     graph = _graph(shape, kernel, attrs, dtype)
     feeds = {"x": np.random.default_rng(8).standard_normal(shape).astype(dtype)}
@@ -170,14 +170,16 @@ def test_graph_on_one_and_two_threads(
     # Depthwise convs size their split as elementwise work.
     monkeypatch.setattr(cpu, "PARALLEL_ELEMENTS", 1)
     monkeypatch.setattr(cpu, "GRAIN_ELEMENTS", 1)
-    sizes = record_pool_maps(monkeypatch)
+    in_lanes: list[bool] = []
+    sizes = record_pool_maps(monkeypatch, in_lanes)
     for threads in (1, 2):
         exe = cpu.compile(graph, threads=threads)
         assert exe.report["steps"]["depthwise"] == 1 and exe.report["reference_ops"] == {}
         got = exe.run(feeds)["y"]
         assert got.dtype == want.dtype
         np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol)
-    assert sizes and max(sizes) > 1  # two threads: chunks of channels on the pool
+    assert sizes and max(sizes) > 1  # two threads: chunks of channels on the pool, in lanes
+    assert in_lanes and in_lanes[0]  # (then HardSwish, an elementwise map)
     from eqsat.lowering import cpu_microkernel
 
     # Rows as wide as ROW_WISE keep the plane kernel ("wide-f64").
