@@ -78,6 +78,18 @@ def _exp_core(x):  # type: ignore[no-untyped-def]
     return _scale_by_bits(y, t)
 
 
+@intrinsic
+def float32_from_bits(typingctx, bits):  # type: ignore[no-untyped-def]
+    """The float32 whose bits are the int32 ``bits`` (a register bitcast: no array to view)."""
+    if bits != types.int32:
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
 @njit(**JIT)
 def exp_f32(x):  # type: ignore[no-untyped-def]
     # No clamp before the core: its garbage outside the range (NaN included) is replaced here.
@@ -172,7 +184,9 @@ def row_max_f32(x):  # type: ignore[no-untyped-def]
     top = np.int32(-2147483648)
     for i in range(bits.size):
         top = max(top, ordered_bits(bits[i], magnitude))
-    return np.array([ordered_bits(top, magnitude)], np.int32).view(np.float32)[0]
+    # (A one-element array to view the bits as a float cost an allocation per row: softmax
+    # over 50176 rows of 64, 3.5 ms against onnxruntime's 0.9.)
+    return float32_from_bits(np.int32(ordered_bits(top, magnitude)))
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"}, nogil=True)
