@@ -302,18 +302,26 @@ def _take(
 def pad_rows(x, out, rowmap, colmap, lo, hi, offset, fill):  # type: ignore[no-untyped-def]
     """out[r, j] = x[rowmap[r], colmap[j]], or ``fill`` where either map is -1. Columns
     ``lo <= j < hi`` are the contiguous run ``x[., offset + j - lo]``."""
+    # Explicit loops over slices from 0 (they vectorize): a slice assignment checks whether the
+    # two arrays overlap and may copy the source first, and ZeroPad2d's 64x58 rows of 58 took
+    # 153 us that way (onnxruntime 33).
     cols = out.shape[1]
+    n = hi - lo
     for r in range(out.shape[0]):
         dst = out[r]
         s = rowmap[r]
         if s < 0:
-            dst[:] = fill
+            for j in range(cols):
+                dst[j] = fill
             continue
         src = x[s]
         for j in range(lo):
             c = colmap[j]
             dst[j] = src[c] if c >= 0 else fill
-        dst[lo:hi] = src[offset : offset + hi - lo]
+        mid = dst[lo:hi]
+        run = src[offset : offset + n]
+        for j in range(n):
+            mid[j] = run[j]
         for j in range(hi, cols):
             c = colmap[j]
             dst[j] = src[c] if c >= 0 else fill
