@@ -32,6 +32,9 @@ MAX_POOLS = [
         {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 0, 1, 1], "ceil_mode": 1},
     ),
     ((1, 2, 12, 12), {"kernel_shape": [3, 2], "strides": [3, 2], "dilations": [2, 3]}),
+    # rows split into column phases: windows wider than the stride
+    ((1, 2, 17, 19), {"kernel_shape": [5, 5], "strides": [2, 2], "pads": [2, 2, 2, 2]}),
+    ((1, 2, 14, 16), {"kernel_shape": [3, 4], "strides": [3, 3], "pads": [0, 1, 0, 2]}),
     ((1, 1, 7, 9), {"kernel_shape": [7, 9], "auto_pad": "VALID"}),
     ((1, 2, 8, 8), {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [0, 2, 1, 0]}),
     ((3, 1, 5, 6), {"kernel_shape": [1, 4], "strides": [1, 4], "ceil_mode": 1}),
@@ -136,8 +139,11 @@ def test_max_pool_over_whole_planes_is_a_row_max(
 
 def test_max_pool_source_unrolls_taps() -> None:
     text = cpu_depthwise.max_pool_source(np.dtype(F32), (3, 3), (2, 2), (1, 1), (1, 1))
-    assert "p[q + 2]" in text and "r2 = rows[oh * 2 + 2]" in text
+    # stride 2, 3 columns: the row in two column phases, tap 2 the even phase one column on
+    assert "f0[ow + 1]" in text and "r2 = rows[oh * 2 + 2]" in text
     assert "for a in" not in text  # no runtime tap loop
+    text = cpu_depthwise.max_pool_source(np.dtype(F32), (2, 2), (2, 2), (1, 1), (0, 0))
+    assert "p[ow * 2 + 1]" in text and "phases[" not in text.split("def kernel")[0]
 
 
 @pytest.mark.parametrize("include", [0, 1])
@@ -178,7 +184,7 @@ def test_average_pool_generated(
 
 def test_average_pool_source_unrolls_taps() -> None:
     text = cpu_depthwise.average_pool_source(np.dtype(F32), (3, 2), (3, 2), (1, 1), (0, 0))
-    assert "m = p[q] + p[q + 1]" in text and "m * inv[ow]" in text
+    assert "m = p[ow * 2 + 0] + p[ow * 2 + 1]" in text and "m * inv[ow]" in text
     assert "-np.inf" not in text  # padding reads as zero
 
 
