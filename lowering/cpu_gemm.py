@@ -30,6 +30,9 @@ MIN_PACKED_COLUMNS = 16
 MIN_PACKED_FEW_ROWS_COLUMNS = 64
 # Read when a GEMM step is compiled (False: constant weights stay with BLAS; for A/B runs).
 PACKED_WEIGHTS = True
+# Products of two computed operands on the tiles (tiles_matmul) where the tiles are AVX-512's.
+TILES_FOR_COMPUTED = True
+_TILE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 Index = tuple[slice, ...]
 
@@ -76,6 +79,30 @@ def matmul_parts(
     return []
 
 
+def tiles_matmul(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+    """``np.matmul(x, y, out=out)`` for products of two computed operands (attention's Q K^T and
+    P V where they are not fused): on the AVX-512 tiles (:func:`cpu_microkernel.batched_gemm`)
+    where both are float32 or float64 stacks of the same matrices count with contiguous rows
+    and ``out`` is C-contiguous, else ``np.matmul``. OpenBLAS runs its AVX2 kernels on AVX-512
+    CPUs: 12 heads of 197 x 64 by 64 x 197 took 388 us there, 262 on the tiles (onnxruntime's
+    step 275), 64 windows of 49 x 32 by 32 x 49 111 against 68."""
+    from eqsat.lowering import cpu_microkernel
+
+    if (
+        TILES_FOR_COMPUTED and x.ndim >= 2 and x.ndim == y.ndim == out.ndim
+        and x.dtype == y.dtype == out.dtype and x.dtype in _TILE_DTYPES
+        and x.shape[:-2] == y.shape[:-2] == out.shape[:-2] and out.flags.c_contiguous
+        and x.strides[-1] == y.strides[-1] == x.itemsize
+        and x.shape[-1] <= cpu_microkernel.MAX_DEPTH and out.shape[-1] >= cpu_microkernel.MIN_COLUMNS
+    ):  # fmt: skip
+        m, k, n = x.shape[-2], x.shape[-1], y.shape[-1]
+        cpu_microkernel.batched_gemm(
+            x.reshape(-1, m, k), y.reshape(-1, k, n), out.reshape(-1, m, n)
+        )
+        return
+    np.matmul(x, y, out=out)
+
+
 def threaded_matmul(threads: int) -> Any:
     """``mm(x, y, out)``: ``np.matmul`` with BLAS's own ``threads`` threads for this one product
     (the run pins BLAS to one thread around it); on the calling thread alone while the pool backs
@@ -102,23 +129,29 @@ def threaded_matmul(threads: int) -> Any:
     return mm
 
 
-def gemm_runner(lowering: Lowering, parts: list[tuple[Index, Index, Index]], flops: float) -> Any:
+def gemm_runner(
+    lowering: Lowering, parts: list[tuple[Index, Index, Index]], flops: float,
+    out_shape: tuple[int, ...],
+) -> Any:  # fmt: skip
     """The matmul of a GEMM step of ``flops`` cut into ``parts``: on BLAS's own threads where
     :meth:`~eqsat.lowering.cpu.Lowering.blas_threads` says so, else the parts on the pool."""
     threads = lowering.blas_threads(flops)
     if threads > 1:
         return threaded_matmul(threads)
-    return parallel_matmul(lowering.pool, parts)
+    return parallel_matmul(lowering.pool, parts, out_shape)
 
 
-def parallel_matmul(pool: Any, parts: list[tuple[Index, Index, Index]]) -> Any:
+def parallel_matmul(
+    pool: Any, parts: list[tuple[Index, Index, Index]], out_shape: tuple[int, ...]
+) -> Any:
     """``mm(x, y, out)``: ``np.matmul(x, y, out=out)`` by ``parts`` on ``pool``: in native lanes
-    (:func:`lane_matmul`) for 2-D products of float rows, else one Python chunk per part."""
-    matmul = np.matmul
+    for 2-D products of float rows (:func:`lane_matmul`) and stacks cut by matrices
+    (:func:`lane_batched_matmul`), else one Python chunk per part."""
+    matmul = tiles_matmul
 
     def python_parts(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
         def part(p: tuple[Index, Index, Index], worker: int) -> None:
-            matmul(x[p[0]], y[p[1]], out=out[p[2]])
+            matmul(x[p[0]], y[p[1]], out[p[2]])
 
         # (No ``whole``: one product rounds differently from its parts, and a run's results
         # must not depend on whether the pool split it.)
@@ -126,8 +159,78 @@ def parallel_matmul(pool: Any, parts: list[tuple[Index, Index, Index]]) -> Any:
 
     blocks = lane_blocks(parts)
     if blocks is None:
-        return python_parts
+        spans = batch_spans(parts, out_shape)
+        if spans is None:
+            return python_parts
+        return lane_batched_matmul(pool, spans, python_parts)
     return lane_matmul(pool, blocks, python_parts)
+
+
+def batch_spans(
+    parts: list[tuple[Index, Index, Index]], out_shape: tuple[int, ...]
+) -> np.ndarray | None:
+    """For ``parts`` of a stacked product cut along one stacking axis (:func:`matmul_parts`, every
+    axis before it of length 1), each part's range of matrices in the stack flattened to one
+    axis (b0, b1); None for other cuts."""
+    rank = len(out_shape)
+    spans = []
+    for _, _, io in parts:
+        cut = [a for a, index in enumerate(io) if index != slice(None)]
+        if len(cut) != 1 or cut[0] >= rank - 2 or any(d != 1 for d in out_shape[: cut[0]]):
+            return None
+        inner = int(np.prod(out_shape[cut[0] + 1 : rank - 2], dtype=np.int64))
+        window = io[cut[0]]
+        spans.append((window.start * inner, window.stop * inner))
+    return np.array(spans, np.int64).reshape(-1, 2)
+
+
+def lane_batched_matmul(pool: Any, spans: np.ndarray, fallback: Any) -> Any:
+    """``mm(x, y, out)``: a stacked product's matrices, by ranges ``spans`` of the stack, on the
+    tiles in native lanes on ``pool`` (:func:`tiles_matmul`'s conditions, else ``fallback``):
+    Python chunks made the worker wait ~15 us for the GIL, and 8 heads of 128 x 64 by 64 x 128
+    took longer on 2 threads (81 us) than on one (71)."""
+    from eqsat.lowering import cpu_lanes, cpu_microkernel
+
+    run = cpu_lanes.runner(pool, len(spans))
+
+    def mm(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+        if not (
+            TILES_FOR_COMPUTED and x.ndim == y.ndim == out.ndim >= 3 and x.dtype == y.dtype == out.dtype
+            and x.dtype in _TILE_DTYPES and x.shape[:-2] == y.shape[:-2] == out.shape[:-2]
+            and out.flags.c_contiguous and x.strides[-1] == y.strides[-1] == x.itemsize
+            and x.shape[-1] <= cpu_microkernel.MAX_DEPTH
+            and out.shape[-1] >= cpu_microkernel.MIN_COLUMNS
+        ):  # fmt: skip
+            fallback(x, y, out)
+            return
+        m, k, n = x.shape[-2], x.shape[-1], y.shape[-1]
+        x3, y3 = (
+            np.ascontiguousarray(x).reshape(-1, m, k),
+            np.ascontiguousarray(y).reshape(-1, k, n),
+        )
+        run(_batched_lane(), spans, x3, y3, out.reshape(-1, m, n))
+
+    return mm
+
+
+@functools.cache
+def _batched_lane() -> Any:
+    """The lane of ranges (b0, b1) of a stack of products on the tiles."""
+    from eqsat.lowering import cpu_lanes, kernel_cache
+
+    source = [
+        "from numba import njit",
+        *cpu_lanes.imports(),
+        "from eqsat.lowering.cpu_microkernel import batched_gemm",
+        *cpu_lanes.lane(
+            "lane_batched", "spans, x, y, out", "spans.shape[0]", [],
+            [
+                "b0, b1 = spans[j, 0], spans[j, 1]",
+                "batched_gemm(x[b0:b1], y[b0:b1], out[b0:b1])",
+            ],
+        ),
+    ]  # fmt: skip
+    return kernel_cache.load("\n".join(source) + "\n").lane_batched
 
 
 def lane_blocks(parts: list[tuple[Index, Index, Index]]) -> np.ndarray | None:
@@ -345,5 +448,5 @@ def _packed_lane() -> Any:
 __all__ = [
     "FEW_ROWS", "MIN_PACKED_COLUMNS", "MIN_PART_COLUMNS", "MIN_PART_ROWS", "PackedMatMul",
     "few_rows_matmul", "gemm_runner", "lane_blocks", "lane_matmul", "matmul_parts",
-    "packed_matmul", "parallel_matmul", "threaded_matmul",
+    "packed_matmul", "parallel_matmul", "threaded_matmul", "tiles_matmul",
 ]  # fmt: skip

@@ -39,6 +39,7 @@ from eqsat.lowering.cpu_gemm import (
     gemm_runner,
     matmul_parts,
     packed_matmul,
+    tiles_matmul,
 )
 from eqsat.lowering.cpu_gemm_epilogue import (
     COLUMN,
@@ -155,20 +156,22 @@ def _operand(lowering: Lowering, value: Value) -> tuple[np.ndarray | None, int |
 
 # ------------------------------------------------------------------------------ MatMul / Gemm
 def _product(
-    lowering: Lowering, parts: list[Any], flops: float, few: Any, epi: Epilogue, bound: StepFn
-) -> Callable[..., None]:
+    lowering: Lowering, parts: list[Any], flops: float, few: Any, epi: Epilogue, bound: StepFn,
+    out_shape: tuple[int, ...], computed: bool,
+) -> Callable[..., None]:  # fmt: skip
     """``mm(x, y, out, env)`` of a GEMM step: the few-rows kernel, BLAS's threads, the pool's
-    parts or numpy, then ``epi`` (``bound``: its pass over the output; in the parts' lanes
-    instead, block by block, where they run them)."""
+    parts or, on the calling thread, the tiles (``computed``: two computed operands,
+    :func:`tiles_matmul`) or numpy; then ``epi`` (``bound``: its pass over the output; in the
+    parts' lanes instead, block by block, where they run them)."""
     after = None if epi.kernel is None else bound
     if isinstance(few, PackedMatMul) and after is not None:
         fused = fused_packed_matmul(few, epi.block(), after)
         if fused is not None:
             return fused
     if few is None and parts:
-        runner = gemm_runner(lowering, parts, flops)
+        runner = gemm_runner(lowering, parts, flops, out_shape)
         return fused_gemm_runner(lowering, parts, flops, epi.block(), runner, after)
-    return then_epilogue(few or np.matmul, after)
+    return then_epilogue(few or (tiles_matmul if computed else np.matmul), after)
 
 
 def _few_rows(epi: Epilogue, weights: np.ndarray, rows: int, pool: Any, count: int) -> Any:
@@ -210,7 +213,9 @@ def _matmul(lowering: Lowering, node: Node) -> Step | None:
         few = few or _few_rows(epi, b_const, rows, lowering.pool, count)
 
     def bind(arrays: dict[int, np.ndarray]) -> StepFn:
-        matmul = _product(lowering, parts, flops, few, epi, epi.bound(o, arrays))
+        matmul = _product(
+            lowering, parts, flops, few, epi, epi.bound(o, arrays), o_shape, b_const is None
+        )
         fixed_out = arrays.get(o)
         if flat and fixed_out is not None:
             fixed_out = fixed_out.reshape(-1, n)
@@ -288,7 +293,9 @@ def _gemm(lowering: Lowering, node: Node) -> Step | None:
         few = few or _few_rows(epi, b_const, out.shape[0], lowering.pool, count)
 
     def bind(arrays: dict[int, np.ndarray]) -> StepFn:
-        matmul = _product(lowering, parts, flops, few, epi, epi.bound(o, arrays))
+        matmul = _product(
+            lowering, parts, flops, few, epi, epi.bound(o, arrays), out.shape, b_const is None
+        )
 
         def run_bound(env: Env) -> None:
             x = a_const if a_const is not None else (env[a_slot].T if trans_a else env[a_slot])

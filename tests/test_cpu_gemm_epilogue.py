@@ -187,3 +187,54 @@ def test_epilogues_in_packed_lanes(monkeypatch: pytest.MonkeyPatch, dtype: type)
     np.testing.assert_allclose(one, want, rtol=tolerance, atol=tolerance)
     for run in two:
         np.testing.assert_array_equal(run, one)
+
+
+@pytest.mark.parametrize(
+    ("a_shape", "b_shape"),
+    [((1, 6, 33, 20), (1, 6, 20, 33)), ((8, 17, 24), (8, 24, 40)), ((64, 20), (20, 50))],
+    ids=["heads", "stack", "2-d"],
+)
+def test_products_of_computed_operands_on_the_tiles(
+    monkeypatch: pytest.MonkeyPatch, a_shape: tuple, b_shape: tuple
+) -> None:
+    """Attention's Q K^T and P V where they are not fused (two computed operands) run on the
+    tiles: on one thread through cpu_gemm.tiles_matmul, on two the stack's matrices by ranges
+    in native lanes (2-D: BLAS's lanes); the same sums either way, and numpy's within
+    rounding; with the tiles off, numpy's matmul."""
+    from eqsat.lowering import cpu_microkernel
+
+    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
+    rng = np.random.default_rng(4)
+    g = eqsat.Graph("qk")
+    a, b = g.input("a", a_shape), g.input("b", b_shape)
+    g.output(g.op("Relu", g.op("MatMul", a, b)), "y")
+    feeds = {
+        "a": rng.standard_normal(a_shape).astype(F32),
+        "b": rng.standard_normal(b_shape).astype(F32),
+    }
+    want = eqsat.compile(g, target="numpy").run(feeds)["y"]
+    tiles: list[tuple[int, ...]] = []
+    real = cpu_microkernel.batched_gemm
+
+    def spy(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+        tiles.append(x.shape)
+        real(x, y, out)
+
+    monkeypatch.setattr(cpu_microkernel, "batched_gemm", spy)
+    one = cpu.compile(g, threads=1).run(feeds)["y"]
+    in_lanes: list[bool] = []
+    record_pool_maps(monkeypatch, in_lanes)
+    two = cpu.compile(g, threads=2).run(feeds)["y"]
+    np.testing.assert_allclose(one, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(two, want, rtol=1e-4, atol=1e-4)
+    assert in_lanes and in_lanes[0]
+    if cpu_microkernel.ENABLED and cpu_microkernel.WIDE_TILES:
+        assert tiles  # one thread: the tiles
+        if len(a_shape) > 2:
+            np.testing.assert_array_equal(two, one)  # the lanes' tiles, by matrices
+    monkeypatch.setattr(cpu_gemm, "TILES_FOR_COMPUTED", False)
+    tiles.clear()
+    off = cpu.compile(g, threads=1).run(feeds)["y"]
+    np.testing.assert_allclose(off, want, rtol=1e-4, atol=1e-4)
+    assert not tiles
