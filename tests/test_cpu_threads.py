@@ -938,3 +938,34 @@ def test_winograd_tile_rows_even_over_threads(
              epilogue="max({0}, 0)")  # fmt: skip
     g.output(y, "y")
     _same(g, rng, eager)
+
+
+@pytest.mark.parametrize("mask_shape", [None, (2, 1, 1, 24), (2, 3, 20, 24)])
+def test_attention_heads_in_lanes(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, mask_shape: tuple | None
+) -> None:
+    """Heads wide enough for the tiles (keys and values from MIN_COLUMNS on): on two threads
+    ranges of heads run in one native lane each (K transposed, Q K^T, the masked softmax, P V);
+    the same bits as one thread, numpy's within rounding."""
+    from eqsat.lowering import cpu_microkernel
+
+    monkeypatch.setattr(cpu, "PARALLEL_FLOPS", 1.0)
+    monkeypatch.setattr(cpu, "GRAIN_FLOPS", 1.0)
+    g = eqsat.Graph("attention")
+    q, k, v = (
+        g.input("q", (2, 3, 20, 16)),
+        g.input("k", (2, 3, 24, 16)),
+        g.input("v", (2, 3, 24, 16)),
+    )
+    inputs = [q, k, v] + ([g.input("mask", mask_shape)] if mask_shape else [])
+    g.output(g.op("Attention", *inputs, scale=0.25), "out")
+    feeds = {x.name: rng.standard_normal(x.shape).astype(F32) for x in g.inputs}
+    want = eqsat.compile(g, target="numpy").run(feeds)["out"]
+    one = cpu.compile(g, threads=1).run(feeds)["out"]
+    in_lanes: list[bool] = []
+    record_pool_maps(monkeypatch, in_lanes)
+    two = cpu.compile(g, threads=2).run(feeds)["out"]
+    np.testing.assert_allclose(one, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(two, one)
+    if cpu_microkernel.ENABLED and cpu_microkernel.MIN_COLUMNS <= 16:
+        assert in_lanes == [True]
