@@ -311,8 +311,10 @@ def test_gathers_copy_the_same_patches(
         ((2, 32, 160, 7), 16, (5, 5), {"strides": [2, 2]}, False),  # taps in place
         ((8, 16, 1, 50), 32, (1, 5), {}, True),  # a 1xk window: batched
         ((6, 4, 12), 8, (3,), {}, True),  # 1-D
+        ((1, 8, 20, 16), 12, (1, 16), {}, True),  # across the whole width: one image too
+        ((1, 16, 40, 1), 24, (5, 1), {}, False),  # Magika's 5x1 over (H, 1): its blocks split
     ],
-    ids=["small-3x3", "wide-5x5-s2", "1xk", "1d"],
+    ids=["small-3x3", "wide-5x5-s2", "1xk", "1d", "whole-width-one-image", "kx1-column"],
 )
 def test_which_convs_batch(
     rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, x_shape: tuple, m: int,
