@@ -116,3 +116,18 @@ def test_window_convs_check_and_time_each_shape(
     ]
     assert all(float(row[5]) > 0 and float(row[6]) > 0 for row in rows)
     assert lines[-1].startswith("geo-mean ratio: ")
+
+
+@pytest.mark.parametrize("kind", ["conv", "ops"])
+def test_geometry_sweep_checks_and_times_random_models(
+    kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bench/geometry_sweep.py: a few random single-node models, each checked against
+    onnxruntime (no ERR, no FAIL: exit status 0) and timed, slowest ratio first."""
+    from bench import geometry_sweep
+
+    assert geometry_sweep.main(["--kind", kind, "--seed", "3", "--count", "6"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert lines and not any("ERR" in line or line.startswith("FAIL") for line in lines)
+    ratios = [float(line.split()[0]) for line in lines]
+    assert ratios == sorted(ratios, reverse=True) and all(r > 0 for r in ratios)
