@@ -199,6 +199,22 @@ def fused_gemm_runner(
     return fused_lane_matmul(pool, blocks, block, matmul, epilogue)
 
 
+def _run_operands(block: BlockEpilogue) -> Callable[[Any, tuple[int, ...]], list[Any]]:
+    """``operands(env, out_shape)``: ``block``'s operands for a run, constants as they are and
+    the others read from the run's ``env``, viewed as (rows, N) ("full") or (N,) ("column")."""
+    fixed = [o.const for o in block.operands]
+    dynamic = [(k, o.slot, o.kind) for k, o in enumerate(block.operands) if o.const is None]
+    contiguous = np.ascontiguousarray
+
+    def operands(env: Any, shape: tuple[int, ...]) -> list[Any]:
+        values: list[Any] = fixed.copy()
+        for k, slot, kind in dynamic:
+            values[k] = contiguous(env[slot]).reshape(shape if kind == FULL else (shape[1],))
+        return values
+
+    return operands
+
+
 def fused_lane_matmul(
     pool: Any,
     blocks: np.ndarray,
@@ -215,9 +231,7 @@ def fused_lane_matmul(
         epilogue_source(dtype, block.expr, [o.kind for o in block.operands])
     ).lane_matmul_epilogue
     run = cpu_lanes.runner(pool, len(blocks))
-    fixed = [o.const for o in block.operands]
-    dynamic = [(k, o.slot, o.kind) for k, o in enumerate(block.operands) if o.const is None]
-    contiguous = np.ascontiguousarray
+    operands_of = _run_operands(block)
     item = dtype.itemsize
 
     def mm(x: np.ndarray, y: np.ndarray, out: np.ndarray, env: Any) -> None:
@@ -229,11 +243,7 @@ def fused_lane_matmul(
             unfused(x, y, out)
             epilogue(env)
             return
-        operands = fixed.copy()
-        for k, slot, kind in dynamic:
-            value = contiguous(env[slot])
-            operands[k] = value.reshape(out.shape if kind == FULL else (out.shape[1],))
-        run(lane, blocks, x, y, out, *operands)
+        run(lane, blocks, x, y, out, *operands_of(env, out.shape))
 
     return mm
 
@@ -257,8 +267,7 @@ def fused_packed_matmul(
     ).lane_packed_epilogue
     pool = packed.pool
     run = None if pool is None else cpu_lanes.runner(pool, len(packed.blocks))
-    fixed = [o.const for o in block.operands]
-    dynamic = [(k, o.slot, o.kind) for k, o in enumerate(block.operands) if o.const is None]
+    operands_of = _run_operands(block)
     contiguous, blocks, panels = np.ascontiguousarray, packed.blocks, packed.panels
     alone = cpu_lanes.alone
 
@@ -268,10 +277,7 @@ def fused_packed_matmul(
             packed(x, y, out)
             epilogue(env)
             return
-        operands = fixed.copy()
-        for k, slot, kind in dynamic:
-            value = contiguous(env[slot])
-            operands[k] = value.reshape(out.shape if kind == FULL else (out.shape[1],))
+        operands = operands_of(env, out.shape)
         if run is None:
             alone(lane, blocks, x, panels, out, *operands)
         else:

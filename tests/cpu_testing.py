@@ -58,6 +58,23 @@ def record_pool_maps(
     return sizes
 
 
+def record_batched_gemms(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """The shape of the right-hand operand of every call of
+    :func:`eqsat.lowering.cpu_microkernel.batched_gemm` from Python from now on (native lanes
+    call it unseen)."""
+    from eqsat.lowering import cpu_microkernel
+
+    calls: list[tuple[int, ...]] = []
+    real = cpu_microkernel.batched_gemm
+
+    def spy(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+        calls.append(b.shape)
+        real(a, b, out)
+
+    monkeypatch.setattr(cpu_microkernel, "batched_gemm", spy)
+    return calls
+
+
 def take_winograd(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every 3x3 stride-1 conv of 24 channels and more takes Winograd, however small its plane:
     the thresholds depend on the CPU's vectors (see :mod:`eqsat.lowering.cpu_winograd`), the

@@ -24,6 +24,11 @@ def batched(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     monkeypatch.setattr(cpu_conv_batch, "MIN_COLUMNS", 32)
     monkeypatch.setattr(cpu_conv_batch, "GROUP_BYTES", 1)
     monkeypatch.setattr(cpu_conv_batch, "PER_IMAGE_TAPS", False)  # kxk convs batch too
+    return _groups_of_batched_convs(monkeypatch)
+
+
+def _groups_of_batched_convs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The images per group of every batched conv built from now on."""
     # One build per compile: with compiling processes on, a first build collects the sources.
     monkeypatch.setenv("EQSAT_COMPILE_PROCESSES", "1")
     groups: list[int] = []
@@ -326,15 +331,7 @@ def test_which_convs_batch(
     the numbers are numpy's."""
     from eqsat.lowering import cpu_microkernel
 
-    groups: list[int] = []
-    real = cpu_conv_batch.make_batched_conv
-
-    def spy(*args: Any) -> Any:
-        groups.append(args[6])
-        return real(*args)
-
-    monkeypatch.setattr(cpu_conv_batch, "make_batched_conv", spy)
-    monkeypatch.setenv("EQSAT_COMPILE_PROCESSES", "1")
+    groups = _groups_of_batched_convs(monkeypatch)
     matches_numpy(_conv(rng, x_shape, m, kernel, attrs), rng, rtol=1e-4, atol=1e-4)
     if cpu_microkernel.WIDE_TILES or batches:  # (AVX2: the taps read in place only K <= 80)
         assert bool(groups) == batches

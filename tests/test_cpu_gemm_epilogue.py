@@ -11,7 +11,7 @@ from eqsat.lowering import cpu, cpu_blas, cpu_gemm
 from eqsat.lowering.cpu_gemm_epilogue import COLUMN, FULL, block_epilogue
 
 import eqsat
-from tests.cpu_testing import record_pool_maps
+from tests.cpu_testing import record_batched_gemms, record_pool_maps
 
 F32 = np.float32
 needs_blas = pytest.mark.skipif(
@@ -214,14 +214,7 @@ def test_products_of_computed_operands_on_the_tiles(
         "b": rng.standard_normal(b_shape).astype(F32),
     }
     want = eqsat.compile(g, target="numpy").run(feeds)["y"]
-    tiles: list[tuple[int, ...]] = []
-    real = cpu_microkernel.batched_gemm
-
-    def spy(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
-        tiles.append(x.shape)
-        real(x, y, out)
-
-    monkeypatch.setattr(cpu_microkernel, "batched_gemm", spy)
+    tiles = record_batched_gemms(monkeypatch)
     one = cpu.compile(g, threads=1).run(feeds)["y"]
     in_lanes: list[bool] = []
     record_pool_maps(monkeypatch, in_lanes)

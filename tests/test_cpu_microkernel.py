@@ -15,7 +15,7 @@ from eqsat.lowering.cpu_conv_kernels import im2col_wide
 from eqsat.lowering.cpu_microkernel import tiled_gemm
 
 import eqsat
-from tests.cpu_testing import fused_conv_graph, take_winograd
+from tests.cpu_testing import fused_conv_graph, record_batched_gemms, take_winograd
 
 F32 = np.float32
 
@@ -239,14 +239,7 @@ def test_winograd_products_on_the_tiles(
     reference."""
     from eqsat.lowering import cpu
 
-    calls: list[tuple[int, ...]] = []
-    real = cpu_microkernel.batched_gemm
-
-    def spy(u: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
-        calls.append(v.shape)
-        real(u, v, out)
-
-    monkeypatch.setattr(cpu_microkernel, "batched_gemm", spy)
+    calls = record_batched_gemms(monkeypatch)
     take_winograd(monkeypatch)
     g = eqsat.Graph("wino_tiles")
     x = g.input("x", (1, 32, plane, plane), dtype)
