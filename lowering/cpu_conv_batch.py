@@ -45,6 +45,9 @@ WINDOW_ROWS_MIN_FILTERS = 48
 # images of 32 channels on 21 columns to 200 filters: 1x2 171 us against 140 gathered, 1x3 218
 # against 202, 1x5 289 against 292, 1x8 342 against 477; 1x12 to 100 filters 227 against 395).
 WINDOW_ROWS_DEPTH_PER_FILTER = 1.0
+# One image's whole-width windows take window rows where the planes' width is at least this many
+# times the output's (the wide layout would compute that many columns per output column).
+WHOLE_WIDTH_MIN_EXTRA = 16
 # Convs of several rows of taps that the taps (in place) or the small kernel take image by image
 # do not batch (see worth_batching; False: they do, for tests of the batched gather).
 PER_IMAGE_TAPS = True
@@ -149,10 +152,16 @@ def worth_batching(geo: Any, dtype: np.dtype | None = None) -> bool:
     channels) need no GEMM."""
     if geo.group != 1 or geo.direct:
         return False
-    if dtype is not None and whole_width(geo) and geo.kw > 1 and window_rows_suit(geo, dtype):
+    if (
+        dtype is not None and whole_width(geo) and geo.kw > 1
+        and (geo.n > 1 or geo.wp >= WHOLE_WIDTH_MIN_EXTRA * geo.ow)
+        and window_rows_suit(geo, dtype)
+    ):  # fmt: skip
         # (One column of taps, a KHx1 conv over (H, 1): the planes' width is the output's, and
         # image by image its blocks split over threads; Magika's 5x1 conv batched as one image
-        # ran on one thread with two, 3.0 ms against 1.7.)
+        # ran on one thread with two, 3.0 ms against 1.7. One image on a narrow width computes
+        # its few extra columns faster than window rows: 128 channels on 80x7, 1x7 to 4
+        # filters, 28 us against 114.)
         return True
     in_place = dtype is not None and geo.wide and all(geo.patches_in_place(dtype))
     if PER_IMAGE_TAPS and geo.kh > 1 and (in_place or geo.small):

@@ -318,8 +318,17 @@ def test_gathers_copy_the_same_patches(
         ((6, 4, 12), 8, (3,), {}, True),  # 1-D
         ((1, 8, 20, 16), 12, (1, 16), {}, True),  # across the whole width: one image too
         ((1, 16, 40, 1), 24, (5, 1), {}, False),  # Magika's 5x1 over (H, 1): its blocks split
+        ((1, 32, 20, 7), 4, (1, 7), {}, False),  # one image on a narrow width: its planes
     ],
-    ids=["small-3x3", "wide-5x5-s2", "1xk", "1d", "whole-width-one-image", "kx1-column"],
+    ids=[
+        "small-3x3",
+        "wide-5x5-s2",
+        "1xk",
+        "1d",
+        "whole-width-one-image",
+        "kx1-column",
+        "whole-width-narrow",
+    ],
 )
 def test_which_convs_batch(
     rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, x_shape: tuple, m: int,
