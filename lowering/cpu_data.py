@@ -290,7 +290,8 @@ def _attention(lowering: Lowering, node: Node) -> Step | None:
     # On the pool, the heads' ranges in a native lane where the tiles take both products (their
     # Python chunks took the GIL around four calls each and ran no faster than one thread).
     spread = None
-    if ranges and pool is not None and _attention_tiles(out.dtype, d_, l_, dv):
+    both = cpu_gemm.tiles_take(out.dtype, d_, l_) and cpu_gemm.tiles_take(out.dtype, l_, dv)
+    if ranges and pool is not None and both:
         spread = cpu_lanes.runner(pool, len(ranges))
         lane = _attention_lane(out.dtype)
         spans = np.array(ranges, np.int64).reshape(-1, 2)
@@ -329,18 +330,6 @@ def _attention(lowering: Lowering, node: Node) -> Step | None:
 
     reads = [s for s in (*slots, m_slot) if s is not None]
     return Step(run, Usage(reads, [o], True), "attention", node.name)
-
-
-def _attention_tiles(dtype: np.dtype, depth: int, keys: int, values: int) -> bool:
-    """Whether both of an Attention step's products run on the tiles (cpu_gemm.tiles_matmul)."""
-    from eqsat.lowering import cpu_gemm, cpu_microkernel
-
-    return (
-        cpu_gemm.TILES_FOR_COMPUTED and cpu_microkernel.ENABLED
-        and np.dtype(dtype) in (np.dtype(np.float32), np.dtype(np.float64))
-        and max(depth, keys) <= cpu_microkernel.MAX_DEPTH
-        and min(keys, values) >= cpu_microkernel.MIN_COLUMNS
-    )  # fmt: skip
 
 
 @functools.cache

@@ -30,7 +30,7 @@ MIN_PACKED_COLUMNS = 16
 MIN_PACKED_FEW_ROWS_COLUMNS = 64
 # Read when a GEMM step is compiled (False: constant weights stay with BLAS; for A/B runs).
 PACKED_WEIGHTS = True
-# Products of two computed operands on the tiles (tiles_matmul) where the tiles are AVX-512's.
+# Products of two computed operands on the tiles (tiles_matmul) where the tiles take them.
 TILES_FOR_COMPUTED = True
 _TILE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -81,26 +81,43 @@ def matmul_parts(
 
 def tiles_matmul(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
     """``np.matmul(x, y, out=out)`` for products of two computed operands (attention's Q K^T and
-    P V where they are not fused): on the AVX-512 tiles (:func:`cpu_microkernel.batched_gemm`)
-    where both are float32 or float64 stacks of the same matrices count with contiguous rows
-    and ``out`` is C-contiguous, else ``np.matmul``. OpenBLAS runs its AVX2 kernels on AVX-512
-    CPUs: 12 heads of 197 x 64 by 64 x 197 took 388 us there, 262 on the tiles (onnxruntime's
-    step 275), 64 windows of 49 x 32 by 32 x 49 111 against 68."""
+    P V where they are not fused): on the tiles (:func:`cpu_microkernel.batched_gemm`) where
+    they take the product (:func:`tiles_take`) and both operands are stacks of as many matrices
+    with contiguous rows, ``out`` C-contiguous; else ``np.matmul``. OpenBLAS runs its AVX2
+    kernels on AVX-512 CPUs: 12 heads of 197 x 64 by 64 x 197 took 388 us there, 262 on the
+    tiles (onnxruntime's step 275), 64 windows of 49 x 32 by 32 x 49 111 against 68."""
     from eqsat.lowering import cpu_microkernel
 
-    if (
-        TILES_FOR_COMPUTED and x.ndim >= 2 and x.ndim == y.ndim == out.ndim
-        and x.dtype == y.dtype == out.dtype and x.dtype in _TILE_DTYPES
-        and x.shape[:-2] == y.shape[:-2] == out.shape[:-2] and out.flags.c_contiguous
-        and x.strides[-1] == y.strides[-1] == x.itemsize
-        and x.shape[-1] <= cpu_microkernel.MAX_DEPTH and out.shape[-1] >= cpu_microkernel.MIN_COLUMNS
-    ):  # fmt: skip
+    if x.ndim >= 2 and _stacks_on_tiles(x, y, out):
         m, k, n = x.shape[-2], x.shape[-1], y.shape[-1]
         cpu_microkernel.batched_gemm(
             x.reshape(-1, m, k), y.reshape(-1, k, n), out.reshape(-1, m, n)
         )
         return
     np.matmul(x, y, out=out)
+
+
+def tiles_take(dtype: np.dtype, depth: int, columns: int) -> bool:
+    """Whether the tiles take a product of two computed operands of ``dtype``, ``depth`` deep
+    (K) into ``columns`` columns (N): the tiles on (:data:`cpu_microkernel.ENABLED`: vector
+    fused multiply-add), a float dtype, K and N within the tiles' bounds."""
+    from eqsat.lowering import cpu_microkernel
+
+    return (
+        TILES_FOR_COMPUTED and cpu_microkernel.ENABLED and np.dtype(dtype) in _TILE_DTYPES
+        and depth <= cpu_microkernel.MAX_DEPTH and columns >= cpu_microkernel.MIN_COLUMNS
+    )  # fmt: skip
+
+
+def _stacks_on_tiles(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> bool:
+    """Whether ``out = x @ y`` runs on the tiles as it is laid out: stacks of as many matrices
+    of one dtype (:func:`tiles_take`), rows contiguous, ``out`` C-contiguous."""
+    return (
+        x.ndim == y.ndim == out.ndim and x.dtype == y.dtype == out.dtype
+        and x.shape[:-2] == y.shape[:-2] == out.shape[:-2] and out.flags.c_contiguous
+        and x.strides[-1] == y.strides[-1] == x.itemsize
+        and tiles_take(x.dtype, x.shape[-1], out.shape[-1])
+    )  # fmt: skip
 
 
 def threaded_matmul(threads: int) -> Any:
@@ -189,18 +206,12 @@ def lane_batched_matmul(pool: Any, spans: np.ndarray, fallback: Any) -> Any:
     tiles in native lanes on ``pool`` (:func:`tiles_matmul`'s conditions, else ``fallback``):
     Python chunks made the worker wait ~15 us for the GIL, and 8 heads of 128 x 64 by 64 x 128
     took longer on 2 threads (81 us) than on one (71)."""
-    from eqsat.lowering import cpu_lanes, cpu_microkernel
+    from eqsat.lowering import cpu_lanes
 
     run = cpu_lanes.runner(pool, len(spans))
 
     def mm(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
-        if not (
-            TILES_FOR_COMPUTED and x.ndim == y.ndim == out.ndim >= 3 and x.dtype == y.dtype == out.dtype
-            and x.dtype in _TILE_DTYPES and x.shape[:-2] == y.shape[:-2] == out.shape[:-2]
-            and out.flags.c_contiguous and x.strides[-1] == y.strides[-1] == x.itemsize
-            and x.shape[-1] <= cpu_microkernel.MAX_DEPTH
-            and out.shape[-1] >= cpu_microkernel.MIN_COLUMNS
-        ):  # fmt: skip
+        if x.ndim < 3 or not _stacks_on_tiles(x, y, out):
             fallback(x, y, out)
             return
         m, k, n = x.shape[-2], x.shape[-1], y.shape[-1]
@@ -448,5 +459,5 @@ def _packed_lane() -> Any:
 __all__ = [
     "FEW_ROWS", "MIN_PACKED_COLUMNS", "MIN_PART_COLUMNS", "MIN_PART_ROWS", "PackedMatMul",
     "few_rows_matmul", "gemm_runner", "lane_blocks", "lane_matmul", "matmul_parts",
-    "packed_matmul", "parallel_matmul", "threaded_matmul", "tiles_matmul",
+    "packed_matmul", "parallel_matmul", "threaded_matmul", "tiles_matmul", "tiles_take",
 ]  # fmt: skip
