@@ -544,13 +544,13 @@ def compile(graph: Graph, threads: int | None = None) -> Executable:
     """Compile ``graph`` for the CPU; ``threads`` defaults to $EQSAT_THREADS, else the CPUs this
     process may run on. On a machine busy with other work the pool falls back to the calling
     thread by itself (see :mod:`eqsat.lowering.cpu_threads`), so the default is safe there."""
-    from eqsat.lowering import cpu_half, cpu_taps
+    from eqsat.lowering import cpu_conv_bands, cpu_half, cpu_taps
 
     started = time.perf_counter()
     threads = threads or int(os.environ.get("EQSAT_THREADS") or 0) or usable_cpus()
     _check_ops(graph)
     tail = graph.tail
-    graph = cpu_taps.prune(cpu_half.widen(graph))
+    graph, banded = cpu_conv_bands.split(cpu_taps.prune(cpu_half.widen(graph)))
     processes = _compile_new_kernels_in_parallel(graph, threads)
     lowering, steps, plan, out_slots, template_values = _bind_steps(graph, threads)
     template: Env = [None] * len(lowering.slots)
@@ -570,6 +570,7 @@ def compile(graph: Graph, threads: int | None = None) -> Executable:
         "reference_ops": fallback,
         "kernels": lowering.kernels,
         "folded_views": folded,
+        "banded_convs": banded,
         "peak_bytes": plan.peak_bytes,
         "unplanned_bytes": plan.naive_bytes,
         "threads": threads,
