@@ -11,7 +11,9 @@ Families (each switchable by name, see :data:`FAMILY_NAMES`):
 * ``fusion-epilogue``: a fused elementwise kernel whose first input is a Conv, ConvTranspose,
   MatMul or Gemm becomes that op with an epilogue (bias, activation, residual add, ...).
 * ``fusion-bn``: BatchNormalization after a Conv (or a Gemm) with constant parameters folds into
-  the weights and bias (computed once at compile time).
+  the weights and bias (computed once at compile time); any other inference BatchNormalization
+  with constant parameters is also ``x * k + c`` with per-channel constants, which the
+  elementwise family fuses with its neighbours (DenseNet's BN + ReLU after each Concat).
 * ``fusion-composite``: decomposed exporter patterns as single ops: SiLU, HardSwish, GELU (erf
   and tanh forms), LayerNorm, Softmax, attention; and a QDQ model's per-tensor QuantizeLinear/
   DequantizeLinear as the elementwise QuantizePerTensor/DequantizePerTensor, which the fusion
@@ -386,6 +388,45 @@ def _(
         eq(shape(m)).to(n),
         eq(shape(v)).to(n),
     ).then(union(y).with_(E.Gemm(a, w2, c2, alpha=1.0, beta=1.0, transA=ta, transB=0)))
+
+
+for _rank in (2, 3, 4, 5):
+    # [C] -> [C, 1, ...]: a per-channel vector broadcast over the spatial axes of N x C x D...
+    _trailing = rule_const(f"bn_trailing_{_rank}", list(range(1, _rank - 1))) if _rank > 2 else None
+
+    @bn.rule(f"affine-{_rank - 2}d", caveat=ROUNDING + "; assumes a finite mean")
+    def _(
+        y: T, x: T, s: T, bb: T, m: T, v: T, eps: Attr, mom: Attr, sy: Vec[i64], d: i64,
+        _rank: int = _rank, _trailing: Any = _trailing,
+    ) -> Any:  # fmt: skip
+        # A BN that no Conv/Gemm absorbs (DenseNet's after each Concat) as x * k + c, so that
+        # fusion-elementwise takes it into one kernel with the ReLU after it; k and c fold from
+        # the constants as BN of [1, C] rows of ones and zeros.
+        zero_m = E.Sub(m, m)
+        ones = E.Unsqueeze(E.Exp(zero_m), AXES0)
+        k = E.Squeeze(_bn_of(ones, s, E.Sub(bb, bb), zero_m, v, eps, mom), AXES0)
+        c = E.Squeeze(_bn_of(E.Unsqueeze(zero_m, AXES0), s, bb, m, v, eps, mom), AXES0)
+        if _trailing is not None:
+            k, c = E.Unsqueeze(k, _trailing), E.Unsqueeze(c, _trailing)
+        scaled = E.Mul(x, k)
+        n = Vec[i64](sy[1])
+        return rule(
+            eq(y).to(_bn_of(x, s, bb, m, v, eps, mom)),
+            *_params_const(s, bb, m, v),
+            dynamic(y),
+            eq(shape(y)).to(sy),
+            eq(sy.length()).to(i64(_rank)),
+            eq(dtype(y)).to(d),
+            eq(shape(s)).to(n),
+            eq(shape(bb)).to(n),
+            eq(shape(m)).to(n),
+            eq(shape(v)).to(n),
+        ).then(
+            union(y).with_(E.Add(scaled, c)),
+            dynamic(scaled),
+            set_(shape(scaled)).to(sy),
+            set_(dtype(scaled)).to(d),
+        )
 
 
 # ------------------------------------------------------------------ composite patterns

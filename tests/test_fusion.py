@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
+import eqsat
 from eqsat.errors import ShapeError
 from eqsat.ir import Graph
 from eqsat.ops import OPS
@@ -223,6 +224,25 @@ def test_conv_bn_residual_relu_is_one_kernel() -> None:
     onnx.checker.check_model(exported)
     assert {o.domain for o in exported.opset_import} >= {"", "eqsat"}
     assert exported.graph.node[0].domain == "eqsat"
+
+
+@pytest.mark.parametrize("rank", [2, 3, 4])
+def test_bn_after_concat_fuses_with_its_relu(rank: int) -> None:
+    # DenseNet's pre-activation: Concat -> BN -> ReLU, where no conv can absorb the BN.
+    g = Graph("dense")
+    spatial = (5, 6)[: rank - 2]
+    a, b = g.input("a", (2, 3, *spatial)), g.input("b", (2, 4, *spatial))
+    params = [np.abs(_rand(7)) + 0.5, _rand(7), _rand(7), np.abs(_rand(7)) + 0.5]
+    y = g.op("BatchNormalization", g.op("Concat", a, b, axis=1), *map(g.constant, params))
+    g.output(g.op("Relu", y), "y")
+    result = optimize(g, rules=fusion_rules(), target="cpu", verify=True)
+    assert result.report.verified
+    counts = result.graph.op_counts()
+    assert "BatchNormalization" not in counts and counts.get("FusedElementwise") == 1
+    feeds = {"a": _rand(2, 3, *spatial), "b": _rand(2, 4, *spatial)}
+    want = eqsat.compile(g, target="numpy").run(feeds)["y"]
+    got = eqsat.compile(result.graph, target="cpu").run(feeds)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_elementwise_chain_with_broadcast_is_one_kernel() -> None:
