@@ -421,6 +421,8 @@ def _pool(lowering: Lowering, node: Node) -> Step | None:
             starts = np.arange(window.out[a]) * window.strides[a] - window.begin[a]
             pos = starts[:, None] + np.arange(window.kernel[a]) * window.dilations[a]
             count = np.multiply.outer(count, ((pos >= lo) & (pos < hi)).sum(axis=1))
+        if x.rank == 4 and count.size and np.all(count == count.flat[0]):
+            return _average_as_depthwise(lowering, node, window, float(count.flat[0]))
         inverse = np.ascontiguousarray(1.0 / count, out.dtype).reshape(out_2d[2:])
         extra = (inverse,)
         try:
@@ -452,6 +454,30 @@ def _pool(lowering: Lowering, node: Node) -> Step | None:
         kernel(data, result, *extra)
 
     return Step(run, Usage([xs], [o], True), "kernel", node.name)
+
+
+def _average_as_depthwise(lowering: Lowering, node: Node, window: Any, divisor: float) -> Step:
+    """An AveragePool whose every window has the same divisor (no padding, or padding counted)
+    as a depthwise conv of unit taps times ``1 / divisor``: the depthwise kernels fill vectors
+    with several small planes at once and run in lanes, where the pool's kernel went plane by
+    plane (768 planes of 17x17, 3x3: 156 us, onnxruntime 68; Inception-v3's pools 4x)."""
+    from eqsat.lowering import cpu_depthwise_step
+
+    x, out = node.inputs[0], node.outputs[0]
+    assert x is not None and out is not None
+    c_ = x.shape[1]
+    ones = np.ones((c_, 1, *window.kernel), out.dtype)
+    taps = Value(f"{node.name}/taps", ones.shape, out.dtype, const=ones)
+    scale = np.array(1.0 / divisor, out.dtype)
+    inverse = Value(f"{node.name}/inverse", (), out.dtype, const=scale)
+    attrs = {
+        "auto_pad": "NOTSET", "dilations": list(window.dilations), "group": c_,
+        "kernel_shape": list(window.kernel), "pads": [*window.begin, *window.end],
+        "strides": list(window.strides), "epilogue": "({0} * {1})",
+    }  # fmt: skip
+    conv = Node("Conv", [x, taps], [out], attrs, node.name)
+    bias = np.zeros(c_, out.dtype)
+    return cpu_depthwise_step.build(lowering, conv, x, [inverse], bias, window)
 
 
 _BUILDERS: dict[str, Any] = {

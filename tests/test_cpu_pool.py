@@ -182,6 +182,35 @@ def test_average_pool_generated(
     assert exe.report["reference_ops"] == {}
 
 
+@pytest.mark.parametrize(
+    ("shape", "attrs", "include", "kind"),
+    [
+        # One divisor for every window: the depthwise kernels, unit taps times 1/9.
+        ((1, 40, 8, 8), {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, 1, "depthwise"),
+        ((2, 3, 20, 22), {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, 1, "depthwise"),
+        ((1, 4, 12, 12), {"kernel_shape": [2, 2], "strides": [2, 2]}, 0, "depthwise"),
+        ((1, 2, 5, 140), {"kernel_shape": [3, 3], "strides": [1, 2]}, 0, "depthwise"),
+        # Padding not counted: the divisor shrinks at the borders, the pool's own kernel.
+        ((1, 4, 12, 12), {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, 0, "kernel"),
+        # ceil_mode's last windows run past the padding: fewer terms there too.
+        ((1, 2, 9, 9), {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}, 1, "kernel"),
+    ],
+    ids=["channel-lanes", "planes", "no-padding", "wide-rows", "uncounted-pads", "ceil"],
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_average_pool_with_one_divisor_is_a_depthwise_conv(
+    rng: np.random.Generator, shape: tuple, attrs: dict, include: int, kind: str, threads: int
+) -> None:
+    g = eqsat.Graph("avg")
+    x = g.input("x", shape)
+    g.output(g.op("AveragePool", x, count_include_pad=include, **attrs), "y")
+    feeds = {"x": rng.standard_normal(shape).astype(F32)}
+    want = eqsat.compile(g, target="numpy").run(feeds)
+    exe = cpu.compile(g, threads=threads)
+    assert exe.report["steps"].get(kind) == 1 and exe.report["reference_ops"] == {}
+    np.testing.assert_allclose(exe.run(feeds)["y"], want["y"], rtol=1e-5, atol=1e-6)
+
+
 def test_average_pool_source_unrolls_taps() -> None:
     text = cpu_depthwise.average_pool_source(np.dtype(F32), (3, 2), (3, 2), (1, 1), (0, 0))
     assert "m = p[ow * 2 + 0] + p[ow * 2 + 1]" in text and "m * inv[ow]" in text
