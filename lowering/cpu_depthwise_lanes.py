@@ -178,11 +178,12 @@ def gather_block(typingctx, x, pad, c0, ph, pw, wp):  # type: ignore[no-untyped-
     return signature, codegen
 
 
-def lane_conv(kh: int, kw: int, dh: int, dw: int):  # type: ignore[no-untyped-def]
+def lane_conv(kh: int, kw: int, dh: int, dw: int, reduce: str = "sum"):  # type: ignore[no-untyped-def]
     """An intrinsic ``conv(pad, taps, bias, res, oh, ow, wp, sh, sw)``: res[oh' * ow + ow'] =
     bias + sum over taps (i, j) of taps[i * kw + j] * pad[(oh' * sh + i * dh) * wp + ow' * sw +
     j * dw], every term an L-lane vector (pad (rows, L), taps (KH*KW, L), bias (L,), res
-    (positions, L), all C-contiguous)."""
+    (positions, L), all C-contiguous). ``reduce="max"``: the max of the pad terms instead
+    (NaN-propagating, ``llvm.maximum``), taps and bias unread: a max pool."""
 
     @intrinsic
     def conv(typingctx, pad, taps, bias, res, oh, ow, wp, sh, sw):  # type: ignore[no-untyped-def]
@@ -200,8 +201,17 @@ def lane_conv(kh: int, kw: int, dh: int, dw: int):  # type: ignore[no-untyped-de
                 for t, a in zip(sig.args[:4], args[:4], strict=True)
             )
             oh_, ow_, wp_, sh_, sw_ = args[4:]
-            weights = [v.load(builder.gep(taps_, [v.const(t)])) for t in range(kh * kw)]
-            start = v.load(bias_)
+            count = kh * kw
+            if reduce == "max":
+                maximum = cgutils.get_or_insert_function(
+                    builder.module,
+                    ir.FunctionType(v.vec, [v.vec, v.vec]),
+                    f"llvm.maximum.v{v.lanes}{'f32' if v.vec.element == ir.FloatType() else 'f64'}",
+                )
+                weights, start = [], None
+            else:
+                weights = [v.load(builder.gep(taps_, [v.const(t)])) for t in range(count)]
+                start = v.load(bias_)
             offsets = [
                 builder.add(builder.mul(wp_, v.const(i * dh)), v.const(j * dw))
                 for i in range(kh)
@@ -219,14 +229,25 @@ def lane_conv(kh: int, kw: int, dh: int, dw: int):  # type: ignore[no-untyped-de
                         total = start if g == 0 else None
                         for t in range(g, min(g + SUM_GROUP, len(offsets))):
                             value = v.load(builder.gep(pad_, [builder.add(q, offsets[t])]))
-                            if total is None:
+                            if reduce == "max":
+                                total = (
+                                    value
+                                    if total is None
+                                    else builder.call(maximum, [total, value])
+                                )
+                            elif total is None:
                                 total = builder.fmul(weights[t], value)
                             else:
                                 total = builder.call(v.fma, [weights[t], value, total])
                         sums.append(total)
+                    join = (
+                        (lambda a, b: builder.call(maximum, [a, b]))
+                        if reduce == "max"
+                        else builder.fadd
+                    )
                     while len(sums) > 1:
                         sums = [
-                            builder.fadd(sums[i], sums[i + 1]) if i + 1 < len(sums) else sums[i]
+                            join(sums[i], sums[i + 1]) if i + 1 < len(sums) else sums[i]
                             for i in range(0, len(sums), 2)
                         ]
                     v.store(sums[0], builder.gep(res_, [builder.add(first, columns.index)]))
@@ -301,9 +322,10 @@ def suits(dtype: np.dtype, out_hw: tuple[int, ...], taps: int) -> bool:
 
 def buffers(dtype: np.dtype, in_hw: tuple[int, int], out_hw: tuple[int, int],
             kernel: tuple[int, int], strides: tuple[int, int], dilations: tuple[int, int],
-            pads: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int]:  # fmt: skip
-    """(pad, res, wp): a zeroed bordered buffer of the input planes, L lanes per position, rows
-    ``wp`` wide and tall enough for every tap's read; and the outputs' (positions, L)."""
+            pads: tuple[int, int], fill: float = 0.0) -> tuple[np.ndarray, np.ndarray, int]:  # fmt: skip
+    """(pad, res, wp): a bordered buffer of the input planes (the border ``fill``: 0, or -inf
+    for a max), L lanes per position, rows ``wp`` wide and tall enough for every tap's read;
+    and the outputs' (positions, L)."""
     lanes = lanes_of(np.dtype(dtype).itemsize)
     (h, w), (oh, ow), (kh, kw), (sh, sw), (dh, dw), (ph, pw) = (
         in_hw,
@@ -315,7 +337,7 @@ def buffers(dtype: np.dtype, in_hw: tuple[int, int], out_hw: tuple[int, int],
     )
     wp = max(pw + w, (ow - 1) * sw + (kw - 1) * dw + 1)
     hp = max(ph + h, (oh - 1) * sh + (kh - 1) * dh + 1)
-    pad = np.zeros((hp * wp, lanes), dtype)
+    pad = np.full((hp * wp, lanes), fill, dtype)
     res = np.zeros((max(oh * ow, lanes), lanes), dtype)
     return pad, res, wp
 
@@ -335,10 +357,12 @@ def pack_taps(taps: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def source(dtype: np.dtype, kernel: tuple[int, int], strides: tuple[int, int],
-           dilations: tuple[int, int], pads: tuple[int, int], epilogue: str) -> str:  # fmt: skip
+           dilations: tuple[int, int], pads: tuple[int, int], epilogue: str,
+           reduce: str = "sum") -> str:  # fmt: skip
     """A module with ``kernel(x, wv, bv, out, pad, res, wp)``: x (N, C, H, W), ``wv``/``bv`` of
     :func:`pack_taps`, out (N, C, OH, OW), ``pad``, ``res`` and ``wp`` of :func:`buffers`.
-    ``epilogue`` may only use ``{0}``; it is applied to ``res`` before the transpose out."""
+    ``epilogue`` may only use ``{0}``; it is applied to ``res`` before the transpose out.
+    ``reduce="max"``: a max pool (``pad``'s border -inf; the taps and bias unread)."""
     if dtype not in codegen.FLOATS:
         raise codegen.Unsupported(f"dtype {dtype}")
     code, constants = codegen.translate(epilogue, dtype)
@@ -352,14 +376,14 @@ def source(dtype: np.dtype, kernel: tuple[int, int], strides: tuple[int, int],
         f"{arr(2, False)}, {arr(2, False)}, types.int64)"
     )
     comments = [
-        f"depthwise lanes {kernel} strides {strides} dilations {dilations} pads {pads}",
+        f"depthwise lanes {kernel} strides {strides} dilations {dilations} pads {pads} {reduce}",
         f"epilogue: {epilogue}; lanes {_SOURCE_HASH}",
     ]
     lines = codegen.module_header(comments, ctype, constants)
     lines += [
         "from eqsat.lowering.cpu_depthwise_lanes import gather_block, lane_conv, scatter_block",
         "",
-        f"conv = lane_conv({kh}, {kw}, {dh}, {dw})",
+        f"conv = lane_conv({kh}, {kw}, {dh}, {dw}, {reduce!r})",
         "",
         "",
         f"@njit({signature}, cache=True, error_model='numpy', fastmath={{'contract'}}, nogil=True)",

@@ -62,9 +62,10 @@ def lane_source(lanes: bool) -> str:
 
 
 def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: np.ndarray,
-          window: Any) -> Step:  # fmt: skip
+          window: Any, reduce: str = "sum") -> Step:  # fmt: skip
     """Depthwise conv as a generated kernel; scalar-constant epilogues are fused into it, others
-    are a pass of their own (``cpu_ops.Epilogue``)."""
+    are a pass of their own (``cpu_ops.Epilogue``). ``reduce="max"``: a max pool over the same
+    windows (the node's taps and the bias unread, padding -inf)."""
     from eqsat.lowering.cpu_ops import Epilogue
 
     out = node.outputs[0]
@@ -81,8 +82,11 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
     geometry = (window.kernel, window.strides, window.dilations, window.begin)
     lanes = cpu_depthwise_lanes.suits(out.dtype, window.out, kh * kw)
     source: Callable[..., str] = (
-        cpu_depthwise_lanes.source if lanes else lambda *form: cpu_depthwise.source(*form, False)
+        (lambda *form: cpu_depthwise_lanes.source(*form, reduce))
+        if lanes
+        else (lambda *form: cpu_depthwise.source(*form, False, reduce))
     )
+    border = -np.inf if reduce == "max" else 0.0
     try:
         module = kernel_cache.load(source(out.dtype, *geometry, fused) + lane_source(lanes))
         epi: Epilogue | None = None
@@ -93,20 +97,22 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
     kernel = module.kernel
     lowering.kernels += 1
     # The kernel's weights, cut by units of ``width`` channels, and each thread's scratch (the
-    # borders of its padded planes stay zero: the kernels write the interior only).
+    # borders of its padded planes keep ``border``: the kernels write the interior only).
     if lanes:
         weights = cpu_depthwise_lanes.pack_taps(taps, bias)
         width = weights[0].shape[2]
 
         def scratch_of() -> tuple[Any, ...]:
-            return cpu_depthwise_lanes.buffers(out.dtype, x.shape[2:], window.out, *geometry)
+            return cpu_depthwise_lanes.buffers(
+                out.dtype, x.shape[2:], window.out, *geometry, border
+            )
 
     else:
         weights, width = (taps, bias), 1
         plane = cpu_depthwise.scratch_shape(x.shape[2:], window.out, *geometry)
 
         def scratch_of() -> tuple[Any, ...]:
-            return (np.zeros(plane, out.dtype),)
+            return (np.full(plane, border, out.dtype),)
 
     units = weights[0].shape[0]
     # Sized like elementwise work, not as FLOPs: the kernel makes about one 3x3 output per ns

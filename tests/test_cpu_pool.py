@@ -64,6 +64,32 @@ def test_max_pool_exact(shape: tuple[int, ...], attrs: dict[str, Any], dtype: ty
     assert exe.report["reference_ops"] == {}
 
 
+@pytest.mark.parametrize(
+    ("shape", "attrs", "kind"),
+    [
+        # Small output planes: the depthwise kernels' channel lanes in their max mode.
+        ((1, 40, 9, 9), {"kernel_shape": [3, 3], "strides": [2, 2]}, "depthwise"),
+        ((2, 20, 7, 7), {"kernel_shape": [5, 5], "pads": [2, 2, 2, 2]}, "depthwise"),
+        ((1, 9, 11, 11), {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, "depthwise"),
+        # Bigger ones keep the pool's row passes.
+        ((1, 3, 41, 41), {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, "kernel"),
+    ],
+    ids=["stride-2", "sppf-5x5", "ceil", "big-planes"],
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_max_pool_route(shape: tuple, attrs: dict, kind: str, threads: int) -> None:
+    rng = np.random.default_rng(3)
+    g = eqsat.Graph("maxpool")
+    x = g.input("x", shape)
+    g.output(g.op("MaxPool", x, **attrs), "y")
+    data = rng.standard_normal(shape).astype(F32)
+    data.reshape(-1)[::37] = np.nan
+    want = eqsat.compile(g, target="numpy").run({"x": data})
+    exe = cpu.compile(g, threads=threads)
+    assert exe.report["steps"].get(kind) == 1
+    np.testing.assert_array_equal(exe.run({"x": data})["y"], want["y"])
+
+
 def test_max_pool_threads_match(rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
     """With two threads the planes split into (image, channel block) chunks: same numbers."""
     monkeypatch.setattr(cpu, "PARALLEL_ELEMENTS", 1)
