@@ -80,10 +80,27 @@ class RuntimeTail:
 
     def run(self, static: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """The model's outputs, given the static part's outputs in order."""
+        from eqsat import tail_lean
         from eqsat.lowering import compile_graph
         from eqsat.onnx_io import load_proto
 
         bound = {name: np.asarray(static[index]) for name, index in self.boundary}
+        if "lean" not in self._walks:
+            self._walks["lean"] = tail_lean.plan(self.model)
+        lean = self._walks["lean"]
+        made: list[np.ndarray] | None = None
+        if lean is not None:
+            try:
+                with collection_paused():
+                    made = tail_lean.run(lean, bound)
+            except Exception:  # anything it cannot do, the import below does (errors too)
+                made = None
+        if made is not None:
+            computed = dict(zip((vi.name for vi in self.model.graph.output), made, strict=True))
+            return {
+                name: computed[name] if index is None else static[index]
+                for name, index in self.outputs
+            }
         with collection_paused():
             graph = load_proto(
                 self.model, "the model's run-time tail", constants=bound, walks=self._walks

@@ -476,19 +476,23 @@ def test_tail_runs_do_not_trigger_garbage_collections(monkeypatch):
     it loads and runs (it had scanned the whole process every few runs), and left as found."""
     import gc
 
-    from eqsat import onnx_io
+    from eqsat import onnx_io, tail_lean
 
     model = _nonzero_model()
     exe = eqsat.compile(eqsat.load(model), "cpu")
     feeds = {"x": RNG.standard_normal((4, 6)).astype(np.float32)}
     seen = []
-    real = onnx_io.load_proto
 
-    def load_proto(*args, **kwargs):
-        seen.append(gc.isenabled())
-        return real(*args, **kwargs)
+    def recording(real):
+        def call(*args, **kwargs):
+            seen.append(gc.isenabled())
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(onnx_io, "load_proto", load_proto)
+        return call
+
+    # The lean run (tail_lean) where it can, else the load: either way with the collector off.
+    monkeypatch.setattr(onnx_io, "load_proto", recording(onnx_io.load_proto))
+    monkeypatch.setattr(tail_lean, "run", recording(tail_lean.run))
     try:
         _check(exe.run(feeds), _ort(model, feeds))
         assert seen == [False] and gc.isenabled()
@@ -525,3 +529,96 @@ def test_a_tail_that_splits_again(monkeypatch):
     want = _ort(model, feeds)
     for target in ("numpy", "cpu"):
         _check(eqsat.compile(eqsat.load(model), target=target).run(feeds), want)
+
+
+def _detector_like_model(opset: int):
+    """A post-processing tail in the shape torchvision's exporter writes: NonZero of a score
+    mask, per-box gathers, an old-opset ReduceMin (axes an attribute before opset 18), TopK of
+    a data-dependent k and an If on whether anything was found."""
+    found = helper.make_graph(
+        [helper.make_node("Mul", ["kept", "two"], ["doubled"])],
+        "found",
+        [],
+        [helper.make_tensor_value_info("doubled", TensorProto.FLOAT, None)],
+    )
+    empty = helper.make_graph(
+        [helper.make_node("Identity", ["kept"], ["same"])],
+        "empty",
+        [],
+        [helper.make_tensor_value_info("same", TensorProto.FLOAT, None)],
+    )
+    reduce = (
+        helper.make_node("ReduceMin", ["boxes", "one"], ["low"], keepdims=0)
+        if opset >= 18
+        else helper.make_node("ReduceMin", ["boxes"], ["low"], axes=[1], keepdims=0)
+    )
+    nodes = [
+        helper.make_node("Sigmoid", ["x"], ["scores"]),
+        helper.make_node("Greater", ["scores", "half"], ["mask"]),
+        helper.make_node("NonZero", ["mask"], ["nz"]),
+        helper.make_node("Squeeze", ["nz", "zero_axis"], ["idx"]),
+        helper.make_node("Gather", ["b", "idx"], ["boxes"], axis=0),
+        reduce,
+        helper.make_node("Shape", ["low"], ["count"]),
+        helper.make_node("TopK", ["low", "count"], ["kept", "order"]),
+        helper.make_node("Size", ["kept"], ["n"]),
+        helper.make_node("Greater", ["n", "zero"], ["any"]),
+        helper.make_node("If", ["any"], ["out"], then_branch=found, else_branch=empty),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+        numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+        numpy_helper.from_array(np.array([0], np.int64), "zero_axis"),
+        numpy_helper.from_array(np.array([1], np.int64), "one"),
+        numpy_helper.from_array(np.array(0, np.int64), "zero"),
+    ]
+    inputs = [("x", TensorProto.FLOAT, [12]), ("b", TensorProto.FLOAT, [12, 4])]
+    outputs = [("out", TensorProto.FLOAT), ("order", TensorProto.INT64)]
+    return _model(nodes, inputs, outputs, inits, opset=opset)
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_tails_run_lean_and_match_the_load(opset):
+    """A tail of ordinary ops (Ifs included) runs node by node through the references
+    (eqsat.tail_lean), not by loading it as a model each run: the same numbers, onnxruntime's."""
+    from eqsat import onnx_io
+
+    model = _detector_like_model(opset)
+    exe = eqsat.compile(eqsat.load(model), "cpu")
+    assert exe.tail is not None
+    loads = []
+    real = onnx_io.load_proto
+
+    def load_proto(*args, **kwargs):
+        loads.append(1)
+        return real(*args, **kwargs)
+
+    for seed, scale in ((0, 1.0), (1, 1.0), (2, -100.0)):  # the last finds nothing
+        rng = np.random.default_rng(seed)
+        feeds = {
+            "x": (rng.standard_normal(12) * scale).astype(np.float32),
+            "b": rng.standard_normal((12, 4)).astype(np.float32),
+        }
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(onnx_io, "load_proto", load_proto)
+            lean = exe.run(feeds)
+        _check(lean, _ort(model, feeds))
+        exe.tail._walks["lean"] = None  # the load, for comparison
+        loaded = exe.run(feeds)
+        del exe.tail._walks["lean"]
+        for name, value in loaded.items():
+            np.testing.assert_array_equal(lean[name], value)
+    assert loads == []
+
+
+def test_tails_the_lean_run_cannot_take_fall_back_to_the_load():
+    """A Loop in the tail (or any node the lean run refuses) loads the tail as before."""
+    from eqsat import tail_lean
+
+    model = _loop_model(trip_from_data=True)
+    graph = eqsat.load(model)
+    assert graph.tail is not None and tail_lean.plan(graph.tail.model) is None
+    exe = eqsat.compile(graph, "numpy")
+    for seed in range(2):
+        feeds = {"x": np.random.default_rng(seed).standard_normal((4, 3)).astype(np.float32)}
+        _check(exe.run(feeds), _ort(model, feeds))
