@@ -278,7 +278,7 @@ def _layer_step(
             for kernel, tail in calls:
                 kernel.compile(tuple(numba.typeof(a) for a in (*sample, *tail)))
         gx = scratch[0]
-        ascontiguous, matmul, copyto = np.ascontiguousarray, np.matmul, np.copyto
+        ascontiguous, copyto = np.ascontiguousarray, np.copyto
         hs, cs, gs = steps_scratch
         has_y, has_yh, has_yc = flags
         dot = step_product(work)
@@ -300,8 +300,8 @@ def _layer_step(
                 args[1:7] = prepare(arrays_now)
                 if stepped:
                     args[1] = stacked_weights(args[1], args[2], args[3])
-            if not project:
-                matmul(args[0], args[1], out=gx)
+            if not project:  # the AVX-512 tiles where the machine has them (see step_product)
+                dot(args[0], args[1], gx)
             bad = -1
             if stepped:
                 wr, lengths, x = args[1], args[9], args[0]
