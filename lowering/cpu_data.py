@@ -368,9 +368,13 @@ def _attention_lane(dtype: np.dtype) -> Any:
 def _pool(lowering: Lowering, node: Node) -> Step | None:
     x, out = node.inputs[0], node.outputs[0]
     assert x is not None and out is not None
+    # An 8- or 16-bit integer MaxPool (a quantized model's, between QLinearConvs) runs the
+    # float32 kernel on a float32 copy, exact for those integers: it ran on the reference.
+    small_ints = (np.int8, np.uint8, np.int16, np.uint16)
+    widen = node.op == "MaxPool" and out.dtype in tuple(map(np.dtype, small_ints))
     if (
         x.rank not in (3, 4)
-        or out.dtype not in FLOATS
+        or (out.dtype not in FLOATS and not widen)
         or any(v is not None for v in node.outputs[1:])
     ):
         return None
@@ -401,7 +405,8 @@ def _pool(lowering: Lowering, node: Node) -> Step | None:
     kernel_2d, strides_2d = lift + tuple(window.kernel), lift + tuple(window.strides)
     dilations_2d, begin_2d = lift + tuple(window.dilations), (0,) * len(lift) + tuple(window.begin)
     geometry = (*kernel_2d, *strides_2d, *dilations_2d, *begin_2d)
-    form = (out.dtype, kernel_2d, strides_2d, dilations_2d, begin_2d)
+    work = np.dtype(np.float32) if widen else out.dtype
+    form = (work, kernel_2d, strides_2d, dilations_2d, begin_2d)
     xs, o = lowering.slot(x), lowering.slot(out)
     extra: tuple[np.ndarray, ...] = ()
     # Max pools whose outputs are small planes take the depthwise kernels' channel lanes
@@ -410,6 +415,7 @@ def _pool(lowering: Lowering, node: Node) -> Step | None:
     taps = int(np.prod(window.kernel))
     if (
         node.op == "MaxPool"
+        and not widen
         and x.rank == 4
         and cpu_depthwise_lanes.suits(out.dtype, tuple(window.out), taps)
     ):
@@ -451,7 +457,14 @@ def _pool(lowering: Lowering, node: Node) -> Step | None:
     parts = [(i, c0, c1) for i in range(n_) for c0, c1 in blocks]
     pool = lowering.pool if len(parts) > 1 else None
 
+    wide = np.empty(out_2d, work) if widen else None
+
     def run(env: Env) -> None:
+        if wide is not None:
+            data, result = env[xs][rows].astype(work), wide
+            kernel(data, result, *extra)
+            np.copyto(env[o][rows], wide, casting="unsafe")
+            return
         data = np.ascontiguousarray(env[xs][rows])
         result = env[o][rows]
         if pool is not None:

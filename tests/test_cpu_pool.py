@@ -291,3 +291,22 @@ def test_fused_depthwise_channel_add(rng: np.random.Generator, kernel: int) -> N
     want, got, exe = _run(g, feeds)
     np.testing.assert_allclose(got["y"], want["y"], rtol=1e-5, atol=1e-5)
     assert exe.report["reference_ops"] == {}
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_small_integer_max_pool_is_compiled(dtype: type, threads: int) -> None:
+    """A quantized model's uint8/int8 MaxPool runs the float32 kernel on an exact copy (it ran
+    on the numpy reference)."""
+    rng = np.random.default_rng(11)
+    info = np.iinfo(dtype)
+    g = eqsat.Graph("qpool")
+    x = g.input("x", (1, 5, 13, 12), np.dtype(dtype))
+    g.output(g.op("MaxPool", x, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), "y")
+    data = rng.integers(info.min, info.max, (1, 5, 13, 12), endpoint=True).astype(dtype)
+    want = eqsat.compile(g, target="numpy").run({"x": data})
+    exe = cpu.compile(g, threads=threads)
+    assert exe.report["reference_ops"] == {}
+    got = exe.run({"x": data})["y"]
+    assert got.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(got, want["y"])
