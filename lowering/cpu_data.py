@@ -368,10 +368,9 @@ def _attention_lane(dtype: np.dtype) -> Any:
 def _pool(lowering: Lowering, node: Node) -> Step | None:
     x, out = node.inputs[0], node.outputs[0]
     assert x is not None and out is not None
-    # An 8- or 16-bit integer MaxPool (a quantized model's, between QLinearConvs) runs the
-    # float32 kernel on a float32 copy, exact for those integers: it ran on the reference.
-    small_ints = (np.int8, np.uint8, np.int16, np.uint16)
-    widen = node.op == "MaxPool" and out.dtype in tuple(map(np.dtype, small_ints))
+    # An 8-bit integer MaxPool (a quantized model's, between QLinearConvs) runs the float32
+    # kernel on a float32 copy, exact for those integers: it ran on the reference.
+    widen = node.op == "MaxPool" and out.dtype in (np.dtype(np.int8), np.dtype(np.uint8))
     if (
         x.rank not in (3, 4)
         or (out.dtype not in FLOATS and not widen)
