@@ -76,6 +76,36 @@ def test_transpose_exact(
 
 
 @pytest.mark.parametrize(
+    ("i_", "j_", "order"),
+    [
+        (96, 392, True),  # NCHW -> NHWC: the shorter sweep, over 96 input rows
+        (512, 13, False),  # ... over 13 output rows
+        (1024, 64, True),  # output rows 4 KiB apart: never swept
+        (64, 1024, None),  # input rows 4 KiB apart: swap_elements
+        (21, 35, True),  # remainders on both sides of the 8x8 blocks
+        (7, 40, None),  # fewer than 8 rows
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.int32])
+def test_transpose_by_register_blocks(i_: int, j_: int, order: bool | None, dtype: type) -> None:
+    """4-byte swaps go by 8x8 blocks transposed in registers, in the order _block_order picks
+    (either order is exact; the choice only moves the cache traffic)."""
+    assert cpu_moves._block_order(i_, j_) is (order if order is not None else None)
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((3, i_, j_)) * 1000).astype(dtype)
+    raw = x.view(np.uint32)
+    for by_columns in (False, True):
+        out = np.empty((3, j_, i_), np.uint32)
+        if i_ >= 8 and j_ >= 8:
+            cpu_moves.swap_blocks32(raw, out, by_columns)
+            np.testing.assert_array_equal(out.view(dtype), x.transpose(0, 2, 1))
+    g = eqsat.Graph("transpose")
+    v = g.input("x", (3, i_, j_), dtype)
+    g.output(g.op("Transpose", v, perm=[0, 2, 1]), "y")
+    _exact(g, {"x": x}, "copy")
+
+
+@pytest.mark.parametrize(
     ("shape", "perm"), [((4, 2, 1, 8), (0, 2, 1, 3)), ((1, 3, 1, 5), (2, 1, 0, 3)), ((6,), (0,))]
 )
 def test_transpose_moving_unit_axes_is_a_view(
