@@ -195,6 +195,12 @@ def _resize_linear(lowering: Lowering, node: Node) -> Step | None:
     consts = [None if v is None or v.const.size == 0 else v.const for v in node.inputs[1:4]]
     scales, sizes = (consts + [None] * 3)[1:3]
     tables, shape = linear_taps(x.shape, attrs, scales, sizes)
+    if not tables and tuple(shape) == out.shape == x.shape:
+        # No axis resized (a decoder's upsampling to the size it already has: SegFormer's
+        # first branch, SSDlite's 320 -> 320): the reference's result is its input.
+        from eqsat.lowering.cpu_data import _view
+
+        return _view(lowering, node)
     if not tables or tuple(shape) != out.shape or any(a < x.rank - 2 for a, _, _ in tables):
         return None
     if any(index.shape[1] != 2 for _, index, _ in tables):  # antialiased downsampling

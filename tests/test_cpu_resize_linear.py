@@ -69,3 +69,20 @@ def test_close_to_onnxruntime() -> None:
     )
     got = eqsat.compile(g, target="cpu").run(feeds)["y"]
     np.testing.assert_allclose(got, session.run(None, feeds)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("scales", "sizes"), [(None, [1, 3, 5, 7]), ([1, 1, 1, 1], None)])
+def test_a_resize_to_its_own_size_is_a_view(
+    mode: str, scales: list | None, sizes: list | None
+) -> None:
+    """No axis resized (SegFormer's and SSDlite's upsampling to the size the map already has):
+    the input itself, as the reference gives it; it ran on the reference."""
+    g = _graph((1, 3, 5, 7), mode, scales, sizes)
+    x = np.random.default_rng(2).standard_normal((1, 3, 5, 7)).astype(F32)
+    x.reshape(-1)[::9] = np.inf  # a weighted sum would turn these into NaN
+    want = eqsat.compile(g, target="numpy").run({"x": x})["y"]
+    exe = eqsat.compile(g, target="cpu")
+    assert exe.report["reference_ops"] == {} and "kernel" not in exe.report["steps"]
+    np.testing.assert_array_equal(exe.run({"x": x})["y"], want)
+    np.testing.assert_array_equal(want, x)
