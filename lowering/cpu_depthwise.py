@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 from eqsat.lowering import codegen, kernel_cache
+from eqsat.lowering.cpu_tile_ir import VECTOR_BYTES
 
 _OPERAND = re.compile(r"\{(\d+)\}")
 
@@ -82,8 +83,10 @@ def scalar_constants(extras: list[Any]) -> dict[int, float]:
 
 
 # The most taps one pass over the plane multiplies in: a pass keeps its taps' weights in vector
-# registers (all 49 of a 7x7 spilled, two loads per multiply-add: half the speed).
-PASS_TAPS = 12
+# registers (all 49 of a 7x7 spilled, two loads per multiply-add: half the speed). AVX-512 has
+# 32 of them: a 5x5 in one pass, a 7x7 in two (a Zen 5 core against 12: ConvNeXt's 7x7 on
+# 192x28x28 213 -> 187 us, 96x56x56 289 -> 266; 5x5 on 72x28x28 46 -> 40; 49 spilled again).
+PASS_TAPS = 25 if VECTOR_BYTES == 64 else 12
 # Terms per independent partial sum of a pass (see _passes): 7-10% faster than one chain on
 # MobileNet's depthwise convs on a Zen 1 core, where a 256-bit multiply-add is no faster than a
 # multiply and an add; on cores with two FMA pipes the chain's latency costs more.
