@@ -4,8 +4,8 @@ that :mod:`eqsat.lowering.cpu_depthwise`'s generated ``lanes`` kernels call).
 :mod:`eqsat.lowering.cpu_depthwise`'s plane kernel vectorizes over the output positions of one
 channel: on a 7x7 or 14x14 plane each channel is a few short loops, copies in and out and a
 call, about 200 ns a channel (MobileNetV2's 960-channel 7x7 conv: 194 us; onnxruntime's NCHWc
-kernel, the channels as lanes, 126). Here a block of ``L`` channels (one SIMD vector: 8 float32
-or 4 float64) is computed at once:
+kernel, the channels as lanes, 126). Here a block of ``L`` channels (one SIMD vector: 16 float32
+on AVX-512, 8 on AVX2; half as many float64) is computed at once:
 
 - :func:`gather_block`: the block's planes transposed into a zero-bordered buffer of ``L``
   lanes per position, ``L`` rows at a time by an in-register transpose (each input row read as
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from eqsat.lowering import codegen, cpu_microkernel, kernel_cache
 from eqsat.lowering.cpu_depthwise import ROW_WISE
-from eqsat.lowering.cpu_tile_ir import Vectors
+from eqsat.lowering.cpu_tile_ir import VECTOR_BYTES, Vectors
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -39,20 +39,24 @@ from numba.extending import intrinsic
 # 28x28 1.02-1.05x (the transposes in and out cost what the plane kernel's short loops save).
 # Output rows of ROW_WISE or more keep the plane kernel (PP-OCR's recognizer, 5x5 on 3x80
 # planes: 1-2.5% slower with these, or within noise).
-MAX_POSITIONS = 400
+# Those figures are AVX2's 8 lanes; with AVX-512's 16 (a Zen 5 core, conv + ReLU6): 3x3 on
+# 28x28 0.80x, on 40x40 0.90x, on 56x56 1.09x.
+MAX_POSITIONS = 1600 if VECTOR_BYTES == 64 else 400
 # ... and with more than 9 taps at most this many: 5x5 on 7x7 outputs 0.48-0.58x, on 14x14
 # 0.96x, on 20x20 1.07x (the 25 taps' weights no longer fit in registers); 7x7 on 7x7 0.51x,
-# on 14x14 0.89x.
+# on 14x14 0.89x. With 16 lanes: 5x5 on 14x14 0.48x, on 28x28 0.84-0.94x; 7x7 on 24x24 1.03x.
 MAX_POSITIONS_WIDE = 196
+MAX_POSITIONS_5X5 = 784 if VECTOR_BYTES == 64 else MAX_POSITIONS_WIDE
 # Read when a depthwise step is compiled (False: the plane kernel only; for A/B runs).
 ENABLED = True
 # Taps per independent partial sum of an output (see lane_conv).
 SUM_GROUP = 3
 
 
-# Bytes of a block's vector: AVX2's, on AVX-512 machines too (the in-register transposes are
-# written for 4 and 8 lanes).
-LANE_BYTES = 32
+# Bytes of a block's vector: the machine's. AVX-512's 16 float32 channels a block against
+# AVX2's 8 (a Zen 5 core, one thread): 5x5 on 576x7x7 24.7 -> 18.4 us, on 240x14x14 39 ->
+# 19; 3x3 on 480x14x14 37 -> 26, on 960x7x7 20 -> 17.
+LANE_BYTES = VECTOR_BYTES
 
 
 def lanes_of(itemsize: int) -> int:
@@ -75,6 +79,20 @@ class _Vectors(Vectors):
         if self.lanes == 4:
             t = [mix(rows[i], rows[i + 1], o) for i in (0, 2) for o in ([0, 4, 2, 6], [1, 5, 3, 7])]
             return [mix(t[a], t[a + 2], o) for o in ([0, 1, 4, 5], [2, 3, 6, 7]) for a in (0, 1)]
+        if self.lanes != 8:
+            # Any power of two (AVX-512's 16): swap the off-diagonal blocks of size n/2, then
+            # n/4, ... 1, each two-source permute one instruction there (vpermt2ps).
+            n, rows, size = self.lanes, list(rows), self.lanes // 2
+            while size:
+                for i in range(n):
+                    if (i // size) % 2:
+                        continue
+                    j = i + size
+                    low = [p if (p // size) % 2 == 0 else n + p - size for p in range(n)]
+                    high = [p + size if (p // size) % 2 == 0 else n + p for p in range(n)]
+                    rows[i], rows[j] = mix(rows[i], rows[j], low), mix(rows[i], rows[j], high)
+                size //= 2
+            return rows
         low, high = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
         t = [mix(rows[i], rows[i + 1], o) for i in (0, 2, 4, 6) for o in (low, high)]
         pairs, odd = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
@@ -309,7 +327,7 @@ def suits(dtype: np.dtype, out_hw: tuple[int, ...], taps: int) -> bool:
     takes these kernels (where the CPU has vector fused multiply-add: see
     cpu_microkernel.ENABLED)."""
     positions = int(np.prod(out_hw))
-    most = MAX_POSITIONS if taps <= 9 else MAX_POSITIONS_WIDE
+    most = MAX_POSITIONS if taps <= 9 else MAX_POSITIONS_5X5 if taps <= 25 else MAX_POSITIONS_WIDE
     floats = (np.dtype(np.float32), np.dtype(np.float64))
     return (
         ENABLED

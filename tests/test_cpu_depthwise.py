@@ -107,9 +107,11 @@ def test_passes_and_small_scratch() -> None:
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 @pytest.mark.parametrize("dtype", [F32, np.float64])
 def test_lanes_kernel_matches_direct_conv(geometry: Any, dtype: type) -> None:
-    """Channels as the vector lanes: blocks of 8 (float32) or 4 (float64) channels, the last
-    one partial (13 channels), planes shorter and longer than a vector, two images."""
-    x, w, b, geo, in_hw, out_hw, want = _case(geometry, dtype, channels=13)
+    """Channels as the vector lanes: blocks of one vector's lanes (16 float32 on AVX-512, 8 on
+    AVX2; half as many float64), two whole blocks and a partial one, planes shorter and longer
+    than a vector, two images."""
+    channels = 2 * cpu_depthwise_lanes.lanes_of(np.dtype(dtype).itemsize) + 5
+    x, w, b, geo, in_hw, out_hw, want = _case(geometry, dtype, channels=channels)
     run = cpu_depthwise_lanes.load(np.dtype(dtype), *geo, "max({0}, (0.0))")
     wv, bv = cpu_depthwise_lanes.pack_taps(w, b)
     buffers = cpu_depthwise_lanes.buffers(np.dtype(dtype), in_hw, out_hw, *geo)
