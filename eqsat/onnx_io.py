@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx.inliner
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from eqsat import ops
 from eqsat.errors import DataDependentShapeError, EqsatError, InputError, ModelLoadError, ShapeError
@@ -41,6 +41,7 @@ from eqsat.onnx_read import (
     default_opset,
     graph_problems,
     np_dtype,
+    plain_attribute,
     read_model,
     schema_version,
     topological_order,
@@ -461,12 +462,7 @@ class _Importer:
             return self._subgraph(attr.g, scope, node)
         if attr.type == onnx.AttributeProto.TENSOR:
             return self._tensor(attr.t, f"attribute {attr.name!r} of node {node!r}")
-        value = helper.get_attribute_value(attr)
-        if isinstance(value, bytes):
-            return value.decode("utf-8", "replace")
-        if isinstance(value, list) and value and isinstance(value[0], bytes):
-            return [v.decode("utf-8", "replace") for v in value]
-        return value
+        return plain_attribute(attr)
 
     def _subgraph(self, proto: onnx.GraphProto, outer: _Scope, node: str) -> Graph:
         if proto.input:

@@ -334,3 +334,13 @@ def outer_reads(proto: onnx.GraphProto) -> list[str]:
             if attr.type == GRAPH:
                 reads += [x for x in outer_reads(attr.g) if x not in own]
     return reads
+
+
+def plain_attribute(attr: onnx.AttributeProto) -> Any:
+    """An attribute that is neither a graph nor a tensor, as Python values (strings decoded)."""
+    value = helper.get_attribute_value(attr)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode("utf-8", "replace") for v in value]
+    return value

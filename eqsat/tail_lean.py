@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from eqsat import ops
 from eqsat.errors import EqsatError, ShapeError
 from eqsat.ir import Graph, Node, Value, tensor_dtype
-from eqsat.onnx_read import GRAPH, SEQUENCE_OPS, schema_version
+from eqsat.onnx_read import GRAPH, SEQUENCE_OPS, plain_attribute, schema_version
 from eqsat.onnx_upgrade import RENAMED, upgrade
 
 # Outputs that keep their count even when the last ones are unnamed (as the importer does).
@@ -64,12 +64,7 @@ def _attribute(attr: onnx.AttributeProto) -> Any:
         array = numpy_helper.to_array(attr.t)
         array.flags.writeable = False
         return array
-    value = helper.get_attribute_value(attr)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, list) and value and isinstance(value[0], bytes):
-        return [v.decode("utf-8", "replace") for v in value]
-    return value
+    return plain_attribute(attr)
 
 
 def _graph_plan(proto: onnx.GraphProto, opset: int) -> _Plan | None:
@@ -115,20 +110,6 @@ def plan(model: onnx.ModelProto) -> _Plan | None:
     return _graph_plan(model.graph, opset)
 
 
-def _constant(attrs: dict[str, Any]) -> np.ndarray:
-    forms = {
-        "value": lambda v: v,
-        "value_float": lambda v: np.array(v, np.float32),
-        "value_floats": lambda v: np.array(v, np.float32),
-        "value_int": lambda v: np.array(v, np.int64),
-        "value_ints": lambda v: np.array(v, np.int64),
-    }
-    for key, make in forms.items():
-        if key in attrs:
-            return np.asarray(make(attrs[key]))
-    raise Fallback
-
-
 class _Run:
     """One run's values by ONNX name (an If's branch reads its enclosing scopes')."""
 
@@ -150,7 +131,9 @@ class _Run:
 
     def step(self, step: _Step, env: dict[str, np.ndarray]) -> None:
         if step.op == "Constant":
-            env[step.outputs[0]] = _constant(step.attrs)
+            from eqsat.onnx_io import _constant_value  # the importer's reading of its forms
+
+            env[step.outputs[0]] = np.asarray(_constant_value(step.attrs, step.name))
             return
         try:
             arrays = [env[name] if name else None for name in step.inputs]

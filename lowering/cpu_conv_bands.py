@@ -25,6 +25,7 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
+from eqsat.lowering import cpu_taps
 
 from eqsat import ops
 from eqsat.ir import Graph, Node, Value
@@ -80,18 +81,13 @@ def _seconds(
 
 def worth_splitting(node: Node) -> list[list[Band]] | None:
     """The bands of each spatial axis when splitting ``node`` is clearly cheaper, else None."""
+    found = cpu_taps.per_axis(node)
     x, w = node.inputs[0], node.inputs[1]
-    if x is None or w is None or w.const is None or x.rank < 3 or x.dtype != w.dtype:
+    if found is None or x is None or w is None or x.dtype != w.dtype:
         return None
-    spatial = x.shape[2:]
+    window, per_axis = found
     kernel = tuple(w.shape[2:])
-    window = window_geometry(spatial, kernel, node.attrs)
-    axes = [
-        bands(*args)
-        for args in zip(
-            spatial, window.out, kernel, window.strides, window.dilations, window.begin, strict=True
-        )
-    ]
+    axes = [bands(*args) for args in per_axis]
     count = int(np.prod([len(a) for a in axes]))
     if count == 1 or count > MAX_REGIONS or any(not b.taps for a in axes for b in a):
         return None

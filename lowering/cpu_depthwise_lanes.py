@@ -64,41 +64,47 @@ def lanes_of(itemsize: int) -> int:
     return LANE_BYTES // itemsize
 
 
+def transposed(builder, rows: list) -> list:  # type: ignore[no-untyped-def]
+    """``L`` vectors (4, 8, or any power of two) as rows of a matrix -> its columns, in LLVM IR.
+    4 and 8 lanes by the shuffles x86 has cheaply: interleaves and shuffles within 128-bit
+    halves, then (8 lanes) one swap of halves per column (a perfect shuffle's rounds each
+    crossed the halves: 24 slow permutes). Other counts (AVX-512's 16) swap the off-diagonal
+    blocks of size n/2, then n/4, ... 1, each two-source permute one instruction there
+    (vpermt2ps). Also :mod:`eqsat.lowering.cpu_moves`' 8x8 blocks of transposes."""
+    lanes = rows[0].type.count
+    i32 = ir.IntType(32)
+
+    def mix(a, b, order: list[int]):  # type: ignore[no-untyped-def]
+        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(i32, len(order)), order))
+
+    if lanes == 4:
+        t = [mix(rows[i], rows[i + 1], o) for i in (0, 2) for o in ([0, 4, 2, 6], [1, 5, 3, 7])]
+        return [mix(t[a], t[a + 2], o) for o in ([0, 1, 4, 5], [2, 3, 6, 7]) for a in (0, 1)]
+    if lanes != 8:
+        rows, size = list(rows), lanes // 2
+        while size:
+            low = [p if (p // size) % 2 == 0 else lanes + p - size for p in range(lanes)]
+            high = [p + size if (p // size) % 2 == 0 else lanes + p for p in range(lanes)]
+            for i in range(lanes):
+                if (i // size) % 2 == 0:
+                    j = i + size
+                    rows[i], rows[j] = mix(rows[i], rows[j], low), mix(rows[i], rows[j], high)
+            size //= 2
+        return rows
+    low, high = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
+    t = [mix(rows[i], rows[i + 1], o) for i in (0, 2, 4, 6) for o in (low, high)]
+    pairs, odd = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+    quads = [mix(t[a], t[a + 2], o) for a in (0, 1, 4, 5) for o in (pairs, odd)]
+    halves = ([0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15])
+    return [mix(quads[c], quads[c + 4], o) for o in halves for c in range(4)]
+
+
 class _Vectors(Vectors):
     """:class:`~eqsat.lowering.cpu_tile_ir.Vectors` and the transpose of ``L`` of them."""
 
     def transpose(self, rows: list):  # type: ignore[no-untyped-def]
-        """``L`` vectors as rows of a matrix -> its columns, by the shuffles x86 has cheaply:
-        interleaves and shuffles within 128-bit halves, then (8 lanes) one swap of halves per
-        column. (A perfect shuffle's rounds each crossed the halves: 24 slow permutes.)"""
-
-        def mix(a, b, order: list[int]):  # type: ignore[no-untyped-def]
-            mask = ir.Constant(ir.VectorType(self.i32, len(order)), order)
-            return self.builder.shuffle_vector(a, b, mask)
-
-        if self.lanes == 4:
-            t = [mix(rows[i], rows[i + 1], o) for i in (0, 2) for o in ([0, 4, 2, 6], [1, 5, 3, 7])]
-            return [mix(t[a], t[a + 2], o) for o in ([0, 1, 4, 5], [2, 3, 6, 7]) for a in (0, 1)]
-        if self.lanes != 8:
-            # Any power of two (AVX-512's 16): swap the off-diagonal blocks of size n/2, then
-            # n/4, ... 1, each two-source permute one instruction there (vpermt2ps).
-            n, rows, size = self.lanes, list(rows), self.lanes // 2
-            while size:
-                for i in range(n):
-                    if (i // size) % 2:
-                        continue
-                    j = i + size
-                    low = [p if (p // size) % 2 == 0 else n + p - size for p in range(n)]
-                    high = [p + size if (p // size) % 2 == 0 else n + p for p in range(n)]
-                    rows[i], rows[j] = mix(rows[i], rows[j], low), mix(rows[i], rows[j], high)
-                size //= 2
-            return rows
-        low, high = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
-        t = [mix(rows[i], rows[i + 1], o) for i in (0, 2, 4, 6) for o in (low, high)]
-        pairs, odd = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
-        quads = [mix(t[a], t[a + 2], o) for a in (0, 1, 4, 5) for o in (pairs, odd)]
-        halves = ([0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15])
-        return [mix(quads[c], quads[c + 4], o) for o in halves for c in range(4)]
+        """``L`` vectors as rows of a matrix -> its columns (:func:`transposed`)."""
+        return transposed(self.builder, rows)
 
 
 def _data(context, builder, array_type, value):  # type: ignore[no-untyped-def]

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 from eqsat.lowering.cpu import Env, Lowering, Step, StepFn
+from eqsat.lowering.cpu_depthwise_lanes import transposed
 from eqsat.lowering.cpu_math import ordered_bits
 from eqsat.lowering.memory import Usage
 from llvmlite import ir
@@ -82,21 +83,6 @@ def swap_elements(x, out):  # type: ignore[no-untyped-def]
                 out[b, j, i] = src[j]
 
 
-def _transposed8(builder: Any, rows: list) -> list:  # type: ignore[type-arg]
-    """Eight <8 x i32> rows as the columns of their 8x8 matrix: interleaves, then shuffles
-    within and across 128-bit halves (the in-register transpose of cpu_depthwise_lanes)."""
-
-    def mix(a: Any, b: Any, order: list[int]) -> Any:
-        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 8), order))
-
-    low, high = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
-    t = [mix(rows[i], rows[i + 1], o) for i in (0, 2, 4, 6) for o in (low, high)]
-    pairs, odd = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
-    quads = [mix(t[a], t[a + 2], o) for a in (0, 1, 4, 5) for o in (pairs, odd)]
-    halves = ([0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15])
-    return [mix(quads[c], quads[c + 4], o) for o in halves for c in range(4)]
-
-
 @intrinsic
 def _block8(typingctx, x, out, i0, j0):  # type: ignore[no-untyped-def]
     """out[j0 + c, i0 + r] = x[i0 + r, j0 + c] for r, c < 8; x (I, J) and out (J, I) 2-D
@@ -126,7 +112,7 @@ def _block8(typingctx, x, out, i0, j0):  # type: ignore[no-untyped-def]
         rows = [
             builder.load(at(source.data, plus(first, r), j_, second), align=4) for r in range(8)
         ]
-        for c, column in enumerate(_transposed8(builder, rows)):
+        for c, column in enumerate(transposed(builder, rows)):
             builder.store(column, at(target.data, plus(second, c), i_, first), align=4)
         return context.get_dummy_value()
 

@@ -17,7 +17,7 @@ import copy
 import numpy as np
 
 from eqsat.ir import Graph, Node, Value
-from eqsat.ops.conv import window_geometry
+from eqsat.ops.conv import Window, window_geometry
 
 CONVS = frozenset({"Conv", "FusedConv"})
 
@@ -33,20 +33,31 @@ def _live(size: int, out: int, kernel: int, stride: int, dilation: int, begin: i
     return range(live[0], live[-1] + 1) if live else range(0)
 
 
-def _pruned(node: Node) -> Node | None:
-    """``node`` without its dead kernel rows/columns, or None when it has none to drop."""
+def per_axis(node: Node) -> tuple[Window, list[tuple[int, ...]]] | None:
+    """A conv's window and, per spatial axis, (input size, outputs, kernel, stride, dilation,
+    padding at the start): what :func:`_live` and :func:`eqsat.lowering.cpu_conv_bands.bands`
+    take; None unless its weights are a constant and it has spatial axes."""
     x, w = node.inputs[0], node.inputs[1]
     if x is None or w is None or w.const is None or x.rank < 3:
         return None
-    spatial = x.shape[2:]
-    kernel = tuple(w.shape[2:])
+    spatial, kernel = x.shape[2:], tuple(w.shape[2:])
     window = window_geometry(spatial, kernel, node.attrs)
-    ranges = [
-        _live(*args)
-        for args in zip(
-            spatial, window.out, kernel, window.strides, window.dilations, window.begin, strict=True
-        )
-    ]
+    axes = zip(
+        spatial, window.out, kernel, window.strides, window.dilations, window.begin, strict=True
+    )
+    return window, list(axes)
+
+
+def _pruned(node: Node) -> Node | None:
+    """``node`` without its dead kernel rows/columns, or None when it has none to drop."""
+    found = per_axis(node)
+    if found is None:
+        return None
+    window, axes = found
+    x, w = node.inputs[0], node.inputs[1]
+    assert x is not None and w is not None and w.const is not None
+    kernel = tuple(w.shape[2:])
+    ranges = [_live(*args) for args in axes]
     if any(len(r) == 0 for r in ranges) or all(
         len(r) == k for r, k in zip(ranges, kernel, strict=True)
     ):
