@@ -110,8 +110,8 @@ def worth_splitting(node: Node) -> list[list[Band]] | None:
 class _Builder:
     """New nodes for one split conv, their values named after it."""
 
-    def __init__(self, graph: Graph, node: Node):
-        self.graph, self.node, self.nodes = graph, node, []
+    def __init__(self, node: Node):
+        self.node, self.nodes = node, []
         self.count = itertools.count()
 
     def name(self, what: str) -> str:
@@ -179,7 +179,7 @@ def _band_span(band: Band, geometry: tuple[int, int, int]) -> tuple[int, int, in
     return first[0], last[1], 1
 
 
-def _split(graph: Graph, node: Node, axes: list[list[Band]]) -> list[Node]:
+def _split(node: Node, axes: list[list[Band]]) -> list[Node]:
     """The nodes that compute ``node``'s output band by band."""
     x, w = node.inputs[0], node.inputs[1]
     spatial = x.shape[2:]
@@ -187,7 +187,7 @@ def _split(graph: Graph, node: Node, axes: list[list[Band]]) -> list[Node]:
     base = int(node.attrs.get("num_base_inputs", len(node.inputs)))
     extras = node.inputs[base:]
     out = node.outputs[0]
-    build = _Builder(graph, node)
+    build = _Builder(node)
     weights: dict[tuple[tuple[range, ...], bool], Value] = {}
     rank = len(spatial)
     geometry = list(zip(window.strides, window.dilations, window.begin, strict=True))
@@ -268,7 +268,7 @@ def split(graph: Graph) -> tuple[Graph, int]:
         if axes is None:
             nodes.append(node)
             continue
-        nodes.extend(_split(graph, node, axes))
+        nodes.extend(_split(node, axes))
         count += 1
     if not count:
         return graph, 0
