@@ -236,11 +236,10 @@ _COPY = [
 ]
 
 
-def _passes(taps: _Taps, code: str, reduce: str = "sum") -> list[str]:
+def _passes(taps: _Taps, code: str) -> list[str]:
     """``run(f, acc, start, count, w, bias, wq, ps)``: every pass over ``acc[:count]``, the
     positions from ``start`` in the flattened phase planes (the whole plane's, or one output
-    row's); the last pass applies the epilogue ``code``. ``reduce="max"``: the max of the taps'
-    values (NaN-propagating), ``w`` and ``bias`` unread."""
+    row's); the last pass applies the epilogue ``code``."""
     sw, kw_ = taps.strides[1], taps.kernel[1]
     lines = [
         "@njit(cache=True, error_model='numpy', fastmath={'contract'}, nogil=True, "
@@ -257,23 +256,12 @@ def _passes(taps: _Taps, code: str, reduce: str = "sum") -> list[str]:
             bb, qj = taps.cols[j]
             name = views.setdefault((i, bb), f"s{i}_{bb}")
             t = i * kw_ + j
-            if reduce == "max":
-                terms.append(f"{name}[p + {qj}]")
-                continue
             lines.append(f"    w{t} = w[{t}]")
             terms.append(f"w{t} * {name}[p + {qj}]")
         for (i, bb), name in views.items():
             a, qi = taps.rows[i]
             lines.append(f"    {name} = f[start + {a * sw + bb} * ps + {qi} * wq :]")
         store = re.sub(r"\bx0\b", "v", code) if k == len(plan) - 1 else "v"
-        if reduce == "max":
-            result = re.sub(r"\bx0\b", "m", code) if k == len(plan) - 1 else "m"
-            lines += [
-                "    for p in range(count):",
-                *_max_chain(terms if k == 0 else ["acc[p]", *terms], "        "),
-                f"        acc[p] = {result}",
-            ]
-            continue
         # Summed in independent groups of SUM_GROUP terms, not one chain: each add (or
         # multiply-add) waits for the one before it, and a 9-term chain outlasted the loads.
         terms = ["bias" if k == 0 else "acc[p]", *terms]
@@ -294,10 +282,8 @@ def source(
     pads: tuple[int, int],
     epilogue: str,
     parallel: bool,
-    reduce: str = "sum",
 ) -> str:
     """A module with ``kernel(x, w, b, out, scratch)``; ``epilogue`` may only use ``{0}``.
-    ``reduce="max"``: a max pool of the taps (w and b unread, the scratch's borders -inf).
 
     x (N, C, H, W), w (C, KH*KW), b (C,), out (N, C, OH, OW); ``scratch`` a zeroed 1-D buffer of
     :func:`scratch_shape` (unused when parallel: each chunk makes its own).
@@ -325,10 +311,10 @@ def source(
     )
     comments = [
         f"depthwise kernel {kernel} strides {strides} dilations {dilations} pads {pads}",
-        f"epilogue: {epilogue}; reduce: {reduce}",
+        f"epilogue: {epilogue}",
     ]
     lines = codegen.module_header(comments, ctype, constants)
-    lines += ["", "", *_passes(taps, code, reduce), "", "", *_COPY]
+    lines += ["", "", *_passes(taps, code), "", "", *_COPY]
     lines += [
         "",
         "",
@@ -387,7 +373,7 @@ def source(
         lines += [
             "    chunks = min(n_ * c_, 64)",
             "    for t in prange(chunks):",
-            f"        f = np.full(total, {'-np.inf' if reduce == 'max' else '0.0'}, {ctype})",
+            f"        f = np.zeros(total, {ctype})",
             "        for nc in range(t * n_ * c_ // chunks, (t + 1) * n_ * c_ // chunks):",
             "            plane(x, w, b, out, f, nc // c_, nc % c_, wq, ps, np_)",
         ]

@@ -65,7 +65,8 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
           window: Any, reduce: str = "sum") -> Step:  # fmt: skip
     """Depthwise conv as a generated kernel; scalar-constant epilogues are fused into it, others
     are a pass of their own (``cpu_ops.Epilogue``). ``reduce="max"``: a max pool over the same
-    windows (the node's taps and the bias unread, padding -inf)."""
+    windows (the node's taps and the bias unread, padding -inf), on the channel lanes only:
+    the caller routes only max pools those take (:func:`eqsat.lowering.cpu_data._pool`)."""
     from eqsat.lowering.cpu_ops import Epilogue
 
     out = node.outputs[0]
@@ -81,12 +82,13 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
     fused = cpu_depthwise.inline_scalars(epilogue, scalars)
     geometry = (window.kernel, window.strides, window.dilations, window.begin)
     lanes = cpu_depthwise_lanes.suits(out.dtype, window.out, kh * kw)
+    if reduce != "sum" and not lanes:
+        raise ValueError(f"node {node.name!r}: a depthwise {reduce} takes the channel lanes only")
     source: Callable[..., str] = (
         (lambda *form: cpu_depthwise_lanes.source(*form, reduce))
         if lanes
-        else (lambda *form: cpu_depthwise.source(*form, False, reduce))
+        else (lambda *form: cpu_depthwise.source(*form, False))
     )
-    border = -np.inf if reduce == "max" else 0.0
     try:
         module = kernel_cache.load(source(out.dtype, *geometry, fused) + lane_source(lanes))
         epi: Epilogue | None = None
@@ -97,12 +99,13 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
     kernel = module.kernel
     lowering.kernels += 1
     # The kernel's weights, cut by units of ``width`` channels, and each thread's scratch (the
-    # borders of its padded planes keep ``border``: the kernels write the interior only).
+    # borders of its padded planes keep their fill: the kernels write the interior only).
     if lanes:
         weights = cpu_depthwise_lanes.pack_taps(taps, bias)
         width = weights[0].shape[2]
 
         def scratch_of() -> tuple[Any, ...]:
+            border = -np.inf if reduce == "max" else 0.0
             return cpu_depthwise_lanes.buffers(
                 out.dtype, x.shape[2:], window.out, *geometry, border
             )
@@ -112,7 +115,7 @@ def build(lowering: Lowering, node: Node, x: Value, extras: list[Value], bias: n
         plane = cpu_depthwise.scratch_shape(x.shape[2:], window.out, *geometry)
 
         def scratch_of() -> tuple[Any, ...]:
-            return (np.full(plane, border, out.dtype),)
+            return (np.zeros(plane, out.dtype),)
 
     units = weights[0].shape[0]
     # Sized like elementwise work, not as FLOPs: the kernel makes about one 3x3 output per ns

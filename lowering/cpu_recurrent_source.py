@@ -220,14 +220,13 @@ _WRITE_Y = """if has_y:
 """
 
 # Gate pre-activation k (0-based) of hidden unit j: input projection + recurrent term + bias.
-_PRE = "gx[row, base + {k} * hidden + j] + g1[b, {k} * hidden + j] + bias[d, {k} * hidden + j]"
 _ROW = "row = t * batch + b if layout == 0 else b * seq + t"
 
-_SUM = """
+_SUM = f"""
             for b in range(batch):
                 if t >= lengths[b]:
                     continue
-                row = t * batch + b if layout == 0 else b * seq + t
+                {_ROW}
                 g = g1[b]
                 gxr = gx[row]
                 bd = bias[d]
@@ -251,12 +250,12 @@ else:
 {clipped}
 """
 # GRU's gates as loops over contiguous slices, each writing one array (see _LSTM_CELL).
-_GRU = """
+_GRU = f"""
             matmul(h, rd, g1)
-            {second_dot_h}
+            {{second_dot_h}}
             bd = bias[d]
             for b in range(batch):
-                row = t * batch + b if layout == 0 else b * seq + t
+                {_ROW}
                 gxr = gx[row, base : base + 3 * hidden]
                 g1b = g1[b]
                 zb = c[b]
@@ -266,13 +265,13 @@ _GRU = """
                     zb[j] = act0(clip(gxr[j] + g1b[j] + bd[j], lim))
                 for j in range(hidden):
                     rb[j] = act0(clip(gxr[hidden + j] + g1b[hidden + j] + bd[hidden + j], lim))
-                {reset}
-            {second_dot_rh}
+                {{reset}}
+            {{second_dot_rh}}
             rbd = rbh[d]
             for b in range(batch):
                 if t >= lengths[b]:
                     continue
-                row = t * batch + b if layout == 0 else b * seq + t
+                {_ROW}
                 gxc = gx[row, base + 2 * hidden : base + 3 * hidden]
                 bc = bd[2 * hidden :]
                 g2b = g2[b]
@@ -280,7 +279,7 @@ _GRU = """
                 rb = rh[b]
                 hb = h[b]
                 for j in range(hidden):
-                    hc = act1(clip({candidate}, lim))
+                    hc = act1(clip({{candidate}}, lim))
                     hb[j] = (ONE - zb[j]) * hc + zb[j] * hb[j]
 """
 _GRU_PLAIN = {
