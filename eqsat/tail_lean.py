@@ -27,13 +27,11 @@ import onnx
 from onnx import numpy_helper
 
 from eqsat import ops
-from eqsat.errors import EqsatError, ShapeError
 from eqsat.ir import Graph, Node, Value, tensor_dtype
+from eqsat.onnx_io import COUNTED_OUTPUTS, _constant_value
 from eqsat.onnx_read import GRAPH, SEQUENCE_OPS, plain_attribute, schema_version
 from eqsat.onnx_upgrade import RENAMED, upgrade
 
-# Outputs that keep their count even when the last ones are unnamed (as the importer does).
-COUNTED_OUTPUTS = {"Split", "If", "BatchNormalization"}
 _UNSUPPORTED = {"Loop", "Scan", *SEQUENCE_OPS}
 
 
@@ -130,9 +128,7 @@ class _Run:
             raise Fallback from None
 
     def step(self, step: _Step, env: dict[str, np.ndarray]) -> None:
-        if step.op == "Constant":
-            from eqsat.onnx_io import _constant_value  # the importer's reading of its forms
-
+        if step.op == "Constant":  # read as the importer reads its forms
             env[step.outputs[0]] = np.asarray(_constant_value(step.attrs, step.name))
             return
         try:
@@ -170,12 +166,8 @@ class _Run:
         opdef = ops.get(up.op, step.name)
         attrs = opdef.complete_attrs(up.attrs, step.name)
         opdef.check_arity(len(up.inputs), len(step.outputs), step.name)
-        try:
-            types = list(opdef.infer(up.inputs, attrs, len(step.outputs)))
-        except EqsatError as exc:
-            raise type(exc)(f"node {step.name!r} ({up.op}): {exc}") from None
-        except (ValueError, IndexError, TypeError, KeyError) as exc:
-            raise ShapeError(f"node {step.name!r} ({up.op}): {type(exc).__name__}: {exc}") from None
+        # (Any error here sends the run to the load, which reports it by node as an import does.)
+        types = list(opdef.infer(up.inputs, attrs, len(step.outputs)))
         outs = [
             None if kind is None or not name else Value(name, kind[0], kind[1])
             for name, kind in zip(step.outputs, types, strict=False)
