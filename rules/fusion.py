@@ -327,6 +327,17 @@ def _bias_fold(b: Any, s: T, bb: T, m: T, v: T, eps: Attr, mom: Attr) -> T:
     return E.Squeeze(_bn_of(E.Unsqueeze(b, AXES0), s, bb, m, v, eps, mom), AXES0)
 
 
+def bn_scale_shift(s: T, bb: T, m: T, v: T, eps: Attr, mom: Attr) -> tuple[T, T]:
+    """An inference BatchNormalization's per-channel ``k = scale / sqrt(var + eps)`` and
+    ``c = bias - mean * k`` ([C] each), folded from its constants as BN of [1, C] rows of ones
+    and zeros (the ones are ``exp(mean - mean)``: this assumes a finite mean)."""
+    zero_m = E.Sub(m, m)
+    ones = E.Unsqueeze(E.Exp(zero_m), AXES0)
+    k = E.Squeeze(_bn_of(ones, s, E.Sub(bb, bb), zero_m, v, eps, mom), AXES0)
+    c = E.Squeeze(_bn_of(E.Unsqueeze(zero_m, AXES0), s, bb, m, v, eps, mom), AXES0)
+    return k, c
+
+
 def _params_const(*ts: T) -> list[Any]:
     return [is_const(t) for t in ts]
 
@@ -400,12 +411,8 @@ for _rank in (2, 3, 4, 5):
         _rank: int = _rank, _trailing: Any = _trailing,
     ) -> Any:  # fmt: skip
         # A BN that no Conv/Gemm absorbs (DenseNet's after each Concat) as x * k + c, so that
-        # fusion-elementwise takes it into one kernel with the ReLU after it; k and c fold from
-        # the constants as BN of [1, C] rows of ones and zeros.
-        zero_m = E.Sub(m, m)
-        ones = E.Unsqueeze(E.Exp(zero_m), AXES0)
-        k = E.Squeeze(_bn_of(ones, s, E.Sub(bb, bb), zero_m, v, eps, mom), AXES0)
-        c = E.Squeeze(_bn_of(E.Unsqueeze(zero_m, AXES0), s, bb, m, v, eps, mom), AXES0)
+        # fusion-elementwise takes it into one kernel with the ReLU after it.
+        k, c = bn_scale_shift(s, bb, m, v, eps, mom)
         if _trailing is not None:
             k, c = E.Unsqueeze(k, _trailing), E.Unsqueeze(c, _trailing)
         scaled = E.Mul(x, k)

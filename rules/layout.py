@@ -43,6 +43,7 @@ from typing import Any
 
 from egglog import String, Vec, eq, f64, i64, rule, set_, union, var
 from eqsat.rules import Family
+from eqsat.rules.fusion import bn_scale_shift
 
 from eqsat import ops
 from eqsat.egraph import (
@@ -232,20 +233,12 @@ for _r in SPATIAL_RANKS:
     @nhwc.rule(f"batchnorm-nhwc-{_r - 2}d", caveat=ROUNDING + "; assumes finite mean")
     def _(y: T, x: T, sc: T, bb: T, m: T, v: T, eps: Attr, mom: Attr, s: Vec[i64], d: i64,
           _tl: list = _tl, _tf: list = _tf, _r: int = _r) -> Any:  # fmt: skip
-        ax0 = rule_const("layout_axis_0", [0])
-
-        def bn(t: Any, scale: Any, bias: Any, mean: Any) -> Any:
-            return make("BatchNormalization", t, scale, bias, mean, v, epsilon=eps, momentum=mom)
-
-        zero_m = E.Sub(m, m)
-        # scale / sqrt(var + eps) and bias - mean * that, as BN of [1, C] rows of ones and zeros.
-        mul = E.Squeeze(bn(E.Unsqueeze(E.Exp(zero_m), ax0), sc, E.Sub(bb, bb), zero_m), ax0)
-        add = E.Squeeze(bn(E.Unsqueeze(zero_m, ax0), sc, bb, m), ax0)
+        mul, add = bn_scale_shift(sc, bb, m, v, eps, mom)
         scaled = E.Mul(tr(x, _tl), mul)
         inner = E.Add(scaled, add)
         c = Vec[i64](s[1])
         return rule(
-            eq(y).to(bn(x, sc, bb, m)),
+            eq(y).to(make("BatchNormalization", x, sc, bb, m, v, epsilon=eps, momentum=mom)),
             eq(shape(y)).to(s),
             eq(s.length()).to(i64(_r)),
             eq(dtype(y)).to(d),
