@@ -456,13 +456,16 @@ def _pool(lowering: Lowering, node: Node) -> Step | None:
     parts = [(i, c0, c1) for i in range(n_) for c0, c1 in blocks]
     pool = lowering.pool if len(parts) > 1 else None
 
-    wide = np.empty(out_2d, work) if widen else None
+    # The float32 copies of an integer pool's input and output, made once.
+    wide = (
+        (np.empty(x.shape[:2] + lift + x.shape[2:], work), np.empty(out_2d, work)) if widen else ()
+    )
 
     def run(env: Env) -> None:
-        if wide is not None:
-            data, result = env[xs][rows].astype(work), wide
-            kernel(data, result, *extra)
-            np.copyto(env[o][rows], wide, casting="unsafe")
+        if widen:
+            np.copyto(wide[0], env[xs][rows])
+            kernel(*wide, *extra)
+            np.copyto(env[o][rows], wide[1], casting="unsafe")
             return
         data = np.ascontiguousarray(env[xs][rows])
         result = env[o][rows]
