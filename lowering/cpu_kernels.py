@@ -357,28 +357,3 @@ def rows_matmul(x, w, start, out, tile):  # type: ignore[no-untyped-def]
                 for k in range(k_):
                     s0 += wa[k] * xr[k]
                 out[r, n] = s0
-
-
-# No contraction: each output is round(a * u) + round(b * v), as the numpy reference computes it.
-@njit(cache=True, error_model="numpy", nogil=True)
-def resize_linear_rows(x, out, i0, i1, w0, w1):  # type: ignore[no-untyped-def]
-    """out (P, OH, W): row oh of each plane of x (P, H, W) is x[i0[oh]] * w0[oh] + x[i1[oh]] * w1[oh]."""
-    for p in range(x.shape[0]):
-        for oh in range(out.shape[1]):
-            a, b = x[p, i0[oh]], x[p, i1[oh]]
-            u, v = w0[oh], w1[oh]
-            dst = out[p, oh]
-            for j in range(dst.shape[0]):
-                dst[j] = a[j] * u + b[j] * v
-
-
-@njit(cache=True, error_model="numpy", nogil=True)
-def resize_linear_cols(x, out, i0, i1, w0, w1):  # type: ignore[no-untyped-def]
-    """out (P, H, OW): column ow of each plane of x (P, H, W) is x[:, i0[ow]] * w0[ow] + x[:,
-    i1[ow]] * w1[ow]."""
-    for p in range(x.shape[0]):
-        for h in range(x.shape[1]):
-            src = x[p, h]
-            dst = out[p, h]
-            for j in range(dst.shape[0]):
-                dst[j] = src[i0[j]] * w0[j] + src[i1[j]] * w1[j]

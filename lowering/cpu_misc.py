@@ -8,6 +8,7 @@
   (:func:`eqsat.lowering.cpu_moves.global_max_pool`);
 * BatchNormalization (inference): a generated elementwise kernel ``x * scale + shift`` with the
   per-channel constants folded at compile time;
+* Resize in linear mode: :mod:`eqsat.lowering.cpu_resize`;
 * Resize in nearest mode: source indices come from running the op's reference once, at compile
   time, on an array of element indices, so they match the reference exactly; when they are a
   source row per output row and a source column per output column (resizing the last two axes),
@@ -33,6 +34,7 @@ from eqsat.lowering import (
     cpu_kernels,
     cpu_moves,
     cpu_recurrent,
+    cpu_resize,
     cpu_softmax,
     cpu_threads,
 )
@@ -177,67 +179,12 @@ def _batch_norm(lowering: Lowering, node: Node) -> Step | None:
     return Step(run, Usage([xs], [o], True), "kernel", node.name)
 
 
-def _resize_linear(lowering: Lowering, node: Node) -> Step | None:
-    """Linear Resize of the last two axes (bilinear upsampling in segmentation and FPN heads):
-    one pass per resized axis, rows then columns, replaying the reference's index and weight
-    tables (:func:`eqsat.ops.resize.linear_taps`) with its roundings."""
-    from eqsat.ops.resize import linear_taps
-
-    x, out = node.inputs[0], node.outputs[0]
-    assert x is not None and out is not None
-    attrs = node.attrs
-    if x.rank < 2 or out.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-        return None
-    if attrs["coordinate_transformation_mode"] == "tf_crop_and_resize" or x.size == 0:
-        return None
-    if any(v is not None and v.const is None for v in node.inputs[1:]):
-        return None
-    consts = [None if v is None or v.const.size == 0 else v.const for v in node.inputs[1:4]]
-    scales, sizes = (consts + [None] * 3)[1:3]
-    tables, shape = linear_taps(x.shape, attrs, scales, sizes)
-    if not tables and tuple(shape) == out.shape == x.shape:
-        # No axis resized (a decoder's upsampling to the size it already has: SegFormer's
-        # first branch, SSDlite's 320 -> 320): the reference's result is its input.
-        from eqsat.lowering.cpu_data import _view
-
-        return _view(lowering, node)
-    if not tables or tuple(shape) != out.shape or any(a < x.rank - 2 for a, _, _ in tables):
-        return None
-    if any(index.shape[1] != 2 for _, index, _ in tables):  # antialiased downsampling
-        return None
-    dtype = out.dtype
-    passes = []
-    h_, w_ = x.shape[-2:]
-    for axis, index, weight in tables:
-        i0, i1 = (np.ascontiguousarray(index[:, t], np.int64) for t in range(2))
-        w0, w1 = (np.ascontiguousarray(weight[:, t], dtype) for t in range(2))
-        rows = axis == x.rank - 2
-        kernel = cpu_kernels.resize_linear_rows if rows else cpu_kernels.resize_linear_cols
-        h_, w_ = (len(i0), w_) if rows else (h_, len(i0))
-        passes.append((kernel, (i0, i1, w0, w1), (h_, w_)))
-    planes = int(np.prod(x.shape[:-2], dtype=np.int64))
-    # The first pass writes a scratch plane stack when a second one follows.
-    scratch = np.empty((planes, *passes[0][2]), dtype) if len(passes) == 2 else None
-    xs, o = lowering.slot(x), lowering.slot(out)
-    lowering.kernels += 1
-
-    def run(env: Env) -> None:
-        data = np.ascontiguousarray(env[xs]).reshape(planes, *x.shape[-2:])
-        result = env[o].reshape(planes, *out.shape[-2:])
-        for k, (kernel, tables_k, _) in enumerate(passes):
-            target = scratch if k == 0 and scratch is not None else result
-            kernel(data, target, *tables_k)
-            data = target
-
-    return Step(run, Usage([xs], [o], True), "kernel", node.name)
-
-
 def _resize(lowering: Lowering, node: Node) -> Step | None:
     x = node.inputs[0]
     out = node.outputs[0]
     assert x is not None and out is not None
     if node.attrs["mode"] == "linear":
-        return _resize_linear(lowering, node)
+        return cpu_resize.resize_linear(lowering, node)
     if node.attrs["mode"] != "nearest" or x.size >= 1 << 31:
         return None
     if any(v is not None and v.const is None for v in node.inputs[1:]):

@@ -1,4 +1,4 @@
-"""Linear Resize of the last two axes on the cpu target (:func:`eqsat.lowering.cpu_misc._resize_linear`):
+"""Linear Resize of the last two axes on the cpu target (:mod:`eqsat.lowering.cpu_resize`):
 bit-identical to the numpy reference for every coordinate transformation but tf_crop_and_resize,
 up and down, one axis or two, float32 and float64; close to onnxruntime."""
 
@@ -86,3 +86,37 @@ def test_a_resize_to_its_own_size_is_a_view(
     assert exe.report["reference_ops"] == {} and "kernel" not in exe.report["steps"]
     np.testing.assert_array_equal(exe.run({"x": x})["y"], want)
     np.testing.assert_array_equal(want, x)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("mode", ["half_pixel", "align_corners", "asymmetric"])
+@pytest.mark.parametrize(
+    ("shape", "scales", "sizes"),
+    [
+        ((1, 5, 20, 24), [1, 1, 2, 2], None),  # a whole plane per band
+        ((2, 3, 12, 9), None, [2, 3, 12, 40]),  # columns only: the input's rows transposed
+        ((1, 2, 40, 64), [1, 1, 0.5, 0.5], None),  # downsampling
+        ((1, 1, 37, 29), None, [1, 1, 250, 300]),  # bands of rows, the last one partial
+        ((3, 17, 16), [1, 1.5, 3], None),  # rank 3
+    ],
+)
+def test_wide_planes_transpose_the_column_pass_and_match_exactly(
+    monkeypatch: pytest.MonkeyPatch, threads: int, mode: str, shape: tuple,
+    scales: list | None, sizes: list | None,
+) -> None:  # fmt: skip
+    """Float32 planes with output rows of 16 or more run the column pass on transposed bands
+    (:func:`eqsat.lowering.cpu_resize.resize_bands`): still the reference to the bit."""
+    from eqsat.lowering import cpu, cpu_resize
+
+    banded = []
+    original = cpu_resize._banded_step
+    monkeypatch.setattr(
+        cpu_resize, "_banded_step", lambda *a: banded.append(a[-1]) or original(*a)
+    )
+    g = _graph(shape, mode, scales, sizes)
+    feeds = {"x": np.random.default_rng(3).standard_normal(shape).astype(F32)}
+    want = eqsat.compile(g, target="numpy").run(feeds)["y"]
+    exe = cpu.compile(eqsat.optimize(g, target="cpu").graph, threads=threads)
+    assert exe.report["reference_ops"] == {} and banded
+    for _ in range(2):
+        np.testing.assert_array_equal(exe.run(feeds)["y"], want)
