@@ -609,7 +609,17 @@ def is_plain(raw: dict[str, Any]) -> bool:
 
 # egglog functions of the encoding that are facts about tensors, not parts of them.
 ANALYSIS_FUNCTIONS = frozenset(
-    {"shape", "dtype", "splat", "is_const", "static_shape", "lossless", "arity", "dtype_name"}
+    {
+        "shape",
+        "dtype",
+        "splat",
+        "int_values",
+        "is_const",
+        "static_shape",
+        "lossless",
+        "arity",
+        "dtype_name",
+    }
 )
 
 

@@ -12,7 +12,9 @@ Terms (one e-class per IR value; :mod:`eqsat.encode` loads a graph into them):
   ``"101"``. A node used with one output *is* its value; otherwise it is a tuple whose outputs are
   ``node.out(i)``. Build terms with :data:`E`: ``E.Transpose(x, perm=[1, 0])`` fills defaults in.
 * facts rules can test: ``shape(t)`` (``Vec[i64]``), ``dtype(t)`` (ONNX data type number) and, for
-  constants whose elements are all equal, ``splat(t)`` (that value as ``f64``). Terms made by
+  constants whose elements are all equal, ``splat(t)`` (that value as ``f64``); for small 1-D
+  integer constants (at most :data:`INT_VALUES_MOST` elements: Pad's pads, axes lists),
+  ``int_values(t)`` (their elements, a ``Vec[i64]``). Terms made by
   rules get a shape only where a rule or :data:`analysis` sets one, so a rule that requires a shape
   simply does not fire on terms whose shape is unknown. Values computed at run time are
   ``dynamic(t)``; fusion rules only build kernels for those.
@@ -133,6 +135,14 @@ def dtype(t: T) -> i64: ...
 
 @function(merge=lambda old, new: old)
 def splat(t: T) -> f64: ...
+
+
+# Largest 1-D integer constant whose elements the encoding states (int_values).
+INT_VALUES_MOST = 16
+
+
+@function(merge=lambda old, new: old)
+def int_values(t: T) -> Vec[i64]: ...
 
 
 @function(merge=lambda old, new: old)

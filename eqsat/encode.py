@@ -5,7 +5,8 @@
 ``T.input(name)``; constants ``T.const(key)`` with their arrays kept on the Python side
 (:attr:`Encoding.constants`; equal constants share one key); every node its op's constructor. Each
 value gets ``shape`` and ``dtype`` facts, run-time values ``dynamic``, constants of one repeated
-value ``splat`` (and ``scalar_const`` for finite one-element floats). A Reshape whose output shape
+value ``splat`` (and ``scalar_const`` for finite one-element floats), small 1-D integer constants
+``int_values``. A Reshape whose output shape
 is static is encoded with that shape as its target (``static_shape``), so that reshape chains
 simplify. The rule constants (:data:`eqsat.egraph.RULE_CONSTANTS`) and the ``lossless`` and
 ``dtype_name`` tables are added to every encoding.
@@ -29,6 +30,7 @@ from egglog import EGraph, bindings
 from eqsat import ops
 from eqsat.egraph import (
     _CAST_TYPES,
+    INT_VALUES_MOST,
     RULE_CONSTANTS,
     Attr,
     T,
@@ -37,6 +39,7 @@ from eqsat.egraph import (
     dtype,
     dtype_name,
     dynamic,
+    int_values,
     is_lossless,
     lossless,
     onnx_type,
@@ -206,6 +209,8 @@ def encode(graph: Graph) -> Encoding:
             prog.set(splat, [ref], prog.lit(sv))
             if array.size == 1 and array.ndim <= 1 and array.dtype.kind == "f":
                 prog.fact(prog.call(scalar_const, ref))
+        if array.ndim == 1 and array.dtype.kind in "iu" and array.size <= INT_VALUES_MOST:
+            prog.set(int_values, [ref], prog.vec([int(v) for v in array]))
         return ref
 
     none = prog.call(T.none)

@@ -12,9 +12,12 @@ unknown. Floating-point caveats, rule by rule:
   multiplication by its reciprocal, associativity and commutativity of ``+``/``*``, MatMul
   reassociation and MatMul + Add -> Gemm round differently (a few ulp; different overflow points).
 * transpose/reshape/squeeze/unsqueeze pairs and lossless Cast chains are exact (data movement only).
+* a zero Pad of a Conv's spatial axes folded into the Conv's own pads is exact.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from egglog import Vec, eq, f64, i64, rule, set_, union
 from eqsat.rules import Family
@@ -24,6 +27,7 @@ from eqsat.egraph import (
     E,
     T,
     dtype,
+    int_values,
     is_const,
     lossless,
     make,
@@ -192,6 +196,51 @@ def _(y: T, x: T, t1: i64, t2: i64, s1: Attr, s2: Attr):
     return rule(eq(y).to(E.Cast(inner, to=Attr.int(t2), saturate=s2)), lossless(dtype(x), t1)).then(
         union(y).with_(E.Cast(x, to=Attr.int(t2), saturate=s2))
     )
+
+
+# ------------------------------------------------------------------ padding
+# Conv(Pad(x, zeros around the spatial axes)) == Conv(x) with those pads added to its own: the
+# Pad that Keras' ZeroPadding2D and "same" padding exported by tf2onnx put before strided convs
+# (MobileNet, EfficientNet, ResNet-50), which otherwise copies the whole input once more.
+def _pad_into_conv(y: T, x: T, w: T, b: T, pads: T, pv: Vec[i64], cp: Vec[i64], dl: Attr,
+                   gr: Attr, ks: Attr, st: Attr, spatial: int, value: T | None) -> Any:  # fmt: skip
+    r = spatial + 2
+    padded = E.Pad(
+        x, pads, T.none() if value is None else value, T.none(), mode=Attr.str("constant")
+    )
+    lhs = E.Conv(padded, w, b, auto_pad=Attr.str("NOTSET"), dilations=dl, group=gr,
+                 kernel_shape=ks, pads=Attr.ints(cp), strides=st)  # fmt: skip
+    # The conv's own pads: none (all zero) or begins then ends per spatial axis.
+    own = [cp[i] for i in range(2 * spatial)]
+    conds = [eq(int_values(pads)).to(pv), eq(pv.length()).to(i64(2 * r))]
+    conds += [eq(pv[i]).to(i64(0)) for i in (0, 1, r, r + 1)]
+    conds += [pv[i] >= i64(0) for i in (*range(2, r), *range(r + 2, 2 * r))]
+    if value is not None:
+        conds.append(is_splat(value, 0.0))
+    return own, lhs, conds, r
+
+
+for _spatial in (1, 2, 3):
+    for _valued in (False, True):
+        for _own in (False, True):
+            _suffix = f"{_spatial}d{'-value' if _valued else ''}{'-padded' if _own else ''}"
+
+            @family.rule(f"pad-into-conv-{_suffix}", caveat=EXACT)
+            def _(y: T, x: T, w: T, b: T, pads: T, v: T, pv: Vec[i64], cp: Vec[i64], dl: Attr,
+                  gr: Attr, ks: Attr, st: Attr, _spatial: int = _spatial, _valued: bool = _valued,
+                  _own: bool = _own) -> Any:  # fmt: skip
+                own, lhs, conds, r = _pad_into_conv(
+                    y, x, w, b, pads, pv, cp, dl, gr, ks, st, _spatial, v if _valued else None
+                )
+                begins = [pv[2 + i] + (own[i] if _own else i64(0)) for i in range(_spatial)]
+                ends = [
+                    pv[r + 2 + i] + (own[_spatial + i] if _own else i64(0)) for i in range(_spatial)
+                ]
+                conds.append(eq(cp.length()).to(i64(2 * _spatial if _own else 0)))
+                merged = Attr.ints(Vec[i64](*begins, *ends))
+                rhs = E.Conv(x, w, b, auto_pad=Attr.str("NOTSET"), dilations=dl, group=gr,
+                             kernel_shape=ks, pads=merged, strides=st)  # fmt: skip
+                return rule(eq(y).to(lhs), *conds).then(union(y).with_(rhs))
 
 
 # ------------------------------------------------------------------ matrix products

@@ -403,10 +403,12 @@ def _stepping_loop(trip: int, cond_from_data: bool = False):
     )
 
 
-def test_loop_of_known_trip_count_over_run_time_values_is_unrolled():
+@pytest.mark.parametrize("trip", [3, 200])
+def test_loop_of_known_trip_count_over_run_time_values_is_unrolled(trip: int):
     """tf2onnx-style loops (a fixed trip count over run-time values) join the static graph, so
-    they are optimized and compiled, not run on the reference."""
-    model = _stepping_loop(trip=3)
+    they are optimized and compiled, not run on the reference: beyond MAX_UNROLLED iterations
+    too where the body is small (a Keras LSTM's 100 steps)."""
+    model = _stepping_loop(trip=trip)
     graph = eqsat.load(model)
     assert graph.tail is None and "Loop" not in graph.op_counts()
     exe = eqsat.compile(eqsat.optimize(graph, target="cpu").graph, "cpu")
@@ -415,11 +417,12 @@ def test_loop_of_known_trip_count_over_run_time_values_is_unrolled():
 
 
 def test_loops_that_cannot_be_unrolled_go_to_the_tail():
-    from eqsat.onnx_loop import MAX_UNROLLED
+    from eqsat.onnx_loop import unroll_limit
 
     feeds = {"x": np.abs(RNG.standard_normal((2, 3))).astype(np.float32) + 1}
+    body = next(n for n in _stepping_loop(trip=1).graph.node if n.op_type == "Loop").attribute[0].g
     for model, reason in [
-        (_stepping_loop(trip=MAX_UNROLLED + 1), "more than"),
+        (_stepping_loop(trip=unroll_limit(body) + 1), "more than"),
         (_stepping_loop(trip=100, cond_from_data=True), "condition is computed"),
     ]:
         graph = eqsat.load(model)
