@@ -110,9 +110,7 @@ def test_wide_planes_transpose_the_column_pass_and_match_exactly(
 
     banded = []
     original = cpu_resize._banded_step
-    monkeypatch.setattr(
-        cpu_resize, "_banded_step", lambda *a: banded.append(a[-1]) or original(*a)
-    )
+    monkeypatch.setattr(cpu_resize, "_banded_step", lambda *a: banded.append(a[-1]) or original(*a))
     g = _graph(shape, mode, scales, sizes)
     feeds = {"x": np.random.default_rng(3).standard_normal(shape).astype(F32)}
     want = eqsat.compile(g, target="numpy").run(feeds)["y"]
