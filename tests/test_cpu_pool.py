@@ -216,15 +216,32 @@ def test_average_pool_generated(
         ((2, 3, 20, 22), {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, 1, "depthwise"),
         ((1, 4, 12, 12), {"kernel_shape": [2, 2], "strides": [2, 2]}, 0, "depthwise"),
         ((1, 2, 5, 140), {"kernel_shape": [3, 3], "strides": [1, 2]}, 0, "depthwise"),
-        # Padding not counted: the divisor shrinks at the borders, the pool's own kernel.
-        ((1, 4, 12, 12), {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, 0, "kernel"),
+        # Padding not counted: the divisor shrinks at the borders; on small planes the channel
+        # lanes, then a pass of the divisors per position (PoolFormer), else the pool's kernel.
+        ((1, 4, 12, 12), {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, 0, "depthwise"),
+        ((1, 3, 45, 45), {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, 0, "kernel"),
         # ceil_mode's last windows run past the padding: fewer terms there too.
-        ((1, 2, 9, 9), {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}, 1, "kernel"),
+        ((1, 2, 9, 9), {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}, 1, "depthwise"),
+        (
+            (1, 3, 101, 101),
+            {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1},
+            1,
+            "kernel",
+        ),
     ],
-    ids=["channel-lanes", "planes", "no-padding", "wide-rows", "uncounted-pads", "ceil"],
+    ids=[
+        "channel-lanes",
+        "planes",
+        "no-padding",
+        "wide-rows",
+        "uncounted-pads",
+        "uncounted-pads-big",
+        "ceil",
+        "ceil-big",
+    ],
 )
 @pytest.mark.parametrize("threads", [1, 2])
-def test_average_pool_with_one_divisor_is_a_depthwise_conv(
+def test_average_pool_routes(
     rng: np.random.Generator, shape: tuple, attrs: dict, include: int, kind: str, threads: int
 ) -> None:
     g = eqsat.Graph("avg")
