@@ -10,7 +10,8 @@ loops of one iteration, RNNs written as loops over a fixed number of steps: the 
 join the graph, to be optimized and compiled with the rest, up to :func:`unroll_limit`
 iterations: :data:`MAX_UNROLLED`, more for small bodies). Scan outputs are stacked on a new first axis. Otherwise it raises
 :class:`~eqsat.errors.DataDependentShapeError`, and :func:`eqsat.load` moves the Loop and what
-follows into the run-time tail.
+follows into the run-time tail, where a long Loop runs on its body compiled once
+(:mod:`eqsat.onnx_loop_compiled`).
 
 :func:`unroll_scan` does the same for Scan, whose iteration count is the static
 length of its scan inputs: each iteration takes one slice of every scan input (``Gather`` at that
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from eqsat import onnx_loop_compiled
 from eqsat.errors import (
     DataDependentShapeError,
     LimitError,
@@ -91,6 +93,18 @@ def unroll_loop(importer: Any, node: onnx.NodeProto, name: str, scope: Any) -> N
         )
     trip = None if inputs[0] is None else int(np.asarray(inputs[0].const).reshape(-1)[0])
     cond = True if inputs[1] is None else _truth(inputs[1].const)
+    if known and onnx_loop_compiled.applies(body, trip):  # a long Loop of a run-time tail
+        names = list(dict.fromkeys(outer_reads(body)))
+        arrays = [np.asarray(v.const) for v in carried if not isinstance(v, SequenceValue)]
+        if len(arrays) == len(carried) and not any(isinstance(v, SequenceValue) for v in outer):
+            results = onnx_loop_compiled.run_loop(
+                body, importer.opset, trip, cond, arrays,
+                {n: np.asarray(v.const) for n, v in zip(names, outer, strict=True)},
+                MAX_ITERATIONS, what,
+            )  # fmt: skip
+            if results is not None:
+                _bind_outputs(importer, scope, node, results)
+                return
     limit = MAX_ITERATIONS if known else unroll_limit(body)
     scans: list[list[Any]] = [[] for _ in range(num_scans)]
     graph = scope.graph

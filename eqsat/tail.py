@@ -255,6 +255,8 @@ class TailExecutable(Executable):
             if outputs[index].dtype == np.bool_ and outputs[index].size == 1
         ]
         self.specialized: dict[tuple[bool, ...], Executable | None] = {}
+        # Bodies of the tail's long Loops, compiled once (eqsat.onnx_loop_compiled).
+        self.loop_bodies: dict[Any, Executable | None] = {}
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         result = self.static.run(feeds)
@@ -279,7 +281,10 @@ class TailExecutable(Executable):
                     name: made[name] if index is None else static[index]
                     for name, index in self.tail.outputs
                 }
-        return self.tail.run(static)
+        from eqsat.onnx_loop_compiled import compiled_bodies
+
+        with compiled_bodies(self._compile, self.loop_bodies):
+            return self.tail.run(static)
 
     def _specialized(self, values: dict[str, np.ndarray]) -> Executable | None:
         key = tuple(bool(np.asarray(values[name]).reshape(-1)[0]) for name in self._conditions)

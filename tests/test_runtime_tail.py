@@ -427,7 +427,56 @@ def test_loops_that_cannot_be_unrolled_go_to_the_tail():
     ]:
         graph = eqsat.load(model)
         assert graph.tail is not None and reason in graph.tail.first
-        _check(eqsat.compile(graph, "cpu").run(feeds), _ort(model, feeds))
+        for target in ("cpu", "numpy"):
+            exe = eqsat.compile(graph, target)
+            for _ in range(2):  # the second run reuses the compiled body
+                _check(exe.run(feeds), _ort(model, feeds))
+            # The Loop ran on its body compiled once (eqsat.onnx_loop_compiled).
+            assert [type(b).__name__ for b in exe.loop_bodies.values()] == [
+                "CpuExecutable" if target == "cpu" else "NumpyExecutable"
+            ]
+
+
+def test_a_long_loop_whose_state_grows_falls_back_to_the_import():
+    """A tail's long Loop whose loop-carried value changes shape (a growing Concat) cannot run
+    on one compiled body: it is unrolled over constants as before, with the same results."""
+    from eqsat.onnx_loop import unroll_limit
+
+    body = helper.make_graph(
+        [
+            helper.make_node("Concat", ["acc", "row"], ["acc_out"], axis=0),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
+        "grow",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, None),
+        ],
+    )
+    trip = unroll_limit(body) + 1
+    model = _model(
+        [
+            helper.make_node("Relu", ["x"], ["row"]),
+            helper.make_node("Loop", ["trip", "true", "row"], ["grown"], body=body),
+        ],
+        [("x", TensorProto.FLOAT, [1, 3])],
+        [("grown", TensorProto.FLOAT)],
+        [
+            numpy_helper.from_array(np.int64(trip), "trip"),
+            numpy_helper.from_array(np.array(True), "true"),
+        ],
+    )
+    feeds = {"x": RNG.standard_normal((1, 3)).astype(np.float32)}
+    graph = eqsat.load(model)
+    assert graph.tail is not None
+    got = eqsat.compile(graph, "cpu").run(feeds)
+    assert got["grown"].shape == (trip + 1, 3)
+    _check(got, _ort(model, feeds))
 
 
 def test_run_time_if_is_compiled_per_condition():
