@@ -583,7 +583,11 @@ def compile(graph: Graph, threads: int | None = None) -> Executable:
     )
     if processes and lowering.pool is not None:  # new modules: their lanes are new too
         _compile_lanes_in_parallel(exe, graph, processes)
-        report["compile_s"] = time.perf_counter() - started
+    if lowering.pool is not None:  # the pool's first-run probes, done here (cpu_tune)
+        from eqsat.lowering import cpu_tune
+
+        report["tune_runs"] = cpu_tune.tune(exe)
+    report["compile_s"] = time.perf_counter() - started
     return with_tail(exe, tail, lambda static: _compile_tail(static, threads), exe._blas)
 
 

@@ -973,3 +973,26 @@ def test_attention_heads_in_lanes(
     np.testing.assert_array_equal(two, one)
     if cpu_microkernel.ENABLED and cpu_microkernel.MIN_COLUMNS <= 16:
         assert in_lanes == [True]
+
+
+@pytest.mark.tuning
+def test_compile_runs_the_pools_first_probes_on_zeros(eager: list[int]) -> None:
+    """A multi-threaded compile runs the graph on zero inputs until every call site of its pool
+    has done both probe rounds (cpu_tune): the user's first runs are tuned ones."""
+    from eqsat.lowering import cpu_tune
+
+    g = eqsat.Graph("tuned")
+    x = g.input("x", (1, 8, 12, 12))
+    w = g.constant(np.random.default_rng(1).standard_normal((16, 8, 3, 3)).astype(F32))
+    g.output(g.op("Relu", g.op("Conv", x, w, pads=[1, 1, 1, 1])), "y")
+    exe = cpu.compile(g, threads=2)
+    rounds = cpu_threads.EARLY_RETUNE_RUNS + cpu_threads.PROBE_RUNS
+    assert exe.report["tune_runs"] == rounds and eager  # its steps split: the pool ran them
+    sites = exe._pool._sites.values()
+    assert sites and all(site.runs == rounds for site in sites)
+    assert cpu_tune.tune(exe, seconds=0.0) == 0
+    feeds = {"x": np.random.default_rng(2).standard_normal((1, 8, 12, 12)).astype(F32)}
+    want = eqsat.compile(g, target="numpy").run(feeds)["y"]
+    np.testing.assert_allclose(exe.run(feeds)["y"], want, rtol=1e-5, atol=1e-5)
+    # One thread: no pool, nothing to tune.
+    assert "tune_runs" not in cpu.compile(g, threads=1).report
