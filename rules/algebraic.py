@@ -202,22 +202,27 @@ def _(y: T, x: T, t1: i64, t2: i64, s1: Attr, s2: Attr):
 # Conv(Pad(x, zeros around the spatial axes)) == Conv(x) with those pads added to its own: the
 # Pad that Keras' ZeroPadding2D and "same" padding exported by tf2onnx put before strided convs
 # (MobileNet, EfficientNet, ResNet-50), which otherwise copies the whole input once more.
-def _pad_into_conv(y: T, x: T, w: T, b: T, pads: T, pv: Vec[i64], cp: Vec[i64], dl: Attr,
-                   gr: Attr, ks: Attr, st: Attr, spatial: int, value: T | None) -> Any:  # fmt: skip
+# Pad's pads [x1_begin, ..., xr_begin, x1_end, ..., xr_end] (r = rank) are read from the
+# constant by int_values; the batch and channel axes must not be padded, the others not cropped.
+def _pad_into_conv(y: T, x: T, w: T, b: T, pads: T, value: T | None, pv: Vec[i64],
+                   cp: Vec[i64], conv: dict[str, Attr], spatial: int, own: bool) -> Any:  # fmt: skip
     r = spatial + 2
-    padded = E.Pad(
-        x, pads, T.none() if value is None else value, T.none(), mode=Attr.str("constant")
-    )
-    lhs = E.Conv(padded, w, b, auto_pad=Attr.str("NOTSET"), dilations=dl, group=gr,
-                 kernel_shape=ks, pads=Attr.ints(cp), strides=st)  # fmt: skip
-    # The conv's own pads: none (all zero) or begins then ends per spatial axis.
-    own = [cp[i] for i in range(2 * spatial)]
-    conds = [eq(int_values(pads)).to(pv), eq(pv.length()).to(i64(2 * r))]
-    conds += [eq(pv[i]).to(i64(0)) for i in (0, 1, r, r + 1)]
-    conds += [pv[i] >= i64(0) for i in (*range(2, r), *range(r + 2, 2 * r))]
-    if value is not None:
-        conds.append(is_splat(value, 0.0))
-    return own, lhs, conds, r
+    fill = T.none() if value is None else value
+    padded = E.Pad(x, pads, fill, T.none(), mode=Attr.str("constant"))
+    before = E.Conv(padded, w, b, auto_pad=Attr.str("NOTSET"), pads=Attr.ints(cp), **conv)
+    spatial_pads = [*range(2, r), *range(r + 2, 2 * r)]
+    # The conv's own pads [begins..., ends...] where it has them (else none: all zero).
+    merged = [pv[i] + cp[k] if own else pv[i] for k, i in enumerate(spatial_pads)]
+    after = E.Conv(x, w, b, auto_pad=Attr.str("NOTSET"), pads=Attr.ints(Vec[i64](*merged)), **conv)
+    conditions = [
+        eq(int_values(pads)).to(pv),
+        eq(pv.length()).to(i64(2 * r)),
+        eq(cp.length()).to(i64(2 * spatial if own else 0)),
+        *(eq(pv[i]).to(i64(0)) for i in (0, 1, r, r + 1)),
+        *(pv[i] >= i64(0) for i in spatial_pads),
+        *([] if value is None else [is_splat(value, 0.0)]),
+    ]
+    return rule(eq(y).to(before), *conditions).then(union(y).with_(after))
 
 
 for _spatial in (1, 2, 3):
@@ -229,18 +234,9 @@ for _spatial in (1, 2, 3):
             def _(y: T, x: T, w: T, b: T, pads: T, v: T, pv: Vec[i64], cp: Vec[i64], dl: Attr,
                   gr: Attr, ks: Attr, st: Attr, _spatial: int = _spatial, _valued: bool = _valued,
                   _own: bool = _own) -> Any:  # fmt: skip
-                own, lhs, conds, r = _pad_into_conv(
-                    y, x, w, b, pads, pv, cp, dl, gr, ks, st, _spatial, v if _valued else None
-                )
-                begins = [pv[2 + i] + (own[i] if _own else i64(0)) for i in range(_spatial)]
-                ends = [
-                    pv[r + 2 + i] + (own[_spatial + i] if _own else i64(0)) for i in range(_spatial)
-                ]
-                conds.append(eq(cp.length()).to(i64(2 * _spatial if _own else 0)))
-                merged = Attr.ints(Vec[i64](*begins, *ends))
-                rhs = E.Conv(x, w, b, auto_pad=Attr.str("NOTSET"), dilations=dl, group=gr,
-                             kernel_shape=ks, pads=merged, strides=st)  # fmt: skip
-                return rule(eq(y).to(lhs), *conds).then(union(y).with_(rhs))
+                conv = {"dilations": dl, "group": gr, "kernel_shape": ks, "strides": st}
+                value = v if _valued else None
+                return _pad_into_conv(y, x, w, b, pads, value, pv, cp, conv, _spatial, _own)
 
 
 # ------------------------------------------------------------------ matrix products
