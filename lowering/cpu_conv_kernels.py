@@ -179,33 +179,13 @@ def fill_phase_rows(x, phases, ph, pw, h0, h1):  # type: ignore[no-untyped-def]
                 for t in range(w_):
                     dst[t] = src[t]
         return
-    # Columns first + 2t are phase 0, first + 2t + 1 phase 1, both at position j0 + t.
-    first = (-pw) % 2
-    j0 = (first + pw) // 2
-    pairs = (w_ - first) // 2
-    if sw == 2 and pairs < 16:
-        _fill_short_pairs(x, phases, ph, pw, h0, h1)
-        return
-    if sw == 2 and x.strides[2] == x.itemsize and phases.strides[4] == phases.itemsize:
+    if sw == 2:
         _fill_pairs(x, phases, ph, pw, h0, h1)
         return
     for c in range(c_):
         for h in range(h0, h1):
             a, i = (h + ph) % sh, (h + ph) // sh
             src = x[c, h]
-            if sw == 2:
-                # Both phases at once, 16 pairs per _split_pairs (a loop per phase ran ~2x
-                # slower than one loop over pairs, which ran ~3x slower than _split_pairs).
-                if first == 1:
-                    phases[c, a, 1, i, pw // 2] = src[0]
-                d0 = phases[c, a, 0, i, j0:]
-                d1 = phases[c, a, 1, i, j0:]
-                for t in range(pairs):
-                    d0[t] = src[first + 2 * t]
-                    d1[t] = src[first + 2 * t + 1]
-                if (w_ - first) % 2 == 1:
-                    d0[pairs] = src[w_ - 1]
-                continue
             for b in range(sw):
                 first_b = (b - pw) % sw  # the first input column of phase b
                 dst = phases[c, a, b, i, (first_b + pw) // sw :]
@@ -215,17 +195,19 @@ def fill_phase_rows(x, phases, ph, pw, h0, h1):  # type: ignore[no-untyped-def]
 
 @njit(**JIT)
 def _fill_pairs(x, phases, ph, pw, h0, h1):  # type: ignore[no-untyped-def]
-    """:func:`fill_phase_rows` for two column phases (rows unit-strided, phases C-contiguous)
-    of rows of at least 16 column pairs: blocks of 16 by :func:`_split_pairs`, the last one
-    overlapping the one before where the pairs are not a multiple of 16 (no scalar remainder,
-    whose loop cost more than the blocks), then the unpaired edge columns, each sweep its own
-    function (another store in a loop kept LLVM from vectorizing it)."""
+    """:func:`fill_phase_rows` for two column phases (x and phases C-contiguous), with no row
+    views and no division per row, in sweeps over the rows, each its own function (any other
+    store or call in a loop's function kept LLVM from vectorizing it: 512x14x14 28 us alone,
+    47 with the edge stores in its loop, 70-78 with the block calls in the function): rows of
+    16 column pairs or more 16 at a time by :func:`_split_pairs`, the last block overlapping
+    the one before (no scalar remainder, whose loop cost more than the blocks), shorter ones
+    by indexing, then the unpaired edge columns."""
     w_ = x.shape[2]
     first = (-pw) % 2
-    if (w_ - first) // 2 < 16:
-        _fill_short_pairs(x, phases, ph, pw, h0, h1)
-        return
-    _pair_blocks(x, phases, ph, pw, h0, h1)
+    if (w_ - first) // 2 >= 16:
+        _pair_blocks(x, phases, ph, pw, h0, h1)
+    else:
+        _short_pairs(x, phases, ph, pw, h0, h1)
     if first == 1 or (w_ - first) % 2 == 1:
         _pair_edges(x, phases, ph, pw, h0, h1)
 
@@ -277,27 +259,19 @@ def _pair_edges(x, phases, ph, pw, h0, h1):  # type: ignore[no-untyped-def]
 
 
 @njit(**JIT)
-def _fill_short_pairs(x, phases, ph, pw, h0, h1):  # type: ignore[no-untyped-def]
-    """:func:`fill_phase_rows` for two column phases and short rows: indexed stores, no row
-    views and no division per row."""
-    c_, _, w_ = x.shape
+def _short_pairs(x, phases, ph, pw, h0, h1):  # type: ignore[no-untyped-def]
     sh = phases.shape[1]
     first = (-pw) % 2
     j0 = (first + pw) // 2
-    pairs = (w_ - first) // 2
-    odd = (w_ - first) % 2 == 1
-    for c in range(c_):
+    pairs = (x.shape[2] - first) // 2
+    for c in range(x.shape[0]):
         a, i = (h0 + ph) % sh, (h0 + ph) // sh
         xc = x[c]
         pc = phases[c]
         for h in range(h0, h1):
-            if first == 1:
-                pc[a, 1, i, pw // 2] = xc[h, 0]
             for t in range(pairs):
                 pc[a, 0, i, j0 + t] = xc[h, first + 2 * t]
                 pc[a, 1, i, j0 + t] = xc[h, first + 2 * t + 1]
-            if odd:
-                pc[a, 0, i, j0 + pairs] = xc[h, w_ - 1]
             a += 1
             if a == sh:
                 a = 0
