@@ -110,40 +110,43 @@ def im2col_block(xs, cols, oh0, oh1, geometry):  # type: ignore[no-untyped-def]
 # pairs at a time by _split_pairs (LLVM's loop moved 13-16 GB/s there).
 
 
-@intrinsic
-def _split_pairs(typingctx, src, s0, dst, e0, o0):  # type: ignore[no-untyped-def]
-    """Elements e0 + k of dst = elements s0 + 2k of src, elements o0 + k = s0 + 2k + 1, for
-    k < 16, offsets in elements from each array's first (any rank: the caller knows the
-    layout): two vector loads, two in-register shuffles, two vector stores. No views are made
-    (each costs an atomic reference count, ~30 ns a row on short rows)."""
-    if not all(isinstance(a, types.Array) for a in (src, dst)):
-        return None
-    if src.dtype != dst.dtype:
-        return None
-    signature = types.void(src, types.int64, dst, types.int64, types.int64)
+def _pair_splitter(pairs: int):  # type: ignore[no-untyped-def]
+    """An intrinsic ``split(src, s0, dst, e0, o0)``: elements e0 + k of dst = elements s0 + 2k
+    of src, elements o0 + k = s0 + 2k + 1, for k < ``pairs``, offsets in elements from each
+    array's first (any rank: the caller knows the layout): two vector loads, two in-register
+    shuffles, two vector stores. No views are made (each costs an atomic reference count,
+    ~30 ns a row on short rows)."""
 
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        source = context.make_array(sig.args[0])(context, builder, args[0])
-        target = context.make_array(sig.args[2])(context, builder, args[2])
-        element = context.get_data_type(sig.args[0].dtype)
-        align = context.get_abi_sizeof(element)
-        pairs = builder.load(
-            builder.bitcast(
-                builder.gep(source.data, [args[1]]), ir.VectorType(element, 32).as_pointer()
-            ),
-            align=align,
-        )
-        half = ir.VectorType(element, 16).as_pointer()
-        for offset, first in ((args[3], 0), (args[4], 1)):
-            mask = ir.Constant(
-                ir.VectorType(ir.IntType(32), 16), [2 * k + first for k in range(16)]
-            )
-            picked = builder.shuffle_vector(pairs, pairs, mask)
-            where = builder.bitcast(builder.gep(target.data, [offset]), half)
-            builder.store(picked, where, align=align)
-        return context.get_dummy_value()
+    @intrinsic
+    def split(typingctx, src, s0, dst, e0, o0):  # type: ignore[no-untyped-def]
+        if not all(isinstance(a, types.Array) for a in (src, dst)) or src.dtype != dst.dtype:
+            return None
+        signature = types.void(src, types.int64, dst, types.int64, types.int64)
 
-    return signature, codegen
+        def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+            source = context.make_array(sig.args[0])(context, builder, args[0])
+            target = context.make_array(sig.args[2])(context, builder, args[2])
+            element = context.get_data_type(sig.args[0].dtype)
+            align = context.get_abi_sizeof(element)
+            whole = ir.VectorType(element, 2 * pairs).as_pointer()
+            both = builder.load(builder.bitcast(builder.gep(source.data, [args[1]]), whole),
+                                align=align)  # fmt: skip
+            half = ir.VectorType(element, pairs).as_pointer()
+            for offset, first in ((args[3], 0), (args[4], 1)):
+                lanes = [2 * k + first for k in range(pairs)]
+                mask = ir.Constant(ir.VectorType(ir.IntType(32), pairs), lanes)
+                picked = builder.shuffle_vector(both, both, mask)
+                where = builder.bitcast(builder.gep(target.data, [offset]), half)
+                builder.store(picked, where, align=align)
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return split
+
+
+_split_pairs = _pair_splitter(16)
+_split_pairs8 = _pair_splitter(8)
 
 
 @njit(**JIT)
@@ -199,13 +202,15 @@ def _fill_pairs(x, phases, ph, pw, h0, h1):  # type: ignore[no-untyped-def]
     views and no division per row, in sweeps over the rows, each its own function (any other
     store or call in a loop's function kept LLVM from vectorizing it: 512x14x14 28 us alone,
     47 with the edge stores in its loop, 70-78 with the block calls in the function): rows of
-    16 column pairs or more 16 at a time by :func:`_split_pairs`, the last block overlapping
-    the one before (no scalar remainder, whose loop cost more than the blocks), shorter ones
-    by indexing, then the unpaired edge columns."""
+    16 column pairs or more 16 at a time by :func:`_split_pairs`, of 8 to 15 pairs 8 at a time
+    (256x28x28: 67 -> 38 us), the last block overlapping the one before (no scalar
+    remainder, whose loop cost more than the blocks), shorter ones by indexing, then the
+    unpaired edge columns."""
     w_ = x.shape[2]
     first = (-pw) % 2
-    if (w_ - first) // 2 >= 16:
-        _pair_blocks(x, phases, ph, pw, h0, h1)
+    pairs = (w_ - first) // 2
+    if pairs >= 8:
+        _pair_blocks(x, phases, ph, pw, h0, h1, 16 if pairs >= 16 else 8)
     else:
         _short_pairs(x, phases, ph, pw, h0, h1)
     if first == 1 or (w_ - first) % 2 == 1:
@@ -213,12 +218,12 @@ def _fill_pairs(x, phases, ph, pw, h0, h1):  # type: ignore[no-untyped-def]
 
 
 @njit(**JIT)
-def _pair_blocks(x, phases, ph, pw, h0, h1):  # type: ignore[no-untyped-def]
+def _pair_blocks(x, phases, ph, pw, h0, h1, width):  # type: ignore[no-untyped-def]
     sh, rq, wq = phases.shape[1], phases.shape[3], phases.shape[4]
     first = (-pw) % 2
     j0 = (first + pw) // 2
     pairs = (x.shape[2] - first) // 2
-    last = pairs - 16
+    last = pairs - width
     row = x.strides[1] // x.itemsize
     for c in range(x.shape[0]):
         a, i = (h0 + ph) % sh, (h0 + ph) // sh
@@ -227,9 +232,14 @@ def _pair_blocks(x, phases, ph, pw, h0, h1):  # type: ignore[no-untyped-def]
         for h in range(h0, h1):
             even = (a * 2 * rq + i) * wq + j0
             source = h * row + first
-            for t in range(0, last, 16):
-                _split_pairs(xc, source + 2 * t, pc, even + t, even + rq * wq + t)
-            _split_pairs(xc, source + 2 * last, pc, even + last, even + rq * wq + last)
+            if width == 16:
+                for t in range(0, last, 16):
+                    _split_pairs(xc, source + 2 * t, pc, even + t, even + rq * wq + t)
+                _split_pairs(xc, source + 2 * last, pc, even + last, even + rq * wq + last)
+            else:
+                for t in range(0, last, 8):
+                    _split_pairs8(xc, source + 2 * t, pc, even + t, even + rq * wq + t)
+                _split_pairs8(xc, source + 2 * last, pc, even + last, even + rq * wq + last)
             a += 1
             if a == sh:
                 a = 0

@@ -387,9 +387,11 @@ def test_phase_split_and_gather_match_numpy(rng: np.random.Generator) -> None:
     [(5, 7, 2, 2, 1, 1), (6, 8, 2, 2, 0, 0), (5, 9, 2, 2, 2, 3), (7, 10, 3, 3, 1, 2),
      (4, 6, 1, 2, 0, 1), (4, 5, 2, 1, 1, 0), (6, 9, 1, 1, 1, 2),
      # rows of 16 column pairs or more: blocks of 16 pairs (the last overlapping where the
-     # pairs are not a multiple of 16), then the edge columns
+     # pairs are not a multiple of 16), then the edge columns; of 8 to 15 pairs: blocks of 8
      (3, 101, 2, 2, 1, 1), (4, 120, 2, 2, 0, 3), (3, 97, 2, 2, 3, 0), (3, 32, 2, 2, 0, 0),
-     (5, 33, 2, 2, 1, 1), (3, 34, 3, 2, 1, 1), (2, 56, 2, 2, 1, 1), (2, 64, 2, 2, 0, 1)],
+     (5, 33, 2, 2, 1, 1), (3, 34, 3, 2, 1, 1), (2, 56, 2, 2, 1, 1), (2, 64, 2, 2, 0, 1),
+     (3, 16, 2, 2, 0, 0), (3, 17, 2, 2, 1, 1), (4, 28, 2, 2, 1, 1), (3, 31, 2, 2, 0, 1),
+     (5, 20, 3, 2, 2, 0)],
 )  # fmt: skip
 def test_fill_phases_matches_numpy(
     rng: np.random.Generator, h: int, w: int, sh: int, sw: int, ph: int, pw: int
