@@ -112,6 +112,35 @@ def _transpose(lowering: Lowering, node: Node) -> Step | None:
     return Step(run, Usage([xs], [o], True), "copy", node.name, bind)
 
 
+def _tile(lowering: Lowering, node: Node) -> Step | None:
+    """Tile by constant repeats as one broadcast copy: the output viewed with each axis split
+    into (repeats, extent) takes the input with a unit repeats axis (np.tile, the reference,
+    copies twice: tf2onnx's nearest UpSampling2D, 1M floats, 160 -> 75 us)."""
+    x, out = node.inputs[0], node.outputs[0]
+    repeats = node.inputs[1]
+    assert x is not None and out is not None
+    if repeats is None or repeats.const is None or x.rank == 0:
+        return None
+    counts = [int(r) for r in np.asarray(repeats.const).reshape(-1)]
+    if len(counts) != x.rank or out.shape != tuple(
+        d * r for d, r in zip(x.shape, counts, strict=True)
+    ):
+        return None
+    split = tuple(v for r, d in zip(counts, x.shape, strict=True) for v in (r, d))
+    source = tuple(v for d in x.shape for v in (1, d))
+    xs, o = lowering.slot(x), lowering.slot(out)
+    copyto = np.copyto
+
+    def run(env: Env) -> None:
+        target = env[o]
+        if target.flags.c_contiguous:
+            copyto(target.reshape(split), env[xs].reshape(source))
+        else:  # a view into another buffer (a Concat's part): reshaping it would copy
+            copyto(target, np.broadcast_to(env[xs].reshape(source), split).reshape(out.shape))
+
+    return Step(run, Usage([xs], [o], True), "copy", node.name)
+
+
 def _concat(lowering: Lowering, node: Node) -> Step | None:
     out = node.outputs[0]
     assert out is not None
@@ -531,6 +560,7 @@ _BUILDERS: dict[str, Any] = {
     "Identity": _view,
     "Transpose": _transpose,
     "Concat": _concat,
+    "Tile": _tile,
     "ReduceMax": _reduce_extreme,
     "ReduceMin": _reduce_extreme,
     "Attention": _attention,

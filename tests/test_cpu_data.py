@@ -214,3 +214,31 @@ def test_reduce_max_min_exact(
     got = eqsat.compile(g, target="cpu").run({"x": data})["y"]
     np.testing.assert_array_equal(got, want)
     assert (cpu_moves.reduce_extreme(Lowering(threads=1), g.nodes[0]) is not None) == rows
+
+
+@pytest.mark.parametrize(
+    ("shape", "repeats", "dtype"),
+    [
+        ((1, 16, 8, 1, 4), [1, 1, 1, 2, 1], F32),  # tf2onnx's nearest UpSampling2D
+        ((2, 3), [3, 2], np.int64),
+        ((4,), [5], np.bool_),
+        ((2, 1, 3), [1, 4, 1], F32),
+        ((3, 2, 2), [1, 1, 1], F32),
+    ],
+)
+def test_tile_is_one_broadcast_copy(shape: tuple, repeats: list, dtype: type) -> None:
+    """Tile by constant repeats (it ran on the reference)."""
+    g = eqsat.Graph("tile")
+    x = g.input("x", shape, dtype)
+    g.output(g.op("Tile", g.op("Identity", x), g.constant(np.array(repeats, np.int64))), "y")
+    data = (np.random.default_rng(7).standard_normal(shape) * 10).astype(dtype)
+    _exact(g, {"x": data}, "copy")
+
+
+def test_tile_into_a_concat_part() -> None:
+    """A Tile whose output the planner places inside a Concat's buffer writes through the view."""
+    g = eqsat.Graph("tile_concat")
+    x = g.input("x", (2, 3))
+    tiled = g.op("Tile", g.op("Relu", x), g.constant(np.array([2, 1], np.int64)))
+    g.output(g.op("Concat", g.op("Neg", x), tiled, axis=0), "y")
+    _exact(g, {"x": np.random.default_rng(9).standard_normal((2, 3)).astype(F32)}, "copy")
