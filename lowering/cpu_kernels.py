@@ -357,3 +357,18 @@ def rows_matmul(x, w, start, out, tile):  # type: ignore[no-untyped-def]
                 for k in range(k_):
                     s0 += wa[k] * xr[k]
                 out[r, n] = s0
+
+
+@njit(cache=True, nogil=True)
+def repeat_blocks(x, out):  # type: ignore[no-untyped-def]
+    """out (outer, r, inner)[o, k] = x (outer, inner)[o] for every k: Tile along one axis. Flat
+    offsets, no row views (a view per block cost its reference count: 65536 blocks of 16)."""
+    outer, r, inner = out.shape
+    src = x.reshape(-1)
+    dst = out.reshape(-1)
+    for o in range(outer):
+        start = o * inner
+        for k in range(r):
+            at = (o * r + k) * inner
+            for j in range(inner):
+                dst[at + j] = src[start + j]

@@ -220,19 +220,30 @@ def test_reduce_max_min_exact(
     ("shape", "repeats", "dtype"),
     [
         ((1, 16, 8, 1, 4), [1, 1, 1, 2, 1], F32),  # tf2onnx's nearest UpSampling2D
-        ((2, 3), [3, 2], np.int64),
+        ((2, 3), [3, 1], np.int64),
         ((4,), [5], np.bool_),
         ((2, 1, 3), [1, 4, 1], F32),
-        ((3, 2, 2), [1, 1, 1], F32),
+        ((2, 3, 5), [1, 1, 3], np.float64),
     ],
 )
-def test_tile_is_one_broadcast_copy(shape: tuple, repeats: list, dtype: type) -> None:
-    """Tile by constant repeats (it ran on the reference)."""
+def test_tile_along_one_axis_is_a_block_copy(shape: tuple, repeats: list, dtype: type) -> None:
+    """Tile by constant repeats along one axis (it ran on the reference)."""
     g = eqsat.Graph("tile")
     x = g.input("x", shape, dtype)
     g.output(g.op("Tile", g.op("Identity", x), g.constant(np.array(repeats, np.int64))), "y")
     data = (np.random.default_rng(7).standard_normal(shape) * 10).astype(dtype)
     _exact(g, {"x": data}, "copy")
+
+
+def test_tile_along_several_axes_stays_with_the_reference() -> None:
+    g = eqsat.Graph("tile2")
+    x = g.input("x", (2, 3))
+    g.output(g.op("Tile", g.op("Relu", x), g.constant(np.array([3, 2], np.int64))), "y")
+    feeds = {"x": np.random.default_rng(3).standard_normal((2, 3)).astype(F32)}
+    exe = eqsat.compile(g, target="cpu")
+    assert exe.report["reference_ops"] == {"Tile": 1}
+    want = eqsat.compile(g, target="numpy").run(feeds)["y"]
+    np.testing.assert_array_equal(exe.run(feeds)["y"], want)
 
 
 def test_tile_into_a_concat_part() -> None:
