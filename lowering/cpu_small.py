@@ -524,6 +524,7 @@ _BUILDERS: dict[str, Any] = {
     "Gather": _gather,
     "GatherElements": cpu_moves.constant_select,
     "GatherND": cpu_moves.constant_select,
+    "ReverseSequence": cpu_moves.constant_select,
     "Pad": _pad,
     "ReduceSum": _reduce,
     "ReduceMean": _reduce,

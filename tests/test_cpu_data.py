@@ -253,3 +253,18 @@ def test_tile_into_a_concat_part() -> None:
     tiled = g.op("Tile", g.op("Relu", x), g.constant(np.array([2, 1], np.int64)))
     g.output(g.op("Concat", g.op("Neg", x), tiled, axis=0), "y")
     _exact(g, {"x": np.random.default_rng(9).standard_normal((2, 3)).astype(F32)}, "copy")
+
+
+@pytest.mark.parametrize(("batch_axis", "time_axis"), [(1, 0), (0, 1)])
+def test_reverse_sequence_with_constant_lengths_is_a_take(batch_axis: int, time_axis: int) -> None:
+    """Keras' backward LSTMs (tf2onnx): ReverseSequence by constant lengths, full or not, as one
+    take of positions found at compile time (it ran on the reference)."""
+    shape = (5, 3, 4) if time_axis == 0 else (3, 5, 4)
+    g = eqsat.Graph("reverse")
+    x = g.input("x", shape)
+    lengths = g.constant(np.array([5, 2, 4], np.int64))
+    g.output(
+        g.op("ReverseSequence", g.op("Relu", x), lengths, batch_axis=batch_axis,
+             time_axis=time_axis), "y",
+    )  # fmt: skip
+    _exact(g, {"x": np.random.default_rng(4).standard_normal(shape).astype(F32)}, "copy")
