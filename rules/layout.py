@@ -33,7 +33,10 @@ What needs an engine change to do more: a constant an op's shape depends on (Pad
 sizes, a multi-axis reduction's axes) can only be permuted by a rule into a new *computed* tensor
 (e.g. ``Gather(pads, idx)``), and :class:`eqsat.decode.View` only knows the content of ``T.const``
 e-classes, so such e-nodes would be typed invalid. Evaluating small constant e-classes in
-``View.const_value`` would let these rules permute pads and multi-axis reductions too.
+``View.const_value`` would let these rules permute pads and multi-axis reductions too. (Rules
+can now read a small integer constant's elements through the ``int_values`` fact, as
+``algebraic/pad-into-conv-*`` does with Pad's pads; building a permuted constant is what is
+still missing.)
 """
 
 from __future__ import annotations
