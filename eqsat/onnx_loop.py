@@ -79,7 +79,8 @@ def unroll_loop(importer: Any, node: onnx.NodeProto, name: str, scope: Any) -> N
             f"{what}: its trip count or condition {steering} is a run-time value, so how many "
             "times it runs (and the shapes of its results) is known only when it runs"
         )
-    outer = [importer._read(scope, n, f"{what}'s body") for n in dict.fromkeys(outer_reads(body))]
+    outer_names = list(dict.fromkeys(outer_reads(body)))
+    outer = [importer._read(scope, n, f"{what}'s body") for n in outer_names]
     known = all(is_known(v) for v in [*inputs, *outer])
     check_supported(body, importer.opset, main=False)
     carried: list[Any] = [v for v in inputs[2:] if v is not None]
@@ -93,18 +94,16 @@ def unroll_loop(importer: Any, node: onnx.NodeProto, name: str, scope: Any) -> N
         )
     trip = None if inputs[0] is None else int(np.asarray(inputs[0].const).reshape(-1)[0])
     cond = True if inputs[1] is None else _truth(inputs[1].const)
-    if known and onnx_loop_compiled.applies(body, trip):  # a long Loop of a run-time tail
-        names = list(dict.fromkeys(outer_reads(body)))
-        arrays = [np.asarray(v.const) for v in carried if not isinstance(v, SequenceValue)]
-        if len(arrays) == len(carried) and not any(isinstance(v, SequenceValue) for v in outer):
-            results = onnx_loop_compiled.run_loop(
-                body, importer.opset, trip, cond, arrays,
-                {n: np.asarray(v.const) for n, v in zip(names, outer, strict=True)},
-                MAX_ITERATIONS, what,
-            )  # fmt: skip
-            if results is not None:
-                _bind_outputs(importer, scope, node, results)
-                return
+    tensors = not any(isinstance(v, SequenceValue) for v in [*carried, *outer])
+    if known and tensors and onnx_loop_compiled.applies(body, trip):  # a long Loop of a tail
+        results = onnx_loop_compiled.run_loop(
+            body, importer.opset, trip, cond, [np.asarray(v.const) for v in carried],
+            {n: np.asarray(v.const) for n, v in zip(outer_names, outer, strict=True)},
+            MAX_ITERATIONS, what,
+        )  # fmt: skip
+        if results is not None:
+            _bind_outputs(importer, scope, node, results)
+            return
     limit = MAX_ITERATIONS if known else unroll_limit(body)
     scans: list[list[Any]] = [[] for _ in range(num_scans)]
     graph = scope.graph

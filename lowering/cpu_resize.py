@@ -148,11 +148,11 @@ def resize_linear(lowering: Lowering, node: Node) -> Step | None:
     by_axis = {axis - x.rank + 2: _tables(index, weight, dtype) for axis, index, weight in tables}
     h_, w_ = x.shape[-2:]
     oh_, ow_ = out.shape[-2:]
-    xs, o = lowering.slot(x), lowering.slot(out)
     lowering.kernels += 1
     wide = ow_ >= MIN_BAND_COLUMNS and w_ >= MIN_BAND_INPUT_COLUMNS
     if 1 in by_axis and dtype == np.float32 and wide:
         return _banded_step(lowering, node, planes, by_axis, (h_, w_, oh_, ow_))
+    xs, o = lowering.slot(x), lowering.slot(out)
     passes = []
     for axis, tables_k in sorted(by_axis.items()):
         kernel = resize_linear_rows if axis == 0 else resize_linear_cols
